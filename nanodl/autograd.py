@@ -1,0 +1,256 @@
+"""Reverse-mode autograd: ``Function``, the graph walk, ``no_grad``.
+
+A graph is made of ``Function`` nodes. Calling ``SomeOp.apply(*tensors)`` runs
+``forward`` on the raw arrays and returns a Tensor whose ``grad_fn`` is the node;
+the node keeps its input tensors, so ownership flows one way: output -> node ->
+inputs, and a dropped output frees its whole graph (no cycles).
+
+``backward`` walks the graph iteratively (an explicit stack, so a 10,000-node
+chain works), and does the shared work once for every op: it reduces each
+gradient back to its input's shape (undoing broadcasting), checks shape and dtype,
+names the op in any error, accumulates into leaves and frees saved arrays.
+"""
+import weakref
+
+import numpy as np
+
+_grad_enabled = True
+
+
+class no_grad:
+    """Context manager (and decorator) under which no graph is recorded.
+
+    >>> import nanodl as nd
+    >>> x = nd.tensor([1.0, 2.0], requires_grad=True)
+    >>> with nd.no_grad():
+    ...     y = x * 2
+    >>> y.requires_grad
+    False
+    """
+    _enabled = False
+
+    def __enter__(self):
+        global _grad_enabled
+        self._previous = _grad_enabled
+        _grad_enabled = self._enabled
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._previous
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with type(self)():
+                return fn(*args, **kwargs)
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+
+class enable_grad(no_grad):
+    """Context manager that turns graph recording back on (inside ``no_grad``)."""
+    _enabled = True
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+class Function:
+    """A differentiable op: ``forward`` and ``backward`` over backend arrays.
+
+    Subclasses implement ``forward(self, *arrays, **options)`` returning one array
+    and ``backward(self, grad)`` returning one gradient per tensor input (a tuple,
+    or a single array when there is one input; ``None`` for "no gradient").
+    ``self.needs_input_grad[i]`` says whether input ``i`` wants a gradient, so
+    backward can skip work.
+    """
+    __slots__ = ("inputs", "needs_input_grad", "saved_tensors", "_retained", "_freed", "__dict__",
+                 "__weakref__")
+
+    def save_for_backward(self, *arrays):
+        """Keep ``arrays`` for ``backward``; the engine frees them after it."""
+        self.saved_tensors = arrays
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        """Run the op on Tensors (other arguments pass through to ``forward``)."""
+        from .tensor import Tensor
+        fn = cls()
+        arrays = []
+        tensors = []
+        requires_grad = False
+        device_array = None
+        for arg in args:
+            if isinstance(arg, Tensor):
+                data = arg.data
+                if device_array is None:
+                    device_array = data
+                elif type(data) is not type(device_array) and not _same_device(data, device_array):
+                    raise RuntimeError(
+                        f"{cls.__name__}: expected all tensors on one device, got "
+                        f"{_device_name(device_array)} and {_device_name(data)}")
+                arrays.append(data)
+                tensors.append(arg)
+                requires_grad = requires_grad or arg.requires_grad
+            else:
+                arrays.append(arg)
+        out = fn.forward(*arrays, **kwargs)
+        if type(out) is not np.ndarray and isinstance(out, np.generic):
+            out = np.asarray(out)  # NumPy returns scalars from 0-d math; keep arrays
+        result = Tensor.__new__(Tensor)
+        result.data = out
+        result.grad = None
+        result.name = None
+        if requires_grad and _grad_enabled:
+            fn.inputs = tuple(tensors)
+            fn.needs_input_grad = tuple(t.requires_grad for t in tensors)
+            fn._retained = None
+            fn._freed = False
+            result.requires_grad = True
+            result.grad_fn = fn
+        else:
+            result.requires_grad = False
+            result.grad_fn = None
+        return result
+
+    def forward(self, *arrays):
+        raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
+
+    def backward(self, grad):
+        raise NotImplementedError(f"{type(self).__name__}.backward is not implemented")
+
+    def release(self):
+        """Drop what forward kept for backward (called by the engine)."""
+        self.saved_tensors = None
+        self.__dict__.clear()
+        self._freed = True
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
+
+
+def _device_name(array):
+    return "cpu" if isinstance(array, (np.ndarray, np.generic)) else "cuda"
+
+
+def _same_device(a, b):
+    return _device_name(a) == _device_name(b)
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape``: the reverse of NumPy broadcasting."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra < 0:
+        return None
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, size in enumerate(shape) if size == 1 and grad.shape[extra + i] != 1)
+    reduced = grad.sum(axis=axes, keepdims=True) if axes else grad
+    if extra:
+        reduced = reduced.reshape(reduced.shape[extra:])
+    return reduced if reduced.shape == shape else None
+
+
+def _topological_order(root):
+    """Nodes reachable from ``root``, each before every node it depends on."""
+    order = []
+    visited = {id(root)}
+    stack = [(root, iter(root.inputs))]
+    while stack:
+        node, inputs = stack[-1]
+        for tensor in inputs:
+            parent = tensor.grad_fn
+            if parent is not None and id(parent) not in visited:
+                visited.add(id(parent))
+                if parent._freed:
+                    raise _freed_error(parent)
+                stack.append((parent, iter(parent.inputs)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    order.reverse()
+    return order
+
+
+def _freed_error(node):
+    return RuntimeError(
+        f"{node.name}: trying to backward through the graph a second time; its saved "
+        "arrays were freed after the first backward. Pass retain_graph=True to the first "
+        "backward() if you need to call it twice.")
+
+
+def backward(tensor, grad, retain_graph=False):
+    """Accumulate d(tensor)/d(leaf) * grad into every leaf that requires grad."""
+    root = tensor.grad_fn
+    if root is None:
+        _accumulate_leaf(tensor, grad, owned=False)
+        return
+    if root._freed:
+        raise _freed_error(root)
+    order = _topological_order(root)
+    pending = {id(root): grad}
+    for node in order:
+        grad_output = pending.pop(id(node), None)
+        if grad_output is None:
+            continue
+        if node._retained is not None:
+            kept = node._retained()
+            if kept is not None:
+                kept.grad = grad_output.copy() if kept.grad is None else kept.grad + grad_output
+        grads = node.backward(grad_output)
+        if not isinstance(grads, tuple):
+            grads = (grads,)
+        inputs = node.inputs
+        if len(grads) != len(inputs):
+            raise RuntimeError(f"{node.name}.backward returned {len(grads)} gradients for "
+                               f"{len(inputs)} tensor inputs")
+        for index, (tensor_in, g) in enumerate(zip(inputs, grads)):
+            if g is None or not tensor_in.requires_grad:
+                continue
+            g = _check_gradient(node, index, tensor_in, g)
+            parent = tensor_in.grad_fn
+            if parent is None:
+                owned = g is not grad_output and getattr(g, "base", None) is None and \
+                    all(other is not g for j, other in enumerate(grads) if j != index)
+                _accumulate_leaf(tensor_in, g, owned)
+            else:
+                key = id(parent)
+                previous = pending.get(key)
+                pending[key] = g if previous is None else previous + g
+        if not retain_graph:
+            node.release()
+
+
+def _check_gradient(node, index, tensor_in, g):
+    data = tensor_in.data
+    if isinstance(g, np.generic):
+        g = np.asarray(g)
+    if g.shape != data.shape:
+        reduced = unbroadcast(g, data.shape)
+        if reduced is None:
+            raise RuntimeError(
+                f"{node.name}.backward returned a gradient of shape {g.shape} for input {index} "
+                f"of shape {data.shape}")
+        g = reduced
+    if g.dtype != data.dtype:
+        g = g.astype(data.dtype)
+    return g
+
+
+def _accumulate_leaf(tensor, g, owned):
+    if tensor.grad is None:
+        tensor.grad = g if owned else g.copy()
+    else:
+        tensor.grad += g
+
+
+def retain(tensor):
+    """Make a non-leaf ``tensor`` keep its ``.grad`` (weakly held: no cycle)."""
+    if tensor.grad_fn is not None:
+        tensor.grad_fn._retained = weakref.ref(tensor)

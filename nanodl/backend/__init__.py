@@ -1,0 +1,101 @@
+"""Backends: which array library holds a tensor, and which kernel table runs it.
+
+* ``array_module(x)`` gives ``numpy`` or ``cupy`` for an array or Tensor (the
+  ``xp`` idiom: one op body serves both).
+* ``kernels(x)`` gives the kernel table for an array: on the CPU the compiled
+  table or its NumPy twin (``set_kernels`` / ``NANODL_KERNELS`` choose), on the
+  GPU the CuPy table.
+* CuPy is imported lazily, only in ``nanodl.backend.cuda``.
+"""
+import os
+
+import numpy as np
+
+from . import kernels_numpy
+
+try:  # the compiled table exists only when the Cython extension was built
+    from . import kernels_native
+except ImportError:  # pragma: no cover - depends on the build
+    kernels_native = None
+
+KERNEL_NAMES = ("native", "numpy")
+_cpu_table = kernels_numpy
+
+
+def native_available():
+    """True when the Cython extension was built and can be selected."""
+    return kernels_native is not None
+
+
+def set_kernels(name):
+    """Select the CPU kernel table: ``'native'`` (compiled) or ``'numpy'`` (reference)."""
+    global _cpu_table
+    if name not in KERNEL_NAMES:
+        raise ValueError(f"set_kernels: unknown kernels {name!r}; valid names: {', '.join(KERNEL_NAMES)}")
+    if name == "native" and kernels_native is None:
+        raise RuntimeError("set_kernels: the native extension is not built; "
+                           "run `pip install -e .` (needs a C compiler) or use 'numpy'")
+    _cpu_table = kernels_native if name == "native" else kernels_numpy
+
+
+def get_kernels():
+    """The name of the CPU kernel table in use."""
+    return "native" if _cpu_table is kernels_native and kernels_native is not None else "numpy"
+
+
+def kernels(array):
+    """The kernel table that runs ``array``'s device."""
+    if type(array) is np.ndarray or isinstance(array, (np.ndarray, np.generic)):
+        return _cpu_table
+    from .cuda import cupy_kernels
+    return cupy_kernels()
+
+
+def array_module(x):
+    """``numpy`` or ``cupy``, whichever holds ``x`` (an array or a Tensor)."""
+    data = getattr(x, "data", x) if not isinstance(x, np.ndarray) else x
+    if isinstance(data, np.ndarray) or np.isscalar(data):
+        return np
+    if type(data).__module__.startswith("cupy"):
+        from .cuda import cupy_module
+        return cupy_module()
+    return np
+
+
+def device_of(array):
+    """``'cpu'`` for NumPy arrays, ``'cuda'`` for CuPy arrays."""
+    return "cpu" if isinstance(array, (np.ndarray, np.generic)) else "cuda"
+
+
+def cuda_available():
+    """True when CuPy imports and sees at least one GPU."""
+    from .cuda import cuda_status
+    return cuda_status() is None
+
+
+def to_device(array, device):
+    """Move a backend array to ``device`` (``'cpu'`` or ``'cuda'``); a no-op when already there."""
+    device = _check_device(device)
+    if device == "cpu":
+        if isinstance(array, np.ndarray):
+            return array
+        return array.get()
+    from .cuda import require_cupy
+    cp = require_cupy()
+    return cp.asarray(array)
+
+
+def _check_device(device):
+    name = str(device)
+    if name.startswith("cuda"):
+        return "cuda"
+    if name != "cpu":
+        raise ValueError(f"unknown device {device!r}; valid devices: cpu, cuda")
+    return name
+
+
+_env = os.environ.get("NANODL_KERNELS")
+if _env:
+    set_kernels(_env)
+elif kernels_native is not None:
+    _cpu_table = kernels_native

@@ -1,0 +1,48 @@
+"""The one place where CuPy is imported (lazily, on first use of ``'cuda'``)."""
+_cupy = None
+_status = "unchecked"
+
+
+def cuda_status():
+    """None when CuPy and a GPU are usable, else a sentence saying what is missing."""
+    global _cupy, _status
+    if _status != "unchecked":
+        return _status
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        _status = (f"CuPy is not installed ({exc.__class__.__name__}: {exc}); install the wheel that "
+                   "matches your CUDA, e.g. `pip install cupy-cuda12x` (CUDA 12) or `pip install "
+                   "cupy-cuda13x` (CUDA 13), or `pip install nanodl[cuda]`")
+        return _status
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        count, detail = 0, f" ({exc})"
+    else:
+        detail = ""
+    if count < 1:
+        _status = f"CuPy is installed but no NVIDIA GPU is visible{detail}"
+        return _status
+    _cupy = cupy
+    _status = None
+    return None
+
+
+def require_cupy():
+    """The cupy module, or RuntimeError saying whether CuPy or the GPU is missing."""
+    status = cuda_status()
+    if status is not None:
+        raise RuntimeError(f"device 'cuda' is not available: {status}")
+    return _cupy
+
+
+def cupy_module():
+    return require_cupy()
+
+
+def cupy_kernels():
+    """The CuPy kernel table (built on first use)."""
+    require_cupy()
+    from . import kernels_cupy
+    return kernels_cupy

@@ -1,0 +1,59 @@
+"""``nanodl.functional`` (``F``): activations, dropout and the fused dense layer.
+
+>>> import nanodl as nd, nanodl.functional as F
+>>> F.relu(nd.tensor([-1.0, 2.0])).tolist()
+[0.0, 2.0]
+"""
+from . import ops
+from .backend import array_module
+from .ops import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
+from .random import uniform
+from .tensor import Tensor
+
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu", "elu", "softplus", "linear")
+
+__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu", "elu",
+           "softplus", "dropout", "linear", "get_activation", "ACTIVATIONS"]
+
+
+def check_activation(name):
+    """Validate an activation name (None means 'linear'); returns the canonical name."""
+    if name is None:
+        return "linear"
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)} (or None)")
+    return name
+
+
+def get_activation(name):
+    """The function ``Tensor -> Tensor`` for an activation name."""
+    name = check_activation(name)
+    if name == "linear":
+        return lambda x: x
+    return getattr(ops, name)
+
+
+def dropout(x, rate, training=True):
+    """Inverted dropout: zero a ``rate`` fraction and scale the rest by 1/(1-rate)."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
+    if not training or rate == 0:
+        return x
+    xp = array_module(x.data)
+    keep = uniform(x.shape, x.dtype, xp) >= rate
+    mask = keep.astype(x.dtype) * x.dtype.type(1 / (1 - rate))
+    return x * Tensor(mask)
+
+
+DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+
+def linear(x, kernel, bias=None, activation=None, alpha=None):
+    """One fused node computing ``act(x @ kernel + bias)``; ``kernel`` is (in, out).
+
+    ``alpha`` is the parameter of ``'leaky_relu'`` (default 0.01) and ``'elu'`` (1.0).
+    """
+    activation = check_activation(activation)
+    if alpha is None:
+        alpha = DEFAULT_ALPHA.get(activation, 0.0)
+    return ops.linear(x, kernel, bias, activation=activation, alpha=alpha)

@@ -1,0 +1,238 @@
+"""Built-in ops as functions over Tensors: thin wrappers over ``Op.apply``.
+
+``Tensor`` methods, ``nd.*`` and ``F.*`` all land here. Python numbers and
+arrays are lifted to constant tensors of a matching dtype, so a float32 tensor
+combined with a Python number stays float32.
+"""
+import numpy as np
+
+from ..tensor import Tensor, get_default_dtype
+from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
+from .elementwise import Abs, Add, Clip, Div, Exp, Log, Maximum, Minimum, Mul, Neg, Pow, Sqrt, Sub, Where
+from .linear import Linear
+from .loss import SoftmaxCrossEntropy
+from .reduce import LogSumExp, Max, Mean, Min, Sum, Var
+from .shape import Concatenate, ExpandDims, GetItem, MatMul, Reshape, Squeeze, Stack, Transpose
+
+
+def lift(value, like):
+    """``value`` as a Tensor on ``like``'s device, with ``like``'s float dtype for Python numbers."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (int, float, bool)) and not isinstance(value, np.ndarray):
+        if like.dtype.kind == "f":
+            dtype = like.dtype
+        elif isinstance(value, float):
+            dtype = get_default_dtype()
+        else:
+            dtype = None
+        array = np.asarray(value, dtype=dtype)
+    else:
+        array = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") else value
+        if array.dtype.kind == "f" and isinstance(value, (list, tuple)):
+            array = array.astype(get_default_dtype())
+    if like.device != "cpu" and isinstance(array, np.ndarray):
+        from ..backend import to_device
+        array = to_device(array, like.device)
+    return Tensor(array)
+
+
+def _binary(op, a, b):
+    if not isinstance(a, Tensor):
+        a = lift(a, b)
+    elif not isinstance(b, Tensor):
+        b = lift(b, a)
+    try:
+        return op.apply(a, b)
+    except ValueError as error:
+        if a.shape == b.shape or "broadcast" not in str(error):
+            raise
+        raise ValueError(f"{op.__name__.lower()}: shapes {a.shape} and {b.shape} cannot be "
+                         "broadcast together") from None
+
+
+def add(a, b):
+    return _binary(Add, a, b)
+
+
+def sub(a, b):
+    return _binary(Sub, a, b)
+
+
+def mul(a, b):
+    return _binary(Mul, a, b)
+
+
+def div(a, b):
+    return _binary(Div, a, b)
+
+
+def power(a, b):
+    return _binary(Pow, a, b)
+
+
+def maximum(a, b):
+    return _binary(Maximum, a, b)
+
+
+def minimum(a, b):
+    return _binary(Minimum, a, b)
+
+
+def matmul(a, b):
+    if not isinstance(a, Tensor):
+        a = lift(a, b)
+    if not isinstance(b, Tensor):
+        b = lift(b, a)
+    return MatMul.apply(a, b)
+
+
+def where(cond, a, b):
+    """``a`` where ``cond`` holds, else ``b`` (``cond`` is not differentiated)."""
+    cond_array = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        a = Tensor(a)
+    a, b = (a, lift(b, a)) if isinstance(a, Tensor) else (lift(a, b), b)
+    if cond_array.dtype != bool:
+        cond_array = cond_array.astype(bool)
+    return Where.apply(a, b, cond=cond_array)
+
+
+def neg(a):
+    return Neg.apply(a)
+
+
+def getitem(a, index):
+    if isinstance(index, Tensor):
+        index = index.data
+    elif isinstance(index, tuple):
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    elif isinstance(index, list):
+        index = np.asarray(index)
+    return GetItem.apply(a, index=index)
+
+
+def sum(a, axis=None, keepdims=False):
+    return Sum.apply(a, axis=axis, keepdims=keepdims)
+
+
+def mean(a, axis=None, keepdims=False):
+    return Mean.apply(a, axis=axis, keepdims=keepdims)
+
+
+def var(a, axis=None, keepdims=False):
+    return Var.apply(a, axis=axis, keepdims=keepdims)
+
+
+def max(a, axis=None, keepdims=False):
+    return Max.apply(a, axis=axis, keepdims=keepdims)
+
+
+def min(a, axis=None, keepdims=False):
+    return Min.apply(a, axis=axis, keepdims=keepdims)
+
+
+def logsumexp(a, axis=None, keepdims=False):
+    return LogSumExp.apply(a, axis=axis, keepdims=keepdims)
+
+
+def reshape(a, *shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return Reshape.apply(a, shape=shape)
+
+
+def transpose(a, *axes):
+    if len(axes) == 1 and (isinstance(axes[0], (tuple, list)) or axes[0] is None):
+        axes = axes[0]
+    return Transpose.apply(a, axes=tuple(axes) if axes else None)
+
+
+def squeeze(a, axis=None):
+    return Squeeze.apply(a, axis=axis)
+
+
+def expand_dims(a, axis):
+    return ExpandDims.apply(a, axis=axis)
+
+
+def concatenate(tensors, axis=0):
+    tensors = _as_tensors(tensors, "concatenate")
+    return Concatenate.apply(*tensors, axis=axis)
+
+
+def stack(tensors, axis=0):
+    tensors = _as_tensors(tensors, "stack")
+    return Stack.apply(*tensors, axis=axis)
+
+
+def _as_tensors(tensors, op):
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError(f"{op}: expected a non-empty sequence of tensors")
+    return tensors
+
+
+def exp(a):
+    return Exp.apply(a)
+
+
+def log(a):
+    return Log.apply(a)
+
+
+def sqrt(a):
+    return Sqrt.apply(a)
+
+
+def abs(a):
+    return Abs.apply(a)
+
+
+def clip(a, lo, hi):
+    return Clip.apply(a, lo=lo, hi=hi)
+
+
+def tanh(a):
+    return Tanh.apply(a)
+
+
+def sigmoid(a):
+    return Sigmoid.apply(a)
+
+
+def relu(a):
+    return ReLU.apply(a)
+
+
+def leaky_relu(a, alpha=0.01):
+    return LeakyReLU.apply(a, alpha=alpha)
+
+
+def gelu(a):
+    return GELU.apply(a)
+
+
+def elu(a, alpha=1.0):
+    return ELU.apply(a, alpha=alpha)
+
+
+def softplus(a):
+    return Softplus.apply(a)
+
+
+def softmax(a, axis=-1):
+    return Softmax.apply(a, axis=axis)
+
+
+def log_softmax(a, axis=-1):
+    return LogSoftmax.apply(a, axis=axis)
+
+
+def linear(x, kernel, bias=None, activation="linear", alpha=0.0):
+    return Linear.apply(x, kernel, bias, activation=activation, alpha=alpha)
+
+
+def softmax_cross_entropy(logits, target):
+    """Per-sample cross-entropy of ``logits`` (N, C) against classes (N,) or a (N, C) distribution."""
+    return SoftmaxCrossEntropy.apply(logits, target=target)

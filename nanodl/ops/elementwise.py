@@ -1,0 +1,178 @@
+"""Elementwise arithmetic and math ops: forward and backward side by side.
+
+Gradients may come back in the broadcast shape: the engine sums them down to
+each input's shape (``autograd.unbroadcast``), so no op repeats that work.
+"""
+from ..autograd import Function
+from ..backend import array_module
+
+
+class Add(Function):
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, grad):
+        return grad, grad
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, grad):
+        return grad, (-grad if self.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        return a * b
+
+    def backward(self, grad):
+        a, b = self.saved_tensors
+        need_a, need_b = self.needs_input_grad
+        return (grad * b if need_a else None), (grad * a if need_b else None)
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        return a / b
+
+    def backward(self, grad):
+        a, b = self.saved_tensors
+        need_a, need_b = self.needs_input_grad
+        grad_a = grad / b if need_a else None
+        grad_b = -grad * a / (b * b) if need_b else None
+        return grad_a, grad_b
+
+
+class Neg(Function):
+    def forward(self, a):
+        return -a
+
+    def backward(self, grad):
+        return -grad
+
+
+class Pow(Function):
+    """``a ** b``; d/da = b a^(b-1), d/db = a^b log(a) (only computed when asked)."""
+
+    def forward(self, a, b):
+        out = a ** b
+        self.save_for_backward(a, b, out)
+        return out
+
+    def backward(self, grad):
+        a, b, out = self.saved_tensors
+        xp = array_module(a)
+        need_a, need_b = self.needs_input_grad
+        grad_a = grad * b * a ** (b - 1) if need_a else None
+        grad_b = grad * out * xp.log(a) if need_b else None
+        return grad_a, grad_b
+
+
+class Exp(Function):
+    def forward(self, a):
+        out = array_module(a).exp(a)
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, grad):
+        (out,) = self.saved_tensors
+        return grad * out
+
+
+class Log(Function):
+    def forward(self, a):
+        self.save_for_backward(a)
+        return array_module(a).log(a)
+
+    def backward(self, grad):
+        (a,) = self.saved_tensors
+        return grad / a
+
+
+class Sqrt(Function):
+    def forward(self, a):
+        out = array_module(a).sqrt(a)
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, grad):
+        (out,) = self.saved_tensors
+        return grad / (2 * out)
+
+
+class Abs(Function):
+    """|a|; the gradient at 0 is 0 (the subgradient PyTorch picks)."""
+
+    def forward(self, a):
+        self.save_for_backward(a)
+        return array_module(a).abs(a)
+
+    def backward(self, grad):
+        (a,) = self.saved_tensors
+        return grad * array_module(a).sign(a)
+
+
+class Clip(Function):
+    """Clamp to [lo, hi] (either may be None); gradient 1 inside, edges included."""
+
+    def forward(self, a, lo=None, hi=None):
+        xp = array_module(a)
+        self.save_for_backward(a)
+        self.lo, self.hi = lo, hi
+        return xp.clip(a, lo, hi)
+
+    def backward(self, grad):
+        (a,) = self.saved_tensors
+        inside = array_module(a).ones(a.shape, dtype=bool)
+        if self.lo is not None:
+            inside &= a >= self.lo
+        if self.hi is not None:
+            inside &= a <= self.hi
+        return grad * inside
+
+
+class Maximum(Function):
+    """Elementwise max; a tie sends half the gradient to each side."""
+
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        return array_module(a).maximum(a, b)
+
+    def backward(self, grad):
+        a, b = self.saved_tensors
+        share_a = (a > b) + 0.5 * (a == b)
+        need_a, need_b = self.needs_input_grad
+        return (grad * share_a if need_a else None), (grad * (1 - share_a) if need_b else None)
+
+
+class Minimum(Function):
+    """Elementwise min; a tie sends half the gradient to each side."""
+
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        return array_module(a).minimum(a, b)
+
+    def backward(self, grad):
+        a, b = self.saved_tensors
+        share_a = (a < b) + 0.5 * (a == b)
+        need_a, need_b = self.needs_input_grad
+        return (grad * share_a if need_a else None), (grad * (1 - share_a) if need_b else None)
+
+
+class Where(Function):
+    """``cond ? a : b``; ``cond`` is a plain boolean array, not differentiated."""
+
+    def forward(self, a, b, cond=None):
+        self.cond = cond
+        return array_module(a).where(cond, a, b)
+
+    def backward(self, grad):
+        xp = array_module(grad)
+        zero = xp.zeros((), dtype=grad.dtype)
+        need_a, need_b = self.needs_input_grad
+        return (xp.where(self.cond, grad, zero) if need_a else None,
+                xp.where(self.cond, zero, grad) if need_b else None)

@@ -1,0 +1,124 @@
+"""Reductions: sum, mean, var, max, min, logsumexp over an int or tuple ``axis``."""
+from ..autograd import Function
+from ..backend import array_module
+
+
+def normalize_axes(axis, ndim, op):
+    """``axis`` (None, int or tuple) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    result = []
+    for ax in axes:
+        if not -ndim <= ax < max(ndim, 1):
+            raise ValueError(f"{op}: axis {ax} is out of range for a tensor of {ndim} dimensions")
+        result.append(ax % ndim if ndim else 0)
+    if len(set(result)) != len(result):
+        raise ValueError(f"{op}: duplicate value in axis {axis}")
+    return tuple(sorted(result))
+
+
+def kept_shape(shape, axes):
+    """``shape`` with the reduced ``axes`` set to 1 (what keepdims=True gives)."""
+    return tuple(1 if i in axes else size for i, size in enumerate(shape))
+
+
+class _Reduction(Function):
+    """Shared forward bookkeeping: remember the input shape and reduced axes."""
+
+    def setup(self, a, axis, keepdims):
+        self.axes = normalize_axes(axis, a.ndim, type(self).__name__.lower())
+        self.shape = a.shape
+        self.keepdims = keepdims
+        return self.axes
+
+    def expand(self, grad):
+        """Broadcast a reduced gradient back over the input's shape."""
+        xp = array_module(grad)
+        if not self.keepdims:
+            grad = grad.reshape(kept_shape(self.shape, self.axes))
+        return xp.broadcast_to(grad, self.shape)
+
+
+class Sum(_Reduction):
+    def forward(self, a, axis=None, keepdims=False):
+        return a.sum(axis=self.setup(a, axis, keepdims), keepdims=keepdims)
+
+    def backward(self, grad):
+        return self.expand(grad)
+
+
+class Mean(_Reduction):
+    def forward(self, a, axis=None, keepdims=False):
+        axes = self.setup(a, axis, keepdims)
+        self.count = max(1, _product(a.shape, axes))
+        return a.mean(axis=axes, keepdims=keepdims)
+
+    def backward(self, grad):
+        return self.expand(grad / self.count)
+
+
+class Var(_Reduction):
+    """Population variance (divides by N, as NumPy's default)."""
+
+    def forward(self, a, axis=None, keepdims=False):
+        axes = self.setup(a, axis, keepdims)
+        centered = a - a.mean(axis=axes, keepdims=True)
+        self.save_for_backward(centered)
+        self.count = _product(a.shape, axes)
+        return (centered * centered).mean(axis=axes, keepdims=keepdims)
+
+    def backward(self, grad):
+        (centered,) = self.saved_tensors
+        return self.expand(grad) * centered * (2 / max(self.count, 1))
+
+
+class _Extreme(_Reduction):
+    """max / min: the gradient is shared equally among tied extremes."""
+
+    def forward(self, a, axis=None, keepdims=False):
+        axes = self.setup(a, axis, keepdims)
+        if a.size == 0:
+            raise ValueError(f"{type(self).__name__.lower()}: cannot reduce an empty tensor of shape {a.shape}")
+        out = self.reduce(a, axis=axes, keepdims=True)
+        self.save_for_backward(a, out)
+        return out if keepdims else out.reshape([s for i, s in enumerate(a.shape) if i not in axes])
+
+    def backward(self, grad):
+        a, out = self.saved_tensors
+        hits = a == out
+        count = hits.sum(axis=self.axes, keepdims=True)
+        return self.expand(grad) * hits / count
+
+
+class Max(_Extreme):
+    reduce = staticmethod(lambda a, **kw: a.max(**kw))
+
+
+class Min(_Extreme):
+    reduce = staticmethod(lambda a, **kw: a.min(**kw))
+
+
+class LogSumExp(_Reduction):
+    """log(sum(exp(a))), stable: the (detached) max is subtracted first."""
+
+    def forward(self, a, axis=None, keepdims=False):
+        xp = array_module(a)
+        axes = self.setup(a, axis, keepdims)
+        peak = a.max(axis=axes, keepdims=True)
+        peak = xp.where(xp.isfinite(peak), peak, 0)
+        out = xp.log(xp.exp(a - peak).sum(axis=axes, keepdims=True)) + peak
+        self.save_for_backward(a, out)
+        return out if keepdims else out.reshape([s for i, s in enumerate(a.shape) if i not in axes])
+
+    def backward(self, grad):
+        a, out = self.saved_tensors
+        return self.expand(grad) * array_module(a).exp(a - out)
+
+
+def _product(shape, axes):
+    """How many elements a reduction over ``axes`` folds into one."""
+    total = 1
+    for i in axes:
+        total *= shape[i]
+    return total

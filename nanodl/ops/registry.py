@@ -1,0 +1,194 @@
+"""One registry of ops that drives the tests and ``nanodl gradcheck``'s audit.
+
+Each ``OpSpec`` names an op, how to call it on Tensors, its NumPy reference,
+the input shapes to try (broadcasting pairs, scalars, size-1 axes included), the
+interval inputs are drawn from, and how far an input is from a point where the
+op is not differentiable (relu at 0, ties of max, ...). A new op is one entry and
+is then forward-tested, gradient-checked and audited everywhere at once.
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+from .. import functional as F
+from .. import ops
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    fn: Callable                     # (*tensors) -> Tensor
+    reference: Callable              # (*ndarrays) -> ndarray, in float64 NumPy
+    cases: Tuple[Tuple[tuple, ...], ...]
+    domain: Tuple[float, float] = (-2.0, 2.0)
+    kink_distance: Optional[Callable] = None  # (*ndarrays) -> distance to the nearest kink
+    family: str = "elementwise"
+    random_shapes: bool = True       # False: only the fixed ``cases`` make sense
+
+    @property
+    def arity(self):
+        return len(self.cases[0])
+
+    @property
+    def shape_kind(self):
+        """How tests may draw random shapes: 'unary', 'binary' (broadcasting), 'reduce' or None."""
+        if not self.random_shapes:
+            return None
+        if self.name in ("softmax", "log_softmax") or self.family == "reduce":
+            return "reduce"
+        if self.family in ("elementwise", "activation"):
+            return "unary" if self.arity == 1 else "binary"
+        return None
+
+
+def _gap_to_tie(axis):
+    """Distance between the two largest values along ``axis`` (0 means a tie)."""
+    def distance(a):
+        if a.size < 2:
+            return np.inf
+        values = np.sort(a.reshape(-1) if axis is None else np.moveaxis(a, axis, -1), axis=-1)
+        if values.shape[-1] < 2:
+            return np.inf
+        top = np.diff(values[..., -2:], axis=-1)
+        bottom = np.diff(values[..., :2], axis=-1)
+        return float(min(top.min(), bottom.min()))
+    return distance
+
+
+def _abs_min(a, *rest):
+    return float(np.abs(a).min()) if a.size else np.inf
+
+
+def _pair_gap(a, b):
+    return float(np.abs(a - b).min()) if np.broadcast(a, b).size else np.inf
+
+
+def _np_softmax(a, axis=-1):
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _np_logsumexp(a, axis=None, keepdims=False):
+    peak = a.max(axis=axis, keepdims=True)
+    out = np.log(np.exp(a - peak).sum(axis=axis, keepdims=True)) + peak
+    return out if keepdims else np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
+
+
+def _np_gelu(a):
+    return 0.5 * a * (1 + np.tanh(0.7978845608028654 * (a + 0.044715 * a ** 3)))
+
+
+def _np_linear(x, w, b, act):
+    z = x @ w + b
+    return {"linear": lambda v: v, "relu": lambda v: np.maximum(v, 0),
+            "tanh": np.tanh, "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+            "softmax": _np_softmax}[act](z)
+
+
+def _np_xent(logits, target):
+    log_probs = logits - _np_logsumexp(logits, axis=1, keepdims=True)
+    return -log_probs[np.arange(len(target)), target]
+
+
+UNARY = (((3, 4),), ((5,),), ((),), ((2, 1, 3),))
+BINARY = (((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 3), (4, 1)), ((), (3,)), ((5,), ()))
+REDUCE_SHAPES = (((3, 4),), ((2, 3, 4),), ((5,),))
+
+# Fixed class targets for the cross-entropy entry (the registry's inputs are all float).
+_XENT_TARGET = np.array([0, 2, 1, 2, 0])
+
+REGISTRY = (
+    OpSpec("add", ops.add, np.add, BINARY),
+    OpSpec("sub", ops.sub, np.subtract, BINARY),
+    OpSpec("mul", ops.mul, np.multiply, BINARY),
+    OpSpec("div", ops.div, np.divide, BINARY, domain=(0.5, 2.0)),
+    OpSpec("pow", ops.power, np.power, BINARY, domain=(0.5, 2.0)),
+    OpSpec("pow_scalar", lambda a: a ** 3, lambda a: a ** 3, UNARY),
+    OpSpec("neg", ops.neg, np.negative, UNARY),
+    OpSpec("exp", ops.exp, np.exp, UNARY),
+    OpSpec("log", ops.log, np.log, UNARY, domain=(0.2, 3.0)),
+    OpSpec("sqrt", ops.sqrt, np.sqrt, UNARY, domain=(0.2, 3.0)),
+    OpSpec("abs", ops.abs, np.abs, UNARY, kink_distance=_abs_min),
+    OpSpec("clip", lambda a: ops.clip(a, -0.5, 0.7), lambda a: np.clip(a, -0.5, 0.7), UNARY,
+           kink_distance=lambda a: float(min(np.abs(a + 0.5).min(), np.abs(a - 0.7).min()))
+           if a.size else np.inf),
+    OpSpec("maximum", ops.maximum, np.maximum, BINARY, kink_distance=_pair_gap),
+    OpSpec("minimum", ops.minimum, np.minimum, BINARY, kink_distance=_pair_gap),
+    OpSpec("where", lambda a, b: ops.where(a.data > 0, a, b), lambda a, b: np.where(a > 0, a, b),
+           BINARY[:3], kink_distance=_abs_min),
+    OpSpec("matmul", ops.matmul, np.matmul,
+           (((3, 4), (4, 2)), ((4,), (4, 3)), ((3, 4), (4,)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (3, 4, 2))),
+           family="linear"),
+    OpSpec("sum", lambda a: ops.sum(a), np.sum, UNARY, family="reduce"),
+    OpSpec("sum_axis", lambda a: ops.sum(a, axis=(0, -1), keepdims=True),
+           lambda a: a.sum(axis=(0, -1), keepdims=True), REDUCE_SHAPES[:2], family="reduce",
+           random_shapes=False),
+    OpSpec("mean", lambda a: ops.mean(a, axis=0), lambda a: a.mean(axis=0), REDUCE_SHAPES, family="reduce"),
+    OpSpec("var", lambda a: ops.var(a, axis=-1), lambda a: a.var(axis=-1), REDUCE_SHAPES, family="reduce"),
+    OpSpec("max", lambda a: ops.max(a, axis=-1), lambda a: a.max(axis=-1), REDUCE_SHAPES,
+           kink_distance=_gap_to_tie(-1), family="reduce"),
+    OpSpec("min", lambda a: ops.min(a, axis=0, keepdims=True), lambda a: a.min(axis=0, keepdims=True),
+           REDUCE_SHAPES, kink_distance=_gap_to_tie(0), family="reduce"),
+    OpSpec("max_all", lambda a: ops.max(a), np.max, REDUCE_SHAPES, kink_distance=_gap_to_tie(None),
+           family="reduce"),
+    OpSpec("logsumexp", lambda a: ops.logsumexp(a, axis=-1), lambda a: _np_logsumexp(a, axis=-1),
+           REDUCE_SHAPES, family="reduce"),
+    OpSpec("reshape", lambda a: ops.reshape(a, -1), lambda a: a.reshape(-1), UNARY, family="shape"),
+    OpSpec("transpose", lambda a: ops.transpose(a), np.transpose, UNARY, family="shape"),
+    OpSpec("transpose_axes", lambda a: ops.transpose(a, 1, 2, 0), lambda a: a.transpose(1, 2, 0),
+           (((2, 3, 4),), ((1, 3, 2),)), family="shape"),
+    OpSpec("squeeze", lambda a: ops.squeeze(a), np.squeeze, (((2, 1, 3),), ((1, 4),)), family="shape"),
+    OpSpec("expand_dims", lambda a: ops.expand_dims(a, 1), lambda a: np.expand_dims(a, 1),
+           (((3, 4),), ((5,),)), family="shape"),
+    OpSpec("getitem_slice", lambda a: a[1:, ::2], lambda a: a[1:, ::2], (((4, 5),), ((3, 3, 2),)),
+           family="shape"),
+    OpSpec("getitem_repeat", lambda a: a[np.array([0, 2, 0, 0])], lambda a: a[np.array([0, 2, 0, 0])],
+           (((3, 4),), ((4,),)), family="shape"),
+    OpSpec("concatenate", lambda a, b: ops.concatenate([a, b], axis=1),
+           lambda a, b: np.concatenate([a, b], axis=1), (((3, 2), (3, 4)), ((2, 1, 3), (2, 2, 3))),
+           family="shape"),
+    OpSpec("stack", lambda a, b: ops.stack([a, b], axis=-1), lambda a, b: np.stack([a, b], axis=-1),
+           (((3, 2), (3, 2)), ((4,), (4,))), family="shape"),
+    OpSpec("relu", ops.relu, lambda a: np.maximum(a, 0), UNARY, kink_distance=_abs_min, family="activation"),
+    OpSpec("leaky_relu", lambda a: ops.leaky_relu(a, 0.1), lambda a: np.where(a > 0, a, 0.1 * a), UNARY,
+           kink_distance=_abs_min, family="activation"),
+    OpSpec("sigmoid", ops.sigmoid, lambda a: 1 / (1 + np.exp(-a)), UNARY, family="activation"),
+    OpSpec("tanh", ops.tanh, np.tanh, UNARY, family="activation"),
+    OpSpec("gelu", F.gelu, _np_gelu, UNARY, family="activation"),
+    OpSpec("elu", lambda a: F.elu(a, 1.5), lambda a: np.where(a > 0, a, 1.5 * np.expm1(np.minimum(a, 0))),
+           UNARY, kink_distance=_abs_min, family="activation"),
+    OpSpec("softplus", F.softplus, lambda a: np.logaddexp(a, 0), UNARY, family="activation"),
+    OpSpec("softmax", lambda a: ops.softmax(a, axis=-1), _np_softmax, REDUCE_SHAPES, family="activation"),
+    OpSpec("log_softmax", lambda a: ops.log_softmax(a, axis=0),
+           lambda a: a - _np_logsumexp(a, axis=0, keepdims=True), REDUCE_SHAPES, family="activation"),
+    OpSpec("linear", lambda x, w, b: F.linear(x, w, b), lambda x, w, b: _np_linear(x, w, b, "linear"),
+           (((5, 3), (3, 4), (4,)), ((2, 3, 3), (3, 2), (2,)), ((1, 1), (1, 1), (1,))), family="linear"),
+    OpSpec("linear_relu", lambda x, w, b: F.linear(x, w, b, "relu"),
+           lambda x, w, b: _np_linear(x, w, b, "relu"), (((5, 3), (3, 4), (4,)),), family="linear",
+           kink_distance=lambda x, w, b: float(np.abs(x @ w + b).min())),
+    OpSpec("linear_tanh", lambda x, w, b: F.linear(x, w, b, "tanh"),
+           lambda x, w, b: _np_linear(x, w, b, "tanh"), (((5, 3), (3, 4), (4,)),), family="linear"),
+    OpSpec("linear_sigmoid", lambda x, w, b: F.linear(x, w, b, "sigmoid"),
+           lambda x, w, b: _np_linear(x, w, b, "sigmoid"), (((5, 3), (3, 4), (4,)),), family="linear"),
+    OpSpec("linear_softmax", lambda x, w, b: F.linear(x, w, b, "softmax"),
+           lambda x, w, b: _np_linear(x, w, b, "softmax"), (((5, 3), (3, 4), (4,)),), family="linear"),
+    OpSpec("linear_gelu", lambda x, w, b: F.linear(x, w, b, "gelu"),
+           lambda x, w, b: _np_gelu(x @ w + b), (((5, 3), (3, 4), (4,)),), family="linear"),
+    OpSpec("linear_nobias", lambda x, w: F.linear(x, w), lambda x, w: x @ w, (((4, 3), (3, 2)),),
+           family="linear"),
+    OpSpec("softmax_xent", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET),
+           lambda a: _np_xent(a, _XENT_TARGET), (((5, 3),),), family="loss"),
+)
+
+BY_NAME = {spec.name: spec for spec in REGISTRY}
+
+
+def draw_inputs(spec, shapes, rng, dtype=np.float64, margin=1e-3, tries=50):
+    """Random float inputs for ``spec`` at ``shapes``, kept ``margin`` away from its kinks."""
+    low, high = spec.domain
+    for _ in range(tries):
+        arrays = [rng.uniform(low, high, size=shape).astype(dtype) for shape in shapes]
+        if spec.kink_distance is None or spec.kink_distance(*arrays) > margin:
+            return arrays
+    raise RuntimeError(f"{spec.name}: could not draw inputs {margin} away from a kink")

@@ -1,0 +1,159 @@
+"""Shape ops (no arithmetic): reshape, transpose, indexing, joining, matmul, casts."""
+import numpy as np
+
+from ..autograd import Function
+from ..backend import array_module, to_device
+
+
+class Reshape(Function):
+    def forward(self, a, shape=None):
+        self.shape = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} "
+                             f"({a.size} elements) into shape {tuple(shape)}") from None
+
+    def backward(self, grad):
+        return grad.reshape(self.shape)
+
+
+class Transpose(Function):
+    def forward(self, a, axes=None):
+        if axes is not None and sorted(ax % max(a.ndim, 1) for ax in axes) != list(range(a.ndim)):
+            raise ValueError(f"transpose: axes {tuple(axes)} are not a permutation of the "
+                             f"{a.ndim} axes of a tensor of shape {a.shape}")
+        self.axes = axes
+        return a.transpose(axes)
+
+    def backward(self, grad):
+        if self.axes is None:
+            return grad.transpose()
+        return grad.transpose(np.argsort([ax % grad.ndim for ax in self.axes]))
+
+
+class Squeeze(Function):
+    def forward(self, a, axis=None):
+        self.shape = a.shape
+        if axis is not None:
+            axes = (axis,) if isinstance(axis, int) else tuple(axis)
+            for ax in axes:
+                if not -a.ndim <= ax < a.ndim or a.shape[ax] != 1:
+                    raise ValueError(f"squeeze: axis {ax} of shape {a.shape} is not of size 1")
+        return a.squeeze(axis)
+
+    def backward(self, grad):
+        return grad.reshape(self.shape)
+
+
+class ExpandDims(Function):
+    def forward(self, a, axis=0):
+        self.shape = a.shape
+        return array_module(a).expand_dims(a, axis)
+
+    def backward(self, grad):
+        return grad.reshape(self.shape)
+
+
+class GetItem(Function):
+    """Basic slicing and integer-array indexing; backward scatter-adds."""
+
+    def forward(self, a, index=None):
+        self.shape, self.dtype, self.index = a.shape, a.dtype, index
+        return a[index]
+
+    def backward(self, grad):
+        xp = array_module(grad)
+        full = xp.zeros(self.shape, dtype=grad.dtype)
+        if _is_basic(self.index):
+            full[self.index] = grad
+        else:  # repeated indices must accumulate, which `full[index] += grad` would not
+            scatter_add = xp.add.at if hasattr(xp.add, "at") else _cupy_scatter_add
+            scatter_add(full, self.index, grad)
+        return full
+
+
+def _is_basic(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(p, (int, slice, type(None), type(Ellipsis))) or
+               (isinstance(p, np.integer)) for p in parts)
+
+
+def _cupy_scatter_add(target, index, values):  # pragma: no cover - GPU only
+    import cupyx
+    cupyx.scatter_add(target, index, values)
+
+
+class Concatenate(Function):
+    def forward(self, *arrays, axis=0):
+        xp = array_module(arrays[0])
+        try:
+            out = xp.concatenate(arrays, axis=axis)
+        except ValueError:
+            raise ValueError(f"concatenate: shapes {[a.shape for a in arrays]} cannot be joined "
+                             f"along axis {axis}") from None
+        self.axis = axis % out.ndim
+        self.bounds = np.cumsum([a.shape[self.axis] for a in arrays])[:-1]
+        return out
+
+    def backward(self, grad):
+        return tuple(array_module(grad).split(grad, [int(b) for b in self.bounds], axis=self.axis))
+
+
+class Stack(Function):
+    def forward(self, *arrays, axis=0):
+        xp = array_module(arrays[0])
+        if len({a.shape for a in arrays}) > 1:
+            raise ValueError(f"stack: all tensors must have one shape, got {[a.shape for a in arrays]}")
+        out = xp.stack(arrays, axis=axis)
+        self.axis = axis % out.ndim
+        return out
+
+    def backward(self, grad):
+        return tuple(grad.take(i, axis=self.axis) for i in range(grad.shape[self.axis]))
+
+
+class MatMul(Function):
+    """``a @ b`` with NumPy's rules (1-D operands, batched leading axes)."""
+
+    def forward(self, a, b):
+        if a.ndim == 0 or b.ndim == 0 or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned")
+        self.save_for_backward(a, b)
+        return a @ b
+
+    def backward(self, grad):
+        a, b = self.saved_tensors
+        need_a, need_b = self.needs_input_grad
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        if a.ndim == 1:
+            grad = grad[..., None, :]
+        if b.ndim == 1:
+            grad = grad[..., None]
+        grad_a = grad @ b2.swapaxes(-1, -2) if need_a else None
+        grad_b = a2.swapaxes(-1, -2) @ grad if need_b else None
+        if need_a and a.ndim == 1:
+            grad_a = grad_a.reshape(grad_a.shape[:-2] + grad_a.shape[-1:])
+            grad_a = grad_a.reshape(-1, a.shape[0]).sum(axis=0)
+        if need_b and b.ndim == 1:
+            grad_b = grad_b[..., 0].reshape(-1, b.shape[0]).sum(axis=0)
+        return grad_a, grad_b
+
+
+class AsType(Function):
+    def forward(self, a, dtype=None):
+        self.dtype = a.dtype
+        return a.astype(dtype)
+
+    def backward(self, grad):
+        return grad.astype(self.dtype)
+
+
+class ToDevice(Function):
+    def forward(self, a, device="cpu"):
+        self.source = "cpu" if isinstance(a, np.ndarray) else "cuda"
+        return to_device(a, device)
+
+    def backward(self, grad):
+        return to_device(grad, self.source)

@@ -1,0 +1,337 @@
+"""Tensor: a backend array (NumPy or CuPy), its gradient, and the node that made it.
+
+Every method that computes something is a one-line wrapper over an op's
+``apply`` (see ``nanodl/ops``); the derivatives live with the ops.
+"""
+import numpy as np
+
+from . import autograd
+from .backend import array_module, device_of, to_device
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_default_dtype = np.dtype(np.float32)
+
+
+def set_default_dtype(dtype):
+    """Set the dtype of tensors made from Python floats (``'float32'`` or ``'float64'``)."""
+    global _default_dtype
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in _FLOAT_DTYPES:
+        raise ValueError(f"set_default_dtype: unsupported dtype {dtype!r}; valid: float32, float64")
+    _default_dtype = resolved
+
+
+def get_default_dtype():
+    """The dtype of tensors made from Python floats (``float32`` unless changed)."""
+    return _default_dtype
+
+
+def is_float_dtype(dtype):
+    return np.dtype(dtype).kind == "f"
+
+
+def as_array(data, dtype=None):
+    """Turn ``data`` (scalar, nested list, ndarray, CuPy array, Tensor) into a backend array."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, np.ndarray):
+        array = data
+    elif hasattr(data, "__cuda_array_interface__"):
+        array = data
+    else:
+        array = np.asarray(data)
+        if array.dtype.kind == "f" and dtype is None:
+            array = array.astype(_default_dtype, copy=False)
+        elif array.dtype == object:
+            raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__} "
+                            "(ragged nested lists or non-numeric values)")
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        array = array.astype(dtype)
+    return array
+
+
+class Tensor:
+    """An n-dimensional array that records the ops applied to it for ``backward``.
+
+    >>> import nanodl as nd
+    >>> x = nd.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> (x * x).sum().backward()
+    >>> x.grad
+    array([2., 4., 6.], dtype=float32)
+    """
+    __slots__ = ("data", "grad", "requires_grad", "grad_fn", "name", "__weakref__")
+    __array_ufunc__ = None  # make NumPy defer to Tensor's reflected operators
+
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        array = as_array(data, dtype)
+        if device is not None:
+            array = to_device(array, device)
+        if requires_grad and array.dtype.kind != "f":
+            raise TypeError(f"tensor: requires_grad=True needs a float dtype, got {array.dtype}")
+        self.data = array
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self.grad_fn = None
+        self.name = None
+
+    # ------------------------------------------------------------ attributes
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    dtype = property(lambda self: self.data.dtype)
+    device = property(lambda self: device_of(self.data))
+    is_leaf = property(lambda self: self.grad_fn is None)
+
+    def __len__(self):
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return len(self.data)
+
+    def __repr__(self):
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        extras = []
+        if self.dtype not in (_default_dtype, np.dtype(np.int64), np.dtype(bool)):
+            extras.append(f"dtype={self.dtype}")
+        if self.device != "cpu":
+            extras.append(f"device='{self.device}'")
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn={self.grad_fn.name}")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return "tensor(" + ", ".join([body] + extras) + ")"
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is ambiguous")
+        return bool(self.data)
+
+    __hash__ = object.__hash__
+
+    # ------------------------------------------------------------ autograd
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate the gradient of this tensor into every leaf it depends on.
+
+        ``grad`` is d(loss)/d(self); it may be omitted only for a scalar.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: tensor does not require grad and has no grad_fn")
+        if grad is None:
+            if self.data.size != 1:
+                raise ValueError(f"backward: grad can be implicitly created only for scalar outputs, "
+                                 f"got shape {self.shape}; pass grad=")
+            grad = array_module(self.data).ones_like(self.data)
+        else:
+            grad = as_array(grad, self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad of shape {grad.shape} does not match tensor of "
+                                 f"shape {self.shape}")
+            if device_of(grad) != self.device:
+                grad = to_device(grad, self.device)
+        autograd.backward(self, grad, retain_graph)
+
+    def detach(self):
+        """A tensor sharing this data, cut from the graph."""
+        return Tensor(self.data)
+
+    def retain_grad(self):
+        """Keep ``.grad`` on this non-leaf tensor after backward."""
+        autograd.retain(self)
+
+    def zero_grad(self):
+        self.grad = None
+
+    # ------------------------------------------------------------ conversion
+    def numpy(self):
+        """A host NumPy copy of the data."""
+        return np.array(self.data) if device_of(self.data) == "cpu" else self.data.get()
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item: only one-element tensors can be converted, got shape {self.shape}")
+        return self.data.reshape(()).item() if device_of(self.data) == "cpu" else self.numpy().item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def to(self, device):
+        """This tensor on ``device`` (``'cpu'`` or ``'cuda'``); differentiable."""
+        from .ops.shape import ToDevice
+        from .backend import _check_device
+        if _check_device(device) == self.device:
+            return self
+        return ToDevice.apply(self, device=_check_device(device))
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def astype(self, dtype):
+        """A copy with another dtype; differentiable between float dtypes."""
+        from .ops.shape import AsType
+        if np.dtype(dtype) == self.dtype:
+            return self
+        if not is_float_dtype(dtype):
+            return Tensor(self.data.astype(dtype))
+        return AsType.apply(self, dtype=np.dtype(dtype))
+
+    # ------------------------------------------------------------ operators
+    def __add__(self, other):
+        return _ops().add(self, other)
+
+    def __radd__(self, other):
+        return _ops().add(other, self)
+
+    def __sub__(self, other):
+        return _ops().sub(self, other)
+
+    def __rsub__(self, other):
+        return _ops().sub(other, self)
+
+    def __mul__(self, other):
+        return _ops().mul(self, other)
+
+    def __rmul__(self, other):
+        return _ops().mul(other, self)
+
+    def __truediv__(self, other):
+        return _ops().div(self, other)
+
+    def __rtruediv__(self, other):
+        return _ops().div(other, self)
+
+    def __pow__(self, other):
+        return _ops().power(self, other)
+
+    def __rpow__(self, other):
+        return _ops().power(other, self)
+
+    def __matmul__(self, other):
+        return _ops().matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return _ops().matmul(other, self)
+
+    def __neg__(self):
+        return _ops().neg(self)
+
+    def __getitem__(self, index):
+        return _ops().getitem(self, index)
+
+    def _compare(self, other, compare):
+        other = other.data if isinstance(other, Tensor) else other
+        return Tensor(compare(self.data, other))
+
+    def __lt__(self, other):
+        return self._compare(other, lambda a, b: a < b)
+
+    def __le__(self, other):
+        return self._compare(other, lambda a, b: a <= b)
+
+    def __gt__(self, other):
+        return self._compare(other, lambda a, b: a > b)
+
+    def __ge__(self, other):
+        return self._compare(other, lambda a, b: a >= b)
+
+    def __eq__(self, other):
+        return self._compare(other, lambda a, b: a == b)
+
+    def __ne__(self, other):
+        return self._compare(other, lambda a, b: a != b)
+
+    # ------------------------------------------------------------ methods (see nanodl.ops)
+    def sum(self, axis=None, keepdims=False):
+        return _ops().sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _ops().mean(self, axis, keepdims)
+
+    def var(self, axis=None, keepdims=False):
+        return _ops().var(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return _ops().max(self, axis, keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return _ops().min(self, axis, keepdims)
+
+    def logsumexp(self, axis=None, keepdims=False):
+        return _ops().logsumexp(self, axis, keepdims)
+
+    def reshape(self, *shape):
+        return _ops().reshape(self, *shape)
+
+    def transpose(self, *axes):
+        return _ops().transpose(self, *axes)
+
+    @property
+    def T(self):
+        return _ops().transpose(self)
+
+    def flatten(self):
+        return _ops().reshape(self, -1)
+
+    def squeeze(self, axis=None):
+        return _ops().squeeze(self, axis)
+
+    def expand_dims(self, axis):
+        return _ops().expand_dims(self, axis)
+
+    def exp(self):
+        return _ops().exp(self)
+
+    def log(self):
+        return _ops().log(self)
+
+    def sqrt(self):
+        return _ops().sqrt(self)
+
+    def abs(self):
+        return _ops().abs(self)
+
+    def clip(self, lo, hi):
+        return _ops().clip(self, lo, hi)
+
+    def tanh(self):
+        return _ops().tanh(self)
+
+    def sigmoid(self):
+        return _ops().sigmoid(self)
+
+    def relu(self):
+        return _ops().relu(self)
+
+    def leaky_relu(self, alpha=0.01):
+        return _ops().leaky_relu(self, alpha)
+
+    def softmax(self, axis=-1):
+        return _ops().softmax(self, axis)
+
+    def log_softmax(self, axis=-1):
+        return _ops().log_softmax(self, axis)
+
+
+_ops_module = None
+
+
+def _ops():
+    """The ops package (imported on first use: ops import this module)."""
+    global _ops_module
+    if _ops_module is None:
+        from . import ops
+        _ops_module = ops
+    return _ops_module
+
+
+def tensor(data, requires_grad=False, dtype=None, device=None):
+    """Same as ``Tensor(...)``."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)

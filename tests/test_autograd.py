@@ -1,0 +1,263 @@
+"""The engine: graph walk, accumulation, freeing, no_grad, errors, leaks."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import nanodl as nd
+
+
+def test_reused_non_leaf():
+    a = nd.tensor([2.0, -1.0], requires_grad=True)
+    b = a + a
+    c = b + b
+    c.sum().backward()
+    np.testing.assert_array_equal(a.grad, [4, 4])
+
+
+def test_same_tensor_twice_in_one_op():
+    x = nd.tensor([3.0], requires_grad=True)
+    (x * x).backward(np.ones(1, dtype=np.float32))
+    np.testing.assert_array_equal(x.grad, [6])
+    x.zero_grad()
+    (x + x).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2])
+
+
+def test_diamond_graph():
+    x = nd.tensor(1.5, requires_grad=True)
+    y = x.exp()
+    z = y * x + y.log()  # d/dx = e^x * x + e^x + 1
+    z.backward()
+    assert np.isclose(x.grad, np.exp(1.5) * 1.5 + np.exp(1.5) + 1, rtol=1e-6)
+
+
+def test_long_chain_is_iterative():
+    x = nd.tensor(1.0, requires_grad=True)
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0001
+    y.backward()
+    assert np.isclose(x.grad, 1.0001 ** 10_000, rtol=1e-3)
+    del y
+    gc.collect()
+
+
+def test_gradients_accumulate_into_leaves():
+    x = nd.tensor([1.0, 2.0], requires_grad=True)
+    (x * 3).sum().backward()
+    (x * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad, [6, 6])
+
+
+def test_leaf_grad_is_not_aliased_between_inputs():
+    a = nd.tensor([1.0, 2.0], requires_grad=True)
+    b = nd.tensor([3.0, 4.0], requires_grad=True)
+    (a + b).sum().backward()
+    a.grad += 10
+    np.testing.assert_array_equal(b.grad, [1, 1])
+
+
+def test_second_backward_raises_unless_retained():
+    x = nd.tensor([1.0, 2.0], requires_grad=True)
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [4, 8])
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
+
+
+def test_saved_arrays_are_freed_after_backward():
+    x = nd.tensor([1.0, 2.0], requires_grad=True)
+    y = x * x
+    node = y.grad_fn
+    y.sum().backward()
+    assert node.saved_tensors is None
+
+
+def test_non_scalar_backward_needs_grad():
+    x = nd.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(ValueError, match="scalar"):
+        (x * 2).backward()
+    with pytest.raises(ValueError, match="shape"):
+        (x * 2).backward(np.ones(3))
+
+
+def test_non_leaf_keeps_no_grad_unless_retained():
+    x = nd.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2
+    z = x * 3
+    z.retain_grad()
+    (y * z).sum().backward()
+    assert y.grad is None
+    np.testing.assert_array_equal(z.grad, [2, 4])
+    assert not y.is_leaf and x.is_leaf
+
+
+def test_no_grad_and_enable_grad():
+    x = nd.tensor([1.0], requires_grad=True)
+    with nd.no_grad():
+        y = x * 2
+        with nd.enable_grad():
+            z = x * 2
+    assert not y.requires_grad and y.grad_fn is None
+    assert z.requires_grad and type(z.grad_fn).__name__ == "Mul"
+
+    @nd.no_grad()
+    def double(t):
+        return t * 2
+    assert not double(x).requires_grad
+
+
+def test_detach_cuts_the_graph():
+    x = nd.tensor([1.0], requires_grad=True)
+    y = (x * 2).detach()
+    assert y.grad_fn is None and not y.requires_grad
+    z = y * x
+    z.sum().backward()
+    np.testing.assert_array_equal(x.grad, [2])
+
+
+def test_graph_is_collected_when_output_dropped():
+    x = nd.tensor(np.ones((4, 4)), requires_grad=True)
+    y = ((x * 2).exp() @ x).sum()
+    refs = [weakref.ref(y.grad_fn), weakref.ref(y.grad_fn.inputs[0])]
+    del y
+    gc.disable()
+    try:
+        assert all(r() is None for r in refs), "the graph outlived its output (a reference cycle?)"
+    finally:
+        gc.enable()
+
+
+def test_graph_collected_after_backward_without_gc():
+    x = nd.tensor(np.ones(3), requires_grad=True)
+    gc.disable()
+    try:
+        y = (x.sigmoid() * x).sum()
+        y.retain_grad()
+        ref = weakref.ref(y.grad_fn)
+        y.backward()
+        del y
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_custom_function():
+    class Cube(nd.Function):
+        def forward(self, x, scale=1.0):
+            self.save_for_backward(x)
+            self.scale = scale
+            return scale * x ** 3
+
+        def backward(self, grad):
+            (x,) = self.saved_tensors
+            return 3 * self.scale * x ** 2 * grad
+
+    t = nd.tensor([1.0, 2.0], requires_grad=True)
+    y = Cube.apply(t, 2.0)
+    assert isinstance(y.grad_fn, Cube)
+    y.sum().backward()
+    np.testing.assert_array_equal(t.grad, [6, 24])
+
+
+def test_wrong_gradient_shape_names_the_op():
+    class Bad(nd.Function):
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, grad):
+            return np.ones(7)
+
+    with pytest.raises(RuntimeError, match="Bad.backward returned a gradient of shape"):
+        Bad.apply(nd.tensor([1.0, 2.0], requires_grad=True)).sum().backward()
+
+
+def test_float32_stays_float32():
+    x = nd.tensor([1.0, 2.0], requires_grad=True)
+    assert x.dtype == np.float32
+    y = (x * 2.5 + 1) / 3 - x ** 2
+    assert y.dtype == np.float32
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+def test_dtype_rules():
+    assert nd.tensor(np.zeros(2, dtype=np.float64)).dtype == np.float64
+    assert nd.tensor([1, 2]).dtype == np.int64
+    assert nd.tensor(2.0).dtype == np.float32
+    nd.set_default_dtype("float64")
+    try:
+        assert nd.tensor([1.5]).dtype == np.float64
+        assert nd.get_default_dtype() == np.float64
+    finally:
+        nd.set_default_dtype("float32")
+    with pytest.raises(ValueError, match="float32, float64"):
+        nd.set_default_dtype("int8")
+    with pytest.raises(TypeError, match="float"):
+        nd.tensor([1, 2], requires_grad=True)
+
+
+def test_shape_errors_name_op_and_shapes():
+    a, b = nd.ones((3, 4)), nd.ones((5, 2))
+    with pytest.raises(ValueError, match=r"matmul: shapes \(3, 4\) and \(5, 2\) are not aligned"):
+        a @ b
+    with pytest.raises(ValueError, match=r"add: shapes \(3, 4\) and \(5, 2\)"):
+        a + b
+    with pytest.raises(ValueError, match="reshape"):
+        a.reshape(5, 5)
+    with pytest.raises(ValueError, match="linear"):
+        nd.functional.linear(a, nd.ones((3, 2)))
+    with pytest.raises(ValueError, match="unknown activation 'swish'.*relu"):
+        nd.functional.linear(a, nd.ones((4, 2)), activation="swish")
+    with pytest.raises(ValueError, match="axis"):
+        a.sum(axis=2)
+
+
+def test_cuda_without_gpu_says_what_is_missing():
+    if nd.cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="CuPy|GPU"):
+        nd.tensor([1.0]).to("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        nd.tensor([1.0]).to("tpu")
+
+
+def test_comparisons_and_misc_methods():
+    x = nd.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    assert (x > 1.5).tolist() == [False, True, True]
+    assert not (x == 2.0).requires_grad
+    assert len(x) == 3 and x.item is not None
+    assert nd.tensor([[2.0]]).item() == 2.0
+    assert x.numpy() is not x.data
+    assert nd.where(x > 1.5, x, 0.0).tolist() == [0.0, 2.0, 3.0]
+    np.testing.assert_array_equal(nd.maximum(x, 2.0).data, [2, 2, 3])
+    np.testing.assert_array_equal((2.0 - x).data, [1, 0, -1])
+    np.testing.assert_array_equal((6.0 / x).data, [6, 3, 2])
+    np.testing.assert_allclose((2.0 ** x).data, [2, 4, 8])
+    assert x.T.shape == (3,) and x.flatten().shape == (3,)
+    assert x.astype("float64").dtype == np.float64
+    assert repr(nd.tensor([1.0], requires_grad=True)) == "tensor([1.], requires_grad=True)"
+
+
+def test_creation_functions():
+    nd.manual_seed(0)
+    a = nd.randn(2, 3)
+    nd.manual_seed(0)
+    b = nd.randn((2, 3))
+    np.testing.assert_array_equal(a.data, b.data)
+    assert nd.zeros((2, 2)).dtype == np.float32 and nd.ones(3).shape == (3,)
+    assert nd.full((2,), 7.0).tolist() == [7.0, 7.0]
+    assert nd.arange(3).tolist() == [0, 1, 2]
+    assert nd.eye(2).tolist() == [[1, 0], [0, 1]]
+    assert nd.zeros_like(a).shape == a.shape and nd.ones_like(a).dtype == a.dtype
+    assert 0 <= nd.rand(10).data.min() and nd.rand(10).data.max() < 1
+    arr = np.zeros(2)
+    t = nd.from_numpy(arr)
+    arr[0] = 5
+    assert t.data[0] == 5
+    assert nd.concatenate([nd.ones(2), nd.zeros(1)]).tolist() == [1, 1, 0]
+    assert nd.stack([nd.ones(2), nd.zeros(2)]).shape == (2, 2)
