@@ -1,0 +1,268 @@
+"""Data utilities: ``train_test_split``, ``DataLoader`` and ``one_hot``.
+
+Everything here works on NumPy arrays. Lists and nanodl Tensors are accepted as
+inputs and converted once, on the way in; what comes out is always NumPy.
+
+When no seed is given, randomness is drawn from nanodl's global generator (the
+one ``nd.manual_seed`` seeds), so one call to ``nd.manual_seed`` makes a whole
+script reproducible.
+"""
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["train_test_split", "DataLoader", "one_hot"]
+
+
+def _as_array(values, name="array"):
+    """Return ``values`` as a NumPy array: arrays pass through, Tensors are unwrapped."""
+    if isinstance(values, np.ndarray):
+        return values
+    if callable(getattr(values, "numpy", None)):  # a nanodl Tensor (or torch/cupy-like)
+        return np.asarray(values.numpy())
+    if isinstance(getattr(values, "data", None), np.ndarray):
+        return values.data
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"cannot turn {name} of type {type(values).__name__} "
+                        f"into a NumPy array: {error}") from None
+
+
+def _global_generator():
+    """nanodl's global ``np.random.Generator``, or a fresh one if it is not there."""
+    try:
+        from nanodl import random as nanodl_random
+    except ImportError:
+        return np.random.default_rng()
+    return nanodl_random.generator()
+
+
+def _generator_from(seed):
+    """A Generator from an int seed, a Generator (used as is), or None (the global one)."""
+    if seed is None:
+        return _global_generator()
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def _count_test_samples(n_samples, test_size):
+    """Number of test samples for ``test_size`` (an int count or a float fraction)."""
+    if isinstance(test_size, numbers.Integral) and not isinstance(test_size, bool):
+        if not 0 < test_size < n_samples:
+            raise ValueError(f"train_test_split: test_size={test_size} must be a count "
+                             f"in [1, {n_samples}) (the number of samples is "
+                             f"{n_samples}) or a float in (0, 1)")
+        return int(test_size)
+    if isinstance(test_size, numbers.Real) and not isinstance(test_size, bool):
+        if not 0.0 < test_size < 1.0:
+            raise ValueError(f"train_test_split: test_size={test_size} must be a float "
+                             f"in (0, 1) or a count in [1, {n_samples})")
+        n_test = math.ceil(test_size * n_samples)
+        if n_test >= n_samples:
+            raise ValueError(f"train_test_split: test_size={test_size} of {n_samples} "
+                             f"samples leaves the training set empty")
+        return n_test
+    raise ValueError(f"train_test_split: test_size must be an int or a float, "
+                     f"got {test_size!r}")
+
+
+def _approximate_mode(class_counts, n_draws, rng):
+    """How many of ``n_draws`` to take from each class so proportions are kept.
+
+    Floors each class's exact share, then hands the leftover draws to the classes
+    with the largest remainders (ties broken at random), as scikit-learn does.
+    """
+    exact_share = class_counts / class_counts.sum() * n_draws
+    taken = np.floor(exact_share)
+    still_needed = int(n_draws - taken.sum())
+    remainder = exact_share - taken
+    for value in np.unique(remainder)[::-1]:
+        if still_needed == 0:
+            break
+        tied_classes = np.flatnonzero(remainder == value)
+        add_now = min(len(tied_classes), still_needed)
+        taken[rng.choice(tied_classes, size=add_now, replace=False)] += 1
+        still_needed -= add_now
+    return taken.astype(np.int64)
+
+
+def _stratified_indices(labels, n_train, n_test, rng):
+    if labels.ndim > 1:  # e.g. one-hot rows: each distinct row is one class
+        labels = labels.reshape(len(labels), -1)
+        classes, class_of_sample, class_counts = np.unique(
+            labels, axis=0, return_inverse=True, return_counts=True)
+    else:
+        classes, class_of_sample, class_counts = np.unique(
+            labels, return_inverse=True, return_counts=True)
+    class_of_sample = class_of_sample.reshape(-1)
+    if class_counts.min() < 2:
+        lonely = classes[class_counts < 2].tolist()
+        raise ValueError(f"train_test_split: stratify needs at least 2 samples of each "
+                         f"class; these classes have only 1: {lonely}")
+    for part, size in (("train", n_train), ("test", n_test)):
+        if size < len(classes):
+            raise ValueError(f"train_test_split: the {part} part has {size} samples, fewer "
+                             f"than the {len(classes)} classes in stratify")
+
+    n_train_per_class = _approximate_mode(class_counts, n_train, rng)
+    n_test_per_class = _approximate_mode(class_counts - n_train_per_class, n_test, rng)
+    members_by_class = np.split(np.argsort(class_of_sample, kind="stable"),
+                                np.cumsum(class_counts)[:-1])
+    train_parts, test_parts = [], []
+    for members, n_class_train, n_class_test in zip(
+            members_by_class, n_train_per_class, n_test_per_class):
+        members = rng.permutation(members)
+        train_parts.append(members[:n_class_train])
+        test_parts.append(members[n_class_train:n_class_train + n_class_test])
+    return rng.permutation(np.concatenate(train_parts)), rng.permutation(np.concatenate(test_parts))
+
+
+def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, stratify=None):
+    """Split arrays into random train and test parts, as scikit-learn does.
+
+    ``test_size`` is a fraction in (0, 1) (the test part gets ``ceil(test_size * n)``
+    samples) or a count. With ``stratify`` (labels), each class keeps its proportion
+    in both parts. ``random_state`` is an int, a ``np.random.Generator`` or None (the
+    nanodl global generator). Returns ``[a_train, a_test, b_train, b_test, ...]`` as
+    NumPy arrays.
+
+    >>> import numpy as np
+    >>> x, y = np.arange(20).reshape(10, 2), np.arange(10) % 2
+    >>> x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3,
+    ...                                                     random_state=0)
+    >>> x_train.shape, x_test.shape, y_test.shape
+    ((7, 2), (3, 2), (3,))
+    >>> train_test_split([1, 2, 3, 4], shuffle=False)
+    [array([1, 2, 3]), array([4])]
+    """
+    if not arrays:
+        raise ValueError("train_test_split: at least one array is required")
+    arrays = [_as_array(values, f"array {position}") for position, values in enumerate(arrays)]
+    for position, values in enumerate(arrays):
+        if values.ndim == 0:
+            raise ValueError(f"train_test_split: array {position} is a scalar, "
+                             f"not a sequence of samples")
+    lengths = [len(values) for values in arrays]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"train_test_split: all arrays must have the same number of "
+                         f"samples, got lengths {lengths}")
+    n_samples = lengths[0]
+    n_test = _count_test_samples(n_samples, test_size)
+    n_train = n_samples - n_test
+
+    if not shuffle:
+        if stratify is not None:
+            raise ValueError("train_test_split: stratify needs shuffle=True")
+        train_indices = np.arange(n_train)
+        test_indices = np.arange(n_train, n_samples)
+    else:
+        rng = _generator_from(random_state)
+        if stratify is not None:
+            labels = _as_array(stratify, "stratify")
+            if labels.ndim == 0 or len(labels) != n_samples:
+                found = labels.shape[0] if labels.ndim else "a scalar"
+                raise ValueError(f"train_test_split: stratify must have one label per "
+                                 f"sample ({n_samples}), got {found}")
+            train_indices, test_indices = _stratified_indices(labels, n_train, n_test, rng)
+        else:
+            order = rng.permutation(n_samples)
+            test_indices, train_indices = order[:n_test], order[n_test:]
+
+    split = []
+    for values in arrays:
+        split += [values[train_indices], values[test_indices]]
+    return split
+
+
+class DataLoader:
+    """Iterate over ``(xb, yb)`` mini-batches of NumPy arrays.
+
+    ``len(loader)`` is the number of batches per epoch; the last batch is smaller
+    unless ``drop_last=True`` drops it. With ``shuffle=True`` the order is drawn anew
+    on each pass from the loader's own generator, seeded by ``seed`` (or, when
+    ``seed`` is None, by a seed drawn from the nanodl global generator). ``yb`` is
+    None when ``y`` is None.
+
+    >>> import numpy as np
+    >>> loader = DataLoader(np.arange(10).reshape(5, 2), np.arange(5), batch_size=2)
+    >>> len(loader)
+    3
+    >>> [yb.tolist() for xb, yb in loader]
+    [[0, 1], [2, 3], [4]]
+    """
+
+    def __init__(self, x, y=None, batch_size=32, shuffle=False, drop_last=False, seed=None):
+        self.x = _as_array(x, "x")
+        self.y = None if y is None else _as_array(y, "y")
+        if self.x.ndim == 0:
+            raise ValueError("DataLoader: x is a scalar, not a sequence of samples")
+        if self.y is not None and (self.y.ndim == 0 or len(self.y) != len(self.x)):
+            found = len(self.y) if self.y.ndim else "a scalar"
+            raise ValueError(f"DataLoader: x and y must have the same number of samples, "
+                             f"got {len(self.x)} and {found}")
+        if (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool)
+                or batch_size < 1):
+            raise ValueError(f"DataLoader: batch_size must be a positive int, "
+                             f"got {batch_size!r}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        if seed is None:
+            seed = int(_global_generator().integers(2**63))
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def n_samples(self):
+        return len(self.x)
+
+    def __len__(self):
+        if self.drop_last:
+            return self.n_samples // self.batch_size
+        return -(-self.n_samples // self.batch_size)
+
+    def __iter__(self):
+        order = self._rng.permutation(self.n_samples) if self.shuffle else None
+        for batch_number in range(len(self)):
+            start = batch_number * self.batch_size
+            stop = min(start + self.batch_size, self.n_samples)
+            batch = slice(start, stop) if order is None else order[start:stop]
+            yield self.x[batch], (None if self.y is None else self.y[batch])
+
+    def __repr__(self):
+        return (f"DataLoader(n_samples={self.n_samples}, batch_size={self.batch_size}, "
+                f"shuffle={self.shuffle}, drop_last={self.drop_last})")
+
+
+def one_hot(labels, num_classes):
+    """Encode integer class labels as float32 one-hot rows.
+
+    ``labels`` of shape ``(N,)`` give ``(N, num_classes)``; any other shape gets the
+    class axis appended. A label outside ``[0, num_classes)`` raises ``ValueError``.
+
+    >>> one_hot([0, 2, 1], 3)
+    array([[1., 0., 0.],
+           [0., 0., 1.],
+           [0., 1., 0.]], dtype=float32)
+    """
+    if (not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool)
+            or num_classes < 1):
+        raise ValueError(f"one_hot: num_classes must be a positive int, got {num_classes!r}")
+    labels = _as_array(labels, "labels")
+    if labels.dtype.kind not in "iub":
+        if labels.dtype.kind != "f" or not np.all(labels == np.round(labels)):
+            raise ValueError(f"one_hot: labels must be integers, got dtype {labels.dtype}")
+        labels = labels.astype(np.int64)
+    out_of_range = (labels < 0) | (labels >= num_classes)
+    if out_of_range.any():
+        position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
+        bad_value = labels[position].item()
+        where = position[0] if len(position) == 1 else position
+        raise ValueError(f"one_hot: label {bad_value} at index {where} is outside "
+                         f"[0, {num_classes})")
+    encoded = np.zeros(labels.shape + (int(num_classes),), dtype=np.float32)
+    np.put_along_axis(encoded, labels.astype(np.intp)[..., None], 1.0, axis=-1)
+    return encoded
