@@ -1,0 +1,238 @@
+"""Learning-rate schedules with PyTorch's semantics, driving an optimizer's ``lr``.
+
+Create the scheduler after the optimizer and call ``step()`` once per epoch, after
+the epoch's optimizer steps. The constructor records ``base_lrs`` (the optimizer's
+rate at that moment) and performs the initial step, so ``last_epoch`` is 0. The
+updates are PyTorch's recursive forms (each new rate is computed from the current
+one), so a rate changed by hand between epochs carries on, as in PyTorch, and the
+values agree with ``torch.optim.lr_scheduler`` to the last bit. nanodl's optimizers
+have a single rate, so the ``*_lrs`` lists have one entry.
+
+>>> import numpy as np
+>>> from types import SimpleNamespace
+>>> from nanodl import optim
+>>> opt = optim.SGD([SimpleNamespace(data=np.zeros(1), grad=None)], lr=1.0)
+>>> sched = optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+>>> for epoch in range(5):
+...     opt.step()
+...     sched.step()
+>>> sched.get_last_lr(), sched.last_epoch
+([0.25], 5)
+"""
+import math
+
+
+class LRScheduler:
+    """Base class: subclasses implement ``get_lr()`` (the new rates, as a list)."""
+
+    def __init__(self, optimizer):
+        if not hasattr(optimizer, "lr"):
+            raise TypeError(f"{type(self).__name__}: {type(optimizer).__name__} is not an optimizer "
+                            "(it has no lr attribute)")
+        self.optimizer = optimizer
+        # Like PyTorch's group.setdefault('initial_lr', lr): a second scheduler on the
+        # same optimizer starts from the rate the first one found.
+        if getattr(optimizer, "initial_lr", None) is None:
+            optimizer.initial_lr = optimizer.lr
+        self.base_lrs = [optimizer.initial_lr]
+        self.last_epoch = -1
+        self._step_count = 0
+        self._is_initial = True
+        self.step()
+        self._is_initial = False
+
+    def get_lr(self):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def get_last_lr(self):
+        """The rates set by the latest ``step()``, one per parameter group (a list)."""
+        return list(self._last_lr)
+
+    def step(self):
+        """Advance one epoch and set the optimizer's rate."""
+        self._step_count += 1
+        self.last_epoch += 1
+        (lr,) = self.get_lr()
+        self.optimizer.lr = lr
+        self._last_lr = [self.optimizer.lr]
+
+    def state_dict(self):
+        """The scheduler's counters and settings (numbers and lists; no optimizer, no lambdas)."""
+        return {key: value for key, value in self.__dict__.items()
+                if key != "optimizer" and not callable(value)}
+
+    def load_state_dict(self, state_dict):
+        """Restore ``state_dict()``."""
+        self.__dict__.update(state_dict)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(last_epoch={self.last_epoch}, lr={self.get_last_lr()})"
+
+
+class StepLR(LRScheduler):
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs.
+
+    ``lr = base_lr * gamma ** (epoch // step_size)``.
+    """
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        if int(step_size) != step_size or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size!r}")
+        self.step_size = int(step_size)
+        self.gamma = float(gamma)
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        lr = self.optimizer.lr
+        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
+            return [lr]
+        return [lr * self.gamma]
+
+
+class ExponentialLR(LRScheduler):
+    """Multiply the rate by ``gamma`` every epoch: ``lr = base_lr * gamma ** epoch``."""
+
+    def __init__(self, optimizer, gamma):
+        self.gamma = float(gamma)
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        lr = self.optimizer.lr
+        if self._is_initial:
+            return [lr]
+        return [lr * self.gamma]
+
+
+class CosineAnnealingLR(LRScheduler):
+    """Cosine annealing from ``base_lr`` down to ``eta_min`` over ``T_max`` epochs.
+
+    Approximately ``eta_min + (base_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2``,
+    computed with PyTorch's recursive form (each rate from the previous one), which
+    rises back after ``T_max`` and equals PyTorch's values exactly.
+    """
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        if int(T_max) != T_max or T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: T_max must be a positive integer, got {T_max!r}")
+        self.T_max = int(T_max)
+        self.eta_min = float(eta_min)
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        lr, epoch, T_max, eta_min = self.optimizer.lr, self.last_epoch, self.T_max, self.eta_min
+        (base_lr,) = self.base_lrs
+        if self._is_initial:
+            return [lr]
+        if self._step_count == 1 and epoch > 0:  # resumed mid-schedule: the closed form
+            return [eta_min + (base_lr - eta_min) * (1 + math.cos(epoch * math.pi / T_max)) / 2]
+        if (epoch - 1 - T_max) % (2 * T_max) == 0:  # the trough: the ratio below would be 0/0
+            return [lr + (base_lr - eta_min) * (1 - math.cos(math.pi / T_max)) / 2]
+        return [(1 + math.cos(math.pi * epoch / T_max))
+                / (1 + math.cos(math.pi * (epoch - 1) / T_max))
+                * (lr - eta_min) + eta_min]
+
+
+class LambdaLR(LRScheduler):
+    """``lr = base_lr * lr_lambda(epoch)`` for a function ``lr_lambda(epoch) -> factor``."""
+
+    def __init__(self, optimizer, lr_lambda):
+        if not callable(lr_lambda):
+            raise TypeError(f"LambdaLR: lr_lambda must be callable, got {type(lr_lambda).__name__}")
+        self.lr_lambda = lr_lambda
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        return [base_lr * self.lr_lambda(self.last_epoch) for base_lr in self.base_lrs]
+
+
+class ReduceLROnPlateau:
+    """Multiply the rate by ``factor`` when a metric has stopped improving.
+
+    ``step(metric)`` once per epoch. The metric improves when it beats the best so far
+    by more than ``threshold`` (relative: ``best * (1 - threshold)`` for ``mode='min'``,
+    ``best * (1 + threshold)`` for ``'max'``; absolute: ``best -/+ threshold``). After more
+    than ``patience`` epochs without improvement the rate becomes
+    ``max(lr * factor, min_lr)`` (unless that changes it by less than ``eps``), and the
+    next ``cooldown`` epochs are not counted. As ``torch.optim.lr_scheduler.ReduceLROnPlateau``.
+    """
+
+    MODES = ("min", "max")
+    THRESHOLD_MODES = ("rel", "abs")
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        if not hasattr(optimizer, "lr"):
+            raise TypeError(f"ReduceLROnPlateau: {type(optimizer).__name__} is not an optimizer "
+                            "(it has no lr attribute)")
+        if mode not in self.MODES:
+            raise ValueError(f"ReduceLROnPlateau: unknown mode {mode!r}; valid names: min, max")
+        if threshold_mode not in self.THRESHOLD_MODES:
+            raise ValueError(f"ReduceLROnPlateau: unknown threshold_mode {threshold_mode!r}; "
+                             "valid names: rel, abs")
+        if not factor < 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be < 1.0, got {factor!r}")
+        if patience < 0 or cooldown < 0 or min_lr < 0:
+            raise ValueError("ReduceLROnPlateau: patience, cooldown and min_lr must be >= 0, got "
+                             f"{patience!r}, {cooldown!r}, {min_lr!r}")
+        self.optimizer = optimizer
+        self.mode, self.factor, self.patience = mode, float(factor), int(patience)
+        self.threshold, self.threshold_mode = float(threshold), threshold_mode
+        self.cooldown, self.min_lr, self.eps = int(cooldown), float(min_lr), float(eps)
+        self.last_epoch = 0
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self._last_lr = [optimizer.lr]
+
+    def is_better(self, current, best):
+        """Whether ``current`` improves on ``best`` by more than the threshold."""
+        if self.mode == "min":
+            if self.threshold_mode == "rel":
+                return current < best * (1.0 - self.threshold)
+            return current < best - self.threshold
+        if self.threshold_mode == "rel":
+            return current > best * (self.threshold + 1.0)
+        return current > best + self.threshold
+
+    @property
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def step(self, metric):
+        """Record this epoch's ``metric`` (e.g. the validation loss) and maybe lower the rate."""
+        current = float(metric)
+        self.last_epoch += 1
+        if self.is_better(current, self.best):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.in_cooldown:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0  # bad epochs in cooldown do not count
+        if self.num_bad_epochs > self.patience:
+            old_lr = float(self.optimizer.lr)
+            new_lr = max(old_lr * self.factor, self.min_lr)
+            if old_lr - new_lr > self.eps:
+                self.optimizer.lr = new_lr
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        self._last_lr = [self.optimizer.lr]
+
+    def get_last_lr(self):
+        """The optimizer's rate after the latest ``step()`` (a list)."""
+        return list(self._last_lr)
+
+    def state_dict(self):
+        return {key: value for key, value in self.__dict__.items() if key != "optimizer"}
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.update(state_dict)
+
+    def __repr__(self):
+        return (f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, "
+                f"patience={self.patience}, lr={self.get_last_lr()})")
+
+
+__all__ = ["LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LambdaLR",
+           "ReduceLROnPlateau"]

@@ -1,0 +1,494 @@
+"""Optimizers: SGD, Adam, AdamW, Adagrad and RMSprop, step for step as ``torch.optim``.
+
+A *parameter* is anything with a ``.data`` array (updated in place) and a ``.grad``
+array of the same shape, or ``None`` (the parameter is then skipped, as in PyTorch).
+Each optimizer keeps its per-parameter state in plain lists and hands the update
+itself to the kernel table (``kernels(p.data).adam_step(...)``), so the same code
+runs the NumPy reference, the compiled kernels and CuPy on the GPU.
+
+>>> import numpy as np
+>>> from types import SimpleNamespace
+>>> from nanodl import optim
+>>> w = SimpleNamespace(data=np.array([1.0, 2.0]), grad=np.array([0.5, -0.5]))
+>>> opt = optim.SGD([w], lr=0.1)
+>>> opt.step()
+>>> w.data
+array([0.95, 2.05])
+>>> opt.zero_grad(); print(w.grad)
+None
+"""
+import math
+
+import numpy as np
+
+from ..backend import array_module, kernels
+
+
+def _host_copy(array):
+    """A NumPy copy of a backend array (CuPy arrays are fetched from the GPU)."""
+    if isinstance(array, np.ndarray):
+        return array.copy()
+    return array.get()
+
+
+def _is_parameter(obj):
+    return hasattr(obj, "data") and hasattr(obj, "grad")
+
+
+class Optimizer:
+    """Base class: holds the parameters, the learning rate and per-parameter state.
+
+    ``params`` may be ``None`` (give them later with :meth:`set_params`, as
+    ``Model.compile`` does), a list or any iterable of parameters (a generator is
+    read once), or a module with a ``parameters()`` method.
+
+    Subclasses set ``name``, ``_slots`` (the names of the per-parameter state
+    arrays, ``None`` for a slot the chosen options leave unused), implement
+    ``_new_state(data)`` (the fresh arrays, in slot order) and ``step()``, and list
+    their constructor arguments in ``get_config``.
+
+    Per-parameter state is a list ``[step, array, array, ...]`` per parameter: the
+    number of updates that parameter has received (a parameter without a gradient
+    is not counted, as in PyTorch) followed by the slot arrays. It is created at the
+    first ``step()`` (or ``load_state_dict``), on the parameter's device.
+    """
+
+    name = "optimizer"
+    _slots = ()
+
+    def __init__(self, params=None, lr=0.01):
+        self._params = None
+        self._state = None
+        self.step_count = 0  # number of step() calls
+        self.lr = lr
+        if params is not None:
+            self.set_params(params)
+
+    # ------------------------------------------------------------ parameters
+    @property
+    def lr(self):
+        """The learning rate; may be changed between steps (schedulers do)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = self._check_nonneg("learning rate", value)
+
+    @property
+    def params(self):
+        """The parameters being optimised (a list), or None before ``set_params``."""
+        return self._params
+
+    def set_params(self, params):
+        """Give the optimizer its parameters.
+
+        Different parameters replace the earlier ones and drop their state; the same
+        parameters again (``Model.fit`` called twice) keep it.
+        """
+        if _is_parameter(params):
+            raise TypeError(f"{type(self).__name__}: params must be an iterable of parameters, "
+                            f"got a single {type(params).__name__}; wrap it in a list")
+        if hasattr(params, "parameters") and callable(params.parameters):
+            params = params.parameters()
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}: params must be an iterable of parameters, "
+                            f"got {type(params).__name__}") from None
+        unique, seen = [], set()
+        for p in params:
+            if not _is_parameter(p):
+                raise TypeError(f"{type(self).__name__}: {type(p).__name__} is not a parameter "
+                                "(expected an object with .data and .grad)")
+            if id(p) not in seen:  # a parameter listed twice is updated once
+                seen.add(id(p))
+                unique.append(p)
+        if not unique:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if self._params is not None and len(unique) == len(self._params) and all(
+                new is old for new, old in zip(unique, self._params)):
+            return  # the same parameters again (a second fit()): keep the state
+        self._params = unique
+        self._state = None
+
+    def _require_params(self):
+        if self._params is None:
+            raise RuntimeError(f"{type(self).__name__}: no parameters to optimise; pass them to "
+                               "the constructor or call set_params(model.parameters()) "
+                               "(Model.compile/fit does this)")
+        return self._params
+
+    def _create_state(self):
+        """The per-parameter state lists, created on first use on each parameter's device."""
+        self._state = [[0, *self._new_state(p.data)] for p in self._require_params()]
+        return self._state
+
+    def _new_state(self, data):
+        return []
+
+    def zero_grad(self, set_to_none=True):
+        """Forget the gradients: ``None`` (PyTorch's default) or fresh zero arrays."""
+        for p in self._require_params():
+            if set_to_none:
+                p.grad = None
+            else:  # a new array, never in place: two parameters may share one grad array
+                p.grad = array_module(p.data).zeros_like(p.data)
+
+    def step(self):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ hyper-parameters
+    def _check_nonneg(self, what, value):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{type(self).__name__}: {what} must be a number, got {value!r}") from None
+        if not number >= 0.0:  # also catches NaN
+            raise ValueError(f"{type(self).__name__}: invalid {what} {value!r} (must be >= 0)")
+        return number
+
+    def _check_betas(self, betas):
+        try:
+            beta1, beta2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"{type(self).__name__}: betas must be two numbers, got {betas!r}") from None
+        for index, beta in enumerate((beta1, beta2)):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"{type(self).__name__}: invalid beta parameter at index {index}: "
+                                 f"{beta!r} (must be in [0, 1))")
+        return beta1, beta2
+
+    def get_config(self):
+        """The constructor's hyper-parameters, e.g. ``{'lr': 0.001, 'betas': (0.9, 0.999), ...}``."""
+        return {"lr": self._lr}
+
+    def __repr__(self):
+        args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self):
+        """Hyper-parameters, step counts and per-parameter state, as host NumPy copies.
+
+        A flat dict of numbers, strings, bools and arrays, plus ``'state'``: a dict of
+        slot name -> list of arrays (one per parameter, in parameter order). No
+        ``None`` and no objects, so it can be written with ``np.savez`` without pickle.
+        """
+        sd = {"name": self.name}
+        for key, value in self.get_config().items():
+            sd[key] = list(value) if isinstance(value, tuple) else value
+        sd["step_count"] = int(self.step_count)
+        state = self._state
+        if state is None and self._params is not None:
+            state = [[0, *self._new_state(p.data)] for p in self._params]
+        state = state or []
+        sd["param_steps"] = np.array([entry[0] for entry in state], dtype=np.int64)
+        sd["state"] = {slot: [_host_copy(entry[index]) for entry in state]
+                       for index, slot in enumerate(self._slots, start=1) if slot is not None}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """Restore a ``state_dict()``; ValueError (and no change at all) if it does not fit."""
+        cls = type(self).__name__
+        sd = dict(state_dict)
+        name = str(sd.get("name", self.name))
+        if name != self.name:
+            raise ValueError(f"{cls}.load_state_dict: the state belongs to a {name!r} optimizer, "
+                             f"not {self.name!r}")
+        # Build (and so validate) the loaded hyper-parameters on a scratch optimizer.
+        config = {}
+        for key, current in self.get_config().items():
+            if key in sd:
+                config[key] = _like(current, sd[key])
+        probe = type(self)(None, **config)
+
+        params = self._params
+        steps = np.asarray(sd.get("param_steps", np.zeros(0, dtype=np.int64))).ravel()
+        slots = {slot: index for index, slot in enumerate(probe._slots, start=1) if slot is not None}
+        saved = sd.get("state", {}) or {}
+        count = len(steps)
+        if count == 0:  # saved before the optimizer had parameters: hyper-parameters only
+            new_state = None
+        elif params is None:
+            raise RuntimeError(f"{cls}.load_state_dict: the state holds {count} parameters but "
+                               "this optimizer has none yet; call set_params first")
+        else:
+            if count != len(params):
+                raise ValueError(f"{cls}.load_state_dict: the state holds {count} parameters, "
+                                 f"this optimizer has {len(params)}")
+            new_state = [[int(step)] + [None] * len(probe._slots) for step in steps]
+            for slot, index in slots.items():
+                if slot not in saved:
+                    raise ValueError(f"{cls}.load_state_dict: missing state {slot!r}")
+                arrays = list(saved[slot])
+                if len(arrays) != len(params):
+                    raise ValueError(f"{cls}.load_state_dict: state {slot!r} has {len(arrays)} "
+                                     f"arrays for {len(params)} parameters")
+                for i, (p, array) in enumerate(zip(params, arrays)):
+                    shape = tuple(np.shape(array))
+                    if shape != tuple(p.data.shape):
+                        raise ValueError(f"{cls}.load_state_dict: state {slot!r} of parameter {i} "
+                                         f"has shape {shape}, the parameter has {tuple(p.data.shape)}")
+                    xp = array_module(p.data)
+                    new_state[i][index] = xp.array(array, dtype=p.data.dtype)  # a copy, never a view
+        # Everything checked: commit.
+        for key, value in probe.__dict__.items():
+            if key not in ("_params", "_state", "step_count"):
+                setattr(self, key, value)
+        self.step_count = int(sd.get("step_count", 0))
+        self._state = new_state
+
+
+def _like(current, value):
+    """Convert a loaded value (often a 0-d array after np.load) to the type of ``current``."""
+    if isinstance(current, bool):
+        return bool(np.asarray(value))
+    if isinstance(current, tuple):
+        return tuple(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
+    if isinstance(current, int):
+        return int(np.asarray(value))
+    if isinstance(current, float):
+        return float(np.asarray(value))
+    return value
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with optional momentum, Nesterov and L2 weight decay.
+
+    ``g = grad + weight_decay * p``; with momentum ``buf = momentum * buf + g`` (the first
+    buffer is ``g``) and ``g = buf`` (or ``g + momentum * buf`` for Nesterov);
+    then ``p -= lr * g``. This is ``torch.optim.SGD`` with ``dampening=0``.
+    """
+
+    name = "sgd"
+
+    def __init__(self, params=None, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        self.momentum = self._check_nonneg("momentum", momentum)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = self._check_nonneg("weight_decay", weight_decay)
+        if self.nesterov and self.momentum <= 0:
+            raise ValueError(f"SGD: nesterov=True requires momentum > 0, got momentum={momentum!r}")
+        self._slots = ("momentum_buffer",) if self.momentum else (None,)
+        super().__init__(params, lr)
+
+    def _new_state(self, data):
+        return [array_module(data).zeros_like(data) if self.momentum else None]
+
+    def get_config(self):
+        return {"lr": self._lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+    def step(self):
+        """Update every parameter that has a gradient."""
+        state = self._state or self._create_state()
+        lr, momentum, nesterov, weight_decay = self._lr, self.momentum, self.nesterov, self.weight_decay
+        self.step_count += 1
+        for p, entry in zip(self._params, state):
+            grad = p.grad
+            if grad is None:
+                continue
+            entry[0] += 1
+            data = p.data
+            kernels(data).sgd_step(data, grad, entry[1], lr, momentum, nesterov, weight_decay)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), optionally AMSGrad and L2 weight decay added to the gradient.
+
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2`` (``v_max = max(v_max, v)`` with
+    AMSGrad), then ``p -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)``, as
+    ``torch.optim.Adam``.
+    """
+
+    name = "adam"
+    _decoupled = False
+
+    def __init__(self, params=None, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False):
+        self.betas = self._check_betas(betas)
+        self.eps = self._check_nonneg("epsilon", eps)
+        self.weight_decay = self._check_nonneg("weight_decay", weight_decay)
+        self.amsgrad = bool(amsgrad)
+        self._slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq" if self.amsgrad else None)
+        super().__init__(params, lr)
+
+    def _new_state(self, data):
+        xp = array_module(data)
+        return [xp.zeros_like(data), xp.zeros_like(data),
+                xp.zeros_like(data) if self.amsgrad else None]
+
+    def get_config(self):
+        return {"lr": self._lr, "betas": self.betas, "eps": self.eps,
+                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
+
+    def step(self):
+        """Update every parameter that has a gradient."""
+        state = self._state or self._create_state()
+        lr, (beta1, beta2), eps = self._lr, self.betas, self.eps
+        weight_decay, decoupled, amsgrad = self.weight_decay, self._decoupled, self.amsgrad
+        self.step_count += 1
+        for p, entry in zip(self._params, state):
+            grad = p.grad
+            if grad is None:
+                continue
+            entry[0] += 1
+            data = p.data
+            kernels(data).adam_step(data, grad, entry[1], entry[2], entry[3], entry[0], lr,
+                                    beta1, beta2, eps, weight_decay, decoupled, amsgrad)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``p *= 1 - lr * weight_decay``
+    before the Adam update, as ``torch.optim.AdamW``."""
+
+    name = "adamw"
+    _decoupled = True
+
+    def __init__(self, params=None, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                 amsgrad=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+
+class Adagrad(Optimizer):
+    """Adagrad: ``sum += g^2``, ``p -= clr * g / (sqrt(sum) + eps)`` with the decayed rate
+    ``clr = lr / (1 + (t-1) * lr_decay)``, as ``torch.optim.Adagrad``."""
+
+    name = "adagrad"
+
+    def __init__(self, params=None, lr=0.01, eps=1e-10, initial_accumulator_value=0.0,
+                 lr_decay=0.0, weight_decay=0.0):
+        self.eps = self._check_nonneg("epsilon", eps)
+        self.initial_accumulator_value = self._check_nonneg("initial_accumulator_value",
+                                                            initial_accumulator_value)
+        self.lr_decay = self._check_nonneg("lr_decay", lr_decay)
+        self.weight_decay = self._check_nonneg("weight_decay", weight_decay)
+        self._slots = ("sum",)
+        super().__init__(params, lr)
+
+    def _new_state(self, data):
+        return [array_module(data).full_like(data, self.initial_accumulator_value)]
+
+    def get_config(self):
+        return {"lr": self._lr, "eps": self.eps,
+                "initial_accumulator_value": self.initial_accumulator_value,
+                "lr_decay": self.lr_decay, "weight_decay": self.weight_decay}
+
+    def step(self):
+        """Update every parameter that has a gradient."""
+        state = self._state or self._create_state()
+        lr, lr_decay, eps, weight_decay = self._lr, self.lr_decay, self.eps, self.weight_decay
+        self.step_count += 1
+        for p, entry in zip(self._params, state):
+            grad = p.grad
+            if grad is None:
+                continue
+            entry[0] += 1
+            data = p.data
+            decayed_lr = lr / (1 + (entry[0] - 1) * lr_decay)
+            kernels(data).adagrad_step(data, grad, entry[1], decayed_lr, eps, weight_decay)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton): ``v = alpha v + (1-alpha) g^2``, ``p -= lr * g / (sqrt(v) + eps)``;
+    ``centered`` subtracts the squared running mean of ``g`` inside the root, ``momentum``
+    accumulates ``g / (sqrt(v) + eps)`` in a buffer. As ``torch.optim.RMSprop``."""
+
+    name = "rmsprop"
+
+    def __init__(self, params=None, lr=0.001, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
+                 weight_decay=0.0):
+        self.alpha = self._check_nonneg("alpha", alpha)
+        self.eps = self._check_nonneg("epsilon", eps)
+        self.momentum = self._check_nonneg("momentum", momentum)
+        self.centered = bool(centered)
+        self.weight_decay = self._check_nonneg("weight_decay", weight_decay)
+        self._slots = ("square_avg", "momentum_buffer" if self.momentum else None,
+                       "grad_avg" if self.centered else None)
+        super().__init__(params, lr)
+
+    def _new_state(self, data):
+        xp = array_module(data)
+        return [xp.zeros_like(data), xp.zeros_like(data) if self.momentum else None,
+                xp.zeros_like(data) if self.centered else None]
+
+    def get_config(self):
+        return {"lr": self._lr, "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
+                "centered": self.centered, "weight_decay": self.weight_decay}
+
+    def step(self):
+        """Update every parameter that has a gradient."""
+        state = self._state or self._create_state()
+        lr, alpha, eps = self._lr, self.alpha, self.eps
+        weight_decay, momentum, centered = self.weight_decay, self.momentum, self.centered
+        self.step_count += 1
+        for p, entry in zip(self._params, state):
+            grad = p.grad
+            if grad is None:
+                continue
+            entry[0] += 1
+            data = p.data
+            kernels(data).rmsprop_step(data, grad, entry[1], entry[2], entry[3], lr, alpha, eps,
+                                       weight_decay, momentum, centered)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, Adagrad, RMSprop)}
+
+
+def get(identifier):
+    """An optimizer from a name (``'sgd'``, ``'adam'``, ...; defaults) or an Optimizer (itself).
+
+    >>> get('adam')
+    Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=False)
+    """
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str):
+        cls = OPTIMIZERS.get(identifier.lower())
+        if cls is None:
+            raise ValueError(f"unknown optimizer {identifier!r}; valid names: {', '.join(OPTIMIZERS)}")
+        return cls()
+    raise TypeError(f"optimizer must be a name or an Optimizer, got {type(identifier).__name__}")
+
+
+def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scale all gradients together so that their total norm is at most ``max_norm``.
+
+    Returns the total norm before clipping (a Python float). Gradients are multiplied
+    by ``min(1, max_norm / (total + 1e-6))``, as ``torch.nn.utils.clip_grad_norm_``;
+    each gets a new array (two parameters may share one gradient array, which must not
+    be scaled twice). Parameters without a gradient are ignored. ``norm_type`` is 2 or
+    ``inf``.
+
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> w = SimpleNamespace(data=np.zeros(2), grad=np.array([3.0, 4.0]))
+    >>> clip_grad_norm([w], max_norm=1.0)
+    5.0
+    >>> np.round(w.grad, 6)
+    array([0.6, 0.8])
+    """
+    if _is_parameter(params):
+        params = [params]
+    with_grad = [p for p in params if p.grad is not None]
+    max_norm = float(max_norm)
+    norm_type = float(norm_type)
+    if not with_grad:
+        return 0.0
+    if norm_type == math.inf:
+        total = max(float(array_module(p.grad).abs(p.grad).max()) if p.grad.size else 0.0
+                    for p in with_grad)
+    elif norm_type == 2.0:
+        squares = 0.0
+        for p in with_grad:
+            grad = p.grad
+            squares += float(array_module(grad).vdot(grad, grad))
+        total = math.sqrt(squares)
+    else:
+        raise ValueError(f"clip_grad_norm: norm_type must be 2 or inf, got {norm_type!r}")
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"clip_grad_norm: the total norm of the gradients is {total}")
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0 or math.isnan(coef):
+        for p in with_grad:
+            p.grad = p.grad * coef
+    return total
