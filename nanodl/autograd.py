@@ -15,6 +15,7 @@ import weakref
 import numpy as np
 
 _grad_enabled = True
+_tensor_class = None  # set by nanodl.tensor once Tensor is defined (it imports this module)
 
 
 class no_grad:
@@ -78,7 +79,7 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         """Run the op on Tensors (other arguments pass through to ``forward``)."""
-        from .tensor import Tensor
+        Tensor = _tensor_class
         fn = cls()
         arrays = []
         tensors = []
@@ -210,14 +211,24 @@ def backward(tensor, grad, retain_graph=False):
         if len(grads) != len(inputs):
             raise RuntimeError(f"{node.name}.backward returned {len(grads)} gradients for "
                                f"{len(inputs)} tensor inputs")
-        for index, (tensor_in, g) in enumerate(zip(inputs, grads)):
+        grad_ids = None
+        for index, tensor_in in enumerate(inputs):
+            g = grads[index]
             if g is None or not tensor_in.requires_grad:
                 continue
-            g = _check_gradient(node, index, tensor_in, g)
+            data = tensor_in.data
+            if g.shape != data.shape or g.dtype != data.dtype or type(g) is not type(data):
+                g = _check_gradient(node, index, tensor_in, g)
             parent = tensor_in.grad_fn
             if parent is None:
-                owned = g is not grad_output and getattr(g, "base", None) is None and \
-                    all(other is not g for j, other in enumerate(grads) if j != index)
+                # A leaf may keep ``g`` itself only if no one else holds it: not the
+                # incoming gradient, not a view, not also returned for another input.
+                if g is grad_output or g.base is not None:
+                    owned = False
+                else:
+                    if grad_ids is None:
+                        grad_ids = [id(other) for other in grads]
+                    owned = grad_ids.count(id(g)) == 1
                 _accumulate_leaf(tensor_in, g, owned)
             else:
                 key = id(parent)
@@ -231,6 +242,9 @@ def _check_gradient(node, index, tensor_in, g):
     data = tensor_in.data
     if isinstance(g, np.generic):
         g = np.asarray(g)
+    if _device_name(g) != _device_name(data):
+        raise RuntimeError(f"{node.name}.backward returned a {_device_name(g)} gradient for input "
+                           f"{index} on {_device_name(data)}")
     if g.shape != data.shape:
         reduced = unbroadcast(g, data.shape)
         if reduced is None:

@@ -332,6 +332,9 @@ def _ops():
     return _ops_module
 
 
+autograd._tensor_class = Tensor
+
+
 def tensor(data, requires_grad=False, dtype=None, device=None):
     """Same as ``Tensor(...)``."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
