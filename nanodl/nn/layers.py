@@ -1,0 +1,314 @@
+"""Built-in layers: Dense, activations, Dropout, Flatten, BatchNorm, LayerNorm.
+
+Layers whose size depends on their input (Dense without ``input_dim``, the two
+norms) are built on their first call, on the input's device, in the default
+dtype. Each layer has ``get_config()`` and is registered in ``LAYERS`` so that
+``nanodl.load_model`` can rebuild it from a saved file.
+
+>>> import nanodl as nd
+>>> from nanodl import nn
+>>> layer = nn.Dense(3, activation='relu')
+>>> y = layer(nd.ones((2, 5)))
+>>> y.shape, layer.kernel.shape, y.grad_fn.name
+((2, 3), (5, 3), 'Linear')
+"""
+import numpy as np
+
+from .. import functional as F
+from .. import ops, regularizers
+from ..backend import to_device
+from ..tensor import Tensor, get_default_dtype
+from . import init
+from .module import Module, Parameter
+
+__all__ = ["Layer", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU", "Activation",
+           "Dropout", "Flatten", "BatchNorm", "LayerNorm", "LAYERS", "register_layer"]
+
+LAYERS = {}
+
+
+def register_layer(cls):
+    """Class decorator: make a layer known to ``load_model`` by its class name."""
+    LAYERS[cls.__name__] = cls
+    return cls
+
+
+class Layer(Module):
+    """A Module that can describe itself: ``get_config()`` and ``from_config(config)``."""
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def extra_repr(self):
+        return ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+
+
+@register_layer
+class Dense(Layer):
+    """``activation(x @ kernel + bias)``, one fused ``F.linear`` node.
+
+    ``kernel`` is ``(in, units)`` and ``bias`` ``(units,)``; without ``input_dim`` they
+    are created on the first call. Initializers are names from ``nn.init`` or
+    callables ``f(shape, dtype=None)``; regularizers are callables from a weight to
+    a scalar (``nanodl.regularizers.l2(1e-4)``).
+    """
+
+    def __init__(self, units, activation=None, *, input_dim=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None):
+        super().__init__()
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = F.check_activation(activation)
+        self.alpha = F.DEFAULT_ALPHA.get(self.activation, 0.0)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = init.get(kernel_initializer)
+        self.bias_initializer = init.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.input_dim = None
+        self.kernel = None
+        self.bias = None
+        if input_dim is not None:
+            self.build(input_dim)
+
+    @property
+    def built(self):
+        return self.kernel is not None
+
+    def build(self, input_dim, device="cpu"):
+        """Create ``kernel`` (input_dim, units) and ``bias`` (units,)."""
+        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
+            raise ValueError(f"Dense: input_dim must be a positive integer, got {input_dim!r}")
+        self.input_dim = int(input_dim)
+        dtype = get_default_dtype()
+        kernel = np.asarray(self.kernel_initializer((self.input_dim, self.units), dtype), dtype=dtype)
+        self.kernel = Parameter(to_device(kernel, device))
+        if self.use_bias:
+            bias = np.asarray(self.bias_initializer((self.units,), dtype), dtype=dtype)
+            self.bias = Parameter(to_device(bias, device))
+
+    def forward(self, x):
+        return self._linear(x, self.activation, self.alpha)
+
+    def pre_activation(self, x):
+        """``x @ kernel + bias`` without the activation (the logits of a softmax layer)."""
+        return self._linear(x, "linear", 0.0)
+
+    def _linear(self, x, activation, alpha):
+        kernel = self.kernel
+        if kernel is None:
+            self.build(x.shape[-1], x.device)
+            kernel = self.kernel
+        if x.dtype != kernel.dtype:
+            x = x.astype(kernel.dtype)
+        return ops.linear(x, kernel, self.bias, activation=activation, alpha=alpha)
+
+    def penalties(self):
+        result = []
+        if self.kernel_regularizer is not None and self.kernel is not None:
+            result.append(self.kernel_regularizer(self.kernel))
+        if self.bias_regularizer is not None and self.bias is not None:
+            result.append(self.bias_regularizer(self.bias))
+        return result
+
+    def get_config(self):
+        return {"units": self.units, "activation": self.activation, "input_dim": self.input_dim,
+                "use_bias": self.use_bias,
+                "kernel_initializer": init.name_of(self.kernel_initializer) or "glorot_uniform",
+                "bias_initializer": init.name_of(self.bias_initializer) or "zeros",
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+
+    def extra_repr(self):
+        extras = f", activation={self.activation!r}" if self.activation != "linear" else ""
+        return f"{self.units}{extras}, input_dim={self.input_dim}"
+
+
+# ---------------------------------------------------------------- activations
+@register_layer
+class ReLU(Layer):
+    def forward(self, x):
+        return F.relu(x)
+
+
+@register_layer
+class LeakyReLU(Layer):
+    def __init__(self, alpha=0.01):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.alpha)
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+
+@register_layer
+class Sigmoid(Layer):
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+@register_layer
+class Tanh(Layer):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+@register_layer
+class GELU(Layer):
+    """GELU, tanh approximation."""
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
+@register_layer
+class Softmax(Layer):
+    def __init__(self, axis=-1):
+        super().__init__()
+        self.axis = int(axis)
+
+    def forward(self, x):
+        return F.softmax(x, self.axis)
+
+    def get_config(self):
+        return {"axis": self.axis}
+
+
+@register_layer
+class Activation(Layer):
+    """An activation by name: ``Activation('tanh')`` (names as in ``F.ACTIVATIONS``)."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name = F.check_activation(name)
+        self.function = F.get_activation(self.name)
+
+    def forward(self, x):
+        return self.function(x)
+
+    def get_config(self):
+        return {"name": self.name}
+
+
+# ---------------------------------------------------------------- regularisation and shape
+@register_layer
+class Dropout(Layer):
+    """Inverted dropout of a ``rate`` fraction, in training mode only."""
+
+    def __init__(self, rate):
+        super().__init__()
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"Dropout: rate is the fraction dropped and must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def forward(self, x):
+        return F.dropout(x, self.rate, self.training)
+
+    def get_config(self):
+        return {"rate": self.rate}
+
+
+@register_layer
+class Flatten(Layer):
+    """``(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)``."""
+
+    def forward(self, x):
+        return x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+
+
+# ---------------------------------------------------------------- normalisation
+class _Norm(Layer):
+    """Shared parts of BatchNorm and LayerNorm: gamma/beta over the last axis, built lazily."""
+
+    def __init__(self, epsilon, num_features):
+        super().__init__()
+        if not epsilon > 0:
+            raise ValueError(f"{type(self).__name__}: epsilon must be > 0, got {epsilon!r}")
+        self.epsilon = float(epsilon)
+        self.num_features = None
+        self.gamma = None
+        self.beta = None
+        if num_features is not None:
+            self.build(num_features)
+
+    @property
+    def built(self):
+        return self.gamma is not None
+
+    def build(self, num_features, device="cpu"):
+        self.num_features = int(num_features)
+        dtype = get_default_dtype()
+        self.gamma = Parameter(to_device(np.ones(self.num_features, dtype), device))
+        self.beta = Parameter(to_device(np.zeros(self.num_features, dtype), device))
+
+    def _ensure_built(self, x):
+        if self.gamma is None:
+            self.build(x.shape[-1], x.device)
+
+
+@register_layer
+class BatchNorm(_Norm):
+    """Batch normalisation over every axis but the last (Keras' ``BatchNormalization``).
+
+    Training: normalise with the batch mean and (population) variance, then update
+    ``moving = momentum * moving + (1 - momentum) * batch``. Eval: normalise with
+    the moving statistics. ``gamma`` and ``beta`` are parameters; ``moving_mean``
+    and ``moving_variance`` are buffers (saved, not trained).
+    """
+
+    def __init__(self, momentum=0.99, epsilon=1e-3, *, num_features=None):
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        super().__init__(epsilon, num_features)
+
+    def build(self, num_features, device="cpu"):
+        super().build(num_features, device)
+        dtype = get_default_dtype()
+        self.register_buffer("moving_mean", to_device(np.zeros(self.num_features, dtype), device))
+        self.register_buffer("moving_variance", to_device(np.ones(self.num_features, dtype), device))
+
+    def forward(self, x):
+        self._ensure_built(x)
+        if not self.training:
+            scale = self.gamma / (Tensor(self.moving_variance) + self.epsilon).sqrt()
+            return (x - Tensor(self.moving_mean)) * scale + self.beta
+        axes = tuple(range(x.ndim - 1))
+        mean = x.mean(axis=axes)
+        variance = x.var(axis=axes)
+        keep = 1 - self.momentum
+        moving_mean, moving_variance = self.moving_mean, self.moving_variance
+        moving_mean *= self.momentum
+        moving_mean += keep * mean.data.astype(moving_mean.dtype, copy=False)
+        moving_variance *= self.momentum
+        moving_variance += keep * variance.data.astype(moving_variance.dtype, copy=False)
+        return (x - mean) / (variance + self.epsilon).sqrt() * self.gamma + self.beta
+
+    def get_config(self):
+        return {"momentum": self.momentum, "epsilon": self.epsilon, "num_features": self.num_features}
+
+
+@register_layer
+class LayerNorm(_Norm):
+    """Normalise each sample over its last axis, then scale by ``gamma`` and shift by ``beta``."""
+
+    def __init__(self, epsilon=1e-5, *, num_features=None):
+        super().__init__(epsilon, num_features)
+
+    def forward(self, x):
+        self._ensure_built(x)
+        mean = x.mean(axis=-1, keepdims=True)
+        variance = x.var(axis=-1, keepdims=True)
+        return (x - mean) / (variance + self.epsilon).sqrt() * self.gamma + self.beta
+
+    def get_config(self):
+        return {"epsilon": self.epsilon, "num_features": self.num_features}

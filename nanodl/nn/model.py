@@ -1,0 +1,749 @@
+"""``Model`` (a Module with Keras' compile/fit/evaluate/predict) and ``Sequential``.
+
+The training step is the hot path. Everything that can be decided once is
+decided once per ``fit`` in a ``_Plan`` (the forward to run, the loss closure,
+the metric functions, the parameters, the penalty layers): the loop itself
+only slices the epoch's shuffled arrays, runs forward, loss, backward and the
+optimizer, and adds up numbers.
+
+A softmax (sigmoid) output trained with a categorical (binary) cross-entropy
+on probabilities is fused, as Keras does: the last Dense computes logits and
+the loss is the stable logits form (``ops.softmax_cross_entropy``), which is
+the same function, without the clipping and without overflow.
+
+>>> import numpy as np, nanodl as nd
+>>> from nanodl import nn
+>>> nd.manual_seed(0)
+>>> model = nn.Sequential([nn.Dense(8, activation='tanh'), nn.Dense(1)])
+>>> model.compile(optimizer='sgd', loss='mse')
+>>> x = np.linspace(-1, 1, 64, dtype=np.float32)[:, None]
+>>> history = model.fit(x, 2 * x, epochs=3, verbose=0)
+>>> sorted(history.history), len(history.epoch)
+(['loss', 'lr'], 3)
+"""
+import contextlib
+import math
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from .. import losses as losses_module
+from .. import ops, optim
+from ..autograd import no_grad
+from ..backend import device_of, to_device
+from ..random import generator
+from ..tensor import Tensor, get_default_dtype
+from .layers import Dense
+from .module import Module, ModuleList
+
+__all__ = ["Model", "Sequential", "METRICS"]
+
+METRICS = ("accuracy", "mae", "mse")
+_METRIC_ALIASES = {"acc": "accuracy", "mean_absolute_error": "mae", "mean_squared_error": "mse"}
+_CROSS_ENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
+
+# ---------------------------------------------------------------- metrics on backend arrays
+def _binary_accuracy(threshold):
+    def accuracy(pred, target):
+        return float(((pred > threshold) == (target > 0.5)).mean())
+    return accuracy
+
+
+def _categorical_accuracy(pred, target):
+    return float((pred.argmax(axis=-1) == target.argmax(axis=-1)).mean())
+
+
+def _sparse_accuracy(pred, target):
+    return float((pred.argmax(axis=-1) == target).mean())
+
+
+def _mae(pred, target):
+    return float(abs(pred - target).mean())
+
+
+def _mse(pred, target):
+    diff = pred - target
+    return float((diff * diff).mean())
+
+
+def _softmax_array(logits):
+    return ops.softmax(Tensor(logits)).data
+
+
+def _sigmoid_array(logits):
+    return ops.sigmoid(Tensor(logits)).data
+
+
+def _as_array(values, what):
+    """A backend array from an array-like or Tensor (no copy when already an array)."""
+    if isinstance(values, Tensor):
+        return values.data
+    if hasattr(values, "__cuda_array_interface__"):
+        return values
+    array = np.asarray(values)
+    if array.dtype == object:
+        raise TypeError(f"{what}: cannot use {type(values).__name__} of ragged or non-numeric "
+                        "values as an array")
+    return array
+
+
+def _format_number(value):
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4f}"
+    return f"{value:.4e}"
+
+
+def _format_logs(logs):
+    return " - ".join(f"{key}: {_format_number(value)}" for key, value in logs.items())
+
+
+class _ProgressBar:
+    """Keras' per-epoch progress bar on stderr; redraws at most every ``interval`` seconds.
+
+    On a terminal it redraws in place with ``\\r``; elsewhere (a log file, a pipe)
+    only the final line of each epoch is written.
+    """
+
+    width = 30
+
+    def __init__(self, steps, stream=None, interval=0.1):
+        self.steps = steps
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self.dynamic = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+        self.next_draw = self.start + interval
+        self.drawn = 0
+
+    def _bar(self, done):
+        filled = self.width * done // self.steps
+        arrow = ">" if done < self.steps else ""
+        digits = len(str(self.steps))
+        body = "=" * max(filled - len(arrow), 0) + arrow
+        return f"{done:>{digits}}/{self.steps} [{body:<{self.width}}]"
+
+    def update(self, done, logs):
+        """Redraw after ``done`` steps (the caller checks ``next_draw`` first)."""
+        now = time.perf_counter()
+        self.next_draw = now + self.interval
+        if not self.dynamic:
+            return
+        eta = (now - self.start) / done * (self.steps - done)
+        self._write(f"{self._bar(done)} - ETA: {eta:.0f}s - {_format_logs(logs)}", end="")
+
+    def finish(self, logs):
+        elapsed = time.perf_counter() - self.start
+        per_step = elapsed / max(self.steps, 1)
+        timing = f"{elapsed:.0f}s {per_step * 1e3:.0f}ms/step"
+        self._write(f"{self._bar(self.steps)} - {timing} - {_format_logs(logs)}", end="\n")
+
+    def _write(self, line, end):
+        padding = " " * max(self.drawn - len(line), 0)
+        self.stream.write("\r" + line + padding + end)
+        self.stream.flush()
+        self.drawn = 0 if end else len(line)
+
+
+class _Plan:
+    """What one ``fit``/``evaluate`` decides once: forward, loss closure, metrics, targets."""
+
+    def __init__(self, model, x_sample, y):
+        self.model = model
+        sample_out = model._build_on(x_sample)
+        self.device = model._device()
+        self.dtype = model._float_dtype()
+        self.params = model.parameters()
+        optimizer = model.optimizer
+        if optimizer.params is None or [id(p) for p in optimizer.params] != [id(p) for p in self.params]:
+            optimizer.set_params(self.params)
+        self.optimizer = optimizer
+        self.penalty_layers = [m for m in model.modules() if m.penalties()]
+        self.penalty = self._penalty if self.penalty_layers else None
+        self.loss_name, self.loss_config = losses_module.describe(model.loss)
+        self.out_shape = tuple(sample_out.shape[1:])
+        self.forward, self.loss_fn, self.logits = self._choose_forward_and_loss()
+        self.metrics = self._choose_metrics(y.shape)
+
+    # ------------------------------------------------------------ loss
+    def _choose_forward_and_loss(self):
+        model, name, config = self.model, self.loss_name, self.loss_config or {}
+        fusable = name is not None and not config.get("from_logits") and \
+            config.get("reduction", "mean") == "mean"
+        head = model._logits_head() if fusable else None
+        if head is not None:
+            body, dense = head
+            if name in _CROSS_ENTROPIES and dense.activation == "softmax":
+                def loss_fn(logits, target):
+                    return losses_module.softmax_xent(logits, target).mean()
+                kind = "softmax"
+            elif name == "binary_crossentropy" and dense.activation == "sigmoid":
+                def loss_fn(logits, target):
+                    return losses_module.binary_crossentropy(logits, target, from_logits=True)
+                kind = "sigmoid"
+            else:
+                kind = None
+            if kind is not None:
+                def forward(x):  # the model up to the last Dense's pre-activation: logits
+                    for layer in body:
+                        x = layer(x)
+                    return dense.pre_activation(x)
+                return forward, loss_fn, kind
+        loss = model.loss
+        if name is not None:
+            function = losses_module.LOSSES[name]
+            options = dict(config)
+
+            def loss_fn(pred, target):
+                value = function(pred, target, **options)
+                return value if value.ndim == 0 else value.mean()
+        else:
+            def loss_fn(pred, target):
+                value = loss(pred, Tensor(target))
+                if not isinstance(value, Tensor):
+                    raise TypeError(f"fit: the loss must return a Tensor, got {type(value).__name__}")
+                return value if value.ndim == 0 else value.mean()
+        return model.forward, loss_fn, None
+
+    # ------------------------------------------------------------ metrics
+    def _accuracy_kind(self, y_shape):
+        name, out_shape = self.loss_name, self.out_shape
+        if name == "binary_crossentropy":
+            return "binary"
+        if name == "sparse_categorical_crossentropy":
+            return "sparse"
+        if name == "categorical_crossentropy":
+            return "categorical"
+        if not out_shape or out_shape[-1] == 1:
+            return "binary"
+        return "categorical" if tuple(y_shape[1:]) == out_shape else "sparse"
+
+    def _choose_metrics(self, y_shape):
+        metrics = []
+        for label, metric in self.model._metric_specs:
+            if callable(metric):
+                function = metric
+            elif metric == "accuracy":
+                kind = self._accuracy_kind(y_shape)
+                if kind == "binary":
+                    function = _binary_accuracy(0.0 if self.logits else 0.5)
+                else:
+                    function = _sparse_accuracy if kind == "sparse" else _categorical_accuracy
+            else:
+                if self.loss_name == "sparse_categorical_crossentropy":
+                    raise ValueError(f"metric {metric!r} needs targets shaped like the predictions; "
+                                     "integer class targets have no such shape")
+                function = _mae if metric == "mae" else _mse
+                if self.logits:  # the loop sees logits: turn them into probabilities first
+                    to_probs = _softmax_array if self.logits == "softmax" else _sigmoid_array
+                    function = (lambda f: lambda pred, target: f(to_probs(pred), target))(function)
+            metrics.append((label, function))
+        return metrics
+
+    # ------------------------------------------------------------ data
+    def inputs(self, x):
+        """``x`` as a backend array of the model's float dtype on its device."""
+        x = _as_array(x, "x")
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        if x.ndim == 1:
+            x = x.reshape(-1, 1)
+        return to_device(x, self.device)
+
+    def targets(self, y):
+        """``y`` in the form the loss wants: class labels, or floats shaped like the output."""
+        y = _as_array(y, "y")
+        name, out_shape = self.loss_name, self.out_shape
+        if name == "sparse_categorical_crossentropy":
+            if y.ndim == len(out_shape) + 1 and y.ndim >= 2 and y.shape[-1] == 1:
+                y = y.reshape(y.shape[:-1])  # Keras' (N, 1) labels
+            y = losses_module.class_targets(name, (len(y),) + out_shape, y)
+        elif name is not None:
+            if y.dtype != self.dtype:
+                y = y.astype(self.dtype)
+            expected = (len(y),) + out_shape
+            if y.shape != expected:
+                if y.shape + (1,) != expected and y.shape != expected + (1,):
+                    hint = (" (integer class labels need loss='sparse_categorical_crossentropy',"
+                            " or one-hot targets)") if name == "categorical_crossentropy" else ""
+                    raise ValueError(f"fit: targets of shape {y.shape} do not match the model's "
+                                     f"output shape {(None,) + out_shape} for loss {name!r}{hint}")
+                y = y.reshape(expected)  # (N,) against (N, 1) outputs and back, as Keras
+        elif y.dtype.kind == "f" and y.dtype != self.dtype:
+            y = y.astype(self.dtype)
+        return to_device(y, self.device)
+
+    def _penalty(self):
+        """The sum of the weight penalties, a scalar Tensor in the graph."""
+        total = None
+        for layer in self.penalty_layers:
+            for term in layer.penalties():
+                total = term if total is None else total + term
+        return total
+
+    def class_labels(self, y):
+        """The distinct classes among prepared targets ``y`` (None for regression)."""
+        classifying = self.loss_name in ("binary_crossentropy",) + _CROSS_ENTROPIES or \
+            any(label == "accuracy" for label, _ in self.model._metric_specs)
+        if not classifying:
+            return None
+        kind = self._accuracy_kind(y.shape)
+        host = y.get() if hasattr(y, "__cuda_array_interface__") else y
+        if kind == "categorical":
+            host = host.argmax(axis=-1)
+        elif kind == "binary":
+            host = host > 0.5
+        return np.unique(host)
+
+
+class Model(Module):
+    """A Module with Keras' training loop; subclass it and write ``forward``."""
+
+    # Defaults as class attributes, so a subclass that forgets super().__init__() still works.
+    optimizer = None          # set by compile
+    loss = None               # name or callable, as given to compile
+    stop_training = False     # a callback sets it to end fit after the current epoch
+    history = None            # the History of the last fit
+    _metric_specs = ()        # (label, name or callable) per compiled metric
+    _compile_config = None    # compile settings by name, saved with the model
+    _plan_cache = None        # (key, _Plan) of the last fit/evaluate
+    _target_device = None     # where lazily built layers go (set by to())
+
+    # ------------------------------------------------------------ compile
+    def compile(self, optimizer="adam", loss="mse", metrics=None):
+        """Choose the optimizer (name or instance), the loss (name or callable) and metrics."""
+        optimizer = optim.get(optimizer)
+        losses_module.get(loss)  # validates a name
+        specs = []
+        for metric in metrics or []:
+            if callable(metric):
+                specs.append((getattr(metric, "__name__", "metric"), metric))
+                continue
+            name = _METRIC_ALIASES.get(metric, metric)
+            if name not in METRICS:
+                raise ValueError(f"unknown metric {metric!r}; valid names: {', '.join(METRICS)}")
+            specs.append((name, name))
+        self.optimizer, self.loss, self._metric_specs = optimizer, loss, specs
+        self._plan_cache = None
+        loss_name, loss_config = losses_module.describe(loss)
+        if loss_name is not None and type(optimizer) in optim.OPTIMIZERS.values() and \
+                all(isinstance(m, str) for _, m in specs):
+            self._compile_config = {
+                "optimizer": {"name": optimizer.name, "config": optimizer.get_config()},
+                "loss": {"name": loss_name, "config": loss_config,
+                         "class": isinstance(loss, losses_module.Loss)},
+                "metrics": [name for name, _ in specs]}
+        else:
+            self._compile_config = None
+
+    def _require_compiled(self, what):
+        if self.optimizer is None:
+            raise RuntimeError(f"{what}: call compile(optimizer, loss, metrics) first")
+
+    # ------------------------------------------------------------ building
+    def _device(self):
+        for param in self.parameters():
+            return param.device
+        return self._target_device or "cpu"
+
+    def _float_dtype(self):
+        for param in self.parameters():
+            return param.dtype
+        return get_default_dtype()
+
+    @contextlib.contextmanager
+    def _mode(self, training):
+        """Run a block in training or eval mode, then restore every module's own mode."""
+        saved = [(module, module.training) for module in self.modules()]
+        self.train(training)
+        try:
+            yield
+        finally:
+            for module, mode in saved:
+                module.__dict__["training"] = mode
+
+    def _build_on(self, x_sample):
+        """Run two samples through the model (eval mode, no graph): builds lazy layers."""
+        x = _as_array(x_sample, "x")[:2]
+        if x.ndim == 1:
+            x = x.reshape(-1, 1)
+        x = x.astype(self._float_dtype()) if x.dtype.kind != "f" else x
+        with self._mode(False), no_grad():
+            out = self.forward(Tensor(to_device(x, self._device())))
+        self._input_shape = tuple(x.shape[1:])
+        return out
+
+    def build(self, input_shape):
+        """Build every layer for inputs of ``input_shape`` (with or without the batch axis None)."""
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:
+            shape = shape[1:]
+        self._build_on(np.zeros((1,) + shape, dtype=self._float_dtype()))
+        return self
+
+    def _logits_head(self):
+        """``(layers before, last Dense)`` when the output is a Dense whose logits can be
+        fused with the loss; None for models whose forward is opaque."""
+        return None
+
+    def to(self, device):
+        super().to(device)
+        self._target_device = device
+        optimizer = self.optimizer
+        if optimizer is not None and optimizer.params is not None:
+            optimizer.load_state_dict(optimizer.state_dict())  # its state follows the parameters
+        self._plan_cache = None
+        return self
+
+    def _plan(self, x, y):
+        key = (tuple(x.shape[1:]), tuple(y.shape[1:]), len(self.parameters()))
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            self._plan_cache = (key, _Plan(self, x, y))
+        return self._plan_cache[1]
+
+    # ------------------------------------------------------------ fit
+    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, validation_data=None,
+            validation_split=0.0, shuffle=True, callbacks=None):
+        """Train for ``epochs`` passes over ``(x, y)``; returns the ``callbacks.History``.
+
+        Reported loss and metrics are averaged per sample over the epoch (the loss
+        includes the layers' weight penalties, as in Keras). ``validation_split``
+        holds out the *last* fraction of ``x``/``y`` before shuffling, as Keras does.
+        """
+        from .. import callbacks as callbacks_module
+        self._require_compiled("fit")
+        batch_size = 32 if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+        x, y = _as_array(x, "x"), _as_array(y, "y")
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            raise ValueError(f"fit: x and y must hold the same number of samples, got x of shape "
+                             f"{tuple(x.shape)} and y of shape {tuple(y.shape)}")
+        if len(x) == 0:
+            raise ValueError("fit: x and y are empty")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
+            x_val, y_val = (_as_array(v, "validation_data") for v in validation_data)
+            if x_val.ndim == 0 or y_val.ndim == 0 or len(x_val) != len(y_val) or len(x_val) == 0:
+                raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
+                                 f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
+            split_warning = False
+        elif validation_split:
+            if not 0 < validation_split < 1:
+                raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+            split_at = int(math.floor(len(x) * (1.0 - validation_split)))
+            if split_at == 0 or split_at == len(x):
+                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
+                                 "an empty training or validation set")
+            x, x_val, y, y_val = x[:split_at], x[split_at:], y[:split_at], y[split_at:]
+            split_warning = True
+        else:
+            x_val = y_val = None
+
+        plan = self._plan(x, y)
+        x, y = plan.inputs(x), plan.targets(y)
+        validating = x_val is not None
+        if validating:
+            x_val, y_val = plan.inputs(x_val), plan.targets(y_val)
+            if split_warning:
+                classes = plan.class_labels(y_val)
+                if classes is not None and len(classes) == 1:
+                    warnings.warn(
+                        f"fit: the validation set (the last {validation_split:g} of the data, taken "
+                        f"before shuffling) holds a single class ({classes[0]}); shuffle x and y "
+                        "first or pass validation_data", stacklevel=2)
+
+        history = callbacks_module.History()
+        callback_list = list(callbacks or []) + [history]
+        base = callbacks_module.Callback
+        batch_begin = [cb for cb in callback_list if type(cb).on_batch_begin is not base.on_batch_begin]
+        batch_end = [cb for cb in callback_list if type(cb).on_batch_end is not base.on_batch_end]
+        steps = math.ceil(len(x) / batch_size)
+        for callback in callback_list:
+            callback.set_model(self)
+            if hasattr(callback, "set_params"):
+                callback.set_params({"epochs": epochs, "steps": steps, "verbose": verbose})
+        self.stop_training = False
+        self.history = history
+
+        n = len(x)
+        params, forward, loss_fn = plan.params, plan.forward, plan.loss_fn
+        step_optimizer = plan.optimizer.step
+        metrics = plan.metrics
+        penalty = plan.penalty
+        epoch_logs = {}
+        with self._mode(True):
+            for callback in callback_list:
+                callback.on_train_begin({})
+            for epoch in range(epochs):
+                for callback in callback_list:
+                    callback.on_epoch_begin(epoch, {})
+                lr = float(self.optimizer.lr)
+                if shuffle:
+                    order = to_device(generator().permutation(n), plan.device)
+                    x_epoch, y_epoch = x[order], y[order]
+                else:
+                    x_epoch, y_epoch = x, y
+                if verbose == 1:
+                    sys.stderr.write(f"Epoch {epoch + 1}/{epochs}\n")
+                    bar = _ProgressBar(steps)
+                    next_draw = bar.next_draw
+                epoch_start = time.perf_counter()
+                loss_total = 0.0
+                metric_totals = [0.0] * len(metrics)
+                seen = 0
+                for step in range(steps):
+                    start = step * batch_size
+                    stop = min(start + batch_size, n)
+                    for callback in batch_begin:
+                        callback.on_batch_begin(step, {"batch": step, "size": stop - start})
+                    target = y_epoch[start:stop]
+                    out = forward(Tensor(x_epoch[start:stop]))
+                    loss = loss_fn(out, target)
+                    if penalty is not None:
+                        loss = loss + penalty()
+                    for param in params:
+                        param.grad = None
+                    loss.backward()
+                    step_optimizer()
+                    count = stop - start
+                    seen += count
+                    loss_total += float(loss.data) * count
+                    if metrics:
+                        out_data = out.data
+                        for i, (_, metric) in enumerate(metrics):
+                            metric_totals[i] += metric(out_data, target) * count
+                    if batch_end:
+                        logs = self._averages(loss_total, metrics, metric_totals, seen)
+                        logs.update(batch=step, size=count)
+                        for callback in batch_end:
+                            callback.on_batch_end(step, logs)
+                    if verbose == 1 and time.perf_counter() >= next_draw and step + 1 < steps:
+                        bar.update(step + 1, self._averages(loss_total, metrics, metric_totals, seen))
+                        next_draw = bar.next_draw
+                epoch_logs = self._averages(loss_total, metrics, metric_totals, seen)
+                if validating:
+                    results = self._evaluate_arrays(plan, x_val, y_val, batch_size)
+                    epoch_logs["val_loss"] = results[0]
+                    for (label, _), value in zip(metrics, results[1:]):
+                        epoch_logs["val_" + label] = value
+                shown = dict(epoch_logs)
+                epoch_logs["lr"] = lr
+                if verbose == 1:
+                    bar.finish(shown)
+                elif verbose == 2:
+                    seconds = time.perf_counter() - epoch_start
+                    sys.stderr.write(f"Epoch {epoch + 1}/{epochs} - {seconds:.2f}s - "
+                                     f"{_format_logs(shown)}\n")
+                    sys.stderr.flush()
+                for callback in callback_list:
+                    callback.on_epoch_end(epoch, epoch_logs)
+                if self.stop_training:
+                    break
+            for callback in callback_list:
+                callback.on_train_end(epoch_logs)
+        return history
+
+    @staticmethod
+    def _averages(loss_total, metrics, metric_totals, seen):
+        logs = {"loss": loss_total / seen}
+        for (label, _), total in zip(metrics, metric_totals):
+            logs[label] = total / seen
+        return logs
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on one batch; returns the loss, or ``[loss, *metrics]``."""
+        self._require_compiled("train_on_batch")
+        x, y = _as_array(x, "x"), _as_array(y, "y")
+        plan = self._plan(x, y)
+        x, y = plan.inputs(x), plan.targets(y)
+        with self._mode(True):
+            out = plan.forward(Tensor(x))
+            loss = plan.loss_fn(out, y)
+            if plan.penalty is not None:
+                loss = loss + plan.penalty()
+            for param in plan.params:
+                param.grad = None
+            loss.backward()
+            plan.optimizer.step()
+        values = [float(loss.data)] + [metric(out.data, y) for _, metric in plan.metrics]
+        return values[0] if len(values) == 1 else values
+
+    # ------------------------------------------------------------ evaluate / predict
+    def _evaluate_arrays(self, plan, x, y, batch_size):
+        """Per-sample averages ``[loss, *metrics]`` over prepared arrays, eval mode, no graph."""
+        loss_total = 0.0
+        metric_totals = [0.0] * len(plan.metrics)
+        with self._mode(False), no_grad():
+            for start in range(0, len(x), batch_size):
+                target = y[start:start + batch_size]
+                out = plan.forward(Tensor(x[start:start + batch_size]))
+                count = len(target)
+                loss_total += float(plan.loss_fn(out, target).data) * count
+                for i, (_, metric) in enumerate(plan.metrics):
+                    metric_totals[i] += metric(out.data, target) * count
+            penalty = float(plan.penalty().data) if plan.penalty is not None else 0.0
+        loss = loss_total / len(x) + penalty
+        return [loss] + [total / len(x) for total in metric_totals]
+
+    def evaluate(self, x, y, batch_size=32):
+        """The loss (with weight penalties, as Keras) or ``[loss, *metrics]``, per-sample averages."""
+        self._require_compiled("evaluate")
+        x, y = _as_array(x, "x"), _as_array(y, "y")
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"evaluate: x and y must hold the same (non-zero) number of samples, "
+                             f"got x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}")
+        plan = self._plan(x, y)
+        results = self._evaluate_arrays(plan, plan.inputs(x), plan.targets(y), batch_size)
+        return results[0] if len(results) == 1 else results
+
+    def predict(self, x, batch_size=32):
+        """The model's outputs for ``x`` as a host NumPy array (eval mode, no graph)."""
+        x = _as_array(x, "x")
+        if x.ndim == 1:
+            x = x.reshape(-1, 1)
+        if x.dtype != self._float_dtype():
+            x = x.astype(self._float_dtype())
+        x = to_device(x, self._device())
+        outputs = []
+        with self._mode(False), no_grad():
+            for start in range(0, len(x), batch_size):
+                out = self.forward(Tensor(x[start:start + batch_size])).data
+                outputs.append(out if device_of(out) == "cpu" else out.get())
+        if not outputs:
+            raise ValueError("predict: x is empty")
+        return np.concatenate(outputs)
+
+    # ------------------------------------------------------------ weights and files
+    def get_weights(self):
+        """Host copies of every parameter and buffer, in ``state_dict`` order (Keras)."""
+        return list(self.state_dict().values())
+
+    def set_weights(self, weights):
+        """Load a list from ``get_weights`` (same order and shapes)."""
+        names = list(self.state_dict())
+        weights = list(weights)
+        if len(weights) != len(names):
+            raise ValueError(f"set_weights: expected {len(names)} arrays, got {len(weights)}")
+        self.load_state_dict(dict(zip(names, weights)))
+
+    def save(self, path):
+        """Write architecture (JSON) and weights into one ``.npz`` file, atomically."""
+        from ..io import save_model
+        save_model(self, path)
+
+    def load_weights(self, path):
+        """Load weights saved by ``save`` or ``nanodl.save(model.state_dict(), path)``."""
+        from ..io import load
+        self.load_state_dict(load(path))
+
+    # ------------------------------------------------------------ summary
+    def _summary_rows(self):
+        return [(f"{name} ({type(module).__name__})", "?", module.count_params())
+                for name, module in self._modules.items() if module is not None]
+
+    def summary(self):
+        """Print and return a table: layer, output shape, parameter count, total."""
+        rows = [("Layer (type)", "Output Shape", "Param #")] + \
+            [(name, str(shape), f"{count:,}") for name, shape, count in self._summary_rows()]
+        widths = [max(len(row[i]) for row in rows) + 3 for i in range(3)]
+        total_width = sum(widths)
+        lines = [f'Model: "{type(self).__name__}"', "_" * total_width]
+        for index, row in enumerate(rows):
+            lines.append("".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            lines.append("=" * total_width if index == 0 else "_" * total_width)
+        trainable = self.count_params()
+        frozen = sum(int(b.size) for b in self.buffers())
+        lines[-1] = "=" * total_width
+        lines += [f"Total params: {trainable + frozen:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {frozen:,}", "_" * total_width]
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+
+class Sequential(Model):
+    """A stack of layers, each feeding the next.
+
+    >>> from nanodl import nn
+    >>> model = nn.Sequential([nn.Dense(4, activation='relu', input_dim=3)])
+    >>> model.add(nn.Dense(2, activation='softmax'))
+    >>> len(model), type(model[1]).__name__
+    (2, 'Dense')
+    """
+
+    def __init__(self, layers=None):
+        super().__init__()
+        self.layers = ModuleList()
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential.add: expected a layer (nn.Module), got {type(layer).__name__}")
+        self.layers.append(layer)
+        self._plan_cache = None
+
+    def pop(self):
+        """Remove and return the last layer."""
+        if not len(self.layers):
+            raise IndexError("Sequential.pop: there are no layers")
+        kept = list(self.layers)
+        last = kept.pop()
+        self.layers = ModuleList(kept)
+        self._plan_cache = None
+        return last
+
+    def forward(self, x):
+        for layer in self.layers._modules.values():
+            x = layer(x)
+        return x
+
+    def _logits_head(self):
+        layers = list(self.layers)
+        if layers and isinstance(layers[-1], Dense):
+            return layers[:-1], layers[-1]
+        return None
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(list(self.layers)[index])
+        return self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def _input_features(self):
+        shape = self.__dict__.get("_input_shape")
+        if shape is not None:
+            return shape
+        first = self.layers[0] if len(self.layers) else None
+        if isinstance(first, Dense) and first.input_dim is not None:
+            return (first.input_dim,)
+        if getattr(first, "num_features", None) is not None:
+            return (first.num_features,)
+        return None
+
+    def _summary_rows(self):
+        features = self._input_features()
+        if features is None:
+            raise ValueError("summary: the model is not built yet; call build(input_shape), fit, "
+                             "or give the first layer input_dim")
+        x = Tensor(to_device(np.zeros((1,) + tuple(features), dtype=self._float_dtype()), self._device()))
+        rows = []
+        with self._mode(False), no_grad():
+            for index, layer in enumerate(self.layers):
+                x = layer(x)
+                rows.append((f"layers.{index} ({type(layer).__name__})", (None,) + x.shape[1:],
+                             layer.count_params()))
+        return rows

@@ -1,0 +1,353 @@
+"""``Module`` and ``Parameter``: the bookkeeping every layer and model shares.
+
+A Module finds its parts by assignment: ``self.kernel = Parameter(...)`` registers
+a parameter, ``self.block = Dense(4)`` a sub-module, ``self.blocks = [Dense(4),
+Dense(2)]`` a ``ModuleList``, ``self.register_buffer('moving_mean', array)`` a
+buffer (state saved in ``state_dict`` but not trained). Registration order is
+definition order, so ``parameters()`` and ``state_dict()`` are reproducible.
+
+>>> import nanodl as nd
+>>> from nanodl import nn
+>>> class TwoLayer(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.hidden = nn.Dense(8, activation='relu', input_dim=4)
+...         self.out = nn.Dense(2, input_dim=8)
+...     def forward(self, x):
+...         return self.out(self.hidden(x))
+>>> [name for name, _ in TwoLayer().named_parameters()]
+['hidden.kernel', 'hidden.bias', 'out.kernel', 'out.bias']
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from ..backend import array_module, device_of, to_device
+from ..tensor import Tensor, as_array, get_default_dtype
+
+__all__ = ["Module", "Parameter", "ModuleList"]
+
+LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
+
+
+class Parameter(Tensor):
+    """A trainable Tensor (``requires_grad=True``) holding its own copy of ``data``.
+
+    Python floats and lists become the default dtype; integer data is made float.
+
+    >>> from nanodl import nn
+    >>> p = nn.Parameter([1.0, 2.0])
+    >>> p.requires_grad, p.dtype
+    (True, dtype('float32'))
+    """
+    __slots__ = ()
+
+    def __init__(self, data, dtype=None):
+        source = data.data if isinstance(data, Tensor) else data
+        array = as_array(source, dtype)
+        if array.dtype.kind != "f":
+            array = array.astype(get_default_dtype())
+        elif array is source:
+            array = array.copy()  # never share storage with the caller's array
+        super().__init__(array, requires_grad=True)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+def _host_copy(array):
+    """A NumPy copy of a backend array (CuPy arrays are fetched from the GPU)."""
+    return np.array(array) if device_of(array) == "cpu" else array.get()
+
+
+class Module:
+    """Base class of layers and models: ``__call__`` runs ``forward``.
+
+    Subclasses call ``super().__init__()`` first (a forgotten call is made for
+    them on the first attribute assignment) and implement ``forward``.
+    """
+
+    def __init__(self):
+        state = self.__dict__
+        if "_parameters" not in state:
+            state["_parameters"] = {}
+            state["_modules"] = {}
+            state["_buffers"] = {}
+            state["training"] = True
+
+    # ------------------------------------------------------------ registration
+    def __setattr__(self, name, value):
+        state = self.__dict__
+        if "_parameters" not in state:
+            Module.__init__(self)
+        params, modules, buffers = state["_parameters"], state["_modules"], state["_buffers"]
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
+            value = ModuleList(value)
+        if isinstance(value, Parameter):
+            self._forget(name)
+            params[name] = value
+        elif isinstance(value, Module):
+            self._forget(name)
+            modules[name] = value
+        elif name in buffers:
+            if value is not None and not hasattr(value, "shape"):
+                raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} "
+                                "(an array or None expected)")
+            buffers[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
+                                "(nn.Parameter or None expected)")
+            del params[name]
+        elif name in modules:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} as sub-module {name!r} "
+                                "(nn.Module or None expected)")
+            del modules[name]
+        state[name] = value  # plain attribute lookup stays as fast as Python's
+
+    def __delattr__(self, name):
+        self._forget(name)
+        object.__delattr__(self, name)
+
+    def _forget(self, name):
+        for registry in (self._parameters, self._modules, self._buffers):
+            registry.pop(name, None)
+
+    def register_buffer(self, name, array):
+        """Keep ``array`` as state: saved in ``state_dict``, moved by ``to``, not trained."""
+        self._forget(name)
+        self._buffers[name] = array
+        self.__dict__[name] = array
+
+    # ------------------------------------------------------------ running
+    def __call__(self, *args, **kwargs):
+        if args and isinstance(args[0], (np.ndarray, list)):
+            args = (Tensor(args[0]),) + args[1:]
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        call = getattr(type(self), "call", None)  # Keras users write call()
+        if call is not None:
+            return call(self, *args, **kwargs)
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    # ------------------------------------------------------------ traversal
+    def children(self):
+        return list(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        """``(dotted name, module)`` for this module and every sub-module, depth first."""
+        result, seen = [], set()
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            result.append((name, module))
+            children = [(f"{name}.{child}" if name else child, sub)
+                        for child, sub in module._modules.items() if sub is not None]
+            stack.extend(reversed(children))
+        return result
+
+    def modules(self):
+        return [module for _, module in self.named_modules()]
+
+    def named_parameters(self, prefix=""):
+        """``(dotted name, parameter)`` in definition order, each shared parameter once."""
+        result, seen = [], set()
+        for module_name, module in self.named_modules(prefix):
+            for name, param in module._parameters.items():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    result.append((f"{module_name}.{name}" if module_name else name, param))
+        return result
+
+    def parameters(self):
+        """The parameters, a list in definition order."""
+        return [param for _, param in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        return [(f"{module_name}.{name}" if module_name else name, array)
+                for module_name, module in self.named_modules(prefix)
+                for name, array in module._buffers.items() if array is not None]
+
+    def buffers(self):
+        return [array for _, array in self.named_buffers()]
+
+    def count_params(self):
+        """The number of trainable scalars."""
+        return sum(int(p.size) for p in self.parameters())
+
+    # ------------------------------------------------------------ modes and grads
+    def train(self, mode=True):
+        """Training mode (dropout active, batch statistics) for this module and its sub-modules."""
+        for module in self.modules():
+            module.__dict__["training"] = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode: ``train(False)``."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Forget every parameter's gradient (set it to None)."""
+        for param in self.parameters():
+            param.grad = None
+
+    def regularization_losses(self):
+        """The weight penalties of every layer (scalar Tensors), Keras' ``model.losses``."""
+        return [penalty for module in self.modules() for penalty in module.penalties()]
+
+    def regularization_loss(self):
+        """The sum of ``regularization_losses()``, or None when no layer has a regularizer."""
+        total = None
+        for penalty in self.regularization_losses():
+            total = penalty if total is None else total + penalty
+        return total
+
+    def penalties(self):
+        """This module's own weight penalties (layers with regularizers override it)."""
+        return []
+
+    # ------------------------------------------------------------ state
+    def _state_entries(self):
+        """``(name, owner module, attribute, is_parameter)`` for every saved entry."""
+        entries, seen = [], set()
+        for module_name, module in self.named_modules():
+            dotted = (module_name + ".") if module_name else ""
+            for attr, param in module._parameters.items():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    entries.append((dotted + attr, module, attr, True))
+            for attr, array in module._buffers.items():
+                if array is not None:
+                    entries.append((dotted + attr, module, attr, False))
+        return entries
+
+    def state_dict(self):
+        """name -> host NumPy copy, parameters and buffers (``layers.0.kernel``, ...)."""
+        result = {}
+        for name, module, attr, is_param in self._state_entries():
+            value = module._parameters[attr].data if is_param else module._buffers[attr]
+            result[name] = _host_copy(value)
+        return result
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy ``state_dict``'s arrays in; everything is checked before anything changes.
+
+        With ``strict``, missing or unexpected names raise ``KeyError``; a wrong shape
+        always raises ``ValueError``. Values are cast to each entry's dtype and device.
+        Returns ``(missing_keys, unexpected_keys)``.
+        """
+        return self._load_state(state_dict, strict=strict, keep_dtype=False)
+
+    def _load_state(self, state_dict, strict=True, keep_dtype=False):
+        entries = self._state_entries()
+        known = {name for name, *_ in entries}
+        missing = [name for name, *_ in entries if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in known]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            hint = ""
+            if unexpected and any(getattr(m, "built", True) is False for m in self.modules()):
+                hint = " (some layers are not built yet: call the model on a batch first)"
+            raise KeyError(f"load_state_dict: {' and '.join(parts)}{hint}")
+        updates = []
+        for name, module, attr, is_param in entries:
+            if name not in state_dict:
+                continue
+            current = module._parameters[attr].data if is_param else module._buffers[attr]
+            value = state_dict[name]
+            value = value.data if isinstance(value, Tensor) else value
+            if not hasattr(value, "__cuda_array_interface__"):
+                value = np.asarray(value)
+            if value.dtype.kind not in "fiub":
+                raise ValueError(f"load_state_dict: {name!r} has dtype {value.dtype}, "
+                                 "a numeric array was expected")
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(f"load_state_dict: {name!r} has shape {tuple(value.shape)}, "
+                                 f"the module's is {tuple(current.shape)}")
+            dtype = value.dtype if keep_dtype and value.dtype.kind == "f" else current.dtype
+            moved = to_device(value, device_of(current))
+            updates.append((module, attr, is_param, array_module(moved).array(moved, dtype=dtype)))
+        for module, attr, is_param, array in updates:  # everything checked: commit
+            if is_param:
+                module._parameters[attr].data = array
+                module._parameters[attr].grad = None
+            else:
+                module._buffers[attr] = array
+                module.__dict__[attr] = array
+        return LoadResult(missing, unexpected)
+
+    def to(self, device):
+        """Move every parameter (and gradient) and buffer to ``device``, in place; returns self."""
+        for module in self.modules():
+            for param in module._parameters.values():
+                param.data = to_device(param.data, device)
+                if param.grad is not None:
+                    param.grad = to_device(param.grad, device)
+            for attr, array in module._buffers.items():
+                if array is not None:
+                    moved = to_device(array, device)
+                    module._buffers[attr] = moved
+                    module.__dict__[attr] = moved
+        return self
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    # ------------------------------------------------------------ display
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"  ({name}): " + repr(module).replace("\n", "\n  ")
+                 for name, module in self._modules.items() if module is not None]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + (")" if not lines else "\n" + "\n".join(lines) + "\n)")
+
+
+class ModuleList(Module):
+    """A list of modules, registered under the names ``'0'``, ``'1'``, ...
+
+    >>> from nanodl import nn
+    >>> blocks = nn.ModuleList([nn.ReLU(), nn.Tanh()])
+    >>> len(blocks), type(blocks[1]).__name__
+    (2, 'Tanh')
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self.extend(modules)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList: expected a Module, got {type(module).__name__}")
+        self._modules[str(len(self._modules))] = module
+        return self
+
+    def extend(self, modules):
+        for module in modules:
+            self.append(module)
+        return self
+
+    def __getitem__(self, index):
+        items = list(self._modules.values())
+        if isinstance(index, slice):
+            return ModuleList(items[index])
+        return items[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
