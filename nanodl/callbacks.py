@@ -1,0 +1,417 @@
+"""Callbacks: hooks that ``Model.fit`` calls around epochs and batches, as in Keras.
+
+``fit`` calls ``set_model(model)``, then ``on_train_begin(logs)``; for each epoch
+``on_epoch_begin(epoch, logs)``, ``on_batch_begin/end(batch, logs)`` for every batch
+and ``on_epoch_end(epoch, logs)``, whose ``logs`` hold ``'loss'``, the metrics, their
+``'val_'`` versions and ``'lr'``; last ``on_train_end(logs)``. A callback that sets
+``model.stop_training = True`` ends ``fit`` after the current epoch.
+
+Built in: ``History``, ``LearningRateScheduler``, ``EarlyStopping``,
+``ModelCheckpoint``, ``ReduceLROnPlateau`` and ``CSVLogger``.
+
+>>> class PrintLoss(Callback):
+...     def on_epoch_end(self, epoch, logs=None):
+...         print(f"epoch {epoch}: loss {logs['loss']:.3f}")
+>>> PrintLoss().on_epoch_end(0, {"loss": 0.25})
+epoch 0: loss 0.250
+"""
+import csv
+import inspect
+import math
+import numbers
+import os
+import warnings
+
+import numpy as np
+
+__all__ = ["Callback", "History", "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint",
+           "ReduceLROnPlateau", "CSVLogger"]
+
+
+class Callback:
+    """Base class: every hook is a no-op; ``self.model`` is the model being trained."""
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        """Training parameters (epochs, steps, verbose), when ``fit`` passes them."""
+        self.params = dict(params)
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+
+def _plain(value):
+    """A NumPy scalar or 0-d array as a Python number; anything else unchanged."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    return value
+
+
+class History(Callback):
+    """Records every value of ``logs`` at each epoch's end; ``fit`` returns it.
+
+    ``history`` maps each key (``'loss'``, ``'accuracy'``, ``'val_loss'``, ``'lr'``...)
+    to a list with one value per epoch; ``epoch`` lists the epoch indices.
+
+    >>> h = History()
+    >>> h.on_train_begin()
+    >>> h.on_epoch_end(0, {"loss": 0.5, "lr": 0.1})
+    >>> h.on_epoch_end(1, {"loss": 0.25, "lr": 0.1})
+    >>> h.history["loss"], h.epoch
+    ([0.5, 0.25], [0, 1])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+        self.epoch = []
+
+    def on_train_begin(self, logs=None):
+        self.history = {}
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(_plain(value))
+
+
+def _optimizer_of(model, who):
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not hasattr(optimizer, "lr"):
+        raise RuntimeError(f"{who}: the model has no optimizer with an 'lr' attribute; "
+                           "call model.compile(...) first")
+    return optimizer
+
+
+def _takes_lr(schedule):
+    """True when ``schedule`` accepts two positional arguments ``(epoch, lr)``."""
+    try:
+        parameters = inspect.signature(schedule).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature: assume (epoch, lr)
+        return True
+    positional = [p for p in parameters
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return True
+    return len(positional) >= 2
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of each epoch to ``schedule(epoch)`` or
+    ``schedule(epoch, lr)`` (``lr`` is the current rate), as Keras does.
+
+    >>> def halve_every_10(epoch, lr):
+    ...     return lr * 0.5 if epoch and epoch % 10 == 0 else lr
+    >>> scheduler = LearningRateScheduler(halve_every_10)
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be callable, "
+                            f"got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.verbose = verbose
+        self._with_lr = _takes_lr(schedule)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = _optimizer_of(self.model, "LearningRateScheduler")
+        if self._with_lr:
+            lr = self.schedule(epoch, float(optimizer.lr))
+        else:
+            lr = self.schedule(epoch)
+        lr = _plain(lr)
+        if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not math.isfinite(lr):
+            raise ValueError(f"LearningRateScheduler: the schedule must return a finite number, "
+                             f"got {lr!r} at epoch {epoch}")
+        optimizer.lr = float(lr)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr):.6g}.")
+
+
+def _resolve_mode(mode, monitor, who):
+    """``'min'`` or ``'max'``; ``'auto'`` means max for accuracies, min for the rest."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{who}: unknown mode {mode!r}; valid modes: auto, min, max")
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    return mode
+
+
+def _missing_key_warning(who, monitor, logs):
+    warnings.warn(f"{who}: the monitored quantity {monitor!r} is not in the logs "
+                  f"(available: {', '.join(sorted(logs)) or 'none'}); "
+                  "did you pass validation data to fit?", RuntimeWarning, stacklevel=3)
+
+
+def _copy_state(model):
+    """A copy of the model's state dict (``state_dict`` copies already; copy again to be safe)."""
+    return {name: array.copy() for name, array in model.state_dict().items()}
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
+
+    An improvement is a change of more than ``min_delta`` in the right direction
+    (``mode='auto'``: up for names containing ``'acc'``, else down). With
+    ``restore_best_weights=True`` the weights of the best epoch are put back when
+    training ends, whether this callback stopped it or not. ``stopped_epoch`` and
+    ``best_epoch`` say what happened.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, mode="auto",
+                 restore_best_weights=False, baseline=None, verbose=0):
+        super().__init__()
+        self.monitor = monitor
+        self.min_delta = abs(min_delta)
+        self.patience = patience
+        self.mode = _resolve_mode(mode, monitor, "EarlyStopping")
+        self.restore_best_weights = restore_best_weights
+        self.baseline = baseline
+        self.verbose = verbose
+        self.on_train_begin()
+
+    def _is_improvement(self, current, reference):
+        if self.mode == "min":
+            return current + self.min_delta < reference
+        return current - self.min_delta > reference
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best_epoch = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        current = logs.get(self.monitor)
+        if current is None:
+            _missing_key_warning("EarlyStopping", self.monitor, logs)
+            return
+        current = float(current)
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = _copy_state(self.model)  # so there is something to restore
+        self.wait += 1
+        if self._is_improvement(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = _copy_state(self.model)
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.load_state_dict(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model after each epoch with ``model.save`` (or only its state dict).
+
+    ``filepath`` may hold format fields: ``{epoch}`` (numbered from 1, as Keras) and any
+    key of the logs, e.g. ``"ckpt-{epoch:02d}-{val_loss:.2f}.npz"``. With
+    ``save_best_only=True`` a file is written only when ``monitor`` improves
+    (``mode='auto'``: up for accuracies, else down). ``save_weights_only=True``
+    writes ``model.state_dict()`` with ``nanodl.save`` instead.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto",
+                 save_weights_only=False, verbose=0):
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.save_best_only = save_best_only
+        self.mode = _resolve_mode(mode, monitor, "ModelCheckpoint")
+        self.save_weights_only = save_weights_only
+        self.verbose = verbose
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def _path_for(self, epoch, logs):
+        try:
+            return self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as error:
+            raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} names {error} which is not "
+                           f"in the logs (available: epoch, {', '.join(sorted(logs))})") from None
+
+    def _save(self, path):
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        if self.save_weights_only:
+            from . import io
+            io.save(self.model.state_dict(), path)
+        else:
+            self.model.save(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {key: _plain(value) for key, value in (logs or {}).items()}
+        path = self._path_for(epoch, logs)
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                _missing_key_warning("ModelCheckpoint", self.monitor, logs)
+                return
+            improved = current < self.best if self.mode == "min" else current > self.best
+            if not improved:
+                if self.verbose > 0:
+                    print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
+                      f"{current:.5f}, saving model to {path}")
+            self.best = float(current)
+        elif self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: saving model to {path}")
+        self._save(path)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` has stopped improving
+    for ``patience`` epochs (Keras semantics).
+
+    An improvement is a change of more than ``min_delta``; after a reduction,
+    ``cooldown`` epochs pass before counting again; the rate never goes below
+    ``min_lr``.
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0, min_delta=1e-4,
+                 cooldown=0, mode="auto", verbose=0):
+        super().__init__()
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
+        self.monitor = monitor
+        self.factor = factor
+        self.patience = patience
+        self.min_lr = min_lr
+        self.min_delta = abs(min_delta)
+        self.cooldown = cooldown
+        self.mode = _resolve_mode(mode, monitor, "ReduceLROnPlateau")
+        self.verbose = verbose
+        self.on_train_begin()
+
+    def _is_improvement(self, current):
+        if self.mode == "min":
+            return current < self.best - self.min_delta
+        return current > self.best + self.min_delta
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        optimizer = _optimizer_of(self.model, "ReduceLROnPlateau")
+        logs.setdefault("lr", float(optimizer.lr))
+        current = logs.get(self.monitor)
+        if current is None:
+            _missing_key_warning("ReduceLROnPlateau", self.monitor, logs)
+            return
+        current = float(current)
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._is_improvement(current):
+            self.best = current
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_lr = float(optimizer.lr)
+                if old_lr > np.float32(self.min_lr):
+                    new_lr = max(old_lr * self.factor, self.min_lr)
+                    optimizer.lr = new_lr
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                              f"to {new_lr:.6g}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class CSVLogger(Callback):
+    """Writes one CSV row per epoch: a header ``epoch`` + the sorted log keys, then the values.
+
+    The file is flushed after every epoch, so it can be watched while training runs;
+    ``append=True`` continues an existing file (without repeating its header).
+    """
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename = os.fspath(filename)
+        self.separator = separator
+        self.append = append
+        self.keys = None
+        self._file = None
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._write_header = True
+        if self.append and os.path.exists(self.filename):
+            self._write_header = os.path.getsize(self.filename) == 0
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self.keys = None
+        self._writer = None
+
+    @staticmethod
+    def _format(value):
+        value = _plain(value)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return "[" + ", ".join(str(_plain(v)) for v in np.ravel(value)) + "]"
+        return value
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._file is None:  # used outside fit: open lazily
+            self.on_train_begin()
+        if self.keys is None:
+            self.keys = sorted(logs)
+            self._writer = csv.DictWriter(self._file, fieldnames=["epoch", *self.keys],
+                                          delimiter=self.separator, extrasaction="ignore")
+            if self._write_header:
+                self._writer.writeheader()
+        row = {"epoch": epoch}
+        row.update({key: self._format(logs[key]) if key in logs else "NA" for key in self.keys})
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+        self._file = None
+        self._writer = None
