@@ -19,3 +19,7 @@ from .ops import (abs, clip, concatenate, exp, expand_dims, leaky_relu, log, log
 from .random import manual_seed
 from .tensor import Tensor, get_default_dtype, set_default_dtype, tensor
 from . import functional
+from .io import load, load_model, save
+from . import callbacks, data, datasets, losses, nn, optim, regularizers
+from .anomaly import detect_anomaly
+from . import viz

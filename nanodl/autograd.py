@@ -15,6 +15,14 @@ import weakref
 import numpy as np
 
 _grad_enabled = True
+
+# Debugging hooks, empty unless a tool installs one (``nd.detect_anomaly``,
+# ``gradcheck.locate``): ``forward_hooks`` get ``(node, args, kwargs, out)`` after each
+# forward, ``backward_hooks`` get ``(node, grad_output, grads)`` after each backward.
+# When empty they cost one truth test per op.
+forward_hooks = []
+backward_hooks = []
+
 _tensor_class = None  # set by nanodl.tensor once Tensor is defined (it imports this module)
 
 
@@ -102,6 +110,9 @@ class Function:
         out = fn.forward(*arrays, **kwargs)
         if type(out) is not np.ndarray and isinstance(out, np.generic):
             out = np.asarray(out)  # NumPy returns scalars from 0-d math; keep arrays
+        if forward_hooks:
+            for hook in forward_hooks:
+                hook(fn, args, kwargs, out)
         result = Tensor.__new__(Tensor)
         result.data = out
         result.grad = None
@@ -211,6 +222,9 @@ def backward(tensor, grad, retain_graph=False):
         if len(grads) != len(inputs):
             raise RuntimeError(f"{node.name}.backward returned {len(grads)} gradients for "
                                f"{len(inputs)} tensor inputs")
+        if backward_hooks:
+            for hook in backward_hooks:
+                hook(node, grad_output, grads)
         grad_ids = None
         for index, tensor_in in enumerate(inputs):
             g = grads[index]

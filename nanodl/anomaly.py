@@ -1,0 +1,150 @@
+"""Anomaly detection: find the op where an inf or NaN is *born*, not where it is noticed.
+
+A NaN spreads: once one op makes it, every op downstream carries it, and the loss
+that finally shows ``nan`` says nothing about where it came from. Inside
+``nd.detect_anomaly()`` every op checks its own output as it runs:
+
+* forward: an op whose tensor inputs are all finite but whose output is not raises
+  ``AnomalyError`` naming the op, the input shapes, the first bad element and the
+  line of your code that called it;
+* backward: a node whose ``backward`` turns a finite incoming gradient into a
+  non-finite one raises ``AnomalyError`` naming the node and the line that created it.
+
+``AnomalyError`` subclasses ``FloatingPointError`` (what NumPy raises under
+``np.seterr(all='raise')``), so ``except FloatingPointError`` catches both.
+
+>>> import nanodl as nd
+>>> x = nd.tensor([1.0, -1.0], requires_grad=True)
+>>> with nd.detect_anomaly():
+...     y = (x * 2).log()          # doctest: +ELLIPSIS
+Traceback (most recent call last):
+    ...
+nanodl.anomaly.AnomalyError: detect_anomaly: Log produced nan ...
+
+Outside the context manager the engine runs exactly as before: the check is an
+empty-list test in ``Function.apply`` and in the backward walk
+(``autograd.forward_hooks`` / ``autograd.backward_hooks``).
+"""
+import os
+import sys
+
+import numpy as np
+
+from . import autograd
+from .backend import array_module
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_depth = 0  # nesting depth of active detect_anomaly blocks
+
+
+class AnomalyError(FloatingPointError):
+    """An op made inf/NaN from finite values (forward or backward)."""
+
+
+class detect_anomaly:
+    """Context manager (and decorator): raise at the op that first makes an inf or NaN.
+
+    ``check_backward=False`` checks only the forward pass.
+    """
+
+    def __init__(self, check_backward=True):
+        self.check_backward = check_backward
+
+    def __enter__(self):
+        global _depth
+        _depth += 1
+        autograd.forward_hooks.append(_check_forward)
+        if self.check_backward:
+            autograd.backward_hooks.append(_check_backward)
+        return self
+
+    def __exit__(self, *exc):
+        global _depth
+        _depth -= 1
+        autograd.forward_hooks.remove(_check_forward)
+        if self.check_backward:
+            autograd.backward_hooks.remove(_check_backward)
+        return False
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with detect_anomaly(self.check_backward):
+                return fn(*args, **kwargs)
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+
+def is_anomaly_enabled():
+    """True inside ``detect_anomaly()``."""
+    return _depth > 0
+
+
+# ------------------------------------------------------------------ the checks
+def _check_forward(node, args, kwargs, out):
+    node.__dict__["_created_at"] = _user_site()
+    if not _is_float(out) or _all_finite(out):
+        return
+    inputs = [arg.data if hasattr(arg, "grad_fn") else arg for arg in args
+              if hasattr(arg, "grad_fn") or hasattr(arg, "shape")]
+    if not all(_all_finite(array) for array in inputs if _is_float(array)):
+        return  # not the origin: a non-finite value came in
+    shapes = ", ".join(str(tuple(array.shape)) for array in inputs)
+    raise AnomalyError(
+        f"detect_anomaly: {node.name} produced {_describe(out)} from finite inputs (shapes: "
+        f"{shapes}){_first_bad(out, inputs)}; called at {node.__dict__['_created_at']}")
+
+
+def _check_backward(node, grad_output, grads):
+    if not _is_float(grad_output) or not _all_finite(grad_output):
+        return  # the incoming gradient was already bad: not the origin
+    for index, grad in enumerate(grads):
+        if grad is not None and _is_float(grad) and not _all_finite(grad):
+            shape = tuple(node.inputs[index].shape) if index < len(node.inputs) else "?"
+            where = node.__dict__.get("_created_at", "an op created outside detect_anomaly()")
+            raise AnomalyError(
+                f"detect_anomaly: {node.name}.backward turned a finite gradient into "
+                f"{_describe(grad)} for input {index} (shape {shape}); {node.name} was "
+                f"created at {where}")
+
+
+def _is_float(array):
+    dtype = getattr(array, "dtype", None)
+    return dtype is not None and dtype.kind in ("f", "c")
+
+
+def _all_finite(array):
+    return bool(array_module(array).isfinite(array).all())
+
+
+def _describe(array):
+    host = _to_host(array)
+    kinds = [word for word, present in (("nan", np.isnan(host).any()), ("inf", np.isinf(host).any()))
+             if present]
+    count = int((~np.isfinite(host)).sum())
+    return f"{'/'.join(kinds)} ({count} of {host.size} elements)"
+
+
+def _first_bad(out, inputs):
+    """', first at index (i, j) where the input is v': points at the offending value."""
+    host = _to_host(out)
+    index = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
+    text = f"; first at index {index}"
+    same_shape = [_to_host(a) for a in inputs if getattr(a, "shape", None) == host.shape]
+    if same_shape:
+        values = ", ".join(f"{float(a[index]):.6g}" for a in same_shape)
+        text += f" where the input is {values}"
+    return text
+
+
+def _to_host(array):
+    return np.asarray(array) if isinstance(array, (np.ndarray, np.generic)) else array.get()
+
+
+def _user_site():
+    """'file.py:12 (in fn)' for the innermost frame outside the nanodl package."""
+    frame = sys._getframe(2)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    if frame is None:
+        return "<nanodl internals>"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} (in {frame.f_code.co_name})"

@@ -1,0 +1,57 @@
+"""Every ```python block in docs/*.md (and README.md, if present) runs.
+
+The blocks of one file run in order in one namespace, as a reader pasting them
+into a REPL would; ``docs/internals.md``'s DOT listing must match what
+``nd.viz.to_dot`` prints for the graph built there.
+"""
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = sorted((ROOT / "docs").glob("*.md")) + ([ROOT / "README.md"] if (ROOT / "README.md").exists() else [])
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def blocks(path, language):
+    return [body for lang, body in FENCE.findall(path.read_text(encoding="utf-8")) if lang == language]
+
+
+def run_python_blocks(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # a snippet that writes a file writes it here
+    namespace = {"__name__": f"docs_{path.stem}"}
+    for number, source in enumerate(blocks(path, "python"), 1):
+        code = compile(source, f"{path.name} (python block {number})", "exec")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # snippets may make NaNs on purpose
+            exec(code, namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_python_blocks_run(path, monkeypatch, tmp_path, capsys):
+    if not blocks(path, "python"):
+        pytest.skip(f"{path.name} has no python blocks")
+    run_python_blocks(path, monkeypatch, tmp_path)
+
+
+def test_internals_graph_listings_match_the_code(monkeypatch, tmp_path, capsys):
+    path = ROOT / "docs" / "internals.md"
+    namespace = run_python_blocks(path, monkeypatch, tmp_path)
+    capsys.readouterr()
+    nd = namespace["nd"]
+    (dot,) = blocks(path, "dot")
+    assert dot.strip() == nd.viz.to_dot(namespace["loss"]).strip(), \
+        "docs/internals.md: the DOT listing is stale; paste the output of nd.viz.to_dot(loss)"
+    tree = blocks(path, "text")[0]
+    assert tree.strip() == nd.viz.graph_text(namespace["loss"]).strip()
+
+
+def test_internals_links_point_at_real_files():
+    path = ROOT / "docs" / "internals.md"
+    targets = re.findall(r"\]\((\.\./[^)#]+)\)", path.read_text(encoding="utf-8"))
+    assert targets
+    missing = [t for t in targets if not (path.parent / t).exists()]
+    assert not missing, f"broken links in {path.name}: {missing}"
