@@ -53,10 +53,11 @@ def kernels(array):
 
 def array_module(x):
     """``numpy`` or ``cupy``, whichever holds ``x`` (an array or a Tensor)."""
-    data = getattr(x, "data", x) if not isinstance(x, np.ndarray) else x
-    if isinstance(data, np.ndarray) or np.isscalar(data):
+    if isinstance(x, (np.ndarray, np.generic)):
         return np
-    if type(data).__module__.startswith("cupy"):
+    # A Tensor holds its array in ``.data`` (a CuPy array's own ``.data`` is a pointer: skip it).
+    data = x if hasattr(x, "__cuda_array_interface__") else getattr(x, "data", x)
+    if hasattr(data, "__cuda_array_interface__") and type(data).__module__.startswith("cupy"):
         from .cuda import cupy_module
         return cupy_module()
     return np
@@ -77,7 +78,7 @@ def to_device(array, device):
     """Move a backend array to ``device`` (``'cpu'`` or ``'cuda'``); a no-op when already there."""
     device = _check_device(device)
     if device == "cpu":
-        if isinstance(array, np.ndarray):
+        if isinstance(array, (np.ndarray, np.generic)):
             return array
         return array.get()
     from .cuda import require_cupy

@@ -6,6 +6,7 @@ combined with a Python number stays float32.
 """
 import numpy as np
 
+from ..backend import device_of, to_device
 from ..tensor import Tensor, get_default_dtype
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from .elementwise import Abs, Add, Clip, Div, Exp, Log, Maximum, Minimum, Mul, Neg, Pow, Sqrt, Sub, Where
@@ -32,7 +33,6 @@ def lift(value, like):
         if array.dtype.kind == "f" and isinstance(value, (list, tuple)):
             array = array.astype(get_default_dtype())
     if like.device != "cpu" and isinstance(array, np.ndarray):
-        from ..backend import to_device
         array = to_device(array, like.device)
     return Tensor(array)
 
@@ -89,12 +89,16 @@ def matmul(a, b):
 
 def where(cond, a, b):
     """``a`` where ``cond`` holds, else ``b`` (``cond`` is not differentiated)."""
-    cond_array = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
+    cond_array = cond.data if isinstance(cond, Tensor) else cond
+    if not hasattr(cond_array, "__cuda_array_interface__"):
+        cond_array = np.asarray(cond_array)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         a = Tensor(a)
     a, b = (a, lift(b, a)) if isinstance(a, Tensor) else (lift(a, b), b)
     if cond_array.dtype != bool:
         cond_array = cond_array.astype(bool)
+    if device_of(cond_array) != a.device:
+        cond_array = to_device(cond_array, a.device)
     return Where.apply(a, b, cond=cond_array)
 
 
@@ -109,7 +113,16 @@ def getitem(a, index):
         index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
     elif isinstance(index, list):
         index = np.asarray(index)
+    if a.device != "cpu":  # index arrays go where the data is
+        index = tuple(_index_on(i, a.device) for i in index) if isinstance(index, tuple) \
+            else _index_on(index, a.device)
     return GetItem.apply(a, index=index)
+
+
+def _index_on(part, device):
+    if isinstance(part, list):
+        part = np.asarray(part)
+    return to_device(part, device) if isinstance(part, np.ndarray) else part
 
 
 def sum(a, axis=None, keepdims=False):

@@ -1,6 +1,8 @@
 """Fused softmax + cross-entropy: one stable node (the other losses compose ops)."""
+import numpy as np
+
 from ..autograd import Function
-from ..backend import kernels
+from ..backend import device_of, kernels, to_device
 
 
 class SoftmaxCrossEntropy(Function):
@@ -11,6 +13,9 @@ class SoftmaxCrossEntropy(Function):
     """
 
     def forward(self, logits, target=None):
+        on_gpu = hasattr(target, "__cuda_array_interface__")
+        if on_gpu != (device_of(logits) == "cuda"):  # class labels follow the logits' device
+            target = to_device(target if on_gpu else np.asarray(target), device_of(logits))
         loss, probs = kernels(logits).softmax_xent_forward(logits, target)
         self.save_for_backward(probs, target)
         return loss

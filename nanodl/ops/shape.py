@@ -29,7 +29,7 @@ class Transpose(Function):
     def backward(self, grad):
         if self.axes is None:
             return grad.transpose()
-        return grad.transpose(np.argsort([ax % grad.ndim for ax in self.axes]))
+        return grad.transpose(tuple(int(ax) for ax in np.argsort([ax % grad.ndim for ax in self.axes])))
 
 
 class Squeeze(Function):

@@ -1,0 +1,609 @@
+"""The CuPy kernel table: the GPU twin of ``kernels_numpy`` (same names, signatures, results).
+
+Read ``kernels_numpy`` first: its docstrings are the spec, and every function here
+computes the same formula in the same order of operations, on CuPy arrays.
+
+What runs where
+---------------
+* Activations: one fused ``cupy.ElementwiseKernel`` per forward and per backward
+  (sigmoid and softplus in their stable forms: ``exp`` of a non-positive number only).
+* ``linear_forward``: ``cupy.matmul`` (cuBLAS GEMM), then bias and activation fused in
+  one elementwise pass over the GEMM output, in place where the backward needs only
+  the output. ``linear_backward``: the activation gradient is one elementwise pass;
+  ``dx``, ``dkernel`` are cuBLAS GEMMs and ``dbias`` a column sum, each only if asked.
+* Softmax cross-entropy: the forward is one ``cupy.RawKernel`` (a thread block per row:
+  max, sum of exp, probabilities and the loss in one launch); the backward is one
+  elementwise kernel (sparse integer targets ``(N,)`` or dense ``(N, C)``).
+* Optimizer updates: ONE elementwise kernel per call that updates the parameter and
+  every state array in place; a kernel is generated per combination of options
+  (momentum/nesterov/weight decay, decoupled/amsgrad, centered/momentum).
+
+Kernels are built on first use and cached in ``_KERNELS`` (CuPy compiles each one
+once per dtype: ``T`` is a type placeholder, so float32 and float64 share the source;
+compiled binaries also land in CuPy's on-disk cache).
+
+TF32
+----
+nanodl never enables TF32. CuPy computes float32 GEMMs in full FP32 unless the user
+sets the environment variable ``CUPY_TF32=1`` (then cuBLAS may round inputs to TF32,
+~1e-3 relative error, and GPU results stop matching the CPU's float32 to tolerance).
+``tf32_enabled()`` reports CuPy's setting; a warning is issued when it is on.
+
+Errors
+------
+Arguments are checked here, not in the CUDA code: a NumPy array where a CuPy array is
+expected, a non-float dtype or mixed dtypes raise ``TypeError``; mismatched shapes and
+unknown activation names raise ``ValueError``; each message names the kernel.
+Out-of-range class targets give a NaN loss (NumPy would raise ``IndexError``; checking
+on the host would cost a device synchronisation every step).
+"""
+import os
+import warnings
+
+import numpy as np
+
+from .cuda import require_cupy
+from .kernels_numpy import _GELU_C, _GELU_K, LINEAR_ACTIVATIONS, OUTPUT_GRAD_ACTIVATIONS
+
+cupy = require_cupy()  # RuntimeError (saying what is missing) when there is no CuPy or GPU
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_KERNELS = {}  # cache key -> cupy.ElementwiseKernel / cupy.RawKernel, built on first use
+
+
+# ---------------------------------------------------------------- TF32
+def tf32_enabled():
+    """True when CuPy runs float32 GEMMs on TF32 tensor cores (only with ``CUPY_TF32=1``)."""
+    try:
+        linalg = cupy._core._routines_linalg  # private, but where CuPy keeps the GEMM compute type
+        return linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
+    except Exception:  # pragma: no cover - private CuPy API moved: fall back to the variable
+        return os.environ.get("CUPY_TF32", "0").strip() not in ("", "0")
+
+
+if os.environ.get("CUPY_TF32", "0").strip() not in ("", "0"):
+    warnings.warn("CUPY_TF32 is set: CuPy will use TF32 for float32 matmuls, so nanodl's GPU "
+                  "results will differ from the CPU's float32 by ~1e-3; unset it for exact float32",
+                  RuntimeWarning, stacklevel=2)
+
+
+# ---------------------------------------------------------------- argument checks
+def _check_arrays(kernel, *arrays):
+    """All ``arrays`` are CuPy float arrays of one dtype; returns that dtype."""
+    for array in arrays:
+        if not isinstance(array, cupy.ndarray):
+            raise TypeError(f"{kernel}: expected CuPy arrays (on the GPU), got "
+                            f"{type(array).__module__}.{type(array).__name__}; move the data "
+                            "with .to('cuda')")
+    dtype = arrays[0].dtype
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{kernel}: expected float32 or float64 arrays, got {dtype}")
+    for array in arrays[1:]:
+        if array.dtype != dtype:
+            raise TypeError(f"{kernel}: all arrays must have one dtype, got {dtype} and {array.dtype}")
+    return dtype
+
+
+def _check_same_shape(kernel, names, *arrays):
+    shape = arrays[0].shape
+    for name, array in zip(names[1:], arrays[1:]):
+        if array.shape != shape:
+            raise ValueError(f"{kernel}: {name} has shape {array.shape}, expected {shape} "
+                             f"(the shape of {names[0]})")
+
+
+def _check_activation(kernel, activation):
+    if activation not in LINEAR_ACTIVATIONS:
+        raise ValueError(f"{kernel}: unknown activation {activation!r}; valid names: "
+                         f"{', '.join(LINEAR_ACTIVATIONS)}")
+
+
+def _scalar(value):
+    """A plain Python float: CuPy casts it to the kernel's ``T`` (float32 or float64)."""
+    return float(value)
+
+
+# ---------------------------------------------------------------- activation device code
+# Each activation is a pair of device functions, forward(x, alpha) and backward(saved,
+# grad, alpha), where ``saved`` is the output y for relu/sigmoid/tanh and the input x
+# otherwise (kernels_numpy's convention). The elementwise kernels below call them.
+_ACTIVATION_PREAMBLE = f"""
+template <typename T> __device__ __forceinline__ T nanodl_stable_sigmoid(T x) {{
+    const T e = exp(-fabs(x));  /* exp of a non-positive number only: no inf/inf */
+    return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+}}
+template <typename T> __device__ __forceinline__ T nanodl_relu_forward(T x, T alpha) {{
+    return (x > T(0) || x != x) ? x : T(0);  /* NaN propagates, as np.maximum */
+}}
+template <typename T> __device__ __forceinline__ T nanodl_relu_backward(T y, T g, T alpha) {{
+    return g * (y > T(0) ? T(1) : T(0));
+}}
+template <typename T> __device__ __forceinline__ T nanodl_leaky_relu_forward(T x, T alpha) {{
+    return x > T(0) ? x : x * alpha;
+}}
+template <typename T> __device__ __forceinline__ T nanodl_leaky_relu_backward(T x, T g, T alpha) {{
+    return x > T(0) ? g : g * alpha;
+}}
+template <typename T> __device__ __forceinline__ T nanodl_sigmoid_forward(T x, T alpha) {{
+    return nanodl_stable_sigmoid(x);
+}}
+template <typename T> __device__ __forceinline__ T nanodl_sigmoid_backward(T y, T g, T alpha) {{
+    return g * y * (T(1) - y);
+}}
+template <typename T> __device__ __forceinline__ T nanodl_tanh_forward(T x, T alpha) {{
+    return tanh(x);
+}}
+template <typename T> __device__ __forceinline__ T nanodl_tanh_backward(T y, T g, T alpha) {{
+    return g * (T(1) - y * y);
+}}
+template <typename T> __device__ __forceinline__ T nanodl_gelu_forward(T x, T alpha) {{
+    const T t = tanh(T({_GELU_C!r}) * (x + T({_GELU_K!r}) * (x * x * x)));
+    return T(0.5) * x * (T(1) + t);
+}}
+template <typename T> __device__ __forceinline__ T nanodl_gelu_backward(T x, T g, T alpha) {{
+    const T t = tanh(T({_GELU_C!r}) * (x + T({_GELU_K!r}) * (x * x * x)));
+    const T dt = T({_GELU_C!r}) * (T(1) + T({3 * _GELU_K!r}) * x * x) * (T(1) - t * t);
+    return g * (T(0.5) * (T(1) + t) + T(0.5) * x * dt);
+}}
+template <typename T> __device__ __forceinline__ T nanodl_elu_forward(T x, T alpha) {{
+    return x > T(0) ? x : alpha * expm1(x < T(0) ? x : T(0));
+}}
+template <typename T> __device__ __forceinline__ T nanodl_elu_backward(T x, T g, T alpha) {{
+    return x > T(0) ? g : g * alpha * exp(x < T(0) ? x : T(0));
+}}
+template <typename T> __device__ __forceinline__ T nanodl_softplus_forward(T x, T alpha) {{
+    /* log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow at |x| = 1e4 */
+    return (x > T(0) ? x : T(0)) + log1p(exp(-fabs(x)));
+}}
+template <typename T> __device__ __forceinline__ T nanodl_softplus_backward(T x, T g, T alpha) {{
+    return g * nanodl_stable_sigmoid(x);
+}}
+"""
+
+
+def _elementwise(key, in_params, out_params, operation, preamble=""):
+    """The cached ``cupy.ElementwiseKernel`` for ``key`` (built on first use)."""
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        name = "nanodl_" + "_".join(str(part) for part in key if part)
+        kernel = cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=preamble)
+        _KERNELS[key] = kernel
+    return kernel
+
+
+def _activation_forward_kernel(name):
+    return _elementwise(("act_fwd", name), "T x, T alpha", "T y",
+                        f"y = nanodl_{name}_forward(x, alpha);", _ACTIVATION_PREAMBLE)
+
+
+def _activation_backward_kernel(name):
+    return _elementwise(("act_bwd", name), "T saved, T grad, T alpha", "T dx",
+                        f"dx = nanodl_{name}_backward(saved, grad, alpha);", _ACTIVATION_PREAMBLE)
+
+
+def _forward(kernel_name, name, x, alpha=0.0):
+    _check_arrays(kernel_name, x)
+    return _activation_forward_kernel(name)(x, _scalar(alpha))
+
+
+def _backward(kernel_name, name, saved, grad, alpha=0.0):
+    _check_arrays(kernel_name, saved, grad)
+    _check_same_shape(kernel_name, ("the saved array", "grad"), saved, grad)
+    return _activation_backward_kernel(name)(saved, grad, _scalar(alpha))
+
+
+# ---------------------------------------------------------------- activations
+def relu_forward(x):
+    return _forward("relu_forward", "relu", x)
+
+
+def relu_backward(y, grad):
+    return _backward("relu_backward", "relu", y, grad)
+
+
+def leaky_relu_forward(x, alpha):
+    return _forward("leaky_relu_forward", "leaky_relu", x, alpha)
+
+
+def leaky_relu_backward(x, grad, alpha):
+    return _backward("leaky_relu_backward", "leaky_relu", x, grad, alpha)
+
+
+def sigmoid_forward(x):
+    return _forward("sigmoid_forward", "sigmoid", x)
+
+
+def sigmoid_backward(y, grad):
+    return _backward("sigmoid_backward", "sigmoid", y, grad)
+
+
+def tanh_forward(x):
+    return _forward("tanh_forward", "tanh", x)
+
+
+def tanh_backward(y, grad):
+    return _backward("tanh_backward", "tanh", y, grad)
+
+
+def gelu_forward(x):
+    """GELU, tanh approximation: 0.5 x (1 + tanh(c (x + k x^3)))."""
+    return _forward("gelu_forward", "gelu", x)
+
+
+def gelu_backward(x, grad):
+    return _backward("gelu_backward", "gelu", x, grad)
+
+
+def elu_forward(x, alpha):
+    return _forward("elu_forward", "elu", x, alpha)
+
+
+def elu_backward(x, grad, alpha):
+    return _backward("elu_backward", "elu", x, grad, alpha)
+
+
+def softplus_forward(x):
+    return _forward("softplus_forward", "softplus", x)
+
+
+def softplus_backward(x, grad):
+    return _backward("softplus_backward", "softplus", x, grad)
+
+
+def activation_forward(name, x, alpha=0.0):
+    """Apply activation ``name`` (one of LINEAR_ACTIVATIONS)."""
+    _check_activation("activation_forward", name)
+    if name == "linear":
+        return x
+    return _forward(f"{name}_forward", name, x, alpha)
+
+
+def activation_backward(name, saved, grad, alpha=0.0):
+    """Gradient through activation ``name``; ``saved`` is y or x as kernels_numpy says."""
+    _check_activation("activation_backward", name)
+    if name == "linear":
+        return grad
+    return _backward(f"{name}_backward", name, saved, grad, alpha)
+
+
+# ---------------------------------------------------------------- dense layer
+def _bias_activation_kernel(name, keep_preactivation):
+    """z = act(z + bias) in place; or, keeping z + bias for the backward, y = act(z + bias)."""
+    if keep_preactivation:
+        return _elementwise(("bias_act_keep", name), "T bias, T alpha", "T z, T y",
+                            f"const T v = z + bias; z = v; y = nanodl_{name}_forward(v, alpha);",
+                            _ACTIVATION_PREAMBLE)
+    if name == "linear":
+        return _elementwise(("bias_add",), "T bias, T alpha", "T z", "z = z + bias;")
+    return _elementwise(("bias_act", name), "T bias, T alpha", "T z",
+                        f"z = nanodl_{name}_forward(z + bias, alpha);", _ACTIVATION_PREAMBLE)
+
+
+def _check_linear(kernel, x, kernel_matrix, activation):
+    _check_activation(kernel, activation)
+    if x.ndim != 2 or kernel_matrix.ndim != 2 or x.shape[1] != kernel_matrix.shape[0]:
+        raise ValueError(f"{kernel}: input {x.shape} and kernel {kernel_matrix.shape} are not "
+                         "aligned (expected (N, in) and (in, out))")
+
+
+def linear_forward(x, kernel, bias, activation="linear", alpha=0.0):
+    """``act(x @ kernel + bias)`` for 2-D ``x``: cuBLAS GEMM, then one fused elementwise pass.
+
+    Returns ``(out, saved)`` as kernels_numpy does: ``saved`` is the output for
+    relu/sigmoid/tanh/linear and the pre-activation otherwise.
+    """
+    if bias is None:
+        _check_arrays("linear_forward", x, kernel)
+    else:
+        _check_arrays("linear_forward", x, kernel, bias)
+        if bias.shape != (kernel.shape[-1],):
+            raise ValueError(f"linear_forward: bias {bias.shape} does not match kernel {kernel.shape}")
+    _check_linear("linear_forward", x, kernel, activation)
+    alpha = _scalar(alpha)
+    z = cupy.matmul(x, kernel)  # cuBLAS; a fresh C-contiguous (N, out) array we may overwrite
+    if activation in OUTPUT_GRAD_ACTIVATIONS:
+        if bias is not None:
+            _bias_activation_kernel(activation, False)(bias, alpha, z)
+        elif activation != "linear":
+            _activation_forward_kernel(activation)(z, alpha, z)
+        return z, z
+    out = cupy.empty_like(z)
+    if bias is not None:
+        _bias_activation_kernel(activation, True)(bias, alpha, z, out)
+    else:
+        _activation_forward_kernel(activation)(z, alpha, out)
+    return out, z
+
+
+def linear_backward(x, kernel, saved, grad, activation="linear", alpha=0.0,
+                    need_x=True, need_kernel=True, need_bias=True):
+    """Gradients ``(dx, dkernel, dbias)`` of ``linear_forward``; unneeded ones are None."""
+    _check_arrays("linear_backward", x, kernel, saved, grad)
+    _check_linear("linear_backward", x, kernel, activation)
+    expected = (x.shape[0], kernel.shape[1])
+    if saved.shape != expected or grad.shape != expected:
+        raise ValueError(f"linear_backward: saved {saved.shape} and grad {grad.shape} must both "
+                         f"have the output's shape {expected}")
+    if activation == "linear":
+        dz = grad
+    else:
+        dz = _activation_backward_kernel(activation)(saved, grad, _scalar(alpha))
+    dx = cupy.matmul(dz, kernel.T) if need_x else None
+    dkernel = cupy.matmul(x.T, dz) if need_kernel else None
+    dbias = dz.sum(axis=0) if need_bias else None
+    return dx, dkernel, dbias
+
+
+# ---------------------------------------------------------------- softmax cross-entropy
+_XENT_FORWARD_SOURCE = r"""
+typedef %(ctype)s T;
+typedef %(target_ctype)s TargetT;
+#define NANODL_SPARSE %(sparse)d
+
+/* One thread block per row; blockDim.x is a power of two. Shared memory holds one T per
+   thread for the three tree reductions (max, sum of exp, and the dense loss). */
+extern "C" __global__ void nanodl_softmax_xent_forward(
+        const T* logits, const TargetT* target, T* loss, T* probs,
+        const long long n, const long long c) {
+    extern __shared__ unsigned char nanodl_shared[];
+    T* partial = reinterpret_cast<T*>(nanodl_shared);
+    const long long row = blockIdx.x;
+    const int tid = threadIdx.x;
+    const int threads = blockDim.x;
+    const T* x = logits + row * c;
+    T* p = probs + row * c;
+
+    /* 1. the row's maximum (NaN-agnostic; a NaN logit still makes the row NaN below) */
+    T peak = x[0];
+    for (long long j = tid; j < c; j += threads) peak = x[j] > peak ? x[j] : peak;
+    partial[tid] = peak;
+    __syncthreads();
+    for (int s = threads / 2; s > 0; s >>= 1) {
+        if (tid < s && partial[tid + s] > partial[tid]) partial[tid] = partial[tid + s];
+        __syncthreads();
+    }
+    peak = partial[0];
+    __syncthreads();
+
+    /* 2. total = sum(exp(x - peak)) */
+    T total = T(0);
+    for (long long j = tid; j < c; j += threads) total += exp(x[j] - peak);
+    partial[tid] = total;
+    __syncthreads();
+    for (int s = threads / 2; s > 0; s >>= 1) {
+        if (tid < s) partial[tid] += partial[tid + s];
+        __syncthreads();
+    }
+    total = partial[0];
+    __syncthreads();
+    const T log_total = log(total);
+
+    /* 3. probabilities; the loss is -log_softmax at the target (or its dot with a dense target) */
+#if !NANODL_SPARSE
+    T term = T(0);
+#endif
+    for (long long j = tid; j < c; j += threads) {
+        const T shifted = x[j] - peak;
+        p[j] = exp(shifted) / total;
+#if !NANODL_SPARSE
+        term += target[row * c + j] * (shifted - log_total);
+#endif
+    }
+#if NANODL_SPARSE
+    if (tid == 0) {
+        long long t = (long long)target[row];
+        if (t < 0) t += c;  /* negative classes count from the end, as NumPy indexing */
+        loss[row] = (t >= 0 && t < c) ? log_total - (x[t] - peak) : (T)nan("");
+    }
+#else
+    partial[tid] = term;
+    __syncthreads();
+    for (int s = threads / 2; s > 0; s >>= 1) {
+        if (tid < s) partial[tid] += partial[tid + s];
+        __syncthreads();
+    }
+    if (tid == 0) loss[row] = -partial[0];
+#endif
+}
+"""
+
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def _xent_forward_kernel(dtype, sparse):
+    key = ("xent_fwd", dtype.name, sparse)
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        source = _XENT_FORWARD_SOURCE % {
+            "ctype": _CTYPES[dtype], "target_ctype": "long long" if sparse else _CTYPES[dtype],
+            "sparse": int(sparse)}
+        kernel = cupy.RawKernel(source, "nanodl_softmax_xent_forward")
+        _KERNELS[key] = kernel
+    return kernel
+
+
+def _threads_for(classes):
+    """A power of two between 32 (a warp) and 256, enough for one thread per class."""
+    threads = 32
+    while threads < classes and threads < 256:
+        threads *= 2
+    return threads
+
+
+def _prepare_target(kernel, logits, target):
+    """The target as a contiguous CuPy array: int64 (N,) classes or a (N, C) distribution."""
+    n, c = logits.shape
+    if not isinstance(target, cupy.ndarray):
+        target = cupy.asarray(np.asarray(target))  # labels from the host are moved over
+    if target.ndim == 1:
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"{kernel}: 1-D targets must hold integer classes, got {target.dtype}")
+        if target.shape[0] != n:
+            raise ValueError(f"{kernel}: {target.shape[0]} targets for {n} rows of logits")
+        return cupy.ascontiguousarray(target, dtype=cupy.int64), True
+    if target.shape != (n, c):
+        raise ValueError(f"{kernel}: target {target.shape} does not match logits {logits.shape}")
+    if target.dtype != logits.dtype:
+        raise TypeError(f"{kernel}: a dense target must have the logits' dtype {logits.dtype}, "
+                        f"got {target.dtype}")
+    return cupy.ascontiguousarray(target), False
+
+
+def softmax_xent_forward(logits, target):
+    """Per-sample ``-sum(target * log_softmax(logits))`` for 2-D logits; ``(loss, probs)``."""
+    dtype = _check_arrays("softmax_xent_forward", logits)
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"softmax_xent_forward: expected logits of shape (N, C) with C >= 1, "
+                         f"got {logits.shape}")
+    target, sparse = _prepare_target("softmax_xent_forward", logits, target)
+    n, c = logits.shape
+    loss = cupy.empty((n,), dtype=dtype)
+    probs = cupy.empty((n, c), dtype=dtype)
+    if n == 0:
+        return loss, probs
+    threads = _threads_for(c)
+    _xent_forward_kernel(dtype, sparse)(
+        (n,), (threads,), (cupy.ascontiguousarray(logits), target, loss, probs,
+                           np.int64(n), np.int64(c)),
+        shared_mem=threads * dtype.itemsize)
+    return loss, probs
+
+
+def softmax_xent_backward(probs, target, grad):
+    """Gradient w.r.t. the logits, given the per-sample upstream ``grad`` (N,)."""
+    _check_arrays("softmax_xent_backward", probs, grad)
+    if probs.ndim != 2 or grad.shape != (probs.shape[0],):
+        raise ValueError(f"softmax_xent_backward: probs {probs.shape} and grad {grad.shape} must "
+                         "be (N, C) and (N,)")
+    target, sparse = _prepare_target("softmax_xent_backward", probs, target)
+    if sparse:
+        kernel = _elementwise(
+            ("xent_bwd_sparse",), "T probs, raw int64 target, raw T grad, int64 classes", "T dlogits",
+            """
+            const long long row = i / classes;
+            long long t = target[row];
+            if (t < 0) t += classes;
+            dlogits = (probs - ((long long)i - row * classes == t ? T(1) : T(0))) * grad[row];
+            """)
+        return kernel(cupy.ascontiguousarray(probs), target, grad, probs.shape[1])
+    kernel = _elementwise(("xent_bwd_dense",), "T probs, T target, T target_sum, T grad", "T dlogits",
+                          "dlogits = (probs * target_sum - target) * grad;")
+    return kernel(probs, target, target.sum(axis=1, keepdims=True), grad[:, None])
+
+
+# ---------------------------------------------------------------- optimizer updates
+def _check_step(kernel, param, grad, *states):
+    """Dtype and shape checks shared by the optimizer steps (states may not be None)."""
+    _check_arrays(kernel, param, grad, *states)
+    _check_same_shape(kernel, ("param", "grad") + ("state",) * len(states), param, grad, *states)
+
+
+def _need_state(kernel, array, what):
+    if array is None:
+        raise ValueError(f"{kernel}: {what} is None but the options need it")
+    return array
+
+
+def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """torch.optim.SGD (dampening 0); ``momentum_buf`` starts at zeros, None when momentum == 0."""
+    use_momentum, use_decay = bool(momentum), bool(weight_decay)
+    states = (_need_state("sgd_step", momentum_buf, "momentum_buf"),) if use_momentum else ()
+    _check_step("sgd_step", param, grad, *states)
+    body = ["T d = grad;"]
+    if use_decay:
+        body.append("d = d + weight_decay * param;")
+    if use_momentum:
+        body.append("buf = buf * momentum + d;")
+        body.append("d = d + momentum * buf;" if nesterov else "d = buf;")
+    body.append("param = param - lr * d;")
+    key = ("sgd_step", "decay" if use_decay else "", "momentum" if use_momentum else "",
+           "nesterov" if use_momentum and nesterov else "")
+    kernel = _elementwise(key, "T grad, T lr, T momentum, T weight_decay",
+                          "T param, T buf" if use_momentum else "T param", "\n".join(body))
+    kernel(grad, _scalar(lr), _scalar(momentum), _scalar(weight_decay), param, *states)
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
+              eps, weight_decay=0.0, decoupled=False, amsgrad=False):
+    """torch.optim.Adam (``decoupled=False``) and AdamW (``True``); ``step`` counts from 1."""
+    use_decay = bool(weight_decay)
+    states = [exp_avg, exp_avg_sq]
+    if amsgrad:
+        states.append(_need_state("adam_step", max_exp_avg_sq, "max_exp_avg_sq"))
+    _check_step("adam_step", param, grad, *states)
+    body = ["T d = grad;"]
+    if use_decay:
+        body.append("param = param * decay;" if decoupled else "d = d + weight_decay * param;")
+    body += ["m = m * beta1 + one_minus_beta1 * d;",
+             "v = v * beta2 + one_minus_beta2 * d * d;"]
+    if amsgrad:
+        body.append("v_max = (v > v_max || v != v) ? v : v_max;")
+    body += [f"const T denom = sqrt({'v_max' if amsgrad else 'v'}) / bias_correction2_sqrt + eps;",
+             "param = param - step_size * m / denom;"]
+    key = ("adam_step", ("decoupled" if decoupled else "l2") if use_decay else "",
+           "amsgrad" if amsgrad else "")
+    kernel = _elementwise(
+        key, "T grad, T decay, T weight_decay, T beta1, T one_minus_beta1, T beta2, "
+             "T one_minus_beta2, T bias_correction2_sqrt, T eps, T step_size",
+        "T param, T m, T v, T v_max" if amsgrad else "T param, T m, T v", "\n".join(body))
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+    kernel(grad, _scalar(1 - lr * weight_decay), _scalar(weight_decay), _scalar(beta1),
+           _scalar(1 - beta1), _scalar(beta2), _scalar(1 - beta2), _scalar(bias_correction2_sqrt),
+           _scalar(eps), _scalar(lr / bias_correction1), param, *states)
+
+
+def adagrad_step(param, grad, state_sum, lr, eps, weight_decay=0.0):
+    """torch.optim.Adagrad; ``lr`` is the already-decayed rate of this step."""
+    use_decay = bool(weight_decay)
+    _check_step("adagrad_step", param, grad, state_sum)
+    body = ["T d = grad;"]
+    if use_decay:
+        body.append("d = d + weight_decay * param;")
+    body += ["total = total + d * d;", "param = param - lr * d / (sqrt(total) + eps);"]
+    kernel = _elementwise(("adagrad_step", "decay" if use_decay else ""),
+                          "T grad, T lr, T eps, T weight_decay", "T param, T total", "\n".join(body))
+    kernel(grad, _scalar(lr), _scalar(eps), _scalar(weight_decay), param, state_sum)
+
+
+def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps,
+                 weight_decay=0.0, momentum=0.0, centered=False):
+    """torch.optim.RMSprop; ``momentum_buf``/``grad_avg`` are None when unused."""
+    use_decay, use_momentum = bool(weight_decay), bool(momentum)
+    outputs, states = ["T param", "T square_avg"], [square_avg]
+    if use_momentum:
+        outputs.append("T buf")
+        states.append(_need_state("rmsprop_step", momentum_buf, "momentum_buf"))
+    if centered:
+        outputs.append("T grad_avg")
+        states.append(_need_state("rmsprop_step", grad_avg, "grad_avg"))
+    _check_step("rmsprop_step", param, grad, *states)
+    body = ["T d = grad;"]
+    if use_decay:
+        body.append("d = d + weight_decay * param;")
+    body.append("square_avg = square_avg * alpha + one_minus_alpha * d * d;")
+    if centered:
+        body += ["grad_avg = grad_avg * alpha + one_minus_alpha * d;",
+                 "const T avg = sqrt(square_avg - grad_avg * grad_avg) + eps;"]
+    else:
+        body.append("const T avg = sqrt(square_avg) + eps;")
+    if use_momentum:
+        body += ["buf = buf * momentum + d / avg;", "param = param - lr * buf;"]
+    else:
+        body.append("param = param - lr * d / avg;")
+    key = ("rmsprop_step", "decay" if use_decay else "", "momentum" if use_momentum else "",
+           "centered" if centered else "")
+    kernel = _elementwise(key, "T grad, T lr, T alpha, T one_minus_alpha, T eps, T weight_decay, "
+                               "T momentum", ", ".join(outputs), "\n".join(body))
+    kernel(grad, _scalar(lr), _scalar(alpha), _scalar(1 - alpha), _scalar(eps),
+           _scalar(weight_decay), _scalar(momentum), param, *states)
+
+
+NAMES = (
+    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
+    "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
+    "gelu_forward", "gelu_backward", "elu_forward", "elu_backward",
+    "softplus_forward", "softplus_backward",
+    "linear_forward", "linear_backward", "softmax_xent_forward", "softmax_xent_backward",
+    "sgd_step", "adam_step", "adagrad_step", "rmsprop_step",
+)
