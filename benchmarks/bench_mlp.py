@@ -1,0 +1,276 @@
+"""Training-step benchmark: nanodl (native and NumPy kernels) against a hand-written
+NumPy MLP, PyTorch on the CPU (when installed) and the machine's GEMM floor.
+
+One step = forward + softmax-cross-entropy + backward + optimizer update, float32,
+ReLU hidden layers. Implementations are timed round-robin in one run, so a noisy
+neighbour slows them all alike; the ratios are what to read.
+
+    python benchmarks/bench_mlp.py                # all four configs
+    python benchmarks/bench_mlp.py --quick        # fewer repeats
+    python benchmarks/bench_mlp.py --configs tiny,small --markdown
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nanodl as nd  # noqa: E402
+from nanodl import backend, losses, nn, optim  # noqa: E402
+
+CONFIGS = {
+    # name: (layer sizes, batch, optimizer)
+    "tiny": ((64, 32, 10), 32, "sgd"),
+    "small": ((784, 128, 10), 64, "sgd"),
+    "medium": ((784, 512, 512, 10), 256, "adam"),
+    "large": ((1024, 4096, 4096, 10), 512, "adam"),
+}
+LR = {"sgd": 0.01, "adam": 1e-3}
+
+
+def make_batch(sizes, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    return x, y
+
+
+def init_weights(sizes, seed=0):
+    """Glorot-uniform kernels (in, out) and zero biases, shared by every implementation."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        limit = np.sqrt(6 / (fan_in + fan_out))
+        weights.append((rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32),
+                        np.zeros(fan_out, np.float32)))
+    return weights
+
+
+# ---------------------------------------------------------------- nanodl
+def nanodl_step(sizes, batch, opt_name, kernels):
+    """A nanodl training step through the public API, on the chosen kernel table."""
+    x, y = make_batch(sizes, batch)
+    layers = []
+    for i, (kernel, bias) in enumerate(init_weights(sizes)):
+        last = i == len(sizes) - 2
+        dense = nn.Dense(kernel.shape[1], activation=None if last else "relu", input_dim=kernel.shape[0])
+        dense.kernel.data[...] = kernel
+        dense.bias.data[...] = bias
+        layers.append(dense)
+    model = nn.Sequential(layers)
+    params = model.parameters()
+    opt = optim.SGD(params, lr=LR["sgd"]) if opt_name == "sgd" else optim.Adam(params, lr=LR["adam"])
+    xt = nd.Tensor(x)
+
+    def step():
+        backend.set_kernels(kernels)
+        logits = model(xt)
+        loss = losses.sparse_categorical_crossentropy(logits, y, from_logits=True)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+# ---------------------------------------------------------------- hand-written NumPy
+def numpy_step(sizes, batch, opt_name):
+    """Manual forward/backward/update in plain NumPy: the floor for math on NumPy."""
+    x, y = make_batch(sizes, batch)
+    params = [array for pair in init_weights(sizes) for array in pair]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    state = {"t": 0}
+    rows = np.arange(batch)
+    lr = LR[opt_name]
+
+    def step():
+        activations = [x]
+        h = x
+        for i in range(0, len(params), 2):
+            h = h @ params[i]
+            h += params[i + 1]
+            if i < len(params) - 2:
+                np.maximum(h, 0, out=h)
+            activations.append(h)
+        logits = activations[-1]
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        grad = logits
+        grad[rows, y] -= 1
+        grad /= batch
+        grads = [None] * len(params)
+        for i in range(len(params) - 2, -1, -2):
+            inp = activations[i // 2]
+            grads[i] = inp.T @ grad
+            grads[i + 1] = grad.sum(axis=0)
+            if i > 0:
+                grad = grad @ params[i].T
+                grad *= inp > 0
+        if opt_name == "sgd":
+            for p, g in zip(params, grads):
+                p -= lr * g
+        else:
+            state["t"] += 1
+            t = state["t"]
+            step_size = lr / (1 - 0.9 ** t)
+            bc2 = (1 - 0.999 ** t) ** 0.5
+            for p, g, mi, vi in zip(params, grads, m, v):
+                mi *= 0.9
+                mi += 0.1 * g
+                vi *= 0.999
+                vi += 0.001 * g * g
+                p -= step_size * mi / (np.sqrt(vi) / bc2 + 1e-8)
+    return step
+
+
+# ---------------------------------------------------------------- PyTorch
+def torch_step(sizes, batch, opt_name):
+    import torch
+    torch.set_num_threads(thread_count())
+    x, y = make_batch(sizes, batch)
+    layers = []
+    for i, (kernel, bias) in enumerate(init_weights(sizes)):
+        linear = torch.nn.Linear(kernel.shape[0], kernel.shape[1])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(kernel.T.copy()))
+            linear.bias.copy_(torch.from_numpy(bias))
+        layers.append(linear)
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = (torch.optim.SGD(model.parameters(), lr=LR["sgd"]) if opt_name == "sgd"
+           else torch.optim.Adam(model.parameters(), lr=LR["adam"]))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def thread_count():
+    return int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+
+
+# ---------------------------------------------------------------- GEMM floor
+def gemm_flops(sizes, batch):
+    """Matmul FLOPs of one step: forward, kernel gradients, input gradients (not the first layer's)."""
+    total = 0
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        gemms = 2 if i == 0 else 3
+        total += gemms * 2 * batch * fan_in * fan_out
+    return total
+
+
+def sgemm_rate(repeats=5):
+    """Measured float32 GEMM rate of this machine in FLOP/s (a 1024 x 1024 x 1024 product)."""
+    n = 1024
+    a = np.ones((n, n), np.float32)
+    b = np.ones((n, n), np.float32)
+    out = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / min(times)
+
+
+# ---------------------------------------------------------------- timing
+def time_round_robin(steps, repeats, inner):
+    """Median seconds per step for each named step, interleaving them repeat by repeat."""
+    samples = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                step()
+            samples[name].append((time.perf_counter() - start) / inner)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run_config(name, repeats, use_torch):
+    sizes, batch, opt_name = CONFIGS[name]
+    steps = {}
+    if backend.native_available():
+        steps["nanodl native"] = nanodl_step(sizes, batch, opt_name, "native")
+    steps["nanodl numpy"] = nanodl_step(sizes, batch, opt_name, "numpy")
+    steps["numpy manual"] = numpy_step(sizes, batch, opt_name)
+    if use_torch:
+        steps["pytorch"] = torch_step(sizes, batch, opt_name)
+    flops = gemm_flops(sizes, batch)
+    inner = max(1, int(2e8 // max(flops, 1)))  # about 0.1 s of work per sample, at least one step
+    inner = min(inner, 200)
+    for step in steps.values():  # warm-up: allocations, lazy state, BLAS threads
+        for _ in range(3):
+            step()
+    medians = time_round_robin(steps, repeats, inner)
+    return {"config": name, "sizes": "-".join(map(str, sizes)), "batch": batch, "optimizer": opt_name,
+            "flops": flops, "medians": medians}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="print markdown tables")
+    args = parser.parse_args(argv)
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs {unknown}; valid: {', '.join(CONFIGS)}")
+    repeats = args.repeats or (5 if args.quick else 15)
+    use_torch = torch_available() and not args.no_torch
+    previous = backend.get_kernels()
+    rate = sgemm_rate()
+    print(f"threads: {thread_count()}   SGEMM rate: {rate / 1e9:.1f} GFLOP/s   "
+          f"torch: {'yes' if use_torch else 'not installed'}   repeats: {repeats}")
+    rows = []
+    try:
+        for name in names:
+            row = run_config(name, repeats, use_torch)
+            row["floor"] = row["flops"] / rate
+            rows.append(row)
+            print_row(row, args.markdown)
+    finally:
+        backend.set_kernels(previous)
+    return rows
+
+
+def print_row(row, markdown):
+    medians = row["medians"]
+    native = medians.get("nanodl native", medians["nanodl numpy"])
+    header = f"\n{row['config']}: {row['sizes']}, batch {row['batch']}, {row['optimizer']}"
+    print(header)
+    if markdown:
+        print("| implementation | median step (ms) | nanodl native / this |")
+        print("|---|---|---|")
+    for name, seconds in list(medians.items()) + [("GEMM floor", row["floor"])]:
+        ratio = native / seconds
+        if markdown:
+            print(f"| {name} | {seconds * 1e3:.3f} | {ratio:.2f} |")
+        else:
+            print(f"  {name:<14} {seconds * 1e3:9.3f} ms   native/this = {ratio:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
