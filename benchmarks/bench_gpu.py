@@ -77,7 +77,7 @@ def nanodl_step(sizes, batch, opt_name, weights):
     labels = cupy.asarray(y)  # labels live on the GPU, as a data loader would put them
 
     def step():
-        loss = ops.softmax_cross_entropy(model(inputs), labels).mean()
+        loss = ops.softmax_cross_entropy(model(inputs), labels, "mean")
         loss.backward()
         opt.step()
         opt.zero_grad()

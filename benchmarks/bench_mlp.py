@@ -3,7 +3,9 @@ NumPy MLP, PyTorch on the CPU (when installed) and the machine's GEMM floor.
 
 One step = forward + softmax-cross-entropy + backward + optimizer update, float32,
 ReLU hidden layers. Implementations are timed round-robin in one run, so a noisy
-neighbour slows them all alike; the ratios are what to read.
+neighbour slows them all alike; the ratios are what to read. PyTorch runs in a worker
+process of its own (driven round by round from here): a process has one libgomp, and
+nanodl's short OpenMP spin setting must not be what PyTorch is measured with.
 
     python benchmarks/bench_mlp.py                # all four configs
     python benchmarks/bench_mlp.py --quick        # fewer repeats
@@ -12,16 +14,14 @@ neighbour slows them all alike; the ratios are what to read.
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import nanodl as nd  # noqa: E402
-from nanodl import backend, losses, nn, optim  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIGS = {
     # name: (layer sizes, batch, optimizer)
@@ -52,8 +52,18 @@ def init_weights(sizes, seed=0):
 
 
 # ---------------------------------------------------------------- nanodl
+def _nanodl():
+    """Import nanodl from this checkout (only in the main process: see the module doc)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import nanodl
+    return nanodl
+
+
 def nanodl_step(sizes, batch, opt_name, kernels):
     """A nanodl training step through the public API, on the chosen kernel table."""
+    nd = _nanodl()
+    backend, losses, nn, optim = nd.backend, nd.losses, nd.nn, nd.optim
     x, y = make_batch(sizes, batch)
     layers = []
     for i, (kernel, bias) in enumerate(init_weights(sizes)):
@@ -156,12 +166,53 @@ def torch_step(sizes, batch, opt_name):
     return step
 
 
+class TorchWorker:
+    """A PyTorch step in a child process that never imports nanodl; timed on request."""
+
+    def __init__(self, config):
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--torch-worker", config],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def __call__(self, steps):
+        """Seconds per step over ``steps`` consecutive steps, timed inside the worker."""
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def torch_worker(config):
+    """The child side of TorchWorker: read a step count per line, answer seconds per step."""
+    sizes, batch, opt_name = CONFIGS[config]
+    step = torch_step(sizes, batch, opt_name)
+    for _ in range(3):
+        step()
+    for line in sys.stdin:
+        steps = int(line)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        print((time.perf_counter() - start) / steps, flush=True)
+
+
+def local_timer(step):
+    """A timer for an in-process step: ``timer(steps)`` -> seconds per step."""
+    def timer(steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - start) / steps
+    return timer
+
+
 def torch_available():
-    try:
-        import torch  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    """Whether PyTorch is installed, found without importing it here (see the module doc)."""
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
 
 
 def thread_count():
@@ -194,39 +245,56 @@ def sgemm_rate(repeats=5):
 
 
 # ---------------------------------------------------------------- timing
-def time_round_robin(steps, repeats, inner):
-    """Median seconds per step for each named step, interleaving them repeat by repeat."""
-    samples = {name: [] for name in steps}
+SETTLE_SECONDS = 0.15  # > OpenBLAS's idle spin (2^28 cycles) and libgomp's: a quiet start
+
+
+def time_round_robin(timers, repeats, inner, settle=SETTLE_SECONDS):
+    """Median seconds per step for each named timer, interleaving them repeat by repeat.
+
+    Before each sample the machine is left idle for ``settle`` seconds, so the thread
+    pools of the previous implementation (BLAS, OpenMP, in this process or PyTorch's
+    worker) have stopped spinning on the cores the next one needs.
+    """
+    samples = {name: [] for name in timers}
     for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                step()
-            samples[name].append((time.perf_counter() - start) / inner)
+        for name, timer in timers.items():
+            time.sleep(settle)
+            samples[name].append(timer(inner))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def run_config(name, repeats, use_torch):
     sizes, batch, opt_name = CONFIGS[name]
     steps = {}
-    if backend.native_available():
+    if _nanodl().backend.native_available():
         steps["nanodl native"] = nanodl_step(sizes, batch, opt_name, "native")
     steps["nanodl numpy"] = nanodl_step(sizes, batch, opt_name, "numpy")
     steps["numpy manual"] = numpy_step(sizes, batch, opt_name)
-    if use_torch:
-        steps["pytorch"] = torch_step(sizes, batch, opt_name)
     flops = gemm_flops(sizes, batch)
     inner = max(1, int(2e8 // max(flops, 1)))  # about 0.1 s of work per sample, at least one step
     inner = min(inner, 200)
     for step in steps.values():  # warm-up: allocations, lazy state, BLAS threads
         for _ in range(3):
             step()
-    medians = time_round_robin(steps, repeats, inner)
+    timers = {label: local_timer(step) for label, step in steps.items()}
+    worker = TorchWorker(name) if use_torch else None
+    if worker is not None:
+        timers["pytorch"] = worker
+        worker(1)  # wait until the worker is ready
+    try:
+        medians = time_round_robin(timers, repeats, inner)
+    finally:
+        if worker is not None:
+            worker.close()
     return {"config": name, "sizes": "-".join(map(str, sizes)), "batch": batch, "optimizer": opt_name,
             "flops": flops, "medians": medians}
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--torch-worker"]:
+        torch_worker(argv[1])
+        return []
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -240,6 +308,7 @@ def main(argv=None):
         parser.error(f"unknown configs {unknown}; valid: {', '.join(CONFIGS)}")
     repeats = args.repeats or (5 if args.quick else 15)
     use_torch = torch_available() and not args.no_torch
+    backend = _nanodl().backend
     previous = backend.get_kernels()
     rate = sgemm_rate()
     print(f"threads: {thread_count()}   SGEMM rate: {rate / 1e9:.1f} GFLOP/s   "

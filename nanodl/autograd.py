@@ -168,25 +168,42 @@ def unbroadcast(grad, shape):
     return reduced if reduced.shape == shape else None
 
 
-def _topological_order(root):
-    """Nodes reachable from ``root``, each before every node it depends on."""
-    order = []
-    visited = {id(root)}
-    stack = [(root, iter(root.inputs))]
+def _count_consumers(root):
+    """For every node below ``root``: how many input slots of the graph's nodes it feeds.
+
+    A node may run its backward only once all of its consumers have run (Kahn's
+    algorithm), so this count is all the ordering the walk needs.
+    """
+    consumers = {}
+    stack = [root]
     while stack:
-        node, inputs = stack[-1]
-        for tensor in inputs:
+        node = stack.pop()
+        if node._freed:
+            raise _freed_error(node)
+        for tensor in node.inputs:
             parent = tensor.grad_fn
-            if parent is not None and id(parent) not in visited:
-                visited.add(id(parent))
-                if parent._freed:
-                    raise _freed_error(parent)
-                stack.append((parent, iter(parent.inputs)))
-                break
-        else:
-            stack.pop()
-            order.append(node)
-    order.reverse()
+            if parent is not None:
+                if parent in consumers:
+                    consumers[parent] += 1
+                else:
+                    consumers[parent] = 1
+                    stack.append(parent)
+    return consumers
+
+
+def topological_order(root):
+    """The nodes reachable from ``root``, each before every node it depends on."""
+    consumers = _count_consumers(root)
+    order, ready = [], [root]
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for tensor in node.inputs:
+            parent = tensor.grad_fn
+            if parent is not None:
+                consumers[parent] -= 1
+                if consumers[parent] == 0:
+                    ready.append(parent)
     return order
 
 
@@ -203,53 +220,60 @@ def backward(tensor, grad, retain_graph=False):
     if root is None:
         _accumulate_leaf(tensor, grad, owned=False)
         return
-    if root._freed:
-        raise _freed_error(root)
-    order = _topological_order(root)
-    pending = {id(root): grad}
-    for node in order:
-        grad_output = pending.pop(id(node), None)
-        if grad_output is None:
-            continue
-        if node._retained is not None:
-            kept = node._retained()
-            if kept is not None:
-                kept.grad = grad_output.copy() if kept.grad is None else kept.grad + grad_output
-        grads = node.backward(grad_output)
-        if not isinstance(grads, tuple):
-            grads = (grads,)
+    consumers = _count_consumers(root)
+    pending = {root: grad}  # node -> the summed gradient of its output
+    ready = [root]
+    while ready:
+        node = ready.pop()
+        grad_output = pending.pop(node, None)
+        grads = None if grad_output is None else _run_backward(node, grad_output)
         inputs = node.inputs
-        if len(grads) != len(inputs):
-            raise RuntimeError(f"{node.name}.backward returned {len(grads)} gradients for "
-                               f"{len(inputs)} tensor inputs")
-        if backward_hooks:
-            for hook in backward_hooks:
-                hook(node, grad_output, grads)
         grad_ids = None
         for index, tensor_in in enumerate(inputs):
-            g = grads[index]
-            if g is None or not tensor_in.requires_grad:
-                continue
-            data = tensor_in.data
-            if g.shape != data.shape or g.dtype != data.dtype or type(g) is not type(data):
-                g = _check_gradient(node, index, tensor_in, g)
             parent = tensor_in.grad_fn
-            if parent is None:
-                # A leaf may keep ``g`` itself only if no one else holds it: not the
-                # incoming gradient, not a view, not also returned for another input.
-                if g is grad_output or g.base is not None:
-                    owned = False
+            g = None if grads is None else grads[index]
+            if g is not None and tensor_in.requires_grad:
+                data = tensor_in.data
+                if g.shape != data.shape or g.dtype != data.dtype or type(g) is not type(data):
+                    g = _check_gradient(node, index, tensor_in, g)
+                if parent is None:
+                    # A leaf may keep ``g`` itself only if no one else holds it: not the
+                    # incoming gradient, not a view, not also returned for another input.
+                    if g is grad_output or g.base is not None:
+                        owned = False
+                    else:
+                        if grad_ids is None:
+                            grad_ids = [id(other) for other in grads]
+                        owned = grad_ids.count(id(g)) == 1
+                    _accumulate_leaf(tensor_in, g, owned)
                 else:
-                    if grad_ids is None:
-                        grad_ids = [id(other) for other in grads]
-                    owned = grad_ids.count(id(g)) == 1
-                _accumulate_leaf(tensor_in, g, owned)
-            else:
-                key = id(parent)
-                previous = pending.get(key)
-                pending[key] = g if previous is None else previous + g
+                    previous = pending.get(parent)
+                    pending[parent] = g if previous is None else previous + g
+            if parent is not None:
+                remaining = consumers[parent] - 1
+                consumers[parent] = remaining
+                if remaining == 0:
+                    ready.append(parent)
         if not retain_graph:
             node.release()
+
+
+def _run_backward(node, grad_output):
+    """Call ``node.backward`` and normalise its answer to one gradient per input."""
+    if node._retained is not None:
+        kept = node._retained()
+        if kept is not None:
+            kept.grad = grad_output.copy() if kept.grad is None else kept.grad + grad_output
+    grads = node.backward(grad_output)
+    if not isinstance(grads, tuple):
+        grads = (grads,)
+    if len(grads) != len(node.inputs):
+        raise RuntimeError(f"{node.name}.backward returned {len(grads)} gradients for "
+                           f"{len(node.inputs)} tensor inputs")
+    if backward_hooks:
+        for hook in backward_hooks:
+            hook(node, grad_output, grads)
+    return grads
 
 
 def _check_gradient(node, index, tensor_in, g):

@@ -235,7 +235,7 @@ class _Subject:
         self.load(arrays)
         with enable_grad():
             out = self.run()
-        return [] if out.grad_fn is None else autograd._topological_order(out.grad_fn)
+        return [] if out.grad_fn is None else autograd.topological_order(out.grad_fn)
 
 
 def _checked_output(out):
@@ -640,7 +640,7 @@ def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None):
         autograd.forward_hooks.remove(recorder)
     if not isinstance(out, Tensor) or out.grad_fn is None:
         return None
-    nodes = [n for n in autograd._topological_order(out.grad_fn) if "_gc_order" in n.__dict__]
+    nodes = [n for n in autograd.topological_order(out.grad_fn) if "_gc_order" in n.__dict__]
     nodes.sort(key=lambda n: n.__dict__["_gc_order"])
     skipped = []
     for position, node in enumerate(nodes):

@@ -109,19 +109,21 @@ def binary_crossentropy(pred, target, from_logits=False, reduction="mean"):
     return _reduce(loss, reduction)
 
 
-def softmax_xent(logits, target_array):
-    """Per-sample fused softmax-cross-entropy over the last axis, for any leading shape.
+def softmax_xent(logits, target_array, reduction="none"):
+    """Fused softmax-cross-entropy over the last axis, for any leading shape.
 
     ``target_array`` is a plain array: class labels shaped ``logits.shape[:-1]`` or a
     distribution shaped like ``logits``; nothing is checked here (the losses check).
+    ``reduction`` is applied inside the fused node.
     """
     if logits.ndim == 2:
-        return ops.softmax_cross_entropy(logits, target_array)
+        return ops.softmax_cross_entropy(logits, target_array, reduction)
     lead = logits.shape[:-1]
     classes = logits.shape[-1]
     flat_target = target_array.reshape(-1, classes) if target_array.ndim == logits.ndim \
         else target_array.reshape(-1)
-    return ops.softmax_cross_entropy(logits.reshape(-1, classes), flat_target).reshape(lead)
+    flat = ops.softmax_cross_entropy(logits.reshape(-1, classes), flat_target, reduction)
+    return flat.reshape(lead) if reduction == "none" else flat
 
 
 def categorical_crossentropy(pred, target, from_logits=False, reduction="mean"):
@@ -134,14 +136,16 @@ def categorical_crossentropy(pred, target, from_logits=False, reduction="mean"):
     if pred.ndim == 0:
         raise ValueError("categorical_crossentropy: pred must have a class axis, got a scalar")
     if from_logits:
-        loss = softmax_xent(pred, target.data)
-    else:
-        loss = -(target * pred.clip(EPSILON, 1 - EPSILON).log()).sum(axis=-1)
+        return softmax_xent(pred, target.data, reduction)
+    loss = -(target * pred.clip(EPSILON, 1 - EPSILON).log()).sum(axis=-1)
     return _reduce(loss, reduction)
 
 
-def class_targets(name, pred_shape, target):
-    """Integer class labels checked against ``pred_shape`` (N..., C): shape and range."""
+def class_targets(name, pred_shape, target, check_range=True):
+    """Integer class labels checked against ``pred_shape`` (N..., C): shape and range.
+
+    ``check_range=False`` leaves the range to the fused kernel, which checks it anyway.
+    """
     if not hasattr(target, "__cuda_array_interface__"):
         target = np.asarray(target)
     expected = tuple(pred_shape[:-1])
@@ -153,7 +157,7 @@ def class_targets(name, pred_shape, target):
         if target.dtype.kind not in "fb" or not bool((integral == target).all()):
             raise ValueError(f"{name}: targets must be integer class labels, got dtype {target.dtype}")
         target = integral
-    if target.size and (int(target.min()) < 0 or int(target.max()) >= pred_shape[-1]):
+    if check_range and target.size and (int(target.min()) < 0 or int(target.max()) >= pred_shape[-1]):
         raise ValueError(f"{name}: class labels must be in [0, {pred_shape[-1]}), got values in "
                          f"[{int(target.min())}, {int(target.max())}]")
     return target.astype(np.int64, copy=False)
@@ -167,18 +171,20 @@ def sparse_categorical_crossentropy(pred, target, from_logits=False, reduction="
     name = "sparse_categorical_crossentropy"
     _check_reduction(name, reduction)
     pred = _as_pred(pred)
-    target = to_device(class_targets(name, pred.shape, _target_array(target, pred)), pred.device)
+    # The fused CPU kernels reject out-of-range labels themselves; the GPU one would give NaN.
+    check_range = not from_logits or pred.device != "cpu"
+    labels = class_targets(name, pred.shape, _target_array(target, pred), check_range)
+    target = to_device(labels, pred.device)
     if from_logits:
-        loss = softmax_xent(pred, target)
-    else:
-        classes = pred.shape[-1]
-        flat = pred.reshape(-1, classes) if pred.ndim != 2 else pred
-        labels = target.reshape(-1)
-        rows = to_device(np.arange(len(labels)), pred.device)
-        picked = flat[rows, labels].clip(EPSILON, 1 - EPSILON)
-        loss = -picked.log()
-        if pred.ndim != 2:
-            loss = loss.reshape(pred.shape[:-1])
+        return softmax_xent(pred, target, reduction)
+    classes = pred.shape[-1]
+    flat = pred.reshape(-1, classes) if pred.ndim != 2 else pred
+    labels = target.reshape(-1)
+    rows = to_device(np.arange(len(labels)), pred.device)
+    picked = flat[rows, labels].clip(EPSILON, 1 - EPSILON)
+    loss = -picked.log()
+    if pred.ndim != 2:
+        loss = loss.reshape(pred.shape[:-1])
     return _reduce(loss, reduction)
 
 

@@ -394,7 +394,7 @@ def test_dot_has_one_node_per_op_and_leaf():
     assert dot.startswith("digraph") and dot.rstrip().endswith("}")
     nodes = [NODE_LINE.match(line).groups() for line in dot.splitlines() if NODE_LINE.match(line)]
     edges = [EDGE_LINE.match(line).groups() for line in dot.splitlines() if EDGE_LINE.match(line)]
-    ops = autograd._topological_order(out.grad_fn)
+    ops = autograd.topological_order(out.grad_fn)
     op_nodes = [n for n in nodes if n[0].startswith("op")]
     assert len(op_nodes) == len(ops)
     assert sorted(label.split("\\n")[0] for _, label in op_nodes) == sorted(op.name for op in ops)

@@ -194,3 +194,11 @@ def test_float32_stays_float32():
     assert losses.mse(pred, np.array([[0.0, 1.0]])).dtype == np.float32
     assert losses.binary_crossentropy(pred, np.array([[0.0, 1.0]])).dtype == np.float32
     assert losses.sparse_categorical_crossentropy(pred, [1], from_logits=True).dtype == np.float32
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("labels", [[0, 3], [0, -1]])
+def test_sparse_labels_out_of_range_raise(labels, from_logits, kernel_table):
+    pred = nd.tensor(np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        losses.sparse_categorical_crossentropy(pred, np.array(labels), from_logits=from_logits)

@@ -151,6 +151,9 @@ def softmax_xent_forward(logits, target):
     shape (N, C) of the logits' dtype (one-hot or probabilities).
     Returns ``(loss, probs)``; ``probs`` is kept for the backward.
     """
+    if target.ndim == 1 and target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
+        raise ValueError(f"softmax_xent_forward: target labels must be in [0, {logits.shape[1]}), "
+                         f"got values in [{target.min()}, {target.max()}]")
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)

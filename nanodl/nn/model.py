@@ -177,7 +177,7 @@ class _Plan:
             body, dense = head
             if name in _CROSS_ENTROPIES and dense.activation == "softmax":
                 def loss_fn(logits, target):
-                    return losses_module.softmax_xent(logits, target).mean()
+                    return losses_module.softmax_xent(logits, target, "mean")
                 kind = "softmax"
             elif name == "binary_crossentropy" and dense.activation == "sigmoid":
                 def loss_fn(logits, target):

@@ -246,6 +246,9 @@ def linear(x, kernel, bias=None, activation="linear", alpha=0.0):
     return Linear.apply(x, kernel, bias, activation=activation, alpha=alpha)
 
 
-def softmax_cross_entropy(logits, target):
-    """Per-sample cross-entropy of ``logits`` (N, C) against classes (N,) or a (N, C) distribution."""
-    return SoftmaxCrossEntropy.apply(logits, target=target)
+def softmax_cross_entropy(logits, target, reduction="none"):
+    """Cross-entropy of ``logits`` (N, C) against classes (N,) or a (N, C) distribution.
+
+    ``reduction='none'`` gives the per-sample losses; 'mean' and 'sum' reduce in the node.
+    """
+    return SoftmaxCrossEntropy.apply(logits, target=target, reduction=reduction)

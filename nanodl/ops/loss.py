@@ -2,24 +2,37 @@
 import numpy as np
 
 from ..autograd import Function
-from ..backend import device_of, kernels, to_device
+from ..backend import array_module, device_of, kernels, to_device
+
+REDUCTIONS = ("none", "mean", "sum")
 
 
 class SoftmaxCrossEntropy(Function):
-    """Per-sample ``-sum(target * log_softmax(logits))`` over the last axis.
+    """``-sum(target * log_softmax(logits))`` over the last axis of (N, C) logits.
 
     ``target`` is a plain array: integer classes of shape (N,) or a (N, C)
-    distribution; it is not differentiated.
+    distribution; it is not differentiated. ``reduction`` ('none', 'mean' or
+    'sum') is applied inside the node, so a training loss is one node, not two.
     """
 
-    def forward(self, logits, target=None):
+    def forward(self, logits, target=None, reduction="none"):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"softmax_cross_entropy: unknown reduction {reduction!r}; "
+                             f"valid: {', '.join(REDUCTIONS)}")
         on_gpu = hasattr(target, "__cuda_array_interface__")
         if on_gpu != (device_of(logits) == "cuda"):  # class labels follow the logits' device
             target = to_device(target if on_gpu else np.asarray(target), device_of(logits))
         loss, probs = kernels(logits).softmax_xent_forward(logits, target)
         self.save_for_backward(probs, target)
-        return loss
+        self.reduction = reduction
+        if reduction == "none":
+            return loss
+        total = loss.sum()
+        return total / max(len(loss), 1) if reduction == "mean" else total
 
     def backward(self, grad):
         probs, target = self.saved_tensors
+        if self.reduction != "none":  # d(mean)/d(loss_i) = 1/N, d(sum)/d(loss_i) = 1
+            scale = grad / max(len(probs), 1) if self.reduction == "mean" else grad
+            grad = array_module(probs).full(len(probs), scale, dtype=probs.dtype)
         return kernels(probs).softmax_xent_backward(probs, target, grad)
