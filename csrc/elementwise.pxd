@@ -28,6 +28,16 @@ thread pays once the serial loop takes ~4-5 us: ~32K elements for the memory-bou
 passes (relu, leaky_relu, backward passes from y), ~16K for the optimizer updates
 (4-5 streams and a sqrt/divide per element), ~8K for kernels that evaluate exp or
 tanh per element.
+
+Those numbers are for kernels run back to back. Inside a training step each
+kernel follows a BLAS call whose threads are still spinning on both cores, and the
+OpenMP threads have gone to sleep (nanodl sets a short spin, see
+nanodl/backend/__init__.py), so a parallel region costs far more: SGD on the 100K
+weights of a 784-128 layer took 195 us with two threads and 45 us with one. The
+thresholds below are therefore set from whole training steps (bench_mlp configs,
+A/B builds, median of 5): raising them 2-8x made the small (784-128-10) step 15-20%
+faster and left the medium (784-512-512-10) one unchanged; raising them 16-32x
+made medium 20% slower (its 400K-weight Adam updates need both cores).
 """
 from libc.math cimport exp, expm1, tanh, log1p, fabs, fabsf, sqrt, sqrtf
 from cython cimport floating
@@ -40,9 +50,9 @@ cdef extern from "nd_math.h" nogil:
     float nd_log1pf_unit(float x)
 
 cdef enum:
-    PAR_MIN_CHEAP = 32768     # elements; see the module docstring
-    PAR_MIN_UPDATE = 16384
-    PAR_MIN_COSTLY = 8192
+    PAR_MIN_CHEAP = 65536     # elements; see the module docstring
+    PAR_MIN_UPDATE = 131072
+    PAR_MIN_COSTLY = 32768
     CHUNK = 4096              # elements per prange iteration
 
 # Activation codes, in kernels_numpy.LINEAR_ACTIVATIONS order.
