@@ -49,6 +49,17 @@ cdef extern from "nd_math.h" nogil:
     float nd_tanhf(float x)
     float nd_log1pf_unit(float x)
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int nd_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int nd_max_threads(void) { return 1; }
+    #endif
+    """
+    int nd_max_threads() noexcept nogil
+
 cdef enum:
     PAR_MIN_CHEAP = 65536     # elements; see the module docstring
     PAR_MIN_UPDATE = 131072
@@ -234,6 +245,16 @@ cdef inline void backward_range(int act, const floating* saved, const floating* 
     elif act == ACT_SOFTPLUS:
         for i in range(lo, hi):
             out[i] = softplus_bwd(saved[i], g[i])
+
+
+cdef inline int team(Py_ssize_t n, Py_ssize_t threshold) noexcept nogil:
+    """Threads for a prange over n elements: one below ``threshold``, else all.
+
+    A one-thread prange instead of a plain loop on purpose: GCC compiled the same
+    inlined optimizer loop 4-7x slower outside an OpenMP region than inside one
+    (SGD with momentum 0.81 vs 0.19 ns/element, Adam 3.3 vs 0.45, float32, 100K).
+    """
+    return 1 if n < threshold else nd_max_threads()
 
 
 cdef inline Py_ssize_t chunks(Py_ssize_t n) noexcept nogil:

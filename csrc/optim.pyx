@@ -39,11 +39,8 @@ def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] buf, d
     cdef floating* bp = &buf[0]
     cdef floating lr_ = <floating>lr, mom = <floating>momentum, wd = <floating>weight_decay
     cdef bint use_wd = weight_decay != 0, use_mom = momentum != 0
-    if n < ew.PAR_MIN_UPDATE:
-        with nogil:
-            sgd_range(pp, gp, bp, lr_, mom, wd, use_wd, use_mom, nesterov, 0, n)
-        return
-    for c in prange(ew.chunks(n), nogil=True, schedule='guided'):
+    for c in prange(ew.chunks(n), nogil=True, schedule='guided',
+                    num_threads=ew.team(n, ew.PAR_MIN_UPDATE)):
         sgd_range(pp, gp, bp, lr_, mom, wd, use_wd, use_mom, nesterov, c * ew.CHUNK,
                   min(n, (c + 1) * ew.CHUNK))
 
@@ -92,12 +89,8 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
     cdef floating dec = <floating>decay
     cdef floating omb1 = <floating>(1 - beta1), omb2 = <floating>(1 - beta2)
     cdef bint use_wd = weight_decay != 0
-    if n < ew.PAR_MIN_UPDATE:
-        with nogil:
-            adam_range(pp, gp, mp, vp, xp, s, b2, b1_, b2_, omb1, omb2, e, wd, dec, use_wd,
-                       decoupled, amsgrad, 0, n)
-        return
-    for c in prange(ew.chunks(n), nogil=True, schedule='guided'):
+    for c in prange(ew.chunks(n), nogil=True, schedule='guided',
+                    num_threads=ew.team(n, ew.PAR_MIN_UPDATE)):
         adam_range(pp, gp, mp, vp, xp, s, b2, b1_, b2_, omb1, omb2, e, wd, dec, use_wd,
                    decoupled, amsgrad, c * ew.CHUNK, min(n, (c + 1) * ew.CHUNK))
 
@@ -124,11 +117,8 @@ def adagrad_step(floating[::1] param, const floating[::1] grad, floating[::1] st
     cdef floating* sp = &state_sum[0]
     cdef floating lr_ = <floating>lr, e = <floating>eps, wd = <floating>weight_decay
     cdef bint use_wd = weight_decay != 0
-    if n < ew.PAR_MIN_UPDATE:
-        with nogil:
-            adagrad_range(pp, gp, sp, lr_, e, wd, use_wd, 0, n)
-        return
-    for c in prange(ew.chunks(n), nogil=True, schedule='guided'):
+    for c in prange(ew.chunks(n), nogil=True, schedule='guided',
+                    num_threads=ew.team(n, ew.PAR_MIN_UPDATE)):
         adagrad_range(pp, gp, sp, lr_, e, wd, use_wd, c * ew.CHUNK, min(n, (c + 1) * ew.CHUNK))
 
 
@@ -172,11 +162,7 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
     cdef floating wd = <floating>weight_decay, mom = <floating>momentum
     cdef floating oma = <floating>(1 - alpha)
     cdef bint use_wd = weight_decay != 0, use_mom = momentum != 0
-    if n < ew.PAR_MIN_UPDATE:
-        with nogil:
-            rmsprop_range(pp, gp, sp, bp, ap, lr_, al, oma, e, wd, mom, use_wd, use_mom,
-                          centered, 0, n)
-        return
-    for c in prange(ew.chunks(n), nogil=True, schedule='guided'):
+    for c in prange(ew.chunks(n), nogil=True, schedule='guided',
+                    num_threads=ew.team(n, ew.PAR_MIN_UPDATE)):
         rmsprop_range(pp, gp, sp, bp, ap, lr_, al, oma, e, wd, mom, use_wd, use_mom, centered,
                       c * ew.CHUNK, min(n, (c + 1) * ew.CHUNK))
