@@ -20,13 +20,15 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nanodl as nd  # noqa: E402
 from nanodl import nn, ops, optim  # noqa: E402
 from nanodl.backend.cuda import cuda_status, require_cupy  # noqa: E402  (CuPy, imported lazily)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mlp import init_weights, make_batch  # noqa: E402  (the same data as the CPU benchmark)
 
 CONFIGS = {
     # name: (layer sizes, batch, optimizer, steps per timed interval)
@@ -37,24 +39,6 @@ CONFIGS = {
     "xlarge": ((4096, 8192, 8192, 10), 4096, "adam", 2),
 }
 LR = {"sgd": 0.01, "adam": 1e-3}
-
-
-def make_batch(sizes, batch, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
-    y = rng.integers(0, sizes[-1], batch)
-    return x, y
-
-
-def init_weights(sizes, seed=0):
-    """Glorot-uniform kernels (in, out) and zero biases, shared by both implementations."""
-    rng = np.random.default_rng(seed)
-    weights = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        limit = np.sqrt(6 / (fan_in + fan_out))
-        weights.append((rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32),
-                        np.zeros(fan_out, np.float32)))
-    return weights
 
 
 # ---------------------------------------------------------------- nanodl on 'cuda'

@@ -193,15 +193,22 @@ def torch_worker(config):
         step()
     for line in sys.stdin:
         steps = int(line)
+        for _ in range(WARM_STEPS):
+            step()
         start = time.perf_counter()
         for _ in range(steps):
             step()
         print((time.perf_counter() - start) / steps, flush=True)
 
 
+WARM_STEPS = 2  # untimed steps before each sample: wake the thread pools after the settle
+
+
 def local_timer(step):
     """A timer for an in-process step: ``timer(steps)`` -> seconds per step."""
     def timer(steps):
+        for _ in range(WARM_STEPS):
+            step()
         start = time.perf_counter()
         for _ in range(steps):
             step()
@@ -271,8 +278,7 @@ def run_config(name, repeats, use_torch):
     steps["nanodl numpy"] = nanodl_step(sizes, batch, opt_name, "numpy")
     steps["numpy manual"] = numpy_step(sizes, batch, opt_name)
     flops = gemm_flops(sizes, batch)
-    inner = max(1, int(2e8 // max(flops, 1)))  # about 0.1 s of work per sample, at least one step
-    inner = min(inner, 200)
+    inner = min(500, max(1, int(2e9 // max(flops, 1))))  # >= ~10 ms of work per sample
     for step in steps.values():  # warm-up: allocations, lazy state, BLAS threads
         for _ in range(3):
             step()

@@ -1,7 +1,5 @@
 """Tests for nanodl.data: train_test_split, DataLoader, one_hot."""
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -26,18 +24,6 @@ class DataOnly:
 
     def __init__(self, array):
         self.data = np.asarray(array)
-
-
-@pytest.fixture
-def seeded_global_rng(monkeypatch):
-    """Replace nanodl.random with a stub whose generator() is a seedable Generator."""
-    stub = types.ModuleType("nanodl.random")
-    stub.rng = np.random.default_rng(0)
-    stub.generator = lambda: stub.rng
-    stub.manual_seed = lambda seed: setattr(stub, "rng", np.random.default_rng(seed))
-    monkeypatch.setitem(sys.modules, "nanodl.random", stub)
-    monkeypatch.setattr(nanodl, "random", stub, raising=False)
-    return stub
 
 
 # ---------------------------------------------------------------- train_test_split

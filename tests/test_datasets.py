@@ -1,13 +1,10 @@
 """Tests for nanodl.datasets: the embedded digits, the toy generators and load_mnist."""
 import gzip
 import hashlib
-import sys
-import types
 
 import numpy as np
 import pytest
 
-import nanodl
 from nanodl import datasets
 
 # Counts of each digit 0..9, checked against scikit-learn 1.9.1's digits.csv.gz when
@@ -18,18 +15,6 @@ DIGITS_SHA256 = "87ff0c9e40dc7e2c0e34e7257799c2e3f3aec1a016363bb11cad869ec428a82
 FIRST_DIGIT = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8,
                0, 0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0,
                0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
-
-
-@pytest.fixture
-def seeded_global_rng(monkeypatch):
-    """Replace nanodl.random with a stub whose generator() is a seedable Generator."""
-    stub = types.ModuleType("nanodl.random")
-    stub.rng = np.random.default_rng(0)
-    stub.generator = lambda: stub.rng
-    stub.manual_seed = lambda seed: setattr(stub, "rng", np.random.default_rng(seed))
-    monkeypatch.setitem(sys.modules, "nanodl.random", stub)
-    monkeypatch.setattr(nanodl, "random", stub, raising=False)
-    return stub
 
 
 # ---------------------------------------------------------------- load_digits

@@ -20,7 +20,7 @@ from nanodl.gradcheck import (GradcheckError, GradcheckPrecisionWarning, Gradche
                               check_model, gradcheck, locate, main, report)
 from nanodl.ops.registry import BY_NAME, REGISTRY, draw_inputs
 
-from helpers import KERNEL_TABLES, kernels
+from helpers import KERNEL_TABLES
 
 RNG = np.random.default_rng(1234)
 
