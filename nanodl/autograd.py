@@ -5,14 +5,17 @@ A graph is made of ``Function`` nodes. Calling ``SomeOp.apply(*tensors)`` runs
 the node keeps its input tensors, so ownership flows one way: output -> node ->
 inputs, and a dropped output frees its whole graph (no cycles).
 
-``backward`` walks the graph iteratively (an explicit stack, so a 10,000-node
-chain works), and does the shared work once for every op: it reduces each
+``backward`` walks the graph iteratively (Kahn's algorithm: a node runs once all
+of its consumers have, so a 10,000-node chain needs no recursion), and does the
+shared work once for every op: it reduces each
 gradient back to its input's shape (undoing broadcasting), checks shape and dtype,
 names the op in any error, accumulates into leaves and frees saved arrays.
 """
 import weakref
 
 import numpy as np
+
+from .backend import device_of
 
 _grad_enabled = True
 
@@ -98,10 +101,11 @@ class Function:
                 data = arg.data
                 if device_array is None:
                     device_array = data
-                elif type(data) is not type(device_array) and not _same_device(data, device_array):
+                elif type(data) is not type(device_array) and \
+                        device_of(data) != device_of(device_array):
                     raise RuntimeError(
                         f"{cls.__name__}: expected all tensors on one device, got "
-                        f"{_device_name(device_array)} and {_device_name(data)}")
+                        f"{device_of(device_array)} and {device_of(data)}")
                 arrays.append(data)
                 tensors.append(arg)
                 requires_grad = requires_grad or arg.requires_grad
@@ -143,14 +147,6 @@ class Function:
 
     def __repr__(self):
         return f"<{type(self).__name__}>"
-
-
-def _device_name(array):
-    return "cpu" if isinstance(array, (np.ndarray, np.generic)) else "cuda"
-
-
-def _same_device(a, b):
-    return _device_name(a) == _device_name(b)
 
 
 def unbroadcast(grad, shape):
@@ -280,9 +276,9 @@ def _check_gradient(node, index, tensor_in, g):
     data = tensor_in.data
     if isinstance(g, np.generic):
         g = np.asarray(g)
-    if _device_name(g) != _device_name(data):
-        raise RuntimeError(f"{node.name}.backward returned a {_device_name(g)} gradient for input "
-                           f"{index} on {_device_name(data)}")
+    if device_of(g) != device_of(data):
+        raise RuntimeError(f"{node.name}.backward returned a {device_of(g)} gradient for input "
+                           f"{index} on {device_of(data)}")
     if g.shape != data.shape:
         reduced = unbroadcast(g, data.shape)
         if reduced is None:

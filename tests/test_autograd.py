@@ -261,3 +261,11 @@ def test_creation_functions():
     assert t.data[0] == 5
     assert nd.concatenate([nd.ones(2), nd.zeros(1)]).tolist() == [1, 1, 0]
     assert nd.stack([nd.ones(2), nd.zeros(2)]).shape == (2, 2)
+
+
+def test_core_stays_readable_in_one_sitting():
+    """STYLE habit 8: tensor.py + autograd.py stay a few hundred lines."""
+    from pathlib import Path
+    root = Path(nd.__file__).parent
+    lines = sum(len((root / name).read_text().splitlines()) for name in ("tensor.py", "autograd.py"))
+    assert lines <= 700, f"tensor.py + autograd.py have grown to {lines} lines (budget 700)"
