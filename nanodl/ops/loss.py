@@ -34,5 +34,6 @@ class SoftmaxCrossEntropy(Function):
         probs, target = self.saved_tensors
         if self.reduction != "none":  # d(mean)/d(loss_i) = 1/N, d(sum)/d(loss_i) = 1
             scale = grad / max(len(probs), 1) if self.reduction == "mean" else grad
-            grad = array_module(probs).full(len(probs), scale, dtype=probs.dtype)
+            grad = array_module(probs).empty(len(probs), dtype=probs.dtype)
+            grad[...] = scale  # a 0-d array (maybe on the GPU) spread over the samples
         return kernels(probs).softmax_xent_backward(probs, target, grad)

@@ -97,6 +97,7 @@ REDUCE_SHAPES = (((3, 4),), ((2, 3, 4),), ((5,),))
 
 # Fixed class targets for the cross-entropy entry (the registry's inputs are all float).
 _XENT_TARGET = np.array([0, 2, 1, 2, 0])
+_XENT_PROBS = np.array([[0.2, 0.3, 0.5], [1, 0, 0], [0.1, 0.1, 0.8], [0, 0.5, 0.5], [0.3, 0.3, 0.4]])
 
 REGISTRY = (
     OpSpec("add", ops.add, np.add, BINARY),
@@ -179,6 +180,12 @@ REGISTRY = (
            family="linear"),
     OpSpec("softmax_xent", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET),
            lambda a: _np_xent(a, _XENT_TARGET), (((5, 3),),), family="loss"),
+    OpSpec("softmax_xent_mean", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET, "mean"),
+           lambda a: _np_xent(a, _XENT_TARGET).mean(), (((5, 3),),), family="loss"),
+    OpSpec("softmax_xent_probs_sum",
+           lambda a: ops.softmax_cross_entropy(a, _XENT_PROBS.astype(a.dtype), "sum"),
+           lambda a: -(_XENT_PROBS * (a - _np_logsumexp(a, axis=1, keepdims=True))).sum(),
+           (((5, 3),),), family="loss"),
 )
 
 BY_NAME = {spec.name: spec for spec in REGISTRY}
