@@ -1,12 +1,20 @@
+import os
 import sys
 import types
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import nanodl
 
 from helpers import KERNEL_TABLES, kernels
+
+# CI runs the same hypothesis examples every time (a red CI must mean a real change);
+# locally each run explores new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(params=KERNEL_TABLES)
