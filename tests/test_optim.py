@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from nanodl import backend, optim
+from nanodl import nn, optim
 from nanodl.optim import lr_scheduler
 
 STEPS = 12
@@ -21,38 +21,9 @@ NO_GRAD = {(3, 1), (7, 1), (8, 1)}
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-@pytest.fixture(params=["numpy", "native"])
-def kernel_table(request):
-    """Run the test once with each CPU kernel table, restoring the previous choice."""
-    if request.param == "native" and not backend.native_available():
-        pytest.skip("the native kernels are not built")
-    previous = backend.get_kernels()
-    backend.set_kernels(request.param)
-    yield request.param
-    backend.set_kernels(previous)
-
-
-class StandInParameter:
-    """The optimizer contract: ``.data`` updated in place, ``.grad`` or None."""
-
-    def __init__(self, data):
-        self.data = data
-        self.grad = None
-
-
 def make_param(array, dtype=np.float64):
-    """An ``nn.Parameter`` when nanodl has one, else a stand-in with .data/.grad."""
-    array = np.array(array, dtype=dtype)
-    try:
-        from nanodl.nn import Parameter
-    except ImportError:
-        Parameter = None
-    if Parameter is not None:
-        return Parameter(array)
-    Tensor = getattr(__import__("nanodl"), "Tensor", None)
-    if Tensor is not None:
-        return Tensor(array, requires_grad=True)
-    return StandInParameter(array)
+    """A parameter: ``.data`` updated in place, ``.grad`` an array or None."""
+    return nn.Parameter(np.array(array, dtype=dtype))
 
 
 def initial_arrays(seed=0):
