@@ -42,7 +42,11 @@ def as_array(data, dtype=None):
     elif hasattr(data, "__cuda_array_interface__"):
         array = data
     else:
-        array = np.asarray(data)
+        try:
+            array = np.asarray(data)
+        except ValueError:
+            raise ValueError(f"tensor: cannot make a tensor from ragged nested lists: {data!r:.80}") \
+                from None
         if array.dtype.kind == "f" and dtype is None:
             array = array.astype(_default_dtype, copy=False)
         elif array.dtype == object:

@@ -269,3 +269,8 @@ def test_core_stays_readable_in_one_sitting():
     root = Path(nd.__file__).parent
     lines = sum(len((root / name).read_text().splitlines()) for name in ("tensor.py", "autograd.py"))
     assert lines <= 700, f"tensor.py + autograd.py have grown to {lines} lines (budget 700)"
+
+
+def test_ragged_lists_are_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="ragged"):
+        nd.tensor([[1.0, 2.0], [3.0]])
