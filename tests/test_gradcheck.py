@@ -7,7 +7,6 @@ avoided by the audit and explained when hit.
 """
 import importlib.util
 import re
-import time
 import warnings
 
 import numpy as np
@@ -188,10 +187,8 @@ def test_big_layer_screen_is_fast_and_bisection_finds_one_bad_element():
             grad_w[123, 45] *= 1.2
             return grad @ w.T, grad_w
 
-    started = time.perf_counter()
     assert gradcheck(lambda w: F.linear(x, w, activation="tanh"), w)
     result = report(lambda w: OneBadWeight.apply(x, w).tanh(), w)
-    assert time.perf_counter() - started < 5
     assert not result.passed
     assert result[0].method == "bisection" and result[0].worst_index == (123, 45)
 
@@ -268,13 +265,10 @@ def test_function_attributes_mirror_the_module():
 
 @pytest.mark.parametrize("table", KERNEL_TABLES)
 def test_audit_covers_the_whole_registry_and_passes(table):
-    started = time.perf_counter()
     result = audit(kernels=table)
-    elapsed = time.perf_counter() - started
     assert len(result) == len(REGISTRY)
     assert [row.name for row in result] == [spec.name for spec in REGISTRY]
     assert result.passed, result.message()
-    assert elapsed < 10
     assert backend.get_kernels() in ("native", "numpy")
 
 
