@@ -65,6 +65,10 @@ class Tensor:
     >>> (x * x).sum().backward()
     >>> x.grad
     array([2., 4., 6.], dtype=float32)
+
+    An array passed in is shared (no copy, as ``from_numpy``) unless the tensor
+    requires grad: a trainable tensor owns its data, so an optimizer's in-place
+    update never writes into the caller's array.
     """
     __slots__ = ("data", "grad", "requires_grad", "grad_fn", "name", "__weakref__")
     __array_ufunc__ = None  # make NumPy defer to Tensor's reflected operators
@@ -73,8 +77,11 @@ class Tensor:
         array = as_array(data, dtype)
         if device is not None:
             array = to_device(array, device)
-        if requires_grad and array.dtype.kind != "f":
-            raise TypeError(f"tensor: requires_grad=True needs a float dtype, got {array.dtype}")
+        if requires_grad:
+            if array.dtype.kind != "f":
+                raise TypeError(f"tensor: requires_grad=True needs a float dtype, got {array.dtype}")
+            if array is data or array is getattr(data, "data", None):
+                array = array.copy()
         self.data = array
         self.grad = None
         self.requires_grad = bool(requires_grad)

@@ -274,3 +274,15 @@ def test_core_stays_readable_in_one_sitting():
 def test_ragged_lists_are_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="ragged"):
         nd.tensor([[1.0, 2.0], [3.0]])
+
+
+def test_trainable_tensor_owns_its_data():
+    source = np.ones(3)
+    w = nd.tensor(source, requires_grad=True)
+    (w * 2).sum().backward()
+    nd.optim.SGD([w], lr=0.5).step()
+    np.testing.assert_array_equal(source, np.ones(3))
+    np.testing.assert_array_equal(w.data, np.zeros(3))
+    shared = nd.tensor(source)
+    source[0] = 7
+    assert shared.data[0] == 7  # without requires_grad the array is shared, as from_numpy
