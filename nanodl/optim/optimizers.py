@@ -126,6 +126,20 @@ class Optimizer:
     def _new_state(self, data):
         return []
 
+    def _updates(self):
+        """``(data, grad, state)`` for each parameter with a gradient, counting the step.
+
+        ``state[0]`` is that parameter's own step count (it drives bias corrections and
+        decays, and does not advance while the parameter has no gradient, as in torch).
+        """
+        state = self._state or self._create_state()
+        self.step_count += 1
+        for p, entry in zip(self._params, state):
+            grad = p.grad
+            if grad is not None:
+                entry[0] += 1
+                yield p.data, grad, entry
+
     def zero_grad(self, set_to_none=True):
         """Forget the gradients: ``None`` (PyTorch's default) or fresh zero arrays."""
         for p in self._require_params():
@@ -280,15 +294,8 @@ class SGD(Optimizer):
 
     def step(self):
         """Update every parameter that has a gradient."""
-        state = self._state or self._create_state()
         lr, momentum, nesterov, weight_decay = self._lr, self.momentum, self.nesterov, self.weight_decay
-        self.step_count += 1
-        for p, entry in zip(self._params, state):
-            grad = p.grad
-            if grad is None:
-                continue
-            entry[0] += 1
-            data = p.data
+        for data, grad, entry in self._updates():
             kernels(data).sgd_step(data, grad, entry[1], lr, momentum, nesterov, weight_decay)
 
 
@@ -323,16 +330,9 @@ class Adam(Optimizer):
 
     def step(self):
         """Update every parameter that has a gradient."""
-        state = self._state or self._create_state()
         lr, (beta1, beta2), eps = self._lr, self.betas, self.eps
         weight_decay, decoupled, amsgrad = self.weight_decay, self._decoupled, self.amsgrad
-        self.step_count += 1
-        for p, entry in zip(self._params, state):
-            grad = p.grad
-            if grad is None:
-                continue
-            entry[0] += 1
-            data = p.data
+        for data, grad, entry in self._updates():
             kernels(data).adam_step(data, grad, entry[1], entry[2], entry[3], entry[0], lr,
                                     beta1, beta2, eps, weight_decay, decoupled, amsgrad)
 
@@ -375,15 +375,8 @@ class Adagrad(Optimizer):
 
     def step(self):
         """Update every parameter that has a gradient."""
-        state = self._state or self._create_state()
         lr, lr_decay, eps, weight_decay = self._lr, self.lr_decay, self.eps, self.weight_decay
-        self.step_count += 1
-        for p, entry in zip(self._params, state):
-            grad = p.grad
-            if grad is None:
-                continue
-            entry[0] += 1
-            data = p.data
+        for data, grad, entry in self._updates():
             decayed_lr = lr / (1 + (entry[0] - 1) * lr_decay)
             kernels(data).adagrad_step(data, grad, entry[1], decayed_lr, eps, weight_decay)
 
@@ -417,16 +410,9 @@ class RMSprop(Optimizer):
 
     def step(self):
         """Update every parameter that has a gradient."""
-        state = self._state or self._create_state()
         lr, alpha, eps = self._lr, self.alpha, self.eps
         weight_decay, momentum, centered = self.weight_decay, self.momentum, self.centered
-        self.step_count += 1
-        for p, entry in zip(self._params, state):
-            grad = p.grad
-            if grad is None:
-                continue
-            entry[0] += 1
-            data = p.data
+        for data, grad, entry in self._updates():
             kernels(data).rmsprop_step(data, grad, entry[1], entry[2], entry[3], lr, alpha, eps,
                                        weight_decay, momentum, centered)
 
