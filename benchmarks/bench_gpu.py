@@ -28,7 +28,7 @@ from nanodl import nn, ops, optim  # noqa: E402
 from nanodl.backend.cuda import cuda_status, require_cupy  # noqa: E402  (CuPy, imported lazily)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_mlp import init_weights, make_batch  # noqa: E402  (the same data as the CPU benchmark)
+from bench_mlp import init_weights, make_batch, torch_model  # noqa: E402  (the same data as the CPU benchmark)
 
 CONFIGS = {
     # name: (layer sizes, batch, optimizer, steps per timed interval)
@@ -71,21 +71,10 @@ def nanodl_step(sizes, batch, opt_name, weights):
 
 
 # ---------------------------------------------------------------- PyTorch on CUDA
-def torch_step(sizes, batch, opt_name, weights):
+def torch_step(sizes, batch, opt_name):
     import torch
     x, y = make_batch(sizes, batch)
-    layers = []
-    for i, (kernel, bias) in enumerate(weights):
-        linear = torch.nn.Linear(kernel.shape[0], kernel.shape[1])
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(kernel.T.copy()))
-            linear.bias.copy_(torch.from_numpy(bias))
-        layers.append(linear)
-        if i < len(weights) - 1:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers).cuda()
-    opt = (torch.optim.SGD(model.parameters(), lr=LR["sgd"]) if opt_name == "sgd"
-           else torch.optim.Adam(model.parameters(), lr=LR["adam"]))
+    model, opt = torch_model(sizes, opt_name, "cuda")
     inputs, labels = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
 
     def step():
@@ -179,7 +168,7 @@ def bench_config(name, repeats, warmup, with_torch):
     runs["nanodl"] = (nanodl_run, CupyTimer())
     first_loss["nanodl"] = nanodl_loss(nanodl_run())
     if with_torch:
-        torch_run, torch_loss = torch_step(sizes, batch, opt_name, weights)
+        torch_run, torch_loss = torch_step(sizes, batch, opt_name)
         runs["torch"] = (torch_run, TorchTimer())
         first_loss["torch"] = torch_loss(torch_run())
     times = time_round_robin(runs, repeats, inner, warmup)

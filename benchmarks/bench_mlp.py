@@ -140,10 +140,9 @@ def numpy_step(sizes, batch, opt_name):
 
 
 # ---------------------------------------------------------------- PyTorch
-def torch_step(sizes, batch, opt_name):
+def torch_model(sizes, opt_name, device="cpu"):
+    """The PyTorch twin of the benchmark MLP (same initial weights) and its optimizer."""
     import torch
-    torch.set_num_threads(thread_count())
-    x, y = make_batch(sizes, batch)
     layers = []
     for i, (kernel, bias) in enumerate(init_weights(sizes)):
         linear = torch.nn.Linear(kernel.shape[0], kernel.shape[1])
@@ -153,9 +152,17 @@ def torch_step(sizes, batch, opt_name):
         layers.append(linear)
         if i < len(sizes) - 2:
             layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
+    model = torch.nn.Sequential(*layers).to(device)  # moved before the optimizer sees it
     opt = (torch.optim.SGD(model.parameters(), lr=LR["sgd"]) if opt_name == "sgd"
            else torch.optim.Adam(model.parameters(), lr=LR["adam"]))
+    return model, opt
+
+
+def torch_step(sizes, batch, opt_name):
+    import torch
+    torch.set_num_threads(thread_count())
+    x, y = make_batch(sizes, batch)
+    model, opt = torch_model(sizes, opt_name)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def step():
