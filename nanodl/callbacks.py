@@ -6,8 +6,9 @@ and ``on_epoch_end(epoch, logs)``, whose ``logs`` hold ``'loss'``, the metrics, 
 ``'val_'`` versions and ``'lr'``; last ``on_train_end(logs)``. A callback that sets
 ``model.stop_training = True`` ends ``fit`` after the current epoch.
 
-Built in: ``History``, ``LearningRateScheduler``, ``EarlyStopping``,
-``ModelCheckpoint``, ``ReduceLROnPlateau`` and ``CSVLogger``.
+Built in: ``History``, ``ProgressBar`` (which ``fit`` adds itself for ``verbose=1``
+or ``2``), ``LearningRateScheduler``, ``EarlyStopping``, ``ModelCheckpoint``,
+``ReduceLROnPlateau`` and ``CSVLogger``. ``CallbackList`` is how ``fit`` calls them.
 
 >>> class PrintLoss(Callback):
 ...     def on_epoch_end(self, epoch, logs=None):
@@ -20,12 +21,15 @@ import inspect
 import math
 import numbers
 import os
+import sys
+import time
 import warnings
 
 import numpy as np
 
-__all__ = ["Callback", "History", "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint",
-           "ReduceLROnPlateau", "CSVLogger"]
+__all__ = ["Callback", "CallbackList", "History", "ProgressBar", "ProgbarLogger",
+           "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
+           "CSVLogger"]
 
 
 class Callback:
@@ -59,6 +63,65 @@ class Callback:
 
     def on_batch_end(self, batch, logs=None):
         pass
+
+
+class CallbackList:
+    """Calls every hook on each callback in turn, as ``fit`` does.
+
+    The batch hooks go only to callbacks that override them, so a callback that
+    ignores batches costs nothing per step.
+
+    >>> calls = []
+    >>> class Note(Callback):
+    ...     def on_epoch_end(self, epoch, logs=None):
+    ...         calls.append((epoch, logs["loss"]))
+    >>> callbacks = CallbackList([Note(), History()], model=None)
+    >>> callbacks.on_epoch_end(0, {"loss": 0.5})
+    >>> calls
+    [(0, 0.5)]
+    """
+
+    def __init__(self, callbacks, model, params=None):
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            callback.set_model(model)
+            if hasattr(callback, "set_params"):
+                callback.set_params(params or {})
+        self._batch_begin = [c for c in self.callbacks if _overrides(c, "on_batch_begin")]
+        self._batch_end = [c for c in self.callbacks if _overrides(c, "on_batch_end")]
+
+    @property
+    def wants_batch_logs(self):
+        """True when some callback reads the logs of ``on_batch_end``."""
+        return bool(self._batch_end)
+
+    def on_train_begin(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        for callback in self._batch_begin:
+            callback.on_batch_begin(batch, logs)
+
+    def on_batch_end(self, batch, logs=None):
+        for callback in self._batch_end:
+            callback.on_batch_end(batch, logs)
+
+
+def _overrides(callback, hook):
+    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
 
 
 def _plain(value):
@@ -95,6 +158,107 @@ class History(Callback):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(_plain(value))
+
+
+def _format_number(value):
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4f}"
+    return f"{value:.4e}"
+
+
+def format_logs(logs):
+    """``'loss: 0.1234 - accuracy: 0.9000'``: the logs as the progress bar shows them."""
+    return " - ".join(f"{key}: {_format_number(value)}" for key, value in logs.items())
+
+
+def format_step_time(seconds_per_step):
+    """Time per step as Keras shows it: ``'12ms/step'``, ``'85us/step'``, ``'2s/step'``."""
+    if seconds_per_step >= 1:
+        return f"{seconds_per_step:.0f}s/step"
+    if seconds_per_step >= 1e-3:
+        return f"{seconds_per_step * 1e3:.0f}ms/step"
+    return f"{seconds_per_step * 1e6:.0f}us/step"
+
+
+class ProgressBar(Callback):
+    """Keras' progress display on stderr: ``verbose=1`` a live bar per epoch (steps done,
+    ETA, running loss and metrics), ``verbose=2`` one line per epoch. ``fit`` adds one
+    itself when ``verbose`` is 1 or 2.
+
+    On a terminal the bar redraws in place with ``\\r`` at most every ``interval``
+    seconds; elsewhere (a log file, a pipe) only each epoch's final line is written.
+    The keys ``'lr'``, ``'batch'`` and ``'size'`` of the logs are not shown.
+    """
+
+    width = 30
+    hidden = ("lr", "batch", "size")
+
+    def __init__(self, verbose=1, stream=None, interval=0.1):
+        super().__init__()
+        if verbose not in (1, 2):
+            raise ValueError(f"ProgressBar: verbose must be 1 or 2, got {verbose!r}")
+        self.verbose = verbose
+        self._stream = stream
+        self.interval = interval
+
+    def on_train_begin(self, logs=None):
+        self.stream = self._stream if self._stream is not None else sys.stderr
+        self.dynamic = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not hasattr(self, "stream"):  # used outside fit
+            self.on_train_begin()
+        self.epochs = self.params.get("epochs", epoch + 1)
+        self.steps = max(int(self.params.get("steps", 1)), 1)
+        if self.verbose == 1:
+            self._print(f"Epoch {epoch + 1}/{self.epochs}")
+        self.start = time.perf_counter()
+        self.next_draw = self.start + self.interval
+        self.drawn = 0
+
+    def on_batch_end(self, batch, logs=None):
+        if self.verbose != 1 or batch + 1 >= self.steps:
+            return
+        now = time.perf_counter()
+        if now < self.next_draw:
+            return
+        self.next_draw = now + self.interval
+        if self.dynamic:
+            done = batch + 1
+            eta = (now - self.start) / done * (self.steps - done)
+            self._draw(f"{self._bar(done)} - ETA: {eta:.0f}s - {self._shown(logs)}", end="")
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.perf_counter() - self.start
+        if self.verbose == 1:
+            timing = f"{elapsed:.0f}s {elapsed / self.steps * 1e3:.0f}ms/step"
+            self._draw(f"{self._bar(self.steps)} - {timing} - {self._shown(logs)}", end="\n")
+        else:
+            self._print(f"Epoch {epoch + 1}/{self.epochs} - {elapsed:.2f}s - {self._shown(logs)}")
+
+    def _shown(self, logs):
+        return format_logs({k: v for k, v in (logs or {}).items() if k not in self.hidden})
+
+    def _bar(self, done):
+        filled = self.width * done // self.steps
+        arrow = ">" if done < self.steps else ""
+        digits = len(str(self.steps))
+        body = "=" * max(filled - len(arrow), 0) + arrow
+        return f"{done:>{digits}}/{self.steps} [{body:<{self.width}}]"
+
+    def _print(self, line):
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _draw(self, line, end):
+        """Redraw the bar's line in place (``\\r``, padded over a longer previous line)."""
+        padding = " " * max(self.drawn - len(line), 0)
+        self.stream.write("\r" + line + padding + end)
+        self.stream.flush()
+        self.drawn = 0 if end else len(line)
+
+
+ProgbarLogger = ProgressBar  # Keras' name
 
 
 def _optimizer_of(model, who):

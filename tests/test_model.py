@@ -445,3 +445,90 @@ def test_moving_a_trained_model_keeps_the_optimizer_state():
         runs.append(model.state_dict())
     for name, value in runs[0].items():
         np.testing.assert_array_equal(runs[1][name], value, err_msg=name)
+
+
+# ---------------------------------------------------------------- the training step and its hooks
+class Traced(nn.Sequential):
+    """Records every batch that reaches the training step."""
+
+    def __init__(self, layers):
+        super().__init__(layers)
+        self.batches = []
+
+    def _train_step(self, plan, x, target):
+        self.batches.append(np.array(x))
+        return super()._train_step(plan, x, target)
+
+
+def test_fit_and_train_on_batch_share_one_training_step():
+    nd.manual_seed(15)
+    x, y = blobs(20)
+    model = Traced([nn.Dense(3, activation="softmax")])
+    model.compile(optimizer=optim.SGD(lr=0.1), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert [len(b) for b in model.batches] == [8, 8, 4]
+    model.train_on_batch(x[:5], y[:5])
+    assert len(model.batches) == 4 and np.array_equal(model.batches[-1], x[:5])
+    assert model.optimizer.step_count == 4
+
+
+def test_the_epoch_order_comes_from_one_overridable_method():
+    class Reversed(Traced):
+        def _epoch_order(self, n, shuffle):
+            return np.arange(n)[::-1].copy()
+
+    x, y = blobs(12)
+    model = Reversed([nn.Dense(3, activation="softmax")])
+    model.compile(optimizer=optim.SGD(lr=0.0), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=5, epochs=1, verbose=0)
+    np.testing.assert_array_equal(np.concatenate(model.batches), x[::-1])
+
+
+def test_reported_logs_come_from_the_reduced_totals():
+    # a data-parallel fit sums the EpochTotals across processes; here "two processes"
+    # that saw the same samples: the averages must not change, the counts double.
+    seen = []
+
+    class Doubled(nn.Sequential):
+        def _reduce_totals(self, totals):
+            seen.append(list(totals.values))
+            totals.values = [2 * v for v in totals.values]
+            return totals
+
+    nd.manual_seed(16)
+    x, y = blobs(20)
+    model = Doubled([nn.Dense(3, activation="softmax")])
+    model.compile(optimizer=optim.SGD(lr=0.0), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x, y, batch_size=6, epochs=1, verbose=0)
+    loss_sum, count, weight, correct = seen[0]
+    assert count == 20 and weight == 20
+    assert history.history["loss"][0] == pytest.approx(loss_sum / count)
+    assert history.history["accuracy"][0] == pytest.approx(correct / 20)
+    loss, accuracy = model.evaluate(x, y)
+    assert history.history["loss"][0] == pytest.approx(loss, rel=1e-5)
+    assert history.history["accuracy"][0] == pytest.approx(accuracy)
+
+
+def test_progress_is_printed_by_a_callback_only():
+    # verbose=0 with an explicit ProgressBar prints exactly what verbose=2 prints
+    x, y = blobs(20)
+    stream = io.StringIO()
+    classifier().fit(x, y, epochs=2, verbose=0, callbacks=[callbacks.ProgressBar(2, stream=stream)])
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("Epoch 2/2 - ") and "accuracy: " in lines[1]
+    assert "lr" not in stream.getvalue()
+    with pytest.raises(ValueError, match="verbose"):
+        callbacks.ProgressBar(0)
+
+
+def test_the_logits_fusion_is_named():
+    from nanodl.nn.model import fuse_logits
+    model = classifier()
+    model.build((None, 4))
+    forward, loss_fn, kind = fuse_logits(model, "sparse_categorical_crossentropy", {})
+    assert kind == "softmax"
+    x = np.ones((2, 4), dtype=np.float32)
+    np.testing.assert_allclose(forward(nd.tensor(x)).data, model[1].pre_activation(model[0](nd.tensor(x))).data)
+    assert fuse_logits(model, "mse", {}) is None
+    assert fuse_logits(model, "sparse_categorical_crossentropy", {"from_logits": True}) is None

@@ -1,15 +1,20 @@
 """``Model`` (a Module with Keras' compile/fit/evaluate/predict) and ``Sequential``.
 
-The training step is the hot path. Everything that can be decided once is
-decided once per ``fit`` in a ``_Plan`` (the forward to run, the loss closure,
-the metric functions, the parameters, the penalty layers): the loop itself
-only slices the epoch's shuffled arrays, runs forward, loss, backward and the
-optimizer, and adds up numbers.
+How ``fit`` reads, top to bottom: check the arguments, split off the validation
+set, prepare the arrays once (a ``_Plan``), then for each epoch ``_fit_epoch``:
+draw the sample order (``_epoch_order``), run ``_train_step`` (forward, loss,
+backward, optimizer step) per batch, add the batch's numbers to ``EpochTotals``,
+and hand the averages to the callbacks. Printing and saving happen only in
+callbacks (``callbacks.ProgressBar`` is what ``verbose`` adds).
 
-A softmax (sigmoid) output trained with a categorical (binary) cross-entropy
-on probabilities is fused, as Keras does: the last Dense computes logits and
-the loss is the stable logits form (``ops.softmax_cross_entropy``), which is
-the same function, without the clipping and without overflow.
+Everything that can be decided once is decided once per ``fit`` in a ``_Plan``
+(the forward to run, the loss closure, the metric functions, the parameters, the
+penalty layers); the step itself is the hot path.
+
+A softmax (sigmoid) output trained with a categorical (binary) cross-entropy on
+probabilities is fused, as Keras does (``fuse_logits``): the last Dense computes
+logits and the loss is the stable logits form (``ops.softmax_cross_entropy``),
+the same function without the clipping and without overflow.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -23,12 +28,11 @@ the same function, without the clipping and without overflow.
 """
 import contextlib
 import math
-import sys
-import time
 import warnings
 
 import numpy as np
 
+from .. import callbacks as callbacks_module
 from .. import losses as losses_module
 from .. import ops, optim
 from ..autograd import no_grad
@@ -46,27 +50,46 @@ _CROSS_ENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy
 
 
 # ---------------------------------------------------------------- metrics on backend arrays
+# Each metric maps a batch's (pred, target) arrays to one value per sample, so an epoch's
+# value is an exact per-sample (or weighted) mean however the samples are batched.
+def _per_sample(values):
+    """Elementwise values (N, ...) -> their mean per sample (N,)."""
+    return values.reshape(len(values), -1).mean(axis=1) if values.ndim != 1 else values * 1.0
+
+
 def _binary_accuracy(threshold):
     def accuracy(pred, target):
-        return float(((pred > threshold) == (target > 0.5)).mean())
+        return _per_sample((pred > threshold) == (target > 0.5))
     return accuracy
 
 
 def _categorical_accuracy(pred, target):
-    return float((pred.argmax(axis=-1) == target.argmax(axis=-1)).mean())
+    return _per_sample(pred.argmax(axis=-1) == target.argmax(axis=-1))
 
 
 def _sparse_accuracy(pred, target):
-    return float((pred.argmax(axis=-1) == target).mean())
+    return _per_sample(pred.argmax(axis=-1) == target)
 
 
 def _mae(pred, target):
-    return float(abs(pred - target).mean())
+    return _per_sample(abs(pred - target))
 
 
 def _mse(pred, target):
     diff = pred - target
-    return float((diff * diff).mean())
+    return _per_sample(diff * diff)
+
+
+def _metric_sum(values, count):
+    """The sum over a batch of ``count`` samples of a metric's per-sample values; a
+    callable metric that returns one number stands for each of its samples."""
+    if np.ndim(values) == 0:
+        return float(values) * count
+    return float(values.sum())
+
+
+def _metric_mean(values):
+    return float(values) if np.ndim(values) == 0 else float(values.mean())
 
 
 def _softmax_array(logits):
@@ -75,6 +98,44 @@ def _softmax_array(logits):
 
 def _sigmoid_array(logits):
     return ops.sigmoid(Tensor(logits)).data
+
+
+class EpochTotals:
+    """What an epoch adds up, batch by batch: the sums behind its reported averages.
+
+    ``values`` is a list of floats ``[Σ loss·count, samples, Σ weight, Σ weight·metric
+    for each metric]`` (weights are 1 without ``sample_weight``), so a data-parallel run
+    sums it across processes, elementwise, before ``averages`` divides: the logs are
+    then exact per-sample averages over every process.
+
+    >>> totals = EpochTotals(["accuracy"])
+    >>> totals.add(loss=0.5, count=2, weight=2.0, metric_sums=[2.0])
+    >>> totals.add(loss=0.25, count=2, weight=2.0, metric_sums=[1.0])
+    >>> totals.averages()
+    {'loss': 0.375, 'accuracy': 0.75}
+    """
+
+    def __init__(self, labels):
+        self.labels = list(labels)
+        self.values = [0.0] * (3 + len(self.labels))
+
+    def add(self, loss, count, weight, metric_sums):
+        """Add one batch: its mean ``loss``, ``count`` samples, their summed ``weight``
+        and each metric's weighted sum over the batch."""
+        values = self.values
+        values[0] += loss * count
+        values[1] += count
+        values[2] += weight
+        for i, total in enumerate(metric_sums, start=3):
+            values[i] += total
+
+    def averages(self):
+        """``{'loss': ..., metric: ...}``: the loss per sample, each metric per unit weight."""
+        loss_sum, count, weight = self.values[:3]
+        logs = {"loss": loss_sum / count}
+        for label, total in zip(self.labels, self.values[3:]):
+            logs[label] = total / weight
+        return logs
 
 
 def _as_array(values, what):
@@ -90,61 +151,64 @@ def _as_array(values, what):
     return array
 
 
-def _format_number(value):
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4f}"
-    return f"{value:.4e}"
+def fuse_logits(model, loss_name, loss_config):
+    """The logits fusion: ``(forward, loss_fn, kind)`` that trains a softmax (sigmoid)
+    head through the fused from-logits loss, or None when it does not apply.
 
-
-def _format_logs(logs):
-    return " - ".join(f"{key}: {_format_number(value)}" for key, value in logs.items())
-
-
-class _ProgressBar:
-    """Keras' per-epoch progress bar on stderr; redraws at most every ``interval`` seconds.
-
-    On a terminal it redraws in place with ``\\r``; elsewhere (a log file, a pipe)
-    only the final line of each epoch is written.
+    A model whose last layer is ``Dense(activation='softmax')`` compiled with a
+    categorical (or sparse categorical) cross-entropy on probabilities, or a
+    ``Dense(activation='sigmoid')`` with a binary cross-entropy, computes the same
+    function as its pre-activation (the logits) fed to the loss's ``from_logits=True``
+    form, which is one stable node: no clipping of the probabilities, no overflow, an
+    exact gradient (softmax - target). Keras makes the same swap. ``forward`` then runs
+    the model up to the logits, and ``kind`` (``'softmax'``/``'sigmoid'``) tells the
+    metrics that they see logits. ``predict`` and ``evaluate`` outputs are unchanged:
+    only the training graph differs.
     """
+    if loss_name is None or loss_config.get("from_logits") or \
+            loss_config.get("reduction", "mean") != "mean":
+        return None
+    head = model._logits_head()
+    if head is None:
+        return None
+    body, dense = head
+    if loss_name in _CROSS_ENTROPIES and dense.activation == "softmax":
+        kind = "softmax"
 
-    width = 30
+        def loss_fn(logits, target):
+            return losses_module.softmax_xent(logits, target, "mean")
+    elif loss_name == "binary_crossentropy" and dense.activation == "sigmoid":
+        kind = "sigmoid"
 
-    def __init__(self, steps, stream=None, interval=0.1):
-        self.steps = steps
-        self.stream = stream if stream is not None else sys.stderr
-        self.interval = interval
-        self.dynamic = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = time.perf_counter()
-        self.next_draw = self.start + interval
-        self.drawn = 0
+        def loss_fn(logits, target):
+            return losses_module.binary_crossentropy(logits, target, from_logits=True)
+    else:
+        return None
 
-    def _bar(self, done):
-        filled = self.width * done // self.steps
-        arrow = ">" if done < self.steps else ""
-        digits = len(str(self.steps))
-        body = "=" * max(filled - len(arrow), 0) + arrow
-        return f"{done:>{digits}}/{self.steps} [{body:<{self.width}}]"
+    def forward(x):  # the model up to the last Dense's pre-activation: logits
+        for layer in body:
+            x = layer(x)
+        return dense.pre_activation(x)
+    return forward, loss_fn, kind
 
-    def update(self, done, logs):
-        """Redraw after ``done`` steps (the caller checks ``next_draw`` first)."""
-        now = time.perf_counter()
-        self.next_draw = now + self.interval
-        if not self.dynamic:
-            return
-        eta = (now - self.start) / done * (self.steps - done)
-        self._write(f"{self._bar(done)} - ETA: {eta:.0f}s - {_format_logs(logs)}", end="")
 
-    def finish(self, logs):
-        elapsed = time.perf_counter() - self.start
-        per_step = elapsed / max(self.steps, 1)
-        timing = f"{elapsed:.0f}s {per_step * 1e3:.0f}ms/step"
-        self._write(f"{self._bar(self.steps)} - {timing} - {_format_logs(logs)}", end="\n")
+def _compiled_loss(loss, loss_name, loss_config):
+    """``loss_fn(out, target)`` -> scalar Tensor for a built-in loss name or a callable."""
+    if loss_name is not None:
+        function = losses_module.LOSSES[loss_name]
+        options = dict(loss_config or {})
 
-    def _write(self, line, end):
-        padding = " " * max(self.drawn - len(line), 0)
-        self.stream.write("\r" + line + padding + end)
-        self.stream.flush()
-        self.drawn = 0 if end else len(line)
+        def loss_fn(pred, target):
+            value = function(pred, target, **options)
+            return value if value.ndim == 0 else value.mean()
+        return loss_fn
+
+    def loss_fn(pred, target):
+        value = loss(pred, Tensor(target))
+        if not isinstance(value, Tensor):
+            raise TypeError(f"fit: the loss must return a Tensor, got {type(value).__name__}")
+        return value if value.ndim == 0 else value.mean()
+    return loss_fn
 
 
 class _Plan:
@@ -169,43 +233,11 @@ class _Plan:
 
     # ------------------------------------------------------------ loss
     def _choose_forward_and_loss(self):
-        model, name, config = self.model, self.loss_name, self.loss_config or {}
-        fusable = name is not None and not config.get("from_logits") and \
-            config.get("reduction", "mean") == "mean"
-        head = model._logits_head() if fusable else None
-        if head is not None:
-            body, dense = head
-            if name in _CROSS_ENTROPIES and dense.activation == "softmax":
-                def loss_fn(logits, target):
-                    return losses_module.softmax_xent(logits, target, "mean")
-                kind = "softmax"
-            elif name == "binary_crossentropy" and dense.activation == "sigmoid":
-                def loss_fn(logits, target):
-                    return losses_module.binary_crossentropy(logits, target, from_logits=True)
-                kind = "sigmoid"
-            else:
-                kind = None
-            if kind is not None:
-                def forward(x):  # the model up to the last Dense's pre-activation: logits
-                    for layer in body:
-                        x = layer(x)
-                    return dense.pre_activation(x)
-                return forward, loss_fn, kind
-        loss = model.loss
-        if name is not None:
-            function = losses_module.LOSSES[name]
-            options = dict(config)
-
-            def loss_fn(pred, target):
-                value = function(pred, target, **options)
-                return value if value.ndim == 0 else value.mean()
-        else:
-            def loss_fn(pred, target):
-                value = loss(pred, Tensor(target))
-                if not isinstance(value, Tensor):
-                    raise TypeError(f"fit: the loss must return a Tensor, got {type(value).__name__}")
-                return value if value.ndim == 0 else value.mean()
-        return model.forward, loss_fn, None
+        fused = fuse_logits(self.model, self.loss_name, self.loss_config or {})
+        if fused is not None:
+            return fused
+        return self.model.forward, _compiled_loss(self.model.loss, self.loss_name,
+                                                  self.loss_config), None
 
     # ------------------------------------------------------------ metrics
     def _accuracy_kind(self, y_shape):
@@ -296,6 +328,72 @@ class _Plan:
         elif kind == "binary":
             host = host > 0.5
         return np.unique(host)
+
+
+# ---------------------------------------------------------------- fit's helpers
+def _check_batch_size(batch_size, who):
+    """``batch_size`` as a positive int (None means Keras' default, 32)."""
+    batch_size = 32 if batch_size is None else batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{who}: batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _check_fit_options(epochs, verbose):
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+
+
+def _samples(x, y, who):
+    """``x`` and ``y`` as arrays holding the same, non-zero number of samples."""
+    x, y = _as_array(x, "x"), _as_array(y, "y")
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"{who}: x and y must hold the same number of samples, got x of shape "
+                         f"{tuple(x.shape)} and y of shape {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{who}: x and y are empty")
+    return x, y
+
+
+def _split_validation(x, y, validation_data, validation_split):
+    """``((x, y), (x_val, y_val) or None)``: ``validation_data`` as given, or the last
+    ``validation_split`` of the samples (taken before any shuffling, as Keras)."""
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
+        x_val, y_val = (_as_array(v, "validation_data") for v in validation_data)
+        if x_val.ndim == 0 or y_val.ndim == 0 or len(x_val) != len(y_val) or len(x_val) == 0:
+            raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
+                             f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
+        return (x, y), (x_val, y_val)
+    if not validation_split:
+        return (x, y), None
+    if not 0 < validation_split < 1:
+        raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+    split_at = int(math.floor(len(x) * (1.0 - validation_split)))
+    if split_at == 0 or split_at == len(x):
+        raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
+                         "an empty training or validation set")
+    return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
+
+
+def _warn_single_class(plan, y_val, validation_split):
+    classes = plan.class_labels(y_val)
+    if classes is not None and len(classes) == 1:
+        warnings.warn(
+            f"fit: the validation set (the last {validation_split:g} of the data, taken "
+            f"before shuffling) holds a single class ({classes[0]}); shuffle x and y "
+            "first or pass validation_data", stacklevel=3)
+
+
+def _add_batch(totals, plan, loss, out, target):
+    """Add one batch's loss and metrics to the epoch's ``totals``."""
+    count = len(target)
+    out_data = out.data
+    totals.add(float(loss.data), count, float(count),
+               [_metric_sum(metric(out_data, target), count) for _, metric in plan.metrics])
 
 
 class Model(Module):
@@ -412,151 +510,102 @@ class Model(Module):
         includes the layers' weight penalties, as in Keras). ``validation_split``
         holds out the *last* fraction of ``x``/``y`` before shuffling, as Keras does.
         """
-        from .. import callbacks as callbacks_module
         self._require_compiled("fit")
-        batch_size = 32 if batch_size is None else batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
-        x, y = _as_array(x, "x"), _as_array(y, "y")
-        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
-            raise ValueError(f"fit: x and y must hold the same number of samples, got x of shape "
-                             f"{tuple(x.shape)} and y of shape {tuple(y.shape)}")
-        if len(x) == 0:
-            raise ValueError("fit: x and y are empty")
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
-            x_val, y_val = (_as_array(v, "validation_data") for v in validation_data)
-            if x_val.ndim == 0 or y_val.ndim == 0 or len(x_val) != len(y_val) or len(x_val) == 0:
-                raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
-                                 f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
-            split_warning = False
-        elif validation_split:
-            if not 0 < validation_split < 1:
-                raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
-            split_at = int(math.floor(len(x) * (1.0 - validation_split)))
-            if split_at == 0 or split_at == len(x):
-                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
-                                 "an empty training or validation set")
-            x, x_val, y, y_val = x[:split_at], x[split_at:], y[:split_at], y[split_at:]
-            split_warning = True
-        else:
-            x_val = y_val = None
-
+        batch_size = _check_batch_size(batch_size, "fit")
+        _check_fit_options(epochs, verbose)
+        x, y = _samples(x, y, "fit")
+        (x, y), validation = _split_validation(x, y, validation_data, validation_split)
         plan = self._plan(x, y)
         x, y = plan.inputs(x), plan.targets(y)
-        validating = x_val is not None
-        if validating:
-            x_val, y_val = plan.inputs(x_val), plan.targets(y_val)
-            if split_warning:
-                classes = plan.class_labels(y_val)
-                if classes is not None and len(classes) == 1:
-                    warnings.warn(
-                        f"fit: the validation set (the last {validation_split:g} of the data, taken "
-                        f"before shuffling) holds a single class ({classes[0]}); shuffle x and y "
-                        "first or pass validation_data", stacklevel=2)
-
-        history = callbacks_module.History()
-        callback_list = list(callbacks or []) + [history]
-        base = callbacks_module.Callback
-        batch_begin = [cb for cb in callback_list if type(cb).on_batch_begin is not base.on_batch_begin]
-        batch_end = [cb for cb in callback_list if type(cb).on_batch_end is not base.on_batch_end]
-        steps = math.ceil(len(x) / batch_size)
-        for callback in callback_list:
-            callback.set_model(self)
-            if hasattr(callback, "set_params"):
-                callback.set_params({"epochs": epochs, "steps": steps, "verbose": verbose})
-        self.stop_training = False
-        self.history = history
-
-        n = len(x)
-        params, forward, loss_fn = plan.params, plan.forward, plan.loss_fn
-        step_optimizer = plan.optimizer.step
-        metrics = plan.metrics
-        penalty = plan.penalty
-        epoch_logs = {}
+        if validation is not None:
+            validation = plan.inputs(validation[0]), plan.targets(validation[1])
+            if validation_split:
+                _warn_single_class(plan, validation[1], validation_split)
+        steps = math.ceil(self._samples_per_epoch(len(x)) / batch_size)
+        callbacks = self._callback_list(callbacks, verbose, epochs, steps)
+        logs = {}
         with self._mode(True):
-            for callback in callback_list:
-                callback.on_train_begin({})
+            callbacks.on_train_begin({})
             for epoch in range(epochs):
-                for callback in callback_list:
-                    callback.on_epoch_begin(epoch, {})
-                lr = float(self.optimizer.lr)
-                if shuffle:
-                    order = to_device(generator().permutation(n), plan.device)
-                    x_epoch, y_epoch = x[order], y[order]
-                else:
-                    x_epoch, y_epoch = x, y
-                if verbose == 1:
-                    sys.stderr.write(f"Epoch {epoch + 1}/{epochs}\n")
-                    bar = _ProgressBar(steps)
-                    next_draw = bar.next_draw
-                epoch_start = time.perf_counter()
-                loss_total = 0.0
-                metric_totals = [0.0] * len(metrics)
-                seen = 0
-                for step in range(steps):
-                    start = step * batch_size
-                    stop = min(start + batch_size, n)
-                    for callback in batch_begin:
-                        callback.on_batch_begin(step, {"batch": step, "size": stop - start})
-                    target = y_epoch[start:stop]
-                    out = forward(Tensor(x_epoch[start:stop]))
-                    loss = loss_fn(out, target)
-                    if penalty is not None:
-                        loss = loss + penalty()
-                    for param in params:
-                        param.grad = None
-                    loss.backward()
-                    step_optimizer()
-                    count = stop - start
-                    seen += count
-                    loss_total += float(loss.data) * count
-                    if metrics:
-                        out_data = out.data
-                        for i, (_, metric) in enumerate(metrics):
-                            metric_totals[i] += metric(out_data, target) * count
-                    if batch_end:
-                        logs = self._averages(loss_total, metrics, metric_totals, seen)
-                        logs.update(batch=step, size=count)
-                        for callback in batch_end:
-                            callback.on_batch_end(step, logs)
-                    if verbose == 1 and time.perf_counter() >= next_draw and step + 1 < steps:
-                        bar.update(step + 1, self._averages(loss_total, metrics, metric_totals, seen))
-                        next_draw = bar.next_draw
-                epoch_logs = self._averages(loss_total, metrics, metric_totals, seen)
-                if validating:
-                    results = self._evaluate_arrays(plan, x_val, y_val, batch_size)
-                    epoch_logs["val_loss"] = results[0]
-                    for (label, _), value in zip(metrics, results[1:]):
-                        epoch_logs["val_" + label] = value
-                shown = dict(epoch_logs)
-                epoch_logs["lr"] = lr
-                if verbose == 1:
-                    bar.finish(shown)
-                elif verbose == 2:
-                    seconds = time.perf_counter() - epoch_start
-                    sys.stderr.write(f"Epoch {epoch + 1}/{epochs} - {seconds:.2f}s - "
-                                     f"{_format_logs(shown)}\n")
-                    sys.stderr.flush()
-                for callback in callback_list:
-                    callback.on_epoch_end(epoch, epoch_logs)
+                callbacks.on_epoch_begin(epoch, {})
+                lr = float(self.optimizer.lr)  # after the schedulers of on_epoch_begin
+                logs = self._fit_epoch(plan, x, y, batch_size, shuffle, callbacks)
+                if validation is not None:
+                    val_logs = self._evaluate_arrays(plan, *validation, batch_size)
+                    logs.update({"val_" + key: value for key, value in val_logs.items()})
+                logs["lr"] = lr
+                callbacks.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
-            for callback in callback_list:
-                callback.on_train_end(epoch_logs)
-        return history
+            callbacks.on_train_end(logs)
+        return self.history
 
-    @staticmethod
-    def _averages(loss_total, metrics, metric_totals, seen):
-        logs = {"loss": loss_total / seen}
-        for (label, _), total in zip(metrics, metric_totals):
-            logs[label] = total / seen
-        return logs
+    def _callback_list(self, callbacks, verbose, epochs, steps):
+        """The user's callbacks, with the progress bar first (when ``verbose``) and a
+        fresh ``History`` last; ``self.history`` is that History."""
+        self.stop_training = False
+        self.history = callbacks_module.History()
+        shown = [callbacks_module.ProgressBar(verbose)] if verbose else []
+        return callbacks_module.CallbackList(
+            shown + list(callbacks or []) + [self.history], model=self,
+            params={"epochs": epochs, "steps": steps, "verbose": verbose})
+
+    def _fit_epoch(self, plan, x, y, batch_size, shuffle, callbacks):
+        """One pass over the training set, in the order ``_epoch_order`` gives, one
+        ``_train_step`` per batch; returns the epoch's logs (per-sample averages)."""
+        order = self._epoch_order(len(x), shuffle)
+        if order is not None:
+            order = to_device(order, plan.device)
+            x, y = x[order], y[order]
+        totals = EpochTotals(label for label, _ in plan.metrics)
+        for step, start in enumerate(range(0, len(x), batch_size)):
+            x_batch, y_batch = x[start:start + batch_size], y[start:start + batch_size]
+            count = len(y_batch)
+            callbacks.on_batch_begin(step, {"batch": step, "size": count})
+            loss, out = self._train_step(plan, x_batch, y_batch)
+            _add_batch(totals, plan, loss, out, y_batch)
+            if callbacks.wants_batch_logs:
+                callbacks.on_batch_end(step, dict(totals.averages(), batch=step, size=count))
+        return self._reduce_totals(totals).averages()
+
+    def _train_step(self, plan, x, target):
+        """One training step on one batch; returns ``(loss, out)``, both Tensors.
+
+        1. Forward: run the batch through the model (``plan.forward``; when the head
+           is fused with the loss, see ``fuse_logits``, the model up to its logits).
+        2. Loss: the compiled loss of the outputs against the targets, plus the
+           layers' weight penalties (``kernel_regularizer`` and friends).
+        3. Backward: clear every parameter's gradient, then backpropagate the loss,
+           which leaves d(loss)/d(parameter) in each ``param.grad``.
+        4. Optimizer step: update every parameter from its gradient.
+
+        ``fit`` and ``train_on_batch`` both train through this method.
+        """
+        out = plan.forward(Tensor(x))                 # 1. forward
+        loss = plan.loss_fn(out, target)              # 2. loss
+        if plan.penalty is not None:
+            loss = loss + plan.penalty()
+        for param in plan.params:                     # 3. backward
+            param.grad = None
+        loss.backward()
+        plan.optimizer.step()                         # 4. optimizer step
+        return loss, out
+
+    # Data-parallel hooks: a distributed fit changes which samples a process visits
+    # per epoch and sums the epoch's totals across processes; nothing else differs.
+    def _epoch_order(self, n, shuffle):
+        """The order of the ``n`` training samples for one epoch: a host index array
+        (a fresh permutation from nanodl's generator when ``shuffle``), or None for
+        0, 1, ..., n-1."""
+        return generator().permutation(n) if shuffle else None
+
+    def _samples_per_epoch(self, n):
+        """How many samples ``_epoch_order`` visits per epoch (for the step count)."""
+        return n
+
+    def _reduce_totals(self, totals):
+        """The epoch's ``EpochTotals`` over every process (one process: as it is)."""
+        return totals
 
     def train_on_batch(self, x, y):
         """One optimizer step on one batch; returns the loss, or ``[loss, *metrics]``."""
@@ -565,43 +614,31 @@ class Model(Module):
         plan = self._plan(x, y)
         x, y = plan.inputs(x), plan.targets(y)
         with self._mode(True):
-            out = plan.forward(Tensor(x))
-            loss = plan.loss_fn(out, y)
-            if plan.penalty is not None:
-                loss = loss + plan.penalty()
-            for param in plan.params:
-                param.grad = None
-            loss.backward()
-            plan.optimizer.step()
-        values = [float(loss.data)] + [metric(out.data, y) for _, metric in plan.metrics]
+            loss, out = self._train_step(plan, x, y)
+        values = [float(loss.data)] + [_metric_mean(metric(out.data, y)) for _, metric in plan.metrics]
         return values[0] if len(values) == 1 else values
 
     # ------------------------------------------------------------ evaluate / predict
     def _evaluate_arrays(self, plan, x, y, batch_size):
-        """Per-sample averages ``[loss, *metrics]`` over prepared arrays, eval mode, no graph."""
-        loss_total = 0.0
-        metric_totals = [0.0] * len(plan.metrics)
+        """``{'loss': ..., metric: ...}``, per-sample averages over prepared arrays (the
+        loss with the weight penalties, as Keras), in eval mode, no graph."""
+        totals = EpochTotals(label for label, _ in plan.metrics)
         with self._mode(False), no_grad():
             for start in range(0, len(x), batch_size):
                 target = y[start:start + batch_size]
                 out = plan.forward(Tensor(x[start:start + batch_size]))
-                count = len(target)
-                loss_total += float(plan.loss_fn(out, target).data) * count
-                for i, (_, metric) in enumerate(plan.metrics):
-                    metric_totals[i] += metric(out.data, target) * count
+                _add_batch(totals, plan, plan.loss_fn(out, target), out, target)
             penalty = float(plan.penalty().data) if plan.penalty is not None else 0.0
-        loss = loss_total / len(x) + penalty
-        return [loss] + [total / len(x) for total in metric_totals]
+        logs = totals.averages()
+        logs["loss"] += penalty
+        return logs
 
     def evaluate(self, x, y, batch_size=32):
         """The loss (with weight penalties, as Keras) or ``[loss, *metrics]``, per-sample averages."""
         self._require_compiled("evaluate")
-        x, y = _as_array(x, "x"), _as_array(y, "y")
-        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"evaluate: x and y must hold the same (non-zero) number of samples, "
-                             f"got x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}")
+        x, y = _samples(x, y, "evaluate")
         plan = self._plan(x, y)
-        results = self._evaluate_arrays(plan, plan.inputs(x), plan.targets(y), batch_size)
+        results = list(self._evaluate_arrays(plan, plan.inputs(x), plan.targets(y), batch_size).values())
         return results[0] if len(results) == 1 else results
 
     def predict(self, x, batch_size=32):
