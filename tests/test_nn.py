@@ -73,13 +73,42 @@ class Block(nn.Module):
 def test_parameters_in_definition_order_with_dotted_names():
     block = Block()
     names = [name for name, _ in block.named_parameters()]
-    assert names == ["scale", "first.kernel", "first.bias", "rest.0.kernel", "rest.0.bias",
+    assert names == ["first.kernel", "first.bias", "scale", "rest.0.kernel", "rest.0.bias",
                      "rest.1.gamma", "rest.1.beta"]
     assert [id(p) for p in block.parameters()] == [id(p) for _, p in block.named_parameters()]
     assert isinstance(block.rest, nn.ModuleList)
     model = nn.Sequential([nn.Dense(4, input_dim=3), nn.ReLU(), nn.Dense(2, input_dim=4)])
     assert [name for name, _ in model.named_parameters()] == [
         "layers.0.kernel", "layers.0.bias", "layers.2.kernel", "layers.2.bias"]
+
+
+def test_parameter_between_two_submodules_keeps_its_place():
+    """SPEC 4: definition order in parameters(), named_parameters() and state_dict()."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Dense(3, input_dim=2)
+            self.scale = nn.Parameter([2.0])
+            self.register_buffer("steps", np.zeros(1))
+            self.fc2 = nn.Dense(1, input_dim=3)
+
+    model = Scaled()
+    expected = ["fc1.kernel", "fc1.bias", "scale", "fc2.kernel", "fc2.bias"]
+    assert [name for name, _ in model.named_parameters()] == expected
+    assert [id(p) for p in model.parameters()] == [id(p) for _, p in model.named_parameters()]
+    assert model.parameters()[2] is model.scale
+    assert list(model.state_dict()) == ["fc1.kernel", "fc1.bias", "scale", "steps", "fc2.kernel",
+                                        "fc2.bias"]
+    # re-assigning keeps the place; deleting and assigning again moves it to the end
+    model.scale = nn.Parameter([3.0])
+    assert [name for name, _ in model.named_parameters()] == expected
+    del model.fc1
+    model.fc1 = nn.Dense(3, input_dim=2)
+    assert [name for name, _ in model.named_parameters()] == [
+        "scale", "fc2.kernel", "fc2.bias", "fc1.kernel", "fc1.bias"]
+    # and the order survives a save/load_state_dict round trip by name
+    fresh = Scaled()
+    fresh.load_state_dict(Scaled().state_dict())
 
 
 def test_shared_parameter_listed_once():

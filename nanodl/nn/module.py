@@ -73,6 +73,7 @@ class Module:
             state["_parameters"] = {}
             state["_modules"] = {}
             state["_buffers"] = {}
+            state["_order"] = {}  # every registered name, in definition order (an ordered set)
             state["training"] = True
 
     # ------------------------------------------------------------ registration
@@ -84,11 +85,9 @@ class Module:
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
             value = ModuleList(value)
         if isinstance(value, Parameter):
-            self._forget(name)
-            params[name] = value
+            self._register(params, name, value)
         elif isinstance(value, Module):
-            self._forget(name)
-            modules[name] = value
+            self._register(modules, name, value)
         elif name in buffers:
             if value is not None and not hasattr(value, "shape"):
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} "
@@ -98,26 +97,32 @@ class Module:
             if value is not None:
                 raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
                                 "(nn.Parameter or None expected)")
-            del params[name]
+            self._forget(name)
         elif name in modules:
             if value is not None:
                 raise TypeError(f"cannot assign {type(value).__name__} as sub-module {name!r} "
                                 "(nn.Module or None expected)")
-            del modules[name]
+            self._forget(name)
         state[name] = value  # plain attribute lookup stays as fast as Python's
 
     def __delattr__(self, name):
         self._forget(name)
         object.__delattr__(self, name)
 
+    def _register(self, registry, name, value):
+        """Put ``name`` in ``registry``; a name re-assigned with the same kind keeps its place."""
+        if name not in registry:
+            self._forget(name)
+        registry[name] = value
+        self._order.setdefault(name, None)
+
     def _forget(self, name):
-        for registry in (self._parameters, self._modules, self._buffers):
+        for registry in (self._parameters, self._modules, self._buffers, self._order):
             registry.pop(name, None)
 
     def register_buffer(self, name, array):
         """Keep ``array`` as state: saved in ``state_dict``, moved by ``to``, not trained."""
-        self._forget(name)
-        self._buffers[name] = array
+        self._register(self._buffers, name, array)
         self.__dict__[name] = array
 
     # ------------------------------------------------------------ running
@@ -154,24 +159,44 @@ class Module:
     def modules(self):
         return [module for _, module in self.named_modules()]
 
+    def _walk(self, prefix=""):
+        """``(dotted name, owner, attribute, is_parameter)`` for every parameter and buffer.
+
+        Depth first in definition order: a parameter assigned between two sub-modules
+        comes between their entries. A module reached twice is walked once.
+        """
+        result, seen = [], {id(self)}
+        stack = [(prefix, self, iter(list(self._order)))]
+        while stack:
+            module_name, module, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                stack.pop()
+                continue
+            dotted = f"{module_name}.{name}" if module_name else name
+            if name in module._parameters:
+                result.append((dotted, module, name, True))
+            elif name in module._buffers:
+                result.append((dotted, module, name, False))
+            else:
+                sub = module._modules.get(name)
+                if sub is not None and id(sub) not in seen:
+                    seen.add(id(sub))
+                    stack.append((dotted, sub, iter(list(sub._order))))
+        return result
+
     def named_parameters(self, prefix=""):
         """``(dotted name, parameter)`` in definition order, each shared parameter once."""
-        result, seen = [], set()
-        for module_name, module in self.named_modules(prefix):
-            for name, param in module._parameters.items():
-                if id(param) not in seen:
-                    seen.add(id(param))
-                    result.append((f"{module_name}.{name}" if module_name else name, param))
-        return result
+        return [(name, module._parameters[attr])
+                for name, module, attr, is_param in self._state_entries(prefix) if is_param]
 
     def parameters(self):
         """The parameters, a list in definition order."""
         return [param for _, param in self.named_parameters()]
 
     def named_buffers(self, prefix=""):
-        return [(f"{module_name}.{name}" if module_name else name, array)
-                for module_name, module in self.named_modules(prefix)
-                for name, array in module._buffers.items() if array is not None]
+        return [(dotted, module._buffers[attr]) for dotted, module, attr, is_param in self._walk(prefix)
+                if not is_param and module._buffers[attr] is not None]
 
     def buffers(self):
         return [array for _, array in self.named_buffers()]
@@ -212,18 +237,17 @@ class Module:
         return []
 
     # ------------------------------------------------------------ state
-    def _state_entries(self):
-        """``(name, owner module, attribute, is_parameter)`` for every saved entry."""
+    def _state_entries(self, prefix=""):
+        """``(name, owner module, attribute, is_parameter)`` for every saved entry, each
+        shared parameter once, buffers set to None left out."""
         entries, seen = [], set()
-        for module_name, module in self.named_modules():
-            dotted = (module_name + ".") if module_name else ""
-            for attr, param in module._parameters.items():
-                if id(param) not in seen:
-                    seen.add(id(param))
-                    entries.append((dotted + attr, module, attr, True))
-            for attr, array in module._buffers.items():
-                if array is not None:
-                    entries.append((dotted + attr, module, attr, False))
+        for dotted, module, attr, is_param in self._walk(prefix):
+            if is_param:
+                if id(module._parameters[attr]) not in seen:
+                    seen.add(id(module._parameters[attr]))
+                    entries.append((dotted, module, attr, True))
+            elif module._buffers[attr] is not None:
+                entries.append((dotted, module, attr, False))
         return entries
 
     def state_dict(self):
@@ -332,7 +356,7 @@ class ModuleList(Module):
     def append(self, module):
         if not isinstance(module, Module):
             raise TypeError(f"ModuleList: expected a Module, got {type(module).__name__}")
-        self._modules[str(len(self._modules))] = module
+        self._register(self._modules, str(len(self._modules)), module)
         return self
 
     def extend(self, modules):
