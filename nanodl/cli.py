@@ -373,15 +373,22 @@ def _delegate(function, argv):
 
 
 def run_gradcheck(args, rest):
-    try:  # the module, even where ``nanodl.gradcheck`` is rebound to the function
-        module = importlib.import_module("nanodl.gradcheck")
-    except ImportError as error:
-        print(f"nanodl gradcheck: nanodl.gradcheck is not available ({error})", file=sys.stderr)
-        return 1
-    if not hasattr(module, "main"):
-        print("nanodl gradcheck: this nanodl.gradcheck has no main(argv)", file=sys.stderr)
-        return 1
-    return _delegate(module.main, rest)  # it checks --kernels and --device itself
+    """Print the op audit table; exit status 1 if any op fails."""
+    from . import backend, gradcheck
+    _check_device(args.device)
+    previous = _select_kernels(args.kernels)
+    ops = args.ops.split(",") if args.ops else None
+    try:
+        table = gradcheck.audit(dtype=args.dtype, device=args.device, seed=args.seed, ops=ops)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        backend.set_kernels(previous)
+    print(table)
+    if args.verbose or not table.passed:
+        for row in table.failures:
+            print(f"\n{row.name}: {row.note}")
+    return 0 if table.passed else 1
 
 
 def _load_benchmark(name):

@@ -164,14 +164,19 @@ def test_help_exits_0(capsys):
     assert "--data-dir" in capsys.readouterr().out
 
 
-def test_gradcheck_delegates(monkeypatch):
-    import nanodl
+def test_gradcheck_passes_its_options_to_the_audit(monkeypatch, capsys):
+    from nanodl import backend, gradcheck
     received = []
-    fake = types.SimpleNamespace(main=lambda argv: received.append(argv) or 1)
-    monkeypatch.setattr(nanodl, "gradcheck", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "nanodl.gradcheck", fake)
+
+    def fake_audit(**options):
+        received.append(dict(options, kernels=backend.get_kernels()))
+        return gradcheck.GradcheckReport([gradcheck.GradcheckRow("exp", (3,), passed=False)])
+    monkeypatch.setattr(gradcheck, "audit", fake_audit)
+    before = backend.get_kernels()
     assert cli.main(["gradcheck", "--dtype", "float32", "--kernels", "numpy", "--ops", "exp"]) == 1
-    assert received == [["--dtype", "float32", "--kernels", "numpy", "--ops", "exp"]]
+    assert received == [{"dtype": "float32", "device": "cpu", "seed": 0, "ops": ["exp"],
+                         "kernels": "numpy"}]
+    assert backend.get_kernels() == before and "exp" in capsys.readouterr().out
 
 
 def test_gradcheck_runs_the_audit(capsys):

@@ -263,6 +263,42 @@ def test_function_attributes_mirror_the_module():
     assert gradcheck.report is report and gradcheck.audit is audit and gradcheck.locate is locate
 
 
+def test_the_module_is_callable_and_is_what_both_imports_give():
+    import nanodl.gradcheck as module
+    from nanodl import gradcheck as imported
+    x = leaf(2, 3)
+    assert imported is module and gradcheck is module            # one object, two spellings
+    assert module(lambda t: (t * t).tanh(), x) is True
+    assert module.report(lambda t: t.exp(), x).passed
+    with pytest.raises(GradcheckError, match="input 0"):
+        module(lambda t: CubeWrongFactor.apply(t), x)
+    assert module(lambda t: CubeWrongFactor.apply(t), x, raise_exception=False) is False
+    from nanodl.gradcheck import checks                         # the function itself: no
+    assert not hasattr(checks.gradcheck, "report")              # attributes patched onto it
+
+
+def test_kinks_are_read_from_the_op_registry():
+    from nanodl import ops
+    from nanodl.ops.registry import NODE_KINKS
+    for name, kink in NODE_KINKS.items():                      # each names a real node class
+        assert issubclass(getattr(ops, name), autograd.Function), name
+        assert kink.what and kink.point
+    x = nd.Tensor(np.array([-1.0, 0.0, 1.0]), requires_grad=True)
+    note = report(lambda t: ops.relu(t) * 2, x, full=True)[0].note
+    assert note.startswith("non-differentiable point: " + NODE_KINKS["ReLU"].what)
+
+
+def test_a_broken_kink_rule_is_an_error_not_a_silent_note(monkeypatch):
+    from nanodl.ops.registry import NODE_KINKS, NodeKink
+
+    def broken(node, arrays):
+        raise ZeroDivisionError("kink rule broke")
+    monkeypatch.setitem(NODE_KINKS, "ReLU", NodeKink("relu at 0", "0", broken))
+    x = nd.Tensor(np.array([-1.0, 0.0, 1.0]), requires_grad=True)
+    with pytest.raises(ZeroDivisionError, match="kink rule broke"):
+        report(lambda t: t.relu(), x, full=True)
+
+
 @pytest.mark.parametrize("table", KERNEL_TABLES)
 def test_audit_covers_the_whole_registry_and_passes(table):
     result = audit(kernels=table)

@@ -199,3 +199,63 @@ def draw_inputs(spec, shapes, rng, dtype=np.float64, margin=1e-3, tries=50):
         if spec.kink_distance is None or spec.kink_distance(*arrays) > margin:
             return arrays
     raise RuntimeError(f"{spec.name}: could not draw inputs {margin} away from a kink")
+
+
+# ------------------------------------------------------------------ kinks of graph nodes
+# Where each built-in node (a ``Function`` subclass, by class name) is not
+# differentiable, read by ``gradcheck`` to explain a failure that sits on a kink and
+# by ``gradcheck.locate`` to skip such a node rather than blame it. A custom
+# ``Function`` joins in by defining ``kink_distance(self, *arrays)``.
+@dataclass(frozen=True)
+class NodeKink:
+    what: str                        # 'relu at 0': what is not differentiable
+    point: str                       # what the inputs sit close to: '0', 'a bound', ...
+    distance: Callable               # (node, input arrays) -> distance of the inputs to the kink
+
+
+def _extreme_gap(a, axes, largest):
+    """Smallest gap between the two largest (or smallest) values over ``axes``."""
+    if a.size < 2:
+        return np.inf
+    axes = tuple(range(a.ndim)) if axes is None else tuple(axes)
+    kept = [k for k in range(a.ndim) if k not in axes]
+    moved = np.transpose(a, kept + list(axes)).reshape(-1, int(np.prod([a.shape[k] for k in axes])))
+    if moved.shape[1] < 2:
+        return np.inf
+    ordered = np.sort(moved, axis=1)
+    gaps = ordered[:, -1] - ordered[:, -2] if largest else ordered[:, 1] - ordered[:, 0]
+    return float(gaps.min())
+
+
+def _clip_gap(node, xs):
+    bounds = [b for b in (node.__dict__.get("lo"), node.__dict__.get("hi")) if b is not None]
+    return min([_abs_min(xs[0] - b) for b in bounds] or [np.inf])
+
+
+def _linear_gap(node, xs):
+    """Distance of the pre-activation to 0 when the fused activation kinks there."""
+    activation = node.__dict__.get("activation", "linear")
+    if activation not in ("relu", "leaky_relu") and not (activation == "elu" and node.__dict__.get("alpha") != 1):
+        return np.inf
+    x, kernel = xs[0], xs[1]
+    z = x.reshape(-1, x.shape[-1]) @ kernel + (xs[2] if len(xs) > 2 else 0)
+    return _abs_min(z)
+
+
+NODE_KINKS = {
+    "ReLU": NodeKink("relu at 0", "0", lambda node, xs: _abs_min(xs[0])),
+    "LeakyReLU": NodeKink("leaky_relu at 0", "0", lambda node, xs: _abs_min(xs[0])),
+    "ELU": NodeKink("elu at 0 (alpha != 1)", "0",
+                    lambda node, xs: _abs_min(xs[0]) if node.__dict__.get("alpha", 1.0) != 1 else np.inf),
+    "Abs": NodeKink("abs at 0", "0", lambda node, xs: _abs_min(xs[0])),
+    "Clip": NodeKink("clip at its bounds", "a bound", _clip_gap),
+    "Maximum": NodeKink("maximum at a tie", "each other", lambda node, xs: _abs_min(xs[0] - xs[1])),
+    "Minimum": NodeKink("minimum at a tie", "each other", lambda node, xs: _abs_min(xs[0] - xs[1])),
+    "Max": NodeKink("max at a tie", "a tie",
+                    lambda node, xs: _extreme_gap(xs[0], node.__dict__.get("axes"), True)),
+    "Min": NodeKink("min at a tie", "a tie",
+                    lambda node, xs: _extreme_gap(xs[0], node.__dict__.get("axes"), False)),
+    "Linear": NodeKink("linear's activation at 0", "0 (pre-activation)", _linear_gap),
+    "Sqrt": NodeKink("sqrt at 0 (infinite slope)", "0", lambda node, xs: _abs_min(xs[0])),
+    "Log": NodeKink("log at 0 (infinite slope)", "0", lambda node, xs: _abs_min(xs[0])),
+}

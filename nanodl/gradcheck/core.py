@@ -1,0 +1,215 @@
+"""The numerical core of every check: a function seen as float64 arrays in, an array
+out (``Subject``), its screen by one random projection, the elementwise Jacobian
+check and the bisection that finds one wrong element among a million (the package
+docstring tells the method).
+"""
+import numpy as np
+
+from .. import autograd
+from ..autograd import enable_grad, no_grad
+from ..backend import device_of, to_device
+from ..tensor import Tensor
+from .results import GradcheckRow
+
+MAX_COLUMNS = 4096        # inputs larger than this are bisected, not walked column by column
+MAX_JACOBIAN = 2_000_000  # analytic Jacobians larger than this are compared through vᵀJ
+MAX_ROWS = 1024           # ... and so are outputs with more elements than this
+
+
+def host64(array):
+    """A host NumPy float64 copy of a backend array."""
+    host = array if isinstance(array, (np.ndarray, np.generic)) else array.get()
+    return np.array(host, dtype=np.float64)
+
+
+def _unit(vector):
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm > 0 else vector
+
+
+class Subject:
+    """``run()`` (a Tensor computed from ``leaves``) seen as float64 arrays in, array out."""
+
+    def __init__(self, leaves, run, labels):
+        self.leaves, self.run, self.labels = leaves, run, labels
+        self.devices = [device_of(leaf.data) for leaf in leaves]
+
+    def load(self, arrays):
+        for leaf, array, device in zip(self.leaves, arrays, self.devices):
+            leaf.data = array if device == "cpu" else to_device(array, device)
+
+    def value(self, arrays):
+        self.load(arrays)
+        with no_grad():
+            out = _checked_output(self.run())
+        return host64(out.data)
+
+    def vjps(self, arrays, weights):
+        """``[Jᵀw for each leaf]`` for every ``w`` in ``weights`` (one graph, retained)."""
+        self.load(arrays)
+        for leaf in self.leaves:
+            leaf.grad = None
+        with enable_grad():
+            out = _checked_output(self.run())
+        weights = list(weights)
+        results = []
+        for k, weight in enumerate(weights):
+            if out.requires_grad:
+                for leaf in self.leaves:
+                    leaf.grad = None
+                out.backward(weight, retain_graph=k < len(weights) - 1)
+            results.append([host64(leaf.grad) if leaf.grad is not None else np.zeros(leaf.shape)
+                            for leaf in self.leaves])
+        return results
+
+    def graph(self, arrays):
+        """The nodes of the graph at ``arrays``, output first (for the kink walk)."""
+        self.load(arrays)
+        with enable_grad():
+            out = self.run()
+        return [] if out.grad_fn is None else autograd.topological_order(out.grad_fn)
+
+
+def _checked_output(out):
+    if not isinstance(out, Tensor):
+        raise TypeError(f"gradcheck: fn must return a Tensor, got {type(out).__name__}")
+    if out.dtype.kind != "f":
+        raise TypeError(f"gradcheck: fn must return a float Tensor, got {out.dtype}")
+    return out
+
+
+def _directional(subject, x0, index, direction, weight, eps):
+    """v·(f(x+εu) - f(x-εu)) / 2ε, with u = ``direction`` on input ``index`` only."""
+    up = [a if i != index else a + eps * direction for i, a in enumerate(x0)]
+    down = [a if i != index else a - eps * direction for i, a in enumerate(x0)]
+    return float(np.sum(weight * (subject.value(up) - subject.value(down))) / (2 * eps))
+
+
+def _compare(numerical, analytic, atol, rtol):
+    """(passed, max abs err, max rel err, flat index of the worst element).
+
+    The worst element is the failing one with the largest absolute error.
+    """
+    diff = np.abs(numerical - analytic)
+    if diff.size == 0:
+        return True, 0.0, 0.0, 0
+    scale = np.maximum(np.abs(numerical), np.abs(analytic))
+    rel = np.where(scale > atol, diff / np.where(scale > 0, scale, 1), 0.0)
+    within = diff <= atol + rtol * np.abs(numerical)  # False for NaN too
+    ranked = np.where(np.isnan(diff), np.inf, diff)
+    worst = int(np.argmax(np.where(within, -1.0, ranked))) if not within.all() else int(np.argmax(ranked))
+    return bool(within.all()), float(np.max(ranked)), float(np.nanmax(rel)), worst
+
+
+def check_subject(subject, eps, atol, rtol, full, seed, max_columns=MAX_COLUMNS):
+    rng = np.random.default_rng(seed)
+    x0 = [host64(leaf.data) for leaf in subject.leaves]
+    out0 = subject.value(x0)
+    v = _unit(rng.standard_normal(out0.shape))
+    (vjp,) = subject.vjps(x0, [v])
+    rows = []
+    for i, (x, label) in enumerate(zip(x0, subject.labels)):
+        row = GradcheckRow(label, tuple(x.shape))
+        rows.append(row)
+        if x.size == 0 or out0.size == 0:
+            continue
+        u = _unit(rng.standard_normal(x.shape))
+        numerical = _directional(subject, x0, i, u, v, eps)
+        analytic = float(np.sum(vjp[i] * u))
+        row.passed, row.max_abs_err, row.max_rel_err, _ = _compare(
+            np.array(numerical), np.array(analytic), atol, rtol)
+        row.numerical, row.analytic = numerical, analytic
+        if row.passed and not full:  # also hold the screen to its own noise level (module docstring)
+            noise = abs(numerical - _directional(subject, x0, i, u, v, 2 * eps))
+            row.passed = row.max_abs_err <= 10 * noise + 1e-9 * (1 + abs(numerical))
+        if full or not row.passed:
+            _elementwise(subject, x0, out0, i, v, vjp[i], eps, atol, rtol, row,
+                         max_columns=None if full else max_columns)
+    return rows
+
+
+def _elementwise(subject, x0, out0, i, v, vjp_i, eps, atol, rtol, row, max_columns):
+    """The exact check of input ``i``: fills ``row`` with the worst element."""
+    x = x0[i]
+    n, m = x.size, out0.size
+    if max_columns is not None and n > max_columns:
+        j = _bisect(subject, x0, i, v, vjp_i, eps)
+        up, down = x.copy().reshape(-1), x.copy().reshape(-1)
+        up[j] += eps
+        down[j] -= eps
+        column = (subject.value(_replace(x0, i, up.reshape(x.shape))) -
+                  subject.value(_replace(x0, i, down.reshape(x.shape)))) / (2 * eps)
+        numerical, analytic = np.array([np.sum(v * column)]), vjp_i.reshape(-1)[j:j + 1]
+        row.passed, row.max_abs_err, row.max_rel_err, _ = _compare(numerical, analytic, atol, rtol)
+        row.method, row.worst_index = "bisection", _plain_index(np.unravel_index(j, x.shape))
+        row.numerical, row.analytic = float(numerical[0]), float(analytic[0])
+        return
+    columns = np.empty((m, n))
+    flat = x.reshape(-1)
+    for j in range(n):
+        saved = flat[j]
+        flat[j] = saved + eps
+        up = subject.value(x0)
+        flat[j] = saved - eps
+        down = subject.value(x0)
+        flat[j] = saved
+        columns[:, j] = ((up - down) / (2 * eps)).reshape(-1)
+    if m <= MAX_ROWS and m * n <= MAX_JACOBIAN:
+        weights = (_one_hot(k, out0.shape) for k in range(m))
+        analytic = np.stack([grads[i].reshape(-1) for grads in subject.vjps(x0, weights)])
+        passed, abs_err, rel_err, worst = _compare(columns, analytic, atol, rtol)
+        k, j = np.unravel_index(worst, (m, n))
+        row.method = "jacobian"
+        row.worst_index = (np.unravel_index(k, out0.shape), np.unravel_index(j, x.shape))
+        row.numerical, row.analytic = float(columns[k, j]), float(analytic[k, j])
+    else:
+        numerical, analytic = v.reshape(-1) @ columns, vjp_i.reshape(-1)
+        passed, abs_err, rel_err, worst = _compare(numerical, analytic, atol, rtol)
+        row.method, row.worst_index = "vJ", np.unravel_index(worst, x.shape)
+        row.numerical, row.analytic = float(numerical[worst]), float(analytic[worst])
+    row.worst_index = _plain_index(row.worst_index)
+    row.passed, row.max_abs_err, row.max_rel_err = passed, abs_err, rel_err
+
+
+def _one_hot(k, shape):
+    weight = np.zeros(shape)
+    weight.reshape(-1)[k] = 1.0
+    return weight
+
+
+def _plain_index(index):
+    if isinstance(index, tuple) and index and isinstance(index[0], tuple):
+        return tuple(_plain_index(part) for part in index)
+    return tuple(int(k) for k in index)
+
+
+def _replace(arrays, i, array):
+    return [array if k == i else a for k, a in enumerate(arrays)]
+
+
+def _bisect(subject, x0, i, v, vjp_i, eps):
+    """The flat index of input ``i``'s element with the largest error in vᵀJ.
+
+    The screen's error with every element of a set S perturbed (u = 1 on S) is the sum
+    of the per-element errors, so halving S and following the larger half finds the
+    worst element in ~log2(n) pairs of evaluations.
+    """
+    x = x0[i]
+    candidates = np.arange(x.size)
+    analytic = vjp_i.reshape(-1)
+
+    def error(indices):
+        direction = np.zeros(x.size)
+        direction[indices] = 1.0
+        return _directional(subject, x0, i, direction.reshape(x.shape), v, eps) - analytic[indices].sum()
+
+    total = error(candidates)
+    while candidates.size > 1:
+        half = candidates[: candidates.size // 2]
+        first = error(half)
+        second = total - first
+        if abs(first) >= abs(second):
+            candidates, total = half, first
+        else:
+            candidates, total = candidates[candidates.size // 2:], second
+    return int(candidates[0])

@@ -1,0 +1,119 @@
+"""``locate``: when a graph's gradient is wrong, name the first op whose backward is.
+
+Each node of the graph is re-run on its own, on float64 copies of the inputs it saw,
+and gradient-checked, in forward order; a node sitting on a kink, or whose forward
+is random, is skipped (and said so) rather than blamed.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import autograd
+from ..autograd import Function, enable_grad, no_grad
+from ..backend import device_of, to_device
+from ..tensor import Tensor
+from .checks import as_leaves
+from .core import Subject, check_subject, host64
+from .kinks import kink_note
+from .results import GradcheckReport
+
+
+@dataclass
+class LocatedOp:
+    """The first node (in forward order) whose backward disagrees with its forward."""
+    name: str
+    node: Function
+    position: int          # 0-based, in forward order among the graph's nodes
+    total: int             # nodes in the graph
+    report: GradcheckReport
+    skipped: list = field(default_factory=list)  # notes on nodes that could not be checked
+
+    def __str__(self):
+        return (f"{self.name} (op {self.position + 1} of {self.total} in forward order): its backward "
+                f"disagrees with central differences of its forward\n{self.report.message()}")
+
+
+class _Recorder:
+    """A forward hook that keeps each node's raw arguments and creation order."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, node, args, kwargs, out):
+        node.__dict__.update(_gc_args=args, _gc_kwargs=kwargs, _gc_order=self.count)
+        self.count += 1
+
+
+def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None):
+    """The first op (in forward order) whose backward is wrong, or None.
+
+    Runs ``fn`` once, recording every node's arguments, then checks each node on its
+    own: its class's ``apply`` is re-run on float64 copies of the inputs it saw (same
+    non-tensor arguments) and gradient-checked. Returns a ``LocatedOp`` (``.name``,
+    ``.node``, ``.report``). Nodes sitting on a kink, or whose forward is random, are
+    skipped (listed in ``.skipped`` of the result).
+    """
+    kink_tol = 10 * eps if kink_tol is None else kink_tol
+    leaves, _, call_args = as_leaves(inputs, "locate")
+    recorder = _Recorder()
+    autograd.forward_hooks.append(recorder)
+    try:
+        with enable_grad():
+            out = fn(*call_args)
+    finally:
+        autograd.forward_hooks.remove(recorder)
+    if not isinstance(out, Tensor) or out.grad_fn is None:
+        return None
+    nodes = [n for n in autograd.topological_order(out.grad_fn) if "_gc_order" in n.__dict__]
+    nodes.sort(key=lambda n: n.__dict__["_gc_order"])
+    skipped = []
+    for position, node in enumerate(nodes):
+        located = _check_node(node, eps, atol, rtol, seed, kink_tol, skipped)
+        if located is not None:
+            return LocatedOp(node.name, node, position, len(nodes), located, skipped)
+    return None
+
+
+def _check_node(node, eps, atol, rtol, seed, kink_tol, skipped):
+    """The node's failing report, or None when its backward is right (or uncheckable)."""
+    if not any(node.needs_input_grad):
+        return None
+    note = kink_note(node, kink_tol)
+    if note:
+        skipped.append(f"{node.name}: {note}")
+        return None
+    leaves, labels, tensor_index = [], [], 0
+    replay_args = []
+    for arg in node.__dict__["_gc_args"]:
+        if not isinstance(arg, Tensor):
+            replay_args.append(arg)
+            continue
+        if node.needs_input_grad[tensor_index] and arg.dtype.kind == "f":
+            data = host64(arg.data)
+            leaf = Tensor(data if device_of(arg.data) == "cpu" else to_device(data, "cuda"),
+                          requires_grad=True)
+            leaves.append(leaf)
+            labels.append(f"{node.name} input {tensor_index}")
+            replay_args.append(leaf)
+        else:
+            replay_args.append(arg)
+        tensor_index += 1
+    kwargs = node.__dict__["_gc_kwargs"]
+    subject = Subject(leaves, lambda: type(node).apply(*replay_args, **kwargs), labels)
+    x0 = [host64(leaf.data) for leaf in leaves]
+    try:
+        first, second = subject.value(x0), subject.value(x0)
+    except Exception as error:
+        skipped.append(f"{node.name}: could not re-run its forward ({error})")
+        return None
+    if not np.array_equal(first, second, equal_nan=True):
+        skipped.append(f"{node.name}: its forward is random; not checked")
+        return None
+    with no_grad():
+        out_dtype = subject.run().dtype
+    if out_dtype != np.float64:  # e.g. a cast to float32: differences need a bigger step
+        eps, atol, rtol = max(eps, 1e-3), max(atol, 1e-3), max(rtol, 1e-2)
+    rows = check_subject(subject, eps, atol, rtol, False, seed)
+    if all(row.passed for row in rows):
+        return None
+    return GradcheckReport(rows, title=f"locate: {node.name}", atol=atol, rtol=rtol)

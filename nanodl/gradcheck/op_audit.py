@@ -1,0 +1,144 @@
+"""``audit``: every op of the registry (``nanodl.ops.registry``), every shape case,
+through the gradient check, as one table (``nanodl gradcheck`` prints it).
+"""
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend
+from ..autograd import enable_grad
+from ..ops.registry import REGISTRY, draw_inputs
+from ..tensor import Tensor
+from .checks import finish
+from .core import Subject, check_subject, host64
+from .results import GradcheckReport, GradcheckRow
+
+FLOAT32_TOL = 1e-4        # audit(dtype='float32'): allowed error relative to the result's scale
+
+
+@dataclass
+class _AuditCase:
+    shapes: tuple
+    rows: list
+    forward_err: float = 0.0
+    grad_err: float = 0.0
+    error: str = ""
+
+
+def _shapes_text(shapes):
+    return " ".join(str(tuple(s)).replace(" ", "") for s in shapes)
+
+
+def _float32_errors(spec, arrays, device, seed):
+    """(forward error, gradient error) of the op run in float32 vs float64, relative to scale."""
+    rounded = [a.astype(np.float32).astype(np.float64) for a in arrays]
+    results = {}
+    for dtype in (np.float32, np.float64):
+        tensors = [Tensor(a.astype(dtype), requires_grad=True, device=device) for a in rounded]
+        with enable_grad():
+            out = spec.fn(*tensors)
+        weight = np.random.default_rng(seed).standard_normal(out.shape)
+        out.backward(weight)
+        grads = [host64(t.grad) if t.grad is not None else np.zeros(t.shape) for t in tensors]
+        results[dtype] = (host64(out.data), grads, out.dtype)
+    out32, grads32, out_dtype = results[np.float32]
+    out64, grads64, _ = results[np.float64]
+    if out_dtype != np.float32:
+        raise TypeError(f"{spec.name} returned {out_dtype} for float32 inputs")
+    relative = lambda a, b: float(np.abs(a - b).max() / max(1.0, np.abs(b).max())) if b.size else 0.0
+    return relative(out32, out64), max([relative(a, b) for a, b in zip(grads32, grads64)] + [0.0])
+
+
+def _audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for shapes in spec.cases:
+        case = _AuditCase(shapes, [])
+        cases.append(case)
+        try:
+            arrays = draw_inputs(spec, shapes, rng, np.float64, margin)
+            leaves = [Tensor(a, requires_grad=True, device=device) for a in arrays]
+            subject = Subject(leaves, lambda: spec.fn(*leaves), [f"input {i}" for i in range(len(leaves))])
+            rows = check_subject(subject, eps, atol, rtol, full, seed)
+            case.rows = finish(subject, rows, eps, atol, rtol, spec, None, spec.name).rows
+            if dtype == "float32":
+                case.forward_err, case.grad_err = _float32_errors(spec, arrays, device, seed)
+        except Exception as error:  # an op that crashes is a failed row, not a crashed audit
+            case.error = f"error: {type(error).__name__}: {error}"
+    return _audit_row(spec, cases, dtype)
+
+
+def _audit_row(spec, cases, dtype):
+    def badness(case):
+        return (bool(case.error), not all(r.passed for r in case.rows),
+                max([r.max_abs_err for r in case.rows] + [case.forward_err, case.grad_err]))
+    worst = max(cases, key=badness)
+    all_rows = [r for case in cases for r in case.rows]
+    row = GradcheckRow(spec.name, _shapes_text(worst.shapes),
+                       max_abs_err=max([r.max_abs_err for r in all_rows] + [0.0]),
+                       max_rel_err=max([r.max_rel_err for r in all_rows] + [0.0]))
+    row.passed = all(r.passed for r in all_rows) and not any(c.error for c in cases)
+    row.extra = {"cases": len(cases), "forward_err": max(c.forward_err for c in cases),
+                 "grad_err": max(c.grad_err for c in cases), "details": cases}
+    if dtype == "float32" and max(row.extra["forward_err"], row.extra["grad_err"]) > FLOAT32_TOL:
+        row.passed = False
+        row.note = (f"float32 result off by {max(row.extra['forward_err'], row.extra['grad_err']):.2e} "
+                    f"of its scale (allowed {FLOAT32_TOL:g})")
+    failing = [r for case in cases for r in case.rows if not r.passed]
+    if worst.error:
+        row.note = worst.error
+    elif failing:
+        row.note = failing[0].describe() + (f" [shapes {_shapes_text(worst.shapes)}]")
+        row.worst_index, row.numerical, row.analytic = (failing[0].worst_index, failing[0].numerical,
+                                                        failing[0].analytic)
+    return row
+
+
+def audit(dtype="float64", device="cpu", kernels=None, seed=0, eps=1e-6, atol=1e-5, rtol=1e-3,
+          margin=1e-3, ops=None, full=True):
+    """Gradient-check every op in the registry (every shape case, broadcasting included).
+
+    Returns a ``GradcheckReport`` with one row per registered op: its worst case's
+    shapes, the max absolute and relative errors over all cases, and whether all
+    passed. Inputs are drawn ``margin`` away from each op's kinks. The gradient check
+    is always float64; ``dtype='float32'`` also runs each op in float32 and compares its
+    output and gradient with the float64 ones (allowed error ``FLOAT32_TOL`` of the
+    result's scale). ``kernels`` ('native'/'numpy') selects the CPU kernel table for
+    the run; ``ops`` restricts the audit to some op names. The registry's shapes are
+    small, so every Jacobian element is checked (``full=True``, ~0.1 s for the whole
+    registry); ``full=False`` screens with one random projection per input instead.
+    """
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"audit: unknown dtype {dtype!r}; valid: float64, float32")
+    if ops is not None:
+        unknown = sorted(set(ops) - {s.name for s in REGISTRY})
+        if unknown:
+            raise ValueError(f"audit: unknown op name(s) {', '.join(unknown)}; valid names: "
+                             f"{', '.join(s.name for s in REGISTRY)}")
+    specs = [s for s in REGISTRY if ops is None or s.name in ops]
+    previous = backend.get_kernels()
+    if kernels is not None:
+        backend.set_kernels(kernels)
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rows = [_audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full) for spec in specs]
+        used = backend.get_kernels()
+    finally:
+        backend.set_kernels(previous)
+    elapsed = time.perf_counter() - started
+    columns = [("op", "name"), ("cases", lambda r: r.extra["cases"]), ("worst shapes", "shape"),
+               ("max abs err", "max_abs_err"), ("max rel err", "max_rel_err")]
+    if dtype == "float32":
+        columns += [("f32 fwd err", lambda r: r.extra["forward_err"]),
+                    ("f32 grad err", lambda r: r.extra["grad_err"])]
+    columns.append(("pass", "status"))
+    failed = sum(not r.passed for r in rows)
+    footer = (f"\n{len(rows)} ops, {sum(r.extra['cases'] for r in rows)} cases, {failed} failed "
+              f"({dtype}, kernels={used}, device={device}, {elapsed:.2f} s)")
+    result = GradcheckReport(rows, columns, title="audit", atol=atol, rtol=rtol, footer=footer)
+    result.elapsed = elapsed
+    return result
