@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from . import backend
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
+from .autograd.higher import grad
 from .backend import cuda_available
 from .creation import arange, eye, from_numpy, full, ones, ones_like, rand, randn, zeros, zeros_like
 from .ops import (abs, clip, concatenate, exp, expand_dims, leaky_relu, log, log_softmax, logsumexp,

@@ -23,10 +23,12 @@ nanodl.anomaly.AnomalyError: detect_anomaly: Log produced nan ...
 
 Outside the context manager the engine runs exactly as before: the check is an
 empty-list test in ``Function.apply`` and in the backward walk
-(``autograd.forward_hooks`` / ``autograd.backward_hooks``).
+(``autograd.forward_hooks`` / ``autograd.backward_hooks``). The mode is per thread,
+as grad mode is: a ``detect_anomaly`` block checks only its own thread's ops.
 """
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -34,7 +36,7 @@ from . import autograd
 from .backend import array_module
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_depth = 0  # nesting depth of active detect_anomaly blocks
+_local = threading.local()  # .depth: nesting depth of this thread's detect_anomaly blocks
 
 
 class AnomalyError(FloatingPointError):
@@ -51,16 +53,14 @@ class detect_anomaly:
         self.check_backward = check_backward
 
     def __enter__(self):
-        global _depth
-        _depth += 1
+        _local.depth = getattr(_local, "depth", 0) + 1
         autograd.forward_hooks.append(_check_forward)
         if self.check_backward:
             autograd.backward_hooks.append(_check_backward)
         return self
 
     def __exit__(self, *exc):
-        global _depth
-        _depth -= 1
+        _local.depth -= 1
         autograd.forward_hooks.remove(_check_forward)
         if self.check_backward:
             autograd.backward_hooks.remove(_check_backward)
@@ -75,8 +75,8 @@ class detect_anomaly:
 
 
 def is_anomaly_enabled():
-    """True inside ``detect_anomaly()``."""
-    return _depth > 0
+    """True inside ``detect_anomaly()`` (in this thread)."""
+    return getattr(_local, "depth", 0) > 0
 
 
 # ------------------------------------------------------------------ the checks

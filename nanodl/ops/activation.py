@@ -1,6 +1,14 @@
-"""Activations. Elementwise ones run through the kernel table (compiled or NumPy twin)."""
+"""Activations. Elementwise ones run through the kernel table (compiled or NumPy twin).
+
+``backward`` calls the kernel table on arrays; ``vjp`` writes the same derivative
+with Tensor ops (for ``create_graph=True``), recomputing what it needs from the
+input so that the derivative itself can be differentiated.
+"""
 from ..autograd import Function
 from ..backend import array_module, kernels
+from .elementwise import Minimum, Where, constant
+
+GELU_C, GELU_K = 0.7978845608028654, 0.044715  # sqrt(2/pi) and the cubic coefficient
 
 
 class ReLU(Function):
@@ -13,6 +21,10 @@ class ReLU(Function):
         (out,) = self.saved_tensors
         return kernels(out).relu_backward(out, grad)
 
+    def vjp(self, grad, x):
+        (out,) = self.saved_tensors
+        return grad * constant(out > 0, grad)
+
 
 class LeakyReLU(Function):
     def forward(self, x, alpha=0.01):
@@ -23,6 +35,10 @@ class LeakyReLU(Function):
     def backward(self, grad):
         (x,) = self.saved_tensors
         return kernels(x).leaky_relu_backward(x, grad, self.alpha)
+
+    def vjp(self, grad, x):
+        (saved,) = self.saved_tensors
+        return grad * constant(array_module(saved).where(saved > 0, 1.0, self.alpha), grad)
 
 
 class Sigmoid(Function):
@@ -35,6 +51,10 @@ class Sigmoid(Function):
         (out,) = self.saved_tensors
         return kernels(out).sigmoid_backward(out, grad)
 
+    def vjp(self, grad, x):
+        out = Sigmoid.apply(x)
+        return grad * out * (1 - out)
+
 
 class Tanh(Function):
     def forward(self, x):
@@ -45,6 +65,10 @@ class Tanh(Function):
     def backward(self, grad):
         (out,) = self.saved_tensors
         return kernels(out).tanh_backward(out, grad)
+
+    def vjp(self, grad, x):
+        out = Tanh.apply(x)
+        return grad * (1 - out * out)
 
 
 class GELU(Function):
@@ -58,6 +82,11 @@ class GELU(Function):
         (x,) = self.saved_tensors
         return kernels(x).gelu_backward(x, grad)
 
+    def vjp(self, grad, x):
+        t = Tanh.apply(GELU_C * (x + GELU_K * x * x * x))
+        dt = GELU_C * (1 + 3 * GELU_K * x * x) * (1 - t * t)
+        return grad * (0.5 * (1 + t) + 0.5 * x * dt)
+
 
 class ELU(Function):
     def forward(self, x, alpha=1.0):
@@ -69,6 +98,11 @@ class ELU(Function):
         (x,) = self.saved_tensors
         return kernels(x).elu_backward(x, grad, self.alpha)
 
+    def vjp(self, grad, x):
+        (saved,) = self.saved_tensors  # exp of min(x, 0) only: no inf in the unused branch
+        negative = grad * self.alpha * Minimum.apply(x, constant(array_module(saved).zeros(()), x)).exp()
+        return Where.apply(grad, negative, cond=saved > 0)
+
 
 class Softplus(Function):
     def forward(self, x):
@@ -78,6 +112,9 @@ class Softplus(Function):
     def backward(self, grad):
         (x,) = self.saved_tensors
         return kernels(x).softplus_backward(x, grad)
+
+    def vjp(self, grad, x):
+        return grad * Sigmoid.apply(x)
 
 
 def softmax_array(x, axis):
@@ -103,6 +140,10 @@ class Softmax(Function):
         (out,) = self.saved_tensors
         return softmax_backward_array(out, grad, self.axis)
 
+    def vjp(self, grad, x):
+        out = Softmax.apply(x, axis=self.axis)
+        return out * (grad - (grad * out).sum(axis=self.axis, keepdims=True))
+
 
 class LogSoftmax(Function):
     """x - logsumexp(x): one stable node instead of log(softmax(x))."""
@@ -119,3 +160,6 @@ class LogSoftmax(Function):
         (out,) = self.saved_tensors
         xp = array_module(out)
         return grad - xp.exp(out) * grad.sum(axis=self.axis, keepdims=True)
+
+    def vjp(self, grad, x):
+        return grad - Softmax.apply(x, axis=self.axis) * grad.sum(axis=self.axis, keepdims=True)

@@ -2,9 +2,19 @@
 
 Gradients may come back in the broadcast shape: the engine sums them down to
 each input's shape (``autograd.unbroadcast``), so no op repeats that work.
+
+Each op's ``vjp`` is its ``backward`` again, written with Tensor ops so that
+``nd.grad(..., create_graph=True)`` can differentiate it; masks at kinks (abs,
+clip, ties of maximum/minimum) are constants there, so second derivatives are 0.
 """
 from ..autograd import Function
 from ..backend import array_module
+
+
+def constant(array, like):
+    """``array`` as a Tensor with no graph, in ``like``'s dtype (a mask, a share)."""
+    from ..tensor import Tensor
+    return Tensor(array.astype(like.dtype, copy=False))
 
 
 class Add(Function):
@@ -12,6 +22,9 @@ class Add(Function):
         return a + b
 
     def backward(self, grad):
+        return grad, grad
+
+    def vjp(self, grad, a, b):
         return grad, grad
 
 
@@ -22,6 +35,9 @@ class Sub(Function):
     def backward(self, grad):
         return grad, (-grad if self.needs_input_grad[1] else None)
 
+    def vjp(self, grad, a, b):
+        return grad, (-grad if self.needs_input_grad[1] else None)
+
 
 class Mul(Function):
     def forward(self, a, b):
@@ -30,6 +46,10 @@ class Mul(Function):
 
     def backward(self, grad):
         a, b = self.saved_tensors
+        need_a, need_b = self.needs_input_grad
+        return (grad * b if need_a else None), (grad * a if need_b else None)
+
+    def vjp(self, grad, a, b):
         need_a, need_b = self.needs_input_grad
         return (grad * b if need_a else None), (grad * a if need_b else None)
 
@@ -46,12 +66,19 @@ class Div(Function):
         grad_b = -grad * a / (b * b) if need_b else None
         return grad_a, grad_b
 
+    def vjp(self, grad, a, b):
+        need_a, need_b = self.needs_input_grad
+        return (grad / b if need_a else None), (-grad * a / (b * b) if need_b else None)
+
 
 class Neg(Function):
     def forward(self, a):
         return -a
 
     def backward(self, grad):
+        return -grad
+
+    def vjp(self, grad, a):
         return -grad
 
 
@@ -71,6 +98,11 @@ class Pow(Function):
         grad_b = grad * out * xp.log(a) if need_b else None
         return grad_a, grad_b
 
+    def vjp(self, grad, a, b):
+        need_a, need_b = self.needs_input_grad
+        return (grad * b * a ** (b - 1) if need_a else None), \
+            (grad * a ** b * a.log() if need_b else None)
+
 
 class Exp(Function):
     def forward(self, a):
@@ -82,6 +114,9 @@ class Exp(Function):
         (out,) = self.saved_tensors
         return grad * out
 
+    def vjp(self, grad, a):
+        return grad * a.exp()
+
 
 class Log(Function):
     def forward(self, a):
@@ -90,6 +125,9 @@ class Log(Function):
 
     def backward(self, grad):
         (a,) = self.saved_tensors
+        return grad / a
+
+    def vjp(self, grad, a):
         return grad / a
 
 
@@ -103,6 +141,9 @@ class Sqrt(Function):
         (out,) = self.saved_tensors
         return grad / (2 * out)
 
+    def vjp(self, grad, a):
+        return grad / (2 * a.sqrt())
+
 
 class Abs(Function):
     """|a|; the gradient at 0 is 0 (the subgradient PyTorch picks)."""
@@ -115,6 +156,10 @@ class Abs(Function):
         (a,) = self.saved_tensors
         return grad * array_module(a).sign(a)
 
+    def vjp(self, grad, a):
+        (saved,) = self.saved_tensors
+        return grad * constant(array_module(saved).sign(saved), grad)
+
 
 class Clip(Function):
     """Clamp to [lo, hi] (either may be None); gradient 1 inside, edges included."""
@@ -125,14 +170,20 @@ class Clip(Function):
         self.lo, self.hi = lo, hi
         return xp.clip(a, lo, hi)
 
-    def backward(self, grad):
+    def inside(self):
         (a,) = self.saved_tensors
         inside = array_module(a).ones(a.shape, dtype=bool)
         if self.lo is not None:
             inside &= a >= self.lo
         if self.hi is not None:
             inside &= a <= self.hi
-        return grad * inside
+        return inside
+
+    def backward(self, grad):
+        return grad * self.inside()
+
+    def vjp(self, grad, a):
+        return grad * constant(self.inside(), grad)
 
 
 class Maximum(Function):
@@ -142,11 +193,20 @@ class Maximum(Function):
         self.save_for_backward(a, b)
         return array_module(a).maximum(a, b)
 
-    def backward(self, grad):
+    def share(self):
         a, b = self.saved_tensors
-        share_a = (a > b) + 0.5 * (a == b)
+        return (a > b) + 0.5 * (a == b)
+
+    def backward(self, grad):
+        share_a = self.share()
         need_a, need_b = self.needs_input_grad
         return (grad * share_a if need_a else None), (grad * (1 - share_a) if need_b else None)
+
+    def vjp(self, grad, a, b):
+        share_a = self.share()
+        need_a, need_b = self.needs_input_grad
+        return (grad * constant(share_a, grad) if need_a else None), \
+            (grad * constant(1 - share_a, grad) if need_b else None)
 
 
 class Minimum(Function):
@@ -156,11 +216,20 @@ class Minimum(Function):
         self.save_for_backward(a, b)
         return array_module(a).minimum(a, b)
 
-    def backward(self, grad):
+    def share(self):
         a, b = self.saved_tensors
-        share_a = (a < b) + 0.5 * (a == b)
+        return (a < b) + 0.5 * (a == b)
+
+    def backward(self, grad):
+        share_a = self.share()
         need_a, need_b = self.needs_input_grad
         return (grad * share_a if need_a else None), (grad * (1 - share_a) if need_b else None)
+
+    def vjp(self, grad, a, b):
+        share_a = self.share()
+        need_a, need_b = self.needs_input_grad
+        return (grad * constant(share_a, grad) if need_a else None), \
+            (grad * constant(1 - share_a, grad) if need_b else None)
 
 
 class Where(Function):
@@ -176,3 +245,9 @@ class Where(Function):
         need_a, need_b = self.needs_input_grad
         return (xp.where(self.cond, grad, zero) if need_a else None,
                 xp.where(self.cond, zero, grad) if need_b else None)
+
+    def vjp(self, grad, a, b):
+        zero = constant(array_module(grad.data).zeros(()), grad)
+        need_a, need_b = self.needs_input_grad
+        return (Where.apply(grad, zero, cond=self.cond) if need_a else None,
+                Where.apply(zero, grad, cond=self.cond) if need_b else None)

@@ -43,3 +43,19 @@ class Linear(Function):
         if dx is not None and len(self.lead_shape) != 1:
             dx = dx.reshape(self.lead_shape + (kernel.shape[0],))
         return (dx, dkernel, dbias) if self.has_bias else (dx, dkernel)
+
+    def vjp(self, grad, x, kernel, bias=None):
+        """Differentiate the composed equivalent ``act(x @ kernel + bias)`` (same math, unfused)."""
+        from .. import ops
+        from ..autograd.higher import grad as differentiate
+        out = x @ kernel if bias is None else x @ kernel + bias
+        if self.activation in ("leaky_relu", "elu"):
+            out = getattr(ops, self.activation)(out, self.alpha)
+        elif self.activation == "softmax":
+            out = ops.softmax(out, -1)
+        elif self.activation != "linear":
+            out = getattr(ops, self.activation)(out)
+        inputs = (x, kernel) if bias is None else (x, kernel, bias)
+        wanted = [t for t, need in zip(inputs, self.needs_input_grad) if need]
+        grads = iter(differentiate(out, wanted, grad, create_graph=True)) if wanted else iter(())
+        return tuple(next(grads) if need else None for need in self.needs_input_grad)

@@ -37,3 +37,17 @@ class SoftmaxCrossEntropy(Function):
             grad = array_module(probs).empty(len(probs), dtype=probs.dtype)
             grad[...] = scale  # a 0-d array (maybe on the GPU) spread over the samples
         return kernels(probs).softmax_xent_backward(probs, target, grad)
+
+    def vjp(self, grad, logits):
+        """``(softmax(logits) * sum(target) - target) * grad``, with Tensor ops."""
+        from .activation import Softmax
+        from .elementwise import constant
+        probs, target = self.saved_tensors
+        xp = array_module(probs)
+        if target.ndim == 1:
+            target = xp.eye(probs.shape[1], dtype=probs.dtype)[target]
+        target = constant(target, logits)
+        dlogits = Softmax.apply(logits, axis=-1) * target.sum(axis=1, keepdims=True) - target
+        if self.reduction == "none":
+            return dlogits * grad.expand_dims(-1)
+        return dlogits * (grad / max(len(probs), 1) if self.reduction == "mean" else grad)

@@ -1,6 +1,8 @@
 """Reductions: sum, mean, var, max, min, logsumexp over an int or tuple ``axis``."""
 from ..autograd import Function
 from ..backend import array_module
+from .elementwise import constant
+from .shape import BroadcastTo
 
 
 def normalize_axes(axis, ndim, op):
@@ -39,6 +41,12 @@ class _Reduction(Function):
             grad = grad.reshape(kept_shape(self.shape, self.axes))
         return xp.broadcast_to(grad, self.shape)
 
+    def expand_tensor(self, grad):
+        """``expand`` with Tensor ops (for ``vjp``): reshape, then a BroadcastTo node."""
+        if not self.keepdims:
+            grad = grad.reshape(kept_shape(self.shape, self.axes))
+        return BroadcastTo.apply(grad, shape=self.shape)
+
 
 class Sum(_Reduction):
     def forward(self, a, axis=None, keepdims=False):
@@ -46,6 +54,9 @@ class Sum(_Reduction):
 
     def backward(self, grad):
         return self.expand(grad)
+
+    def vjp(self, grad, a):
+        return self.expand_tensor(grad)
 
 
 class Mean(_Reduction):
@@ -56,6 +67,9 @@ class Mean(_Reduction):
 
     def backward(self, grad):
         return self.expand(grad / self.count)
+
+    def vjp(self, grad, a):
+        return self.expand_tensor(grad / self.count)
 
 
 class Var(_Reduction):
@@ -72,6 +86,10 @@ class Var(_Reduction):
         (centered,) = self.saved_tensors
         return self.expand(grad) * centered * (2 / max(self.count, 1))
 
+    def vjp(self, grad, a):
+        centered = a - a.mean(axis=self.axes, keepdims=True)
+        return self.expand_tensor(grad) * centered * (2 / max(self.count, 1))
+
 
 class _Extreme(_Reduction):
     """max / min: the gradient is shared equally among tied extremes."""
@@ -84,11 +102,17 @@ class _Extreme(_Reduction):
         self.save_for_backward(a, out)
         return out if keepdims else out.reshape([s for i, s in enumerate(a.shape) if i not in axes])
 
-    def backward(self, grad):
+    def share(self):
+        """Each element's share of the gradient: 1/ties at the extreme, else 0."""
         a, out = self.saved_tensors
         hits = a == out
-        count = hits.sum(axis=self.axes, keepdims=True)
-        return self.expand(grad) * hits / count
+        return hits / hits.sum(axis=self.axes, keepdims=True)
+
+    def backward(self, grad):
+        return self.expand(grad) * self.share()
+
+    def vjp(self, grad, a):
+        return self.expand_tensor(grad) * constant(self.share(), grad)
 
 
 class Max(_Extreme):
@@ -114,6 +138,10 @@ class LogSumExp(_Reduction):
     def backward(self, grad):
         a, out = self.saved_tensors
         return self.expand(grad) * array_module(a).exp(a - out)
+
+    def vjp(self, grad, a):
+        out = LogSumExp.apply(a, axis=self.axes, keepdims=True)
+        return self.expand_tensor(grad) * (a - out).exp()
 
 
 def _product(shape, axes):

@@ -17,6 +17,22 @@ class Reshape(Function):
     def backward(self, grad):
         return grad.reshape(self.shape)
 
+    def vjp(self, grad, a):
+        return grad.reshape(self.shape)
+
+
+class BroadcastTo(Function):
+    """``a`` repeated over ``shape`` (NumPy broadcasting); the engine sums the gradient back."""
+
+    def forward(self, a, shape=None):
+        return array_module(a).ascontiguousarray(array_module(a).broadcast_to(a, shape))
+
+    def backward(self, grad):
+        return grad
+
+    def vjp(self, grad, a):
+        return grad
+
 
 class Transpose(Function):
     def forward(self, a, axes=None):
@@ -26,10 +42,15 @@ class Transpose(Function):
         self.axes = axes
         return a.transpose(axes)
 
+    def inverse(self, ndim):
+        return None if self.axes is None else \
+            tuple(int(ax) for ax in np.argsort([ax % ndim for ax in self.axes]))
+
     def backward(self, grad):
-        if self.axes is None:
-            return grad.transpose()
-        return grad.transpose(tuple(int(ax) for ax in np.argsort([ax % grad.ndim for ax in self.axes])))
+        return grad.transpose(self.inverse(grad.ndim))
+
+    def vjp(self, grad, a):
+        return Transpose.apply(grad, axes=self.inverse(grad.ndim))
 
 
 class Squeeze(Function):
@@ -45,6 +66,9 @@ class Squeeze(Function):
     def backward(self, grad):
         return grad.reshape(self.shape)
 
+    def vjp(self, grad, a):
+        return grad.reshape(self.shape)
+
 
 class ExpandDims(Function):
     def forward(self, a, axis=0):
@@ -52,6 +76,9 @@ class ExpandDims(Function):
         return array_module(a).expand_dims(a, axis)
 
     def backward(self, grad):
+        return grad.reshape(self.shape)
+
+    def vjp(self, grad, a):
         return grad.reshape(self.shape)
 
 
@@ -63,14 +90,36 @@ class GetItem(Function):
         return a[index]
 
     def backward(self, grad):
-        xp = array_module(grad)
-        full = xp.zeros(self.shape, dtype=grad.dtype)
-        if _is_basic(self.index):
-            full[self.index] = grad
-        else:  # repeated indices must accumulate, which `full[index] += grad` would not
-            scatter_add = xp.add.at if hasattr(xp.add, "at") else _cupy_scatter_add
-            scatter_add(full, self.index, grad)
-        return full
+        return scatter_add(grad, self.index, self.shape)
+
+    def vjp(self, grad, a):
+        return ScatterAdd.apply(grad, index=self.index, shape=self.shape)
+
+
+class ScatterAdd(Function):
+    """Zeros of ``shape`` with ``values`` added at ``index``: GetItem's backward as a node."""
+
+    def forward(self, values, index=None, shape=None):
+        self.index = index
+        return scatter_add(values, index, shape)
+
+    def backward(self, grad):
+        return grad[self.index]
+
+    def vjp(self, grad, values):
+        return GetItem.apply(grad, index=self.index)
+
+
+def scatter_add(values, index, shape):
+    """``zeros(shape)`` with ``values`` added at ``index`` (repeated indices accumulate)."""
+    xp = array_module(values)
+    full = xp.zeros(shape, dtype=values.dtype)
+    if _is_basic(index):
+        full[index] = values
+    else:  # repeated indices must accumulate, which `full[index] += values` would not
+        add_at = xp.add.at if hasattr(xp.add, "at") else _cupy_scatter_add
+        add_at(full, index, values)
+    return full
 
 
 def _is_basic(index):
@@ -99,6 +148,12 @@ class Concatenate(Function):
     def backward(self, grad):
         return tuple(array_module(grad).split(grad, [int(b) for b in self.bounds], axis=self.axis))
 
+    def vjp(self, grad, *arrays):
+        edges = [0] + [int(b) for b in self.bounds] + [grad.shape[self.axis]]
+        lead = (slice(None),) * self.axis
+        return tuple(GetItem.apply(grad, index=lead + (slice(lo, hi),))
+                     for lo, hi in zip(edges[:-1], edges[1:]))
+
 
 class Stack(Function):
     def forward(self, *arrays, axis=0):
@@ -111,6 +166,10 @@ class Stack(Function):
 
     def backward(self, grad):
         return tuple(grad.take(i, axis=self.axis) for i in range(grad.shape[self.axis]))
+
+    def vjp(self, grad, *arrays):
+        lead = (slice(None),) * self.axis
+        return tuple(GetItem.apply(grad, index=lead + (i,)) for i in range(grad.shape[self.axis]))
 
 
 class MatMul(Function):
@@ -140,6 +199,29 @@ class MatMul(Function):
             grad_b = grad_b[..., 0].reshape(-1, b.shape[0]).sum(axis=0)
         return grad_a, grad_b
 
+    def vjp(self, grad, a, b):
+        """The same products with Tensor ops; the engine sums broadcast batch axes back."""
+        need_a, need_b = self.needs_input_grad
+        a2 = a.expand_dims(0) if a.ndim == 1 else a
+        b2 = b.expand_dims(1) if b.ndim == 1 else b
+        if a.ndim == 1:
+            grad = grad.expand_dims(-2 if grad.ndim else 0)
+        if b.ndim == 1:
+            grad = grad.expand_dims(-1)
+        grad_a = grad @ _swap_last(b2) if need_a else None
+        grad_b = _swap_last(a2) @ grad if need_b else None
+        if need_a and a.ndim == 1:
+            grad_a = grad_a.reshape(grad_a.shape[:-2] + grad_a.shape[-1:])
+        if need_b and b.ndim == 1:
+            grad_b = grad_b.reshape(grad_b.shape[:-1])
+        return grad_a, grad_b
+
+
+def _swap_last(t):
+    """``t`` with its last two axes swapped, as a Transpose node."""
+    axes = tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)
+    return Transpose.apply(t, axes=axes)
+
 
 class AsType(Function):
     def forward(self, a, dtype=None):
@@ -147,6 +229,9 @@ class AsType(Function):
         return a.astype(dtype)
 
     def backward(self, grad):
+        return grad.astype(self.dtype)
+
+    def vjp(self, grad, a):
         return grad.astype(self.dtype)
 
 
@@ -157,3 +242,6 @@ class ToDevice(Function):
 
     def backward(self, grad):
         return to_device(grad, self.source)
+
+    def vjp(self, grad, a):
+        return grad.to(self.source)

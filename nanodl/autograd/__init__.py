@@ -7,26 +7,42 @@ inputs, and a dropped output frees its whole graph (no cycles).
 
 ``backward`` walks the graph iteratively (Kahn's algorithm: a node runs once all
 of its consumers have, so a 10,000-node chain needs no recursion), and does the
-shared work once for every op: it reduces each
-gradient back to its input's shape (undoing broadcasting), checks shape and dtype,
-names the op in any error, accumulates into leaves and frees saved arrays.
+shared work once for every op: it reduces each gradient back to its input's shape
+(undoing broadcasting), checks shape and dtype, names the op in any error,
+accumulates into leaves and frees saved arrays. ``nd.grad`` and gradients of
+gradients live in ``autograd/higher.py``; Jacobians and Hessians in ``functional.py``.
 """
+import threading
 import weakref
 
 import numpy as np
 
-from .backend import device_of
+from ..backend import device_of
 
-_grad_enabled = True
 
-# Debugging hooks, empty unless a tool installs one (``nd.detect_anomaly``,
-# ``gradcheck.locate``): ``forward_hooks`` get ``(node, args, kwargs, out)`` after each
-# forward, ``backward_hooks`` get ``(node, grad_output, grads)`` after each backward.
-# When empty they cost one truth test per op.
-forward_hooks = []
-backward_hooks = []
+class _EngineState(threading.local):
+    """The engine's flags, one set per thread (as PyTorch's grad mode), and its hooks.
 
+    Hooks are empty unless a tool installs one (``nd.detect_anomaly``, ``gradcheck.locate``):
+    ``forward_hooks`` get ``(node, args, kwargs, out)`` after each forward,
+    ``backward_hooks`` get ``(node, grad_output, grads)`` after each backward.
+    """
+
+    def __init__(self):
+        self.grad_enabled = True
+        self.forward_hooks = []
+        self.backward_hooks = []
+
+
+_state = _EngineState()
 _tensor_class = None  # set by nanodl.tensor once Tensor is defined (it imports this module)
+
+
+def __getattr__(name):
+    """``autograd.forward_hooks`` / ``backward_hooks``: the calling thread's hook lists."""
+    if name in ("forward_hooks", "backward_hooks"):
+        return getattr(_state, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class no_grad:
@@ -38,17 +54,20 @@ class no_grad:
     ...     y = x * 2
     >>> y.requires_grad
     False
+
+    The mode is per thread; each block restores what its thread had on entry.
     """
     _enabled = False
 
+    def __init__(self):
+        self._previous = {}  # thread id -> the modes found on entry (a stack: blocks nest)
+
     def __enter__(self):
-        global _grad_enabled
-        self._previous = _grad_enabled
-        _grad_enabled = self._enabled
+        self._previous.setdefault(threading.get_ident(), []).append(_state.grad_enabled)
+        _state.grad_enabled = self._enabled
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._previous
+        _state.grad_enabled = self._previous[threading.get_ident()].pop()
 
     def __call__(self, fn):
         def wrapper(*args, **kwargs):
@@ -64,7 +83,8 @@ class enable_grad(no_grad):
 
 
 def is_grad_enabled():
-    return _grad_enabled
+    """True when ops record a graph in this thread (not inside ``no_grad``)."""
+    return _state.grad_enabled
 
 
 class Function:
@@ -75,9 +95,18 @@ class Function:
     or a single array when there is one input; ``None`` for "no gradient").
     ``self.needs_input_grad[i]`` says whether input ``i`` wants a gradient, so
     backward can skip work.
+
+    To be differentiable twice (``nd.grad(..., create_graph=True)``) an op also
+    defines ``vjp(self, grad, *inputs)``: the same derivative written with Tensor ops
+    (``grad`` and the tensor inputs are Tensors), returning Tensors (or None).
     """
     __slots__ = ("inputs", "needs_input_grad", "saved_tensors", "_retained", "_freed", "__dict__",
                  "__weakref__")
+    _fresh_grads = False  # True for nanodl's own ops, whose backward returns new arrays
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._fresh_grads = cls.__module__.startswith("nanodl.ops.")
 
     def save_for_backward(self, *arrays):
         """Keep ``arrays`` for ``backward``; the engine frees them after it."""
@@ -114,14 +143,15 @@ class Function:
         out = fn.forward(*arrays, **kwargs)
         if type(out) is not np.ndarray and isinstance(out, np.generic):
             out = np.asarray(out)  # NumPy returns scalars from 0-d math; keep arrays
-        if forward_hooks:
-            for hook in forward_hooks:
+        state = _state
+        if state.forward_hooks:
+            for hook in state.forward_hooks:
                 hook(fn, args, kwargs, out)
         result = Tensor.__new__(Tensor)
         result.data = out
         result.grad = None
         result.name = None
-        if requires_grad and _grad_enabled:
+        if requires_grad and state.grad_enabled:
             fn.inputs = tuple(tensors)
             fn.needs_input_grad = tuple(t.requires_grad for t in tensors)
             fn._retained = None
@@ -138,6 +168,11 @@ class Function:
 
     def backward(self, grad):
         raise NotImplementedError(f"{type(self).__name__}.backward is not implemented")
+
+    def vjp(self, grad, *inputs):
+        raise RuntimeError(
+            f"{type(self).__name__} has no vjp, so its gradient cannot be differentiated "
+            "(create_graph=True); define vjp(self, grad, *inputs) with Tensor ops")
 
     def release(self):
         """Drop what forward kept for backward (called by the engine)."""
@@ -224,7 +259,6 @@ def backward(tensor, grad, retain_graph=False):
         grad_output = pending.pop(node, None)
         grads = None if grad_output is None else _run_backward(node, grad_output)
         inputs = node.inputs
-        grad_ids = None
         for index, tensor_in in enumerate(inputs):
             parent = tensor_in.grad_fn
             g = None if grads is None else grads[index]
@@ -233,15 +267,7 @@ def backward(tensor, grad, retain_graph=False):
                 if g.shape != data.shape or g.dtype != data.dtype or type(g) is not type(data):
                     g = _check_gradient(node, index, tensor_in, g)
                 if parent is None:
-                    # A leaf may keep ``g`` itself only if no one else holds it: not the
-                    # incoming gradient, not a view, not also returned for another input.
-                    if g is grad_output or g.base is not None:
-                        owned = False
-                    else:
-                        if grad_ids is None:
-                            grad_ids = [id(other) for other in grads]
-                        owned = grad_ids.count(id(g)) == 1
-                    _accumulate_leaf(tensor_in, g, owned)
+                    _accumulate_leaf(tensor_in, g, owns_gradient(node, g, grad_output, grads))
                 else:
                     previous = pending.get(parent)
                     pending[parent] = g if previous is None else previous + g
@@ -252,6 +278,21 @@ def backward(tensor, grad, retain_graph=False):
                     ready.append(parent)
         if not retain_graph:
             node.release()
+
+
+def owns_gradient(node, g, grad_output, grads):
+    """May a leaf keep ``g`` as its ``.grad`` uncopied? Only a built-in op's fresh array
+    that no one else holds (not the incoming gradient, a view, an input's data, a saved
+    array, nor returned twice). A custom Function's gradient is always copied."""
+    if not node._fresh_grads or g is grad_output or g.base is not None:
+        return False
+    for tensor in node.inputs:
+        if g is tensor.data:
+            return False
+    for saved in getattr(node, "saved_tensors", None) or ():
+        if g is saved:
+            return False
+    return [other is g for other in grads].count(True) == 1
 
 
 def _run_backward(node, grad_output):
@@ -266,8 +307,9 @@ def _run_backward(node, grad_output):
     if len(grads) != len(node.inputs):
         raise RuntimeError(f"{node.name}.backward returned {len(grads)} gradients for "
                            f"{len(node.inputs)} tensor inputs")
-    if backward_hooks:
-        for hook in backward_hooks:
+    hooks = _state.backward_hooks
+    if hooks:
+        for hook in hooks:
             hook(node, grad_output, grads)
     return grads
 
