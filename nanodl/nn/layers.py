@@ -1,4 +1,4 @@
-"""Built-in layers: Dense, activations, Dropout, Flatten, BatchNorm, LayerNorm.
+"""Built-in layers: Dense, activations, Dropout, Flatten, BatchNorm, LayerNorm, Embedding.
 
 Layers whose size depends on their input (Dense without ``input_dim``, the two
 norms) are built on their first call, on the input's device, in the default
@@ -22,7 +22,7 @@ from . import init
 from .module import Module, Parameter
 
 __all__ = ["Layer", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU", "Activation",
-           "Dropout", "Flatten", "BatchNorm", "LayerNorm", "LAYERS", "register_layer"]
+           "Dropout", "Flatten", "BatchNorm", "LayerNorm", "Embedding", "LAYERS", "register_layer"]
 
 LAYERS = {}
 
@@ -312,3 +312,59 @@ class LayerNorm(_Norm):
 
     def get_config(self):
         return {"epsilon": self.epsilon, "num_features": self.num_features}
+
+
+# ---------------------------------------------------------------- embeddings
+@register_layer
+class Embedding(Layer):
+    """A trainable lookup table: index ``i`` -> row ``embeddings[i]`` (Keras' ``Embedding``).
+
+    ``embeddings`` has shape ``(input_dim, output_dim)``; integer inputs of any shape
+    ``(...)`` give float outputs ``(..., output_dim)``. The lookup is one ``GetItem``
+    node, whose backward scatter-adds: a row looked up twice in a batch receives the
+    sum of both gradients. Indices outside ``[0, input_dim)`` raise ``IndexError``;
+    float inputs raise ``TypeError`` (cast them with ``x.astype('int64')``).
+
+    >>> import numpy as np, nanodl as nd
+    >>> from nanodl import nn
+    >>> layer = nn.Embedding(10, 4)
+    >>> out = layer(np.array([[1, 2, 1]]))
+    >>> out.shape, layer.embeddings.shape
+    ((1, 3, 4), (10, 4))
+    >>> out.sum().backward()
+    >>> layer.embeddings.grad[[0, 1, 2], 0].tolist()  # row 1 was used twice
+    [0.0, 2.0, 1.0]
+    """
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform"):
+        super().__init__()
+        for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Embedding: {name} must be a positive integer, got {value!r}")
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.embeddings_initializer = init.get(embeddings_initializer)
+        dtype = get_default_dtype()
+        table = self.embeddings_initializer((self.input_dim, self.output_dim), dtype)
+        self.embeddings = Parameter(np.asarray(table, dtype=dtype))
+
+    built = True  # the table's size is known from the start
+
+    def forward(self, x):
+        indices = x.data if isinstance(x, Tensor) else x
+        if not hasattr(indices, "__cuda_array_interface__"):
+            indices = np.asarray(indices)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"Embedding: expected integer indices, got a {indices.dtype} input "
+                            "(cast it with x.astype('int64'))")
+        if indices.size:
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= self.input_dim:
+                bad = low if low < 0 else high
+                raise IndexError(f"Embedding: index {bad} is out of range for input_dim="
+                                 f"{self.input_dim} (valid indices are 0 to {self.input_dim - 1})")
+        return ops.getitem(self.embeddings, indices)
+
+    def get_config(self):
+        return {"input_dim": self.input_dim, "output_dim": self.output_dim,
+                "embeddings_initializer": init.name_of(self.embeddings_initializer) or "uniform"}

@@ -39,7 +39,7 @@ from ..autograd import no_grad
 from ..backend import device_of, to_device
 from ..random import generator
 from ..tensor import Tensor, get_default_dtype
-from .layers import Dense
+from .layers import Dense, Embedding
 from .module import Module, ModuleList
 
 __all__ = ["Model", "Sequential", "METRICS"]
@@ -278,8 +278,9 @@ class _Plan:
     def inputs(self, x):
         """``x`` as a backend array of the model's float dtype on its device."""
         x = _as_array(x, "x")
-        if x.dtype != self.dtype:
-            x = x.astype(self.dtype)
+        dtype = self.model._input_dtype(x.dtype)
+        if x.dtype != dtype:
+            x = x.astype(dtype)
         if x.ndim == 1:
             x = x.reshape(-1, 1)
         return to_device(x, self.device)
@@ -451,6 +452,16 @@ class Model(Module):
             return param.dtype
         return get_default_dtype()
 
+    def _input_dtype(self, dtype):
+        """What inputs of ``dtype`` are cast to: the float dtype, except integer indices
+        for a first layer that looks them up (an ``Embedding``)."""
+        if np.dtype(dtype).kind in "iu" and self._takes_indices():
+            return np.dtype(dtype)
+        return self._float_dtype()
+
+    def _takes_indices(self):
+        return False
+
     @contextlib.contextmanager
     def _mode(self, training):
         """Run a block in training or eval mode, then restore every module's own mode."""
@@ -467,7 +478,7 @@ class Model(Module):
         x = _as_array(x_sample, "x")[:2]
         if x.ndim == 1:
             x = x.reshape(-1, 1)
-        x = x.astype(self._float_dtype()) if x.dtype.kind != "f" else x
+        x = x.astype(self._input_dtype(x.dtype)) if x.dtype.kind != "f" else x
         with self._mode(False), no_grad():
             out = self.forward(Tensor(to_device(x, self._device())))
         self._input_shape = tuple(x.shape[1:])
@@ -478,7 +489,7 @@ class Model(Module):
         shape = tuple(input_shape)
         if shape and shape[0] is None:
             shape = shape[1:]
-        self._build_on(np.zeros((1,) + shape, dtype=self._float_dtype()))
+        self._build_on(np.zeros((1,) + shape, dtype=self._input_dtype(np.dtype(np.int64))))
         return self
 
     def _logits_head(self):
@@ -646,8 +657,8 @@ class Model(Module):
         x = _as_array(x, "x")
         if x.ndim == 1:
             x = x.reshape(-1, 1)
-        if x.dtype != self._float_dtype():
-            x = x.astype(self._float_dtype())
+        if x.dtype != self._input_dtype(x.dtype):
+            x = x.astype(self._input_dtype(x.dtype))
         x = to_device(x, self._device())
         outputs = []
         with self._mode(False), no_grad():
@@ -743,6 +754,9 @@ class Sequential(Model):
             x = layer(x)
         return x
 
+    def _takes_indices(self):
+        return len(self.layers) > 0 and isinstance(self.layers[0], Embedding)
+
     def _logits_head(self):
         layers = list(self.layers)
         if layers and isinstance(layers[-1], Dense):
@@ -776,7 +790,8 @@ class Sequential(Model):
         if features is None:
             raise ValueError("summary: the model is not built yet; call build(input_shape), fit, "
                              "or give the first layer input_dim")
-        x = Tensor(to_device(np.zeros((1,) + tuple(features), dtype=self._float_dtype()), self._device()))
+        zeros = np.zeros((1,) + tuple(features), dtype=self._input_dtype(np.dtype(np.int64)))
+        x = Tensor(to_device(zeros, self._device()))
         rows = []
         with self._mode(False), no_grad():
             for index, layer in enumerate(self.layers):

@@ -18,6 +18,8 @@ definition order, so ``parameters()`` and ``state_dict()`` are reproducible.
 >>> [name for name, _ in TwoLayer().named_parameters()]
 ['hidden.kernel', 'hidden.bias', 'out.kernel', 'out.bias']
 """
+import itertools
+import weakref
 from collections import namedtuple
 
 import numpy as np
@@ -129,7 +131,38 @@ class Module:
     def __call__(self, *args, **kwargs):
         if args and isinstance(args[0], (np.ndarray, list)):
             args = (Tensor(args[0]),) + args[1:]
-        return self.forward(*args, **kwargs)
+        output = self.forward(*args, **kwargs)
+        hooks = self.__dict__.get("_forward_hooks")
+        if hooks:
+            for hook in list(hooks.values()):
+                replaced = hook(self, args, output)
+                if replaced is not None:
+                    output = replaced
+        return output
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, inputs, output)`` after every forward of this module.
+
+        ``inputs`` is the tuple of positional arguments; a hook that returns something
+        other than None replaces the output (as in PyTorch). Returns a handle whose
+        ``remove()`` detaches the hook. The handle holds the module only weakly, so
+        hooks never keep a model alive.
+
+        >>> from nanodl import nn
+        >>> layer, seen = nn.ReLU(), []
+        >>> handle = layer.register_forward_hook(lambda m, inputs, out: seen.append(out.shape))
+        >>> _ = layer([[1.0, -1.0]])
+        >>> handle.remove()
+        >>> _ = layer([[1.0, -1.0]])
+        >>> seen
+        [(1, 2)]
+        """
+        if not callable(hook):
+            raise TypeError(f"register_forward_hook: expected a callable hook(module, inputs, output), "
+                            f"got {type(hook).__name__}")
+        handle = HookHandle(self)
+        self.__dict__.setdefault("_forward_hooks", {})[handle.id] = hook
+        return handle
 
     def forward(self, *args, **kwargs):
         call = getattr(type(self), "call", None)  # Keras users write call()
@@ -338,6 +371,27 @@ class Module:
                  for name, module in self._modules.items() if module is not None]
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + (")" if not lines else "\n" + "\n".join(lines) + "\n)")
+
+
+class HookHandle:
+    """What ``register_forward_hook`` returns: ``remove()`` detaches the hook (twice is fine)."""
+    __slots__ = ("id", "_module")
+    _next_id = itertools.count()
+
+    def __init__(self, module):
+        self.id = next(HookHandle._next_id)
+        self._module = weakref.ref(module)
+
+    def remove(self):
+        module = self._module()
+        if module is not None:
+            module.__dict__.get("_forward_hooks", {}).pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
 
 
 class ModuleList(Module):
