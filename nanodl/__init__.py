@@ -24,3 +24,11 @@ from .io import load, load_model, save
 from . import callbacks, data, datasets, losses, nn, optim, regularizers
 from .anomaly import detect_anomaly
 from . import viz
+
+
+def __getattr__(name):
+    """``nanodl.onnx`` and ``nanodl.sklearn`` load on first use: their packages are optional."""
+    if name in ("onnx", "sklearn"):
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

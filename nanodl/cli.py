@@ -105,6 +105,8 @@ def build_parser():
                        help="CPU kernels (default: native when built, else numpy)")
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) here")
     train.add_argument("--plot", metavar="PATH", help="save the training curves as a PNG here")
+    train.add_argument("--export-onnx", metavar="PATH",
+                       help="export the trained model as ONNX here (needs the onnx package)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                        help="0 silent, 1 progress bar (default), 2 one line per epoch")
     train.set_defaults(handler=run_train)
@@ -272,6 +274,9 @@ def run_train(args, rest):
                          "files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                          "t10k-labels-idx1-ubyte, raw or .gz)")
     _check_device(args.device)
+    if args.export_onnx and importlib.util.find_spec("onnx") is None:
+        from .onnx import _INSTALL_HINT
+        raise UsageError("--export-onnx: " + _INSTALL_HINT)
     previous_kernels = _select_kernels(args.kernels)
     try:
         nd.manual_seed(args.seed)
@@ -303,6 +308,11 @@ def run_train(args, rest):
                     print(f"training curves saved to {args.plot}")
                 else:
                     print(PLOT_HINT)
+            if args.export_onnx:
+                from . import onnx as onnx_export
+                target = args.export_onnx
+                onnx_export.export(model, args.export_onnx)
+                print(f"ONNX model written to {args.export_onnx}")
         except OSError as error:  # a missing folder, no permission, a full disk
             print(f"nanodl train: error: cannot write {target}: {error.strerror or error}", file=sys.stderr)
             return 1

@@ -53,17 +53,28 @@ def _host_array(name, value):
 
 def _write_npz(path, arrays):
     """Write ``arrays`` (name -> ndarray) as an uncompressed ``.npz``, atomically."""
+    def write(handle):
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+    atomic_write(path, write)
+
+
+def atomic_write(path, write):
+    """Call ``write(handle)`` on a temporary file next to ``path``, then move it over ``path``.
+
+    The file is flushed and fsynced before ``os.replace``; on any error the temporary
+    file is removed and an earlier file at ``path`` is left as it was. Every file
+    nanodl writes for a user goes through here (``.npz`` saves, ONNX exports).
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, temp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
                                      suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for name, array in arrays.items():
-                    with archive.open(name + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.ascontiguousarray(array),
-                                                  allow_pickle=False)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp_path, _file_mode(path))

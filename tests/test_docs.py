@@ -2,7 +2,9 @@
 
 The blocks of one file run in order in one namespace, as a reader pasting them
 into a REPL would; ``docs/internals.md``'s DOT listing must match what
-``nd.viz.to_dot`` prints for the graph built there.
+``nd.viz.to_dot`` prints for the graph built there. A page that needs optional
+packages names them in a ``<!-- requires: onnx onnxruntime -->`` comment and is
+skipped where one is missing.
 """
 import re
 import warnings
@@ -30,10 +32,16 @@ def run_python_blocks(path, monkeypatch, tmp_path):
     return namespace
 
 
+REQUIRES = re.compile(r"<!--\s*requires:([^>]*)-->")
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
 def test_python_blocks_run(path, monkeypatch, tmp_path, capsys):
     if not blocks(path, "python"):
         pytest.skip(f"{path.name} has no python blocks")
+    for match in REQUIRES.finditer(path.read_text(encoding="utf-8")):  # optional packages a page needs
+        for package in match.group(1).split():
+            pytest.importorskip(package)
     run_python_blocks(path, monkeypatch, tmp_path)
 
 

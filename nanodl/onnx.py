@@ -1,0 +1,353 @@
+"""Export a trained ``Sequential`` to ONNX, so a runtime that is not Python can serve it.
+
+``export(model, path, opset=17)`` writes the graph node by node with the ``onnx``
+package's own helpers (``onnx.helper``, ``onnx.numpy_helper``), no converter in
+between, and returns the ``onnx.ModelProto``. Each layer becomes the few ONNX ops
+that compute exactly what its eval-mode forward computes:
+
+==========================  ===========================================================
+nanodl layer                ONNX nodes
+==========================  ===========================================================
+``Dense``                   ``MatMul`` (+ ``Add`` for the bias), then its activation
+``ReLU``, ``Tanh``,         ``Relu``, ``Tanh``, ``LeakyRelu``, ``Softplus``, ``Softmax``
+``LeakyReLU``, ``Softmax``, (``axis`` kept); ``'linear'`` adds nothing
+activations by name
+``'elu'``                   ``Where(x > 0, x, alpha * tanh(m / 2) * (exp(m) + 1))``,
+                            ``m = min(x, 0)``: an accurate ``expm1``, which ONNX lacks
+``Sigmoid`` / ``'sigmoid'`` ``Where(x >= 0, 1 / (1 + e), e / (1 + e))``, ``e = exp(-|x|)``
+                            (onnxruntime's ``Sigmoid`` is off by ~1e-4 in the tails)
+``GELU`` / ``'gelu'``       the tanh formula ``0.5 x (1 + tanh(u))``, written as
+                            ``x * sigmoid(2u)`` (``u = c (x + 0.044715 x^3)``) below
+                            opset 20; ``Gelu(approximate='tanh')`` from opset 20
+``Dropout``                 ``Identity`` (inference does not drop)
+``Flatten``                 ``Flatten(axis=1)`` (nothing for 2-D inputs)
+``BatchNorm``               ``(x - moving_mean) * scale + beta`` with the folded
+                            ``scale = gamma / sqrt(moving_variance + epsilon)``
+``LayerNorm``               ``ReduceMean``, ``Sub``, ``Mul``, ``ReduceMean``, ``Add``,
+                            ``Sqrt``, ``Div``, ``Mul``, ``Add`` (nanodl's formula)
+``Embedding``               ``Gather(embeddings, indices, axis=0)``; int64 input
+==========================  ===========================================================
+
+The batch dimension is symbolic (``'batch'``), so the file serves any batch size.
+The weights are stored as initializers under their ``state_dict`` names
+(``layers.0.kernel``). The write is atomic, like every file nanodl writes: an
+error mid-way leaves an earlier file at ``path`` untouched. An unsupported layer
+(a custom Module) raises ``ValueError`` naming it; so does a model that is not
+built yet. The ``onnx`` package is imported only when ``export`` runs (install it
+with ``pip install 'nanodl[onnx]'``).
+
+>>> import os, tempfile, numpy as np, nanodl as nd
+>>> from nanodl import nn
+>>> nd.manual_seed(0)
+>>> model = nn.Sequential([nn.Dense(8, activation='relu', input_dim=4),
+...                        nn.Dense(3, activation='softmax', input_dim=8)])
+>>> path = os.path.join(tempfile.mkdtemp(), 'model.onnx')
+>>> proto = nd.onnx.export(model, path)
+>>> [node.op_type for node in proto.graph.node]
+['MatMul', 'Add', 'Relu', 'MatMul', 'Add', 'Softmax']
+>>> import onnxruntime
+>>> session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+>>> x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+>>> bool(np.allclose(session.run(None, {'input': x})[0], model.predict(x), rtol=1e-5, atol=1e-6))
+True
+"""
+import numpy as np
+
+from .autograd import no_grad
+from .io import atomic_write
+from .tensor import Tensor
+
+__all__ = ["export", "SUPPORTED_LAYERS", "MIN_OPSET"]
+
+MIN_OPSET = 13        # Softmax over one axis (opset 13 semantics) and Gather as used here
+GELU_OPSET = 20       # the first opset with a Gelu operator
+REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on
+_GELU_C = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_K = 0.044715
+
+SUPPORTED_LAYERS = ("Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU", "Activation",
+                    "Dropout", "Flatten", "BatchNorm", "LayerNorm", "Embedding", "Sequential")
+
+_INSTALL_HINT = ("nanodl.onnx.export needs the onnx package, which is not installed; get it with "
+                 "`pip install 'nanodl[onnx]'` (onnx, and onnxruntime to run the file)")
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError(_INSTALL_HINT) from error
+    return onnx
+
+
+class _Graph:
+    """The nodes and initializers of one graph, with unique names."""
+
+    def __init__(self, onnx, opset, float_dtype):
+        self.onnx = onnx
+        self.helper = onnx.helper
+        self.opset = opset
+        self.float_dtype = np.dtype(float_dtype)
+        self.nodes = []
+        self.initializers = []
+        self.names = set()
+
+    def unique(self, name):
+        candidate, suffix = name, 1
+        while candidate in self.names:
+            suffix += 1
+            candidate = f"{name}_{suffix}"
+        self.names.add(candidate)
+        return candidate
+
+    def constant(self, name, array, dtype=None):
+        """Add ``array`` as an initializer (in the model's float dtype unless told); returns its name."""
+        array = np.asarray(array, dtype=self.float_dtype if dtype is None else dtype)
+        name = self.unique(name)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def scalar(self, scope, label, value):
+        return self.constant(f"{scope}/{label}", np.asarray(value, dtype=self.float_dtype))
+
+    def node(self, op_type, inputs, scope, **attributes):
+        """Add one node; returns the name of its (single) output."""
+        output = self.unique(f"{scope}/{op_type}")
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [output], name=output,
+                                                **attributes))
+        return output
+
+    def reduce_mean_last(self, x, scope):
+        if self.opset >= REDUCE_AXES_INPUT_OPSET:
+            axes = self.constant(f"{scope}/axes", np.array([-1], np.int64), dtype=np.int64)
+            return self.node("ReduceMean", [x, axes], scope, keepdims=1)
+        return self.node("ReduceMean", [x], scope, axes=[-1], keepdims=1)
+
+
+# ---------------------------------------------------------------- one function per layer kind
+def _activation(graph, x, name, scope, alpha=None):
+    """The nodes of activation ``name`` (nanodl's names) applied to ``x``."""
+    if name == "linear":
+        return x
+    if name == "relu":
+        return graph.node("Relu", [x], scope)
+    if name == "leaky_relu":
+        return graph.node("LeakyRelu", [x], scope, alpha=float(0.01 if alpha is None else alpha))
+    if name == "elu":
+        return _elu(graph, x, scope, 1.0 if alpha is None else alpha)
+    if name == "sigmoid":
+        return _sigmoid(graph, x, scope)
+    if name == "tanh":
+        return graph.node("Tanh", [x], scope)
+    if name == "softplus":
+        return graph.node("Softplus", [x], scope)
+    if name == "softmax":
+        return graph.node("Softmax", [x], scope, axis=-1)
+    if name == "gelu":
+        return _gelu(graph, x, scope)
+    raise ValueError(f"nanodl.onnx.export: no ONNX form for activation {name!r}")
+
+
+def _sigmoid(graph, x, scope):
+    """``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` below, ``e = exp(-|x|)``: nanodl's stable
+    form. (onnxruntime's ``Sigmoid`` approximates: relative errors near 1e-4 in the tails.)"""
+    e = graph.node("Exp", [graph.node("Neg", [graph.node("Abs", [x], scope)], scope)], scope)
+    one = graph.scalar(scope, "one", 1.0)
+    denominator = graph.node("Add", [e, one], scope)
+    positive = graph.node("Div", [one, denominator], scope)
+    negative = graph.node("Div", [e, denominator], scope)
+    condition = graph.node("GreaterOrEqual", [x, graph.scalar(scope, "zero", 0.0)], scope)
+    return graph.node("Where", [condition, positive, negative], scope)
+
+
+def _elu(graph, x, scope, alpha):
+    """``x`` above 0, else ``alpha * expm1(x)``, with ``expm1(m) = tanh(m / 2) (exp(m) + 1)``:
+    ONNX has no expm1, and ``Elu``'s ``exp(x) - 1`` loses ~1e-5 relative near 0."""
+    negative = graph.node("Min", [x, graph.scalar(scope, "zero", 0.0)], scope)
+    half = graph.node("Tanh", [graph.node("Mul", [negative, graph.scalar(scope, "half", 0.5)], scope)],
+                      scope)
+    plus_one = graph.node("Add", [graph.node("Exp", [negative], scope), graph.scalar(scope, "one", 1.0)],
+                          scope)
+    expm1 = graph.node("Mul", [half, plus_one], scope)
+    scaled = graph.node("Mul", [expm1, graph.scalar(scope, "alpha", alpha)], scope)
+    condition = graph.node("Greater", [x, graph.scalar(scope, "zero", 0.0)], scope)
+    return graph.node("Where", [condition, x, scaled], scope)
+
+
+def _gelu(graph, x, scope):
+    """GELU's tanh form as nanodl's kernel computes it: ``0.5 (1 + tanh(u)) = sigmoid(2u)``, so
+    ``gelu(x) = x * sigmoid(2u)``, ``u = c (x + 0.044715 x^3)``, with no cancellation in
+    ``1 + tanh(u)`` for negative x. ``Gelu(approximate='tanh')`` from opset 20."""
+    if graph.opset >= GELU_OPSET:
+        return graph.node("Gelu", [x], scope, approximate="tanh")
+    cube = graph.node("Mul", [graph.node("Mul", [x, x], scope), x], scope)
+    inner = graph.node("Add", [x, graph.node("Mul", [cube, graph.scalar(scope, "k", _GELU_K)], scope)],
+                       scope)
+    twice_u = graph.node("Mul", [inner, graph.scalar(scope, "two_c", 2 * _GELU_C)], scope)
+    return graph.node("Mul", [x, _sigmoid(graph, twice_u, scope)], scope)
+
+
+def _dense(graph, layer, x, scope):
+    out = graph.node("MatMul", [x, graph.constant(f"{scope}.kernel", layer.kernel.numpy())], scope)
+    if layer.bias is not None:
+        out = graph.node("Add", [out, graph.constant(f"{scope}.bias", layer.bias.numpy())], scope)
+    return _activation(graph, out, layer.activation, scope, layer.alpha)
+
+
+def _batch_norm(graph, layer, x, scope):
+    dtype = graph.float_dtype
+    gamma, beta = layer.gamma.numpy().astype(dtype), layer.beta.numpy().astype(dtype)
+    mean = _host(layer.moving_mean).astype(dtype)
+    variance = _host(layer.moving_variance).astype(dtype)
+    scale = gamma / np.sqrt(variance + dtype.type(layer.epsilon))  # as BatchNorm.forward in eval
+    centred = graph.node("Sub", [x, graph.constant(f"{scope}.moving_mean", mean)], scope)
+    scaled = graph.node("Mul", [centred, graph.constant(f"{scope}.scale", scale)], scope)
+    return graph.node("Add", [scaled, graph.constant(f"{scope}.beta", beta)], scope)
+
+
+def _layer_norm(graph, layer, x, scope):
+    mean = graph.reduce_mean_last(x, scope)
+    centred = graph.node("Sub", [x, mean], scope)
+    variance = graph.reduce_mean_last(graph.node("Mul", [centred, centred], scope), scope)
+    shifted = graph.node("Add", [variance, graph.scalar(scope, "epsilon", layer.epsilon)], scope)
+    normalised = graph.node("Div", [centred, graph.node("Sqrt", [shifted], scope)], scope)
+    scaled = graph.node("Mul", [normalised, graph.constant(f"{scope}.gamma", layer.gamma.numpy())], scope)
+    return graph.node("Add", [scaled, graph.constant(f"{scope}.beta", layer.beta.numpy())], scope)
+
+
+def _embedding(graph, layer, x, scope):
+    table = graph.constant(f"{scope}.embeddings", layer.embeddings.numpy())
+    return graph.node("Gather", [table, x], scope, axis=0)
+
+
+def _host(array):
+    return np.asarray(array) if not hasattr(array, "__cuda_array_interface__") else array.get()
+
+
+def _emit(graph, layer, x, scope, rank):
+    """The nodes of one layer; returns the name of its output."""
+    kind = type(layer).__name__
+    if kind == "Dense":
+        return _dense(graph, layer, x, scope)
+    if kind in ("ReLU", "Sigmoid", "Tanh", "GELU"):
+        return _activation(graph, x, kind.lower(), scope)
+    if kind == "LeakyReLU":
+        return _activation(graph, x, "leaky_relu", scope, layer.alpha)
+    if kind == "Softmax":
+        return graph.node("Softmax", [x], scope, axis=layer.axis)
+    if kind == "Activation":
+        return _activation(graph, x, layer.name, scope)
+    if kind == "Dropout":
+        return graph.node("Identity", [x], scope)
+    if kind == "Flatten":
+        return x if rank == 2 else graph.node("Flatten", [x], scope, axis=1)
+    if kind == "BatchNorm":
+        return _batch_norm(graph, layer, x, scope)
+    if kind == "LayerNorm":
+        return _layer_norm(graph, layer, x, scope)
+    if kind == "Embedding":
+        return _embedding(graph, layer, x, scope)
+    raise AssertionError(kind)  # _flat_layers lets only supported layers through
+
+
+# ---------------------------------------------------------------- the model
+def _flat_layers(model, prefix="layers"):
+    """``(scope, layer)`` for every layer, nested Sequentials inlined; ValueError if unsupported."""
+    from .nn import layers as layer_module
+    from .nn.model import Sequential
+    result = []
+    for index, layer in enumerate(model.layers):
+        scope = f"{prefix}.{index}"
+        kind = type(layer).__name__
+        if isinstance(layer, Sequential):
+            result.extend(_flat_layers(layer, scope + ".layers"))
+            continue
+        builtin = getattr(layer_module, kind, None)
+        if kind not in SUPPORTED_LAYERS or type(layer) is not builtin:
+            raise ValueError(f"nanodl.onnx.export: layer {scope} ({kind}) has no ONNX export; "
+                             f"supported layers: {', '.join(SUPPORTED_LAYERS[:-1])}")
+        if getattr(layer, "built", True) is False:
+            raise ValueError(f"nanodl.onnx.export: the model is not built (layer {scope}, {kind}, has "
+                             "no weights yet); build it first with model.build(input_shape), fit, "
+                             "or by calling it on a batch")
+        result.append((scope, layer))
+    return result
+
+
+def _input_shape(model, layers):
+    """The per-sample input shape, from the last build/fit/predict or the first layer."""
+    shape = model.__dict__.get("_input_shape")
+    if shape is not None:
+        return tuple(shape)
+    first = layers[0][1] if layers else None
+    if type(first).__name__ == "Dense" and first.input_dim is not None:
+        return (first.input_dim,)
+    if getattr(first, "num_features", None) is not None:
+        return (first.num_features,)
+    raise ValueError("nanodl.onnx.export: the model's input shape is unknown; build it first with "
+                     "model.build(input_shape) (e.g. model.build((None, 8))), fit, or predict on a batch")
+
+
+def export(model, path, opset=17):
+    """Write ``model`` (a built ``nn.Sequential`` of built-in layers) to ``path`` as ONNX.
+
+    ``opset`` is the ONNX operator set the file targets (13 up to what the installed
+    ``onnx`` knows). The graph's input is ``'input'`` (float, or int64 indices for a
+    model that starts with an ``Embedding``), ``(batch, *features)``; its output is
+    ``'output'``. Returns the ``onnx.ModelProto`` that was written.
+    """
+    from .nn.model import Sequential
+    if not isinstance(model, Sequential):
+        raise ValueError(f"nanodl.onnx.export: expected an nn.Sequential of built-in layers, got "
+                         f"{type(model).__name__} (a subclassed model's forward cannot be read as a graph)")
+    onnx = _import_onnx()
+    latest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or \
+            not MIN_OPSET <= opset <= latest:
+        raise ValueError(f"nanodl.onnx.export: opset must be an integer from {MIN_OPSET} to {latest} "
+                         f"(the installed onnx's newest), got {opset!r}")
+    layers = _flat_layers(model)
+    if not layers:
+        raise ValueError("nanodl.onnx.export: the model has no layers")
+    features = _input_shape(model, layers)
+    float_dtype = model._float_dtype()
+    takes_indices = type(layers[0][1]).__name__ == "Embedding"
+    input_dtype = np.dtype(np.int64) if takes_indices else float_dtype
+
+    # Run a one-sample batch through the layers (eval mode, no graph) for every output's rank
+    # and shape; this also proves the layers accept the input shape before anything is written.
+    sample = Tensor(np.zeros((1,) + features, dtype=input_dtype))
+    ranks, out_shape = [], None
+    with model._mode(False), no_grad():
+        x = sample
+        for _, layer in layers:
+            ranks.append(x.ndim)
+            x = layer(x)
+        out_shape = tuple(x.shape[1:])
+
+    graph = _Graph(onnx, int(opset), float_dtype)
+    current = "input"
+    graph.names.add(current)
+    for (scope, layer), rank in zip(layers, ranks):
+        current = _emit(graph, layer, current, scope, rank)
+    if current == "input":  # nothing but linear activations: keep input and output distinct
+        current = graph.node("Identity", [current], "output")
+    assert graph.nodes[-1].output[0] == current  # every layer ends in its last node, or adds none
+    graph.nodes[-1].output[0] = "output"
+
+    helper = onnx.helper
+    to_onnx = helper.np_dtype_to_tensor_dtype
+    inputs = [helper.make_tensor_value_info("input", to_onnx(input_dtype), ["batch", *features])]
+    outputs = [helper.make_tensor_value_info("output", to_onnx(float_dtype), ["batch", *out_shape])]
+    from . import __version__
+    body = helper.make_graph(graph.nodes, "nanodl_sequential", inputs, outputs, graph.initializers)
+    opset_imports = [helper.make_opsetid("", int(opset))]
+    proto = helper.make_model(body, opset_imports=opset_imports, producer_name="nanodl",
+                              producer_version=__version__,
+                              doc_string=f"exported by nanodl {__version__} from a Sequential of "
+                                         f"{len(layers)} layers")
+    proto.ir_version = helper.find_min_ir_version_for(opset_imports)
+    onnx.checker.check_model(proto, full_check=True)
+    payload = proto.SerializeToString()
+    atomic_write(path, lambda handle: handle.write(payload))
+    return proto
