@@ -27,6 +27,8 @@ import warnings
 
 import numpy as np
 
+from .distributed import _is_rank_zero
+
 __all__ = ["Callback", "CallbackList", "History", "ProgressBar", "ProgbarLogger",
            "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
            "CSVLogger"]
@@ -118,6 +120,12 @@ class CallbackList:
     def on_batch_end(self, batch, logs=None):
         for callback in self._batch_end:
             callback.on_batch_end(batch, logs)
+
+
+def _say(*args, **kwargs):
+    """``print``, on rank 0 only: in a data-parallel run the other ranks stay quiet."""
+    if _is_rank_zero():
+        print(*args, **kwargs)
 
 
 def _overrides(callback, hook):
@@ -247,11 +255,15 @@ class ProgressBar(Callback):
         return f"{done:>{digits}}/{self.steps} [{body:<{self.width}}]"
 
     def _print(self, line):
+        if not _is_rank_zero():  # a data-parallel run draws on rank 0 only
+            return
         self.stream.write(line + "\n")
         self.stream.flush()
 
     def _draw(self, line, end):
         """Redraw the bar's line in place (``\\r``, padded over a longer previous line)."""
+        if not _is_rank_zero():
+            return
         padding = " " * max(self.drawn - len(line), 0)
         self.stream.write("\r" + line + padding + end)
         self.stream.flush()
@@ -312,7 +324,7 @@ class LearningRateScheduler(Callback):
                              f"got {lr!r} at epoch {epoch}")
         optimizer.lr = float(lr)
         if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr):.6g}.")
+            _say(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr):.6g}.")
 
 
 def _resolve_mode(mode, monitor, who):
@@ -393,10 +405,10 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose > 0:
-            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+            _say(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
-                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+                _say(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self.model.load_state_dict(self.best_weights)
 
 
@@ -429,6 +441,8 @@ class ModelCheckpoint(Callback):
                            f"in the logs (available: epoch, {', '.join(sorted(logs))})") from None
 
     def _save(self, path):
+        if not _is_rank_zero():  # a data-parallel run saves on rank 0 only
+            return
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -449,14 +463,14 @@ class ModelCheckpoint(Callback):
             improved = current < self.best if self.mode == "min" else current > self.best
             if not improved:
                 if self.verbose > 0:
-                    print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                    _say(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
                 return
             if self.verbose > 0:
-                print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
+                _say(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
                       f"{current:.5f}, saving model to {path}")
             self.best = float(current)
         elif self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: saving model to {path}")
+            _say(f"\nEpoch {epoch + 1}: saving model to {path}")
         self._save(path)
 
 
@@ -520,7 +534,7 @@ class ReduceLROnPlateau(Callback):
                     new_lr = max(old_lr * self.factor, self.min_lr)
                     optimizer.lr = new_lr
                     if self.verbose > 0:
-                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                        _say(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
                               f"to {new_lr:.6g}.")
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
@@ -543,12 +557,14 @@ class CSVLogger(Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
+        self.keys = None
+        self._writer = None
+        if not _is_rank_zero():  # a data-parallel run writes on rank 0 only
+            return
         self._write_header = True
         if self.append and os.path.exists(self.filename):
             self._write_header = os.path.getsize(self.filename) == 0
         self._file = open(self.filename, "a" if self.append else "w", newline="")
-        self.keys = None
-        self._writer = None
 
     @staticmethod
     def _format(value):
@@ -561,6 +577,8 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        if not _is_rank_zero():
+            return
         if self._file is None:  # used outside fit: open lazily
             self.on_train_begin()
         if self.keys is None:

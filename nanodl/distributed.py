@@ -501,3 +501,69 @@ class DistributedOptimizer(Optimizer):
             p.grad = host if xp is np else xp.asarray(host)
             calls += 1
         self.allreduce_calls += calls
+
+
+# ---------------------------------------------------------------- data-parallel fit
+def _is_rank_zero():
+    """True unless this is a rank other than 0 of a joined world: only rank 0 prints and
+    writes files (callbacks, ``Model.save``). Never joins the world itself."""
+    return _world.rank == 0
+
+
+class DataParallelFit:
+    """What ``Model.fit`` does differently when its optimizer is a ``DistributedOptimizer``
+    on more than one rank; ``fit``'s hooks call it, the training step itself is the same.
+
+    * ``begin``: parameters broadcast from rank 0 before the first batch; each rank but 0
+      reseeds nanodl's generator from its own stream and its rank, so dropout masks
+      differ between ranks (rank 0 keeps the stream a single process would have).
+    * ``epoch_order``: rank 0 draws the epoch's permutation as a single process would,
+      every rank receives it; the first ``n - n % N`` positions are dealt out like cards,
+      rank r taking positions r, r+N, r+2N, ... . Every rank gets the same number of
+      samples, so every rank runs the same number of steps (each step is an allreduce
+      that all ranks must join), and the ranks' k-th batches together are exactly a
+      single process' k-th batch of ``N * batch_size``.
+    * ``reduce``: an epoch's ``EpochTotals`` (sums and counts) summed over the ranks, so
+      the averages are exact per-sample averages over all of them, the same on each rank.
+    * ``validation_shard``: rank r validates on samples r, r+N, ... (all of them: the
+      validation set needs no equal shards, only the summed totals).
+    """
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.rank, self.size = rank(), size()
+
+    @classmethod
+    def of(cls, optimizer):
+        """A ``DataParallelFit`` for ``optimizer``, or None for a plain (one-process) fit."""
+        if isinstance(optimizer, DistributedOptimizer) and size() > 1:
+            return cls(optimizer)
+        return None
+
+    def begin(self):
+        from .random import generator, manual_seed
+        self.optimizer.broadcast_parameters()
+        if self.rank != 0:
+            manual_seed([int(generator().integers(2 ** 62)), self.rank])
+
+    def epoch_order(self, n, shuffle):
+        if shuffle:
+            from .random import generator
+            order = generator().permutation(n) if self.rank == 0 else np.empty(n, dtype=np.int64)
+            order = broadcast(order.astype(np.int64, copy=False))
+        else:
+            order = np.arange(n)
+        return order[:n - n % self.size][self.rank::self.size]
+
+    def samples_per_epoch(self, n):
+        if n < self.size:
+            raise ValueError(f"fit: {n} training samples cannot be shared out among {self.size} "
+                             "ranks (each rank needs at least one)")
+        return (n - n % self.size) // self.size
+
+    def reduce(self, totals):
+        totals.values = allreduce(np.array(totals.values, dtype=np.float64)).tolist()
+        return totals
+
+    def validation_shard(self, x, y):
+        return x[self.rank::self.size], y[self.rank::self.size]

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import callbacks as callbacks_module
 from .. import losses as losses_module
-from .. import ops, optim
+from .. import distributed, ops, optim
 from ..autograd import no_grad
 from ..backend import device_of, to_device
 from ..random import generator
@@ -409,6 +409,7 @@ class Model(Module):
     _compile_config = None    # compile settings by name, saved with the model
     _plan_cache = None        # (key, _Plan) of the last fit/evaluate
     _target_device = None     # where lazily built layers go (set by to())
+    _data_parallel = None     # a distributed.DataParallelFit during a data-parallel fit
 
     # ------------------------------------------------------------ compile
     def compile(self, optimizer="adam", loss="mse", metrics=None):
@@ -427,7 +428,8 @@ class Model(Module):
         self.optimizer, self.loss, self._metric_specs = optimizer, loss, specs
         self._plan_cache = None
         loss_name, loss_config = losses_module.describe(loss)
-        if loss_name is not None and type(optimizer) in optim.OPTIMIZERS.values() and \
+        inner = optimizer.optimizer if isinstance(optimizer, distributed.DistributedOptimizer) else optimizer
+        if loss_name is not None and type(inner) in optim.OPTIMIZERS.values() and \
                 all(isinstance(m, str) for _, m in specs):
             self._compile_config = {
                 "optimizer": {"name": optimizer.name, "config": optimizer.get_config()},
@@ -532,6 +534,13 @@ class Model(Module):
             validation = plan.inputs(validation[0]), plan.targets(validation[1])
             if validation_split:
                 _warn_single_class(plan, validation[1], validation_split)
+        # Data-parallel (a DistributedOptimizer on several ranks): see distributed.DataParallelFit.
+        self._data_parallel = parallel = distributed.DataParallelFit.of(plan.optimizer)
+        if parallel is not None:
+            parallel.begin()  # rank 0's parameters everywhere; dropout streams per rank
+            verbose = verbose if parallel.rank == 0 else 0  # only rank 0 prints
+            if validation is not None:
+                validation = parallel.validation_shard(*validation)
         steps = math.ceil(self._samples_per_epoch(len(x)) / batch_size)
         callbacks = self._callback_list(callbacks, verbose, epochs, steps)
         logs = {}
@@ -542,7 +551,7 @@ class Model(Module):
                 lr = float(self.optimizer.lr)  # after the schedulers of on_epoch_begin
                 logs = self._fit_epoch(plan, x, y, batch_size, shuffle, callbacks)
                 if validation is not None:
-                    val_logs = self._evaluate_arrays(plan, *validation, batch_size)
+                    val_logs = self._evaluate_arrays(plan, *validation, batch_size, reduce=True)
                     logs.update({"val_" + key: value for key, value in val_logs.items()})
                 logs["lr"] = lr
                 callbacks.on_epoch_end(epoch, logs)
@@ -607,15 +616,21 @@ class Model(Module):
     def _epoch_order(self, n, shuffle):
         """The order of the ``n`` training samples for one epoch: a host index array
         (a fresh permutation from nanodl's generator when ``shuffle``), or None for
-        0, 1, ..., n-1."""
+        0, 1, ..., n-1. Data-parallel: this rank's shard of the shared order."""
+        if self._data_parallel is not None:
+            return self._data_parallel.epoch_order(n, shuffle)
         return generator().permutation(n) if shuffle else None
 
     def _samples_per_epoch(self, n):
         """How many samples ``_epoch_order`` visits per epoch (for the step count)."""
+        if self._data_parallel is not None:
+            return self._data_parallel.samples_per_epoch(n)
         return n
 
     def _reduce_totals(self, totals):
         """The epoch's ``EpochTotals`` over every process (one process: as it is)."""
+        if self._data_parallel is not None:
+            return self._data_parallel.reduce(totals)
         return totals
 
     def train_on_batch(self, x, y):
@@ -630,9 +645,10 @@ class Model(Module):
         return values[0] if len(values) == 1 else values
 
     # ------------------------------------------------------------ evaluate / predict
-    def _evaluate_arrays(self, plan, x, y, batch_size):
+    def _evaluate_arrays(self, plan, x, y, batch_size, reduce=False):
         """``{'loss': ..., metric: ...}``, per-sample averages over prepared arrays (the
-        loss with the weight penalties, as Keras), in eval mode, no graph."""
+        loss with the weight penalties, as Keras), in eval mode, no graph. ``reduce``:
+        the totals are summed over the processes first (fit's sharded validation)."""
         totals = EpochTotals(label for label, _ in plan.metrics)
         with self._mode(False), no_grad():
             for start in range(0, len(x), batch_size):
@@ -640,6 +656,8 @@ class Model(Module):
                 out = plan.forward(Tensor(x[start:start + batch_size]))
                 _add_batch(totals, plan, plan.loss_fn(out, target), out, target)
             penalty = float(plan.penalty().data) if plan.penalty is not None else 0.0
+        if reduce:
+            totals = self._reduce_totals(totals)
         logs = totals.averages()
         logs["loss"] += penalty
         return logs
@@ -683,7 +701,11 @@ class Model(Module):
         self.load_state_dict(dict(zip(names, weights)))
 
     def save(self, path):
-        """Write architecture (JSON) and weights into one ``.npz`` file, atomically."""
+        """Write architecture (JSON) and weights into one ``.npz`` file, atomically.
+
+        In a data-parallel run only rank 0 writes (the ranks hold the same weights)."""
+        if not distributed._is_rank_zero():
+            return
         from ..io import save_model
         save_model(self, path)
 
