@@ -207,9 +207,10 @@ def load_dataset(args):
     return x_train, y_train, x_test, y_test, int(y.max()) + 1
 
 
-def build_model(args, n_features, n_classes):
-    """A ``Sequential`` MLP: ``Dense`` hidden layers (+ ``Dropout``) and a softmax output."""
-    from . import nn, optim, regularizers
+def build_model(args, n_features, n_classes, ranks=1):
+    """A ``Sequential`` MLP: ``Dense`` hidden layers (+ ``Dropout``) and a softmax output;
+    on several MPI ranks its optimizer is wrapped in a ``DistributedOptimizer``."""
+    from . import distributed, nn, optim, regularizers
 
     regularizer = regularizers.l2(args.l2) if args.l2 > 0 else None
     model = nn.Sequential()
@@ -224,6 +225,8 @@ def build_model(args, n_features, n_classes):
     lr = args.lr if args.lr is not None else DATASET_DEFAULTS[args.dataset].get("lr")
     if lr is not None:
         optimizer.lr = lr
+    if ranks > 1:  # data-parallel: fit shards each epoch and averages the gradients
+        optimizer = distributed.DistributedOptimizer(optimizer)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -264,11 +267,24 @@ def plot_history(history, path):
     return True
 
 
+def _join_mpi_world():
+    """``(ranks, say)``: the world size (joined when started by ``mpirun`` with several
+    ranks) and a ``print`` that only rank 0 uses."""
+    from . import distributed
+    try:
+        distributed.init()
+    except ImportError as error:  # mpirun -n 2 without mpi4py
+        raise UsageError(str(error)) from None
+    say = print if distributed.rank() == 0 else (lambda *args, **kwargs: None)
+    return distributed.size(), say
+
+
 def run_train(args, rest):
     import nanodl as nd
     from . import backend
 
     started = time.perf_counter()
+    ranks, say = _join_mpi_world()
     if args.dataset == "mnist" and not args.data_dir:
         raise UsageError("--dataset mnist needs --data-dir FOLDER, a folder holding the four MNIST IDX "
                          "files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
@@ -281,23 +297,26 @@ def run_train(args, rest):
     try:
         nd.manual_seed(args.seed)
         x_train, y_train, x_test, y_test, n_classes = load_dataset(args)
-        model = build_model(args, x_train.shape[1], n_classes)
+        model = build_model(args, x_train.shape[1], n_classes, ranks)
         if args.device == "cuda":
             model.to("cuda")
         epochs = args.epochs or DATASET_DEFAULTS[args.dataset]["epochs"]
-        print(f"nanodl train: {args.dataset} ({len(x_train)} train / {len(x_test)} test samples, "
-              f"{n_classes} classes), hidden {','.join(map(str, args.hidden)) or 'none'}, "
-              f"{args.optimizer} lr={model.optimizer.lr:g}, {epochs} epochs, batch {args.batch_size}, "
-              f"device {args.device}, kernels {backend.get_kernels()}")
+        parallel = f", data-parallel on {ranks} MPI ranks (batch per rank)" if ranks > 1 else ""
+        say(f"nanodl train: {args.dataset} ({len(x_train)} train / {len(x_test)} test samples, "
+            f"{n_classes} classes), hidden {','.join(map(str, args.hidden)) or 'none'}, "
+            f"{args.optimizer} lr={model.optimizer.lr:g}, {epochs} epochs, batch {args.batch_size}"
+            f"{parallel}, device {args.device}, kernels {backend.get_kernels()}")
         fit_started = time.perf_counter()
         history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=epochs,
                             verbose=args.verbose, validation_split=0.1, shuffle=True)
         fit_seconds = time.perf_counter() - fit_started
         test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=256)
-        print(f"test accuracy: {float(test_accuracy):.4f}  (test loss {float(test_loss):.4f})")
-        print(f"wall time: {time.perf_counter() - started:.1f} s (training {fit_seconds:.1f} s)")
+        say(f"test accuracy: {float(test_accuracy):.4f}  (test loss {float(test_loss):.4f})")
+        say(f"wall time: {time.perf_counter() - started:.1f} s (training {fit_seconds:.1f} s)")
         target = None
         try:
+            if say is not print:  # data-parallel: rank 0 saves and plots
+                return 0
             if args.save:
                 target = args.save
                 model.save(args.save)
@@ -353,6 +372,7 @@ def run_info(args, rest):
     from . import backend
     from .backend.cuda import cuda_status
 
+    ranks, say = _join_mpi_world()  # joins only when started by mpirun with several ranks
     built = backend.native_available()
     threads = f"{os.cpu_count()} CPUs"
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -367,9 +387,23 @@ def run_info(args, rest):
         *_blas_lines(),
         f"{'threads:':<10}{threads}",
         f"{'CUDA:':<10}" + ("CuPy and a GPU found" if gpu is None else " ".join(str(gpu).split())),
+        *_mpi_lines(ranks),
     ]
-    print("\n".join(lines))
+    say("\n".join(lines))
     return 0
+
+
+def _mpi_lines(ranks):
+    """The MPI library and the world size (``mpirun -n 2 nanodl info`` prints once, world 2)."""
+    from . import distributed
+    version = distributed.library_version()
+    if version is None:
+        return [f"{'MPI:':<10}mpi4py not installed (for data-parallel training, "
+                f"{distributed.INSTALL_HINT})"]
+    import mpi4py
+    started = "started by mpirun" if distributed.launched_size() is not None else "not started by mpirun"
+    return [f"{'MPI:':<10}{version} (mpi4py {mpi4py.__version__})",
+            f"{'world:':<10}{ranks} rank{'s' if ranks > 1 else ''} ({started})"]
 
 
 # ---------------------------------------------------------------- gradcheck and bench

@@ -156,7 +156,7 @@ def library_version():
         mpi4py.rc.initialize = False  # report only; init() calls MPI.Init() if needed later
         mpi4py.rc.finalize = False
     from mpi4py import MPI
-    return MPI.Get_library_version().strip().splitlines()[0]
+    return MPI.Get_library_version().strip().splitlines()[0].strip()
 
 
 # ---------------------------------------------------------------- collectives

@@ -348,3 +348,129 @@ def test_clipping_after_synchronize_uses_the_global_norm(collectives):
         assert r["clip_norm"] == pytest.approx(10.0)  # |mean([3, 4], [9, 12])| = |[6, 8]|
         np.testing.assert_allclose(r["clipped_data"], [-3.0, -4.0], rtol=1e-6)
         assert r["clip_calls"] == 1  # step() after synchronize() does not reduce again
+
+
+# ---------------------------------------------------------------- data-parallel fit, two ranks
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    if not (MPIRUN and HAVE_MPI4PY):
+        pytest.skip("needs mpi4py and mpirun (pip install 'nanodl[distributed]')")
+    folder = tmp_path_factory.mktemp("fit")
+    return run_worker("fit.py", folder), folder
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", ["sgd_momentum", "adam"])
+def test_fit_on_two_ranks_of_16_is_fit_on_one_process_of_32(fitted, name):
+    """Same parameters (float64, to 1e-10) and the same History, over 5 epochs."""
+    results, _ = fitted
+    for r in results:
+        assert r[f"{name}/parameter_error"] <= 1e-10, r[f"{name}/parameter_error"]
+        assert r[f"{name}/history_error"] <= 1e-10, r[f"{name}/history_error"]
+        assert r[f"{name}/rank_spread"] == 0.0
+        assert r[f"{name}/epochs"] == [0, 1, 2, 3, 4]
+        assert r[f"{name}/steps"] == 5 * 3  # 35 samples per rank: batches of 16, 16 and 3
+    assert results[0][f"{name}/history"] == results[1][f"{name}/history"]
+    assert set(results[0][f"{name}/history"]) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+
+
+@needs_mpi
+def test_callbacks_see_the_same_logs_and_stop_on_the_same_epoch(fitted):
+    results, _ = fitted
+    first, second = results
+    assert first["early/history"] == second["early/history"]  # loss, val_*, lr (ReduceLROnPlateau)
+    epochs_run = len(first["early/history"]["loss"])
+    assert 1 < epochs_run < 40, "EarlyStopping should have stopped this run early"
+    assert first["early/stopped_epoch"] == second["early/stopped_epoch"] == epochs_run - 1
+    assert len(set(first["early/history"]["lr"])) > 1, "ReduceLROnPlateau should have cut the rate"
+    assert first["early/rank_spread"] == 0.0
+
+
+@needs_mpi
+def test_only_rank_0_prints(fitted):
+    first, second = fitted[0]
+    assert first["early/stderr"].count("Epoch 1/40") == 1
+    assert "early stopping" in first["early/stdout"]
+    assert second["early/stderr"] == "" and second["early/stdout"] == ""
+
+
+@needs_mpi
+def test_only_rank_0_writes_checkpoints_logs_and_models(fitted):
+    results, folder = fitted
+    epochs_run = len(results[0]["early/history"]["loss"])
+    files = set(results[1]["files"])
+    assert {f"ckpt-rank0-{e}.npz" for e in range(1, epochs_run + 1)} <= files
+    assert {"log-rank0.csv", "model-rank0.npz"} <= files
+    assert not [name for name in files if "rank1" in name], files
+    model = nd.load_model(folder / "model-rank0.npz")
+    weights = np.concatenate([w.ravel() for w in model.get_weights()])
+    np.testing.assert_array_equal(weights, results[0]["final_weights"])
+    assert model.optimizer is not None and model.optimizer.name == "sgd"  # compiled again on load
+    rows = (folder / "log-rank0.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + epochs_run
+
+
+@needs_mpi
+def test_dropout_streams_differ_by_rank_batchnorm_statistics_stay_per_rank(fitted):
+    first, second = fitted[0]
+    assert first["dropout/next_draw"] != second["dropout/next_draw"]
+    assert first["batchnorm/parameter_spread"] == 0.0  # the trained parameters agree
+    assert first["batchnorm/buffer_spread"] > 0.0      # the running statistics do not
+
+
+@needs_mpi
+def test_fewer_samples_than_ranks_is_an_error_on_every_rank(fitted):
+    for r in fitted[0]:
+        assert "1 training samples cannot be shared out among 2 ranks" in r["too_few"]
+
+
+# ---------------------------------------------------------------- the command line, two ranks
+@needs_mpi
+def test_mpirun_nanodl_train_trains_data_parallel_and_reports_once(tmp_path, capsys):
+    """2 ranks x batch 32 reach the accuracy one process reaches with batch 64."""
+    from nanodl import cli
+    model_path = tmp_path / "model.npz"
+    done = mpirun([sys.executable, "-m", "nanodl", "train", "--epochs", "2", "--verbose", "2",
+                   "--save", model_path], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("test accuracy:") == 1, done.stdout
+    assert "data-parallel on 2 MPI ranks" in done.stdout
+    assert done.stderr.count("Epoch 2/2") == 1, done.stderr
+    assert nd.load_model(model_path).predict(np.zeros((1, 64))).shape == (1, 10)
+    assert cli.main(["train", "--epochs", "2", "--verbose", "0", "--batch-size", "64"]) == 0
+    single = capsys.readouterr().out
+    accuracies = [float(out.split("test accuracy:")[1].split()[0]) for out in (done.stdout, single)]
+    assert accuracies[0] > 0.7
+    assert abs(accuracies[0] - accuracies[1]) <= 0.005, accuracies  # float32: an argmax may flip
+
+
+@needs_mpi
+def test_mpirun_nanodl_info_reports_the_library_and_world_size():
+    done = mpirun([sys.executable, "-m", "nanodl", "info"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("MPI:") == 1 and "world:    2 ranks (started by mpirun)" in done.stdout
+
+
+def test_nanodl_info_reports_mpi_in_a_world_of_one(capsys):
+    from nanodl import cli
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    if HAVE_MPI4PY:
+        assert "MPI:" in out and "world:    1 rank (not started by mpirun)" in out
+    else:
+        assert "mpi4py not installed" in out and "nanodl[distributed]" in out
+
+
+def test_nanodl_info_without_mpi4py_says_how_to_get_it(fresh_world, capsys):
+    from nanodl import cli
+    fresh_world.setitem(sys.modules, "mpi4py", None)
+    assert cli.main(["info"]) == 0
+    assert "MPI:      mpi4py not installed" in capsys.readouterr().out
+
+
+def test_nanodl_train_under_a_launcher_without_mpi4py_is_a_usage_error(fresh_world, capsys):
+    from nanodl import cli
+    fresh_world.setitem(sys.modules, "mpi4py", None)
+    fresh_world.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert cli.main(["train", "--dataset", "xor", "--epochs", "1"]) == 2
+    assert "nanodl[distributed]" in capsys.readouterr().err

@@ -87,6 +87,7 @@ results["early/stopped_epoch"] = stopper.stopped_epoch
 results["early/stdout"] = stdout.getvalue()
 results["early/stderr"] = stderr.getvalue()
 results["early/rank_spread"] = spread(flat_weights(model))
+dist.barrier()  # rank 0 has written everything before anyone looks
 results["files"] = sorted(os.listdir(out_dir))
 results["final_weights"] = flat_weights(model).tolist()
 
