@@ -2,10 +2,18 @@
 
 * ``array_module(x)`` gives ``numpy`` or ``cupy`` for an array or Tensor (the
   ``xp`` idiom: one op body serves both).
-* ``kernels(x)`` gives the kernel table for an array: on the CPU the compiled
-  table or its NumPy twin (``set_kernels`` / ``NANODL_KERNELS`` choose), on the
-  GPU the CuPy table.
+* ``is_device_array(x)`` says whether ``x`` lives on the GPU; ``to_host(x)`` gives a
+  NumPy array for any array (a copy from the GPU, the array itself on the CPU);
+  ``to_device(x, device)`` moves an array.
+* ``kernels(x)`` gives the kernel table (``table.KernelTable``) for an array: on the
+  CPU the compiled table or its NumPy twin (``set_kernels`` / ``NANODL_KERNELS``
+  choose), on the GPU the CuPy table. The contract they share: ``backend.table``.
 * CuPy is imported lazily, only in ``nanodl.backend.cuda``.
+
+>>> import numpy as np
+>>> from nanodl import backend
+>>> backend.is_device_array(np.zeros(2)), backend.to_host([1.0, 2.0])
+(False, array([1., 2.]))
 """
 import os
 
@@ -35,7 +43,8 @@ finally:
         del os.environ["GOMP_SPINCOUNT"]
 
 KERNEL_NAMES = ("native", "numpy")
-_cpu_table = kernels_numpy
+_cpu_table = kernels_numpy.TABLE
+_gpu_table = None
 
 
 def native_available():
@@ -51,20 +60,38 @@ def set_kernels(name):
     if name == "native" and kernels_native is None:
         raise RuntimeError("set_kernels: the native extension is not built; "
                            "run `pip install -e .` (needs a C compiler) or use 'numpy'")
-    _cpu_table = kernels_native if name == "native" else kernels_numpy
+    _cpu_table = (kernels_native if name == "native" else kernels_numpy).TABLE
 
 
 def get_kernels():
     """The name of the CPU kernel table in use."""
-    return "native" if _cpu_table is kernels_native and kernels_native is not None else "numpy"
+    return _cpu_table.name
 
 
 def kernels(array):
     """The kernel table that runs ``array``'s device."""
-    if type(array) is np.ndarray or isinstance(array, (np.ndarray, np.generic)):
+    if type(array) is np.ndarray or not is_device_array(array):
         return _cpu_table
-    from .cuda import cupy_kernels
-    return cupy_kernels()
+    return gpu_table()
+
+
+def gpu_table():
+    """The CuPy kernel table (``RuntimeError`` saying what is missing without CuPy or a GPU)."""
+    global _gpu_table
+    if _gpu_table is None:
+        from . import kernels_cupy  # imports CuPy, through .cuda
+        _gpu_table = kernels_cupy.TABLE
+    return _gpu_table
+
+
+def is_device_array(x):
+    """True when ``x`` is a GPU (CuPy) array; False for NumPy arrays, scalars and lists."""
+    return type(x) is not np.ndarray and hasattr(x, "__cuda_array_interface__")
+
+
+def to_host(x):
+    """``x`` as a NumPy array: copied from the GPU, or ``np.asarray(x)`` on the CPU."""
+    return x.get() if is_device_array(x) else np.asarray(x)
 
 
 def array_module(x):
@@ -72,16 +99,16 @@ def array_module(x):
     if isinstance(x, (np.ndarray, np.generic)):
         return np
     # A Tensor holds its array in ``.data`` (a CuPy array's own ``.data`` is a pointer: skip it).
-    data = x if hasattr(x, "__cuda_array_interface__") else getattr(x, "data", x)
-    if hasattr(data, "__cuda_array_interface__") and type(data).__module__.startswith("cupy"):
-        from .cuda import cupy_module
-        return cupy_module()
+    data = x if is_device_array(x) else getattr(x, "data", x)
+    if is_device_array(data):
+        from .cuda import require_cupy
+        return require_cupy()
     return np
 
 
 def device_of(array):
     """``'cpu'`` for NumPy arrays, ``'cuda'`` for CuPy arrays."""
-    return "cpu" if isinstance(array, (np.ndarray, np.generic)) else "cuda"
+    return "cuda" if is_device_array(array) else "cpu"
 
 
 def cuda_available():
@@ -94,9 +121,7 @@ def to_device(array, device):
     """Move a backend array to ``device`` (``'cpu'`` or ``'cuda'``); a no-op when already there."""
     device = _check_device(device)
     if device == "cpu":
-        if isinstance(array, (np.ndarray, np.generic)):
-            return array
-        return array.get()
+        return array.get() if is_device_array(array) else array
     from .cuda import require_cupy
     cp = require_cupy()
     return cp.asarray(array)
@@ -115,4 +140,4 @@ _env = os.environ.get("NANODL_KERNELS")
 if _env:
     set_kernels(_env)
 elif kernels_native is not None:
-    _cpu_table = kernels_native
+    _cpu_table = kernels_native.TABLE

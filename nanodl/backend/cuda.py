@@ -1,4 +1,7 @@
-"""The one place where CuPy is imported (lazily, on first use of ``'cuda'``)."""
+"""The one place where CuPy is imported (lazily, on first use of ``'cuda'``).
+
+This module imports nothing else from nanodl; the CuPy kernel table imports it.
+"""
 _cupy = None
 _status = "unchecked"
 
@@ -35,14 +38,3 @@ def require_cupy():
     if status is not None:
         raise RuntimeError(f"device 'cuda' is not available: {status}")
     return _cupy
-
-
-def cupy_module():
-    return require_cupy()
-
-
-def cupy_kernels():
-    """The CuPy kernel table (built on first use)."""
-    require_cupy()
-    from . import kernels_cupy
-    return kernels_cupy

@@ -31,23 +31,23 @@ sets the environment variable ``CUPY_TF32=1`` (then cuBLAS may round inputs to T
 
 Errors
 ------
-Arguments are checked here, not in the CUDA code: a NumPy array where a CuPy array is
-expected, a non-float dtype or mixed dtypes raise ``TypeError``; mismatched shapes and
-unknown activation names raise ``ValueError``; each message names the kernel.
-Out-of-range class targets give a NaN loss (NumPy would raise ``IndexError``; checking
-on the host would cost a device synchronisation every step).
+Every argument check is declared once, in ``nanodl.backend.table``, and runs before
+the functions here, exactly as on the CPU: a NumPy array where a CuPy array is
+expected, a non-float dtype or mixed dtypes raise ``TypeError``; mismatched shapes,
+unknown activation names and class labels outside [0, C) raise ``ValueError``
+(checking the labels costs one device synchronisation per call).
 """
 import os
 import warnings
 
 import numpy as np
 
+from .activations import ELEMENTWISE, GELU_C, GELU_K, OUTPUT_GRAD_ACTIVATIONS
 from .cuda import require_cupy
-from .kernels_numpy import _GELU_C, _GELU_K, LINEAR_ACTIVATIONS, OUTPUT_GRAD_ACTIVATIONS
+from .table import Device, KernelTable
 
 cupy = require_cupy()  # RuntimeError (saying what is missing) when there is no CuPy or GPU
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _KERNELS = {}  # cache key -> cupy.ElementwiseKernel / cupy.RawKernel, built on first use
 
 
@@ -67,35 +67,25 @@ if os.environ.get("CUPY_TF32", "0").strip() not in ("", "0"):
                   RuntimeWarning, stacklevel=2)
 
 
-# ---------------------------------------------------------------- argument checks
-def _check_arrays(kernel, *arrays):
-    """All ``arrays`` are CuPy float arrays of one dtype; returns that dtype."""
-    for array in arrays:
-        if not isinstance(array, cupy.ndarray):
-            raise TypeError(f"{kernel}: expected CuPy arrays (on the GPU), got "
-                            f"{type(array).__module__}.{type(array).__name__}; move the data "
-                            "with .to('cuda')")
-    dtype = arrays[0].dtype
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{kernel}: expected float32 or float64 arrays, got {dtype}")
-    for array in arrays[1:]:
-        if array.dtype != dtype:
-            raise TypeError(f"{kernel}: all arrays must have one dtype, got {dtype} and {array.dtype}")
-    return dtype
+# ---------------------------------------------------------------- the device
+def _refuse_host(kernel, name, array):
+    raise TypeError(f"{kernel}: expected CuPy arrays (on the GPU), got "
+                    f"{type(array).__module__}.{type(array).__name__} for {name}; move the data "
+                    "with .to('cuda')")
 
 
-def _check_same_shape(kernel, names, *arrays):
-    shape = arrays[0].shape
-    for name, array in zip(names[1:], arrays[1:]):
-        if array.shape != shape:
-            raise ValueError(f"{kernel}: {name} has shape {array.shape}, expected {shape} "
-                             f"(the shape of {names[0]})")
+def _scan_labels(target, classes):
+    """``(contiguous int64 labels, index of the first outside [0, classes) or -1)``."""
+    labels = cupy.ascontiguousarray(target, dtype=cupy.int64)
+    if labels.size == 0:
+        return labels, -1
+    bad = (labels < 0) | (labels >= classes)
+    if not bool(bad.any()):  # the one device synchronisation
+        return labels, -1
+    return labels, int(bad.argmax())
 
 
-def _check_activation(kernel, activation):
-    if activation not in LINEAR_ACTIVATIONS:
-        raise ValueError(f"{kernel}: unknown activation {activation!r}; valid names: "
-                         f"{', '.join(LINEAR_ACTIVATIONS)}")
+DEVICE = Device("cuda", cupy.ndarray, _refuse_host, _scan_labels)
 
 
 def _scalar(value):
@@ -105,60 +95,22 @@ def _scalar(value):
 
 # ---------------------------------------------------------------- activation device code
 # Each activation is a pair of device functions, forward(x, alpha) and backward(saved,
-# grad, alpha), where ``saved`` is the output y for relu/sigmoid/tanh and the input x
-# otherwise (kernels_numpy's convention). The elementwise kernels below call them.
+# grad, alpha), where ``saved`` is the output y or the input x as its record says; their
+# bodies are the records' ``cuda_forward`` / ``cuda_backward`` (nanodl.backend.activations).
 _ACTIVATION_PREAMBLE = f"""
 template <typename T> __device__ __forceinline__ T nanodl_stable_sigmoid(T x) {{
     const T e = exp(-fabs(x));  /* exp of a non-positive number only: no inf/inf */
     return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
 }}
-template <typename T> __device__ __forceinline__ T nanodl_relu_forward(T x, T alpha) {{
-    return (x > T(0) || x != x) ? x : T(0);  /* NaN propagates, as np.maximum */
+template <typename T> __device__ __forceinline__ T nanodl_gelu_u(T x) {{
+    return T({GELU_C!r}) * (x + T({GELU_K!r}) * (x * x * x));
 }}
-template <typename T> __device__ __forceinline__ T nanodl_relu_backward(T y, T g, T alpha) {{
-    return g * (y > T(0) ? T(1) : T(0));
-}}
-template <typename T> __device__ __forceinline__ T nanodl_leaky_relu_forward(T x, T alpha) {{
-    return x > T(0) ? x : x * alpha;
-}}
-template <typename T> __device__ __forceinline__ T nanodl_leaky_relu_backward(T x, T g, T alpha) {{
-    return x > T(0) ? g : g * alpha;
-}}
-template <typename T> __device__ __forceinline__ T nanodl_sigmoid_forward(T x, T alpha) {{
-    return nanodl_stable_sigmoid(x);
-}}
-template <typename T> __device__ __forceinline__ T nanodl_sigmoid_backward(T y, T g, T alpha) {{
-    return g * y * (T(1) - y);
-}}
-template <typename T> __device__ __forceinline__ T nanodl_tanh_forward(T x, T alpha) {{
-    return tanh(x);
-}}
-template <typename T> __device__ __forceinline__ T nanodl_tanh_backward(T y, T g, T alpha) {{
-    return g * (T(1) - y * y);
-}}
-template <typename T> __device__ __forceinline__ T nanodl_gelu_forward(T x, T alpha) {{
-    const T t = tanh(T({_GELU_C!r}) * (x + T({_GELU_K!r}) * (x * x * x)));
-    return T(0.5) * x * (T(1) + t);
-}}
-template <typename T> __device__ __forceinline__ T nanodl_gelu_backward(T x, T g, T alpha) {{
-    const T t = tanh(T({_GELU_C!r}) * (x + T({_GELU_K!r}) * (x * x * x)));
-    const T dt = T({_GELU_C!r}) * (T(1) + T({3 * _GELU_K!r}) * x * x) * (T(1) - t * t);
-    return g * (T(0.5) * (T(1) + t) + T(0.5) * x * dt);
-}}
-template <typename T> __device__ __forceinline__ T nanodl_elu_forward(T x, T alpha) {{
-    return x > T(0) ? x : alpha * expm1(x < T(0) ? x : T(0));
-}}
-template <typename T> __device__ __forceinline__ T nanodl_elu_backward(T x, T g, T alpha) {{
-    return x > T(0) ? g : g * alpha * exp(x < T(0) ? x : T(0));
-}}
-template <typename T> __device__ __forceinline__ T nanodl_softplus_forward(T x, T alpha) {{
-    /* log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow at |x| = 1e4 */
-    return (x > T(0) ? x : T(0)) + log1p(exp(-fabs(x)));
-}}
-template <typename T> __device__ __forceinline__ T nanodl_softplus_backward(T x, T g, T alpha) {{
-    return g * nanodl_stable_sigmoid(x);
-}}
-"""
+""" + "".join(
+    f"template <typename T> __device__ __forceinline__ T nanodl_{a.name}_forward(T x, T alpha) {{\n"
+    f"    {a.cuda_forward}\n}}\n"
+    f"template <typename T> __device__ __forceinline__ T nanodl_{a.name}_backward(T s, T g, T alpha) {{\n"
+    f"    {a.cuda_backward}\n}}\n"
+    for a in ELEMENTWISE)
 
 
 def _elementwise(key, in_params, out_params, operation, preamble=""):
@@ -181,89 +133,41 @@ def _activation_backward_kernel(name):
                         f"dx = nanodl_{name}_backward(saved, grad, alpha);", _ACTIVATION_PREAMBLE)
 
 
-def _forward(kernel_name, name, x, alpha=0.0):
-    _check_arrays(kernel_name, x)
+def _forward(name, x, alpha):
     return _activation_forward_kernel(name)(x, _scalar(alpha))
 
 
-def _backward(kernel_name, name, saved, grad, alpha=0.0):
-    _check_arrays(kernel_name, saved, grad)
-    _check_same_shape(kernel_name, ("the saved array", "grad"), saved, grad)
+def _backward(name, saved, grad, alpha):
     return _activation_backward_kernel(name)(saved, grad, _scalar(alpha))
 
 
-# ---------------------------------------------------------------- activations
-def relu_forward(x):
-    return _forward("relu_forward", "relu", x)
+def _define_activation(activation):
+    """This table's ``<name>_forward`` / ``<name>_backward``: one elementwise kernel each."""
+    name = activation.name
+    if activation.has_alpha:
+        def forward(x, alpha):
+            return _forward(name, x, alpha)
+
+        def backward(x, grad, alpha):
+            return _backward(name, x, grad, alpha)
+    elif activation.saves == "output":
+        def forward(x):
+            return _forward(name, x, 0.0)
+
+        def backward(y, grad):
+            return _backward(name, y, grad, 0.0)
+    else:
+        def forward(x):
+            return _forward(name, x, 0.0)
+
+        def backward(x, grad):
+            return _backward(name, x, grad, 0.0)
+    forward.__name__, backward.__name__ = activation.forward_kernel, activation.backward_kernel
+    globals()[activation.forward_kernel], globals()[activation.backward_kernel] = forward, backward
 
 
-def relu_backward(y, grad):
-    return _backward("relu_backward", "relu", y, grad)
-
-
-def leaky_relu_forward(x, alpha):
-    return _forward("leaky_relu_forward", "leaky_relu", x, alpha)
-
-
-def leaky_relu_backward(x, grad, alpha):
-    return _backward("leaky_relu_backward", "leaky_relu", x, grad, alpha)
-
-
-def sigmoid_forward(x):
-    return _forward("sigmoid_forward", "sigmoid", x)
-
-
-def sigmoid_backward(y, grad):
-    return _backward("sigmoid_backward", "sigmoid", y, grad)
-
-
-def tanh_forward(x):
-    return _forward("tanh_forward", "tanh", x)
-
-
-def tanh_backward(y, grad):
-    return _backward("tanh_backward", "tanh", y, grad)
-
-
-def gelu_forward(x):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(c (x + k x^3)))."""
-    return _forward("gelu_forward", "gelu", x)
-
-
-def gelu_backward(x, grad):
-    return _backward("gelu_backward", "gelu", x, grad)
-
-
-def elu_forward(x, alpha):
-    return _forward("elu_forward", "elu", x, alpha)
-
-
-def elu_backward(x, grad, alpha):
-    return _backward("elu_backward", "elu", x, grad, alpha)
-
-
-def softplus_forward(x):
-    return _forward("softplus_forward", "softplus", x)
-
-
-def softplus_backward(x, grad):
-    return _backward("softplus_backward", "softplus", x, grad)
-
-
-def activation_forward(name, x, alpha=0.0):
-    """Apply activation ``name`` (one of LINEAR_ACTIVATIONS)."""
-    _check_activation("activation_forward", name)
-    if name == "linear":
-        return x
-    return _forward(f"{name}_forward", name, x, alpha)
-
-
-def activation_backward(name, saved, grad, alpha=0.0):
-    """Gradient through activation ``name``; ``saved`` is y or x as kernels_numpy says."""
-    _check_activation("activation_backward", name)
-    if name == "linear":
-        return grad
-    return _backward(f"{name}_backward", name, saved, grad, alpha)
+for _activation in ELEMENTWISE:
+    _define_activation(_activation)
 
 
 # ---------------------------------------------------------------- dense layer
@@ -279,26 +183,8 @@ def _bias_activation_kernel(name, keep_preactivation):
                         f"z = nanodl_{name}_forward(z + bias, alpha);", _ACTIVATION_PREAMBLE)
 
 
-def _check_linear(kernel, x, kernel_matrix, activation):
-    _check_activation(kernel, activation)
-    if x.ndim != 2 or kernel_matrix.ndim != 2 or x.shape[1] != kernel_matrix.shape[0]:
-        raise ValueError(f"{kernel}: input {x.shape} and kernel {kernel_matrix.shape} are not "
-                         "aligned (expected (N, in) and (in, out))")
-
-
-def linear_forward(x, kernel, bias, activation="linear", alpha=0.0):
-    """``act(x @ kernel + bias)`` for 2-D ``x``: cuBLAS GEMM, then one fused elementwise pass.
-
-    Returns ``(out, saved)`` as kernels_numpy does: ``saved`` is the output for
-    relu/sigmoid/tanh/linear and the pre-activation otherwise.
-    """
-    if bias is None:
-        _check_arrays("linear_forward", x, kernel)
-    else:
-        _check_arrays("linear_forward", x, kernel, bias)
-        if bias.shape != (kernel.shape[-1],):
-            raise ValueError(f"linear_forward: bias {bias.shape} does not match kernel {kernel.shape}")
-    _check_linear("linear_forward", x, kernel, activation)
+def linear_forward(x, kernel, bias, activation, alpha):
+    """``act(x @ kernel + bias)`` for 2-D ``x``: cuBLAS GEMM, then one fused elementwise pass."""
     alpha = _scalar(alpha)
     z = cupy.matmul(x, kernel)  # cuBLAS; a fresh C-contiguous (N, out) array we may overwrite
     if activation in OUTPUT_GRAD_ACTIVATIONS:
@@ -315,15 +201,8 @@ def linear_forward(x, kernel, bias, activation="linear", alpha=0.0):
     return out, z
 
 
-def linear_backward(x, kernel, saved, grad, activation="linear", alpha=0.0,
-                    need_x=True, need_kernel=True, need_bias=True):
+def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kernel, need_bias):
     """Gradients ``(dx, dkernel, dbias)`` of ``linear_forward``; unneeded ones are None."""
-    _check_arrays("linear_backward", x, kernel, saved, grad)
-    _check_linear("linear_backward", x, kernel, activation)
-    expected = (x.shape[0], kernel.shape[1])
-    if saved.shape != expected or grad.shape != expected:
-        raise ValueError(f"linear_backward: saved {saved.shape} and grad {grad.shape} must both "
-                         f"have the output's shape {expected}")
     if activation == "linear":
         dz = grad
     else:
@@ -391,9 +270,8 @@ extern "C" __global__ void nanodl_softmax_xent_forward(
     }
 #if NANODL_SPARSE
     if (tid == 0) {
-        long long t = (long long)target[row];
-        if (t < 0) t += c;  /* negative classes count from the end, as NumPy indexing */
-        loss[row] = (t >= 0 && t < c) ? log_total - (x[t] - peak) : (T)nan("");
+        const long long t = (long long)target[row];  /* checked to lie in [0, c) */
+        loss[row] = log_total - (x[t] - peak);
     }
 #else
     partial[tid] = term;
@@ -430,32 +308,17 @@ def _threads_for(classes):
     return threads
 
 
-def _prepare_target(kernel, logits, target):
-    """The target as a contiguous CuPy array: int64 (N,) classes or a (N, C) distribution."""
-    n, c = logits.shape
-    if not isinstance(target, cupy.ndarray):
-        target = cupy.asarray(np.asarray(target))  # labels from the host are moved over
+def _target(target):
+    """The target as a contiguous CuPy array, and whether it holds sparse labels."""
     if target.ndim == 1:
-        if target.dtype.kind not in "iu":
-            raise TypeError(f"{kernel}: 1-D targets must hold integer classes, got {target.dtype}")
-        if target.shape[0] != n:
-            raise ValueError(f"{kernel}: {target.shape[0]} targets for {n} rows of logits")
         return cupy.ascontiguousarray(target, dtype=cupy.int64), True
-    if target.shape != (n, c):
-        raise ValueError(f"{kernel}: target {target.shape} does not match logits {logits.shape}")
-    if target.dtype != logits.dtype:
-        raise TypeError(f"{kernel}: a dense target must have the logits' dtype {logits.dtype}, "
-                        f"got {target.dtype}")
     return cupy.ascontiguousarray(target), False
 
 
 def softmax_xent_forward(logits, target):
     """Per-sample ``-sum(target * log_softmax(logits))`` for 2-D logits; ``(loss, probs)``."""
-    dtype = _check_arrays("softmax_xent_forward", logits)
-    if logits.ndim != 2 or logits.shape[1] == 0:
-        raise ValueError(f"softmax_xent_forward: expected logits of shape (N, C) with C >= 1, "
-                         f"got {logits.shape}")
-    target, sparse = _prepare_target("softmax_xent_forward", logits, target)
+    dtype = logits.dtype
+    target, sparse = _target(target)
     n, c = logits.shape
     loss = cupy.empty((n,), dtype=dtype)
     probs = cupy.empty((n, c), dtype=dtype)
@@ -471,44 +334,26 @@ def softmax_xent_forward(logits, target):
 
 def softmax_xent_backward(probs, target, grad):
     """Gradient w.r.t. the logits, given the per-sample upstream ``grad`` (N,)."""
-    _check_arrays("softmax_xent_backward", probs, grad)
-    if probs.ndim != 2 or grad.shape != (probs.shape[0],):
-        raise ValueError(f"softmax_xent_backward: probs {probs.shape} and grad {grad.shape} must "
-                         "be (N, C) and (N,)")
-    target, sparse = _prepare_target("softmax_xent_backward", probs, target)
+    target, sparse = _target(target)
     if sparse:
         kernel = _elementwise(
             ("xent_bwd_sparse",), "T probs, raw int64 target, raw T grad, int64 classes", "T dlogits",
             """
             const long long row = i / classes;
-            long long t = target[row];
-            if (t < 0) t += classes;
+            const long long t = target[row];
             dlogits = (probs - ((long long)i - row * classes == t ? T(1) : T(0))) * grad[row];
             """)
-        return kernel(cupy.ascontiguousarray(probs), target, grad, probs.shape[1])
+        return kernel(cupy.ascontiguousarray(probs), target, cupy.ascontiguousarray(grad),
+                      probs.shape[1])
     kernel = _elementwise(("xent_bwd_dense",), "T probs, T target, T target_sum, T grad", "T dlogits",
                           "dlogits = (probs * target_sum - target) * grad;")
     return kernel(probs, target, target.sum(axis=1, keepdims=True), grad[:, None])
 
 
 # ---------------------------------------------------------------- optimizer updates
-def _check_step(kernel, param, grad, *states):
-    """Dtype and shape checks shared by the optimizer steps (states may not be None)."""
-    _check_arrays(kernel, param, grad, *states)
-    _check_same_shape(kernel, ("param", "grad") + ("state",) * len(states), param, grad, *states)
-
-
-def _need_state(kernel, array, what):
-    if array is None:
-        raise ValueError(f"{kernel}: {what} is None but the options need it")
-    return array
-
-
-def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-    """torch.optim.SGD (dampening 0); ``momentum_buf`` starts at zeros, None when momentum == 0."""
+def sgd_step(param, grad, momentum_buf, lr, momentum, nesterov, weight_decay):
     use_momentum, use_decay = bool(momentum), bool(weight_decay)
-    states = (_need_state("sgd_step", momentum_buf, "momentum_buf"),) if use_momentum else ()
-    _check_step("sgd_step", param, grad, *states)
+    states = (momentum_buf,) if use_momentum else ()
     body = ["T d = grad;"]
     if use_decay:
         body.append("d = d + weight_decay * param;")
@@ -523,14 +368,10 @@ def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, nesterov=False, weight
     kernel(grad, _scalar(lr), _scalar(momentum), _scalar(weight_decay), param, *states)
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
-              eps, weight_decay=0.0, decoupled=False, amsgrad=False):
-    """torch.optim.Adam (``decoupled=False``) and AdamW (``True``); ``step`` counts from 1."""
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+              weight_decay, decoupled, amsgrad):
     use_decay = bool(weight_decay)
-    states = [exp_avg, exp_avg_sq]
-    if amsgrad:
-        states.append(_need_state("adam_step", max_exp_avg_sq, "max_exp_avg_sq"))
-    _check_step("adam_step", param, grad, *states)
+    states = [exp_avg, exp_avg_sq, max_exp_avg_sq] if amsgrad else [exp_avg, exp_avg_sq]
     body = ["T d = grad;"]
     if use_decay:
         body.append("param = param * decay;" if decoupled else "d = d + weight_decay * param;")
@@ -553,10 +394,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1,
            _scalar(eps), _scalar(lr / bias_correction1), param, *states)
 
 
-def adagrad_step(param, grad, state_sum, lr, eps, weight_decay=0.0):
-    """torch.optim.Adagrad; ``lr`` is the already-decayed rate of this step."""
+def adagrad_step(param, grad, state_sum, lr, eps, weight_decay):
     use_decay = bool(weight_decay)
-    _check_step("adagrad_step", param, grad, state_sum)
     body = ["T d = grad;"]
     if use_decay:
         body.append("d = d + weight_decay * param;")
@@ -566,18 +405,16 @@ def adagrad_step(param, grad, state_sum, lr, eps, weight_decay=0.0):
     kernel(grad, _scalar(lr), _scalar(eps), _scalar(weight_decay), param, state_sum)
 
 
-def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps,
-                 weight_decay=0.0, momentum=0.0, centered=False):
-    """torch.optim.RMSprop; ``momentum_buf``/``grad_avg`` are None when unused."""
+def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
+                 momentum, centered):
     use_decay, use_momentum = bool(weight_decay), bool(momentum)
     outputs, states = ["T param", "T square_avg"], [square_avg]
     if use_momentum:
         outputs.append("T buf")
-        states.append(_need_state("rmsprop_step", momentum_buf, "momentum_buf"))
+        states.append(momentum_buf)
     if centered:
         outputs.append("T grad_avg")
-        states.append(_need_state("rmsprop_step", grad_avg, "grad_avg"))
-    _check_step("rmsprop_step", param, grad, *states)
+        states.append(grad_avg)
     body = ["T d = grad;"]
     if use_decay:
         body.append("d = d + weight_decay * param;")
@@ -599,11 +436,4 @@ def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps
            _scalar(weight_decay), _scalar(momentum), param, *states)
 
 
-NAMES = (
-    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
-    "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "gelu_forward", "gelu_backward", "elu_forward", "elu_backward",
-    "softplus_forward", "softplus_backward",
-    "linear_forward", "linear_backward", "softmax_xent_forward", "softmax_xent_backward",
-    "sgd_step", "adam_step", "adagrad_step", "rmsprop_step",
-)
+TABLE = KernelTable("cupy", globals(), DEVICE)

@@ -1,16 +1,11 @@
 """The native kernel table: the compiled twins of ``kernels_numpy``.
 
-Same names, same signatures, same results to float32 rounding; the loops live in
+Same kernels, same parameters, same results to float32 rounding; the loops live in
 ``csrc/*.pyx`` (built into ``nanodl.backend._activations``, ``_linear``, ``_xent`` and
-``_optim``). This module is the guard in front of them: every check happens here,
-before any C code runs, so the kernels can run with bounds checks off.
-
-* dtype: float32 or float64, the same for every array of a call (``TypeError``);
-* shapes agree (``ValueError`` naming the kernel and the shapes);
-* inputs are made C-contiguous (a copy only when needed); arrays updated in place
-  (optimizer ``param`` and state) must already be writeable and C-contiguous
-  (``ValueError``), since a copy would silently drop the update;
-* sparse class labels lie in [0, C) (``ValueError``); activation names are known.
+``_optim``). Every argument check is declared once, in ``nanodl.backend.table``,
+and runs before any function here; what is left is making inputs C-contiguous (a
+copy only when they are not), flattening, allocating outputs and picking the
+float or double specialisation of each Cython kernel.
 
 If the extension modules are missing, importing this module raises ImportError and
 ``nanodl.backend`` falls back to the NumPy table.
@@ -19,7 +14,8 @@ import threading
 
 import numpy as np
 
-from . import kernels_numpy as _numpy_table
+from .activations import CODES, ELEMENTWISE, OUTPUT_GRAD_ACTIVATIONS
+from .table import CPU, Device, KernelTable
 
 try:
     from . import _activations, _linear, _optim, _xent
@@ -27,13 +23,8 @@ except ImportError as exc:  # not built: nanodl.backend falls back to kernels_nu
     raise ImportError(f"nanodl native kernels are not built ({exc}); "
                       "build them with `pip install -e .`") from exc
 
-NAMES = _numpy_table.NAMES
-LINEAR_ACTIVATIONS = _numpy_table.LINEAR_ACTIVATIONS
-OUTPUT_GRAD_ACTIVATIONS = _numpy_table.OUTPUT_GRAD_ACTIVATIONS
-# The ACT_* codes of csrc/elementwise.pxd: the position in LINEAR_ACTIVATIONS.
-ACTIVATION_CODES = {name: code for code, name in enumerate(LINEAR_ACTIVATIONS)}
-_LINEAR = ACTIVATION_CODES["linear"]
-_OUTPUT_GRAD_CODES = frozenset(ACTIVATION_CODES[name] for name in OUTPUT_GRAD_ACTIVATIONS)
+_LINEAR = CODES["linear"]
+_OUTPUT_GRAD_CODES = frozenset(CODES[name] for name in OUTPUT_GRAD_ACTIVATIONS)
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -58,194 +49,85 @@ _ADAGRAD = _by_dtype(_optim.adagrad_step)
 _RMSPROP = _by_dtype(_optim.rmsprop_step)
 
 
-# ---------------------------------------------------------------- checks
-def _dtype_error(kernel, /, **arrays):
-    got = ", ".join(f"{name} {getattr(a, 'dtype', type(a).__name__)}"
-                    for name, a in arrays.items())
-    return TypeError(f"{kernel}: arrays must all be float32 or all float64; got {got}")
-
-
-def _shape_error(kernel, what, /, **arrays):
-    got = " and ".join(f"{name} {a.shape}" for name, a in arrays.items())
-    return ValueError(f"{kernel}: {got} {what}")
-
-
-def _input(x):
-    return x if type(x) is np.ndarray else np.asarray(x)
-
-
 def _contiguous(x):
     """``x`` as a C-contiguous ndarray, copied only when it is not one (0-d stays 0-d)."""
     return np.asarray(x, order="C")
 
 
-def _in_place(kernel, name, array, param=None):
-    """Check an array the kernel updates in place; returns it flattened (a view)."""
-    if type(array) is not np.ndarray:
-        raise TypeError(f"{kernel}: {name} must be a numpy.ndarray updated in place, "
-                        f"got {type(array).__name__}")
-    if param is not None:
-        if array.dtype != param.dtype:
-            raise _dtype_error(kernel, param=param, **{name: array})
-        if array.shape != param.shape:
-            raise _shape_error(kernel, "differ in shape", param=param, **{name: array})
-    flags = array.flags
-    if not flags.writeable or not flags.c_contiguous:
-        raise ValueError(f"{kernel}: {name} is updated in place, so it must be writeable "
-                         f"and C-contiguous (got writeable={flags.writeable}, "
-                         f"C-contiguous={flags.c_contiguous})")
-    return array.ravel()
+def _intp_labels(target):
+    """Integer labels as the contiguous intp array the Cython kernels index with."""
+    return _contiguous(target if target.dtype == _INTP else target.astype(_INTP))
 
 
-def _activation_code(kernel, activation):
-    code = ACTIVATION_CODES.get(activation)
-    if code is None:
-        raise ValueError(f"{kernel}: unknown activation {activation!r}; valid names: "
-                         f"{', '.join(LINEAR_ACTIVATIONS)}")
-    return code
+def scan_labels(target, classes):
+    """``(intp labels, index of the first one outside [0, classes) or -1)``, one C pass."""
+    if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.intp).max:
+        return target, int(np.flatnonzero(target >= classes)[0])  # would wrap as intp
+    labels = _intp_labels(target)
+    return labels, _xent.labels_out_of_range(labels, classes)
 
 
-def _sparse_labels(kernel, target, rows, classes):
-    """Integer labels (N,) as contiguous intp, checked to lie in [0, classes)."""
-    if target.dtype.kind not in "iu":
-        raise TypeError(f"{kernel}: sparse target must hold integer class labels, "
-                        f"got {target.dtype}")
-    if target.shape[0] != rows:
-        raise ValueError(f"{kernel}: target {target.shape} does not match {rows} rows of logits")
-    labels = target if target.dtype == _INTP else target.astype(_INTP)
-    labels = _contiguous(labels)
-    bad = _xent.labels_out_of_range(labels, classes)
-    if bad >= 0:
-        raise ValueError(f"{kernel}: target label {target[bad]} at index {bad} is out of "
-                         f"range [0, {classes})")
-    return labels
-
-
-def _xent_target(kernel, target, scores):
-    """(sparse, dense) for the kernel: one of them None."""
-    target = _input(target)
-    if target.ndim == 1:
-        return _sparse_labels(kernel, target, scores.shape[0], scores.shape[1]), None
-    if target.dtype != scores.dtype:
-        raise _dtype_error(kernel, logits=scores, target=target)
-    if target.shape != scores.shape:
-        raise _shape_error(kernel, "differ in shape", logits=scores, target=target)
-    return None, _contiguous(target)
+DEVICE = Device("cpu", np.ndarray, CPU.coerce, scan_labels)
 
 
 # ---------------------------------------------------------------- activations
 # The hot path: np.asarray(order="C") is a no-op for a contiguous ndarray, and
 # ravel() of a contiguous array is a view (cheaper than reshape(-1)).
-def _forward(kernel, code, x, alpha):
+def _forward(code, x, alpha):
     x = np.asarray(x, order="C")
-    fn = _ACT_FORWARD.get(x.dtype)
-    if fn is None:
-        raise _dtype_error(kernel, x=x)
     out = np.empty_like(x)
     if x.size:
-        fn(code, x.ravel(), out.ravel(), alpha)
+        _ACT_FORWARD[x.dtype](code, x.ravel(), out.ravel(), alpha)
     return out
 
 
-def _backward(kernel, code, saved_name, saved, grad, alpha):
+def _backward(code, saved, grad, alpha):
     saved = np.asarray(saved, order="C")
     grad = np.asarray(grad, order="C")
-    fn = _ACT_BACKWARD.get(saved.dtype)
-    if fn is None or grad.dtype != saved.dtype:
-        raise _dtype_error(kernel, **{saved_name: saved, "grad": grad})
-    if grad.shape != saved.shape:
-        raise _shape_error(kernel, "differ in shape", **{saved_name: saved, "grad": grad})
     out = np.empty_like(grad)
     if grad.size:
-        fn(code, saved.ravel(), grad.ravel(), out.ravel(), alpha)
+        _ACT_BACKWARD[grad.dtype](code, saved.ravel(), grad.ravel(), out.ravel(), alpha)
     return out
 
 
-_RELU, _LEAKY, _SIGMOID, _TANH, _GELU, _ELU, _SOFTPLUS = (
-    ACTIVATION_CODES[name] for name in
-    ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus"))
+def _define_activation(activation):
+    """This table's ``<name>_forward`` / ``<name>_backward``: the C loop for its ACT_* code."""
+    code = activation.code
+    if activation.has_alpha:
+        def forward(x, alpha):
+            return _forward(code, x, alpha)
+
+        def backward(x, grad, alpha):
+            return _backward(code, x, grad, alpha)
+    elif activation.saves == "output":
+        def forward(x):
+            return _forward(code, x, 0.0)
+
+        def backward(y, grad):
+            return _backward(code, y, grad, 0.0)
+    else:
+        def forward(x):
+            return _forward(code, x, 0.0)
+
+        def backward(x, grad):
+            return _backward(code, x, grad, 0.0)
+    forward.__name__, backward.__name__ = activation.forward_kernel, activation.backward_kernel
+    globals()[activation.forward_kernel], globals()[activation.backward_kernel] = forward, backward
 
 
-def relu_forward(x):
-    return _forward("relu_forward", _RELU, x, 0.0)
-
-
-def relu_backward(y, grad):
-    return _backward("relu_backward", _RELU, "y", y, grad, 0.0)
-
-
-def leaky_relu_forward(x, alpha):
-    return _forward("leaky_relu_forward", _LEAKY, x, alpha)
-
-
-def leaky_relu_backward(x, grad, alpha):
-    return _backward("leaky_relu_backward", _LEAKY, "x", x, grad, alpha)
-
-
-def sigmoid_forward(x):
-    return _forward("sigmoid_forward", _SIGMOID, x, 0.0)
-
-
-def sigmoid_backward(y, grad):
-    return _backward("sigmoid_backward", _SIGMOID, "y", y, grad, 0.0)
-
-
-def tanh_forward(x):
-    return _forward("tanh_forward", _TANH, x, 0.0)
-
-
-def tanh_backward(y, grad):
-    return _backward("tanh_backward", _TANH, "y", y, grad, 0.0)
-
-
-def gelu_forward(x):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(c (x + k x^3)))."""
-    return _forward("gelu_forward", _GELU, x, 0.0)
-
-
-def gelu_backward(x, grad):
-    return _backward("gelu_backward", _GELU, "x", x, grad, 0.0)
-
-
-def elu_forward(x, alpha):
-    return _forward("elu_forward", _ELU, x, alpha)
-
-
-def elu_backward(x, grad, alpha):
-    return _backward("elu_backward", _ELU, "x", x, grad, alpha)
-
-
-def softplus_forward(x):
-    return _forward("softplus_forward", _SOFTPLUS, x, 0.0)
-
-
-def softplus_backward(x, grad):
-    return _backward("softplus_backward", _SOFTPLUS, "x", x, grad, 0.0)
+for _activation in ELEMENTWISE:
+    _define_activation(_activation)
 
 
 # ---------------------------------------------------------------- dense layer
-def linear_forward(x, kernel, bias, activation="linear", alpha=0.0):
-    """``act(x @ kernel + bias)`` for 2-D ``x``; returns ``(out, saved)`` like kernels_numpy.
-
-    The GEMM is ``np.matmul`` (see csrc/linear.pyx for why); the bias add and the
-    activation are one fused pass over its output.
-    """
-    name = "linear_forward"
-    code = _activation_code(name, activation)
-    x = _input(x)
-    kernel = _input(kernel)
-    fn = _BIAS_ACT.get(x.dtype)
-    if fn is None or kernel.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
-        raise _dtype_error(name, x=x, kernel=kernel, **({} if bias is None else {"bias": bias}))
-    if x.ndim != 2 or kernel.ndim != 2 or x.shape[1] != kernel.shape[0]:
-        raise _shape_error(name, "are not aligned", x=x, kernel=kernel)
-    if bias is not None:
-        bias = _input(bias)
-        if bias.shape != (kernel.shape[1],):
-            raise _shape_error(name, "do not match (bias must be (units,))",
-                               kernel=kernel, bias=bias)
-        bias = _contiguous(bias)
+def linear_forward(x, kernel, bias, activation, alpha):
+    """``act(x @ kernel + bias)``: the GEMM is ``np.matmul`` (see csrc/linear.pyx for
+    why); the bias add and the activation are one fused pass over its output."""
+    code = CODES[activation]
     z = _contiguous(np.matmul(x, kernel))  # fresh, C order; why not sgemm: csrc/linear.pyx
+    if bias is not None:
+        bias = _contiguous(bias)
+    fn = _BIAS_ACT[z.dtype]
     if code in _OUTPUT_GRAD_CODES:
         if z.size and (bias is not None or code != _LINEAR):
             fn(code, z, bias, z, alpha)
@@ -273,36 +155,17 @@ def _scratch_buffer(shape, dtype):
     return buf
 
 
-def linear_backward(x, kernel, saved, grad, activation="linear", alpha=0.0,
-                    need_x=True, need_kernel=True, need_bias=True):
-    """Gradients ``(dx, dkernel, dbias)`` of ``linear_forward``; unneeded ones are None.
-
-    ``dz = grad * act'(saved)`` is one fused pass into a reused scratch buffer; the
-    returned arrays are always fresh.
-    """
-    name = "linear_backward"
-    code = _activation_code(name, activation)
-    x = _input(x)
-    kernel = _input(kernel)
-    grad = _input(grad)
-    fn = _ACT_GRAD.get(grad.dtype)
-    if fn is None or x.dtype != grad.dtype or kernel.dtype != grad.dtype:
-        raise _dtype_error(name, x=x, kernel=kernel, grad=grad)
-    if x.ndim != 2 or kernel.ndim != 2 or x.shape[1] != kernel.shape[0]:
-        raise _shape_error(name, "are not aligned", x=x, kernel=kernel)
-    if grad.shape != (x.shape[0], kernel.shape[1]):
-        raise _shape_error(name, "do not match x @ kernel", x=x, kernel=kernel, grad=grad)
+def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kernel, need_bias):
+    """``dz = grad * act'(saved)`` is one fused pass into a reused scratch buffer; the
+    returned ``(dx, dkernel, dbias)`` are always fresh (None where not needed)."""
+    code = CODES[activation]
     if code == _LINEAR:
         dz = grad
     else:
-        saved = _input(saved)
-        if saved.dtype != grad.dtype:
-            raise _dtype_error(name, saved=saved, grad=grad)
-        if saved.shape != grad.shape:
-            raise _shape_error(name, "differ in shape", saved=saved, grad=grad)
         dz = _scratch_buffer(grad.shape, grad.dtype)
         if dz.size:
-            fn(code, _contiguous(saved).ravel(), _contiguous(grad).ravel(), dz.ravel(), alpha)
+            _ACT_GRAD[grad.dtype](code, _contiguous(saved).ravel(), _contiguous(grad).ravel(),
+                                  dz.ravel(), alpha)
     dx = np.matmul(dz, kernel.T) if need_x else None
     dkernel = np.matmul(x.T, dz) if need_kernel else None
     dbias = dz.sum(axis=0) if need_bias else None
@@ -310,101 +173,68 @@ def linear_backward(x, kernel, saved, grad, activation="linear", alpha=0.0,
 
 
 # ---------------------------------------------------------------- softmax cross-entropy
-def softmax_xent_forward(logits, target):
-    """Per-sample ``-sum(target * log_softmax(logits))``; returns ``(loss, probs)``.
+def _sparse_or_dense(target):
+    """(sparse intp labels, dense C-order target): one of them None."""
+    if target.ndim == 1:
+        return _intp_labels(target), None
+    return None, _contiguous(target)
 
-    ``target``: integer labels (N,) of any integer dtype, or (N, C) of the logits' dtype.
-    """
-    name = "softmax_xent_forward"
-    logits = _input(logits)
-    fn = _XENT_FORWARD.get(logits.dtype)
-    if fn is None:
-        raise _dtype_error(name, logits=logits)
-    if logits.ndim != 2:
-        raise ValueError(f"{name}: logits must be 2-D (N, C), got shape {logits.shape}")
-    rows, classes = logits.shape
-    sparse, dense = _xent_target(name, target, logits)
+
+def softmax_xent_forward(logits, target):
+    """Per-sample loss and the softmax, one fused pass per row (csrc/xent.pyx)."""
+    rows = logits.shape[0]
+    sparse, dense = _sparse_or_dense(target)
     loss = np.empty(rows, logits.dtype)
-    probs = np.empty_like(logits)
+    probs = np.empty(logits.shape, logits.dtype)  # C order, whatever the logits' layout
     if rows:
-        if classes == 0:
-            raise ValueError(f"{name}: logits {logits.shape} have no classes")
-        fn(_contiguous(logits), sparse, dense, loss, probs)
+        _XENT_FORWARD[logits.dtype](_contiguous(logits), sparse, dense, loss, probs)
     return loss, probs
 
 
 def softmax_xent_backward(probs, target, grad):
-    """Gradient w.r.t. the logits, given the per-sample upstream ``grad`` (N,)."""
-    name = "softmax_xent_backward"
-    probs = _input(probs)
-    grad = _input(grad)
-    fn = _XENT_BACKWARD.get(probs.dtype)
-    if fn is None or grad.dtype != probs.dtype:
-        raise _dtype_error(name, probs=probs, grad=grad)
-    if probs.ndim != 2 or grad.shape != probs.shape[:1]:
-        raise _shape_error(name, "do not match (probs (N, C), grad (N,))", probs=probs, grad=grad)
-    sparse, dense = _xent_target(name, target, probs)
-    out = np.empty_like(probs)
+    sparse, dense = _sparse_or_dense(target)
+    out = np.empty(probs.shape, probs.dtype)
     if out.size:
-        fn(_contiguous(probs), sparse, dense, _contiguous(grad), out)
+        _XENT_BACKWARD[probs.dtype](_contiguous(probs), sparse, dense, _contiguous(grad), out)
     return out
 
 
 # ---------------------------------------------------------------- optimizer updates
-def _optimizer_operands(kernel, table, param, grad):
-    """(specialised kernel, flat param, flat contiguous grad) after the common checks."""
-    if type(param) is not np.ndarray:
-        raise TypeError(f"{kernel}: param must be a numpy.ndarray updated in place, "
-                        f"got {type(param).__name__}")
-    grad = _input(grad)
-    fn = table.get(param.dtype)
-    if fn is None or grad.dtype != param.dtype:
-        raise _dtype_error(kernel, param=param, grad=grad)
-    if grad.shape != param.shape:
-        raise _shape_error(kernel, "differ in shape", param=param, grad=grad)
-    return fn, _in_place(kernel, "param", param), _contiguous(grad).ravel()
-
-
-def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-    """torch.optim.SGD (dampening 0); ``momentum_buf`` starts at zeros, None when momentum == 0."""
-    name = "sgd_step"
-    fn, flat, grad = _optimizer_operands(name, _SGD, param, grad)
-    buf = _in_place(name, "momentum_buf", momentum_buf, param) if momentum else flat
+# ``param`` and the state arrays are C-contiguous (the table checked it), so ravel()
+# is a view; a state array an option does not use is passed as ``param``, untouched.
+def sgd_step(param, grad, momentum_buf, lr, momentum, nesterov, weight_decay):
+    flat = param.ravel()
     if flat.size:
-        fn(flat, grad, buf, lr, momentum, bool(nesterov), weight_decay)
+        _SGD[param.dtype](flat, _contiguous(grad).ravel(),
+                          momentum_buf.ravel() if momentum else flat,
+                          lr, momentum, nesterov, weight_decay)
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
-              eps, weight_decay=0.0, decoupled=False, amsgrad=False):
-    """torch.optim.Adam (``decoupled=False``) and AdamW (``True``); ``step`` counts from 1."""
-    name = "adam_step"
-    fn, flat, grad = _optimizer_operands(name, _ADAM, param, grad)
-    avg = _in_place(name, "exp_avg", exp_avg, param)
-    avg_sq = _in_place(name, "exp_avg_sq", exp_avg_sq, param)
-    max_sq = _in_place(name, "max_exp_avg_sq", max_exp_avg_sq, param) if amsgrad else flat
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+              weight_decay, decoupled, amsgrad):
+    flat = param.ravel()
     if flat.size:
-        fn(flat, grad, avg, avg_sq, max_sq, lr / (1 - beta1 ** step),
-           (1 - beta2 ** step) ** 0.5, beta1, beta2, eps, weight_decay,
-           1 - lr * weight_decay, bool(decoupled), bool(amsgrad))
+        _ADAM[param.dtype](flat, _contiguous(grad).ravel(), exp_avg.ravel(), exp_avg_sq.ravel(),
+                           max_exp_avg_sq.ravel() if amsgrad else flat,
+                           lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5, beta1, beta2,
+                           eps, weight_decay, 1 - lr * weight_decay, decoupled, amsgrad)
 
 
-def adagrad_step(param, grad, state_sum, lr, eps, weight_decay=0.0):
-    """torch.optim.Adagrad; ``lr`` is the already-decayed rate of this step."""
-    name = "adagrad_step"
-    fn, flat, grad = _optimizer_operands(name, _ADAGRAD, param, grad)
-    state = _in_place(name, "state_sum", state_sum, param)
+def adagrad_step(param, grad, state_sum, lr, eps, weight_decay):
+    flat = param.ravel()
     if flat.size:
-        fn(flat, grad, state, lr, eps, weight_decay)
+        _ADAGRAD[param.dtype](flat, _contiguous(grad).ravel(), state_sum.ravel(), lr, eps,
+                              weight_decay)
 
 
-def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps,
-                 weight_decay=0.0, momentum=0.0, centered=False):
-    """torch.optim.RMSprop; ``momentum_buf``/``grad_avg`` are None when unused."""
-    name = "rmsprop_step"
-    fn, flat, grad = _optimizer_operands(name, _RMSPROP, param, grad)
-    square = _in_place(name, "square_avg", square_avg, param)
-    buf = _in_place(name, "momentum_buf", momentum_buf, param) if momentum else flat
-    average = _in_place(name, "grad_avg", grad_avg, param) if centered else flat
+def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
+                 momentum, centered):
+    flat = param.ravel()
     if flat.size:
-        fn(flat, grad, square, buf, average, lr, alpha, eps, weight_decay, momentum,
-           bool(centered))
+        _RMSPROP[param.dtype](flat, _contiguous(grad).ravel(), square_avg.ravel(),
+                              momentum_buf.ravel() if momentum else flat,
+                              grad_avg.ravel() if centered else flat,
+                              lr, alpha, eps, weight_decay, momentum, centered)
+
+
+TABLE = KernelTable("native", globals(), DEVICE)

@@ -1,29 +1,16 @@
 """The NumPy kernel table: the readable reference twin of the compiled kernels.
 
-Every function here has a namesake with the same signature in the native table
-(``nanodl.backend.kernels_native``, built from ``csrc/``) and in the CuPy table.
-Ops and optimizers call the table, never an ``if native:`` branch; the tests run
-both tables on the same inputs and compare them.
-
-Conventions
------------
-* Arrays are float32 or float64; every array argument of one call has the same dtype.
-* ``linear_forward`` works on 2-D ``x``; the op reshapes anything else.
-* Activation backward kernels take the forward *output* ``y`` for relu, sigmoid
-  and tanh (their derivative is a function of the output, so the input need not
-  be kept) and the forward *input* ``x`` for the others.
-* Optimizer steps update ``param`` and their state arrays in place and return None.
-  Their formulas are PyTorch's, option for option.
+Every function here is the plain compute function of one kernel declared in
+``nanodl.backend.table`` (same name, same parameters; the declaration's docstring is
+the contract, and its checks run before these). The native table
+(``kernels_native``, built from ``csrc/``) and the CuPy table compute the same
+formulas in the same order of operations; the tests run every table on the same
+inputs and compare them. Optimizer formulas are PyTorch's, option for option.
 """
 import numpy as np
 
-# Activations whose derivative is computed from the output (the rest use the input).
-OUTPUT_GRAD_ACTIVATIONS = frozenset({"linear", "relu", "sigmoid", "tanh"})
-LINEAR_ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus")
-
-_GELU_C = 0.7978845608028654  # sqrt(2 / pi)
-_GELU_K = 0.044715
-
+from .activations import BY_NAME, GELU_C, GELU_K, OUTPUT_GRAD_ACTIVATIONS
+from .table import CPU, KernelTable
 
 # ---------------------------------------------------------------- activations
 def relu_forward(x):
@@ -60,16 +47,30 @@ def tanh_backward(y, grad):
     return grad * (1 - y * y)
 
 
+def _gelu_halves(x):
+    """``(s, 1 - s)`` with ``s = 0.5 (1 + tanh(u)) = sigmoid(2u)``, ``u = c (x + k x^3)``.
+
+    Both are formed without a subtraction (``e = exp(-2|u|) <= 1``), so ``gelu`` keeps
+    its relative accuracy for negative ``x``, where ``1 + tanh(u)`` would cancel.
+    """
+    u = GELU_C * (x + GELU_K * (x * x * x))
+    e = np.exp(-2 * np.abs(u))
+    r = 1 / (1 + e)
+    positive = u >= 0
+    return np.where(positive, r, e * r), np.where(positive, e * r, r)
+
+
 def gelu_forward(x):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(c (x + k x^3)))."""
-    t = np.tanh(_GELU_C * (x + _GELU_K * x ** 3))
-    return (0.5 * x * (1 + t)).astype(x.dtype, copy=False)
+    """GELU, tanh approximation: 0.5 x (1 + tanh(c (x + k x^3))) = x sigmoid(2u)."""
+    s, _ = _gelu_halves(x)
+    return (x * s).astype(x.dtype, copy=False)
 
 
 def gelu_backward(x, grad):
-    t = np.tanh(_GELU_C * (x + _GELU_K * x ** 3))
-    dt = _GELU_C * (1 + 3 * _GELU_K * x * x) * (1 - t * t)
-    return (grad * (0.5 * (1 + t) + 0.5 * x * dt)).astype(x.dtype, copy=False)
+    # d/dx x sigmoid(2u) = s + x 2u' s (1 - s), 2u' = 2c (1 + 3k x^2)
+    s, s_rest = _gelu_halves(x)
+    du = (2 * GELU_C) * (1 + (3 * GELU_K) * (x * x))
+    return (grad * (s + du * x * s * s_rest)).astype(x.dtype, copy=False)
 
 
 def elu_forward(x, alpha):
@@ -89,36 +90,24 @@ def softplus_backward(x, grad):
     return grad * sigmoid_forward(x)
 
 
-def activation_forward(name, x, alpha=0.0):
-    """Apply activation ``name`` (one of LINEAR_ACTIVATIONS)."""
+def activation_forward(name, x, alpha):
+    """Apply activation ``name`` (one of ``activations.LINEAR_ACTIVATIONS``)."""
     if name == "linear":
         return x
-    if name in ("leaky_relu", "elu"):
-        return ACTIVATION_FORWARD[name](x, alpha)
-    return ACTIVATION_FORWARD[name](x)
+    forward = _FORWARD[name]
+    return forward(x, alpha) if BY_NAME[name].has_alpha else forward(x)
 
 
-def activation_backward(name, saved, grad, alpha=0.0):
-    """Gradient through activation ``name``; ``saved`` is y or x as the module doc says."""
+def activation_backward(name, saved, grad, alpha):
+    """Gradient through activation ``name``; ``saved`` is y or x as its record says."""
     if name == "linear":
         return grad
-    if name in ("leaky_relu", "elu"):
-        return ACTIVATION_BACKWARD[name](saved, grad, alpha)
-    return ACTIVATION_BACKWARD[name](saved, grad)
-
-
-ACTIVATION_FORWARD = {
-    "relu": relu_forward, "leaky_relu": leaky_relu_forward, "sigmoid": sigmoid_forward,
-    "tanh": tanh_forward, "gelu": gelu_forward, "elu": elu_forward, "softplus": softplus_forward,
-}
-ACTIVATION_BACKWARD = {
-    "relu": relu_backward, "leaky_relu": leaky_relu_backward, "sigmoid": sigmoid_backward,
-    "tanh": tanh_backward, "gelu": gelu_backward, "elu": elu_backward, "softplus": softplus_backward,
-}
+    backward = _BACKWARD[name]
+    return backward(saved, grad, alpha) if BY_NAME[name].has_alpha else backward(saved, grad)
 
 
 # ---------------------------------------------------------------- dense layer
-def linear_forward(x, kernel, bias, activation="linear", alpha=0.0):
+def linear_forward(x, kernel, bias, activation, alpha):
     """``act(x @ kernel + bias)`` for 2-D ``x``.
 
     Returns ``(out, saved)``: ``saved`` is what ``linear_backward`` needs, the
@@ -133,8 +122,7 @@ def linear_forward(x, kernel, bias, activation="linear", alpha=0.0):
     return activation_forward(activation, z, alpha), z
 
 
-def linear_backward(x, kernel, saved, grad, activation="linear", alpha=0.0,
-                    need_x=True, need_kernel=True, need_bias=True):
+def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kernel, need_bias):
     """Gradients ``(dx, dkernel, dbias)`` of ``linear_forward``; unneeded ones are None."""
     dz = activation_backward(activation, saved, grad, alpha)
     dx = dz @ kernel.T if need_x else None
@@ -151,9 +139,6 @@ def softmax_xent_forward(logits, target):
     shape (N, C) of the logits' dtype (one-hot or probabilities).
     Returns ``(loss, probs)``; ``probs`` is kept for the backward.
     """
-    if target.ndim == 1 and target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
-        raise ValueError(f"softmax_xent_forward: target labels must be in [0, {logits.shape[1]}), "
-                         f"got values in [{target.min()}, {target.max()}]")
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)
@@ -177,7 +162,7 @@ def softmax_xent_backward(probs, target, grad):
 
 
 # ---------------------------------------------------------------- optimizer updates
-def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+def sgd_step(param, grad, momentum_buf, lr, momentum, nesterov, weight_decay):
     """torch.optim.SGD (dampening 0); ``momentum_buf`` starts at zeros, None when momentum == 0."""
     if weight_decay:
         grad = grad + weight_decay * param
@@ -188,8 +173,8 @@ def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, nesterov=False, weight
     param -= lr * grad
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
-              eps, weight_decay=0.0, decoupled=False, amsgrad=False):
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+              weight_decay, decoupled, amsgrad):
     """torch.optim.Adam (``decoupled=False``) and AdamW (``True``); ``step`` counts from 1."""
     if weight_decay:
         if decoupled:
@@ -211,7 +196,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1,
     param -= (lr / bias_correction1) * exp_avg / denom
 
 
-def adagrad_step(param, grad, state_sum, lr, eps, weight_decay=0.0):
+def adagrad_step(param, grad, state_sum, lr, eps, weight_decay):
     """torch.optim.Adagrad; ``lr`` is the already-decayed rate of this step."""
     if weight_decay:
         grad = grad + weight_decay * param
@@ -219,8 +204,8 @@ def adagrad_step(param, grad, state_sum, lr, eps, weight_decay=0.0):
     param -= lr * grad / (np.sqrt(state_sum) + eps)
 
 
-def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps,
-                 weight_decay=0.0, momentum=0.0, centered=False):
+def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
+                 momentum, centered):
     """torch.optim.RMSprop; ``momentum_buf``/``grad_avg`` are None when unused."""
     if weight_decay:
         grad = grad + weight_decay * param
@@ -240,11 +225,7 @@ def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps
         param -= lr * grad / avg
 
 
-NAMES = (
-    "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
-    "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
-    "gelu_forward", "gelu_backward", "elu_forward", "elu_backward",
-    "softplus_forward", "softplus_backward",
-    "linear_forward", "linear_backward", "softmax_xent_forward", "softmax_xent_backward",
-    "sgd_step", "adam_step", "adagrad_step", "rmsprop_step",
-)
+_FORWARD = {a.name: globals()[a.forward_kernel] for a in BY_NAME.values() if a.kernels}
+_BACKWARD = {a.name: globals()[a.backward_kernel] for a in BY_NAME.values() if a.kernels}
+
+TABLE = KernelTable("numpy", globals(), CPU)

@@ -296,7 +296,8 @@ class SGD(Optimizer):
         """Update every parameter that has a gradient."""
         lr, momentum, nesterov, weight_decay = self._lr, self.momentum, self.nesterov, self.weight_decay
         for data, grad, entry in self._updates():
-            kernels(data).sgd_step(data, grad, entry[1], lr, momentum, nesterov, weight_decay)
+            kernels(data).sgd_step(data, grad, momentum_buf=entry[1], lr=lr, momentum=momentum,
+                                   nesterov=nesterov, weight_decay=weight_decay)
 
 
 class Adam(Optimizer):
@@ -333,8 +334,10 @@ class Adam(Optimizer):
         lr, (beta1, beta2), eps = self._lr, self.betas, self.eps
         weight_decay, decoupled, amsgrad = self.weight_decay, self._decoupled, self.amsgrad
         for data, grad, entry in self._updates():
-            kernels(data).adam_step(data, grad, entry[1], entry[2], entry[3], entry[0], lr,
-                                    beta1, beta2, eps, weight_decay, decoupled, amsgrad)
+            kernels(data).adam_step(data, grad, exp_avg=entry[1], exp_avg_sq=entry[2],
+                                    max_exp_avg_sq=entry[3], step=entry[0], lr=lr, beta1=beta1,
+                                    beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                    decoupled=decoupled, amsgrad=amsgrad)
 
 
 class AdamW(Adam):
@@ -378,7 +381,8 @@ class Adagrad(Optimizer):
         lr, lr_decay, eps, weight_decay = self._lr, self.lr_decay, self.eps, self.weight_decay
         for data, grad, entry in self._updates():
             decayed_lr = lr / (1 + (entry[0] - 1) * lr_decay)
-            kernels(data).adagrad_step(data, grad, entry[1], decayed_lr, eps, weight_decay)
+            kernels(data).adagrad_step(data, grad, state_sum=entry[1], lr=decayed_lr, eps=eps,
+                                       weight_decay=weight_decay)
 
 
 class RMSprop(Optimizer):
@@ -413,8 +417,10 @@ class RMSprop(Optimizer):
         lr, alpha, eps = self._lr, self.alpha, self.eps
         weight_decay, momentum, centered = self.weight_decay, self.momentum, self.centered
         for data, grad, entry in self._updates():
-            kernels(data).rmsprop_step(data, grad, entry[1], entry[2], entry[3], lr, alpha, eps,
-                                       weight_decay, momentum, centered)
+            kernels(data).rmsprop_step(data, grad, square_avg=entry[1], momentum_buf=entry[2],
+                                       grad_avg=entry[3], lr=lr, alpha=alpha, eps=eps,
+                                       weight_decay=weight_decay, momentum=momentum,
+                                       centered=centered)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, Adagrad, RMSprop)}
