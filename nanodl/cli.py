@@ -77,6 +77,7 @@ def _positive(text):
 
 def build_parser():
     from . import __version__
+    from .backend.activations import ELEMENTWISE
     from .optim import OPTIMIZERS
 
     parser = argparse.ArgumentParser(prog="nanodl", description="nanodl: a small neural-network engine.")
@@ -90,7 +91,7 @@ def build_parser():
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], metavar="SIZES",
                        help="hidden layer sizes, comma-separated (default: 128,64)")
     train.add_argument("--activation", default="relu",
-                       choices=("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus"))
+                       choices=tuple(activation.name for activation in ELEMENTWISE))
     train.add_argument("--optimizer", default="adam", choices=tuple(OPTIMIZERS))
     train.add_argument("--lr", type=_positive, default=None,
                        help="learning rate (default: the optimizer's own, 0.001 for adam)")

@@ -6,14 +6,18 @@
 """
 from . import ops
 from .backend import array_module
-from .ops import elu, gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh
+from .backend.activations import ELEMENTWISE
+from .ops import log_softmax, softmax
 from .random import uniform
 from .tensor import Tensor
 
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu", "elu", "softplus", "linear")
+# The elementwise activations come from their records (nanodl.backend.activations):
+# F.relu is nanodl.ops.relu, and so on for every record.
+globals().update({activation.name: getattr(ops, activation.name) for activation in ELEMENTWISE})
+ACTIVATIONS = tuple(activation.name for activation in ELEMENTWISE) + ("softmax", "linear")
 
-__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu", "elu",
-           "softplus", "dropout", "linear", "get_activation", "ACTIVATIONS"]
+__all__ = [activation.name for activation in ELEMENTWISE] + [
+    "softmax", "log_softmax", "dropout", "linear", "get_activation", "ACTIVATIONS"]
 
 
 def check_activation(name):
@@ -45,7 +49,7 @@ def dropout(x, rate, training=True):
     return x * Tensor(mask)
 
 
-DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+DEFAULT_ALPHA = {activation.name: activation.alpha for activation in ELEMENTWISE if activation.has_alpha}
 
 
 def linear(x, kernel, bias=None, activation=None, alpha=None):

@@ -6,6 +6,7 @@ The CPU is the reference throughout: its forward results are checked against Num
 its float64 gradients against central differences in ``test_ops.py``, so a GPU result
 equal to the CPU's is a checked result.
 """
+import inspect
 import itertools
 import zlib
 
@@ -14,8 +15,9 @@ import pytest
 
 import nanodl as nd
 from nanodl import backend
+from nanodl.backend import activations
 from nanodl.backend import cuda as nd_cuda
-from nanodl.backend import kernels_numpy
+from nanodl.backend import kernels_numpy, table
 from nanodl.ops.registry import REGISTRY, draw_inputs
 
 pytestmark = pytest.mark.skipif(not nd.cuda_available(), reason=str(nd_cuda.cuda_status()))
@@ -33,8 +35,18 @@ def cp():
 
 @pytest.fixture(scope="module")
 def kc():
-    from nanodl.backend import kernels_cupy
-    return kernels_cupy
+    return backend.gpu_table()
+
+
+NUMPY = kernels_numpy.TABLE
+
+
+def call(tbl, name, args):
+    """Call kernel ``name`` with its declared parameters given in order (keyword-only by name)."""
+    names = table.parameters(name)
+    kinds = inspect.signature(getattr(tbl, name)).parameters.values()
+    positional = sum(1 for p in kinds if p.kind != p.KEYWORD_ONLY)
+    return getattr(tbl, name)(*args[:positional], **dict(zip(names[positional:], args[positional:])))
 
 
 def host(array):
@@ -85,8 +97,8 @@ def test_op_gradient_matches_cpu(spec, shapes):
 
 
 # ---------------------------------------------------------------- every kernel vs the NumPy twin
-ACTIVATIONS = tuple(name for name in kernels_numpy.LINEAR_ACTIVATIONS if name != "linear")
-ALPHA = {"leaky_relu": 0.1, "elu": 1.5}
+ACTIVATIONS = tuple(a.name for a in activations.ELEMENTWISE)
+ALPHA = {a.name: a.check_alpha for a in activations.ELEMENTWISE if a.has_alpha}
 ELEMENTWISE_SHAPES = ((1,), (3, 5), (7, 13), (2, 3, 5))
 LINEAR_SHAPES = ((1, 1, 1), (1, 7, 3), (33, 17, 9))  # (batch, in, out)
 XENT_SHAPES = ((1, 1), (1, 10), (5, 3), (7, 300), (3, 1000))    # (batch, classes)
@@ -101,15 +113,15 @@ def _activation_cases():
 
             def backward_args(rng, dt, s=shape, a=alpha, n=name):
                 x = rng.uniform(-3, 3, s).astype(dt)
-                saved = getattr(kernels_numpy, f"{n}_forward")(x, *a) \
-                    if n in kernels_numpy.OUTPUT_GRAD_ACTIVATIONS else x
+                saved = getattr(NUMPY, f"{n}_forward")(x, *a) \
+                    if n in activations.OUTPUT_GRAD_ACTIVATIONS else x
                 return (saved, rng.standard_normal(s).astype(dt), *a)
             yield f"{name}_backward", shape, backward_args
 
 
 def _linear_cases():
     for (n, i, o), activation, with_bias in itertools.product(
-            LINEAR_SHAPES, kernels_numpy.LINEAR_ACTIVATIONS, (True, False)):
+            LINEAR_SHAPES, activations.LINEAR_ACTIVATIONS, (True, False)):
         alpha = ALPHA.get(activation, 0.0)
         case = f"{n}x{i}x{o}-{activation}-{'bias' if with_bias else 'nobias'}"
 
@@ -122,8 +134,8 @@ def _linear_cases():
             def backward_args(rng, dt, n=n, i=i, o=o, act=activation, a=alpha, needs=needs):
                 x = rng.standard_normal((n, i)).astype(dt)
                 kernel = rng.standard_normal((i, o)).astype(dt)
-                _, saved = kernels_numpy.linear_forward(x, kernel, rng.standard_normal(o).astype(dt),
-                                                        act, a)
+                _, saved = NUMPY.linear_forward(x, kernel, rng.standard_normal(o).astype(dt),
+                                                act, a)
                 return (x, kernel, saved, rng.standard_normal((n, o)).astype(dt), act, a, *needs)
             yield "linear_backward", f"{case}-{''.join('1' if k else '0' for k in needs)}", backward_args
 
@@ -139,7 +151,7 @@ def _xent_cases():
             (3 * rng.standard_normal((n, c))).astype(dt), t(rng, dt))
 
         def backward_args(rng, dt, n=n, c=c, t=target):
-            _, probs = kernels_numpy.softmax_xent_forward(
+            _, probs = NUMPY.softmax_xent_forward(
                 (3 * rng.standard_normal((n, c))).astype(dt), t(rng, dt))
             return probs, t(rng, dt), rng.standard_normal(n).astype(dt)
         yield "softmax_xent_backward", f"{n}x{c}-{kind}", backward_args
@@ -180,10 +192,10 @@ KERNEL_CASES = list(itertools.chain(_activation_cases(), _linear_cases(), _xent_
 
 
 def test_kernel_cases_cover_every_name(kc):
-    assert set(kc.NAMES) == set(kernels_numpy.NAMES)
-    for name in kernels_numpy.NAMES:
+    for name in table.NAMES:
         assert callable(getattr(kc, name)), name
-    assert {case[0] for case in KERNEL_CASES} == set(kernels_numpy.NAMES)
+        assert tuple(inspect.signature(getattr(kc.compute, name)).parameters) == table.parameters(name)
+    assert {case[0] for case in KERNEL_CASES} == set(table.NAMES)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -194,8 +206,8 @@ def test_kernel_matches_numpy_twin(kc, cp, name, case, make_args, dtype):
     args = make_args(np.random.default_rng(zlib.crc32(f"{name}-{case}".encode())), np.dtype(dtype))
     cpu_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
     gpu_args = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
-    expected = getattr(kernels_numpy, name)(*cpu_args)
-    result = getattr(kc, name)(*gpu_args)
+    expected = call(NUMPY, name, cpu_args)
+    result = call(kc, name, gpu_args)
     expected = expected if isinstance(expected, tuple) else (expected,)
     result = result if isinstance(result, tuple) else (result,)
     assert len(result) == len(expected)
@@ -216,7 +228,7 @@ def test_kernels_are_stable_at_1e4(kc, cp):
     for name in ("sigmoid_forward", "softplus_forward", "gelu_forward", "tanh_forward"):
         out = host(getattr(kc, name)(x))
         assert np.isfinite(out).all(), f"{name}: {out}"
-        np.testing.assert_allclose(out, getattr(kernels_numpy, name)(host(x)), rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(out, getattr(NUMPY, name)(host(x)), rtol=1e-6, err_msg=name)
     logits = cp.asarray(np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], dtype=np.float32))
     loss, probs = kc.softmax_xent_forward(logits, cp.asarray(np.array([1, 2])))
     assert np.isfinite(host(loss)).all() and np.isfinite(host(probs)).all()
@@ -239,14 +251,22 @@ def test_kernel_errors_name_the_kernel(kc, cp):
     with pytest.raises(ValueError, match="softmax_xent_forward"):
         kc.softmax_xent_forward(x32, cp.zeros(5, dtype=cp.int64))
     with pytest.raises(ValueError, match="adam_step"):
-        kc.adam_step(x32, cp.zeros(3, dtype=cp.float32), x32.copy(), x32.copy(), None, 1,
-                     0.1, 0.9, 0.999, 1e-8)
+        kc.adam_step(x32, cp.zeros(3, dtype=cp.float32), exp_avg=x32.copy(), exp_avg_sq=x32.copy(),
+                     step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
 
 
-def test_out_of_range_class_gives_nan_loss(kc, cp):
-    loss, _ = kc.softmax_xent_forward(cp.zeros((2, 3), dtype=cp.float32), cp.asarray([0, 7]))
-    loss = host(loss)
-    assert np.isfinite(loss[0]) and np.isnan(loss[1])
+@pytest.mark.parametrize("label", [-1, 3, 7])
+@pytest.mark.parametrize("name", ["softmax_xent_forward", "softmax_xent_backward"])
+def test_out_of_range_class_is_refused_like_on_the_cpu(kc, cp, name, label):
+    """Issue 9: the GPU table used to turn label -1 into class C-1 and train it."""
+    logits = np.zeros((2, 3), dtype=np.float32)
+    target = np.array([0, label])
+    args = (logits, target) if name == "softmax_xent_forward" else (logits, target, np.ones(2, np.float32))
+    with pytest.raises(ValueError) as on_cpu:
+        getattr(NUMPY, name)(*args)
+    with pytest.raises(ValueError) as on_gpu:
+        getattr(kc, name)(*[cp.asarray(a) for a in args])
+    assert str(on_gpu.value) == str(on_cpu.value)
 
 
 def test_float32_matmul_is_full_precision(kc, cp):
@@ -254,7 +274,8 @@ def test_float32_matmul_is_full_precision(kc, cp):
     import os
     if os.environ.get("CUPY_TF32", "0").strip() not in ("", "0"):
         pytest.skip("CUPY_TF32 is set in this environment")
-    assert not kc.tf32_enabled()
+    from nanodl.backend import kernels_cupy
+    assert not kernels_cupy.tf32_enabled()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 512)).astype(np.float32)
     w = rng.standard_normal((512, 128)).astype(np.float32)

@@ -13,6 +13,8 @@ import numpy as np
 
 from .. import functional as F
 from .. import ops
+from ..backend.activations import BY_NAME as ACTIVATION_RECORDS
+from ..backend.activations import ELEMENTWISE as ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,9 @@ def _np_logsumexp(a, axis=None, keepdims=False):
     return out if keepdims else np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
 
 
-def _np_gelu(a):
-    return 0.5 * a * (1 + np.tanh(0.7978845608028654 * (a + 0.044715 * a ** 3)))
-
-
 def _np_linear(x, w, b, act):
     z = x @ w + b
-    return {"linear": lambda v: v, "relu": lambda v: np.maximum(v, 0),
-            "tanh": np.tanh, "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
-            "softmax": _np_softmax}[act](z)
+    return _np_softmax(z) if act == "softmax" else ACTIVATION_RECORDS[act].reference(z, None)
 
 
 def _np_xent(logits, target):
@@ -98,6 +94,22 @@ REDUCE_SHAPES = (((3, 4),), ((2, 3, 4),), ((5,),))
 # Fixed class targets for the cross-entropy entry (the registry's inputs are all float).
 _XENT_TARGET = np.array([0, 2, 1, 2, 0])
 _XENT_PROBS = np.array([[0.2, 0.3, 0.5], [1, 0, 0], [0.1, 0.1, 0.8], [0, 0.5, 0.5], [0.3, 0.3, 0.4]])
+
+def _activation_spec(activation):
+    """The registry entry of an activation, from its record (alpha: its ``check_alpha``)."""
+    alpha = activation.check_alpha
+    fn = getattr(F, activation.name)
+    kinks = activation.kink_points(alpha)
+    return OpSpec(activation.name,
+                  (lambda a: fn(a, alpha)) if activation.has_alpha else fn,
+                  lambda a: activation.reference(a, alpha), UNARY,
+                  kink_distance=(lambda a: _kink_gap(a, kinks)) if kinks else None,
+                  family="activation")
+
+
+def _kink_gap(a, points):
+    return min(_abs_min(a - point) for point in points)
+
 
 REGISTRY = (
     OpSpec("add", ops.add, np.add, BINARY),
@@ -151,15 +163,7 @@ REGISTRY = (
            family="shape"),
     OpSpec("stack", lambda a, b: ops.stack([a, b], axis=-1), lambda a, b: np.stack([a, b], axis=-1),
            (((3, 2), (3, 2)), ((4,), (4,))), family="shape"),
-    OpSpec("relu", ops.relu, lambda a: np.maximum(a, 0), UNARY, kink_distance=_abs_min, family="activation"),
-    OpSpec("leaky_relu", lambda a: ops.leaky_relu(a, 0.1), lambda a: np.where(a > 0, a, 0.1 * a), UNARY,
-           kink_distance=_abs_min, family="activation"),
-    OpSpec("sigmoid", ops.sigmoid, lambda a: 1 / (1 + np.exp(-a)), UNARY, family="activation"),
-    OpSpec("tanh", ops.tanh, np.tanh, UNARY, family="activation"),
-    OpSpec("gelu", F.gelu, _np_gelu, UNARY, family="activation"),
-    OpSpec("elu", lambda a: F.elu(a, 1.5), lambda a: np.where(a > 0, a, 1.5 * np.expm1(np.minimum(a, 0))),
-           UNARY, kink_distance=_abs_min, family="activation"),
-    OpSpec("softplus", F.softplus, lambda a: np.logaddexp(a, 0), UNARY, family="activation"),
+    *(_activation_spec(activation) for activation in ACTIVATIONS),
     OpSpec("softmax", lambda a: ops.softmax(a, axis=-1), _np_softmax, REDUCE_SHAPES, family="activation"),
     OpSpec("log_softmax", lambda a: ops.log_softmax(a, axis=0),
            lambda a: a - _np_logsumexp(a, axis=0, keepdims=True), REDUCE_SHAPES, family="activation"),
@@ -175,7 +179,7 @@ REGISTRY = (
     OpSpec("linear_softmax", lambda x, w, b: F.linear(x, w, b, "softmax"),
            lambda x, w, b: _np_linear(x, w, b, "softmax"), (((5, 3), (3, 4), (4,)),), family="linear"),
     OpSpec("linear_gelu", lambda x, w, b: F.linear(x, w, b, "gelu"),
-           lambda x, w, b: _np_gelu(x @ w + b), (((5, 3), (3, 4), (4,)),), family="linear"),
+           lambda x, w, b: _np_linear(x, w, b, "gelu"), (((5, 3), (3, 4), (4,)),), family="linear"),
     OpSpec("linear_nobias", lambda x, w: F.linear(x, w), lambda x, w: x @ w, (((4, 3), (3, 2)),),
            family="linear"),
     OpSpec("softmax_xent", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET),
@@ -233,20 +237,29 @@ def _clip_gap(node, xs):
 
 
 def _linear_gap(node, xs):
-    """Distance of the pre-activation to 0 when the fused activation kinks there."""
-    activation = node.__dict__.get("activation", "linear")
-    if activation not in ("relu", "leaky_relu") and not (activation == "elu" and node.__dict__.get("alpha") != 1):
+    """Distance of the pre-activation to the fused activation's kinks (inf if it has none)."""
+    record = ACTIVATION_RECORDS.get(node.__dict__.get("activation", "linear"))
+    points = record.kink_points(node.__dict__.get("alpha")) if record is not None else ()
+    if not points:
         return np.inf
     x, kernel = xs[0], xs[1]
     z = x.reshape(-1, x.shape[-1]) @ kernel + (xs[2] if len(xs) > 2 else 0)
-    return _abs_min(z)
+    return _kink_gap(z, points)
+
+
+def _activation_kink(activation):
+    """The node kink of an activation with kinks, from its record."""
+    where = ", ".join(f"{point:g}" for point in activation.kinks)
+    smooth = "" if activation.smooth_alpha is None else f" (alpha != {activation.smooth_alpha:g})"
+
+    def distance(node, xs):
+        points = activation.kink_points(node.__dict__.get("alpha"))
+        return _kink_gap(xs[0], points) if points else np.inf
+    return NodeKink(f"{activation.name} at {where}{smooth}", where, distance)
 
 
 NODE_KINKS = {
-    "ReLU": NodeKink("relu at 0", "0", lambda node, xs: _abs_min(xs[0])),
-    "LeakyReLU": NodeKink("leaky_relu at 0", "0", lambda node, xs: _abs_min(xs[0])),
-    "ELU": NodeKink("elu at 0 (alpha != 1)", "0",
-                    lambda node, xs: _abs_min(xs[0]) if node.__dict__.get("alpha", 1.0) != 1 else np.inf),
+    **{activation.op: _activation_kink(activation) for activation in ACTIVATIONS if activation.kinks},
     "Abs": NodeKink("abs at 0", "0", lambda node, xs: _abs_min(xs[0])),
     "Clip": NodeKink("clip at its bounds", "a bound", _clip_gap),
     "Maximum": NodeKink("maximum at a tie", "each other", lambda node, xs: _abs_min(xs[0] - xs[1])),
