@@ -121,6 +121,8 @@ def build_parser():
     gradcheck.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
     gradcheck.add_argument("--seed", type=int, default=0)
     gradcheck.add_argument("--ops", metavar="NAMES", help="comma-separated op names (default: all)")
+    gradcheck.add_argument("--order", type=int, choices=(1, 2), default=1,
+                           help="2 also checks every op's second derivatives (a second-order column)")
     gradcheck.add_argument("--verbose", "-v", action="store_true", help="explain each failure")
     gradcheck.set_defaults(handler=run_gradcheck)
 
@@ -424,7 +426,8 @@ def run_gradcheck(args, rest):
     previous = _select_kernels(args.kernels)
     ops = args.ops.split(",") if args.ops else None
     try:
-        table = gradcheck.audit(dtype=args.dtype, device=args.device, seed=args.seed, ops=ops)
+        table = gradcheck.audit(dtype=args.dtype, device=args.device, seed=args.seed, ops=ops,
+                                order=args.order)
     except ValueError as error:
         raise UsageError(str(error)) from None
     finally:

@@ -175,7 +175,7 @@ def test_gradcheck_passes_its_options_to_the_audit(monkeypatch, capsys):
     before = backend.get_kernels()
     assert cli.main(["gradcheck", "--dtype", "float32", "--kernels", "numpy", "--ops", "exp"]) == 1
     assert received == [{"dtype": "float32", "device": "cpu", "seed": 0, "ops": ["exp"],
-                         "kernels": "numpy"}]
+                         "order": 1, "kernels": "numpy"}]
     assert backend.get_kernels() == before and "exp" in capsys.readouterr().out
 
 

@@ -445,3 +445,105 @@ def test_print_graph_indents_a_tree(capsys):
     assert lines[0] == "Sum ()" and lines[1] == "  Mul (2, 3)"
     assert lines[2] == "    Exp (2, 3)" and lines[3] == "      x (2, 3) requires_grad"
     assert lines[4] == "    Exp (2, 3) (shown above)"
+
+
+# ------------------------------------------------------------------ second order
+class CubeVjp(Cube):
+    def vjp(self, grad, x):
+        return 3 * x * x * grad
+
+
+class CubeVjpDetached(Cube):
+    """Right first derivative, but half of it is a constant: the second derivative is off."""
+
+    def vjp(self, grad, x):
+        return 3 * x * x.detach() * grad
+
+
+class CubeVjpWrongValue(Cube):
+    """A vjp whose value disagrees with its own backward (consistent with its own derivative)."""
+
+    def vjp(self, grad, x):
+        return 3.3 * x * x * grad
+
+
+WRONG_VJPS = {
+    "detached": ("CubeVjpDetached", lambda h, b: CubeVjpDetached.apply(h)),
+    "wrong_value": ("CubeVjpWrongValue", lambda h, b: CubeVjpWrongValue.apply(h)),
+}
+
+
+def test_gradgradcheck_passes_for_smooth_functions():
+    from nanodl.gradcheck import gradgradcheck
+    x, w, b = deep_inputs()
+    assert gradgradcheck(lambda x, w, b: deep_graph(lambda h, b: CubeVjp.apply(h), x, w, b), x, w, b)
+    assert gradgradcheck(lambda w: F.linear(x, w, b, activation="tanh"), w)   # a vector output
+    weights = np.random.default_rng(3).standard_normal((4, 3))
+    assert gradgradcheck(lambda w: F.linear(x, w, b, activation="gelu"), w, grad_outputs=weights)
+
+
+@pytest.mark.parametrize("kind", sorted(WRONG_VJPS))
+def test_gradgradcheck_catches_a_wrong_vjp_and_locate_names_it(kind):
+    from nanodl.gradcheck import gradgrad_report, gradgradcheck
+    name, bad = WRONG_VJPS[kind]
+    x, w, b = deep_inputs()
+    fn = lambda x, w, b: deep_graph(bad, x, w, b)
+    assert gradcheck(fn, x, w, b)                       # first order is right
+    assert locate(fn, x, w, b) is None                  # ... so is every backward
+    with pytest.raises(GradcheckError, match="gradgradcheck failed for"):
+        gradgradcheck(fn, x, w, b)
+    failed = [row.name for row in gradgrad_report(fn, x, w, b) if not row.passed]
+    assert failed == (["first derivatives: vjp vs backward"] if kind == "wrong_value" else
+                      [row for row in failed if row.startswith("input")]) and failed
+    located = locate(fn, x, w, b, order=2)
+    assert located is not None and located.name == name and located.derivative == "vjp"
+    assert located.position == 6 and located.total == 15          # after MatMul ... Sigmoid
+    assert f"{name} (op 7 of 15 in forward order): its vjp disagrees" in str(located)
+
+
+def test_locate_order_2_skips_a_function_without_vjp():
+    x, w, b = deep_inputs()
+    assert locate(lambda x, w, b: deep_graph(CUBE, x, w, b), x, w, b, order=2) is None
+    located = locate(lambda x, w, b: deep_graph(CUBE, x, w, b) * CubeVjpDetached.apply(b).sum(),
+                     x, w, b, order=2)
+    assert located.name == "CubeVjpDetached"
+    assert any(note.startswith("Cube: it has no vjp") for note in located.skipped)
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        locate(lambda t: t.exp(), x, order=3)
+
+
+def test_gradgradcheck_refuses_grad_outputs_of_the_wrong_shape():
+    from nanodl.gradcheck import gradgradcheck
+    with pytest.raises(ValueError, match=r"grad_outputs has shape \(2,\), fn's output has shape \(3,\)"):
+        gradgradcheck(lambda t: t.tanh(), leaf(3), grad_outputs=np.ones(2))
+
+
+def test_the_callable_module_has_gradgradcheck():
+    import nanodl.gradcheck as module
+    assert module.gradgradcheck(lambda t: (t ** 3).sum(), leaf(4))
+
+
+def test_audit_order_2_covers_the_whole_registry_and_passes(kernel_table):
+    result = audit(order=2)
+    assert [row.name for row in result] == [spec.name for spec in REGISTRY]
+    assert result.passed, result.message()
+    assert "2nd order" in result.headers and "order 2" in result.footer
+    assert all(row.extra["second_status"] == "ok" for row in result)
+    assert "2nd order" not in audit(ops=["exp"]).headers                 # order=1 stays as it was
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        audit(order=3)
+
+
+def test_audit_order_2_catches_a_broken_vjp(monkeypatch, capsys):
+    from nanodl.ops.elementwise import Exp
+    monkeypatch.setattr(Exp, "vjp", lambda self, grad, x: grad * x.exp().detach())
+    result = audit(ops=["exp", "tanh"], order=2)
+    assert {row.name: row.passed for row in result} == {"exp": False, "tanh": True}
+    exp = result[0]
+    assert exp.extra["second_status"] == "FAIL" and exp.max_abs_err < 1e-6   # first order is fine
+    assert exp.note.startswith("gradgradcheck failed for input 0")
+    assert audit(ops=["exp"]).passed                                          # order 1 cannot see it
+    assert main(["--ops", "exp", "--order", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "2nd order" in out and "FAIL" in out and "gradgradcheck failed" in out
+    assert main(["--ops", "exp", "--order", "3"]) == 2

@@ -43,9 +43,15 @@ rather than blaming it. Where each op kinks is kept with the ops, in the registr
 (``nanodl.ops.registry``); a custom ``Function`` may define ``kink_distance(self, *arrays)``
 to join in.
 
+Second derivatives (``gradgradcheck``, ``audit(order=2)``, ``locate(order=2)``): the
+first derivatives taken with ``nd.grad(..., create_graph=True)`` go through the same
+check, as a function of the inputs and the output weights, and are compared with the
+plain first-order walk (an op writes its derivative twice: ``backward`` and ``vjp``).
+
 The parts, by job: ``results`` (rows, report table, errors), ``core`` (the numerical
-check), ``checks`` (``gradcheck``, ``report``, ``check_model``), ``kinks``, ``locator``
-(``locate``) and ``op_audit`` (``audit``). The module itself is callable:
+check), ``checks`` (``gradcheck``, ``report``, ``check_model``), ``kinks``,
+``second_order`` (``gradgradcheck``), ``locator`` (``locate``) and ``op_audit``
+(``audit``). The module itself is callable:
 ``from nanodl import gradcheck; gradcheck(fn, x)`` is ``gradcheck.gradcheck(fn, x)``.
 """
 import sys
@@ -56,9 +62,11 @@ from .checks import check_model, report
 from .kinks import kink_note
 from .locator import LocatedOp, locate
 from .op_audit import audit
+from .second_order import gradgrad_report, gradgradcheck
 from .results import GradcheckError, GradcheckPrecisionWarning, GradcheckReport, GradcheckRow
 
-__all__ = ["gradcheck", "report", "check_model", "audit", "locate", "main", "GradcheckError",
+__all__ = ["gradcheck", "report", "check_model", "audit", "locate", "gradgradcheck", "gradgrad_report",
+           "main", "GradcheckError",
            "GradcheckReport", "GradcheckRow", "GradcheckPrecisionWarning", "LocatedOp"]
 
 

@@ -41,7 +41,7 @@ class Subject:
     def value(self, arrays):
         self.load(arrays)
         with no_grad():
-            out = _checked_output(self.run())
+            out = checked_output(self.run())
         return host64(out.data)
 
     def vjps(self, arrays, weights):
@@ -50,7 +50,7 @@ class Subject:
         for leaf in self.leaves:
             leaf.grad = None
         with enable_grad():
-            out = _checked_output(self.run())
+            out = checked_output(self.run())
         weights = list(weights)
         results = []
         for k, weight in enumerate(weights):
@@ -70,7 +70,7 @@ class Subject:
         return [] if out.grad_fn is None else autograd.topological_order(out.grad_fn)
 
 
-def _checked_output(out):
+def checked_output(out):
     if not isinstance(out, Tensor):
         raise TypeError(f"gradcheck: fn must return a Tensor, got {type(out).__name__}")
     if out.dtype.kind != "f":
@@ -85,7 +85,7 @@ def _directional(subject, x0, index, direction, weight, eps):
     return float(np.sum(weight * (subject.value(up) - subject.value(down))) / (2 * eps))
 
 
-def _compare(numerical, analytic, atol, rtol):
+def compare(numerical, analytic, atol, rtol):
     """(passed, max abs err, max rel err, flat index of the worst element).
 
     The worst element is the failing one with the largest absolute error.
@@ -116,7 +116,7 @@ def check_subject(subject, eps, atol, rtol, full, seed, max_columns=MAX_COLUMNS)
         u = _unit(rng.standard_normal(x.shape))
         numerical = _directional(subject, x0, i, u, v, eps)
         analytic = float(np.sum(vjp[i] * u))
-        row.passed, row.max_abs_err, row.max_rel_err, _ = _compare(
+        row.passed, row.max_abs_err, row.max_rel_err, _ = compare(
             np.array(numerical), np.array(analytic), atol, rtol)
         row.numerical, row.analytic = numerical, analytic
         if row.passed and not full:  # also hold the screen to its own noise level (module docstring)
@@ -140,7 +140,7 @@ def _elementwise(subject, x0, out0, i, v, vjp_i, eps, atol, rtol, row, max_colum
         column = (subject.value(_replace(x0, i, up.reshape(x.shape))) -
                   subject.value(_replace(x0, i, down.reshape(x.shape)))) / (2 * eps)
         numerical, analytic = np.array([np.sum(v * column)]), vjp_i.reshape(-1)[j:j + 1]
-        row.passed, row.max_abs_err, row.max_rel_err, _ = _compare(numerical, analytic, atol, rtol)
+        row.passed, row.max_abs_err, row.max_rel_err, _ = compare(numerical, analytic, atol, rtol)
         row.method, row.worst_index = "bisection", _plain_index(np.unravel_index(j, x.shape))
         row.numerical, row.analytic = float(numerical[0]), float(analytic[0])
         return
@@ -157,14 +157,14 @@ def _elementwise(subject, x0, out0, i, v, vjp_i, eps, atol, rtol, row, max_colum
     if m <= MAX_ROWS and m * n <= MAX_JACOBIAN:
         weights = (_one_hot(k, out0.shape) for k in range(m))
         analytic = np.stack([grads[i].reshape(-1) for grads in subject.vjps(x0, weights)])
-        passed, abs_err, rel_err, worst = _compare(columns, analytic, atol, rtol)
+        passed, abs_err, rel_err, worst = compare(columns, analytic, atol, rtol)
         k, j = np.unravel_index(worst, (m, n))
         row.method = "jacobian"
         row.worst_index = (np.unravel_index(k, out0.shape), np.unravel_index(j, x.shape))
         row.numerical, row.analytic = float(columns[k, j]), float(analytic[k, j])
     else:
         numerical, analytic = v.reshape(-1) @ columns, vjp_i.reshape(-1)
-        passed, abs_err, rel_err, worst = _compare(numerical, analytic, atol, rtol)
+        passed, abs_err, rel_err, worst = compare(numerical, analytic, atol, rtol)
         row.method, row.worst_index = "vJ", np.unravel_index(worst, x.shape)
         row.numerical, row.analytic = float(numerical[worst]), float(analytic[worst])
     row.worst_index = _plain_index(row.worst_index)

@@ -1,8 +1,10 @@
-"""``locate``: when a graph's gradient is wrong, name the first op whose backward is.
+"""``locate``: when a graph's gradient is wrong, name the first op whose derivative is.
 
 Each node of the graph is re-run on its own, on float64 copies of the inputs it saw,
-and gradient-checked, in forward order; a node sitting on a kink, or whose forward
-is random, is skipped (and said so) rather than blamed.
+and gradient-checked, in forward order; with ``order=2`` its ``vjp`` (the derivative
+``nd.grad(..., create_graph=True)`` differentiates) is checked too, as
+``gradgradcheck`` does. A node sitting on a kink, or whose forward is random, is
+skipped (and said so) rather than blamed.
 """
 from dataclasses import dataclass, field
 
@@ -16,21 +18,25 @@ from .checks import as_leaves
 from .core import Subject, check_subject, host64
 from .kinks import kink_note
 from .results import GradcheckReport
+from .second_order import second_order_check
 
 
 @dataclass
 class LocatedOp:
-    """The first node (in forward order) whose backward disagrees with its forward."""
+    """The first node (in forward order) whose backward (or vjp) disagrees with its forward."""
     name: str
     node: Function
     position: int          # 0-based, in forward order among the graph's nodes
     total: int             # nodes in the graph
     report: GradcheckReport
     skipped: list = field(default_factory=list)  # notes on nodes that could not be checked
+    derivative: str = "backward"                 # which was wrong: 'backward' or 'vjp'
 
     def __str__(self):
-        return (f"{self.name} (op {self.position + 1} of {self.total} in forward order): its backward "
-                f"disagrees with central differences of its forward\n{self.report.message()}")
+        against = ("central differences of its forward" if self.derivative == "backward" else
+                   "its backward or central differences of its first derivatives")
+        return (f"{self.name} (op {self.position + 1} of {self.total} in forward order): its "
+                f"{self.derivative} disagrees with {against}\n{self.report.message()}")
 
 
 class _Recorder:
@@ -44,15 +50,20 @@ class _Recorder:
         self.count += 1
 
 
-def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None):
+def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None, order=1):
     """The first op (in forward order) whose backward is wrong, or None.
 
     Runs ``fn`` once, recording every node's arguments, then checks each node on its
     own: its class's ``apply`` is re-run on float64 copies of the inputs it saw (same
     non-tensor arguments) and gradient-checked. Returns a ``LocatedOp`` (``.name``,
-    ``.node``, ``.report``). Nodes sitting on a kink, or whose forward is random, are
-    skipped (listed in ``.skipped`` of the result).
+    ``.node``, ``.report``, ``.derivative``). ``order=2`` also checks each node's
+    ``vjp``, its value against the node's backward and its own derivative against
+    central differences, so a wrong ``vjp`` is named too (``.derivative == 'vjp'``).
+    Nodes sitting on a kink, or whose forward is random, are skipped (listed in
+    ``.skipped`` of the result), and so, with ``order=2``, are nodes with no ``vjp``.
     """
+    if order not in (1, 2):
+        raise ValueError(f"locate: order must be 1 or 2, got {order!r}")
     kink_tol = 10 * eps if kink_tol is None else kink_tol
     leaves, _, call_args = as_leaves(inputs, "locate")
     recorder = _Recorder()
@@ -68,14 +79,15 @@ def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None):
     nodes.sort(key=lambda n: n.__dict__["_gc_order"])
     skipped = []
     for position, node in enumerate(nodes):
-        located = _check_node(node, eps, atol, rtol, seed, kink_tol, skipped)
+        located = _check_node(node, eps, atol, rtol, seed, kink_tol, skipped, order)
         if located is not None:
-            return LocatedOp(node.name, node, position, len(nodes), located, skipped)
+            report, derivative = located
+            return LocatedOp(node.name, node, position, len(nodes), report, skipped, derivative)
     return None
 
 
-def _check_node(node, eps, atol, rtol, seed, kink_tol, skipped):
-    """The node's failing report, or None when its backward is right (or uncheckable)."""
+def _check_node(node, eps, atol, rtol, seed, kink_tol, skipped, order):
+    """``(failing report, 'backward' or 'vjp')``, or None when the node is right (or uncheckable)."""
     if not any(node.needs_input_grad):
         return None
     note = kink_note(node, kink_tol)
@@ -99,7 +111,8 @@ def _check_node(node, eps, atol, rtol, seed, kink_tol, skipped):
             replay_args.append(arg)
         tensor_index += 1
     kwargs = node.__dict__["_gc_kwargs"]
-    subject = Subject(leaves, lambda: type(node).apply(*replay_args, **kwargs), labels)
+    replay = lambda *args: type(node).apply(*args, **kwargs)
+    subject = Subject(leaves, lambda: replay(*replay_args), labels)
     x0 = [host64(leaf.data) for leaf in leaves]
     try:
         first, second = subject.value(x0), subject.value(x0)
@@ -114,6 +127,15 @@ def _check_node(node, eps, atol, rtol, seed, kink_tol, skipped):
     if out_dtype != np.float64:  # e.g. a cast to float32: differences need a bigger step
         eps, atol, rtol = max(eps, 1e-3), max(atol, 1e-3), max(rtol, 1e-2)
     rows = check_subject(subject, eps, atol, rtol, False, seed)
+    if not all(row.passed for row in rows):
+        return GradcheckReport(rows, title=f"locate: {node.name}", atol=atol, rtol=rtol), "backward"
+    if order == 1:
+        return None
+    if type(node).vjp is Function.vjp:
+        skipped.append(f"{node.name}: it has no vjp; its second derivatives are not checked")
+        return None
+    _, rows = second_order_check(replay, replay_args, leaves, labels, None, eps, atol, rtol, False, seed)
     if all(row.passed for row in rows):
         return None
-    return GradcheckReport(rows, title=f"locate: {node.name}", atol=atol, rtol=rtol)
+    return GradcheckReport(rows, title=f"locate: {node.name}'s vjp", atol=atol, rtol=rtol,
+                           check="gradgradcheck"), "vjp"

@@ -1,9 +1,10 @@
 """``audit``: every op of the registry (``nanodl.ops.registry``), every shape case,
-through the gradient check, as one table (``nanodl gradcheck`` prints it).
+through the gradient check (and with ``order=2`` through ``gradgradcheck``), as one
+table (``nanodl gradcheck`` prints it).
 """
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from ..tensor import Tensor
 from .checks import finish
 from .core import Subject, check_subject, host64
 from .results import GradcheckReport, GradcheckRow
+from .second_order import second_order_check
 
 FLOAT32_TOL = 1e-4        # audit(dtype='float32'): allowed error relative to the result's scale
 
@@ -22,6 +24,7 @@ FLOAT32_TOL = 1e-4        # audit(dtype='float32'): allowed error relative to th
 class _AuditCase:
     shapes: tuple
     rows: list
+    second_rows: list = field(default_factory=list)   # order=2: the second-derivative check
     forward_err: float = 0.0
     grad_err: float = 0.0
     error: str = ""
@@ -51,7 +54,7 @@ def _float32_errors(spec, arrays, device, seed):
     return relative(out32, out64), max([relative(a, b) for a, b in zip(grads32, grads64)] + [0.0])
 
 
-def _audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full):
+def _audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full, order):
     rng = np.random.default_rng(seed)
     cases = []
     for shapes in spec.cases:
@@ -63,6 +66,10 @@ def _audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full):
             subject = Subject(leaves, lambda: spec.fn(*leaves), [f"input {i}" for i in range(len(leaves))])
             rows = check_subject(subject, eps, atol, rtol, full, seed)
             case.rows = finish(subject, rows, eps, atol, rtol, spec, None, spec.name).rows
+            if order == 2:
+                subject, rows = second_order_check(spec.fn, leaves, leaves, subject.labels, None, eps,
+                                                   atol, rtol, full, seed)
+                case.second_rows = finish(subject, rows, eps, atol, rtol, spec, None, spec.name).rows
             if dtype == "float32":
                 case.forward_err, case.grad_err = _float32_errors(spec, arrays, device, seed)
         except Exception as error:  # an op that crashes is a failed row, not a crashed audit
@@ -72,7 +79,7 @@ def _audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full):
 
 def _audit_row(spec, cases, dtype):
     def badness(case):
-        return (bool(case.error), not all(r.passed for r in case.rows),
+        return (bool(case.error), not all(r.passed for r in case.rows + case.second_rows),
                 max([r.max_abs_err for r in case.rows] + [case.forward_err, case.grad_err]))
     worst = max(cases, key=badness)
     all_rows = [r for case in cases for r in case.rows]
@@ -80,24 +87,29 @@ def _audit_row(spec, cases, dtype):
                        max_abs_err=max([r.max_abs_err for r in all_rows] + [0.0]),
                        max_rel_err=max([r.max_rel_err for r in all_rows] + [0.0]))
     row.passed = all(r.passed for r in all_rows) and not any(c.error for c in cases)
+    second = [r for case in cases for r in case.second_rows]
+    row.passed = row.passed and all(r.passed for r in second)
     row.extra = {"cases": len(cases), "forward_err": max(c.forward_err for c in cases),
-                 "grad_err": max(c.grad_err for c in cases), "details": cases}
+                 "grad_err": max(c.grad_err for c in cases), "details": cases,
+                 "second_abs_err": max([r.max_abs_err for r in second] + [0.0]),
+                 "second_status": "ok" if all(r.passed for r in second) else "FAIL"}
     if dtype == "float32" and max(row.extra["forward_err"], row.extra["grad_err"]) > FLOAT32_TOL:
         row.passed = False
         row.note = (f"float32 result off by {max(row.extra['forward_err'], row.extra['grad_err']):.2e} "
                     f"of its scale (allowed {FLOAT32_TOL:g})")
-    failing = [r for case in cases for r in case.rows if not r.passed]
+    failing = [(r, "gradcheck") for case in cases for r in case.rows if not r.passed]
+    failing += [(r, "gradgradcheck") for case in cases for r in case.second_rows if not r.passed]
     if worst.error:
         row.note = worst.error
     elif failing:
-        row.note = failing[0].describe() + (f" [shapes {_shapes_text(worst.shapes)}]")
-        row.worst_index, row.numerical, row.analytic = (failing[0].worst_index, failing[0].numerical,
-                                                        failing[0].analytic)
+        first, check = failing[0]
+        row.note = first.describe(check=check) + (f" [shapes {_shapes_text(worst.shapes)}]")
+        row.worst_index, row.numerical, row.analytic = first.worst_index, first.numerical, first.analytic
     return row
 
 
 def audit(dtype="float64", device="cpu", kernels=None, seed=0, eps=1e-6, atol=1e-5, rtol=1e-3,
-          margin=1e-3, ops=None, full=True):
+          margin=1e-3, ops=None, full=True, order=1):
     """Gradient-check every op in the registry (every shape case, broadcasting included).
 
     Returns a ``GradcheckReport`` with one row per registered op: its worst case's
@@ -109,7 +121,12 @@ def audit(dtype="float64", device="cpu", kernels=None, seed=0, eps=1e-6, atol=1e
     the run; ``ops`` restricts the audit to some op names. The registry's shapes are
     small, so every Jacobian element is checked (``full=True``, ~0.1 s for the whole
     registry); ``full=False`` screens with one random projection per input instead.
+    ``order=2`` also checks every case's second derivatives (``gradgradcheck``: central
+    differences of the ``create_graph`` first derivatives, and their agreement with
+    the plain ones), in a second-order column.
     """
+    if order not in (1, 2):
+        raise ValueError(f"audit: order must be 1 or 2, got {order!r}")
     if dtype not in ("float64", "float32"):
         raise ValueError(f"audit: unknown dtype {dtype!r}; valid: float64, float32")
     if ops is not None:
@@ -125,7 +142,8 @@ def audit(dtype="float64", device="cpu", kernels=None, seed=0, eps=1e-6, atol=1e
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            rows = [_audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full) for spec in specs]
+            rows = [_audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full, order)
+                    for spec in specs]
         used = backend.get_kernels()
     finally:
         backend.set_kernels(previous)
@@ -135,10 +153,13 @@ def audit(dtype="float64", device="cpu", kernels=None, seed=0, eps=1e-6, atol=1e
     if dtype == "float32":
         columns += [("f32 fwd err", lambda r: r.extra["forward_err"]),
                     ("f32 grad err", lambda r: r.extra["grad_err"])]
+    if order == 2:
+        columns += [("2nd-order abs err", lambda r: r.extra["second_abs_err"]),
+                    ("2nd order", lambda r: r.extra["second_status"])]
     columns.append(("pass", "status"))
     failed = sum(not r.passed for r in rows)
     footer = (f"\n{len(rows)} ops, {sum(r.extra['cases'] for r in rows)} cases, {failed} failed "
-              f"({dtype}, kernels={used}, device={device}, {elapsed:.2f} s)")
+              f"({dtype}, order {order}, kernels={used}, device={device}, {elapsed:.2f} s)")
     result = GradcheckReport(rows, columns, title="audit", atol=atol, rtol=rtol, footer=footer)
     result.elapsed = elapsed
     return result

@@ -39,15 +39,19 @@ class GradcheckRow:
             return "non-diff"
         return "ERROR" if self.note.startswith("error") else "FAIL"
 
-    def describe(self, atol=None, rtol=None):
+    def describe(self, atol=None, rtol=None, check="gradcheck"):
         """A few lines saying what went wrong (empty when the row passed)."""
         if self.passed:
             return ""
-        lines = [f"gradcheck failed for {self.name} (shape {self.shape}):"]
-        if self.numerical is not None:
+        lines = [f"{check} failed for {self.name} (shape {self.shape}):"]
+        if self.numerical is not None and self.method == "vjp vs backward":
+            lines.append(f"  worst element [{self.worst_index[0]}] of the first derivatives joined "
+                         f"flat: backward {self.numerical:.8g}, vjp (create_graph) {self.analytic:.8g}")
+        elif self.numerical is not None:
             where = _format_worst(self.method, self.worst_index)
             lines.append(f"  worst element {where}: numerical {self.numerical:.8g}, "
                          f"analytic {self.analytic:.8g}")
+        if self.numerical is not None:
             tolerance = f" (atol {atol:g}, rtol {rtol:g})" if atol is not None else ""
             lines.append(f"  max abs error {self.max_abs_err:.3g}, max rel error "
                          f"{self.max_rel_err:.3g}{tolerance}")
@@ -72,8 +76,9 @@ class GradcheckReport:
     """Rows of a check, printing as a table; ``passed`` is True when every row passed."""
 
     def __init__(self, rows, columns=_INPUT_COLUMNS, title="gradcheck", atol=None, rtol=None,
-                 footer=""):
+                 footer="", check="gradcheck"):
         self.rows = list(rows)
+        self.check = check           # the check's name, as failure messages give it
         self.columns = tuple(columns)
         self.title = title
         self.atol, self.rtol = atol, rtol
@@ -109,7 +114,7 @@ class GradcheckReport:
 
     def message(self):
         """The failure text: what went wrong per failing row, then the table."""
-        details = [row.describe(self.atol, self.rtol) for row in self.failures]
+        details = [row.describe(self.atol, self.rtol, self.check) for row in self.failures]
         return "\n".join(details + ["", self.table()])
 
     def __str__(self):
