@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from . import archive
 from .distributed import _is_rank_zero
 
 __all__ = ["Callback", "CallbackList", "History", "ProgressBar", "ProgbarLogger",
@@ -447,8 +448,7 @@ class ModelCheckpoint(Callback):
         if folder:
             os.makedirs(folder, exist_ok=True)
         if self.save_weights_only:
-            from . import io
-            io.save(self.model.state_dict(), path)
+            archive.save(self.model.state_dict(), path)
         else:
             self.model.save(path)
 

@@ -264,3 +264,270 @@ def test_zip_without_npy_members_is_refused(tmp_path):
 
 def test_io_module_names():
     assert nd.save is nd_io.save and nd.load is nd_io.load and nd.load_model is nd_io.load_model
+
+
+def test_zero_dimensional_arrays_keep_their_shape(tmp_path):
+    nd.save({"scalar": np.float64(2.5), "empty": np.zeros((0, 3), np.int8)}, tmp_path / "s.npz")
+    loaded = nd.load(tmp_path / "s.npz")
+    assert loaded["scalar"].shape == () and loaded["empty"].shape == (0, 3)
+
+
+# ---------------------------------------------------------------- hostile files (issue 9, 10-12)
+def npy_bytes(array=None, *, shape=None, dtype=None, data=None):
+    """The bytes of an .npy member; ``shape``/``dtype``/``data`` forge a lying header."""
+    import io
+    buffer = io.BytesIO()
+    if array is not None:
+        np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+        return buffer.getvalue()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + data
+
+
+def write_zip(path, members, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression=compression) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+
+
+def architecture_bytes(layers):
+    text = json.dumps({"format": "nanodl.model", "version": 1, "class_name": "Sequential",
+                       "layers": layers, "compile": None})
+    return npy_bytes(np.frombuffer(text.encode(), dtype=np.uint8))
+
+
+def peak_bytes(function):
+    """The most memory (bytes, NumPy's allocations included) ``function()`` held at once."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        function()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def raises_value_error(function):
+    def run():
+        with pytest.raises(ValueError):
+            function()
+    return run
+
+
+def test_small_file_cannot_make_load_model_build_a_large_model(tmp_path):
+    """A few hundred bytes describing a 2000 x 20000 Dense: refused before anything is built."""
+    path = tmp_path / "bomb.npz"
+    dense = {"class_name": "Dense", "config": {"units": 20000, "input_dim": 2000}}
+    write_zip(path, {"__nanodl__.npy": npy_bytes(np.array("nanodl.model/1")),
+                     "__architecture__.npy": architecture_bytes([dense]),
+                     "weights/layers.0.kernel.npy": npy_bytes(np.zeros((2, 2), np.float32)),
+                     "weights/layers.0.bias.npy": npy_bytes(np.zeros(2, np.float32))})
+    assert os.path.getsize(path) < 2000
+    assert peak_bytes(raises_value_error(lambda: nd.load_model(path))) < 4 << 20
+    with pytest.raises(ValueError, match=r"layers\.0\.kernel.*\(2, 2\).*\(2000, 20000\)"):
+        nd.load_model(path)
+
+
+def test_lying_npy_header_allocates_nothing(tmp_path):
+    """A header declaring 256 MB over 12 bytes of data is refused, not allocated."""
+    path = tmp_path / "liar.npz"
+    write_zip(path, {"w.npy": npy_bytes(shape=(8000, 8000), dtype=np.float32, data=b"\0" * 12)})
+    assert peak_bytes(raises_value_error(lambda: nd.load(path))) < 4 << 20
+    with pytest.raises(ValueError, match=r"w.*\(8000, 8000\)"):
+        nd.load(path)
+
+
+def test_compressed_member_out_of_proportion_is_refused(tmp_path):
+    """64 MB of zeros deflate to a few hundred KB: refused without inflating them."""
+    path = tmp_path / "bomb.npz"
+    zeros = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("w.npy", "w", force_zip64=True) as member:
+            member.write(npy_bytes(shape=(16 << 20,), dtype=np.float32, data=b""))
+            for _ in range(64):
+                member.write(zeros)
+    assert os.path.getsize(path) < 1 << 20
+    assert peak_bytes(raises_value_error(lambda: nd.load(path))) < 4 << 20
+    with pytest.raises(ValueError, match="inflate"):
+        nd.load(path)
+    # a compressed file of ordinary proportions (np.savez_compressed) still loads
+    values = np.random.default_rng(0).standard_normal((50, 40))
+    np.savez_compressed(tmp_path / "ok.npz", values=values)
+    np.testing.assert_array_equal(nd.load(tmp_path / "ok.npz")["values"], values)
+
+
+def central_directory_entries(data):
+    """``[(offset, length)]`` of each central-directory record of a zip held in ``data``."""
+    entries, position = [], data.index(b"PK\x01\x02")
+    while data[position:position + 4] == b"PK\x01\x02":
+        name, extra, comment = (int.from_bytes(data[position + k:position + k + 2], "little")
+                                for k in (28, 30, 32))
+        length = 46 + name + extra + comment
+        entries.append((position, length))
+        position += length
+    return entries
+
+
+def test_entries_hidden_by_a_damaged_directory_are_noticed(tmp_path):
+    """A central-directory comment length that swallows the next entries: ValueError, not a
+    partial state dict."""
+    path = tmp_path / "state.npz"
+    nd.save({"a": np.zeros(2), "b": np.ones(2), "c": np.full(2, 2.0)}, path)
+    data = bytearray(path.read_bytes())
+    entries = central_directory_entries(bytes(data))
+    first, _ = entries[0]
+    swallowed = sum(length for _, length in entries[1:])
+    data[first + 32:first + 34] = swallowed.to_bytes(2, "little")  # comment length
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as archive:  # zipfile itself silently sees one member
+        assert len(archive.infolist()) == 1
+    with pytest.raises(ValueError, match="end record counts 4 members.*holds 1"):
+        nd.load(path)
+
+
+@pytest.mark.parametrize("damage", ["encrypted", "patched", "method", "version"])
+def test_damaged_headers_raise_value_error_only(tmp_path, damage):
+    """Damage zipfile meets with NotImplementedError or RuntimeError is a ValueError here."""
+    model = nn.Sequential([nn.Dense(2, input_dim=3)])
+    path = tmp_path / "model.npz"
+    model.save(path)
+    data = bytearray(path.read_bytes())
+    for start in [m.start() for m in __import__("re").finditer(b"PK\x01\x02", bytes(data))]:
+        if damage == "encrypted":
+            data[start + 8] |= 0x01
+        elif damage == "patched":
+            data[start + 8] |= 0x20
+        elif damage == "method":
+            data[start + 10] = 99
+        else:
+            data[start + 6] = 99  # "version needed to extract" 9.9
+    path.write_bytes(bytes(data))
+    for load in (nd.load, nd.load_model):
+        with pytest.raises(ValueError) as caught:
+            load(path)
+        assert type(caught.value) is ValueError and "model.npz" in str(caught.value)
+
+
+def rewrite_weights(path, target, change):
+    """Write ``path``'s model to ``target`` with its weights passed through ``change``."""
+    from nanodl import archive
+    with archive.Reader(path) as reader:
+        arrays = reader.read_all()
+    arrays = {name: change(value) if name.startswith("weights/") else value
+              for name, value in arrays.items()}
+    archive.write_npz(target, arrays)
+
+
+def test_load_model_converts_byte_order_and_refuses_other_dtypes(tmp_path):
+    nd.manual_seed(0)
+    model = nn.Sequential([nn.Dense(3, activation="tanh", input_dim=4), nn.BatchNorm()])
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    model.predict(x)
+    model.save(tmp_path / "model.npz")
+    rewrite_weights(tmp_path / "model.npz", tmp_path / "big.npz", lambda a: a.astype(">f4"))
+    loaded = nd.load_model(tmp_path / "big.npz")
+    assert all(p.dtype == np.float32 and p.data.dtype.isnative for p in loaded.parameters())
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    for dtype in (np.float16, np.int32, np.complex64):
+        rewrite_weights(tmp_path / "model.npz", tmp_path / "odd.npz", lambda a: a.astype(dtype))
+        with pytest.raises(ValueError, match=rf"load_model: .*weight 'layers\.0\.kernel' is "
+                                             rf"{np.dtype(dtype)}"):
+            nd.load_model(tmp_path / "odd.npz")
+
+
+def test_load_of_a_fifo_or_folder_raises_instead_of_blocking(tmp_path):
+    import threading
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            nd.load(fifo)
+        except Exception as error:  # recorded and checked below
+            outcome.append(error)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # blocked in open(): give it a writer so the thread can end
+        with open(fifo, "wb"):
+            pass
+        thread.join(10)
+        pytest.fail("nd.load blocked on a FIFO")
+    assert isinstance(outcome[0], ValueError) and "regular file" in str(outcome[0])
+    with pytest.raises(ValueError, match="directory"):
+        nd.load(tmp_path)
+
+
+def test_non_array_members_are_refused(tmp_path):
+    path = tmp_path / "mixed.npz"
+    write_zip(path, {"w.npy": npy_bytes(np.arange(3.0)), "notes.txt": b"hello"})
+    with pytest.raises(ValueError, match="notes.txt.*not an .npy array"):
+        nd.load(path)
+
+
+def test_ambiguous_names_are_refused_at_save(tmp_path):
+    path = tmp_path / "state.npz"
+    with pytest.raises(ValueError, match=r"'x' and 'x\.npy' are ambiguous"):
+        nd.save({"x": np.zeros(1), "x.npy": np.ones(1)}, path)
+    assert os.listdir(tmp_path) == []
+    nd.save({"x.npy": np.ones(1)}, path)  # alone, the name is fine
+    np.testing.assert_array_equal(nd.load(path)["x.npy"], np.ones(1))
+
+
+KILLED_WRITER = r"""
+import sys, time
+import numpy as np
+import nanodl as nd
+real_write = np.lib.format.write_array
+def slow_write(*args, **kwargs):
+    real_write(*args, **kwargs)
+    print("writing", flush=True)
+    time.sleep(60)
+np.lib.format.write_array = slow_write
+nd.save({"w": np.zeros(1000)}, sys.argv[1])
+"""
+
+
+def test_temporary_file_of_a_killed_save_is_recognisable_and_removed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    path = tmp_path / "model.npz"
+    nd.save({"w": np.ones(3)}, path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(nd.__file__)), os.environ.get("PYTHONPATH", "")]))
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)],
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        left = [name for name in os.listdir(tmp_path) if name != "model.npz"]
+        assert len(left) == 1 and left[0].startswith(".model.npz.nanodl-tmp-")
+        nd.save({"w": np.zeros(3)}, tmp_path / "other.npz")  # another target: left alone
+        nd.save({"w": np.zeros(3)}, path)  # the writer is alive and writing: left alone
+        assert left[0] in os.listdir(tmp_path)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+    assert left[0] in os.listdir(tmp_path)  # kill -9: nothing could clean up
+    np.testing.assert_array_equal(nd.load(path)["w"], np.zeros(3))  # the earlier file is intact
+    nd.save({"w": np.full(3, 2.0)}, path)  # the next save to that path removes it
+    assert sorted(os.listdir(tmp_path)) == ["model.npz", "other.npz"]
+    np.testing.assert_array_equal(nd.load(path)["w"], np.full(3, 2.0))
+
+
+def test_saving_over_a_symlink_writes_through_to_its_target(tmp_path):
+    (tmp_path / "store").mkdir()
+    target = tmp_path / "store" / "weights.npz"
+    nd.save({"w": np.zeros(2)}, target)
+    link = tmp_path / "latest.npz"
+    link.symlink_to(target)
+    nd.save({"w": np.ones(2)}, link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    np.testing.assert_array_equal(nd.load(target)["w"], np.ones(2))
+    assert os.listdir(tmp_path / "store") == ["weights.npz"]

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import ops, regularizers
+from ..archive import LAYERS, register_layer  # the registry lives with the file format
 from ..backend import to_device
 from ..tensor import Tensor, get_default_dtype
 from . import init
@@ -23,15 +24,6 @@ from .module import Module, Parameter
 
 __all__ = ["Layer", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU", "Activation",
            "Dropout", "Flatten", "BatchNorm", "LayerNorm", "Embedding", "LAYERS", "register_layer"]
-
-LAYERS = {}
-
-
-def register_layer(cls):
-    """Class decorator: make a layer known to ``load_model`` by its class name."""
-    LAYERS[cls.__name__] = cls
-    return cls
-
 
 class Layer(Module):
     """A Module that can describe itself: ``get_config()`` and ``from_config(config)``."""
@@ -42,6 +34,16 @@ class Layer(Module):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    @classmethod
+    def state_shapes(cls, config):
+        """name -> shape of the parameters and buffers a layer made from ``config`` holds.
+
+        ``load_model`` compares them with a file's weights before it builds anything, so
+        a layer whose state is large says here what it will allocate. ``None`` (the
+        default) means "build it to find out", which is fine for layers without state.
+        """
+        return None
 
     def extra_repr(self):
         return ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
@@ -76,6 +78,16 @@ class Dense(Layer):
         self.bias = None
         if input_dim is not None:
             self.build(input_dim)
+
+    @classmethod
+    def state_shapes(cls, config):
+        units, input_dim = config.get("units"), config.get("input_dim")
+        if input_dim is None:
+            return {}  # saved before its first call: no weights yet
+        shapes = {"kernel": (input_dim, units)}
+        if config.get("use_bias", True):
+            shapes["bias"] = (units,)
+        return shapes
 
     @property
     def built(self):
@@ -240,6 +252,15 @@ class _Norm(Layer):
         if num_features is not None:
             self.build(num_features)
 
+    _BUFFERS = ()
+
+    @classmethod
+    def state_shapes(cls, config):
+        features = config.get("num_features")
+        if features is None:
+            return {}
+        return {name: (features,) for name in ("gamma", "beta") + cls._BUFFERS}
+
     @property
     def built(self):
         return self.gamma is not None
@@ -264,6 +285,8 @@ class BatchNorm(_Norm):
     the moving statistics. ``gamma`` and ``beta`` are parameters; ``moving_mean``
     and ``moving_variance`` are buffers (saved, not trained).
     """
+
+    _BUFFERS = ("moving_mean", "moving_variance")
 
     def __init__(self, momentum=0.99, epsilon=1e-3, *, num_features=None):
         if not 0 <= momentum <= 1:
@@ -349,6 +372,10 @@ class Embedding(Layer):
         self.embeddings = Parameter(np.asarray(table, dtype=dtype))
 
     built = True  # the table's size is known from the start
+
+    @classmethod
+    def state_shapes(cls, config):
+        return {"embeddings": (config.get("input_dim"), config.get("output_dim"))}
 
     def forward(self, x):
         indices = x.data if isinstance(x, Tensor) else x

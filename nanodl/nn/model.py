@@ -32,6 +32,7 @@ import warnings
 
 import numpy as np
 
+from .. import archive
 from .. import callbacks as callbacks_module
 from .. import losses as losses_module
 from .. import distributed, ops, optim
@@ -706,13 +707,11 @@ class Model(Module):
         In a data-parallel run only rank 0 writes (the ranks hold the same weights)."""
         if not distributed._is_rank_zero():
             return
-        from ..io import save_model
-        save_model(self, path)
+        archive.save_model(self, path)
 
     def load_weights(self, path):
         """Load weights saved by ``save`` or ``nanodl.save(model.state_dict(), path)``."""
-        from ..io import load
-        self.load_state_dict(load(path))
+        self.load_state_dict(archive.load(path))
 
     # ------------------------------------------------------------ summary
     def _summary_rows(self):
