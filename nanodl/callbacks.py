@@ -8,7 +8,7 @@ and ``on_epoch_end(epoch, logs)``, whose ``logs`` hold ``'loss'``, the metrics, 
 
 Built in: ``History``, ``ProgressBar`` (which ``fit`` adds itself for ``verbose=1``
 or ``2``), ``LearningRateScheduler``, ``EarlyStopping``, ``ModelCheckpoint``,
-``ReduceLROnPlateau`` and ``CSVLogger``. ``CallbackList`` is how ``fit`` calls them.
+``ReduceLROnPlateau``, ``CSVLogger`` and ``TerminateOnNaN``. ``CallbackList`` is how ``fit`` calls them.
 
 >>> class PrintLoss(Callback):
 ...     def on_epoch_end(self, epoch, logs=None):
@@ -32,7 +32,7 @@ from .distributed import _is_rank_zero
 
 __all__ = ["Callback", "CallbackList", "History", "ProgressBar", "ProgbarLogger",
            "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
-           "CSVLogger"]
+           "CSVLogger", "TerminateOnNaN"]
 
 
 class Callback:
@@ -597,3 +597,32 @@ class CSVLogger(Callback):
             self._file.close()
         self._file = None
         self._writer = None
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as a batch's loss is NaN or inf (Keras semantics).
+
+    ``fit`` ends after that batch (the rest of the epoch is skipped; ``on_epoch_end``
+    and ``on_train_end`` still run, so ``History`` records the NaN).
+
+    >>> from nanodl import nn
+    >>> import numpy as np
+    >>> model = nn.Sequential([nn.Dense(1)])
+    >>> model.compile(optimizer='sgd', loss='mse')
+    >>> x = np.ones((8, 1), dtype=np.float32)
+    >>> y = np.full(8, np.nan, dtype=np.float32)
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     history = model.fit(x, y, batch_size=2, epochs=5, verbose=0,
+    ...                         callbacks=[TerminateOnNaN()])
+    Batch 0: Invalid loss, terminating training
+    >>> history.epoch
+    [0]
+    """
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            _say(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True

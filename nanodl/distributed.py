@@ -565,5 +565,6 @@ class DataParallelFit:
         totals.values = allreduce(np.array(totals.values, dtype=np.float64)).tolist()
         return totals
 
-    def validation_shard(self, x, y):
-        return x[self.rank::self.size], y[self.rank::self.size]
+    def validation_shard(self, *arrays):
+        """This rank's share of each of ``arrays`` (x, y, sample weights; None stays None)."""
+        return tuple(None if a is None else a[self.rank::self.size] for a in arrays)

@@ -438,3 +438,25 @@ def test_callbacks_are_quiet_by_default(capsys):
         drive(callbacks.EarlyStopping(monitor="loss", restore_best_weights=True), FakeModel(), [1.0, 2.0])
         drive(callbacks.ReduceLROnPlateau(monitor="loss", patience=0), FakeModel(), [1.0, 2.0])
     assert capsys.readouterr().out == ""
+
+
+def test_terminate_on_nan_stops_at_the_first_bad_batch(capsys):
+    import warnings
+
+    from nanodl import nn, optim
+    x = np.ones((12, 2), dtype=np.float32)
+    y = np.ones(12, dtype=np.float32)
+    y[7] = np.nan  # the batch of samples 6..7 (batch 3) has a NaN loss
+    model = nn.Sequential([nn.Dense(1)])
+    model.compile(optimizer=optim.SGD(lr=0.01), loss="mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        history = model.fit(x, y, batch_size=2, epochs=4, verbose=0, shuffle=False,
+                            callbacks=[callbacks.TerminateOnNaN()])
+    assert "Batch 3: Invalid loss, terminating training" in capsys.readouterr().out
+    assert history.epoch == [0] and np.isnan(history.history["loss"][0])
+    assert model.optimizer.step_count == 4  # batches 0..3, then nothing more
+    clean = nn.Sequential([nn.Dense(1)])
+    clean.compile(optimizer="sgd", loss="mse")
+    assert clean.fit(x[:6], y[:6], epochs=3, verbose=0,
+                     callbacks=[callbacks.TerminateOnNaN()]).epoch == [0, 1, 2]

@@ -455,9 +455,9 @@ class Traced(nn.Sequential):
         super().__init__(layers)
         self.batches = []
 
-    def _train_step(self, plan, x, target):
+    def _train_step(self, plan, x, target, weight=None):
         self.batches.append(np.array(x))
-        return super()._train_step(plan, x, target)
+        return super()._train_step(plan, x, target, weight)
 
 
 def test_fit_and_train_on_batch_share_one_training_step():
@@ -532,3 +532,83 @@ def test_the_logits_fusion_is_named():
     np.testing.assert_allclose(forward(nd.tensor(x)).data, model[1].pre_activation(model[0](nd.tensor(x))).data)
     assert fuse_logits(model, "mse", {}) is None
     assert fuse_logits(model, "sparse_categorical_crossentropy", {"from_logits": True}) is None
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 9)
+def test_metrics_with_a_callable_loss_do_not_broadcast():
+    # (N, 1) outputs against (N,) targets: a broadcast would compare every pair (N x N)
+    nd.manual_seed(17)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    model = nn.Sequential([nn.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=optim.SGD(lr=0.0), metrics=["accuracy", "mae", "mse"],
+                  loss=lambda pred, target: ((pred - target.reshape(-1, 1)) ** 2).mean())
+    history = model.fit(x, y, batch_size=40, epochs=1, verbose=0)
+    pred = model.predict(x)[:, 0]
+    expected = {"accuracy": ((pred > 0.5) == (y > 0.5)).mean(), "mae": np.abs(pred - y).mean(),
+                "mse": ((pred - y) ** 2).mean()}
+    for name, value in expected.items():
+        assert history.history[name][0] == pytest.approx(value, rel=1e-5), name
+    _, accuracy, mae, mse = model.evaluate(x, y)
+    assert (accuracy, mae, mse) == pytest.approx(tuple(expected.values()), rel=1e-5)
+    # a real mismatch is an error naming the metric and both shapes
+    wide = nn.Sequential([nn.Dense(1)])
+    wide.compile(optimizer="sgd", metrics=["mae"], loss=lambda pred, target: (pred * 0).sum())
+    with pytest.raises(ValueError, match=r"metric 'mae'.*\(8, 3\).*\(8, 1\)"):
+        wide.evaluate(x[:8], np.zeros((8, 3)))
+
+
+def test_sparse_accuracy_with_column_labels_and_a_callable_loss():
+    nd.manual_seed(18)
+    x, y = blobs(30)
+    model = nn.Sequential([nn.Dense(3)])
+    model.compile(optimizer="sgd", metrics=["accuracy"],
+                  loss=lambda pred, target: losses.sparse_categorical_crossentropy(
+                      pred, target.data.reshape(-1).astype(np.int64), from_logits=True))
+    model.build((None, 4))
+    _, accuracy = model.evaluate(x, y[:, None])
+    assert accuracy == pytest.approx((model.predict(x).argmax(1) == y).mean())
+
+
+@pytest.mark.parametrize("batch_size", [-1, 0, 2.5, "32", True])
+def test_evaluate_and_predict_validate_batch_size(batch_size):
+    x, y = blobs(10)
+    model = classifier()
+    model.fit(x, y, verbose=0)
+    for call in (lambda: model.evaluate(x, y, batch_size=batch_size),
+                 lambda: model.predict(x, batch_size=batch_size),
+                 lambda: model.fit(x, y, batch_size=batch_size, verbose=0)):
+        with pytest.raises((ValueError, TypeError), match="batch_size"):
+            call()
+
+
+def test_batch_size_none_means_32_everywhere():
+    x, y = blobs(40)
+    model = classifier()
+    model.fit(x, y, batch_size=None, verbose=0)
+    assert model.evaluate(x, y, batch_size=None) == pytest.approx(model.evaluate(x, y))
+    np.testing.assert_array_equal(model.predict(x, batch_size=None), model.predict(x))
+
+
+@pytest.mark.parametrize("where", ["x", "y"])
+def test_fit_warns_once_on_nan_or_inf_data(where):
+    x, y = blobs(20)
+    y = y.astype(np.float32)
+    if where == "x":
+        x[3, 1] = np.nan
+    else:
+        y[5] = np.inf
+    model = nn.Sequential([nn.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(RuntimeWarning, match=rf"fit: {where} holds NaN or inf") as record:
+        model.fit(x, y, epochs=3, verbose=0)
+    assert len([w for w in record if str(w.message).startswith("fit:")]) == 1
+
+
+def test_fit_on_clean_data_does_not_warn():
+    import warnings
+    x, y = blobs(20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        classifier().fit(x, y, epochs=1, verbose=0)

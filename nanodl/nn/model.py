@@ -37,7 +37,7 @@ from .. import callbacks as callbacks_module
 from .. import losses as losses_module
 from .. import distributed, ops, optim
 from ..autograd import no_grad
-from ..backend import device_of, to_device
+from ..backend import array_module, device_of, to_device
 from ..random import generator
 from ..tensor import Tensor, get_default_dtype
 from .layers import Dense, Embedding
@@ -58,26 +58,43 @@ def _per_sample(values):
     return values.reshape(len(values), -1).mean(axis=1) if values.ndim != 1 else values * 1.0
 
 
+def _aligned(target, shape, metric, pred_shape=None):
+    """``target`` reshaped to ``shape``, where they differ at most by a trailing axis of
+    one (Keras' (N,) labels against (N, 1) outputs); any other mismatch is an error,
+    never a broadcast of (N, 1) against (N,) into (N, N)."""
+    if target.shape == shape:
+        return target
+    if target.shape + (1,) == shape or target.shape == shape + (1,):
+        return target.reshape(shape)
+    raise ValueError(f"metric {metric!r}: targets of shape {tuple(target.shape)} do not match "
+                     f"predictions of shape {tuple(pred_shape or shape)}")
+
+
 def _binary_accuracy(threshold):
     def accuracy(pred, target):
+        target = _aligned(target, pred.shape, "accuracy")
         return _per_sample((pred > threshold) == (target > 0.5))
     return accuracy
 
 
 def _categorical_accuracy(pred, target):
+    if target.shape != pred.shape:
+        raise ValueError(f"metric 'accuracy': one-hot targets of shape {tuple(target.shape)} do "
+                         f"not match predictions of shape {tuple(pred.shape)}")
     return _per_sample(pred.argmax(axis=-1) == target.argmax(axis=-1))
 
 
 def _sparse_accuracy(pred, target):
+    target = _aligned(target, pred.shape[:-1], "accuracy", pred.shape)
     return _per_sample(pred.argmax(axis=-1) == target)
 
 
 def _mae(pred, target):
-    return _per_sample(abs(pred - target))
+    return _per_sample(abs(pred - _aligned(target, pred.shape, "mae")))
 
 
 def _mse(pred, target):
-    diff = pred - target
+    diff = pred - _aligned(target, pred.shape, "mse")
     return _per_sample(diff * diff)
 
 
@@ -176,13 +193,14 @@ def fuse_logits(model, loss_name, loss_config):
     if loss_name in _CROSS_ENTROPIES and dense.activation == "softmax":
         kind = "softmax"
 
-        def loss_fn(logits, target):
-            return losses_module.softmax_xent(logits, target, "mean")
+        def loss_fn(logits, target, reduction="mean"):
+            return losses_module.softmax_xent(logits, target, reduction)
     elif loss_name == "binary_crossentropy" and dense.activation == "sigmoid":
         kind = "sigmoid"
 
-        def loss_fn(logits, target):
-            return losses_module.binary_crossentropy(logits, target, from_logits=True)
+        def loss_fn(logits, target, reduction="mean"):
+            return losses_module.binary_crossentropy(logits, target, from_logits=True,
+                                                     reduction=reduction)
     else:
         return None
 
@@ -194,22 +212,37 @@ def fuse_logits(model, loss_name, loss_config):
 
 
 def _compiled_loss(loss, loss_name, loss_config):
-    """``loss_fn(out, target)`` -> scalar Tensor for a built-in loss name or a callable."""
+    """``loss_fn(out, target, reduction='mean')`` for a built-in loss name or a callable:
+    a scalar Tensor (the compiled reduction), or with ``reduction='none'`` the
+    unreduced losses, at least one per sample (for sample weights)."""
     if loss_name is not None:
         function = losses_module.LOSSES[loss_name]
         options = dict(loss_config or {})
 
-        def loss_fn(pred, target):
+        def loss_fn(pred, target, reduction="mean"):
+            if reduction == "none":
+                return function(pred, target, **dict(options, reduction="none"))
             value = function(pred, target, **options)
             return value if value.ndim == 0 else value.mean()
         return loss_fn
 
-    def loss_fn(pred, target):
+    def loss_fn(pred, target, reduction="mean"):
         value = loss(pred, Tensor(target))
         if not isinstance(value, Tensor):
             raise TypeError(f"fit: the loss must return a Tensor, got {type(value).__name__}")
+        if reduction == "none":
+            if value.ndim == 0 or value.shape[0] != len(target):
+                raise ValueError(f"fit: sample_weight and class_weight need one loss per sample; "
+                                 f"the loss returned shape {value.shape} for {len(target)} samples "
+                                 "(return the unreduced losses, e.g. reduction='none')")
+            return value
         return value if value.ndim == 0 else value.mean()
     return loss_fn
+
+
+def _per_sample_loss(losses, n):
+    """Unreduced losses (N, ...) -> each sample's loss (N,): the mean over its elements."""
+    return losses if losses.ndim == 1 else losses.reshape(n, -1).mean(axis=1)
 
 
 class _Plan:
@@ -230,7 +263,18 @@ class _Plan:
         self.loss_name, self.loss_config = losses_module.describe(model.loss)
         self.out_shape = tuple(sample_out.shape[1:])
         self.forward, self.loss_fn, self.logits = self._choose_forward_and_loss()
+        self.loss_reduction = (self.loss_config or {}).get("reduction", "mean")
         self.metrics = self._choose_metrics(y.shape)
+
+    def loss(self, out, target, weight=None):
+        """The batch's loss, a scalar Tensor: the compiled loss; with per-sample
+        ``weight``s, the mean over the batch of weight x each sample's loss (Keras'
+        ``sum_over_batch_size``; the sum for a loss compiled with ``reduction='sum'``)."""
+        if weight is None:
+            return self.loss_fn(out, target)
+        per_sample = _per_sample_loss(self.loss_fn(out, target, "none"), len(target))
+        total = (per_sample * Tensor(weight)).sum()
+        return total if self.loss_reduction == "sum" else total * (1.0 / len(target))
 
     # ------------------------------------------------------------ loss
     def _choose_forward_and_loss(self):
@@ -317,6 +361,45 @@ class _Plan:
                 total = term if total is None else total + term
         return total
 
+    def weights(self, weight, who):
+        """Host per-sample weights as an array of the model's float dtype on its device."""
+        if weight.sum() == 0:
+            raise ValueError(f"{who}: every sample weight is zero; nothing would be learned")
+        return to_device(weight.astype(self.dtype), self.device)
+
+    def sample_classes(self, y):
+        """Each sample's class (a host int array) from prepared targets ``y``, for
+        ``class_weight``: the label, the argmax of a one-hot row, or the 0/1 of a
+        binary target; a regression target raises ``ValueError``."""
+        host = to_device(y, "cpu")
+        if host.ndim == 2 and host.shape[1] > 1:
+            one_hot = ((host == 0) | (host == 1)).all() and (host.sum(axis=1) == 1).all()
+            if self.loss_name != "categorical_crossentropy" and not one_hot:
+                raise ValueError(f"fit: class_weight needs class targets; y of shape {host.shape} "
+                                 "is not one-hot (a regression target?)")
+            return host.argmax(axis=1)
+        if host.ndim == 2 and host.shape[1] == 1:
+            host = host[:, 0]
+        if host.ndim != 1:
+            raise ValueError(f"fit: class_weight needs one class per sample, got targets of "
+                             f"shape {host.shape}")
+        if host.dtype.kind == "f" and not (host == np.round(host)).all():
+            raise ValueError("fit: class_weight needs class targets, but y holds non-integer "
+                             "values (a regression target); use sample_weight instead")
+        if (host < 0).any():
+            raise ValueError(f"fit: class_weight needs class labels >= 0, y holds {host.min():g}")
+        return host.astype(np.int64)
+
+    def valid_classes(self, present):
+        """The classes a ``class_weight`` key may name: those of the output layer when
+        the loss fixes them (C classes of a softmax, 0 and 1 for a binary target),
+        else the classes present in ``y``."""
+        if self.loss_name in _CROSS_ENTROPIES and self.out_shape:
+            return set(range(self.out_shape[-1]))
+        if self.loss_name == "binary_crossentropy":
+            return {0, 1}
+        return {int(c) for c in present}
+
     def class_labels(self, y):
         """The distinct classes among prepared targets ``y`` (None for regression)."""
         classifying = self.loss_name in ("binary_crossentropy",) + _CROSS_ENTROPIES or \
@@ -359,26 +442,33 @@ def _samples(x, y, who):
     return x, y
 
 
-def _split_validation(x, y, validation_data, validation_split):
-    """``((x, y), (x_val, y_val) or None)``: ``validation_data`` as given, or the last
-    ``validation_split`` of the samples (taken before any shuffling, as Keras)."""
+def _split_validation(x, y, weight, validation_data, validation_split):
+    """``((x, y, weight), (x_val, y_val, weight_val) or None)``: ``validation_data`` as
+    given (``(x, y)`` or ``(x, y, sample_weight)``), or the last ``validation_split``
+    of the samples and their weights (taken before any shuffling, as Keras)."""
     if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("fit: validation_data must be a tuple (x_val, y_val)")
-        x_val, y_val = (_as_array(v, "validation_data") for v in validation_data)
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
+                             "(x_val, y_val, sample_weight_val)")
+        x_val, y_val = (_as_array(v, "validation_data") for v in validation_data[:2])
         if x_val.ndim == 0 or y_val.ndim == 0 or len(x_val) != len(y_val) or len(x_val) == 0:
             raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
                              f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
-        return (x, y), (x_val, y_val)
+        w_val = validation_data[2] if len(validation_data) == 3 else None
+        w_val = _check_sample_weight(w_val, len(x_val), "fit: validation_data's sample_weight")
+        return (x, y, weight), (x_val, y_val, w_val)
     if not validation_split:
-        return (x, y), None
+        return (x, y, weight), None
     if not 0 < validation_split < 1:
         raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
     split_at = int(math.floor(len(x) * (1.0 - validation_split)))
     if split_at == 0 or split_at == len(x):
         raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
                          "an empty training or validation set")
-    return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
+    head, tail = slice(None, split_at), slice(split_at, None)
+    if weight is None:
+        return (x[head], y[head], None), (x[tail], y[tail], None)
+    return (x[head], y[head], weight[head]), (x[tail], y[tail], weight[tail])
 
 
 def _warn_single_class(plan, y_val, validation_split):
@@ -387,15 +477,110 @@ def _warn_single_class(plan, y_val, validation_split):
         warnings.warn(
             f"fit: the validation set (the last {validation_split:g} of the data, taken "
             f"before shuffling) holds a single class ({classes[0]}); shuffle x and y "
-            "first or pass validation_data", stacklevel=3)
+            "first or pass validation_data", stacklevel=4)
 
 
-def _add_batch(totals, plan, loss, out, target):
-    """Add one batch's loss and metrics to the epoch's ``totals``."""
+def _warn_non_finite(x, y):
+    """One RuntimeWarning before training when ``x`` or ``y`` holds NaN or inf."""
+    xp = array_module(x)
+    bad = [name for name, values in (("x", x), ("y", y))
+           if values.dtype.kind in "fc" and not bool(xp.isfinite(values).all())]
+    if bad:
+        warnings.warn(f"fit: {' and '.join(bad)} hold{'s' if len(bad) == 1 else ''} NaN or inf "
+                      "values; training on them turns the weights into NaN (clean the data, or "
+                      "stop early with callbacks.TerminateOnNaN())", RuntimeWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------- sample and class weights
+def _check_sample_weight(weight, n, who):
+    """``weight`` as a host float64 array of ``n`` finite, non-negative weights (or None)."""
+    if weight is None:
+        return None
+    if isinstance(weight, Tensor):
+        weight = weight.data
+    if hasattr(weight, "__cuda_array_interface__"):
+        weight = to_device(weight, "cpu")
+    weight = np.asarray(weight)
+    if weight.dtype.kind not in "biuf":
+        raise ValueError(f"{who} must hold numbers, got dtype {weight.dtype}")
+    if weight.ndim == 2 and weight.shape[1] == 1:
+        weight = weight[:, 0]
+    if weight.shape != (n,):
+        raise ValueError(f"{who} must hold one weight per sample, {n}, got shape {weight.shape}")
+    weight = weight.astype(np.float64)
+    if not np.isfinite(weight).all():
+        raise ValueError(f"{who} holds NaN or inf values")
+    if (weight < 0).any():
+        raise ValueError(f"{who} holds negative values (the smallest is {weight.min():g})")
+    return weight
+
+
+def _class_weights(plan, y, class_weight):
+    """Each sample's weight from ``class_weight`` (a dict ``{class: weight}`` or
+    ``'balanced'``: n_samples / (n_classes * count), as scikit-learn and Keras); a
+    class missing from the dict weighs 1."""
+    classes = plan.sample_classes(y)
+    present, counts = np.unique(classes, return_counts=True)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"fit: class_weight must be a dict or 'balanced', got {class_weight!r}")
+        table = {int(c): len(classes) / (len(present) * k) for c, k in zip(present, counts)}
+    elif isinstance(class_weight, dict):
+        table = {}
+        valid = plan.valid_classes(present)
+        for key, value in class_weight.items():
+            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)) or \
+                    int(key) not in valid:
+                raise ValueError(f"fit: class_weight names class {key!r}, which is not a class of "
+                                 f"y (classes: {_describe_classes(valid)})")
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"fit: class_weight[{key!r}] must be a finite, non-negative "
+                                 f"number, got {value!r}")
+            table[int(key)] = float(value)
+    else:
+        raise ValueError(f"fit: class_weight must be a dict or 'balanced', got "
+                         f"{type(class_weight).__name__}")
+    lookup = np.ones(int(classes.max()) + 1)
+    for key, value in table.items():
+        if key < len(lookup):
+            lookup[key] = value
+    return lookup[classes]
+
+
+def _describe_classes(valid):
+    valid = sorted(valid)
+    if len(valid) > 3 and valid == list(range(valid[0], valid[-1] + 1)):
+        return f"{valid[0]}..{valid[-1]}"
+    return ", ".join(map(str, valid))
+
+
+def _training_weights(plan, y, sample_weight, class_weight):
+    """The per-sample weights ``fit`` trains with (sample x class weights), on the
+    model's device, or None when neither is given."""
+    weight = sample_weight
+    if class_weight is not None:
+        per_class = _class_weights(plan, y, class_weight)
+        weight = per_class if weight is None else weight * per_class
+    return None if weight is None else plan.weights(weight, "fit")
+
+
+def _add_batch(totals, plan, loss, out, target, weight=None):
+    """Add one batch's loss and metrics (weighted means when ``weight`` is given) to the
+    epoch's ``totals``."""
     count = len(target)
     out_data = out.data
-    totals.add(float(loss.data), count, float(count),
-               [_metric_sum(metric(out_data, target), count) for _, metric in plan.metrics])
+    if weight is None:
+        totals.add(float(loss.data), count, float(count),
+                   [_metric_sum(metric(out_data, target), count) for _, metric in plan.metrics])
+        return
+    weight_sum = float(weight.sum())
+    sums = []
+    for _, metric in plan.metrics:
+        values = metric(out_data, target)
+        sums.append(float(values) * weight_sum if np.ndim(values) == 0
+                    else float((_per_sample(values) * weight).sum()))
+    totals.add(float(loss.data), count, weight_sum, sums)
 
 
 class Model(Module):
@@ -517,31 +702,29 @@ class Model(Module):
 
     # ------------------------------------------------------------ fit
     def fit(self, x, y, batch_size=32, epochs=1, verbose=1, validation_data=None,
-            validation_split=0.0, shuffle=True, callbacks=None):
+            validation_split=0.0, shuffle=True, callbacks=None, class_weight=None,
+            sample_weight=None):
         """Train for ``epochs`` passes over ``(x, y)``; returns the ``callbacks.History``.
 
         Reported loss and metrics are averaged per sample over the epoch (the loss
         includes the layers' weight penalties, as in Keras). ``validation_split``
         holds out the *last* fraction of ``x``/``y`` before shuffling, as Keras does.
+        ``sample_weight`` (one per sample) and ``class_weight`` (``{class: weight}`` or
+        ``'balanced'``) scale each sample's loss; metrics become weighted means.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
         _check_fit_options(epochs, verbose)
         x, y = _samples(x, y, "fit")
-        (x, y), validation = _split_validation(x, y, validation_data, validation_split)
+        weight = _check_sample_weight(sample_weight, len(x), "fit: sample_weight")
+        (x, y, weight), validation = _split_validation(x, y, weight, validation_data, validation_split)
         plan = self._plan(x, y)
         x, y = plan.inputs(x), plan.targets(y)
+        weight = _training_weights(plan, y, weight, class_weight)
         if validation is not None:
-            validation = plan.inputs(validation[0]), plan.targets(validation[1])
-            if validation_split:
-                _warn_single_class(plan, validation[1], validation_split)
-        # Data-parallel (a DistributedOptimizer on several ranks): see distributed.DataParallelFit.
-        self._data_parallel = parallel = distributed.DataParallelFit.of(plan.optimizer)
-        if parallel is not None:
-            parallel.begin()  # rank 0's parameters everywhere; dropout streams per rank
-            verbose = verbose if parallel.rank == 0 else 0  # only rank 0 prints
-            if validation is not None:
-                validation = parallel.validation_shard(*validation)
+            validation = self._prepare_validation(plan, validation, validation_split)
+        _warn_non_finite(x, y)
+        verbose, validation = self._start_data_parallel(plan, verbose, validation)
         steps = math.ceil(self._samples_per_epoch(len(x)) / batch_size)
         callbacks = self._callback_list(callbacks, verbose, epochs, steps)
         logs = {}
@@ -550,7 +733,7 @@ class Model(Module):
             for epoch in range(epochs):
                 callbacks.on_epoch_begin(epoch, {})
                 lr = float(self.optimizer.lr)  # after the schedulers of on_epoch_begin
-                logs = self._fit_epoch(plan, x, y, batch_size, shuffle, callbacks)
+                logs = self._fit_epoch(plan, x, y, weight, batch_size, shuffle, callbacks)
                 if validation is not None:
                     val_logs = self._evaluate_arrays(plan, *validation, batch_size, reduce=True)
                     logs.update({"val_" + key: value for key, value in val_logs.items()})
@@ -560,6 +743,28 @@ class Model(Module):
                     break
             callbacks.on_train_end(logs)
         return self.history
+
+    def _start_data_parallel(self, plan, verbose, validation):
+        """With a DistributedOptimizer on several ranks (see
+        ``distributed.DataParallelFit``): rank 0's parameters everywhere, printing on
+        rank 0 only, this rank's shard of the validation set. Returns ``(verbose,
+        validation)``, unchanged on one process."""
+        self._data_parallel = parallel = distributed.DataParallelFit.of(plan.optimizer)
+        if parallel is None:
+            return verbose, validation
+        parallel.begin()  # rank 0's parameters everywhere; dropout streams per rank
+        if validation is not None:
+            validation = parallel.validation_shard(*validation)
+        return (verbose if parallel.rank == 0 else 0), validation
+
+    @staticmethod
+    def _prepare_validation(plan, validation, validation_split):
+        x_val, y_val, w_val = validation
+        x_val, y_val = plan.inputs(x_val), plan.targets(y_val)
+        if validation_split:
+            _warn_single_class(plan, y_val, validation_split)
+        w_val = None if w_val is None else plan.weights(w_val, "fit: validation sample_weight")
+        return x_val, y_val, w_val
 
     def _callback_list(self, callbacks, verbose, epochs, steps):
         """The user's callbacks, with the progress bar first (when ``verbose``) and a
@@ -571,30 +776,36 @@ class Model(Module):
             shown + list(callbacks or []) + [self.history], model=self,
             params={"epochs": epochs, "steps": steps, "verbose": verbose})
 
-    def _fit_epoch(self, plan, x, y, batch_size, shuffle, callbacks):
+    def _fit_epoch(self, plan, x, y, weight, batch_size, shuffle, callbacks):
         """One pass over the training set, in the order ``_epoch_order`` gives, one
-        ``_train_step`` per batch; returns the epoch's logs (per-sample averages)."""
+        ``_train_step`` per batch; returns the epoch's logs (per-sample averages). A
+        callback that sets ``stop_training`` in ``on_batch_end`` ends the epoch there."""
         order = self._epoch_order(len(x), shuffle)
         if order is not None:
             order = to_device(order, plan.device)
             x, y = x[order], y[order]
+            weight = None if weight is None else weight[order]
         totals = EpochTotals(label for label, _ in plan.metrics)
         for step, start in enumerate(range(0, len(x), batch_size)):
-            x_batch, y_batch = x[start:start + batch_size], y[start:start + batch_size]
+            batch = slice(start, start + batch_size)
+            y_batch, w_batch = y[batch], None if weight is None else weight[batch]
             count = len(y_batch)
             callbacks.on_batch_begin(step, {"batch": step, "size": count})
-            loss, out = self._train_step(plan, x_batch, y_batch)
-            _add_batch(totals, plan, loss, out, y_batch)
+            loss, out = self._train_step(plan, x[batch], y_batch, w_batch)
+            _add_batch(totals, plan, loss, out, y_batch, w_batch)
             if callbacks.wants_batch_logs:
                 callbacks.on_batch_end(step, dict(totals.averages(), batch=step, size=count))
+                if self.stop_training:
+                    break
         return self._reduce_totals(totals).averages()
 
-    def _train_step(self, plan, x, target):
+    def _train_step(self, plan, x, target, weight=None):
         """One training step on one batch; returns ``(loss, out)``, both Tensors.
 
         1. Forward: run the batch through the model (``plan.forward``; when the head
            is fused with the loss, see ``fuse_logits``, the model up to its logits).
-        2. Loss: the compiled loss of the outputs against the targets, plus the
+        2. Loss: the compiled loss of the outputs against the targets (with sample
+           ``weight``s, the batch mean of weight x each sample's loss), plus the
            layers' weight penalties (``kernel_regularizer`` and friends).
         3. Backward: clear every parameter's gradient, then backpropagate the loss,
            which leaves d(loss)/d(parameter) in each ``param.grad``.
@@ -603,7 +814,7 @@ class Model(Module):
         ``fit`` and ``train_on_batch`` both train through this method.
         """
         out = plan.forward(Tensor(x))                 # 1. forward
-        loss = plan.loss_fn(out, target)              # 2. loss
+        loss = plan.loss(out, target, weight)         # 2. loss
         if plan.penalty is not None:
             loss = loss + plan.penalty()
         for param in plan.params:                     # 3. backward
@@ -634,28 +845,34 @@ class Model(Module):
             return self._data_parallel.reduce(totals)
         return totals
 
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y, sample_weight=None):
         """One optimizer step on one batch; returns the loss, or ``[loss, *metrics]``."""
         self._require_compiled("train_on_batch")
-        x, y = _as_array(x, "x"), _as_array(y, "y")
+        x, y = _samples(x, y, "train_on_batch")
+        weight = _check_sample_weight(sample_weight, len(x), "train_on_batch: sample_weight")
         plan = self._plan(x, y)
         x, y = plan.inputs(x), plan.targets(y)
+        weight = None if weight is None else plan.weights(weight, "train_on_batch")
         with self._mode(True):
-            loss, out = self._train_step(plan, x, y)
-        values = [float(loss.data)] + [_metric_mean(metric(out.data, y)) for _, metric in plan.metrics]
+            loss, out = self._train_step(plan, x, y, weight)
+        totals = EpochTotals(label for label, _ in plan.metrics)
+        _add_batch(totals, plan, loss, out, y, weight)
+        values = [float(loss.data)] + list(totals.averages().values())[1:]
         return values[0] if len(values) == 1 else values
 
     # ------------------------------------------------------------ evaluate / predict
-    def _evaluate_arrays(self, plan, x, y, batch_size, reduce=False):
-        """``{'loss': ..., metric: ...}``, per-sample averages over prepared arrays (the
-        loss with the weight penalties, as Keras), in eval mode, no graph. ``reduce``:
-        the totals are summed over the processes first (fit's sharded validation)."""
+    def _evaluate_arrays(self, plan, x, y, weight, batch_size, reduce=False):
+        """``{'loss': ..., metric: ...}``, per-sample (or weighted) averages over prepared
+        arrays (the loss with the weight penalties, as Keras), in eval mode, no graph.
+        ``reduce``: the totals are summed over the processes first (fit's sharded
+        validation)."""
         totals = EpochTotals(label for label, _ in plan.metrics)
         with self._mode(False), no_grad():
             for start in range(0, len(x), batch_size):
-                target = y[start:start + batch_size]
-                out = plan.forward(Tensor(x[start:start + batch_size]))
-                _add_batch(totals, plan, plan.loss_fn(out, target), out, target)
+                batch = slice(start, start + batch_size)
+                w_batch = None if weight is None else weight[batch]
+                out = plan.forward(Tensor(x[batch]))
+                _add_batch(totals, plan, plan.loss(out, y[batch], w_batch), out, y[batch], w_batch)
             penalty = float(plan.penalty().data) if plan.penalty is not None else 0.0
         if reduce:
             totals = self._reduce_totals(totals)
@@ -663,17 +880,25 @@ class Model(Module):
         logs["loss"] += penalty
         return logs
 
-    def evaluate(self, x, y, batch_size=32):
-        """The loss (with weight penalties, as Keras) or ``[loss, *metrics]``, per-sample averages."""
+    def evaluate(self, x, y, batch_size=32, sample_weight=None):
+        """The loss (with weight penalties, as Keras) or ``[loss, *metrics]``: per-sample
+        averages, or with ``sample_weight`` the mean of weight x loss and weighted means."""
         self._require_compiled("evaluate")
+        batch_size = _check_batch_size(batch_size, "evaluate")
         x, y = _samples(x, y, "evaluate")
+        weight = _check_sample_weight(sample_weight, len(x), "evaluate: sample_weight")
         plan = self._plan(x, y)
-        results = list(self._evaluate_arrays(plan, plan.inputs(x), plan.targets(y), batch_size).values())
+        weight = None if weight is None else plan.weights(weight, "evaluate")
+        logs = self._evaluate_arrays(plan, plan.inputs(x), plan.targets(y), weight, batch_size)
+        results = list(logs.values())
         return results[0] if len(results) == 1 else results
 
     def predict(self, x, batch_size=32):
         """The model's outputs for ``x`` as a host NumPy array (eval mode, no graph)."""
+        batch_size = _check_batch_size(batch_size, "predict")
         x = _as_array(x, "x")
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError(f"predict: x must hold at least one sample, got shape {tuple(x.shape)}")
         if x.ndim == 1:
             x = x.reshape(-1, 1)
         if x.dtype != self._input_dtype(x.dtype):
@@ -684,8 +909,6 @@ class Model(Module):
             for start in range(0, len(x), batch_size):
                 out = self.forward(Tensor(x[start:start + batch_size])).data
                 outputs.append(out if device_of(out) == "cpu" else out.get())
-        if not outputs:
-            raise ValueError("predict: x is empty")
         return np.concatenate(outputs)
 
     # ------------------------------------------------------------ weights and files
