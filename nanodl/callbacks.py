@@ -181,12 +181,50 @@ def format_logs(logs):
 
 
 def format_step_time(seconds_per_step):
-    """Time per step as Keras shows it: ``'12ms/step'``, ``'85us/step'``, ``'2s/step'``."""
-    if seconds_per_step >= 1:
-        return f"{seconds_per_step:.0f}s/step"
-    if seconds_per_step >= 1e-3:
-        return f"{seconds_per_step * 1e3:.0f}ms/step"
-    return f"{seconds_per_step * 1e6:.0f}us/step"
+    """Time per step as Keras shows it, in the largest unit that reads at least 1.
+
+    >>> format_step_time(0.000085), format_step_time(0.0123), format_step_time(2.4)
+    ('85us/step', '12ms/step', '2s/step')
+    >>> format_step_time(0.0009996)  # rounds to 1000us: shown as 1ms
+    '1ms/step'
+    """
+    micro = round(seconds_per_step * 1e6)
+    if micro < 1000:
+        return f"{micro}us/step"
+    milli = round(seconds_per_step * 1e3)
+    if milli < 1000:
+        return f"{milli}ms/step"
+    return f"{seconds_per_step:.0f}s/step"
+
+
+def in_notebook():
+    """True inside a Jupyter (IPython kernel) process, where a bar can redraw live.
+
+    Detected as Keras 3 does, from ``'ipykernel' in sys.modules``, and confirmed by a
+    running IPython shell that has a kernel (a plain process that merely imported
+    ipykernel has none). IPython is never imported here: when it is absent, this is
+    not a notebook.
+    """
+    if "ipykernel" not in sys.modules:
+        return False
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def _is_terminal(stream):
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty()) if callable(isatty) else False
+
+
+def resolve_verbose(verbose):
+    """``fit``'s ``verbose``: 0, 1 or 2 as given; ``'auto'`` is 1 (the live bar) on a
+    terminal or in a notebook, 2 (a line per epoch) when stderr goes to a file or pipe."""
+    if verbose == "auto":
+        return 1 if _is_terminal(sys.stderr) or in_notebook() else 2
+    if isinstance(verbose, str) or verbose not in (0, 1, 2):
+        raise ValueError(f"fit: verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    return int(verbose)
 
 
 class ProgressBar(Callback):
@@ -195,8 +233,11 @@ class ProgressBar(Callback):
     itself when ``verbose`` is 1 or 2.
 
     On a terminal the bar redraws in place with ``\\r`` at most every ``interval``
-    seconds; elsewhere (a log file, a pipe) only each epoch's final line is written.
-    The keys ``'lr'``, ``'batch'`` and ``'size'`` of the logs are not shown.
+    seconds. In a Jupyter notebook it draws the same way on ``sys.stdout`` (the
+    notebook applies ``\\r`` to the cell's output as a terminal does, live, and shows
+    stdout without stderr's warning colour, as Keras does). Elsewhere (a log file, a
+    pipe) only each epoch's final line is written. The time per step reads in s, ms or
+    us. The keys ``'lr'``, ``'batch'`` and ``'size'`` of the logs are not shown.
     """
 
     width = 30
@@ -211,8 +252,13 @@ class ProgressBar(Callback):
         self.interval = interval
 
     def on_train_begin(self, logs=None):
-        self.stream = self._stream if self._stream is not None else sys.stderr
-        self.dynamic = bool(getattr(self.stream, "isatty", lambda: False)())
+        notebook = in_notebook()
+        if self._stream is not None:
+            self.stream = self._stream
+        else:
+            self.stream = sys.stdout if notebook else sys.stderr
+        self.dynamic = _is_terminal(self.stream) or (
+            notebook and self.stream in (sys.stdout, sys.stderr))
 
     def on_epoch_begin(self, epoch, logs=None):
         if not hasattr(self, "stream"):  # used outside fit
@@ -240,7 +286,7 @@ class ProgressBar(Callback):
     def on_epoch_end(self, epoch, logs=None):
         elapsed = time.perf_counter() - self.start
         if self.verbose == 1:
-            timing = f"{elapsed:.0f}s {elapsed / self.steps * 1e3:.0f}ms/step"
+            timing = f"{elapsed:.0f}s {format_step_time(elapsed / self.steps)}"
             self._draw(f"{self._bar(self.steps)} - {timing} - {self._shown(logs)}", end="\n")
         else:
             self._print(f"Epoch {epoch + 1}/{self.epochs} - {elapsed:.2f}s - {self._shown(logs)}")

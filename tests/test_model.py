@@ -226,7 +226,7 @@ def test_verbose_1_progress_bar_on_stderr(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "Epoch 1/1" in captured.err
-    assert re.search(r"1/1 \[=+\] - .*ms/step - loss: \d+\.\d{4} - accuracy", captured.err)
+    assert re.search(r"1/1 \[=+\] - \d+s \d+(ms|us)/step - loss: \d+\.\d{4} - accuracy", captured.err)
 
 
 def test_verbose_1_redraws_in_place_on_a_terminal(monkeypatch):

@@ -424,11 +424,9 @@ def _check_batch_size(batch_size, who):
     return int(batch_size)
 
 
-def _check_fit_options(epochs, verbose):
+def _check_epochs(epochs):
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
 
 
 def _samples(x, y, who):
@@ -714,7 +712,8 @@ class Model(Module):
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
-        _check_fit_options(epochs, verbose)
+        _check_epochs(epochs)
+        verbose = callbacks_module.resolve_verbose(verbose)
         x, y = _samples(x, y, "fit")
         weight = _check_sample_weight(sample_weight, len(x), "fit: sample_weight")
         (x, y, weight), validation = _split_validation(x, y, weight, validation_data, validation_split)

@@ -1,0 +1,188 @@
+"""The progress bar: formatting (us/ms/s per step), live redraws on a terminal and in
+a Jupyter notebook, and ``verbose='auto'``."""
+import io
+import re
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+import nanodl as nd
+from nanodl import callbacks, nn
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class Slow(callbacks.Callback):
+    def on_batch_end(self, batch, logs=None):
+        time.sleep(0.03)
+
+
+def model_and_data(n=64):
+    nd.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = nn.Sequential([nn.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, x, y
+
+
+@pytest.fixture
+def notebook(monkeypatch):
+    """A stand-in for a Jupyter kernel process, for the detection only: an ``ipykernel``
+    module and an ``IPython`` whose shell has a kernel."""
+    shell = types.SimpleNamespace(kernel=object())
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: shell
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    return shell
+
+
+# ---------------------------------------------------------------- formatting
+@pytest.mark.parametrize("seconds, text", [
+    (85e-6, "85us/step"), (4e-7, "0us/step"), (999.4e-6, "999us/step"), (999.6e-6, "1ms/step"),
+    (0.0123, "12ms/step"), (0.9996, "1s/step"), (2.4, "2s/step"), (75.0, "75s/step")])
+def test_step_time_reads_in_us_ms_or_s(seconds, text):
+    assert callbacks.format_step_time(seconds) == text
+
+
+def test_sub_millisecond_steps_show_in_microseconds(monkeypatch):
+    clock = iter([10.0, 10.00085])  # epoch start, epoch end: 10 steps in 0.85 ms
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    bar = callbacks.ProgressBar(1, stream=stream)
+    bar.set_params({"epochs": 1, "steps": 10})
+    bar.on_train_begin()
+    bar.on_epoch_begin(0)
+    bar.on_epoch_end(0, {"loss": 0.5, "lr": 0.1})
+    assert stream.getvalue().endswith("10/10 [==============================] - 0s 85us/step - loss: 0.5000\n")
+
+
+def test_fit_reports_a_time_per_step():
+    model, x, y = model_and_data()
+    stream = io.StringIO()
+    model.fit(x, y, batch_size=8, verbose=0, callbacks=[callbacks.ProgressBar(1, stream=stream)])
+    assert re.search(r"8/8 \[=+\] - \d+s \d+(us|ms)/step - loss: ", stream.getvalue())
+
+
+# ---------------------------------------------------------------- notebooks
+def test_notebook_detection(monkeypatch, notebook):
+    assert callbacks.in_notebook()
+    notebook.kernel = None  # IPython in a terminal: a shell without a kernel
+    assert not callbacks.in_notebook()
+    monkeypatch.delitem(sys.modules, "IPython")  # ipykernel imported, no IPython shell
+    assert not callbacks.in_notebook()
+
+
+def test_no_notebook_here_and_ipython_is_not_imported(monkeypatch):
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert not callbacks.in_notebook()
+    assert "IPython" not in sys.modules
+
+
+def test_the_bar_redraws_live_on_stdout_in_a_notebook(notebook, capsys):
+    model, x, y = model_and_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=1, callbacks=[Slow()])
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.startswith("Epoch 1/1\n")
+    assert captured.out.count("\r") >= 2 and "ETA" in captured.out
+    assert captured.out.endswith("\n") and "8/8 [" in captured.out
+
+
+def test_outside_a_notebook_a_pipe_gets_the_final_line_only(capsys):
+    model, x, y = model_and_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=1, callbacks=[Slow()])
+    err = capsys.readouterr().err
+    assert "ETA" not in err and err.count("\r") == 1 and "8/8 [" in err
+
+
+# ---------------------------------------------------------------- verbose='auto'
+def test_verbose_auto(monkeypatch, notebook):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert callbacks.resolve_verbose("auto") == 1  # a notebook
+    notebook.kernel = None
+    assert callbacks.resolve_verbose("auto") == 2  # stderr is a file or a pipe
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert callbacks.resolve_verbose("auto") == 1  # a terminal
+    for value in (0, 1, 2):
+        assert callbacks.resolve_verbose(value) == value
+
+
+def test_fit_with_verbose_auto_logs_one_line_per_epoch_to_a_file(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    model, x, y = model_and_data(32)
+    model.fit(x, y, epochs=2, verbose="auto")
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and all(re.match(r"Epoch \d/2 - \d+\.\d\ds - loss: ", line) for line in lines)
+
+
+def test_fit_with_verbose_auto_draws_the_bar_on_a_terminal(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model, x, y = model_and_data()
+    model.fit(x, y, batch_size=8, verbose="auto", callbacks=[Slow()])
+    assert "ETA" in terminal.getvalue() and terminal.getvalue().startswith("Epoch 1/1\n")
+
+
+@pytest.mark.parametrize("verbose", [3, -1, "yes", "1", None, 1.5])
+def test_bad_verbose_raises(verbose):
+    model, x, y = model_and_data(8)
+    with pytest.raises(ValueError, match="verbose"):
+        model.fit(x, y, verbose=verbose)
+
+
+# ---------------------------------------------------------------- a real Jupyter kernel
+def test_the_bar_is_live_in_a_real_jupyter_kernel():
+    """Where ipykernel and jupyter_client are installed: run fit in a real kernel and
+    check that redraws reach the notebook as separate stdout messages while the cell
+    is still running (that is what makes the bar live), never on stderr."""
+    pytest.importorskip("ipykernel")
+    manager_module = pytest.importorskip("jupyter_client.manager")
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    manager, client = manager_module.start_new_kernel(kernel_name="python3", env=env)
+    try:
+        code = (
+            "import time, numpy as np, nanodl as nd\n"
+            "from nanodl import nn, callbacks\n"
+            "class Slow(callbacks.Callback):\n"
+            "    def on_batch_end(self, batch, logs=None):\n"
+            "        time.sleep(0.05)\n"
+            "nd.manual_seed(0)\n"
+            "x = np.random.default_rng(0).standard_normal((96, 3)).astype('float32')\n"
+            "m = nn.Sequential([nn.Dense(2, activation='softmax')])\n"
+            "m.compile(loss='sparse_categorical_crossentropy')\n"
+            "m.fit(x, (x[:, 0] > 0).astype('int64'), batch_size=8, verbose=1, callbacks=[Slow()])\n"
+            "print('done')\n")
+        msg_id = client.execute(code)
+        streams = []
+        while True:
+            message = client.get_iopub_msg(timeout=60)
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind = message["msg_type"]
+            if kind == "stream":
+                streams.append((time.monotonic(), message["content"]["name"], message["content"]["text"]))
+            elif kind == "error":
+                pytest.fail("\n".join(message["content"]["traceback"]))
+            elif kind == "status" and message["content"]["execution_state"] == "idle":
+                break
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert [name for _, name, _ in streams] == ["stdout"] * len(streams)
+    text = "".join(t for _, _, t in streams)
+    assert "ETA" in text and "12/12 [" in text and text.endswith("done\n")
+    redraws = [when for when, _, t in streams if "ETA" in t]
+    assert len(redraws) >= 2 and redraws[-1] - redraws[0] > 0.1  # drawn over time, not at the end
