@@ -21,3 +21,15 @@ def backward(int act, const floating[::1] saved, const floating[::1] grad, float
     """out = grad * act'(saved); ``saved`` is y or x as in kernels_numpy."""
     with nogil:
         ew.backward(act, &saved[0], &grad[0], &out[0], saved.shape[0], <floating>alpha)
+
+
+def set_thread_cap(int threads):
+    """At most ``threads`` OpenMP threads per kernel of this module (0: no cap).
+
+    Set by ``nanodl.backend.threads`` (see the cap in ``elementwise.pxd``)."""
+    ew.nd_thread_cap = threads
+
+
+def kernel_threads():
+    """The most OpenMP threads a kernel of this module uses now (after the cap)."""
+    return ew.nd_max_threads()

@@ -49,16 +49,25 @@ cdef extern from "nd_math.h" nogil:
     float nd_tanhf(float x)
     float nd_log1pf_unit(float x)
 
+# nd_thread_cap: at most this many OpenMP threads per kernel (0: no cap). Each extension
+# module has its own copy, set through its set_thread_cap() by nanodl.backend.threads
+# (1 when the process's libgomp was loaded before nanodl and spins long after each
+# parallel region, which would steal the cores the next BLAS call needs).
 cdef extern from *:
     """
+    static int nd_thread_cap = 0;
     #ifdef _OPENMP
     #include <omp.h>
-    static int nd_max_threads(void) { return omp_get_max_threads(); }
+    static int nd_max_threads(void) {
+        int n = omp_get_max_threads();
+        return (nd_thread_cap > 0 && nd_thread_cap < n) ? nd_thread_cap : n;
+    }
     #else
     static int nd_max_threads(void) { return 1; }
     #endif
     """
     int nd_max_threads() noexcept nogil
+    int nd_thread_cap
 
 cdef enum:
     PAR_MIN_CHEAP = 65536     # elements; see the module docstring
@@ -292,7 +301,7 @@ cdef inline void forward(int act, const floating* x, floating* out, Py_ssize_t n
     if n < par_min_forward(act):
         forward_range(act, x, out, 0, n, alpha)
         return
-    for c in prange(chunks(n), schedule='guided'):
+    for c in prange(chunks(n), schedule='guided', num_threads=nd_max_threads()):
         forward_range(act, x, out, c * CHUNK, min(n, (c + 1) * CHUNK), alpha)
 
 
@@ -303,5 +312,5 @@ cdef inline void backward(int act, const floating* saved, const floating* g, flo
     if n < par_min_backward(act):
         backward_range(act, saved, g, out, 0, n, alpha)
         return
-    for c in prange(chunks(n), schedule='guided'):
+    for c in prange(chunks(n), schedule='guided', num_threads=nd_max_threads()):
         backward_range(act, saved, g, out, c * CHUNK, min(n, (c + 1) * CHUNK), alpha)

@@ -56,7 +56,8 @@ def bias_act(int act, floating[:, ::1] z, const floating[::1] bias, floating[:, 
             bias_act_rows(act, zp, bp, op, cols, 0, rows, a)
         return
     per_chunk = max(1, <Py_ssize_t>ew.CHUNK // max(cols, 1))
-    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided'):
+    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided',
+                    num_threads=ew.nd_max_threads()):
         bias_act_rows(act, zp, bp, op, cols, c * per_chunk,
                       min(rows, (c + 1) * per_chunk), a)
 
@@ -66,3 +67,15 @@ def act_grad(int act, const floating[::1] saved, const floating[::1] grad, float
     """dz = grad * act'(saved), flat."""
     with nogil:
         ew.backward(act, &saved[0], &grad[0], &dz[0], saved.shape[0], <floating>alpha)
+
+
+def set_thread_cap(int threads):
+    """At most ``threads`` OpenMP threads per kernel of this module (0: no cap).
+
+    Set by ``nanodl.backend.threads`` (see the cap in ``elementwise.pxd``)."""
+    ew.nd_thread_cap = threads
+
+
+def kernel_threads():
+    """The most OpenMP threads a kernel of this module uses now (after the cap)."""
+    return ew.nd_max_threads()

@@ -166,3 +166,15 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
                     num_threads=ew.team(n, ew.PAR_MIN_UPDATE)):
         rmsprop_range(pp, gp, sp, bp, ap, lr_, al, oma, e, wd, mom, use_wd, use_mom, centered,
                       c * ew.CHUNK, min(n, (c + 1) * ew.CHUNK))
+
+
+def set_thread_cap(int threads):
+    """At most ``threads`` OpenMP threads per kernel of this module (0: no cap).
+
+    Set by ``nanodl.backend.threads`` (see the cap in ``elementwise.pxd``)."""
+    ew.nd_thread_cap = threads
+
+
+def kernel_threads():
+    """The most OpenMP threads a kernel of this module uses now (after the cap)."""
+    return ew.nd_max_threads()

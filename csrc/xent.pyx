@@ -74,7 +74,8 @@ def forward(const floating[:, ::1] logits, const intp_t[::1] sparse, const float
             forward_rows(xp, sp, dp, &loss[0], &probs[0, 0], cols, 0, rows)
         return
     per_chunk = max(1, <Py_ssize_t>ew.CHUNK // cols)
-    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided'):
+    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided',
+                    num_threads=ew.nd_max_threads()):
         forward_rows(xp, sp, dp, &loss[0], &probs[0, 0], cols, c * per_chunk,
                      min(rows, (c + 1) * per_chunk))
 
@@ -122,6 +123,19 @@ def backward(const floating[:, ::1] probs, const intp_t[::1] sparse, const float
             backward_rows(pp, sp, dp, &grad[0], &out[0, 0], cols, 0, rows)
         return
     per_chunk = max(1, <Py_ssize_t>ew.CHUNK // cols)
-    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided'):
+    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided',
+                    num_threads=ew.nd_max_threads()):
         backward_rows(pp, sp, dp, &grad[0], &out[0, 0], cols, c * per_chunk,
                       min(rows, (c + 1) * per_chunk))
+
+
+def set_thread_cap(int threads):
+    """At most ``threads`` OpenMP threads per kernel of this module (0: no cap).
+
+    Set by ``nanodl.backend.threads`` (see the cap in ``elementwise.pxd``)."""
+    ew.nd_thread_cap = threads
+
+
+def kernel_threads():
+    """The most OpenMP threads a kernel of this module uses now (after the cap)."""
+    return ew.nd_max_threads()

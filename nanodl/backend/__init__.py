@@ -21,26 +21,20 @@ import numpy as np
 
 from . import kernels_numpy
 
-# The compiled kernels use OpenMP threads next to NumPy's BLAS threads. libgomp's
-# default is to spin for about 300,000 rounds after each parallel region, which on a
-# small machine steals the cores the BLAS threads need (measured on 2 cores: a
-# 784-128-10 training step went from 0.40 ms to 6.8 ms, 784-512-512-10 from 6 ms to
-# 43 ms). A short spin (1,000 rounds) keeps the kernels' speed without that. libgomp
-# reads the variable once, when it loads, and a process has one libgomp.so.1 (PyTorch
-# ships the same soname), so the setting is made only for the import, yields to any
-# OMP_WAIT_POLICY / GOMP_SPINCOUNT the user set, and is removed again afterwards.
-# (OMP_WAIT_POLICY=PASSIVE would also work for nanodl but makes PyTorch's many
-# small parallel regions ~4x slower in the same process.)
-_spin_default = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
-if _spin_default:
-    os.environ["GOMP_SPINCOUNT"] = "1000"
-try:  # the compiled table exists only when the Cython extension was built
-    from . import kernels_native
-except ImportError:  # pragma: no cover - depends on the build
-    kernels_native = None
-finally:
-    if _spin_default:
-        del os.environ["GOMP_SPINCOUNT"]
+# The compiled kernels' OpenMP runtime gets a short spin while it loads (libgomp's
+# default spin steals the cores BLAS needs); when another library loaded libgomp first
+# (``import torch`` before nanodl), the kernels are capped at one OpenMP thread
+# instead. Why, and the BLAS side of it: ``nanodl.backend.threads``.
+from . import threads
+
+with threads.loading_native_kernels():
+    try:  # the compiled table exists only when the Cython extension was built
+        from . import kernels_native
+    except ImportError:  # pragma: no cover - depends on the build
+        kernels_native = None
+if kernels_native is not None:
+    from . import _activations, _linear, _optim, _xent
+    threads.configure_native((_activations, _linear, _optim, _xent))
 
 KERNEL_NAMES = ("native", "numpy")
 _cpu_table = kernels_numpy.TABLE

@@ -1,6 +1,6 @@
 """The fused dense-layer node: ``act(x @ kernel + bias)`` in one Function."""
 from ..autograd import Function
-from ..backend import kernels
+from ..backend import kernels, threads
 from .activation import softmax_array, softmax_backward_array
 
 
@@ -20,11 +20,12 @@ class Linear(Function):
         self.lead_shape = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
         table = kernels(x)
-        if activation == "softmax":
-            z, _ = table.linear_forward(x2, kernel, bias, "linear", alpha)
-            out = saved = softmax_array(z, -1)
-        else:
-            out, saved = table.linear_forward(x2, kernel, bias, activation, alpha)
+        with threads.gemm(x2.shape[0], kernel.shape[0], kernel.shape[1]):
+            if activation == "softmax":
+                z, _ = table.linear_forward(x2, kernel, bias, "linear", alpha)
+                out = saved = softmax_array(z, -1)
+            else:
+                out, saved = table.linear_forward(x2, kernel, bias, activation, alpha)
         self.save_for_backward(x2, kernel, saved)
         self.activation, self.alpha, self.has_bias = activation, alpha, bias is not None
         return out.reshape(self.lead_shape + (kernel.shape[1],)) if x.ndim != 2 else out
@@ -37,9 +38,10 @@ class Linear(Function):
         if activation == "softmax":
             grad2 = softmax_backward_array(saved, grad2, -1)
             activation = "linear"
-        dx, dkernel, dbias = kernels(x2).linear_backward(
-            x2, kernel, saved, grad2, activation, self.alpha,
-            needs[0], needs[1], self.has_bias and needs[2])
+        with threads.gemm(x2.shape[0], kernel.shape[0], kernel.shape[1]):
+            dx, dkernel, dbias = kernels(x2).linear_backward(
+                x2, kernel, saved, grad2, activation, self.alpha,
+                needs[0], needs[1], self.has_bias and needs[2])
         if dx is not None and len(self.lead_shape) != 1:
             dx = dx.reshape(self.lead_shape + (kernel.shape[0],))
         return (dx, dkernel, dbias) if self.has_bias else (dx, dkernel)

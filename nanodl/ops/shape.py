@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..autograd import Function
-from ..backend import array_module, to_device
+from ..backend import array_module, threads, to_device
 
 
 class Reshape(Function):
@@ -172,6 +172,13 @@ class Stack(Function):
         return tuple(GetItem.apply(grad, index=lead + (i,)) for i in range(grad.shape[self.axis]))
 
 
+def _gemm_threads(a, b):
+    """The thread-policy scope of ``a @ b`` (batched products count every batch)."""
+    rows = a.size // a.shape[-1] if a.ndim > 1 else 1
+    return threads.gemm(rows, b.shape[0] if b.ndim == 1 else b.shape[-2],
+                        b.shape[-1] if b.ndim > 1 else 1)
+
+
 class MatMul(Function):
     """``a @ b`` with NumPy's rules (1-D operands, batched leading axes)."""
 
@@ -179,7 +186,8 @@ class MatMul(Function):
         if a.ndim == 0 or b.ndim == 0 or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned")
         self.save_for_backward(a, b)
-        return a @ b
+        with _gemm_threads(a, b):
+            return a @ b
 
     def backward(self, grad):
         a, b = self.saved_tensors
@@ -190,8 +198,9 @@ class MatMul(Function):
             grad = grad[..., None, :]
         if b.ndim == 1:
             grad = grad[..., None]
-        grad_a = grad @ b2.swapaxes(-1, -2) if need_a else None
-        grad_b = a2.swapaxes(-1, -2) @ grad if need_b else None
+        with _gemm_threads(a2, b2):
+            grad_a = grad @ b2.swapaxes(-1, -2) if need_a else None
+            grad_b = a2.swapaxes(-1, -2) @ grad if need_b else None
         if need_a and a.ndim == 1:
             grad_a = grad_a.reshape(grad_a.shape[:-2] + grad_a.shape[-1:])
             grad_a = grad_a.reshape(-1, a.shape[0]).sum(axis=0)
