@@ -465,3 +465,16 @@ def test_layer_penalties_are_collected():
     model.regularization_loss().backward()
     np.testing.assert_allclose(model[0].kernel.grad, model[0].kernel.data, rtol=1e-6)
     assert nn.Dense(2, input_dim=2).regularization_loss() is None
+
+
+def test_batchnorm_refuses_a_batch_of_one_in_training():
+    """As PyTorch: one value per feature has no variance; eval mode still takes it."""
+    layer = nn.BatchNorm(num_features=3)
+    for shape in [(1, 3), (1, 1, 3), (3,)]:
+        with pytest.raises(ValueError, match=r"BatchNorm: .*shape \(%s" % shape[0]):
+            layer(nd.ones(shape))
+    np.testing.assert_array_equal(layer.moving_mean, np.zeros(3))  # nothing was updated
+    layer.eval()
+    assert layer(nd.ones((1, 3))).shape == (1, 3)
+    layer.train()
+    assert layer(nd.ones((1, 2, 3))).shape == (1, 2, 3)  # two values per feature are enough
