@@ -12,22 +12,21 @@ import numbers
 
 import numpy as np
 
+from .backend import to_device
+from .tensor import Tensor, as_array
+
 __all__ = ["train_test_split", "DataLoader", "one_hot"]
 
 
-def _as_array(values, name="array"):
-    """Return ``values`` as a NumPy array: arrays pass through, Tensors are unwrapped."""
-    if isinstance(values, np.ndarray):
-        return values
-    if callable(getattr(values, "numpy", None)):  # a nanodl Tensor (or torch/cupy-like)
-        return np.asarray(values.numpy())
-    if isinstance(getattr(values, "data", None), np.ndarray):
-        return values.data
-    try:
-        return np.asarray(values)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"cannot turn {name} of type {type(values).__name__} "
-                        f"into a NumPy array: {error}") from None
+def _as_array(values, name):
+    """``values`` as a host NumPy array (numbers or strings), via the one ``as_array``;
+    tensor-likes of other libraries are unwrapped by their ``numpy()`` or ``.data``."""
+    if not isinstance(values, (np.ndarray, Tensor)):
+        if callable(getattr(values, "numpy", None)):
+            values = values.numpy()
+        elif isinstance(getattr(values, "data", None), np.ndarray):
+            values = values.data
+    return to_device(as_array(values, what=name, numeric=False), "cpu")
 
 
 def _global_generator():
@@ -140,7 +139,7 @@ def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, s
     """
     if not arrays:
         raise ValueError("train_test_split: at least one array is required")
-    arrays = [_as_array(values, f"array {position}") for position, values in enumerate(arrays)]
+    arrays = [_as_array(values, f"train_test_split: array {position}") for position, values in enumerate(arrays)]
     for position, values in enumerate(arrays):
         if values.ndim == 0:
             raise ValueError(f"train_test_split: array {position} is a scalar, "
@@ -161,7 +160,7 @@ def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, s
     else:
         rng = _generator_from(random_state)
         if stratify is not None:
-            labels = _as_array(stratify, "stratify")
+            labels = _as_array(stratify, "train_test_split: stratify")
             if labels.ndim == 0 or len(labels) != n_samples:
                 found = labels.shape[0] if labels.ndim else "a scalar"
                 raise ValueError(f"train_test_split: stratify must have one label per "
@@ -195,8 +194,8 @@ class DataLoader:
     """
 
     def __init__(self, x, y=None, batch_size=32, shuffle=False, drop_last=False, seed=None):
-        self.x = _as_array(x, "x")
-        self.y = None if y is None else _as_array(y, "y")
+        self.x = _as_array(x, "DataLoader: x")
+        self.y = None if y is None else _as_array(y, "DataLoader: y")
         if self.x.ndim == 0:
             raise ValueError("DataLoader: x is a scalar, not a sequence of samples")
         if self.y is not None and (self.y.ndim == 0 or len(self.y) != len(self.x)):
@@ -251,7 +250,7 @@ def one_hot(labels, num_classes):
     if (not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool)
             or num_classes < 1):
         raise ValueError(f"one_hot: num_classes must be a positive int, got {num_classes!r}")
-    labels = _as_array(labels, "labels")
+    labels = _as_array(labels, "one_hot: labels")
     if labels.dtype.kind not in "iub":
         if labels.dtype.kind != "f" or not np.all(labels == np.round(labels)):
             raise ValueError(f"one_hot: labels must be integers, got dtype {labels.dtype}")

@@ -14,11 +14,13 @@ in the constructor. ``reduction`` is ``'mean'`` (over every element),
 >>> losses.Huber(delta=1.0)(pred, target).item()
 0.5
 """
+import numbers
+
 import numpy as np
 
 from . import ops
 from .backend import to_device
-from .tensor import Tensor
+from .tensor import Tensor, as_array
 
 __all__ = ["mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy",
            "sparse_categorical_crossentropy", "Loss", "MeanSquaredError", "MeanAbsoluteError",
@@ -35,6 +37,13 @@ def _check_reduction(name, reduction):
         raise ValueError(f"{name}: unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
 
 
+def _check_delta(name, delta):
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real):
+        raise TypeError(f"{name}: delta must be a number, got {delta!r} ({type(delta).__name__})")
+    if not delta > 0:
+        raise ValueError(f"{name}: delta must be > 0, got {delta!r}")
+
+
 def _reduce(loss, reduction):
     if reduction == "mean":
         return loss.mean()
@@ -47,19 +56,16 @@ def _as_pred(pred):
     return pred if isinstance(pred, Tensor) else Tensor(pred)
 
 
-def _target_array(target, pred):
+def _target_array(name, target, pred, dtype=None):
     """``target`` as a backend array on ``pred``'s device (never differentiated)."""
-    array = target.data if isinstance(target, Tensor) else target
-    if not hasattr(array, "__cuda_array_interface__"):
-        array = np.asarray(array)
-    return to_device(array, pred.device)
+    return to_device(as_array(target, dtype, what=f"{name}: target"), pred.device)
 
 
 def _float_target(name, pred, target, reduction):
     """Checks shared by the elementwise losses; returns ``(pred, target Tensor)``."""
     _check_reduction(name, reduction)
     pred = _as_pred(pred)
-    array = _target_array(target, pred)
+    array = _target_array(name, target, pred, pred.dtype)
     if tuple(array.shape) != pred.shape:
         raise ValueError(f"{name}: pred shape {pred.shape} and target shape "
                          f"{tuple(array.shape)} do not match")
@@ -84,8 +90,7 @@ def mae(pred, target, reduction="mean"):
 
 def huber(pred, target, delta=1.0, reduction="mean"):
     """``0.5 d**2`` where ``|d| <= delta``, else ``delta * (|d| - 0.5 delta)``; ``d = pred - target``."""
-    if not delta > 0:
-        raise ValueError(f"huber: delta must be > 0, got {delta!r}")
+    _check_delta("huber", delta)
     pred, target = _float_target("huber", pred, target, reduction)
     error = (pred - target).abs()
     quadratic = ops.minimum(error, delta)  # |d| up to delta ...
@@ -173,7 +178,7 @@ def sparse_categorical_crossentropy(pred, target, from_logits=False, reduction="
     pred = _as_pred(pred)
     # The fused CPU kernels reject out-of-range labels themselves; the GPU one would give NaN.
     check_range = not from_logits or pred.device != "cpu"
-    labels = class_targets(name, pred.shape, _target_array(target, pred), check_range)
+    labels = class_targets(name, pred.shape, _target_array(name, target, pred), check_range)
     target = to_device(labels, pred.device)
     if from_logits:
         return softmax_xent(pred, target, reduction)
@@ -227,8 +232,7 @@ class Huber(Loss):
 
     def __init__(self, delta=1.0, reduction="mean"):
         super().__init__(reduction)
-        if not delta > 0:
-            raise ValueError(f"Huber: delta must be > 0, got {delta!r}")
+        _check_delta("Huber", delta)
         self.delta = float(delta)
 
 

@@ -8,9 +8,13 @@ _generator = np.random.default_rng()
 
 
 def manual_seed(seed):
-    """Seed every random draw nanodl makes."""
+    """Seed every random draw nanodl makes (a non-negative integer, or a sequence of them)."""
     global _generator
-    _generator = np.random.default_rng(seed)
+    try:
+        _generator = np.random.default_rng(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"manual_seed: seed must be a non-negative integer (or a sequence of "
+                         f"them), got {seed!r}") from None
 
 
 def generator():

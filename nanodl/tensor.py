@@ -33,25 +33,27 @@ def is_float_dtype(dtype):
     return np.dtype(dtype).kind == "f"
 
 
-def as_array(data, dtype=None):
-    """Turn ``data`` (scalar, nested list, ndarray, CuPy array, Tensor) into a backend array."""
+def as_array(data, dtype=None, *, what="tensor", numeric=True):
+    """The one conversion of user data (scalar, nested list, ndarray, CuPy array, Tensor) to
+    a backend array, for Tensor, fit and nanodl.data: arrays pass through uncopied, Python
+    floats become the default dtype. Ragged lists raise ValueError; strings, bytes and
+    objects TypeError naming ``what`` and the dtype (``numeric=False`` lets strings through).
+    """
     if isinstance(data, Tensor):
         data = data.data
-    if isinstance(data, np.ndarray):
-        array = data
-    elif hasattr(data, "__cuda_array_interface__"):
+    if isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__"):
         array = data
     else:
         try:
             array = np.asarray(data)
         except ValueError:
-            raise ValueError(f"tensor: cannot make a tensor from ragged nested lists: {data!r:.80}") \
+            raise ValueError(f"{what}: cannot make an array from ragged nested lists: {data!r:.80}") \
                 from None
         if array.dtype.kind == "f" and dtype is None:
             array = array.astype(_default_dtype, copy=False)
-        elif array.dtype == object:
-            raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__} "
-                            "(ragged nested lists or non-numeric values)")
+    if array.dtype.kind not in ("biufc" if numeric else "biufcSU"):
+        raise TypeError(f"{what}: cannot make an array of dtype {array.dtype} from {type(data).__name__} "
+                        f"{data!r:.60}; it must hold numbers{'' if numeric else ' or strings'}")
     if dtype is not None and array.dtype != np.dtype(dtype):
         array = array.astype(dtype)
     return array

@@ -25,6 +25,15 @@ from .module import Module, Parameter
 __all__ = ["Layer", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU", "Activation",
            "Dropout", "Flatten", "BatchNorm", "LayerNorm", "Embedding", "LAYERS", "register_layer"]
 
+def _number(layer, name, value):
+    """``value`` as a finite float, or TypeError/ValueError naming the layer and argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{layer}: {name} must be a number, got {value!r} ({type(value).__name__})")
+    if not np.isfinite(value):
+        raise ValueError(f"{layer}: {name} must be finite, got {value!r}")
+    return float(value)
+
+
 class Layer(Module):
     """A Module that can describe itself: ``get_config()`` and ``from_config(config)``."""
 
@@ -113,6 +122,8 @@ class Dense(Layer):
         return self._linear(x, "linear", 0.0)
 
     def _linear(self, x, activation, alpha):
+        if x.ndim == 0:
+            raise ValueError("Dense: input must have a feature axis (its last), got a 0-d tensor")
         kernel = self.kernel
         if kernel is None:
             self.build(x.shape[-1], x.device)
@@ -153,7 +164,7 @@ class ReLU(Layer):
 class LeakyReLU(Layer):
     def __init__(self, alpha=0.01):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = _number("LeakyReLU", "alpha", alpha)
 
     def forward(self, x):
         return F.leaky_relu(x, self.alpha)
@@ -186,6 +197,8 @@ class GELU(Layer):
 class Softmax(Layer):
     def __init__(self, axis=-1):
         super().__init__()
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"Softmax: axis must be an integer, got {axis!r}")
         self.axis = int(axis)
 
     def forward(self, x):
@@ -243,9 +256,9 @@ class _Norm(Layer):
 
     def __init__(self, epsilon, num_features):
         super().__init__()
-        if not epsilon > 0:
+        self.epsilon = _number(type(self).__name__, "epsilon", epsilon)
+        if not self.epsilon > 0:
             raise ValueError(f"{type(self).__name__}: epsilon must be > 0, got {epsilon!r}")
-        self.epsilon = float(epsilon)
         self.num_features = None
         self.gamma = None
         self.beta = None
@@ -272,8 +285,14 @@ class _Norm(Layer):
         self.beta = Parameter(to_device(np.zeros(self.num_features, dtype), device))
 
     def _ensure_built(self, x):
+        if x.ndim == 0:
+            raise ValueError(f"{type(self).__name__}: input must have a feature axis (its last), "
+                             "got a 0-d tensor")
         if self.gamma is None:
             self.build(x.shape[-1], x.device)
+        elif x.shape[-1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: built for {self.num_features} features on the "
+                             f"last axis, got input of shape {x.shape}")
 
 
 @register_layer
@@ -289,9 +308,9 @@ class BatchNorm(_Norm):
     _BUFFERS = ("moving_mean", "moving_variance")
 
     def __init__(self, momentum=0.99, epsilon=1e-3, *, num_features=None):
+        self.momentum = _number("BatchNorm", "momentum", momentum)
         if not 0 <= momentum <= 1:
             raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
         super().__init__(epsilon, num_features)
 
     def build(self, num_features, device="cpu"):

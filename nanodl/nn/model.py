@@ -39,7 +39,7 @@ from .. import distributed, ops, optim
 from ..autograd import no_grad
 from ..backend import array_module, device_of, to_device
 from ..random import generator
-from ..tensor import Tensor, get_default_dtype
+from ..tensor import Tensor, as_array, get_default_dtype
 from .layers import Dense, Embedding
 from .module import Module, ModuleList
 
@@ -154,19 +154,6 @@ class EpochTotals:
         for label, total in zip(self.labels, self.values[3:]):
             logs[label] = total / weight
         return logs
-
-
-def _as_array(values, what):
-    """A backend array from an array-like or Tensor (no copy when already an array)."""
-    if isinstance(values, Tensor):
-        return values.data
-    if hasattr(values, "__cuda_array_interface__"):
-        return values
-    array = np.asarray(values)
-    if array.dtype == object:
-        raise TypeError(f"{what}: cannot use {type(values).__name__} of ragged or non-numeric "
-                        "values as an array")
-    return array
 
 
 def fuse_logits(model, loss_name, loss_config):
@@ -322,7 +309,7 @@ class _Plan:
     # ------------------------------------------------------------ data
     def inputs(self, x):
         """``x`` as a backend array of the model's float dtype on its device."""
-        x = _as_array(x, "x")
+        x = as_array(x, what="x")
         dtype = self.model._input_dtype(x.dtype)
         if x.dtype != dtype:
             x = x.astype(dtype)
@@ -332,7 +319,7 @@ class _Plan:
 
     def targets(self, y):
         """``y`` in the form the loss wants: class labels, or floats shaped like the output."""
-        y = _as_array(y, "y")
+        y = as_array(y, what="y")
         name, out_shape = self.loss_name, self.out_shape
         if name == "sparse_categorical_crossentropy":
             if y.ndim == len(out_shape) + 1 and y.ndim >= 2 and y.shape[-1] == 1:
@@ -431,7 +418,7 @@ def _check_epochs(epochs):
 
 def _samples(x, y, who):
     """``x`` and ``y`` as arrays holding the same, non-zero number of samples."""
-    x, y = _as_array(x, "x"), _as_array(y, "y")
+    x, y = as_array(x, what="x"), as_array(y, what="y")
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise ValueError(f"{who}: x and y must hold the same number of samples, got x of shape "
                          f"{tuple(x.shape)} and y of shape {tuple(y.shape)}")
@@ -448,7 +435,7 @@ def _split_validation(x, y, weight, validation_data, validation_split):
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
                              "(x_val, y_val, sample_weight_val)")
-        x_val, y_val = (_as_array(v, "validation_data") for v in validation_data[:2])
+        x_val, y_val = (as_array(v, what="validation_data") for v in validation_data[:2])
         if x_val.ndim == 0 or y_val.ndim == 0 or len(x_val) != len(y_val) or len(x_val) == 0:
             raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
                              f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
@@ -661,7 +648,7 @@ class Model(Module):
 
     def _build_on(self, x_sample):
         """Run two samples through the model (eval mode, no graph): builds lazy layers."""
-        x = _as_array(x_sample, "x")[:2]
+        x = as_array(x_sample, what="x")[:2]
         if x.ndim == 1:
             x = x.reshape(-1, 1)
         x = x.astype(self._input_dtype(x.dtype)) if x.dtype.kind != "f" else x
@@ -895,7 +882,7 @@ class Model(Module):
     def predict(self, x, batch_size=32):
         """The model's outputs for ``x`` as a host NumPy array (eval mode, no graph)."""
         batch_size = _check_batch_size(batch_size, "predict")
-        x = _as_array(x, "x")
+        x = as_array(x, what="x")
         if x.ndim == 0 or len(x) == 0:
             raise ValueError(f"predict: x must hold at least one sample, got shape {tuple(x.shape)}")
         if x.ndim == 1:

@@ -301,6 +301,9 @@ class Module:
         return self._load_state(state_dict, strict=strict, keep_dtype=False)
 
     def _load_state(self, state_dict, strict=True, keep_dtype=False):
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"load_state_dict: expected a dict of name -> array, got "
+                            f"{type(state_dict).__name__}")
         entries = self._state_entries()
         known = {name for name, *_ in entries}
         missing = [name for name, *_ in entries if name not in state_dict]

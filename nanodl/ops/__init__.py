@@ -1,4 +1,4 @@
-"""Built-in ops as functions over Tensors: thin wrappers over ``Op.apply``.
+"""Built-in ops as functions over Tensors: thin wrappers over each op's ``Function.apply``.
 
 ``Tensor`` methods, ``nd.*`` and ``F.*`` all land here. Python numbers and
 arrays are lifted to constant tensors of a matching dtype, so a float32 tensor

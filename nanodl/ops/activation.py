@@ -6,6 +6,7 @@ input so that the derivative itself can be differentiated.
 """
 from ..autograd import Function
 from ..backend import array_module, kernels
+from .axes import normalize_axis
 from .elementwise import Minimum, Where, constant
 
 GELU_C, GELU_K = 0.7978845608028654, 0.044715  # sqrt(2/pi) and the cubic coefficient
@@ -131,7 +132,7 @@ def softmax_backward_array(out, grad, axis):
 
 class Softmax(Function):
     def forward(self, x, axis=-1):
-        self.axis = axis
+        self.axis = axis = normalize_axis(axis, x.ndim, "softmax")
         out = softmax_array(x, axis)
         self.save_for_backward(out)
         return out
@@ -150,7 +151,7 @@ class LogSoftmax(Function):
 
     def forward(self, x, axis=-1):
         xp = array_module(x)
-        self.axis = axis
+        self.axis = axis = normalize_axis(axis, x.ndim, "log_softmax")
         shifted = x - x.max(axis=axis, keepdims=True)
         out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
         self.save_for_backward(out)

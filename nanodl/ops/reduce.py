@@ -1,23 +1,9 @@
 """Reductions: sum, mean, var, max, min, logsumexp over an int or tuple ``axis``."""
 from ..autograd import Function
 from ..backend import array_module
+from .axes import normalize_axes
 from .elementwise import constant
 from .shape import BroadcastTo
-
-
-def normalize_axes(axis, ndim, op):
-    """``axis`` (None, int or tuple) as a sorted tuple of non-negative axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    result = []
-    for ax in axes:
-        if not -ndim <= ax < max(ndim, 1):
-            raise ValueError(f"{op}: axis {ax} is out of range for a tensor of {ndim} dimensions")
-        result.append(ax % ndim if ndim else 0)
-    if len(set(result)) != len(result):
-        raise ValueError(f"{op}: duplicate value in axis {axis}")
-    return tuple(sorted(result))
 
 
 def kept_shape(shape, axes):

@@ -1,8 +1,9 @@
-"""Shape ops (no arithmetic): reshape, transpose, indexing, joining, matmul, casts."""
+"""Shape ops (reshape, broadcast, transpose, indexing, joining, casts, device moves) and matmul."""
 import numpy as np
 
 from ..autograd import Function
 from ..backend import array_module, threads, to_device
+from .axes import normalize_axes, normalize_axis
 
 
 class Reshape(Function):
@@ -57,9 +58,9 @@ class Squeeze(Function):
     def forward(self, a, axis=None):
         self.shape = a.shape
         if axis is not None:
-            axes = (axis,) if isinstance(axis, int) else tuple(axis)
-            for ax in axes:
-                if not -a.ndim <= ax < a.ndim or a.shape[ax] != 1:
+            axis = normalize_axes(axis, a.ndim, "squeeze")
+            for ax in axis:
+                if a.shape[ax] != 1:
                     raise ValueError(f"squeeze: axis {ax} of shape {a.shape} is not of size 1")
         return a.squeeze(axis)
 
@@ -73,7 +74,7 @@ class Squeeze(Function):
 class ExpandDims(Function):
     def forward(self, a, axis=0):
         self.shape = a.shape
-        return array_module(a).expand_dims(a, axis)
+        return array_module(a).expand_dims(a, normalize_axis(axis, a.ndim + 1, "expand_dims"))
 
     def backward(self, grad):
         return grad.reshape(self.shape)
@@ -136,6 +137,7 @@ def _cupy_scatter_add(target, index, values):  # pragma: no cover - GPU only
 class Concatenate(Function):
     def forward(self, *arrays, axis=0):
         xp = array_module(arrays[0])
+        axis = normalize_axis(axis, arrays[0].ndim, "concatenate")
         try:
             out = xp.concatenate(arrays, axis=axis)
         except ValueError:
@@ -160,7 +162,7 @@ class Stack(Function):
         xp = array_module(arrays[0])
         if len({a.shape for a in arrays}) > 1:
             raise ValueError(f"stack: all tensors must have one shape, got {[a.shape for a in arrays]}")
-        out = xp.stack(arrays, axis=axis)
+        out = xp.stack(arrays, axis=normalize_axis(axis, arrays[0].ndim + 1, "stack"))
         self.axis = axis % out.ndim
         return out
 

@@ -20,6 +20,26 @@ have a single rate, so the ``*_lrs`` lists have one entry.
 ([0.25], 5)
 """
 import math
+import numbers
+
+
+def _integer(owner, name, value, minimum):
+    """``value`` as an int >= ``minimum`` (an integral float such as 2.0 is fine)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be an integer, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or int(value) != value or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _real(owner, name, value, minimum=0.0, below=None):
+    """``value`` as a finite float >= ``minimum`` (and < ``below`` when given)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < minimum or (below is not None and value >= below):
+        bounds = f"in [{minimum}, {below})" if below is not None else f">= {minimum}"
+        raise ValueError(f"{owner}: {name} must be a finite number {bounds}, got {value!r}")
+    return float(value)
 
 
 class LRScheduler:
@@ -76,10 +96,8 @@ class StepLR(LRScheduler):
     """
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        if int(step_size) != step_size or step_size < 1:
-            raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size!r}")
-        self.step_size = int(step_size)
-        self.gamma = float(gamma)
+        self.step_size = _integer("StepLR", "step_size", step_size, 1)
+        self.gamma = _real("StepLR", "gamma", gamma)
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -93,7 +111,7 @@ class ExponentialLR(LRScheduler):
     """Multiply the rate by ``gamma`` every epoch: ``lr = base_lr * gamma ** epoch``."""
 
     def __init__(self, optimizer, gamma):
-        self.gamma = float(gamma)
+        self.gamma = _real("ExponentialLR", "gamma", gamma)
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -112,10 +130,8 @@ class CosineAnnealingLR(LRScheduler):
     """
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        if int(T_max) != T_max or T_max < 1:
-            raise ValueError(f"CosineAnnealingLR: T_max must be a positive integer, got {T_max!r}")
-        self.T_max = int(T_max)
-        self.eta_min = float(eta_min)
+        self.T_max = _integer("CosineAnnealingLR", "T_max", T_max, 1)
+        self.eta_min = _real("CosineAnnealingLR", "eta_min", eta_min)
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -142,7 +158,11 @@ class LambdaLR(LRScheduler):
         super().__init__(optimizer)
 
     def get_lr(self):
-        return [base_lr * self.lr_lambda(self.last_epoch) for base_lr in self.base_lrs]
+        factor = self.lr_lambda(self.last_epoch)
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isfinite(factor):
+            raise TypeError(f"LambdaLR: lr_lambda({self.last_epoch}) returned {factor!r}; a finite "
+                            "number (the factor for the base rate) was expected")
+        return [base_lr * factor for base_lr in self.base_lrs]
 
 
 class ReduceLROnPlateau:
@@ -169,15 +189,13 @@ class ReduceLROnPlateau:
         if threshold_mode not in self.THRESHOLD_MODES:
             raise ValueError(f"ReduceLROnPlateau: unknown threshold_mode {threshold_mode!r}; "
                              "valid names: rel, abs")
-        if not factor < 1.0:
-            raise ValueError(f"ReduceLROnPlateau: factor must be < 1.0, got {factor!r}")
-        if patience < 0 or cooldown < 0 or min_lr < 0:
-            raise ValueError("ReduceLROnPlateau: patience, cooldown and min_lr must be >= 0, got "
-                             f"{patience!r}, {cooldown!r}, {min_lr!r}")
+        owner = "ReduceLROnPlateau"
         self.optimizer = optimizer
-        self.mode, self.factor, self.patience = mode, float(factor), int(patience)
-        self.threshold, self.threshold_mode = float(threshold), threshold_mode
-        self.cooldown, self.min_lr, self.eps = int(cooldown), float(min_lr), float(eps)
+        self.mode, self.factor = mode, _real(owner, "factor", factor, 0.0, below=1.0)
+        self.patience = _integer(owner, "patience", patience, 0)
+        self.threshold, self.threshold_mode = _real(owner, "threshold", threshold), threshold_mode
+        self.cooldown = _integer(owner, "cooldown", cooldown, 0)
+        self.min_lr, self.eps = _real(owner, "min_lr", min_lr), _real(owner, "eps", eps)
         self.last_epoch = 0
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
@@ -200,7 +218,10 @@ class ReduceLROnPlateau:
 
     def step(self, metric):
         """Record this epoch's ``metric`` (e.g. the validation loss) and maybe lower the rate."""
-        current = float(metric)
+        try:
+            current = float(metric)
+        except (TypeError, ValueError):
+            raise TypeError(f"ReduceLROnPlateau.step: metric must be a number, got {metric!r}") from None
         self.last_epoch += 1
         if self.is_better(current, self.best):
             self.best = current
