@@ -474,3 +474,23 @@ def test_nanodl_train_under_a_launcher_without_mpi4py_is_a_usage_error(fresh_wor
     fresh_world.setenv("OMPI_COMM_WORLD_SIZE", "2")
     assert cli.main(["train", "--dataset", "xor", "--epochs", "1"]) == 2
     assert "nanodl[distributed]" in capsys.readouterr().err
+
+
+def test_the_code_quoted_in_the_docs_is_the_code():
+    """docs/distributed.md quotes nanodl/distributed.py in ```py blocks: each must be verbatim."""
+    import re
+    page = (ROOT / "docs" / "distributed.md").read_text(encoding="utf-8")
+    source = (ROOT / "nanodl" / "distributed.py").read_text(encoding="utf-8")
+    quotes = re.findall(r"^```py\n(.*?)^```", page, re.S | re.M)
+    assert len(quotes) >= 4
+    stale = [quote for quote in quotes if quote not in source]
+    assert not stale, "docs/distributed.md quotes code that is no longer in nanodl/distributed.py:\n" + \
+        "\n".join(stale)
+
+
+@needs_mpi
+def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
+    done = mpirun([sys.executable, SCRIPTS / "abort.py", tmp_path])  # fails the test if it hangs
+    assert done.returncode != 0
+    assert "rank 1 failed on purpose" in done.stderr
+    assert "got past the barrier" not in done.stdout
