@@ -110,7 +110,7 @@ def worker(configs, steps_scale, warmup):
 
 
 # ---------------------------------------------------------------- driver
-def _launch(ranks, configs, steps_scale, warmup, timeout):
+def _launch(ranks, configs, steps_scale, warmup, timeout, mpirun_args=()):
     mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
     if mpirun is None:
         raise SystemExit("bench_distributed: mpirun not found; pip install 'nanodl[distributed]'")
@@ -120,7 +120,7 @@ def _launch(ranks, configs, steps_scale, warmup, timeout):
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # Open MPI refuses root without these
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    command = [mpirun, "-n", str(ranks), "--oversubscribe", "--bind-to", "none", sys.executable,
+    command = [mpirun, "-n", str(ranks), "--oversubscribe", "--bind-to", "none", *mpirun_args, sys.executable,
                str(Path(__file__).resolve()), "--worker", "--configs", ",".join(configs),
                "--steps-scale", str(steps_scale), "--warmup", str(warmup)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -193,6 +193,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a third of the steps, one round")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", metavar="PATH", help="also write the summary rows here")
+    parser.add_argument("--mpirun-args", default="", metavar="ARGS",
+                        help="extra mpirun options as one string, e.g. --mpirun-args='--mca btl self,sm'")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--steps-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
@@ -208,7 +210,8 @@ def main(argv=None):
     runs = []
     for round_index in range(rounds):
         for ranks in (1, 2) if round_index % 2 == 0 else (2, 1):
-            runs += _launch(ranks, configs, scale, args.warmup, timeout=1200)
+            runs += _launch(ranks, configs, scale, args.warmup, timeout=1200,
+                            mpirun_args=args.mpirun_args.split())
     rows = summarise(runs)
     report(rows, args.markdown)
     if args.json:
