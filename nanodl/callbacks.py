@@ -649,7 +649,8 @@ class TerminateOnNaN(Callback):
     """Stops training as soon as a batch's loss is NaN or inf (Keras semantics).
 
     ``fit`` ends after that batch (the rest of the epoch is skipped; ``on_epoch_end``
-    and ``on_train_end`` still run, so ``History`` records the NaN).
+    and ``on_train_end`` still run, so ``History`` records the NaN). In a data-parallel
+    run every rank stops at the end of that epoch, whose summed loss is NaN on all.
 
     >>> from nanodl import nn
     >>> import numpy as np
@@ -671,4 +672,12 @@ class TerminateOnNaN(Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             _say(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The epoch's loss is summed over every process of a data-parallel run, so a NaN
+        # seen by one rank's batch stops every rank here, together.
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and not self.model.stop_training:
+            _say(f"Epoch {epoch + 1}: Invalid loss, terminating training")
             self.model.stop_training = True

@@ -285,3 +285,19 @@ def test_train_on_batch_takes_sample_weight(float64):
     model.build((None, 4))
     expected = model.evaluate(x, y, sample_weight=w, batch_size=len(x))
     assert model.train_on_batch(x, y, sample_weight=w) == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------- data-parallel, two real ranks
+def test_weighted_fit_on_two_ranks_is_weighted_fit_on_one_process(tmp_path):
+    """Two ranks of 16 with sample and class weights (and weighted validation data) give
+    one process's batch of 32: same parameters and History; and TerminateOnNaN stops
+    both ranks on the same epoch when only one rank's batch sees the NaN (no hang)."""
+    from test_distributed import HAVE_MPI4PY, MPIRUN, run_worker
+    if not (MPIRUN and HAVE_MPI4PY):
+        pytest.skip("needs mpi4py and mpirun (pip install 'nanodl[distributed]')")
+    first, second = run_worker("fit_weighted.py", tmp_path)
+    for r in (first, second):
+        assert r["parameter_error"] <= 1e-10 and r["history_error"] <= 1e-10
+        assert r["nan/epochs"] == [0] and r["nan/steps"] == 4  # the whole epoch, then stop
+    assert first["history"] == second["history"]
+    assert "Invalid loss, terminating training" in first["nan/stdout"] and second["nan/stdout"] == ""

@@ -765,7 +765,8 @@ class Model(Module):
     def _fit_epoch(self, plan, x, y, weight, batch_size, shuffle, callbacks):
         """One pass over the training set, in the order ``_epoch_order`` gives, one
         ``_train_step`` per batch; returns the epoch's logs (per-sample averages). A
-        callback that sets ``stop_training`` in ``on_batch_end`` ends the epoch there."""
+        callback that sets ``stop_training`` in ``on_batch_end`` ends the epoch there
+        (data-parallel: at the epoch's end)."""
         order = self._epoch_order(len(x), shuffle)
         if order is not None:
             order = to_device(order, plan.device)
@@ -781,7 +782,10 @@ class Model(Module):
             _add_batch(totals, plan, loss, out, y_batch, w_batch)
             if callbacks.wants_batch_logs:
                 callbacks.on_batch_end(step, dict(totals.averages(), batch=step, size=count))
-                if self.stop_training:
+                # A data-parallel run stops only at the epoch's end, where every rank sees
+                # the same summed logs (a rank that stopped alone would leave the others
+                # waiting in their next allreduce).
+                if self.stop_training and self._data_parallel is None:
                     break
         return self._reduce_totals(totals).averages()
 
