@@ -8,9 +8,9 @@ inputs, and a dropped output frees its whole graph (no cycles).
 ``backward`` walks the graph iteratively (Kahn's algorithm: a node runs once all
 of its consumers have, so a 10,000-node chain needs no recursion), and does the
 shared work once for every op: it reduces each gradient back to its input's shape
-(undoing broadcasting), checks shape and dtype, names the op in any error,
-accumulates into leaves and frees saved arrays. ``nd.grad`` and gradients of
-gradients live in ``autograd/higher.py``; Jacobians and Hessians in ``functional.py``.
+(undoing broadcasting), checks its device, casts it to the input's dtype, names the
+op in any error, accumulates into leaves and frees saved arrays. ``nd.grad`` and
+gradients of gradients: ``autograd/higher.py``; Jacobians, Hessians: ``functional.py``.
 """
 import threading
 import weakref

@@ -327,8 +327,9 @@ class BatchNorm(_Norm):
         axes = tuple(range(x.ndim - 1))
         if x.ndim < 2 or x.size // max(x.shape[-1], 1) < 2:
             raise ValueError(f"BatchNorm: training needs more than one value per feature, got input "
-                             f"of shape {x.shape} (a batch of one has no variance; call model.eval() "
-                             "to use the moving statistics)")
+                             f"of shape {x.shape}: a batch of one has no variance (choose a batch_size that "
+                             "leaves no last batch of one sample, or call eval() to use the moving "
+                             "statistics)")
         mean = x.mean(axis=axes)
         variance = x.var(axis=axes)
         keep = 1 - self.momentum
