@@ -83,19 +83,27 @@ def mse(pred, target, reduction="mean"):
 
 
 def mae(pred, target, reduction="mean"):
-    """Mean absolute error ``|pred - target|``."""
+    """Mean absolute error ``|pred - target|``.
+
+    At ``pred == target`` the loss has a genuine kink; the gradient there is 0 (the
+    subgradient PyTorch picks), and so is every higher derivative.
+    """
     pred, target = _float_target("mae", pred, target, reduction)
     return _reduce((pred - target).abs(), reduction)
 
 
 def huber(pred, target, delta=1.0, reduction="mean"):
-    """``0.5 d**2`` where ``|d| <= delta``, else ``delta * (|d| - 0.5 delta)``; ``d = pred - target``."""
+    """``0.5 d**2`` where ``|d| <= delta``, else ``delta * (|d| - 0.5 delta)``; ``d = pred - target``.
+
+    Written as ``q * (d - q / 2)`` with ``q = clip(d, -delta, delta)``: no ``abs``, so the
+    gradient is exactly ``clip(d, -delta, delta)`` everywhere, at ``d = 0`` and at
+    ``|d| = delta`` too, whichever side of its bound ``clip``'s derivative takes.
+    """
     _check_delta("huber", delta)
     pred, target = _float_target("huber", pred, target, reduction)
-    error = (pred - target).abs()
-    quadratic = ops.minimum(error, delta)  # |d| up to delta ...
-    linear = error - quadratic             # ... and the part beyond it
-    return _reduce(quadratic * quadratic * 0.5 + linear * delta, reduction)
+    diff = pred - target
+    inner = diff.clip(-delta, delta)
+    return _reduce(inner * (diff - inner * 0.5), reduction)
 
 
 # ---------------------------------------------------------------- classification
@@ -103,11 +111,18 @@ def binary_crossentropy(pred, target, from_logits=False, reduction="mean"):
     """``-(t log p + (1 - t) log(1 - p))``, elementwise.
 
     Probabilities are clipped to ``[EPSILON, 1 - EPSILON]``; with ``from_logits`` it is
-    computed stably as ``max(x, 0) - x t + log1p(exp(-|x|))``.
+    ``softplus(x) - x t``: stable (softplus is), and smooth, so its gradient is
+    ``sigmoid(x) - t`` everywhere, at ``x = 0`` too (``max(x, 0)`` and ``|x|`` would kink).
+
+    >>> import nanodl as nd
+    >>> z = nd.tensor([0.0, 0.0], requires_grad=True)
+    >>> binary_crossentropy(z, [1.0, 0.0], from_logits=True, reduction='sum').backward()
+    >>> z.grad.tolist()
+    [-0.5, 0.5]
     """
     pred, target = _float_target("binary_crossentropy", pred, target, reduction)
     if from_logits:
-        loss = ops.relu(pred) - pred * target + ops.softplus(-pred.abs())
+        loss = ops.softplus(pred) - pred * target
     else:
         p = pred.clip(EPSILON, 1 - EPSILON)
         loss = -(target * p.log() + (1 - target) * (1 - p).log())

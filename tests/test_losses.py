@@ -202,3 +202,29 @@ def test_sparse_labels_out_of_range_raise(labels, from_logits, kernel_table):
     pred = nd.tensor(np.full((2, 3), 1 / 3))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         losses.sparse_categorical_crossentropy(pred, np.array(labels), from_logits=from_logits)
+
+
+def test_binary_crossentropy_from_logits_gradient_at_zero():
+    """Issue 9 item 1: at z = 0 the gradient is sigmoid(0) - t, not -1 / 0."""
+    z = nd.tensor(np.zeros(3), requires_grad=True)
+    losses.binary_crossentropy(z, np.array([1.0, 0.0, 0.25]), from_logits=True, reduction="sum").backward()
+    np.testing.assert_allclose(z.grad, [-0.5, 0.5, 0.25], rtol=1e-12)
+    # logistic regression from zero weights takes the right first step
+    x = np.array([[1.0, 2.0], [-1.0, 0.5], [2.0, -1.0]])
+    y = np.array([1.0, 0.0, 1.0])
+    w = nd.tensor(np.zeros(2), requires_grad=True)
+    losses.binary_crossentropy(nd.tensor(x) @ w, y, from_logits=True).backward()
+    np.testing.assert_allclose(w.grad, x.T @ (0.5 - y) / 3, rtol=1e-12)
+
+
+def test_huber_gradient_is_the_clipped_error_everywhere():
+    d = np.array([-2.0, -0.75, -0.3, 0.0, 0.3, 0.75, 2.0])
+    pred = nd.tensor(d.copy(), requires_grad=True)
+    losses.huber(pred, np.zeros(7), delta=0.75, reduction="sum").backward()
+    np.testing.assert_allclose(pred.grad, np.clip(d, -0.75, 0.75), rtol=1e-12)
+
+
+def test_mae_gradient_at_equality_is_zero():
+    pred = nd.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    losses.mae(pred, np.array([1.0, 0.0]), reduction="sum").backward()
+    np.testing.assert_array_equal(pred.grad, [0, 1])

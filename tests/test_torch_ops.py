@@ -9,6 +9,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 XENT_TARGET = torch.tensor([0, 2, 1, 2, 0])
+TARGET = np.array([[0.5, -1.0, 1.5], [0.0, 1.25, -0.5]])
+LABELS = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.25]])
 XENT_PROBS = torch.tensor([[0.2, 0.3, 0.5], [1, 0, 0], [0.1, 0.1, 0.8], [0, 0.5, 0.5], [0.3, 0.3, 0.4]],
                           dtype=torch.float64)
 
@@ -44,6 +46,20 @@ TORCH = {
     "softmax_xent": lambda a: F.cross_entropy(a, XENT_TARGET, reduction="none"),
     "softmax_xent_mean": lambda a: F.cross_entropy(a, XENT_TARGET),
     "softmax_xent_probs_sum": lambda a: F.cross_entropy(a, XENT_PROBS, reduction="sum"),
+    "linear_leaky_relu": _dense(lambda z: F.leaky_relu(z, 0.1)), "linear_elu": _dense(F.elu),
+    "linear_softplus": _dense(F.softplus),
+    "broadcast_to": lambda a: a.broadcast_to((2, 3, 4)),
+    "scatter_add": lambda a: torch.zeros(4, 2, dtype=a.dtype).index_add(0, torch.tensor([0, 2, 0]), a),
+    "softmax_xent_sum": lambda a: F.cross_entropy(a, XENT_TARGET, reduction="sum"),
+    "softmax_xent_onehot": lambda a: F.cross_entropy(a, F.one_hot(XENT_TARGET, 3).double(), reduction="none"),
+    "softmax_xent_onehot_mean": lambda a: F.cross_entropy(a, F.one_hot(XENT_TARGET, 3).double()),
+    "mse": lambda p: F.mse_loss(p, torch.tensor(TARGET)),
+    "mae": lambda p: F.l1_loss(p, torch.tensor(TARGET), reduction="sum"),
+    "huber": lambda p: F.huber_loss(p, torch.tensor(TARGET), reduction="none", delta=0.75),
+    "bce_logits": lambda z: F.binary_cross_entropy_with_logits(z, torch.tensor(LABELS)),
+    "bce_probs": lambda p: F.binary_cross_entropy(p, torch.tensor(LABELS), reduction="sum"),
+    "categorical_crossentropy_probs": lambda p: -(XENT_PROBS * p.log()).sum(-1),
+    "sparse_categorical_crossentropy_probs": lambda p: F.nll_loss(p.log(), XENT_TARGET, reduction="sum"),
 }
 
 CASES = [(spec, shapes) for spec in REGISTRY for shapes in spec.cases]

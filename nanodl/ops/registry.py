@@ -5,6 +5,11 @@ the input shapes to try (broadcasting pairs, scalars, size-1 axes included), the
 interval inputs are drawn from, and how far an input is from a point where the
 op is not differentiable (relu at 0, ties of max, ...). A new op is one entry and
 is then forward-tested, gradient-checked and audited everywhere at once.
+
+``critical_points`` are inputs sitting exactly where a *composition* of ops would
+kink though the op's math is smooth there (a loss at ``pred == target``, a logit
+of 0, Huber's ``|d| == delta``), with ``derivative`` giving the analytic gradient
+the op must return there; central differences are fine at such points too.
 """
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -12,9 +17,11 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 
 from .. import functional as F
+from .. import losses
 from .. import ops
 from ..backend.activations import BY_NAME as ACTIVATION_RECORDS
 from ..backend.activations import ELEMENTWISE as ACTIVATIONS
+from .shape import BroadcastTo, ScatterAdd
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,8 @@ class OpSpec:
     kink_distance: Optional[Callable] = None  # (*ndarrays) -> distance to the nearest kink
     family: str = "elementwise"
     random_shapes: bool = True       # False: only the fixed ``cases`` make sense
+    critical_points: Tuple[Tuple[np.ndarray, ...], ...] = ()  # input tuples (see the module doc)
+    derivative: Optional[Callable] = None  # (*ndarrays) -> d sum(fn)/d input, one per input
 
     @property
     def arity(self):
@@ -94,6 +103,33 @@ REDUCE_SHAPES = (((3, 4),), ((2, 3, 4),), ((5,),))
 # Fixed class targets for the cross-entropy entry (the registry's inputs are all float).
 _XENT_TARGET = np.array([0, 2, 1, 2, 0])
 _XENT_PROBS = np.array([[0.2, 0.3, 0.5], [1, 0, 0], [0.1, 0.1, 0.8], [0, 0.5, 0.5], [0.3, 0.3, 0.4]])
+_XENT_ONEHOT = np.eye(3)[_XENT_TARGET]
+
+# Fixed targets for the loss entries (the prediction is the one differentiated input).
+_TARGET = np.array([[0.5, -1.0, 1.5], [0.0, 1.25, -0.5]])
+_LABELS = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.25]])  # soft labels allowed
+_HUBER_DELTA = 0.75
+_SCATTER_INDEX = np.array([0, 2, 0])
+
+
+def _np_sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _np_huber(d, delta):
+    return np.where(np.abs(d) <= delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+
+
+def _np_scatter(values, index, shape):
+    full = np.zeros(shape)
+    np.add.at(full, index, values)
+    return full
+
+
+def _sparse_probs_loss(p):
+    return -np.log(np.clip(p[np.arange(len(_XENT_TARGET)), _XENT_TARGET], losses.EPSILON,
+                           1 - losses.EPSILON)).sum()
+
 
 def _activation_spec(activation):
     """The registry entry of an activation, from its record (alpha: its ``check_alpha``)."""
@@ -182,6 +218,20 @@ REGISTRY = (
            lambda x, w, b: _np_linear(x, w, b, "gelu"), (((5, 3), (3, 4), (4,)),), family="linear"),
     OpSpec("linear_nobias", lambda x, w: F.linear(x, w), lambda x, w: x @ w, (((4, 3), (3, 2)),),
            family="linear"),
+    OpSpec("linear_leaky_relu", lambda x, w, b: F.linear(x, w, b, "leaky_relu", alpha=0.1),
+           lambda x, w, b: (lambda z: np.where(z > 0, z, 0.1 * z))(x @ w + b), (((5, 3), (3, 4), (4,)),),
+           family="linear", kink_distance=lambda x, w, b: float(np.abs(x @ w + b).min())),
+    OpSpec("linear_elu", lambda x, w, b: F.linear(x, w, b, "elu"),
+           lambda x, w, b: (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))))(x @ w + b),
+           (((5, 3), (3, 4), (4,)),), family="linear",
+           kink_distance=lambda x, w, b: float(np.abs(x @ w + b).min())),  # 2nd derivative jumps
+    OpSpec("linear_softplus", lambda x, w, b: F.linear(x, w, b, "softplus"),
+           lambda x, w, b: np.logaddexp(x @ w + b, 0), (((5, 3), (3, 4), (4,)),), family="linear"),
+    OpSpec("broadcast_to", lambda a: BroadcastTo.apply(a, shape=(2, 3, 4)),
+           lambda a: np.broadcast_to(a, (2, 3, 4)), (((3, 4),), ((1, 4),), ((3, 1),), ((),)),
+           family="shape"),
+    OpSpec("scatter_add", lambda a: ScatterAdd.apply(a, index=_SCATTER_INDEX, shape=(4, 2)),
+           lambda a: _np_scatter(a, _SCATTER_INDEX, (4, 2)), (((3, 2),),), family="shape"),
     OpSpec("softmax_xent", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET),
            lambda a: _np_xent(a, _XENT_TARGET), (((5, 3),),), family="loss"),
     OpSpec("softmax_xent_mean", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET, "mean"),
@@ -190,6 +240,44 @@ REGISTRY = (
            lambda a: ops.softmax_cross_entropy(a, _XENT_PROBS.astype(a.dtype), "sum"),
            lambda a: -(_XENT_PROBS * (a - _np_logsumexp(a, axis=1, keepdims=True))).sum(),
            (((5, 3),),), family="loss"),
+    OpSpec("softmax_xent_sum", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET, "sum"),
+           lambda a: _np_xent(a, _XENT_TARGET).sum(), (((5, 3),),), family="loss"),
+    OpSpec("softmax_xent_onehot",
+           lambda a: ops.softmax_cross_entropy(a, _XENT_ONEHOT.astype(a.dtype), "none"),
+           lambda a: _np_xent(a, _XENT_TARGET), (((5, 3),),), family="loss"),
+    OpSpec("softmax_xent_onehot_mean",
+           lambda a: ops.softmax_cross_entropy(a, _XENT_ONEHOT.astype(a.dtype), "mean"),
+           lambda a: _np_xent(a, _XENT_TARGET).mean(), (((5, 3),),), family="loss"),
+    # The losses, checked at the points where a composition of ops would kink.
+    OpSpec("mse", lambda p: losses.mse(p, _TARGET), lambda p: ((p - _TARGET) ** 2).mean(),
+           (((2, 3),),), family="loss", random_shapes=False,
+           critical_points=((_TARGET.copy(),),), derivative=lambda p: (2 * (p - _TARGET) / p.size,)),
+    OpSpec("mae", lambda p: losses.mae(p, _TARGET, reduction="sum"), lambda p: np.abs(p - _TARGET).sum(),
+           (((2, 3),),), family="loss", random_shapes=False,
+           kink_distance=lambda p: float(np.abs(p - _TARGET).min()),
+           # a genuine kink at pred == target: the gradient returned there is 0 (documented)
+           critical_points=((_TARGET.copy(),),), derivative=lambda p: (np.sign(p - _TARGET),)),
+    OpSpec("huber", lambda p: losses.huber(p, _TARGET, delta=_HUBER_DELTA, reduction="none"),
+           lambda p: _np_huber(p - _TARGET, _HUBER_DELTA), (((2, 3),),), family="loss",
+           random_shapes=False,
+           kink_distance=lambda p: float(np.abs(np.abs(p - _TARGET) - _HUBER_DELTA).min()),  # 2nd order
+           critical_points=((_TARGET + np.array([[0, 0.75, -0.75], [0.75, 0, -0.75]]),),
+                            (_TARGET.copy(),)),
+           derivative=lambda p: (np.clip(p - _TARGET, -_HUBER_DELTA, _HUBER_DELTA),)),
+    OpSpec("bce_logits", lambda z: losses.binary_crossentropy(z, _LABELS, from_logits=True),
+           lambda z: (np.logaddexp(z, 0) - z * _LABELS).mean(), (((2, 3),),), family="loss",
+           random_shapes=False, critical_points=((np.zeros((2, 3)),),),
+           derivative=lambda z: ((_np_sigmoid(z) - _LABELS) / z.size,)),
+    OpSpec("bce_probs", lambda p: losses.binary_crossentropy(p, _LABELS, reduction="sum"),
+           lambda p: -(_LABELS * np.log(p) + (1 - _LABELS) * np.log(1 - p)).sum(), (((2, 3),),),
+           domain=(0.05, 0.95), family="loss", random_shapes=False),
+    OpSpec("categorical_crossentropy_probs",
+           lambda p: losses.categorical_crossentropy(p, _XENT_PROBS, reduction="none"),
+           lambda p: -(_XENT_PROBS * np.log(p)).sum(axis=-1), (((5, 3),),), domain=(0.05, 0.95),
+           family="loss", random_shapes=False),
+    OpSpec("sparse_categorical_crossentropy_probs",
+           lambda p: losses.sparse_categorical_crossentropy(p, _XENT_TARGET, reduction="sum"),
+           _sparse_probs_loss, (((5, 3),),), domain=(0.05, 0.95), family="loss", random_shapes=False),
 )
 
 BY_NAME = {spec.name: spec for spec in REGISTRY}
