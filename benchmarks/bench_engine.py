@@ -5,10 +5,9 @@ mode, hooks, node creation, the walk, leaf ownership), not arithmetic. Compare t
 checkouts by running this file from each (it imports nanodl from its own checkout),
 interleaved, under the bench lock:
 
-    python benchmarks/bench_engine.py            # median of 7 rounds, microseconds
+    python benchmarks/bench_engine.py            # best of 7 rounds, microseconds
 """
 import argparse
-import statistics
 import sys
 import timeit
 from pathlib import Path
@@ -54,7 +53,7 @@ def main():
     for name, fn in cases().items():
         number = args.number if "backward" not in name else args.number // 10
         times = [timeit.timeit(fn, number=number) / number * 1e6 for _ in range(args.rounds)]
-        print(f"{name:28s} {statistics.median(times):8.3f} us")
+        print(f"{name:28s} {min(times):8.3f} us")
 
 
 if __name__ == "__main__":

@@ -12,79 +12,31 @@ shared work once for every op: it reduces each gradient back to its input's shap
 op in any error, accumulates into leaves and frees saved arrays. ``nd.grad`` and
 gradients of gradients: ``autograd/higher.py``; Jacobians, Hessians: ``functional.py``.
 """
-import threading
 import weakref
+from threading import get_ident
 
 import numpy as np
 
 from ..backend import device_of
 
 
-class _EngineState(threading.local):
-    """The engine's flags, one set per thread (as PyTorch's grad mode), and its hooks.
+from . import mode
+from .mode import enable_grad, is_grad_enabled, no_grad  # noqa: F401  (the public names)
 
-    Hooks are empty unless a tool installs one (``nd.detect_anomaly``, ``gradcheck.locate``):
-    ``forward_hooks`` get ``(node, args, kwargs, out)`` after each forward,
-    ``backward_hooks`` get ``(node, grad_output, grads)`` after each backward.
-    """
-
-    def __init__(self):
-        self.grad_enabled = True
-        self.forward_hooks = []
-        self.backward_hooks = []
-
-
-_state = _EngineState()
+_grad_modes, _forward_hooks, _backward_hooks = mode.grad_modes, mode.forward_hooks, mode.backward_hooks
 _tensor_class = None  # set by nanodl.tensor once Tensor is defined (it imports this module)
 
 
 def __getattr__(name):
-    """``autograd.forward_hooks`` / ``backward_hooks``: the calling thread's hook lists."""
-    if name in ("forward_hooks", "backward_hooks"):
-        return getattr(_state, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """``autograd.forward_hooks`` / ``backward_hooks``: the calling thread's hook lists.
 
-
-class no_grad:
-    """Context manager (and decorator) under which no graph is recorded.
-
-    >>> import nanodl as nd
-    >>> x = nd.tensor([1.0, 2.0], requires_grad=True)
-    >>> with nd.no_grad():
-    ...     y = x * 2
-    >>> y.requires_grad
-    False
-
-    The mode is per thread; each block restores what its thread had on entry.
+    Hooks are empty unless a tool installs one (``nd.detect_anomaly``, ``gradcheck.locate``):
+    forward hooks get ``(node, args, kwargs, out)`` after each forward, backward hooks
+    ``(node, grad_output, grads)`` after each backward.
     """
-    _enabled = False
-
-    def __init__(self):
-        self._previous = {}  # thread id -> the modes found on entry (a stack: blocks nest)
-
-    def __enter__(self):
-        self._previous.setdefault(threading.get_ident(), []).append(_state.grad_enabled)
-        _state.grad_enabled = self._enabled
-
-    def __exit__(self, *exc):
-        _state.grad_enabled = self._previous[threading.get_ident()].pop()
-
-    def __call__(self, fn):
-        def wrapper(*args, **kwargs):
-            with type(self)():
-                return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-        return wrapper
-
-
-class enable_grad(no_grad):
-    """Context manager that turns graph recording back on (inside ``no_grad``)."""
-    _enabled = True
-
-
-def is_grad_enabled():
-    """True when ops record a graph in this thread (not inside ``no_grad``)."""
-    return _state.grad_enabled
+    if name in ("forward_hooks", "backward_hooks"):
+        return mode.thread_hooks(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Function:
@@ -143,15 +95,14 @@ class Function:
         out = fn.forward(*arrays, **kwargs)
         if type(out) is not np.ndarray and isinstance(out, np.generic):
             out = np.asarray(out)  # NumPy returns scalars from 0-d math; keep arrays
-        state = _state
-        if state.forward_hooks:
-            for hook in state.forward_hooks:
+        if _forward_hooks:  # some thread has hooks: are they this one's?
+            for hook in _forward_hooks.get(get_ident(), ()):
                 hook(fn, args, kwargs, out)
         result = Tensor.__new__(Tensor)
         result.data = out
         result.grad = None
         result.name = None
-        if requires_grad and state.grad_enabled:
+        if requires_grad and (not _grad_modes or _grad_modes.get(get_ident(), True)):
             fn.inputs = tuple(tensors)
             fn.needs_input_grad = tuple(t.requires_grad for t in tensors)
             fn._retained = None
@@ -307,9 +258,8 @@ def _run_backward(node, grad_output):
     if len(grads) != len(node.inputs):
         raise RuntimeError(f"{node.name}.backward returned {len(grads)} gradients for "
                            f"{len(node.inputs)} tensor inputs")
-    hooks = _state.backward_hooks
-    if hooks:
-        for hook in hooks:
+    if _backward_hooks:
+        for hook in _backward_hooks.get(get_ident(), ()):
             hook(node, grad_output, grads)
     return grads
 

@@ -23,7 +23,7 @@ the mask has derivative 0, so a second derivative there is 0, never NaN.
 """
 import numpy as np
 
-from . import _check_gradient, _freed_error, _run_backward, _state, owns_gradient
+from . import _check_gradient, _freed_error, _run_backward, mode, owns_gradient
 from ..backend import array_module, device_of, to_device
 
 
@@ -44,12 +44,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         if not tensor.requires_grad:
             raise RuntimeError(f"grad: input {index} (shape {tensor.shape}) does not require grad")
     seeds = _seeds(outputs, grad_outputs, create_graph, Tensor)
-    previous = _state.grad_enabled
-    _state.grad_enabled = bool(create_graph)  # vjp records its graph only when asked
-    try:
+    with mode.enable_grad() if create_graph else mode.no_grad():  # vjp records only when asked
         results = _walk(outputs, seeds, inputs, retain_graph, create_graph)
-    finally:
-        _state.grad_enabled = previous
     for index, (tensor, result) in enumerate(zip(inputs, results)):
         if result is None and not allow_unused:
             name = f" {tensor.name!r}" if tensor.name else ""
@@ -211,7 +207,7 @@ def _run_vjp(node, grad_output):
     if len(grads) != len(node.inputs):
         raise RuntimeError(f"{node.name}.vjp returned {len(grads)} gradients for "
                            f"{len(node.inputs)} tensor inputs")
-    hooks = _state.backward_hooks
+    hooks = mode.backward_hooks.get(mode.get_ident())
     if hooks:
         arrays = tuple(None if g is None else getattr(g, "data", g) for g in grads)
         for hook in hooks:
