@@ -41,6 +41,7 @@ from ..backend import array_module, device_of, to_device
 from ..random import generator
 from ..tensor import Tensor, as_array, get_default_dtype
 from .layers import Dense, Embedding
+from . import weighting
 from .module import Module, ModuleList
 
 __all__ = ["Model", "Sequential", "METRICS"]
@@ -104,10 +105,6 @@ def _metric_sum(values, count):
     if np.ndim(values) == 0:
         return float(values) * count
     return float(values.sum())
-
-
-def _metric_mean(values):
-    return float(values) if np.ndim(values) == 0 else float(values.mean())
 
 
 def _softmax_array(logits):
@@ -377,15 +374,14 @@ class _Plan:
             raise ValueError(f"fit: class_weight needs class labels >= 0, y holds {host.min():g}")
         return host.astype(np.int64)
 
-    def valid_classes(self, present):
-        """The classes a ``class_weight`` key may name: those of the output layer when
-        the loss fixes them (C classes of a softmax, 0 and 1 for a binary target),
-        else the classes present in ``y``."""
+    def output_classes(self):
+        """The classes the loss fixes (C classes of a softmax, 0 and 1 for a binary
+        target), or None when only the targets tell."""
         if self.loss_name in _CROSS_ENTROPIES and self.out_shape:
             return set(range(self.out_shape[-1]))
         if self.loss_name == "binary_crossentropy":
             return {0, 1}
-        return {int(c) for c in present}
+        return None
 
     def class_labels(self, y):
         """The distinct classes among prepared targets ``y`` (None for regression)."""
@@ -440,7 +436,7 @@ def _split_validation(x, y, weight, validation_data, validation_split):
             raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
                              f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
         w_val = validation_data[2] if len(validation_data) == 3 else None
-        w_val = _check_sample_weight(w_val, len(x_val), "fit: validation_data's sample_weight")
+        w_val = weighting.check_sample_weight(w_val, len(x_val), "fit: validation_data's sample_weight")
         return (x, y, weight), (x_val, y_val, w_val)
     if not validation_split:
         return (x, y, weight), None
@@ -477,75 +473,13 @@ def _warn_non_finite(x, y):
 
 
 # ---------------------------------------------------------------- sample and class weights
-def _check_sample_weight(weight, n, who):
-    """``weight`` as a host float64 array of ``n`` finite, non-negative weights (or None)."""
-    if weight is None:
-        return None
-    if isinstance(weight, Tensor):
-        weight = weight.data
-    if hasattr(weight, "__cuda_array_interface__"):
-        weight = to_device(weight, "cpu")
-    weight = np.asarray(weight)
-    if weight.dtype.kind not in "biuf":
-        raise ValueError(f"{who} must hold numbers, got dtype {weight.dtype}")
-    if weight.ndim == 2 and weight.shape[1] == 1:
-        weight = weight[:, 0]
-    if weight.shape != (n,):
-        raise ValueError(f"{who} must hold one weight per sample, {n}, got shape {weight.shape}")
-    weight = weight.astype(np.float64)
-    if not np.isfinite(weight).all():
-        raise ValueError(f"{who} holds NaN or inf values")
-    if (weight < 0).any():
-        raise ValueError(f"{who} holds negative values (the smallest is {weight.min():g})")
-    return weight
-
-
-def _class_weights(plan, y, class_weight):
-    """Each sample's weight from ``class_weight`` (a dict ``{class: weight}`` or
-    ``'balanced'``: n_samples / (n_classes * count), as scikit-learn and Keras); a
-    class missing from the dict weighs 1."""
-    classes = plan.sample_classes(y)
-    present, counts = np.unique(classes, return_counts=True)
-    if isinstance(class_weight, str):
-        if class_weight != "balanced":
-            raise ValueError(f"fit: class_weight must be a dict or 'balanced', got {class_weight!r}")
-        table = {int(c): len(classes) / (len(present) * k) for c, k in zip(present, counts)}
-    elif isinstance(class_weight, dict):
-        table = {}
-        valid = plan.valid_classes(present)
-        for key, value in class_weight.items():
-            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)) or \
-                    int(key) not in valid:
-                raise ValueError(f"fit: class_weight names class {key!r}, which is not a class of "
-                                 f"y (classes: {_describe_classes(valid)})")
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"fit: class_weight[{key!r}] must be a finite, non-negative "
-                                 f"number, got {value!r}")
-            table[int(key)] = float(value)
-    else:
-        raise ValueError(f"fit: class_weight must be a dict or 'balanced', got "
-                         f"{type(class_weight).__name__}")
-    lookup = np.ones(int(classes.max()) + 1)
-    for key, value in table.items():
-        if key < len(lookup):
-            lookup[key] = value
-    return lookup[classes]
-
-
-def _describe_classes(valid):
-    valid = sorted(valid)
-    if len(valid) > 3 and valid == list(range(valid[0], valid[-1] + 1)):
-        return f"{valid[0]}..{valid[-1]}"
-    return ", ".join(map(str, valid))
-
-
 def _training_weights(plan, y, sample_weight, class_weight):
     """The per-sample weights ``fit`` trains with (sample x class weights), on the
     model's device, or None when neither is given."""
     weight = sample_weight
     if class_weight is not None:
-        per_class = _class_weights(plan, y, class_weight)
+        per_class = weighting.class_weight_per_sample(plan.sample_classes(y), class_weight,
+                                                      plan.output_classes())
         weight = per_class if weight is None else weight * per_class
     return None if weight is None else plan.weights(weight, "fit")
 
@@ -702,7 +636,7 @@ class Model(Module):
         _check_epochs(epochs)
         verbose = callbacks_module.resolve_verbose(verbose)
         x, y = _samples(x, y, "fit")
-        weight = _check_sample_weight(sample_weight, len(x), "fit: sample_weight")
+        weight = weighting.check_sample_weight(sample_weight, len(x), "fit: sample_weight")
         (x, y, weight), validation = _split_validation(x, y, weight, validation_data, validation_split)
         plan = self._plan(x, y)
         x, y = plan.inputs(x), plan.targets(y)
@@ -839,7 +773,7 @@ class Model(Module):
         """One optimizer step on one batch; returns the loss, or ``[loss, *metrics]``."""
         self._require_compiled("train_on_batch")
         x, y = _samples(x, y, "train_on_batch")
-        weight = _check_sample_weight(sample_weight, len(x), "train_on_batch: sample_weight")
+        weight = weighting.check_sample_weight(sample_weight, len(x), "train_on_batch: sample_weight")
         plan = self._plan(x, y)
         x, y = plan.inputs(x), plan.targets(y)
         weight = None if weight is None else plan.weights(weight, "train_on_batch")
@@ -876,7 +810,7 @@ class Model(Module):
         self._require_compiled("evaluate")
         batch_size = _check_batch_size(batch_size, "evaluate")
         x, y = _samples(x, y, "evaluate")
-        weight = _check_sample_weight(sample_weight, len(x), "evaluate: sample_weight")
+        weight = weighting.check_sample_weight(sample_weight, len(x), "evaluate: sample_weight")
         plan = self._plan(x, y)
         weight = None if weight is None else plan.weights(weight, "evaluate")
         logs = self._evaluate_arrays(plan, plan.inputs(x), plan.targets(y), weight, batch_size)
