@@ -26,6 +26,7 @@ calls ``init()``; importing nanodl never imports it.
 >>> dist.allreduce(np.array([1.0, 2.0]), op='mean')
 array([1., 2.])
 """
+import atexit
 import math
 import os
 import sys
@@ -103,9 +104,14 @@ def init():
             f"is not installed; {INSTALL_HINT}") from None
     if "mpi4py.MPI" not in sys.modules:  # only the main thread calls MPI (kernels use OpenMP)
         mpi4py.rc.thread_level = "funneled"
-    from mpi4py import MPI
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as error:  # mpi4py without a usable MPI library
+        raise ImportError(f"nanodl.distributed: mpi4py is installed but cannot load an MPI "
+                          f"library ({error}); {INSTALL_HINT}") from None
     if not MPI.Is_initialized():  # imported earlier with rc.initialize = False (nanodl info)
-        MPI.Init()
+        MPI.Init_thread(MPI.THREAD_FUNNELED)
+        atexit.register(MPI.Finalize)
     comm = MPI.COMM_WORLD
     _world.MPI, _world.comm = MPI, comm
     _world.rank, _world.size = comm.Get_rank(), comm.Get_size()
@@ -152,11 +158,14 @@ def library_version():
         import mpi4py
     except ImportError:
         return None
-    if "mpi4py.MPI" not in sys.modules and not _world.initialized:
-        mpi4py.rc.initialize = False  # report only; init() calls MPI.Init() if needed later
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False  # report only; init() initialises MPI if it joins later
         mpi4py.rc.finalize = False
-    from mpi4py import MPI
-    return MPI.Get_library_version().strip().splitlines()[0].strip()
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as error:
+        return f"mpi4py {mpi4py.__version__} is installed but cannot load an MPI library ({error})"
+    return MPI.Get_library_version().strip("\x00 \n").splitlines()[0].strip("\x00 ")
 
 
 # ---------------------------------------------------------------- collectives
@@ -305,7 +314,8 @@ class _Bucket:
 
 
 class DistributedOptimizer(Optimizer):
-    """Wraps an optimizer so that every rank applies the gradient averaged over all ranks.
+    """Wraps an optimizer (or a name, ``'adam'``) so that every rank applies the gradient
+    averaged over all ranks.
 
     ``step()`` first calls ``synchronize()``, then the wrapped optimizer's step.
     ``synchronize()`` (1) broadcasts the parameters from rank 0 the first time and
@@ -341,8 +351,11 @@ class DistributedOptimizer(Optimizer):
     def __init__(self, optimizer, mode="flat"):
         if isinstance(optimizer, DistributedOptimizer):
             raise TypeError("DistributedOptimizer: the optimizer is already distributed")
+        if isinstance(optimizer, str):  # a name, as compile takes: 'adam', 'sgd', ...
+            from .optim import get
+            optimizer = get(optimizer)
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"DistributedOptimizer: expected an optim.Optimizer, "
+            raise TypeError(f"DistributedOptimizer: expected an optim.Optimizer or its name, "
                             f"got {type(optimizer).__name__}")
         if mode not in self._MODES:
             raise ValueError(f"DistributedOptimizer: unknown mode {mode!r}; "

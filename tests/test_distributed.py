@@ -212,8 +212,11 @@ def test_it_has_the_wrapped_optimizers_face():
 
 
 def test_it_rejects_what_it_cannot_wrap():
-    with pytest.raises(TypeError, match="expected an optim.Optimizer, got str"):
-        dist.DistributedOptimizer("adam")
+    with pytest.raises(TypeError, match="expected an optim.Optimizer or its name, got int"):
+        dist.DistributedOptimizer(3)
+    with pytest.raises(ValueError, match="unknown optimizer 'adamm'"):
+        dist.DistributedOptimizer("adamm")
+    assert dist.DistributedOptimizer("adam").optimizer.get_config() == optim.Adam().get_config()
     with pytest.raises(TypeError, match="already distributed"):
         dist.DistributedOptimizer(dist.DistributedOptimizer(optim.Adam()))
     with pytest.raises(ValueError, match="unknown mode 'ring'"):
