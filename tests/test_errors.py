@@ -81,6 +81,14 @@ BAD_CALLS = {
     "split ragged": (lambda: data.train_test_split([[1], [1, 2]]), ValueError,
                      r"train_test_split: array 0: .*ragged"),
     "DataLoader ragged": (lambda: data.DataLoader([[1], [1, 2]]), ValueError, r"DataLoader: x: .*ragged"),
+    # optimizers
+    "SGD lr inf": (lambda: optim.SGD([nn.Parameter([1.0])], lr=math.inf), ValueError,
+                   r"SGD: invalid learning rate inf"),
+    "Adam eps nan": (lambda: optim.Adam([nn.Parameter([1.0])], eps=math.nan), ValueError, r"Adam: .*nan"),
+    "clip_grad_norm max_norm str": (lambda: optim.clip_grad_norm([nn.Parameter([1.0])], "a"), TypeError,
+                                    r"clip_grad_norm: max_norm .*'a'"),
+    "clip_grad_norm max_norm negative": (lambda: optim.clip_grad_norm([nn.Parameter([1.0])], -1),
+                                         ValueError, r"clip_grad_norm: max_norm must be >= 0, got -1"),
     # schedules
     "StepLR step_size str": (lambda: optim.lr_scheduler.StepLR(sgd(), "a"), TypeError,
                              r"StepLR: step_size must be an integer, got 'a'"),

@@ -537,3 +537,28 @@ def test_saving_over_a_symlink_writes_through_to_its_target(tmp_path):
     assert link.is_symlink() and os.readlink(link) == str(target)
     np.testing.assert_array_equal(nd.load(target)["w"], np.ones(2))
     assert os.listdir(tmp_path / "store") == ["weights.npz"]
+
+
+def test_zip64_end_records_are_read(tmp_path):
+    """Files over 4 GB (or 65,535 members) end with zip64 records: their counts are checked too."""
+    import struct
+    path = tmp_path / "state.npz"
+    state = {"a": np.arange(3.0), "b": np.ones((2, 2), np.float32)}
+    nd.save(state, path)
+    data = path.read_bytes()
+    end = data.rindex(b"PK\x05\x06")
+    _, _, _, _, entries, size, start, _ = struct.unpack("<4sHHHHIIH", data[end:end + 22])
+
+    def with_zip64_end(count):
+        record = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, start)
+        locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, end, 1)
+        classic = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
+                              0xFFFFFFFF, 0)
+        return data[:end] + record + locator + classic
+
+    path.write_bytes(with_zip64_end(entries))
+    loaded = nd.load(path)
+    assert list(loaded) == list(state) and all(np.array_equal(loaded[k], state[k]) for k in state)
+    path.write_bytes(with_zip64_end(entries + 1))
+    with pytest.raises(ValueError, match="end record counts"):
+        nd.load(path)

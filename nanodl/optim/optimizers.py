@@ -157,8 +157,8 @@ class Optimizer:
             number = float(value)
         except (TypeError, ValueError):
             raise TypeError(f"{type(self).__name__}: {what} must be a number, got {value!r}") from None
-        if not number >= 0.0:  # also catches NaN
-            raise ValueError(f"{type(self).__name__}: invalid {what} {value!r} (must be >= 0)")
+        if not 0.0 <= number < math.inf:  # also catches NaN
+            raise ValueError(f"{type(self).__name__}: invalid {what} {value!r} (must be finite and >= 0)")
         return number
 
     def _check_betas(self, betas):
@@ -462,8 +462,13 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     if _is_parameter(params):
         params = [params]
     with_grad = [p for p in params if p.grad is not None]
-    max_norm = float(max_norm)
-    norm_type = float(norm_type)
+    try:
+        max_norm, norm_type = float(max_norm), float(norm_type)
+    except (TypeError, ValueError):
+        raise TypeError(f"clip_grad_norm: max_norm and norm_type must be numbers, got {max_norm!r} "
+                        f"and {norm_type!r}") from None
+    if not max_norm >= 0.0:
+        raise ValueError(f"clip_grad_norm: max_norm must be >= 0, got {max_norm!r}")
     if not with_grad:
         return 0.0
     if norm_type == math.inf:
