@@ -376,9 +376,10 @@ def fitted(tmp_path_factory):
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["sgd_momentum", "adam"])
+@pytest.mark.parametrize("name", ["sgd_momentum", "adam", "adam_weighted"])
 def test_fit_on_two_ranks_of_16_is_fit_on_one_process_of_32(fitted, name):
-    """Same parameters (float64, to 1e-10) and the same History, over 5 epochs."""
+    """Same parameters (float64, to 1e-10) and the same History, over 5 epochs (with
+    sample weights too: each rank's batch loss is its mean of weight x loss)."""
     results, _ = fitted
     for r in results:
         assert r[f"{name}/parameter_error"] <= 1e-10, r[f"{name}/parameter_error"]

@@ -47,17 +47,20 @@ def spread(values):
 
 # ---------------------------------------------------------------- 2 x 16 == 1 x 32
 optimizers = {"sgd_momentum": lambda: optim.SGD(lr=0.1, momentum=0.9),
-              "adam": lambda: optim.Adam(lr=0.01)}
+              "adam": lambda: optim.Adam(lr=0.01),
+              "adam_weighted": lambda: optim.Adam(lr=0.01)}  # with sample weights
+weights = data_rng.uniform(0.1, 2.0, len(x))
 for name, factory in optimizers.items():
+    options = {"sample_weight": weights} if name == "adam_weighted" else {}
     reference = build(11)
     reference.compile(optimizer=factory(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     expected = reference.fit(x, y, batch_size=LOCAL_BATCH * size, epochs=EPOCHS, verbose=0,
-                             validation_data=(x_val, y_val)).history
+                             validation_data=(x_val, y_val), **options).history
     model = build(11 + rank)  # rank 1 starts elsewhere: fit broadcasts rank 0's parameters
     model.compile(optimizer=dist.DistributedOptimizer(factory()),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x, y, batch_size=LOCAL_BATCH, epochs=EPOCHS, verbose=0,
-                        validation_data=(x_val, y_val))
+                        validation_data=(x_val, y_val), **options)
     results[f"{name}/parameter_error"] = float(np.abs(flat_weights(model) - flat_weights(reference)).max())
     results[f"{name}/history_error"] = max(
         float(np.abs(np.subtract(history.history[key], expected[key])).max()) for key in expected)
