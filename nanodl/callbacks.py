@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from . import archive
+from .optim.lr_scheduler import integer_argument, real_argument
 from .distributed import _is_rank_zero
 
 __all__ = ["Callback", "CallbackList", "History", "ProgressBar", "ProgbarLogger",
@@ -408,8 +409,8 @@ class EarlyStopping(Callback):
                  restore_best_weights=False, baseline=None, verbose=0):
         super().__init__()
         self.monitor = monitor
-        self.min_delta = abs(min_delta)
-        self.patience = patience
+        self.min_delta = abs(real_argument("EarlyStopping", "min_delta", min_delta, -math.inf))
+        self.patience = integer_argument("EarlyStopping", "patience", patience, 0)
         self.mode = _resolve_mode(mode, monitor, "EarlyStopping")
         self.restore_best_weights = restore_best_weights
         self.baseline = baseline
@@ -532,6 +533,8 @@ class ReduceLROnPlateau(Callback):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0, min_delta=1e-4,
                  cooldown=0, mode="auto", verbose=0):
         super().__init__()
+        real_argument("ReduceLROnPlateau", "factor", factor)
+        integer_argument("ReduceLROnPlateau", "patience", patience, 0)
         if not 0 < factor < 1:
             raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
         self.monitor = monitor

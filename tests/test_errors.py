@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nanodl as nd
-from nanodl import data, losses, nn, optim
+from nanodl import callbacks, data, losses, nn, optim
 
 x23 = nd.ones((2, 3))
 probs = nd.tensor([[0.2, 0.8], [0.6, 0.4]])
@@ -89,6 +89,16 @@ BAD_CALLS = {
                                     r"clip_grad_norm: max_norm .*'a'"),
     "clip_grad_norm max_norm negative": (lambda: optim.clip_grad_norm([nn.Parameter([1.0])], -1),
                                          ValueError, r"clip_grad_norm: max_norm must be >= 0, got -1"),
+    # callbacks and models
+    "EarlyStopping patience str": (lambda: callbacks.EarlyStopping(patience="a"), TypeError,
+                                   r"EarlyStopping: patience must be an integer, got 'a'"),
+    "EarlyStopping min_delta str": (lambda: callbacks.EarlyStopping(min_delta="a"), TypeError,
+                                    r"EarlyStopping: min_delta"),
+    "ReduceLROnPlateau callback factor str": (lambda: callbacks.ReduceLROnPlateau(factor="a"), TypeError,
+                                              r"ReduceLROnPlateau: factor"),
+    "ReduceLROnPlateau callback patience inf": (lambda: callbacks.ReduceLROnPlateau(patience=math.inf),
+                                                ValueError, r"ReduceLROnPlateau: patience"),
+    "Sequential of an int": (lambda: nn.Sequential(3), TypeError, r"Sequential: layers must be a list"),
     # schedules
     "StepLR step_size str": (lambda: optim.lr_scheduler.StepLR(sgd(), "a"), TypeError,
                              r"StepLR: step_size must be an integer, got 'a'"),

@@ -898,7 +898,12 @@ class Sequential(Model):
     def __init__(self, layers=None):
         super().__init__()
         self.layers = ModuleList()
-        for layer in layers or []:
+        try:
+            layers = list(layers or [])
+        except TypeError:
+            raise TypeError(f"Sequential: layers must be a list of layers, got {type(layers).__name__}") \
+                from None
+        for layer in layers:
             self.add(layer)
 
     def add(self, layer):

@@ -23,7 +23,7 @@ import math
 import numbers
 
 
-def _integer(owner, name, value, minimum):
+def integer_argument(owner, name, value, minimum):
     """``value`` as an int >= ``minimum`` (an integral float such as 2.0 is fine)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be an integer, got {value!r} ({type(value).__name__})")
@@ -32,7 +32,7 @@ def _integer(owner, name, value, minimum):
     return int(value)
 
 
-def _real(owner, name, value, minimum=0.0, below=None):
+def real_argument(owner, name, value, minimum=0.0, below=None):
     """``value`` as a finite float >= ``minimum`` (and < ``below`` when given)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number, got {value!r} ({type(value).__name__})")
@@ -96,8 +96,8 @@ class StepLR(LRScheduler):
     """
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size = _integer("StepLR", "step_size", step_size, 1)
-        self.gamma = _real("StepLR", "gamma", gamma)
+        self.step_size = integer_argument("StepLR", "step_size", step_size, 1)
+        self.gamma = real_argument("StepLR", "gamma", gamma)
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -111,7 +111,7 @@ class ExponentialLR(LRScheduler):
     """Multiply the rate by ``gamma`` every epoch: ``lr = base_lr * gamma ** epoch``."""
 
     def __init__(self, optimizer, gamma):
-        self.gamma = _real("ExponentialLR", "gamma", gamma)
+        self.gamma = real_argument("ExponentialLR", "gamma", gamma)
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -130,8 +130,8 @@ class CosineAnnealingLR(LRScheduler):
     """
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.T_max = _integer("CosineAnnealingLR", "T_max", T_max, 1)
-        self.eta_min = _real("CosineAnnealingLR", "eta_min", eta_min)
+        self.T_max = integer_argument("CosineAnnealingLR", "T_max", T_max, 1)
+        self.eta_min = real_argument("CosineAnnealingLR", "eta_min", eta_min)
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -191,11 +191,11 @@ class ReduceLROnPlateau:
                              "valid names: rel, abs")
         owner = "ReduceLROnPlateau"
         self.optimizer = optimizer
-        self.mode, self.factor = mode, _real(owner, "factor", factor, 0.0, below=1.0)
-        self.patience = _integer(owner, "patience", patience, 0)
-        self.threshold, self.threshold_mode = _real(owner, "threshold", threshold), threshold_mode
-        self.cooldown = _integer(owner, "cooldown", cooldown, 0)
-        self.min_lr, self.eps = _real(owner, "min_lr", min_lr), _real(owner, "eps", eps)
+        self.mode, self.factor = mode, real_argument(owner, "factor", factor, 0.0, below=1.0)
+        self.patience = integer_argument(owner, "patience", patience, 0)
+        self.threshold, self.threshold_mode = real_argument(owner, "threshold", threshold), threshold_mode
+        self.cooldown = integer_argument(owner, "cooldown", cooldown, 0)
+        self.min_lr, self.eps = real_argument(owner, "min_lr", min_lr), real_argument(owner, "eps", eps)
         self.last_epoch = 0
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
