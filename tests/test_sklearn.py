@@ -1,0 +1,331 @@
+"""nanodl.sklearn: scikit-learn's own estimator checks, and the estimators in sklearn's tools.
+
+Skipped when scikit-learn is not installed.
+"""
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nanodl as nd
+from nanodl import nn
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.base import clone  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from nanodl.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+# The checks scikit-learn's API lets an estimator declare it fails, with the reason.
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "minibatch SGD-style training: a sample of weight 2 is one term in one batch, a duplicated "
+        "sample is two terms that shuffling puts in different batches, so the two fits differ (as "
+        "for sklearn.neural_network's own MLPs, which mark this check the same way)",
+}
+
+
+def expected_failed_checks(estimator):
+    return EXPECTED_FAILED_CHECKS
+
+
+# max_iter=40 instead of 200 keeps the checks' ~100 fits to seconds; they still train to the
+# accuracy check_classifiers_train and check_regressors_train ask for.
+@parametrize_with_checks([MLPClassifier(random_state=0, max_iter=40), MLPRegressor(random_state=0, max_iter=40)],
+                         expected_failed_checks=expected_failed_checks)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+# ---------------------------------------------------------------- scikit-learn's tools
+@pytest.fixture(scope="module")
+def digits():
+    x, y = nd.datasets.load_digits()
+    return train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+
+
+def test_pipeline_on_digits_reaches_95_percent(digits):
+    x_train, x_test, y_train, y_test = digits
+    pipeline = make_pipeline(StandardScaler(), MLPClassifier(random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipeline.fit(x_train, y_train)
+    accuracy = pipeline.score(x_test, y_test)
+    assert accuracy >= 0.95, accuracy
+    classifier = pipeline[-1]
+    assert classifier.n_features_in_ == 64 and classifier.classes_.tolist() == list(range(10))
+    assert len(classifier.loss_curve_) == classifier.n_iter_ <= 200
+    assert classifier.loss_curve_[-1] < classifier.loss_curve_[0] / 10
+
+
+def test_grid_search_over_hidden_layer_sizes(digits):
+    x_train, x_test, y_train, y_test = digits
+    grid = GridSearchCV(MLPClassifier(max_iter=15, learning_rate_init=0.01, random_state=0),
+                        {"hidden_layer_sizes": [(4,), (64,), (32, 16)]}, cv=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        grid.fit(x_train[:600], y_train[:600])
+    scores = dict(zip(map(str, grid.cv_results_["params"]), grid.cv_results_["mean_test_score"]))
+    assert len(scores) == 3
+    assert grid.best_params_["hidden_layer_sizes"] != (4,)  # 4 hidden units are too few for 10 digits
+    assert grid.best_estimator_.score(x_test, y_test) > 0.9
+
+
+def test_cross_val_score(digits):
+    x_train, _, y_train, _ = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(MLPClassifier(hidden_layer_sizes=(32,), max_iter=20,
+                                               learning_rate_init=0.01, random_state=0),
+                                 x_train[:600], y_train[:600], cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.85
+
+
+def test_clone_copies_parameters_not_the_fit(digits):
+    x_train, _, y_train, _ = digits
+    original = MLPClassifier(hidden_layer_sizes=(8,), solver="rmsprop", dropout=0.2, max_iter=2,
+                             random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        original.fit(x_train[:100], y_train[:100])
+    copy = clone(original)
+    assert copy.get_params() == original.get_params()
+    assert not hasattr(copy, "model_")
+    with pytest.raises(NotFittedError):
+        copy.predict(x_train[:5])
+
+
+# ---------------------------------------------------------------- labels and outputs
+def two_blobs(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    return x, x[:, 0] + 0.5 * x[:, 1] > 0
+
+
+@pytest.mark.parametrize("labels", [np.array(["cat", "dog"]), np.array([3, 7]), np.array([-1, 1]),
+                                    np.array([False, True])])
+def test_string_and_integer_labels(labels):
+    x, positive = two_blobs()
+    y = labels[positive.astype(int)]
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=40, learning_rate_init=0.01,
+                        random_state=0).fit(x, y)
+    assert clf.classes_.tolist() == sorted(labels.tolist())
+    predictions = clf.predict(x)
+    assert predictions.dtype == y.dtype and set(predictions) <= set(labels)
+    assert clf.score(x, y) > 0.9
+    proba = clf.predict_proba(x)
+    assert proba.shape == (len(x), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], predictions)
+
+
+def test_multiclass_string_labels_with_gaps():
+    x, y = nd.datasets.make_spirals(300, n_classes=3, noise=0.05, seed=0)
+    names = np.array(["alpha", "beta", "gamma"])[y]
+    clf = MLPClassifier(hidden_layer_sizes=(64, 64), learning_rate_init=0.01, max_iter=60,
+                        random_state=0).fit(x, names)
+    assert clf.classes_.tolist() == ["alpha", "beta", "gamma"]
+    assert clf.score(x, names) > 0.9
+
+
+def test_multi_output_regression():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(400, 4))
+    y = np.column_stack([x[:, 0] + x[:, 1], np.sin(2 * x[:, 2]), x[:, 3] ** 2])
+    reg = MLPRegressor(hidden_layer_sizes=(64,), learning_rate_init=0.01, max_iter=80,
+                       random_state=0).fit(x, y)
+    assert reg.predict(x).shape == (400, 3)
+    assert reg.score(x, y) > 0.9
+    single = MLPRegressor(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(x, y[:, 0])
+    assert single.predict(x).shape == (400,)
+
+
+# ---------------------------------------------------------------- partial_fit
+def test_partial_fit_classifier_needs_classes_first_and_keeps_learning():
+    x, positive = two_blobs(400)
+    y = np.where(positive, "yes", "no")
+    clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        clf.partial_fit(x, y)
+    clf.partial_fit(x[:200], y[:200], classes=["no", "yes", "maybe"])
+    assert clf.classes_.tolist() == ["maybe", "no", "yes"] and clf.n_iter_ == 1
+    for _ in range(9):
+        clf.partial_fit(x, y)
+    assert clf.n_iter_ == 10 and len(clf.loss_curve_) == 10
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+    assert clf.score(x, y) > 0.9
+    with pytest.raises(ValueError, match="not in classes"):
+        clf.partial_fit(x[:5], ["never"] * 5)
+    with pytest.raises(ValueError, match="3 features"):
+        clf.partial_fit(x[:, :2], y)
+
+
+def test_partial_fit_regressor():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(300, 2))
+    y = x[:, 0] - 2 * x[:, 1]
+    reg = MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=0.01, random_state=0)
+    for _ in range(20):
+        reg.partial_fit(x, y)
+    assert reg.n_iter_ == 20 and reg.score(x, y) > 0.95
+    with pytest.raises(ValueError, match="outputs"):
+        reg.partial_fit(x, np.column_stack([y, y]))
+
+
+# ---------------------------------------------------------------- reproducibility and training rules
+def test_random_state_makes_fits_identical_and_leaves_the_global_generator_alone():
+    x, positive = two_blobs()
+    nd.manual_seed(123)
+    before = nd.random.generator().bit_generator.state
+    fits = [MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, dropout=0.2, random_state=7).fit(x, positive)
+            for _ in range(2)]
+    assert nd.random.generator().bit_generator.state == before
+    assert fits[0].loss_curve_ == fits[1].loss_curve_
+    np.testing.assert_array_equal(fits[0].predict_proba(x), fits[1].predict_proba(x))
+    other = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, dropout=0.2, random_state=8).fit(x, positive)
+    assert other.loss_curve_ != fits[0].loss_curve_
+
+
+def test_without_random_state_the_global_seed_decides():
+    x, positive = two_blobs()
+    curves = []
+    for _ in range(2):
+        nd.manual_seed(5)
+        curves.append(MLPClassifier(hidden_layer_sizes=(8,), max_iter=3).fit(x, positive).loss_curve_)
+    assert curves[0] == curves[1]
+
+
+def test_training_stops_when_the_loss_stops_improving():
+    x, positive = two_blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.05, max_iter=500, tol=1e-2,
+                        n_iter_no_change=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # it converged: no warning
+        clf.fit(x, positive)
+    assert clf.n_iter_ < 500 and clf.best_loss_ == min(clf.loss_curve_)
+
+
+def test_max_iter_reached_warns_as_sklearn():
+    x, positive = two_blobs()
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(x, positive)
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    x, positive = two_blobs(400)
+    clf = MLPClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.01, max_iter=300,
+                        early_stopping=True, n_iter_no_change=5, random_state=0).fit(x, positive)
+    assert clf.n_iter_ < 300
+    assert len(clf.validation_scores_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_) > 0.9
+    reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=50, early_stopping=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg.fit(x, x[:, 0] * 2)
+    assert reg.best_validation_score_ == max(reg.validation_scores_)
+
+
+def test_alpha_is_an_l2_penalty():
+    x, positive = two_blobs()
+    norms = []
+    for alpha in (0.0, 30.0):
+        clf = MLPClassifier(hidden_layer_sizes=(16,), alpha=alpha, max_iter=30, learning_rate_init=0.01,
+                            random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x, positive)
+        norms.append(sum(float((layer.kernel.numpy() ** 2).sum()) for layer in clf.model_.layers))
+    assert norms[1] < norms[0] / 2
+
+
+def test_architecture_solver_and_activation_names():
+    x, positive = two_blobs(60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier(hidden_layer_sizes=(5, 4), activation="logistic", solver="sgd", dropout=0.5,
+                            max_iter=1, random_state=0).fit(x, positive)
+        kinds = [type(layer).__name__ for layer in clf.model_.layers]
+        assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+        assert clf.model_.layers[0].activation == "sigmoid" and clf.model_.layers[-1].units == 2
+        assert type(clf.model_.optimizer).__name__ == "SGD"
+        MLPRegressor(activation="identity", solver="adamw", max_iter=1).fit(x, x[:, 0])
+    for bad in ({"solver": "lbfgs"}, {"activation": "softmax"}, {"hidden_layer_sizes": (0,)},
+                {"dropout": 1.0}, {"device": "tpu"}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MLPClassifier(max_iter=1, **bad).fit(x, positive)
+
+
+def test_custom_model_callable():
+    x, positive = two_blobs()
+
+    def build(n_features, n_outputs):
+        return nn.Sequential([nn.Dense(16, activation="tanh", input_dim=n_features), nn.LayerNorm(),
+                              nn.Dense(n_outputs, activation="softmax")])
+
+    clf = MLPClassifier(model=build, max_iter=30, learning_rate_init=0.01, random_state=0).fit(x, positive)
+    assert isinstance(clf.model_.layers[1], nn.LayerNorm)
+    assert clf.score(x, positive) > 0.9
+    with pytest.raises(TypeError, match="nn.Model"):
+        MLPClassifier(model=lambda n, k: "not a model", max_iter=1).fit(x, positive)
+
+
+def test_verbose_prints_sklearn_style_lines(capsys):
+    x, positive = two_blobs(50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, verbose=True, random_state=0).fit(x, positive)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["Iteration 1", "Iteration 2", "Iteration 3"]
+
+
+def test_pickle_round_trip_keeps_predictions_and_training_state():
+    x, positive = two_blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, learning_rate_init=0.01,
+                        random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, positive)
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(x), clf.predict_proba(x))
+    clf.partial_fit(x, positive)
+    restored.partial_fit(x, positive)  # the optimizer's moments came along: same next step
+    np.testing.assert_allclose(restored.predict_proba(x), clf.predict_proba(x), rtol=1e-5, atol=1e-7)
+
+
+def test_fitted_model_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    x, positive = two_blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, positive)
+    nd.onnx.export(clf.model_, tmp_path / "clf.onnx")
+    session = ort.InferenceSession(str(tmp_path / "clf.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], clf.predict_proba(x), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_importing_nanodl_does_not_import_sklearn_or_onnx():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    code = ("import sys, nanodl; "
+            "print(sorted(m for m in ('sklearn', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"
+    code = "import sys, nanodl; nanodl.sklearn.MLPClassifier; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "True"  # nanodl.sklearn loads on first use
