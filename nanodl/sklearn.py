@@ -52,8 +52,9 @@ try:
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.utils import check_random_state
-    from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+    from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
+                                          validate_data)
 except ImportError as error:  # pragma: no cover - exercised only without scikit-learn
     raise ImportError("nanodl.sklearn needs scikit-learn >= 1.6, which is not installed; get it "
                       "with `pip install 'nanodl[sklearn]'`") from error
@@ -216,7 +217,7 @@ class _BaseMLP(BaseEstimator):
                 if self.dropout > 0:
                     layers.append(Dropout(self.dropout))
                 width = units
-            layers.append(Dense(n_outputs, activation=self._output_activation, input_dim=width))
+            layers.append(Dense(n_outputs, activation=self._head()[0], input_dim=width))
             model = Sequential(layers)
         if self.alpha > 0:  # sklearn's L2: 0.5 * alpha * ||W||^2 / batch_size on each batch's loss
             penalty = regularizers.l2(0.5 * float(self.alpha) / batch_size)
@@ -227,7 +228,7 @@ class _BaseMLP(BaseEstimator):
             model.to(self.device)
         optimizer = optim.get(self.solver.lower())
         optimizer.lr = float(self.learning_rate_init)
-        model.compile(optimizer=optimizer, loss=self._loss)
+        model.compile(optimizer=optimizer, loss=self._head()[1])
         return model
 
     def _train(self, x, y, epochs, sample_weight=None, early_stopping=False, first=False):
@@ -246,7 +247,7 @@ class _BaseMLP(BaseEstimator):
         self._converged = False
         validation = None
         if early_stopping:
-            stratify = y if self._stratify else None
+            stratify = y if self._stratify and y.ndim == 1 else None
             n_val = int(np.ceil(len(x) * self.validation_fraction))
             if n_val < 1 or len(x) - n_val < 1:
                 raise ValueError(f"{type(self).__name__}: early_stopping needs enough samples for "
@@ -304,7 +305,11 @@ class _BaseMLP(BaseEstimator):
     # ------------------------------------------------------------ data
     def _validate(self, x, y, reset=True):
         return validate_data(self, x, y, reset=reset, dtype=get_default_dtype(),
-                             multi_output=self._multi_output, y_numeric=not self._stratify)
+                             multi_output=True, y_numeric=not self._stratify)
+
+    def _head(self):
+        """(output activation, loss) of the network."""
+        return self._output_activation, self._loss
 
     def _predict_raw(self, X):
         check_is_fitted(self, "model_")
@@ -346,7 +351,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     The output layer is a softmax over the classes (two outputs for a binary problem),
     trained with cross-entropy. Labels may be strings or integers; ``classes_`` holds
-    them sorted. ``partial_fit(X, y, classes=...)`` trains one epoch per call (``classes``
+    them sorted. A 2-D 0/1 ``y`` is multilabel: one sigmoid output per label, binary
+    cross-entropy, and ``predict`` returns the indicator matrix. ``partial_fit(X, y, classes=...)`` trains one epoch per call (``classes``
     is required on the first call, as in scikit-learn).
 
     >>> from nanodl.sklearn import MLPClassifier
@@ -356,13 +362,34 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     _output_activation = "softmax"
     _loss = "sparse_categorical_crossentropy"
-    _multi_output = False
     _stratify = True
+    _multilabel = False
+
+    def _head(self):
+        if self._multilabel:  # one independent yes/no per label
+            return "sigmoid", "binary_crossentropy"
+        return "softmax", "sparse_categorical_crossentropy"
+
+    def _validate(self, x, y, reset=True):
+        x, y = super()._validate(x, y, reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)  # as sklearn: a column of labels is one output
+        return x, y
 
     def _prepare_targets(self, y, first, partial, classes, sample_weight=None):
-        check_classification_targets(y)
         name = type(self).__name__
+        multilabel = y.ndim == 2
+        if multilabel and type_of_target(y) != "multilabel-indicator":
+            raise ValueError(f"{name}: a 2-D y must be a multilabel indicator matrix (one 0/1 column "
+                             f"per label), got {type_of_target(y)!r} targets")
+        check_classification_targets(y)
+        if not first and multilabel != self._multilabel:
+            raise ValueError(f"{name}: the network was trained on "
+                             f"{'multilabel' if self._multilabel else 'single-label'} targets")
+        if multilabel:
+            return self._prepare_multilabel(y, first, partial, classes)
         if first:
+            self._multilabel = False
             if partial:
                 if classes is None:
                     raise ValueError(f"{name}: classes must be passed on the first call to partial_fit")
@@ -385,19 +412,48 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              "sample_weight; got 1 class")
         return y
 
+    def _prepare_multilabel(self, y, first, partial, classes):
+        n_labels = y.shape[1]
+        if first:
+            if partial and classes is None:
+                raise ValueError(f"{type(self).__name__}: classes must be passed on the first call to "
+                                 "partial_fit")
+            if classes is not None and len(classes) != n_labels:
+                raise ValueError(f"{type(self).__name__}: {len(classes)} classes for {n_labels} "
+                                 "label columns")
+            self._multilabel = True
+            self._label_dtype = y.dtype
+            self.classes_ = np.arange(n_labels)
+            self._n_outputs = n_labels
+        elif n_labels != self._n_outputs:
+            raise ValueError(f"{type(self).__name__}: y has {n_labels} label columns, the network "
+                             f"was built for {self._n_outputs}")
+        return y
+
     def _targets(self, y):
+        if self._multilabel:
+            return np.asarray(y, dtype=get_default_dtype())
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
+    def _decide(self, scores):
+        """Labels from the network's outputs: argmax, or each label's probability above 0.5."""
+        if self._multilabel:
+            return (scores > 0.5).astype(self._label_dtype)
+        return self.classes_[scores.argmax(axis=1)]
+
     def _validation_score(self, x, y):
-        return accuracy_score(y, self.classes_[self.model_.predict(x, batch_size=1024).argmax(axis=1)])
+        return accuracy_score(y, self._decide(self.model_.predict(x, batch_size=1024)))
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over ``(X, y)``, building the network on the first call (needs ``classes``)."""
         return self._fit(X, y, sample_weight, partial=True, classes=classes)
 
     def predict_proba(self, X):
-        """Class probabilities, ``(n_samples, n_classes)``, columns in ``classes_`` order."""
+        """Class probabilities, ``(n_samples, n_classes)``, columns in ``classes_`` order
+        (for multilabel targets, each label's own probability)."""
         probabilities = self._predict_raw(X)
+        if self._multilabel:
+            return probabilities
         return probabilities / probabilities.sum(axis=1, keepdims=True)
 
     def predict_log_proba(self, X):
@@ -405,13 +461,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.log(self.predict_proba(X))
 
     def predict(self, X):
-        """The most probable class of each sample (a label from ``classes_``)."""
-        scores = self._predict_raw(X)
-        return self.classes_[scores.argmax(axis=1)]
+        """The most probable class of each sample (a label from ``classes_``); for multilabel
+        targets, the indicator matrix of the labels whose probability is above 0.5."""
+        return self._decide(self._predict_raw(X))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_label = False
+        tags.classifier_tags.multi_label = True
         return tags
 
 
@@ -432,7 +488,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _output_activation = "linear"
     _loss = "mse"
-    _multi_output = True
     _stratify = False
 
     def _prepare_targets(self, y, first, partial, classes, sample_weight=None):

@@ -142,6 +142,23 @@ def test_multiclass_string_labels_with_gaps():
     assert clf.score(x, names) > 0.9
 
 
+def test_multilabel_indicator_targets():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 4)).astype(np.float32)
+    y = np.column_stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] > 0.5]).astype(int)
+    clf = MLPClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.01, max_iter=60,
+                        random_state=0).fit(x, y)
+    assert clf.classes_.tolist() == [0, 1, 2] and clf.model_.layers[-1].activation == "sigmoid"
+    predictions = clf.predict(x)
+    assert predictions.shape == (300, 3) and predictions.dtype == y.dtype
+    proba = clf.predict_proba(x)
+    assert proba.shape == (300, 3) and ((proba >= 0) & (proba <= 1)).all()
+    np.testing.assert_array_equal(predictions, (proba > 0.5).astype(int))
+    assert clf.score(x, y) > 0.85  # subset accuracy: every label of a sample right
+    with pytest.raises(ValueError, match="multilabel indicator"):
+        MLPClassifier(max_iter=1).fit(x, np.column_stack([np.arange(300) % 3, np.arange(300) % 2]))
+
+
 def test_multi_output_regression():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(400, 4))
