@@ -547,3 +547,32 @@ def test_audit_order_2_catches_a_broken_vjp(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "2nd order" in out and "FAIL" in out and "gradgradcheck failed" in out
     assert main(["--ops", "exp", "--order", "3"]) == 2
+
+
+# ------------------------------------------------------------------ losses at their critical points
+def test_audit_checks_each_loss_at_its_critical_points(kernel_table):
+    critical = [spec.name for spec in REGISTRY if spec.critical_points]
+    assert {"mse", "huber", "bce_logits"} <= set(critical)
+    result = audit(ops=critical)
+    assert result.passed, result.message()
+    assert "kink pts" in result.headers
+    for row, spec in zip(result, [BY_NAME[name] for name in critical]):
+        assert row.extra["critical"] == f"{len(spec.critical_points)} ok"
+    assert audit(ops=["exp"]).headers == audit(ops=["add"]).headers        # no column without points
+
+
+def test_the_old_composed_bce_with_logits_fails_at_logit_0(monkeypatch):
+    """Issue 9's bug: max(z, 0) - z t + log1p(exp(-|z|)) gives dL/dz = -t at z = 0, not 0.5 - t."""
+    import dataclasses
+    from nanodl import ops
+    from nanodl.gradcheck import op_audit
+    spec = BY_NAME["bce_logits"]
+    labels = spec.derivative(np.zeros((2, 3)))[0] * -6 + 0.5             # the entry's targets t
+    composed = lambda z: (ops.relu(z) - z * nd.tensor(labels) + ops.softplus(-z.abs())).mean()
+    monkeypatch.setattr(op_audit, "REGISTRY", (dataclasses.replace(spec, fn=composed),))
+    result = audit(ops=["bce_logits"])
+    (row,) = result
+    assert not row.passed and row.extra["critical"] == "1 FAIL"
+    random_cases = [case for case in row.extra["details"] if not case.critical]
+    assert all(r.passed for case in random_cases for r in case.rows)    # away from 0 it is right
+    assert "input 0 at a critical point" in row.note and "the analytic derivative is" in row.note

@@ -47,6 +47,9 @@ class GradcheckRow:
         if self.numerical is not None and self.method == "vjp vs backward":
             lines.append(f"  worst element [{self.worst_index[0]}] of the first derivatives joined "
                          f"flat: backward {self.numerical:.8g}, vjp (create_graph) {self.analytic:.8g}")
+        elif self.numerical is not None and self.method == "derivative":
+            lines.append(f"  worst element in{list(self.worst_index)}: the analytic derivative is "
+                         f"{self.numerical:.8g}, backward gives {self.analytic:.8g}")
         elif self.numerical is not None:
             where = _format_worst(self.method, self.worst_index)
             lines.append(f"  worst element {where}: numerical {self.numerical:.8g}, "
