@@ -11,7 +11,9 @@ own, and ``loss.backward()`` runs through it.
 The setting is the paper's toy experiment: a 3×512 ReLU critic and generator, Adam
 with lr 1e-4 and betas (0.5, 0.9), 5 critic steps per generator step, λ = 10. It
 prints the critic's Wasserstein estimate ``E[D(real)] - E[D(fake)]`` and the mean
-gradient norm on the interpolates, which goes to 1.
+gradient norm on the interpolates, which goes to 1. The paper trains for 100,000
+steps; at lr 1e-4 a few hundred steps only start to spread the samples, while
+``--lr 1e-3 --width 128 --steps 600`` covers all 8 modes in about as many minutes.
 
 Run: python examples/wgan_gp.py [--steps 2000] [--plot samples.png]
 """
