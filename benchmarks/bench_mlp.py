@@ -60,8 +60,9 @@ def _nanodl():
     return nanodl
 
 
-def nanodl_step(sizes, batch, opt_name, kernels):
-    """A nanodl training step through the public API, on the chosen kernel table."""
+def nanodl_step(sizes, batch, opt_name, kernels, captured=False):
+    """A nanodl training step through the public API, on the chosen kernel table
+    (``captured``: through ``nanodl.CapturedStep``, captured on the warm-up call)."""
     nd = _nanodl()
     backend, losses, nn, optim = nd.backend, nd.losses, nd.nn, nd.optim
     x, y = make_batch(sizes, batch)
@@ -76,6 +77,14 @@ def nanodl_step(sizes, batch, opt_name, kernels):
     params = model.parameters()
     opt = optim.SGD(params, lr=LR["sgd"]) if opt_name == "sgd" else optim.Adam(params, lr=LR["adam"])
     xt = nd.Tensor(x)
+    if captured:
+        captured_step = nd.CapturedStep(
+            model, losses.SparseCategoricalCrossentropy(from_logits=True), opt)
+
+        def step():
+            backend.set_kernels(kernels)
+            captured_step.run(x, y)
+        return step
 
     def step():
         backend.set_kernels(kernels)
@@ -282,6 +291,7 @@ def run_config(name, repeats, use_torch):
     steps = {}
     if _nanodl().backend.native_available():
         steps["nanodl native"] = nanodl_step(sizes, batch, opt_name, "native")
+        steps["nanodl captured"] = nanodl_step(sizes, batch, opt_name, "native", captured=True)
     steps["nanodl numpy"] = nanodl_step(sizes, batch, opt_name, "numpy")
     steps["numpy manual"] = numpy_step(sizes, batch, opt_name)
     flops = gemm_flops(sizes, batch)

@@ -23,6 +23,7 @@ from . import functional
 from .io import load, load_model, save
 from . import callbacks, data, datasets, losses, nn, optim, regularizers
 from .anomaly import detect_anomaly
+from .capture import CapturedStep
 from . import viz
 
 

@@ -622,7 +622,7 @@ class Model(Module):
     # ------------------------------------------------------------ fit
     def fit(self, x, y, batch_size=32, epochs=1, verbose=1, validation_data=None,
             validation_split=0.0, shuffle=True, callbacks=None, class_weight=None,
-            sample_weight=None):
+            sample_weight=None, capture=False):
         """Train for ``epochs`` passes over ``(x, y)``; returns the ``callbacks.History``.
 
         Reported loss and metrics are averaged per sample over the epoch (the loss
@@ -630,6 +630,8 @@ class Model(Module):
         holds out the *last* fraction of ``x``/``y`` before shuffling, as Keras does.
         ``sample_weight`` (one per sample) and ``class_weight`` (``{class: weight}`` or
         ``'balanced'``) scale each sample's loss; metrics become weighted means.
+        ``capture=True`` trains through a captured step (``nanodl.capture``): the same
+        results, bit for bit, with less work per batch.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
@@ -648,12 +650,14 @@ class Model(Module):
         steps = math.ceil(self._samples_per_epoch(len(x)) / batch_size)
         callbacks = self._callback_list(callbacks, verbose, epochs, steps)
         logs = {}
+        train_step = self._captured_step(plan) if capture else self._train_step
         with self._mode(True):
             callbacks.on_train_begin({})
             for epoch in range(epochs):
                 callbacks.on_epoch_begin(epoch, {})
                 lr = float(self.optimizer.lr)  # after the schedulers of on_epoch_begin
-                logs = self._fit_epoch(plan, x, y, weight, batch_size, shuffle, callbacks)
+                logs = self._fit_epoch(plan, x, y, weight, batch_size, shuffle, callbacks,
+                                       train_step)
                 if validation is not None:
                     val_logs = self._evaluate_arrays(plan, *validation, batch_size, reduce=True)
                     logs.update({"val_" + key: value for key, value in val_logs.items()})
@@ -696,7 +700,7 @@ class Model(Module):
             shown + list(callbacks or []) + [self.history], model=self,
             params={"epochs": epochs, "steps": steps, "verbose": verbose})
 
-    def _fit_epoch(self, plan, x, y, weight, batch_size, shuffle, callbacks):
+    def _fit_epoch(self, plan, x, y, weight, batch_size, shuffle, callbacks, train_step=None):
         """One pass over the training set, in the order ``_epoch_order`` gives, one
         ``_train_step`` per batch; returns the epoch's logs (per-sample averages). A
         callback that sets ``stop_training`` in ``on_batch_end`` ends the epoch there
@@ -712,7 +716,7 @@ class Model(Module):
             y_batch, w_batch = y[batch], None if weight is None else weight[batch]
             count = len(y_batch)
             callbacks.on_batch_begin(step, {"batch": step, "size": count})
-            loss, out = self._train_step(plan, x[batch], y_batch, w_batch)
+            loss, out = (train_step or self._train_step)(plan, x[batch], y_batch, w_batch)
             _add_batch(totals, plan, loss, out, y_batch, w_batch)
             if callbacks.wants_batch_logs:
                 callbacks.on_batch_end(step, dict(totals.averages(), batch=step, size=count))
@@ -746,6 +750,17 @@ class Model(Module):
         loss.backward()
         plan.optimizer.step()                         # 4. optimizer step
         return loss, out
+
+    @staticmethod
+    def _captured_step(plan):
+        """``_train_step``'s captured twin for this fit (``nanodl.capture.CapturedStep``)."""
+        from ..capture import CapturedStep, _leaf
+        captured = CapturedStep.for_plan(plan)
+
+        def train_step(plan, x, target, weight=None):
+            loss, out = captured.run(x, target, weight)
+            return _leaf(loss), _leaf(out)
+        return train_step
 
     # Data-parallel hooks: a distributed fit changes which samples a process visits
     # per epoch and sums the epoch's totals across processes; nothing else differs.

@@ -55,6 +55,10 @@ class Optimizer:
 
     name = "optimizer"
     _slots = ()
+    # The kernel table for a parameter's array: the checked one. A captured step
+    # (nanodl.capture), which validated its calls once, swaps in the unchecked
+    # compute functions for the duration of its update.
+    _kernels = staticmethod(kernels)
 
     def __init__(self, params=None, lr=0.01):
         self._params = None
@@ -296,7 +300,7 @@ class SGD(Optimizer):
         """Update every parameter that has a gradient."""
         lr, momentum, nesterov, weight_decay = self._lr, self.momentum, self.nesterov, self.weight_decay
         for data, grad, entry in self._updates():
-            kernels(data).sgd_step(data, grad, momentum_buf=entry[1], lr=lr, momentum=momentum,
+            self._kernels(data).sgd_step(data, grad, momentum_buf=entry[1], lr=lr, momentum=momentum,
                                    nesterov=nesterov, weight_decay=weight_decay)
 
 
@@ -334,7 +338,7 @@ class Adam(Optimizer):
         lr, (beta1, beta2), eps = self._lr, self.betas, self.eps
         weight_decay, decoupled, amsgrad = self.weight_decay, self._decoupled, self.amsgrad
         for data, grad, entry in self._updates():
-            kernels(data).adam_step(data, grad, exp_avg=entry[1], exp_avg_sq=entry[2],
+            self._kernels(data).adam_step(data, grad, exp_avg=entry[1], exp_avg_sq=entry[2],
                                     max_exp_avg_sq=entry[3], step=entry[0], lr=lr, beta1=beta1,
                                     beta2=beta2, eps=eps, weight_decay=weight_decay,
                                     decoupled=decoupled, amsgrad=amsgrad)
@@ -381,7 +385,7 @@ class Adagrad(Optimizer):
         lr, lr_decay, eps, weight_decay = self._lr, self.lr_decay, self.eps, self.weight_decay
         for data, grad, entry in self._updates():
             decayed_lr = lr / (1 + (entry[0] - 1) * lr_decay)
-            kernels(data).adagrad_step(data, grad, state_sum=entry[1], lr=decayed_lr, eps=eps,
+            self._kernels(data).adagrad_step(data, grad, state_sum=entry[1], lr=decayed_lr, eps=eps,
                                        weight_decay=weight_decay)
 
 
@@ -417,7 +421,7 @@ class RMSprop(Optimizer):
         lr, alpha, eps = self._lr, self.alpha, self.eps
         weight_decay, momentum, centered = self.weight_decay, self.momentum, self.centered
         for data, grad, entry in self._updates():
-            kernels(data).rmsprop_step(data, grad, square_avg=entry[1], momentum_buf=entry[2],
+            self._kernels(data).rmsprop_step(data, grad, square_avg=entry[1], momentum_buf=entry[2],
                                        grad_avg=entry[3], lr=lr, alpha=alpha, eps=eps,
                                        weight_decay=weight_decay, momentum=momentum,
                                        centered=centered)

@@ -1,0 +1,479 @@
+"""Captured training steps: run a step once through the engine, then replay it lean.
+
+An eager training step pays for flexibility on every batch: a ``Tensor`` and a
+``Function`` node per op, the graph walk (consumer counts, pending gradients, shape
+and dtype checks at every edge) and argument checks in every kernel call. For a
+small network that bookkeeping costs more than the arithmetic. But batch after
+batch the step is the *same*: same layers, shapes, dtypes and kernels. So a
+``CapturedStep`` does that work once:
+
+1. **Capture.** The first call with a new *signature* (shapes, dtypes and device
+   of the batch, the kernel table, the optimizer's parameter list) runs the ordinary
+   eager step, every check included, while it records what each layer received.
+   From that trace it builds a *program*: one stage per layer, a loss stage, and the
+   optimizer.
+2. **Replay.** Every later call with that signature runs the program: the stages'
+   forwards in order, the loss, the backwards in reverse order, the optimizer. No
+   graph is built: each stage keeps what its backward needs and hands the gradient
+   of its input to the stage before it.
+
+The stages:
+
+* ``DenseStage``: a ``Dense`` layer (2-D input of its kernel's dtype, any activation
+  but softmax, no forward hooks) replayed from the kernel table's unchecked compute
+  functions (``table.compute.linear_forward`` / ``linear_backward``, see
+  ``nanodl.backend.table``): no node, no Tensor, no argument checks. Its gradients go
+  to ``kernel.grad`` and ``bias.grad``, where the engine would leave them.
+* ``EngineStage``: any other layer (Dropout, BatchNorm, an activation, a custom
+  layer, or a whole model that is not a plain ``Sequential``) runs through the
+  engine, on a leaf tensor holding its input. Its Python code runs every step, so
+  its side effects (dropout's random masks, BatchNorm's moving averages) happen
+  exactly as in the eager step, drawing the same random numbers in the same order.
+* the loss: the fused softmax cross-entropy (a softmax head trained with a
+  cross-entropy, ``nn.model.fuse_logits``, or a sparse cross-entropy from logits)
+  calls its op's own ``forward`` and ``backward`` without building a node (the op
+  still checks the labels: they are new data every step); any other loss runs
+  through the engine.
+* the optimizer's own ``step()`` (its bookkeeping, learning rate and schedule are
+  its own), with the unchecked compute functions in place of the checked table.
+
+Every stage calls the same functions, in the same order, on the same arrays as the
+eager step, so the results are identical bit for bit; the tests hold them to that
+(every optimizer, dropout, BatchNorm, a last partial batch, a learning-rate
+schedule, both CPU kernel tables). A new signature is captured again; the last
+``KEPT_SIGNATURES`` programs are kept, so a last partial batch does not recapture
+every epoch. Weight penalties and a parameter shared by two layers are not captured
+(their gradients meet in one sum whose order the stages would have to mimic): such
+steps stay eager, and ``reason`` says why. ``docs/capture.md`` walks through it.
+
+>>> import numpy as np, nanodl as nd
+>>> from nanodl import nn, optim
+>>> from nanodl.capture import DenseStage
+>>> nd.manual_seed(0)
+>>> model = nn.Sequential([nn.Dense(16, activation='relu', input_dim=4), nn.Dense(3)])
+>>> opt = optim.SGD(model.parameters(), lr=0.1)
+>>> step = nd.CapturedStep(model, nd.losses.SparseCategoricalCrossentropy(from_logits=True), opt)
+>>> x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+>>> y = np.arange(8) % 3
+>>> first = step(x, y)                # the capture: an eager step, then the program is built
+>>> second = step(x, y)               # a replay
+>>> second < first, all(isinstance(s, DenseStage) for s in step.stages), len(step.stages)
+(True, True, 2)
+"""
+import numpy as np
+
+from . import autograd
+from . import losses as losses_module
+from .backend import array_module, device_of, get_kernels, kernels, threads
+from .tensor import Tensor
+
+__all__ = ["CapturedStep", "KEPT_SIGNATURES"]
+
+KEPT_SIGNATURES = 4  # programs kept per step (full batches, the last partial batch, ...)
+
+
+def _leaf(data, requires_grad=False):
+    """A leaf Tensor around ``data`` itself: no copy, no checks (the data is ours)."""
+    tensor = Tensor.__new__(Tensor)
+    tensor.data, tensor.grad, tensor.grad_fn, tensor.name = data, None, None, None
+    tensor.requires_grad = requires_grad
+    return tensor
+
+
+def _seed_gradient(loss):
+    """d(loss)/d(loss): what ``Tensor.backward()`` starts from for a scalar loss."""
+    return array_module(loss).ones_like(loss)
+
+
+# ---------------------------------------------------------------- stages
+class DenseStage:
+    """A ``Dense`` layer from the kernel table's compute functions: no node, no checks."""
+
+    def __init__(self, layer, activation, alpha, need_x, table):
+        self.layer, self.kernel, self.bias = layer, layer.kernel, layer.bias
+        self.activation, self.alpha, self.need_x = activation, alpha, need_x
+        self.need_kernel = self.kernel.requires_grad
+        self.need_bias = self.bias is not None and self.bias.requires_grad
+        self.requires_grad = need_x or self.need_kernel or self.need_bias  # of the output
+        self.forward_kernel = table.compute.linear_forward
+        self.backward_kernel = table.compute.linear_backward
+        self.x = self.saved = None
+
+    def forward(self, x):
+        kernel = self.kernel.data
+        bias = None if self.bias is None else self.bias.data
+        with threads.gemm(x.shape[0], kernel.shape[0], kernel.shape[1]):
+            out, saved = self.forward_kernel(x, kernel, bias, self.activation, self.alpha)
+        if self.requires_grad:
+            self.x, self.saved = x, saved
+        return out
+
+    def backward(self, grad):
+        kernel = self.kernel.data
+        with threads.gemm(self.x.shape[0], kernel.shape[0], kernel.shape[1]):
+            dx, dkernel, dbias = self.backward_kernel(
+                self.x, kernel, self.saved, grad, self.activation, self.alpha,
+                self.need_x, self.need_kernel, self.need_bias)
+        if self.need_kernel:
+            self.kernel.grad = dkernel
+        if self.need_bias:
+            self.bias.grad = dbias
+        self.x = self.saved = None  # freed after backward, as the engine does
+        return dx
+
+    def unchanged(self):
+        """Whether the layer still holds the parameters this stage was built with."""
+        return self.layer.kernel is self.kernel and self.layer.bias is self.bias
+
+
+class NativeDenseStage(DenseStage):
+    """A ``DenseStage`` on the compiled table with preallocated buffers: each step
+    writes the same arrays (``np.matmul(..., out=)`` and the csrc loops that
+    ``kernels_native.linear_forward`` / ``linear_backward`` run, in their order), so
+    a replay allocates nothing. The kernel and bias gradients are these buffers too:
+    like PyTorch's ``.grad``, each step overwrites them.
+    """
+
+    def __init__(self, layer, activation, alpha, need_x, table, rows):
+        super().__init__(layer, activation, alpha, need_x, table)
+        from .backend import _linear
+        from .backend.activations import CODES, OUTPUT_GRAD_ACTIVATIONS
+        kernel = self.kernel.data
+        dtype, (inputs, units) = kernel.dtype, kernel.shape
+        kind = "float" if dtype == np.float32 else "double"
+        self.code = CODES[activation]
+        self.bias_act, self.act_grad = _linear.bias_act[kind], _linear.act_grad[kind]
+        self.z = np.empty((rows, units), dtype)
+        self.in_place = activation in OUTPUT_GRAD_ACTIVATIONS  # out is z itself, as the table
+        self.run_bias_act = not (self.in_place and activation == "linear" and self.bias is None)
+        self.out = self.z if self.in_place else np.empty((rows, units), dtype)
+        self.dz = None if activation == "linear" else np.empty((rows, units), dtype)
+        self.dx = np.empty((rows, inputs), dtype) if need_x else None
+        self.dkernel = np.empty((inputs, units), dtype) if self.need_kernel else None
+        self.dbias = np.empty(units, dtype) if self.need_bias else None
+        self.work = rows * inputs * units
+        self.always_serial = self.work <= threads.GEMM_SERIAL_ANYWAY  # no scope needed
+
+    def forward(self, x):
+        kernel = self.kernel.data
+        bias = None if self.bias is None else self.bias.data
+        z = self.z
+        if self.always_serial:
+            np.matmul(x, kernel, out=z)
+        else:
+            with threads.gemm(x.shape[0], kernel.shape[0], kernel.shape[1]):
+                np.matmul(x, kernel, out=z)
+        if self.run_bias_act:
+            self.bias_act(self.code, z, bias, self.out, self.alpha)
+        if self.requires_grad:
+            self.x = x
+        return self.out
+
+    def backward(self, grad):
+        kernel, x = self.kernel.data, self.x
+        if self.dz is None:
+            dz = grad
+        else:
+            dz = self.dz
+            self.act_grad(self.code, self.z.ravel(), grad.ravel(), dz.ravel(), self.alpha)
+        with threads.UNCHANGED if self.always_serial else \
+                threads.gemm(x.shape[0], kernel.shape[0], kernel.shape[1]):
+            if self.need_x:
+                np.matmul(dz, kernel.T, out=self.dx)
+            if self.need_kernel:
+                np.matmul(x.T, dz, out=self.dkernel)
+                self.kernel.grad = self.dkernel
+        if self.need_bias:
+            dz.sum(axis=0, out=self.dbias)
+            self.bias.grad = self.dbias
+        self.x = None
+        return self.dx
+
+
+class EngineStage:
+    """Any function of one Tensor (a layer, a model's forward) through the engine."""
+
+    def __init__(self, function, need_x):
+        self.function, self.need_x = function, need_x
+        self.x = self.out = None
+
+    def forward(self, x):
+        self.x = _leaf(x, self.need_x)
+        self.out = self.function(self.x)
+        return self.out.data
+
+    def backward(self, grad):
+        x, out = self.x, self.out
+        self.x = self.out = None
+        if out is x:  # the layer handed its input back (Flatten of a 2-D batch)
+            return grad
+        if out.grad_fn is not None:
+            autograd.backward(out, grad)
+        return x.grad
+
+    def unchanged(self):
+        return True
+
+
+class SoftmaxXentLoss:
+    """The fused softmax cross-entropy, mean over the batch, from the compute functions:
+    the arithmetic of ``ops.loss.SoftmaxCrossEntropy`` without its node and checks.
+
+    Only the label *values* are new each step: unless the caller vouches for them
+    (``fit`` checked every label once), they are scanned (one pass) and a bad one is
+    handed to the checked kernel, which raises its usual error.
+    """
+
+    def __init__(self, table, logits, labels_checked):
+        self.table = table
+        self.forward_kernel = table.compute.softmax_xent_forward
+        self.backward_kernel = table.compute.softmax_xent_backward
+        self.scan_labels = None if labels_checked else table.device.scan_labels
+        xp, rows = array_module(logits), len(logits)
+        self.rows = max(rows, 1)
+        # d(mean)/d(loss_i) from the seed d(loss)/d(loss) = 1, as the op's backward
+        # computes it every step (it is the same every step).
+        self.row_grad = xp.empty(rows, dtype=logits.dtype)
+        self.row_grad[...] = xp.ones((), dtype=logits.dtype) / self.rows
+
+    def __call__(self, logits, target, weight):
+        if self.scan_labels is not None and target.ndim == 1:
+            target, bad = self.scan_labels(target, logits.shape[1])
+            if bad >= 0:
+                self.table.softmax_xent_forward(logits, target)  # raises the table's error
+        losses, probs = self.forward_kernel(logits, target)
+        loss = np.asarray(losses.sum() / self.rows)
+        return loss, self.backward_kernel(probs, target, self.row_grad)
+
+
+class EngineLoss:
+    """Any loss ``loss_fn(out, target, weight) -> scalar Tensor``, through the engine."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn
+
+    def __call__(self, out, target, weight):
+        leaf = _leaf(out, True)
+        loss = self.loss_fn(leaf, target, weight)
+        if loss.grad_fn is not None:
+            autograd.backward(loss, _seed_gradient(loss.data))
+        return loss.data, leaf.grad
+
+
+class _Program:
+    """What one signature replays: stages, loss, parameters, optimizer."""
+
+    def __init__(self, stages, loss, params, optimizer, compute):
+        self.stages, self.loss, self.params = stages, loss, params
+        self.optimizer, self.compute = optimizer, compute
+
+    def run(self, x, target, weight):
+        for param in self.params:
+            param.grad = None
+        out = x
+        for stage in self.stages:                     # 1. forward
+            out = stage.forward(out)
+        loss, grad = self.loss(out, target, weight)   # 2. loss, and d(loss)/d(out)
+        for stage in reversed(self.stages):           # 3. backward
+            if grad is None:
+                break
+            grad = stage.backward(grad)
+        optimizer = self.optimizer                    # 4. optimizer step, unchecked kernels
+        optimizer._kernels = self._compute_table
+        try:
+            optimizer.step()
+        finally:
+            del optimizer._kernels
+        return loss, out
+
+    def _compute_table(self, data):
+        return self.compute
+
+
+# ---------------------------------------------------------------- the captured step
+class CapturedStep:
+    """One training step of ``model``: forward, ``loss``, backward, ``optimizer.step()``,
+    captured on first use and replayed after (see the module docstring).
+
+    ``loss`` is a loss name, a ``nanodl.losses`` function or ``Loss`` instance, or a
+    callable ``loss(pred, target)`` returning a scalar Tensor; ``optimizer`` updates
+    the model's parameters. ``step(x, y)`` trains on one batch and returns its loss
+    as a float, exactly as the eager step below would::
+
+        out = model(nd.Tensor(x)); loss = loss_fn(out, y)
+        for p in model.parameters(): p.grad = None
+        loss.backward(); optimizer.step()
+
+    ``step.run(x, y, weight=None)`` takes prepared arrays and returns ``(loss, out)``
+    as arrays. ``stages`` and ``loss_stage`` show the last program; ``reason`` says
+    why a step is not captured (then every call is the eager step).
+    """
+
+    def __init__(self, model, loss, optimizer):
+        from .nn.model import _compiled_loss, fuse_logits
+        name, config = losses_module.describe(loss)
+        config = config or {}
+        fused = fuse_logits(model, name, config)
+        if fused is not None:
+            forward, loss_fn, kind = fused
+        else:
+            forward, loss_fn, kind = model, _compiled_loss(loss, name, config), None
+            if name == "sparse_categorical_crossentropy" and config.get("from_logits") and \
+                    config.get("reduction", "mean") == "mean":
+                kind = "from_logits"
+
+        def eager(x, target, weight):
+            out = forward(Tensor(x))
+            loss_value = self._loss(out, target, weight)
+            for param in model.parameters():
+                param.grad = None
+            loss_value.backward()
+            optimizer.step()
+            return loss_value, out
+
+        self._setup(model, optimizer, forward, kind, eager, model.parameters)
+        self._loss_fn = loss_fn
+        self._labels_checked = False  # a user's labels: scanned every step
+
+    @classmethod
+    def for_plan(cls, plan):
+        """The captured twin of ``Model._train_step`` for one ``fit``'s ``_Plan``."""
+        step = cls.__new__(cls)
+        model = plan.model
+        step._setup(model, plan.optimizer, plan.forward, plan.logits,
+                    lambda x, target, weight: model._train_step(plan, x, target, weight),
+                    lambda: plan.params)
+        step._loss = plan.loss
+        step._labels_checked = True  # fit checked every label of the data once
+        if plan.penalty is not None:
+            step.reason = "weight penalties"
+        return step
+
+    def _setup(self, model, optimizer, forward, kind, eager, params):
+        self.model, self.optimizer = model, optimizer
+        self._forward, self._kind, self._eager, self._params = forward, kind, eager, params
+        self._programs = {}
+        self.stages, self.loss_stage, self.reason = (), None, None
+
+    def _loss(self, out, target, weight=None):
+        if weight is None:
+            return self._loss_fn(out, target)
+        per_sample = self._loss_fn(out, target, "none")
+        if per_sample.ndim != 1:
+            per_sample = per_sample.reshape(len(target), -1).mean(axis=1)
+        return (per_sample * Tensor(weight)).sum() * (1.0 / len(target))
+
+    # ------------------------------------------------------------ running
+    def __call__(self, x, y, weight=None):
+        x = x.data if isinstance(x, Tensor) else np.asarray(x) if not hasattr(
+            x, "__cuda_array_interface__") else x
+        y = y.data if isinstance(y, Tensor) else y
+        loss, _ = self.run(x, y if hasattr(y, "__cuda_array_interface__") else np.asarray(y),
+                           None if weight is None else np.asarray(weight))
+        return float(loss)
+
+    def run(self, x, target, weight=None):
+        """Train on one batch of prepared arrays; returns ``(loss, out)`` as arrays."""
+        key = (x.shape, x.dtype, target.shape, target.dtype, weight is None, device_of(x),
+               get_kernels(), id(self.optimizer._params))
+        program = self._programs.get(key)
+        if program is not None:
+            for stage in program.stages:
+                if not stage.unchanged():
+                    break
+            else:
+                return program.run(x, target, weight)
+        loss, out = self._capture(key, x, target, weight)
+        return loss.data, out.data
+
+    # ------------------------------------------------------------ capturing
+    def _capture(self, key, x, target, weight):
+        """The eager step, traced (what each layer received and returned), then compiled."""
+        layers = self._layers()
+        seen = {}
+
+        def record(module, args, out):  # returns None: the output stays as it is
+            seen.setdefault(id(module), (args[0], out))
+        handles = [layer.register_forward_hook(record)
+                   for layer, _, _ in layers if hasattr(layer, "register_forward_hook")]
+        try:
+            loss, out = self._eager(x, target, weight)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.reason is None:
+            program = self._compile(x, target, weight, out.data, layers, seen)
+            if program is not None:
+                if len(self._programs) >= KEPT_SIGNATURES:
+                    self._programs.pop(next(iter(self._programs)))
+                self._programs[key] = program
+                self.stages, self.loss_stage = tuple(program.stages), program.loss
+        return loss, out
+
+    def _layers(self):
+        """``(layer, activation, alpha)`` in the order the forward calls them; activation
+        None means the layer's own call. A model that is not a plain Sequential is one
+        opaque layer (its forward)."""
+        from .nn.layers import Dense
+        from .nn.model import Sequential
+        model = self.model
+        if not isinstance(model, Sequential) or type(model).forward is not Sequential.forward:
+            return [(self._forward, None, None)]
+        layers = list(model.layers)
+        result = []
+        for index, layer in enumerate(layers):
+            if index == len(layers) - 1 and self._kind in ("softmax", "sigmoid"):
+                result.append((layer, "linear", 0.0))  # fused head: pre_activation (logits)
+            elif isinstance(layer, Dense):
+                result.append((layer, layer.activation, layer.alpha))
+            else:
+                result.append((layer, None, None))
+        return result
+
+    def _compile(self, x, target, weight, out, layers, seen):
+        """The program for batches like this one, or None (and ``reason``)."""
+        from .nn.layers import Dense
+        params = list(self._params())
+        if len({id(p) for p in params}) != len(params) or \
+                len({id(layer) for layer, _, _ in layers}) != len(layers):
+            self.reason = "a parameter is used by two layers"
+            return None
+        if any(module.penalties() for module in self.model.modules()):
+            self.reason = "weight penalties"
+            return None
+        table = kernels(x)
+        stages, need_x = [], False
+        layer_input = x  # what the next layer receives (a Tensor or, first, the batch)
+        for layer, activation, alpha in layers:
+            received, returned = seen.get(id(layer), (layer_input, None))
+            if isinstance(layer, Dense) and activation not in (None, "softmax") \
+                    and not layer.__dict__.get("_forward_hooks") \
+                    and received.ndim == 2 and received.dtype == layer.kernel.dtype:
+                if table.name == "native":
+                    stage = NativeDenseStage(layer, activation, alpha, need_x, table,
+                                             received.shape[0])
+                else:
+                    stage = DenseStage(layer, activation, alpha, need_x, table)
+                need_x = stage.requires_grad
+            else:
+                head = activation == "linear" and isinstance(layer, Dense)
+                stage = EngineStage(layer.pre_activation if head else layer, need_x)
+                need_x = True  # whether the output needs a gradient is the engine's business
+            stages.append(stage)
+            layer_input = returned if returned is not None else _Like(received, layer)
+        if self._kind in ("softmax", "from_logits") and weight is None and out.ndim == 2 \
+                and (target.ndim == 2 or target.dtype.kind in "iu"):
+            loss = SoftmaxXentLoss(table, out, self._labels_checked)
+        else:
+            loss = EngineLoss(self._loss)
+        return _Program(stages, loss, params, self.optimizer, table.compute)
+
+
+class _Like:
+    """The shape and dtype a Dense layer returned when no hook saw it (the fused head
+    is called as ``pre_activation``, which runs no hooks; nothing follows it)."""
+
+    def __init__(self, received, layer):
+        kernel = getattr(layer, "kernel", None)
+        self.ndim = getattr(received, "ndim", None)
+        self.dtype = kernel.dtype if kernel is not None else getattr(received, "dtype", None)

@@ -1,0 +1,272 @@
+"""Captured training steps (nanodl.capture): bit-for-bit equal to the eager step.
+
+Every test trains two identical models from the same seed, one eagerly and one
+through a captured step, and compares every weight (and every reported loss) with
+exact equality, on both CPU kernel tables (the ``kernel_table`` fixture).
+"""
+import numpy as np
+import pytest
+
+import nanodl as nd
+from nanodl import autograd, backend, callbacks, losses, nn, optim
+from nanodl.capture import (CapturedStep, DenseStage, EngineLoss, EngineStage, NativeDenseStage,
+                            SoftmaxXentLoss)
+
+OPTIMIZERS = {
+    "sgd": lambda: optim.SGD(lr=0.05),
+    "sgd-nesterov-wd": lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda: optim.Adam(lr=1e-2),
+    "adam-amsgrad-wd": lambda: optim.Adam(lr=1e-2, amsgrad=True, weight_decay=1e-3),
+    "adamw": lambda: optim.AdamW(lr=1e-2),
+    "adagrad": lambda: optim.Adagrad(lr=0.05, lr_decay=0.01, weight_decay=1e-3),
+    "rmsprop-centered-momentum": lambda: optim.RMSprop(lr=1e-3, momentum=0.5, centered=True),
+}
+
+
+def data(n=50, features=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    return x, rng.integers(0, classes, n)
+
+
+def mlp(extra=tuple, head="softmax", units=3):
+    nd.manual_seed(1)
+    return nn.Sequential([nn.Dense(16, activation="relu", input_dim=6), *extra(),
+                          nn.Dense(8, activation="tanh", input_dim=16),
+                          nn.Dense(units, activation=head, input_dim=8)])
+
+
+def assert_same_weights(a, b):
+    for (name, first), second in zip(a.state_dict().items(), b.state_dict().values()):
+        np.testing.assert_array_equal(first, second, err_msg=name)
+
+
+def fit_both(make_model, optimizer, loss, x, y, **fit_args):
+    """The same fit twice from the same seed, eager then captured; both histories."""
+    histories = []
+    models = []
+    for capture in (False, True):
+        model = make_model()
+        model.compile(optimizer=OPTIMIZERS[optimizer](), loss=loss)
+        nd.manual_seed(7)  # shuffling and dropout draw from here
+        histories.append(model.fit(x, y, verbose=0, capture=capture, **fit_args).history)
+        models.append(model)
+    assert histories[0] == histories[1]
+    assert_same_weights(*models)
+    return models
+
+
+@pytest.fixture
+def captured_steps(monkeypatch):
+    """Every CapturedStep that fit creates, to look at the programs it replayed."""
+    made = []
+    original = CapturedStep.for_plan.__func__
+
+    def spy(cls, plan):
+        made.append(original(cls, plan))
+        return made[-1]
+    monkeypatch.setattr(CapturedStep, "for_plan", classmethod(spy))
+    return made
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_fit_capture_matches_eager_for_every_optimizer(kernel_table, optimizer, captured_steps):
+    x, y = data()
+    fit_both(mlp, optimizer, "sparse_categorical_crossentropy", x, y, epochs=3, batch_size=16)
+    (step,) = captured_steps
+    assert all(isinstance(s, NativeDenseStage) == (kernel_table == "native") for s in step.stages)
+    assert all(isinstance(s, DenseStage) for s in step.stages) and len(step.stages) == 3
+    assert isinstance(step.loss_stage, SoftmaxXentLoss) and len(step._programs) == 2  # 16 and 2 rows
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_dropout_masks_are_fresh_each_step_and_equal(kernel_table, optimizer):
+    x, y = data()
+    eager, captured = fit_both(lambda: mlp(lambda: [nn.Dropout(0.5)]), optimizer,
+                               "sparse_categorical_crossentropy", x, y, epochs=3, batch_size=16)
+    # Fresh masks: the same batch twice through the captured step gives different losses.
+    step = CapturedStep(captured, "sparse_categorical_crossentropy", captured.optimizer)
+    captured.train()
+    losses_seen = {step(x[:16], y[:16]) for _ in range(4)}
+    assert len(losses_seen) == 4
+
+
+def test_batchnorm_moving_statistics_match(kernel_table, captured_steps):
+    x, y = data()
+    eager, captured = fit_both(lambda: mlp(lambda: [nn.BatchNorm()]), "adam",
+                               "sparse_categorical_crossentropy", x, y, epochs=3, batch_size=16)
+    assert [isinstance(s, DenseStage) for s in captured_steps[0].stages] == [True, False, True, True]
+    bn = captured.layers[1]
+    assert not np.array_equal(bn.moving_mean, np.zeros_like(bn.moving_mean))
+
+
+def test_learning_rate_schedule_and_partial_batches(kernel_table):
+    x, y = data(n=45)  # 16 + 16 + 13: the last batch has its own signature
+    schedule = callbacks.LearningRateScheduler(lambda epoch: 0.1 * 0.5 ** epoch)
+    for capture in (False, True):
+        model = mlp()
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        nd.manual_seed(7)
+        model.fit(x, y, epochs=4, batch_size=16, verbose=0, capture=capture, callbacks=[schedule])
+        if capture:
+            assert_same_weights(eager, model)
+            assert model.history.history["lr"] == [0.1, 0.05, 0.025, 0.0125]
+        eager = model
+
+
+@pytest.mark.parametrize("loss, head, units", [("mse", None, 2), ("binary_crossentropy", "sigmoid", 1),
+                                               ("categorical_crossentropy", "softmax", 3)])
+def test_other_losses_run_through_the_engine_and_match(kernel_table, loss, head, units):
+    x, y = data()
+    target = {"mse": np.stack([x[:, 0], x[:, 1] * x[:, 2]], axis=1),
+              "binary_crossentropy": (x[:, :1] > 0).astype(np.float32),
+              "categorical_crossentropy": np.eye(3, dtype=np.float32)[y]}[loss]
+    fit_both(lambda: mlp(head=head, units=units), "adam", loss, x, target, epochs=2, batch_size=16)
+
+
+def test_sample_weights_and_validation_match(kernel_table):
+    x, y = data()
+    weight = np.linspace(0.5, 1.5, len(x))
+    fit_both(mlp, "adam", "sparse_categorical_crossentropy", x, y, epochs=2, batch_size=16,
+             sample_weight=weight, validation_split=0.2)
+
+
+def test_regularized_models_stay_eager_and_match(kernel_table):
+    x, y = data()
+
+    def regularized():
+        nd.manual_seed(1)
+        return nn.Sequential([nn.Dense(8, activation="relu", input_dim=6,
+                                       kernel_regularizer=nd.regularizers.l2(1e-2)), nn.Dense(3)])
+    fit_both(regularized, "sgd", losses.SparseCategoricalCrossentropy(from_logits=True), x, y,
+             epochs=2, batch_size=16)
+
+
+# ---------------------------------------------------------------- hand-written loops
+def eager_loop(model, loss_fn, opt, batches):
+    values = []
+    for x, y in batches:
+        out = model(nd.Tensor(x))
+        loss = loss_fn(out, y)
+        for p in model.parameters():
+            p.grad = None
+        loss.backward()
+        opt.step()
+        values.append(float(loss.data))
+    return values
+
+
+def test_hand_written_loop_matches_and_builds_no_graph(kernel_table):
+    x, y = data(n=64)
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)] * 2
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    nd.manual_seed(1)
+    model_a = nn.Sequential([nn.Dense(16, activation="gelu", input_dim=6), nn.Dense(3, input_dim=16)])
+    nd.manual_seed(1)
+    model_b = nn.Sequential([nn.Dense(16, activation="gelu", input_dim=6), nn.Dense(3, input_dim=16)])
+    opt_a, opt_b = optim.Adam(model_a.parameters()), optim.Adam(model_b.parameters())
+    expected = eager_loop(model_a, loss, opt_a, batches)
+    step = CapturedStep(model_b, loss, opt_b)
+    got = [step(*batches[0])]
+    assert [isinstance(s, DenseStage) for s in step.stages] == [True, True]
+    assert isinstance(step.loss_stage, SoftmaxXentLoss)
+    nodes = []
+    autograd.forward_hooks.append(lambda node, *rest: nodes.append(node))
+    try:
+        got += [step(bx, by) for bx, by in batches[1:]]
+    finally:
+        autograd.forward_hooks.pop()
+    assert nodes == []  # the replays created no Function node at all
+    assert got == expected
+    assert_same_weights(model_a, model_b)
+
+
+def test_changing_batch_size_recaptures(kernel_table):
+    x, y = data(n=60)
+    sizes = [16, 16, 7, 16, 7, 3, 16]
+    batches, start = [], 0
+    for size in sizes:
+        batches.append((x[start % 40:start % 40 + size], y[start % 40:start % 40 + size]))
+        start += size
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    model_a, model_b = mlp(head=None), mlp(head=None)
+    opt_a, opt_b = optim.SGD(model_a.parameters(), lr=0.1), optim.SGD(model_b.parameters(), lr=0.1)
+    expected = eager_loop(model_a, loss, opt_a, batches)
+    step = CapturedStep(model_b, loss, opt_b)
+    got = [step(bx, by) for bx, by in batches]
+    np.testing.assert_array_equal(got, expected)
+    assert_same_weights(model_a, model_b)
+    assert len(step._programs) == 3  # 16, 7 and 3 rows
+
+
+def test_optimizer_swap_and_table_switch_recapture(kernel_table):
+    x, y = data(n=32)
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    nd.manual_seed(1)
+    model_a = nn.Sequential([nn.Dense(8, activation="elu", input_dim=6), nn.Dense(3, input_dim=8)])
+    nd.manual_seed(1)
+    model_b = nn.Sequential([nn.Dense(8, activation="elu", input_dim=6), nn.Dense(3, input_dim=8)])
+    opt_a, opt_b = optim.Adam(model_a.parameters()), optim.Adam(model_b.parameters())
+    step = CapturedStep(model_b, loss, opt_b)
+    assert eager_loop(model_a, loss, opt_a, [(x, y)] * 3) == [step(x, y) for _ in range(3)]
+    # A new parameter list (set_params: here the first layer frozen out) is a new signature.
+    opt_a.set_params(model_a.layers[1].parameters())
+    opt_b.set_params(model_b.layers[1].parameters())
+    assert eager_loop(model_a, loss, opt_a, [(x, y)] * 2) == [step(x, y) for _ in range(2)]
+    assert len(step._programs) == 2
+    other = "numpy" if backend.get_kernels() == "native" else "native"
+    if backend.native_available():
+        backend.set_kernels(other)
+        assert eager_loop(model_a, loss, opt_a, [(x, y)] * 2) == [step(x, y) for _ in range(2)]
+        assert len(step._programs) == 3
+    assert_same_weights(model_a, model_b)
+
+
+def test_replacing_a_layers_weights_recaptures(kernel_table):
+    x, y = data(n=16)
+    model = mlp()
+    step = CapturedStep(model, "sparse_categorical_crossentropy", optim.SGD(model.parameters()))
+    step(x, y)
+    old_stage = step.stages[0]
+    model.layers[0].kernel = nn.Parameter(model.layers[0].kernel.data.copy())
+    step.optimizer.set_params(model.parameters())
+    step(x, y)
+    assert step.stages[0] is not old_stage and step.stages[0].kernel is model.layers[0].kernel
+
+
+def test_opaque_models_and_penalties_say_how_they_run(kernel_table):
+    class Custom(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = nn.Dense(3, input_dim=6)
+
+        def forward(self, x):
+            return self.dense(x) * 2.0
+
+    x, y = data(n=16)
+    model = Custom()
+    step = CapturedStep(model, losses.SparseCategoricalCrossentropy(from_logits=True),
+                        optim.SGD(model.parameters()))
+    step(x, y)
+    step(x, y)
+    assert [type(s) for s in step.stages] == [EngineStage] and step.reason is None
+    regularized = nn.Sequential([nn.Dense(3, input_dim=6, kernel_regularizer=nd.regularizers.l2(0.1))])
+    step = CapturedStep(regularized, "mse", optim.SGD(regularized.parameters()))
+    step(x, np.zeros((16, 3), np.float32))
+    assert step.reason == "weight penalties" and step.stages == ()
+    model = mlp(head=None)
+    step = CapturedStep(model, "mse", optim.SGD(model.parameters()))
+    step(x, np.zeros((16, 3), np.float32))
+    assert isinstance(step.loss_stage, EngineLoss) and step.reason is None
+
+
+def test_bad_labels_in_a_replay_raise_the_kernels_error(kernel_table):
+    x, y = data(n=16)
+    model = mlp(head=None)
+    step = CapturedStep(model, losses.SparseCategoricalCrossentropy(from_logits=True),
+                        optim.SGD(model.parameters()))
+    step(x, y)
+    bad = y.copy()
+    bad[5] = 3
+    with pytest.raises(ValueError, match="label 3 at index 5 is out of range"):
+        step(x, bad)
