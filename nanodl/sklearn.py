@@ -39,7 +39,6 @@ alone never does.
 (True, (3, 2))
 """
 import contextlib
-import inspect
 import numbers
 import sys
 import warnings
@@ -274,10 +273,7 @@ class _BaseMLP(BaseEstimator):
     def _fit(self, x, y, sample_weight, partial, classes=None):
         first = not (partial and hasattr(self, "model_"))
         x, y = self._validate(x, y, reset=first)
-        if sample_weight is not None:
-            if not self._fit_takes_sample_weight():
-                raise TypeError(f"{type(self).__name__}: sample_weight needs nanodl's weighted fit, "
-                                "which this nanodl version lacks")
+        if sample_weight is not None:  # passed on to Model.fit, which scales each sample's loss
             sample_weight = _check_sample_weight(sample_weight, x, dtype=np.float64)
         self._check_params()
         y = self._prepare_targets(y, first, partial, classes, sample_weight)
@@ -296,11 +292,11 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def fit(self, X, y, sample_weight=None):
-        """Train a new network on ``(X, y)`` for up to ``max_iter`` epochs; returns self."""
-        return self._fit(X, y, sample_weight, partial=False)
+        """Train a new network on ``(X, y)`` for up to ``max_iter`` epochs; returns self.
 
-    def _fit_takes_sample_weight(self):
-        return "sample_weight" in inspect.signature(Model.fit).parameters
+        ``sample_weight`` (one per sample) scales each sample's loss (``Model.fit``'s).
+        """
+        return self._fit(X, y, sample_weight, partial=False)
 
     # ------------------------------------------------------------ data
     def _validate(self, x, y, reset=True):

@@ -256,6 +256,21 @@ def test_early_stopping_keeps_the_best_validation_epoch():
     assert reg.best_validation_score_ == max(reg.validation_scores_)
 
 
+def test_sample_weight_reaches_nanodls_weighted_fit():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 2)).astype(np.float32)
+    y = (x[:, 0] + 0.8 * rng.standard_normal(400) > 0).astype(int)  # overlapping classes
+    recalls = []
+    for weight_of_one in (1.0, 10.0):
+        weights = np.where(y == 1, weight_of_one, 1.0)
+        clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=30, learning_rate_init=0.01,
+                            random_state=0).fit(x, y, sample_weight=weights)
+        recalls.append(float((clf.predict(x)[y == 1] == 1).mean()))
+    assert recalls[1] > recalls[0] + 0.05 and recalls[1] > 0.95  # heavier class 1: found more often
+    with pytest.raises(ValueError, match="sample_weight"):
+        MLPClassifier(max_iter=1).fit(x, y, sample_weight=np.ones(3))
+
+
 def test_alpha_is_an_l2_penalty():
     x, positive = two_blobs()
     norms = []
