@@ -8,7 +8,16 @@ import importlib.util
 
 from nanodl.backend.cuda import cuda_status
 
+
+
+def _installed(package):
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 collect_ignore = [] if cuda_status() is None else ["nanodl/backend/kernels_cupy.py"]
 OPTIONAL = {"nanodl/onnx.py": ("onnx", "onnxruntime"), "nanodl/sklearn.py": ("sklearn",)}
 collect_ignore += [path for path, packages in OPTIONAL.items()
-                   if any(importlib.util.find_spec(package) is None for package in packages)]
+                   if not all(_installed(package) for package in packages)]

@@ -52,6 +52,10 @@ def _modules():
     skipped = {"nanodl.__main__"}  # runs the command line, by design
     if nanodl.backend.cuda.cuda_status() is not None:
         skipped.add("nanodl.backend.kernels_cupy")  # needs CuPy and a GPU
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        skipped.add("nanodl.sklearn")  # imports scikit-learn, an optional extra, by design
     return [name for name in names if name not in skipped]
 
 

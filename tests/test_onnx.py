@@ -284,3 +284,16 @@ def test_cli_export_onnx_into_a_missing_folder_fails_cleanly(tmp_path, capsys):
                    "--export-onnx", str(tmp_path / "no" / "such" / "m.onnx")])
     assert status == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_cli_export_onnx_without_onnx_stops_before_training(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from nanodl.cli import main
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else real_find_spec(name, *a))
+    status = main(["train", "--dataset", "xor", "--export-onnx", str(tmp_path / "m.onnx")])
+    captured = capsys.readouterr()
+    assert status == 2 and r"nanodl[onnx]" in captured.err
+    assert "test accuracy" not in captured.out  # refused before any training
