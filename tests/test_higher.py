@@ -240,3 +240,54 @@ def test_higher_derivatives_match_central_differences(case, order):
     """Second and third derivatives of every registered op (broadcasting cases included)."""
     spec, shapes = case
     check_order(spec, shapes, order)
+
+
+def test_every_built_in_op_defines_a_vjp():
+    """No op of nanodl.ops falls back to Function.vjp (which refuses create_graph)."""
+    import inspect
+    from nanodl import ops
+    from nanodl.ops import activation, elementwise, linear, loss, reduce, shape
+    missing = [cls.__name__ for module in (activation, elementwise, linear, loss, reduce, shape, ops)
+               for cls in vars(module).values()
+               if inspect.isclass(cls) and issubclass(cls, nd.Function) and cls is not nd.Function
+               and not cls.__name__.startswith("_")
+               and cls.vjp is nd.Function.vjp]
+    assert not missing, f"ops without a vjp: {missing}"
+
+
+def test_hessian_vector_product_through_every_layer_kind():
+    """A model made of every layer kind is differentiable twice (parameters' hvp vs differences)."""
+    from nanodl import nn
+    rng = np.random.default_rng(9)
+    nd.set_default_dtype("float64")
+    try:
+        nd.manual_seed(0)
+        model = nn.Sequential([nn.Dense(6, activation="tanh"), nn.LayerNorm(), nn.Dense(5),
+                               nn.GELU(), nn.BatchNorm(), nn.Dense(3, activation="softmax")])
+        x = nd.tensor(rng.standard_normal((8, 4)))
+        labels = rng.integers(0, 3, 8)
+        model(x)
+        params = list(model.parameters())
+
+        def loss_of():
+            return nd.losses.sparse_categorical_crossentropy(model(x), labels)
+        grads = nd.grad(loss_of(), params, create_graph=True)
+        direction = [rng.standard_normal(p.shape) for p in params]
+        contracted = sum(((g * nd.tensor(d)).sum() for g, d in zip(grads, direction)), nd.tensor(0.0))
+        hvp = nd.grad(contracted, params, allow_unused=True)
+
+        eps = 1e-6
+        originals = [p.data.copy() for p in params]
+
+        def gradient_at(step):
+            for p, o, d in zip(params, originals, direction):
+                p.data[...] = o + step * d
+            return [g.data for g in nd.grad(loss_of(), params)]
+        up, down = gradient_at(eps), gradient_at(-eps)
+        gradient_at(0.0)
+        for index, (h, u, w) in enumerate(zip(hvp, up, down)):
+            numeric = (u - w) / (2 * eps)
+            np.testing.assert_allclose(h.data if h is not None else 0 * numeric, numeric,
+                                       atol=1e-6, rtol=1e-5, err_msg=f"parameter {index}")
+    finally:
+        nd.set_default_dtype("float32")
