@@ -79,7 +79,7 @@ class BuildExt(build_ext):
 extensions = [
     Extension(f"nanodl.backend._{name}", [f"csrc/{name}.pyx"],
               include_dirs=["csrc", np.get_include()],
-              depends=["csrc/elementwise.pxd", "csrc/nd_math.h"])
+              depends=["csrc/elementwise.pxd", "csrc/arrays.pxd", "csrc/nd_math.h"])
     for name in KERNEL_MODULES
 ]
 

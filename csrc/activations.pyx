@@ -1,26 +1,53 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 # cython: initializedcheck=False, cdivision=True
-"""Activation kernels: forward and backward over flat, C-contiguous arrays.
+"""Activation kernels: forward and backward over C-contiguous arrays of any shape.
 
-Called only through ``nanodl/backend/kernels_native.py``, which checks dtype,
-shape and contiguity, flattens, and allocates ``out``. The math lives in
+Called only through ``nanodl/backend/kernels_native.py``, behind the checks of
+``nanodl/backend/table.py``; ``arrays.pxd`` guards the pointers. The math lives in
 ``elementwise.pxd`` (shared with the fused dense layer in ``linear.pyx``).
 """
-from cython cimport floating
+cimport numpy as cnp
 cimport elementwise as ew
+from arrays cimport float_type, like
+
+cnp.import_array()
 
 
-def forward(int act, const floating[::1] x, floating[::1] out, double alpha):
-    """out = act(x); ``act`` is an ACT_* code (kernels_native.ACTIVATION_CODES)."""
-    with nogil:
-        ew.forward(act, &x[0], &out[0], x.shape[0], <floating>alpha)
+def forward(int act, cnp.ndarray x not None, cnp.ndarray out not None, double alpha):
+    """out = act(x); ``act`` is an ACT_* code (``Activation.code``)."""
+    cdef int typenum = float_type(x)
+    cdef cnp.npy_intp n = cnp.PyArray_SIZE(x)
+    like(out, typenum, n, True)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef void* op = cnp.PyArray_DATA(out)
+    if n == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            ew.forward(act, <const float*>xp, <float*>op, n, <float>alpha)
+    else:
+        with nogil:
+            ew.forward(act, <const double*>xp, <double*>op, n, alpha)
 
 
-def backward(int act, const floating[::1] saved, const floating[::1] grad, floating[::1] out,
-             double alpha):
-    """out = grad * act'(saved); ``saved`` is y or x as in kernels_numpy."""
-    with nogil:
-        ew.backward(act, &saved[0], &grad[0], &out[0], saved.shape[0], <floating>alpha)
+def backward(int act, cnp.ndarray saved not None, cnp.ndarray grad not None,
+             cnp.ndarray out not None, double alpha):
+    """out = grad * act'(saved); ``saved`` is y or x as the activation's record says."""
+    cdef int typenum = float_type(saved)
+    cdef cnp.npy_intp n = cnp.PyArray_SIZE(saved)
+    like(grad, typenum, n, False)
+    like(out, typenum, n, True)
+    cdef void* sp = cnp.PyArray_DATA(saved)
+    cdef void* gp = cnp.PyArray_DATA(grad)
+    cdef void* op = cnp.PyArray_DATA(out)
+    if n == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            ew.backward(act, <const float*>sp, <const float*>gp, <float*>op, n, <float>alpha)
+    else:
+        with nogil:
+            ew.backward(act, <const double*>sp, <const double*>gp, <double*>op, n, alpha)
 
 
 def set_thread_cap(int threads):

@@ -22,9 +22,13 @@ What is fused here: the bias add and the activation, one pass over the GEMM outp
 (``bias_act``); the backward's activation gradient is one pass of
 ``elementwise.backward`` into a scratch buffer.
 """
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 cimport elementwise as ew
+from arrays cimport float_type, like
+
+cnp.import_array()
 
 
 cdef inline void bias_act_rows(int act, floating* z, const floating* bias, floating* out,
@@ -41,32 +45,61 @@ cdef inline void bias_act_rows(int act, floating* z, const floating* bias, float
             ew.forward_range(act, zr, out + r * cols, 0, cols, alpha)
 
 
-def bias_act(int act, floating[:, ::1] z, const floating[::1] bias, floating[:, ::1] out,
-             double alpha):
-    """z += bias (row-wise, skipped when bias is None); out = act(z); ``out`` may be ``z``."""
-    cdef Py_ssize_t rows = z.shape[0], cols = z.shape[1], c, per_chunk
-    cdef floating a = <floating>alpha
-    cdef floating* zp = &z[0, 0]
-    cdef floating* op = &out[0, 0]
-    cdef const floating* bp = NULL
-    if bias is not None:
-        bp = &bias[0]
+cdef inline void bias_act_all(int act, floating* z, const floating* bias, floating* out,
+                              Py_ssize_t rows, Py_ssize_t cols, floating alpha) noexcept nogil:
+    cdef Py_ssize_t c, per_chunk
     if rows * cols < ew.par_min_forward(act) or rows < 2:
-        with nogil:
-            bias_act_rows(act, zp, bp, op, cols, 0, rows, a)
+        bias_act_rows(act, z, bias, out, cols, 0, rows, alpha)
         return
     per_chunk = max(1, <Py_ssize_t>ew.CHUNK // max(cols, 1))
-    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided',
+    for c in prange((rows + per_chunk - 1) // per_chunk, schedule='guided',
                     num_threads=ew.nd_max_threads()):
-        bias_act_rows(act, zp, bp, op, cols, c * per_chunk,
-                      min(rows, (c + 1) * per_chunk), a)
+        bias_act_rows(act, z, bias, out, cols, c * per_chunk, min(rows, (c + 1) * per_chunk), alpha)
 
 
-def act_grad(int act, const floating[::1] saved, const floating[::1] grad, floating[::1] dz,
+def bias_act(int act, cnp.ndarray z not None, cnp.ndarray bias, cnp.ndarray out not None,
              double alpha):
-    """dz = grad * act'(saved), flat."""
-    with nogil:
-        ew.backward(act, &saved[0], &grad[0], &dz[0], saved.shape[0], <floating>alpha)
+    """z += bias (row-wise, skipped when bias is None); out = act(z); ``out`` may be ``z``."""
+    cdef int typenum = float_type(z)
+    if cnp.PyArray_NDIM(z) != 2:
+        raise ValueError("bias_act: z must be 2-D")
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(z, 0), cols = cnp.PyArray_DIM(z, 1)
+    like(z, typenum, rows * cols, True)
+    like(out, typenum, rows * cols, True)
+    cdef void* bp = NULL
+    if bias is not None:
+        like(bias, typenum, cols, False)
+        bp = cnp.PyArray_DATA(bias)
+    cdef void* zp = cnp.PyArray_DATA(z)
+    cdef void* op = cnp.PyArray_DATA(out)
+    if rows * cols == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            bias_act_all(act, <float*>zp, <const float*>bp, <float*>op, rows, cols, <float>alpha)
+    else:
+        with nogil:
+            bias_act_all(act, <double*>zp, <const double*>bp, <double*>op, rows, cols, alpha)
+
+
+def act_grad(int act, cnp.ndarray saved not None, cnp.ndarray grad not None,
+             cnp.ndarray dz not None, double alpha):
+    """dz = grad * act'(saved), elementwise over C-contiguous arrays."""
+    cdef int typenum = float_type(saved)
+    cdef cnp.npy_intp n = cnp.PyArray_SIZE(saved)
+    like(grad, typenum, n, False)
+    like(dz, typenum, n, True)
+    cdef void* sp = cnp.PyArray_DATA(saved)
+    cdef void* gp = cnp.PyArray_DATA(grad)
+    cdef void* dp = cnp.PyArray_DATA(dz)
+    if n == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            ew.backward(act, <const float*>sp, <const float*>gp, <float*>dp, n, <float>alpha)
+    else:
+        with nogil:
+            ew.backward(act, <const double*>sp, <const double*>gp, <double*>dp, n, alpha)
 
 
 def set_thread_cap(int threads):

@@ -5,26 +5,45 @@
 Forward, per row: max, exp(x - max) into ``probs`` while summing (in double), one
 log, the loss, then ``probs /= sum``. Backward, per row: one pass writing
 ``(probs - target) * grad``. Rows run in parallel above ``ew.PAR_MIN_COSTLY``
-elements. Sparse targets arrive as ``intp`` already checked to lie in [0, C)
-(``labels_out_of_range`` is that check, called by the wrapper first).
+elements. Sparse targets arrive as contiguous ``intp``; their range is checked by the
+kernel table first (``labels_out_of_range``) and again here, in one cheap pass, so
+that no call can index outside a row.
 """
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport log
 cimport elementwise as ew
+from arrays cimport float_type, like
+
+cnp.import_array()
 
 ctypedef Py_ssize_t intp_t
 
 
-def labels_out_of_range(const intp_t[::1] target, Py_ssize_t classes):
-    """Index of the first label outside [0, classes), or -1 when all are valid."""
-    cdef Py_ssize_t i, n = target.shape[0], bad = -1
+def labels_out_of_range(cnp.ndarray target not None, Py_ssize_t classes):
+    """Index of the first label outside [0, classes), or -1 when all are valid (intp labels)."""
+    like(target, cnp.NPY_INTP, cnp.PyArray_SIZE(target), False)
+    cdef const intp_t* t = <const intp_t*>cnp.PyArray_DATA(target)
+    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(target), bad = -1
     with nogil:
         for i in range(n):
-            if target[i] < 0 or target[i] >= classes:
+            if t[i] < 0 or t[i] >= classes:
                 bad = i
                 break
     return bad
+
+
+cdef inline void* rows_of(cnp.ndarray sparse, cnp.ndarray dense, int typenum, Py_ssize_t rows,
+                          Py_ssize_t cols, Py_ssize_t* labels_in_range) except? NULL:
+    """The target's data: intp labels (N,) checked to lie in [0, cols), or a dense (N, C)."""
+    if sparse is not None:
+        like(sparse, cnp.NPY_INTP, rows, False)
+        labels_in_range[0] = labels_out_of_range(sparse, cols)
+        return cnp.PyArray_DATA(sparse)
+    like(dense, typenum, rows * cols, False)
+    labels_in_range[0] = -1
+    return cnp.PyArray_DATA(dense)
 
 
 cdef inline void forward_rows(const floating* logits, const intp_t* sparse, const floating* dense,
@@ -58,26 +77,45 @@ cdef inline void forward_rows(const floating* logits, const intp_t* sparse, cons
             p[j] = p[j] / <floating>total
 
 
-def forward(const floating[:, ::1] logits, const intp_t[::1] sparse, const floating[:, ::1] dense,
-            floating[::1] loss, floating[:, ::1] probs):
-    """Per-row loss and softmax; exactly one of ``sparse`` / ``dense`` is not None."""
-    cdef Py_ssize_t rows = logits.shape[0], cols = logits.shape[1], c, per_chunk
-    cdef const floating* xp = &logits[0, 0]
-    cdef const intp_t* sp = NULL
-    cdef const floating* dp = NULL
-    if sparse is not None:
-        sp = &sparse[0]
-    else:
-        dp = &dense[0, 0]
+cdef inline void forward_all(const floating* xp, const intp_t* sp, const floating* dp, floating* lp,
+                             floating* pp, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t c, per_chunk
     if rows * cols < ew.PAR_MIN_COSTLY or rows < 2:
-        with nogil:
-            forward_rows(xp, sp, dp, &loss[0], &probs[0, 0], cols, 0, rows)
+        forward_rows(xp, sp, dp, lp, pp, cols, 0, rows)
         return
     per_chunk = max(1, <Py_ssize_t>ew.CHUNK // cols)
-    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided',
+    for c in prange((rows + per_chunk - 1) // per_chunk, schedule='guided',
                     num_threads=ew.nd_max_threads()):
-        forward_rows(xp, sp, dp, &loss[0], &probs[0, 0], cols, c * per_chunk,
-                     min(rows, (c + 1) * per_chunk))
+        forward_rows(xp, sp, dp, lp, pp, cols, c * per_chunk, min(rows, (c + 1) * per_chunk))
+
+
+def forward(cnp.ndarray logits not None, cnp.ndarray sparse, cnp.ndarray dense,
+            cnp.ndarray loss not None, cnp.ndarray probs not None):
+    """Per-row loss and softmax; exactly one of ``sparse`` (intp) / ``dense`` is not None."""
+    cdef int typenum = float_type(logits)
+    if cnp.PyArray_NDIM(logits) != 2:
+        raise ValueError("softmax_xent: logits must be 2-D")
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(logits, 0), cols = cnp.PyArray_DIM(logits, 1)
+    cdef Py_ssize_t bad
+    cdef void* tp = rows_of(sparse, dense, typenum, rows, cols, &bad)
+    if bad >= 0 or (rows and cols == 0):
+        raise ValueError("softmax_xent: a label is out of range or the logits have no classes")
+    like(loss, typenum, rows, True)
+    like(probs, typenum, rows * cols, True)
+    cdef void* xp = cnp.PyArray_DATA(logits)
+    cdef void* lp = cnp.PyArray_DATA(loss)
+    cdef void* pp = cnp.PyArray_DATA(probs)
+    cdef const intp_t* sp = <const intp_t*>tp if sparse is not None else NULL
+    if rows == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            forward_all(<const float*>xp, sp, <const float*>(NULL if sp != NULL else tp),
+                        <float*>lp, <float*>pp, rows, cols)
+    else:
+        with nogil:
+            forward_all(<const double*>xp, sp, <const double*>(NULL if sp != NULL else tp),
+                        <double*>lp, <double*>pp, rows, cols)
 
 
 cdef inline void backward_rows(const floating* probs, const intp_t* sparse, const floating* dense,
@@ -107,26 +145,46 @@ cdef inline void backward_rows(const floating* probs, const intp_t* sparse, cons
                 d[j] = (p[j] * mass - t[j]) * g
 
 
-def backward(const floating[:, ::1] probs, const intp_t[::1] sparse, const floating[:, ::1] dense,
-             const floating[::1] grad, floating[:, ::1] out):
-    """out = (probs - target) * grad[:, None] (dense: probs * sum(target) - target)."""
-    cdef Py_ssize_t rows = probs.shape[0], cols = probs.shape[1], c, per_chunk
-    cdef const floating* pp = &probs[0, 0]
-    cdef const intp_t* sp = NULL
-    cdef const floating* dp = NULL
-    if sparse is not None:
-        sp = &sparse[0]
-    else:
-        dp = &dense[0, 0]
+cdef inline void backward_all(const floating* pp, const intp_t* sp, const floating* dp,
+                              const floating* gp, floating* op, Py_ssize_t rows,
+                              Py_ssize_t cols) noexcept nogil:
+    cdef Py_ssize_t c, per_chunk
     if rows * cols < ew.PAR_MIN_CHEAP or rows < 2:
-        with nogil:
-            backward_rows(pp, sp, dp, &grad[0], &out[0, 0], cols, 0, rows)
+        backward_rows(pp, sp, dp, gp, op, cols, 0, rows)
         return
     per_chunk = max(1, <Py_ssize_t>ew.CHUNK // cols)
-    for c in prange((rows + per_chunk - 1) // per_chunk, nogil=True, schedule='guided',
+    for c in prange((rows + per_chunk - 1) // per_chunk, schedule='guided',
                     num_threads=ew.nd_max_threads()):
-        backward_rows(pp, sp, dp, &grad[0], &out[0, 0], cols, c * per_chunk,
-                      min(rows, (c + 1) * per_chunk))
+        backward_rows(pp, sp, dp, gp, op, cols, c * per_chunk, min(rows, (c + 1) * per_chunk))
+
+
+def backward(cnp.ndarray probs not None, cnp.ndarray sparse, cnp.ndarray dense,
+             cnp.ndarray grad not None, cnp.ndarray out not None):
+    """out = (probs - target) * grad[:, None] (dense: probs * sum(target) - target)."""
+    cdef int typenum = float_type(probs)
+    if cnp.PyArray_NDIM(probs) != 2:
+        raise ValueError("softmax_xent: probs must be 2-D")
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(probs, 0), cols = cnp.PyArray_DIM(probs, 1)
+    cdef Py_ssize_t bad
+    cdef void* tp = rows_of(sparse, dense, typenum, rows, cols, &bad)
+    if bad >= 0 or (rows and cols == 0):
+        raise ValueError("softmax_xent: a label is out of range or the logits have no classes")
+    like(grad, typenum, rows, False)
+    like(out, typenum, rows * cols, True)
+    cdef void* pp = cnp.PyArray_DATA(probs)
+    cdef void* gp = cnp.PyArray_DATA(grad)
+    cdef void* op = cnp.PyArray_DATA(out)
+    cdef const intp_t* sp = <const intp_t*>tp if sparse is not None else NULL
+    if rows * cols == 0:
+        return
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            backward_all(<const float*>pp, sp, <const float*>(NULL if sp != NULL else tp),
+                         <const float*>gp, <float*>op, rows, cols)
+    else:
+        with nogil:
+            backward_all(<const double*>pp, sp, <const double*>(NULL if sp != NULL else tp),
+                         <const double*>gp, <double*>op, rows, cols)
 
 
 def set_thread_cap(int threads):

@@ -26,27 +26,7 @@ except ImportError as exc:  # not built: nanodl.backend falls back to kernels_nu
 _LINEAR = CODES["linear"]
 _OUTPUT_GRAD_CODES = frozenset(CODES[name] for name in OUTPUT_GRAD_ACTIVATIONS)
 
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
 _INTP = np.dtype(np.intp)
-
-
-def _by_dtype(fused):
-    """The float and double specialisations of a fused Cython function, by dtype
-    (calling a specialisation skips Cython's per-call dtype dispatch)."""
-    return {_F32: fused["float"], _F64: fused["double"]}
-
-
-_ACT_FORWARD = _by_dtype(_activations.forward)
-_ACT_BACKWARD = _by_dtype(_activations.backward)
-_BIAS_ACT = _by_dtype(_linear.bias_act)
-_ACT_GRAD = _by_dtype(_linear.act_grad)
-_XENT_FORWARD = _by_dtype(_xent.forward)
-_XENT_BACKWARD = _by_dtype(_xent.backward)
-_SGD = _by_dtype(_optim.sgd_step)
-_ADAM = _by_dtype(_optim.adam_step)
-_ADAGRAD = _by_dtype(_optim.adagrad_step)
-_RMSPROP = _by_dtype(_optim.rmsprop_step)
 
 
 def _contiguous(x):
@@ -71,22 +51,22 @@ DEVICE = Device("cpu", np.ndarray, CPU.coerce, scan_labels)
 
 
 # ---------------------------------------------------------------- activations
-# The hot path: np.asarray(order="C") is a no-op for a contiguous ndarray, and
-# ravel() of a contiguous array is a view (cheaper than reshape(-1)).
+# The Cython kernels take C-contiguous ndarrays of any shape and read their data
+# pointers (csrc/arrays.pxd); np.asarray(order="C") is a no-op for such an array.
+_ACT_FORWARD, _ACT_BACKWARD = _activations.forward, _activations.backward
+
+
 def _forward(code, x, alpha):
     x = np.asarray(x, order="C")
     out = np.empty_like(x)
-    if x.size:
-        _ACT_FORWARD[x.dtype](code, x.ravel(), out.ravel(), alpha)
+    _ACT_FORWARD(code, x, out, alpha)
     return out
 
 
 def _backward(code, saved, grad, alpha):
-    saved = np.asarray(saved, order="C")
     grad = np.asarray(grad, order="C")
     out = np.empty_like(grad)
-    if grad.size:
-        _ACT_BACKWARD[grad.dtype](code, saved.ravel(), grad.ravel(), out.ravel(), alpha)
+    _ACT_BACKWARD(code, np.asarray(saved, order="C"), grad, out, alpha)
     return out
 
 
@@ -127,14 +107,12 @@ def linear_forward(x, kernel, bias, activation, alpha):
     z = _contiguous(np.matmul(x, kernel))  # fresh, C order; why not sgemm: csrc/linear.pyx
     if bias is not None:
         bias = _contiguous(bias)
-    fn = _BIAS_ACT[z.dtype]
     if code in _OUTPUT_GRAD_CODES:
-        if z.size and (bias is not None or code != _LINEAR):
-            fn(code, z, bias, z, alpha)
+        if bias is not None or code != _LINEAR:
+            _linear.bias_act(code, z, bias, z, alpha)
         return z, z
     out = np.empty_like(z)
-    if z.size:
-        fn(code, z, bias, out, alpha)
+    _linear.bias_act(code, z, bias, out, alpha)
     return out, z
 
 
@@ -163,9 +141,7 @@ def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kern
         dz = grad
     else:
         dz = _scratch_buffer(grad.shape, grad.dtype)
-        if dz.size:
-            _ACT_GRAD[grad.dtype](code, _contiguous(saved).ravel(), _contiguous(grad).ravel(),
-                                  dz.ravel(), alpha)
+        _linear.act_grad(code, _contiguous(saved), _contiguous(grad), dz, alpha)
     dx = np.matmul(dz, kernel.T) if need_x else None
     dkernel = np.matmul(x.T, dz) if need_kernel else None
     dbias = dz.sum(axis=0) if need_bias else None
@@ -186,55 +162,42 @@ def softmax_xent_forward(logits, target):
     sparse, dense = _sparse_or_dense(target)
     loss = np.empty(rows, logits.dtype)
     probs = np.empty(logits.shape, logits.dtype)  # C order, whatever the logits' layout
-    if rows:
-        _XENT_FORWARD[logits.dtype](_contiguous(logits), sparse, dense, loss, probs)
+    _xent.forward(_contiguous(logits), sparse, dense, loss, probs)
     return loss, probs
 
 
 def softmax_xent_backward(probs, target, grad):
     sparse, dense = _sparse_or_dense(target)
     out = np.empty(probs.shape, probs.dtype)
-    if out.size:
-        _XENT_BACKWARD[probs.dtype](_contiguous(probs), sparse, dense, _contiguous(grad), out)
+    _xent.backward(_contiguous(probs), sparse, dense, _contiguous(grad), out)
     return out
 
 
 # ---------------------------------------------------------------- optimizer updates
-# ``param`` and the state arrays are C-contiguous (the table checked it), so ravel()
-# is a view; a state array an option does not use is passed as ``param``, untouched.
+# ``param`` and the state arrays are C-contiguous (the table checked it); a state
+# array an option does not use is passed as ``param`` and never touched.
 def sgd_step(param, grad, momentum_buf, lr, momentum, nesterov, weight_decay):
-    flat = param.ravel()
-    if flat.size:
-        _SGD[param.dtype](flat, _contiguous(grad).ravel(),
-                          momentum_buf.ravel() if momentum else flat,
-                          lr, momentum, nesterov, weight_decay)
+    _optim.sgd_step(param, _contiguous(grad), momentum_buf if momentum else param,
+                    lr, momentum, nesterov, weight_decay)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
               weight_decay, decoupled, amsgrad):
-    flat = param.ravel()
-    if flat.size:
-        _ADAM[param.dtype](flat, _contiguous(grad).ravel(), exp_avg.ravel(), exp_avg_sq.ravel(),
-                           max_exp_avg_sq.ravel() if amsgrad else flat,
-                           lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5, beta1, beta2,
-                           eps, weight_decay, 1 - lr * weight_decay, decoupled, amsgrad)
+    _optim.adam_step(param, _contiguous(grad), exp_avg, exp_avg_sq,
+                     max_exp_avg_sq if amsgrad else param,
+                     lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5, beta1, beta2,
+                     eps, weight_decay, 1 - lr * weight_decay, decoupled, amsgrad)
 
 
 def adagrad_step(param, grad, state_sum, lr, eps, weight_decay):
-    flat = param.ravel()
-    if flat.size:
-        _ADAGRAD[param.dtype](flat, _contiguous(grad).ravel(), state_sum.ravel(), lr, eps,
-                              weight_decay)
+    _optim.adagrad_step(param, _contiguous(grad), state_sum, lr, eps, weight_decay)
 
 
 def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
                  momentum, centered):
-    flat = param.ravel()
-    if flat.size:
-        _RMSPROP[param.dtype](flat, _contiguous(grad).ravel(), square_avg.ravel(),
-                              momentum_buf.ravel() if momentum else flat,
-                              grad_avg.ravel() if centered else flat,
-                              lr, alpha, eps, weight_decay, momentum, centered)
+    _optim.rmsprop_step(param, _contiguous(grad), square_avg, momentum_buf if momentum else param,
+                        grad_avg if centered else param, lr, alpha, eps, weight_decay, momentum,
+                        centered)
 
 
 TABLE = KernelTable("native", globals(), DEVICE)
