@@ -33,7 +33,7 @@ import threading
 import numpy as np
 
 from . import autograd
-from .backend import array_module
+from .backend import array_module, to_host
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _local = threading.local()  # .depth: nesting depth of this thread's detect_anomaly blocks
@@ -137,7 +137,7 @@ def _first_bad(out, inputs):
 
 
 def _to_host(array):
-    return np.asarray(array) if isinstance(array, (np.ndarray, np.generic)) else array.get()
+    return to_host(array)
 
 
 def _user_site():

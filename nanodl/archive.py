@@ -44,6 +44,7 @@ import zlib
 
 import numpy as np
 
+from .backend import to_host
 from .tensor import Tensor
 
 __all__ = ["save", "load", "save_model", "Reader", "write_npz", "atomic_write", "LAYERS",
@@ -77,7 +78,7 @@ def register_layer(cls):
 # ---------------------------------------------------------------- writing
 def _host_array(name, value):
     value = value.data if isinstance(value, Tensor) else value
-    array = value.get() if hasattr(value, "__cuda_array_interface__") else np.asarray(value)
+    array = to_host(value)
     if array.dtype.hasobject:
         raise TypeError(f"save: {name!r} is an object array; only numeric and string arrays "
                         "can be saved (no pickle)")

@@ -35,7 +35,7 @@ import zlib
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, to_host
 from .optim.optimizers import Optimizer
 
 __all__ = ["init", "rank", "size", "is_initialized", "allreduce", "broadcast", "barrier",
@@ -178,7 +178,7 @@ def _host_buffer(array, who):
     if xp is np:
         host = np.array(array, order="C")  # a copy: the caller's array is never changed
     else:
-        host = np.ascontiguousarray(array.get())
+        host = np.ascontiguousarray(to_host(array))
     if host.dtype.kind not in "biufc":
         raise TypeError(f"{who}: cannot reduce an array of dtype {host.dtype}")
     return host, xp
@@ -508,7 +508,7 @@ class DistributedOptimizer(Optimizer):
                 continue
             xp = array_module(p.data)
             grad = p.grad if p.grad is not None else xp.zeros_like(p.data)
-            host = np.array(grad if xp is np else grad.get(), order="C")
+            host = np.array(to_host(grad), order="C")
             comm.Allreduce(MPI.IN_PLACE, host, op=MPI.SUM)
             host /= world_size
             p.grad = host if xp is np else xp.asarray(host)

@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 
 from . import ops
-from .backend import to_device
+from .backend import is_device_array, to_device
 from .tensor import Tensor, as_array
 
 __all__ = ["mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy",
@@ -166,7 +166,7 @@ def class_targets(name, pred_shape, target, check_range=True):
 
     ``check_range=False`` leaves the range to the fused kernel, which checks it anyway.
     """
-    if not hasattr(target, "__cuda_array_interface__"):
+    if not is_device_array(target):
         target = np.asarray(target)
     expected = tuple(pred_shape[:-1])
     if len(pred_shape) < 2 or tuple(target.shape) != expected:

@@ -54,6 +54,7 @@ True
 import numpy as np
 
 from .autograd import no_grad
+from .backend import to_host as _host
 from .io import atomic_write
 from .tensor import Tensor
 
@@ -218,10 +219,6 @@ def _layer_norm(graph, layer, x, scope):
 def _embedding(graph, layer, x, scope):
     table = graph.constant(f"{scope}.embeddings", layer.embeddings.numpy())
     return graph.node("Gather", [table, x], scope, axis=0)
-
-
-def _host(array):
-    return np.asarray(array) if not hasattr(array, "__cuda_array_interface__") else array.get()
 
 
 def _emit(graph, layer, x, scope, rank):

@@ -6,7 +6,7 @@ Every method that computes something is a one-line wrapper over an op's
 import numpy as np
 
 from . import autograd
-from .backend import array_module, device_of, to_device
+from .backend import array_module, device_of, is_device_array, to_device, to_host
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _default_dtype = np.dtype(np.float32)
@@ -41,7 +41,7 @@ def as_array(data, dtype=None, *, what="tensor", numeric=True):
     """
     if isinstance(data, Tensor):
         data = data.data
-    if isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__"):
+    if isinstance(data, np.ndarray) or is_device_array(data):
         array = data
     else:
         try:
@@ -163,7 +163,7 @@ class Tensor:
     # ------------------------------------------------------------ conversion
     def numpy(self):
         """A host NumPy copy of the data."""
-        return np.array(self.data) if device_of(self.data) == "cpu" else self.data.get()
+        return to_host(self.data, copy=True)
 
     def item(self):
         if self.data.size != 1:

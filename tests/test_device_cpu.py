@@ -132,3 +132,44 @@ def test_import_nanodl_does_not_import_cupy():
                             env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+class _FakeDeviceArray:
+    """Quacks like a CuPy array for the host/device helpers: an interface and .get()."""
+    __cuda_array_interface__ = {"shape": (2,), "typestr": "<f8", "data": (0, False), "version": 3}
+
+    def get(self):
+        return np.array([1.0, 2.0])
+
+
+def test_one_host_device_helper():
+    host = np.array([3.0, 4.0])
+    assert nd.backend.is_device_array(_FakeDeviceArray())
+    assert not nd.backend.is_device_array(host)
+    assert not nd.backend.is_device_array(np.float32(1.0)) and not nd.backend.is_device_array([1.0])
+    assert nd.backend.to_host(host) is host                    # no copy unless asked
+    copied = nd.backend.to_host(host, copy=True)
+    assert copied is not host and copied.tolist() == [3.0, 4.0]
+    assert nd.backend.to_host(_FakeDeviceArray()).tolist() == [1.0, 2.0]
+    assert nd.backend.to_host([1, 2]).tolist() == [1, 2]
+    assert nd.backend.device_of(_FakeDeviceArray()) == "cuda" and nd.backend.device_of([1.0]) == "cpu"
+
+
+def test_no_hand_written_device_checks_outside_the_backend():
+    """Every 'is this a GPU array' and host copy goes through nanodl.backend's helpers."""
+    offenders = []
+    for path in sorted((ROOT / "nanodl").rglob("*.py")):
+        if path.parent.name == "backend":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "__cuda_array_interface__" in line or ".get()" in line or "asnumpy" in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_cuda_module_imports_no_other_part_of_nanodl():
+    """backend.cuda only finds CuPy; the CuPy table imports it, never the reverse (no cycle)."""
+    import ast
+    tree = ast.parse((ROOT / "nanodl" / "backend" / "cuda.py").read_text())
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert all(isinstance(node, ast.Import) and node.names[0].name == "cupy" for node in imports)

@@ -24,7 +24,7 @@ the mask has derivative 0, so a second derivative there is 0, never NaN.
 import numpy as np
 
 from . import _check_gradient, _freed_error, _run_backward, mode, owns_gradient
-from ..backend import array_module, device_of, to_device
+from ..backend import array_module, device_of, is_device_array, to_device
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
@@ -88,7 +88,7 @@ def _seeds(outputs, grad_outputs, create_graph, Tensor):
         elif isinstance(seed, Tensor):
             seed = seed if create_graph else seed.data
         if not isinstance(seed, Tensor):
-            seed = np.asarray(seed) if not hasattr(seed, "__cuda_array_interface__") else seed
+            seed = seed if is_device_array(seed) else np.asarray(seed)
             if device_of(seed) != out.device:
                 seed = to_device(seed, out.device)
             seed = seed.astype(out.dtype, copy=False)

@@ -83,9 +83,12 @@ def is_device_array(x):
     return type(x) is not np.ndarray and hasattr(x, "__cuda_array_interface__")
 
 
-def to_host(x):
-    """``x`` as a NumPy array: copied from the GPU, or ``np.asarray(x)`` on the CPU."""
-    return x.get() if is_device_array(x) else np.asarray(x)
+def to_host(x, copy=False):
+    """``x`` as a NumPy array: copied from the GPU, or ``np.asarray(x)`` on the CPU
+    (``copy=True``: always a fresh array, never the caller's)."""
+    if is_device_array(x):
+        return x.get()
+    return np.array(x) if copy else np.asarray(x)
 
 
 def array_module(x):

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import autograd
 from ..autograd import enable_grad, no_grad
-from ..backend import device_of, to_device
+from ..backend import device_of, to_device, to_host
 from ..tensor import Tensor
 from .results import GradcheckRow
 
@@ -18,8 +18,7 @@ MAX_ROWS = 1024           # ... and so are outputs with more elements than this
 
 def host64(array):
     """A host NumPy float64 copy of a backend array."""
-    host = array if isinstance(array, (np.ndarray, np.generic)) else array.get()
-    return np.array(host, dtype=np.float64)
+    return np.array(to_host(array), dtype=np.float64)
 
 
 def _unit(vector):

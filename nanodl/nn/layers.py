@@ -17,7 +17,7 @@ import numpy as np
 from .. import functional as F
 from .. import ops, regularizers
 from ..archive import LAYERS, register_layer  # the registry lives with the file format
-from ..backend import to_device
+from ..backend import is_device_array, to_device
 from ..tensor import Tensor, get_default_dtype
 from . import init
 from .module import Module, Parameter
@@ -403,7 +403,7 @@ class Embedding(Layer):
 
     def forward(self, x):
         indices = x.data if isinstance(x, Tensor) else x
-        if not hasattr(indices, "__cuda_array_interface__"):
+        if not is_device_array(indices):
             indices = np.asarray(indices)
         if indices.dtype.kind not in "iu":
             raise TypeError(f"Embedding: expected integer indices, got a {indices.dtype} input "

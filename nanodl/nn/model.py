@@ -37,7 +37,7 @@ from .. import callbacks as callbacks_module
 from .. import losses as losses_module
 from .. import distributed, ops, optim
 from ..autograd import no_grad
-from ..backend import array_module, device_of, to_device
+from ..backend import array_module, to_device, to_host
 from ..random import generator
 from ..tensor import Tensor, as_array, get_default_dtype
 from .layers import Dense, Embedding
@@ -390,7 +390,7 @@ class _Plan:
         if not classifying:
             return None
         kind = self._accuracy_kind(y.shape)
-        host = y.get() if hasattr(y, "__cuda_array_interface__") else y
+        host = to_host(y)
         if kind == "categorical":
             host = host.argmax(axis=-1)
         elif kind == "binary":
@@ -847,7 +847,7 @@ class Model(Module):
         with self._mode(False), no_grad():
             for start in range(0, len(x), batch_size):
                 out = self.forward(Tensor(x[start:start + batch_size])).data
-                outputs.append(out if device_of(out) == "cpu" else out.get())
+                outputs.append(to_host(out))
         return np.concatenate(outputs)
 
     # ------------------------------------------------------------ weights and files

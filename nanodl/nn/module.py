@@ -24,7 +24,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..backend import array_module, device_of, to_device
+from ..backend import array_module, device_of, is_device_array, to_device, to_host
 from ..tensor import Tensor, as_array, get_default_dtype
 
 __all__ = ["Module", "Parameter", "ModuleList"]
@@ -59,7 +59,7 @@ class Parameter(Tensor):
 
 def _host_copy(array):
     """A NumPy copy of a backend array (CuPy arrays are fetched from the GPU)."""
-    return np.array(array) if device_of(array) == "cpu" else array.get()
+    return to_host(array, copy=True)
 
 
 class Module:
@@ -325,7 +325,7 @@ class Module:
             current = module._parameters[attr].data if is_param else module._buffers[attr]
             value = state_dict[name]
             value = value.data if isinstance(value, Tensor) else value
-            if not hasattr(value, "__cuda_array_interface__"):
+            if not is_device_array(value):
                 value = np.asarray(value)
             if value.dtype.kind not in "fiub":
                 raise ValueError(f"load_state_dict: {name!r} has dtype {value.dtype}, "

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..backend import to_device
+from ..backend import is_device_array, to_device
 from ..tensor import Tensor
 
 __all__ = ["check_sample_weight", "class_weight_per_sample"]
@@ -27,7 +27,7 @@ def check_sample_weight(weight, n, who):
         return None
     if isinstance(weight, Tensor):
         weight = weight.data
-    if hasattr(weight, "__cuda_array_interface__"):
+    if is_device_array(weight):
         weight = to_device(weight, "cpu")
     weight = np.asarray(weight)
     if weight.dtype.kind not in "biuf":

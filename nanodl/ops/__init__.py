@@ -6,7 +6,7 @@ combined with a Python number stays float32.
 """
 import numpy as np
 
-from ..backend import device_of, to_device
+from ..backend import device_of, is_device_array, to_device
 from ..tensor import Tensor, get_default_dtype
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from .elementwise import Abs, Add, Clip, Div, Exp, Log, Maximum, Minimum, Mul, Neg, Pow, Sqrt, Sub, Where
@@ -29,7 +29,7 @@ def lift(value, like):
             dtype = None
         array = np.asarray(value, dtype=dtype)
     else:
-        array = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") else value
+        array = value if is_device_array(value) else np.asarray(value)
         if array.dtype.kind == "f" and isinstance(value, (list, tuple)):
             array = array.astype(get_default_dtype())
     if like.device != "cpu" and isinstance(array, np.ndarray):
@@ -90,7 +90,7 @@ def matmul(a, b):
 def where(cond, a, b):
     """``a`` where ``cond`` holds, else ``b`` (``cond`` is not differentiated)."""
     cond_array = cond.data if isinstance(cond, Tensor) else cond
-    if not hasattr(cond_array, "__cuda_array_interface__"):
+    if not is_device_array(cond_array):
         cond_array = np.asarray(cond_array)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         a = Tensor(a)

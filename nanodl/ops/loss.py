@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..autograd import Function
-from ..backend import array_module, device_of, kernels, to_device
+from ..backend import array_module, device_of, is_device_array, kernels, to_device
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -19,7 +19,7 @@ class SoftmaxCrossEntropy(Function):
         if reduction not in REDUCTIONS:
             raise ValueError(f"softmax_cross_entropy: unknown reduction {reduction!r}; "
                              f"valid: {', '.join(REDUCTIONS)}")
-        on_gpu = hasattr(target, "__cuda_array_interface__")
+        on_gpu = is_device_array(target)
         if on_gpu != (device_of(logits) == "cuda"):  # class labels follow the logits' device
             target = to_device(target if on_gpu else np.asarray(target), device_of(logits))
         loss, probs = kernels(logits).softmax_xent_forward(logits, target)

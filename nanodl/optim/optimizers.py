@@ -2,9 +2,11 @@
 
 A *parameter* is anything with a ``.data`` array (updated in place) and a ``.grad``
 array of the same shape, or ``None`` (the parameter is then skipped, as in PyTorch).
-Each optimizer keeps its per-parameter state in plain lists and hands the update
-itself to the kernel table (``kernels(p.data).adam_step(...)``), so the same code
-runs the NumPy reference, the compiled kernels and CuPy on the GPU.
+Each optimizer keeps its per-parameter state by name (``state["exp_avg"]``) and hands
+the update itself to the kernel table (``kernels(p.data).adam_step(p.data, grad,
+exp_avg=..., lr=...)``, arguments by keyword), so the same code runs the NumPy
+reference, the compiled kernels and CuPy on the GPU. An optimizer of your own can
+instead write its update with ``xp = array_module(param)``: see ``docs/extending.md``.
 
 >>> import numpy as np
 >>> from types import SimpleNamespace
@@ -21,14 +23,7 @@ import math
 
 import numpy as np
 
-from ..backend import array_module, kernels
-
-
-def _host_copy(array):
-    """A NumPy copy of a backend array (CuPy arrays are fetched from the GPU)."""
-    if isinstance(array, np.ndarray):
-        return array.copy()
-    return array.get()
+from ..backend import array_module, kernels, to_host
 
 
 def _is_parameter(obj):
@@ -42,19 +37,17 @@ class Optimizer:
     ``Model.compile`` does), a list or any iterable of parameters (a generator is
     read once), or a module with a ``parameters()`` method.
 
-    Subclasses set ``name``, ``_slots`` (the names of the per-parameter state
-    arrays, ``None`` for a slot the chosen options leave unused), implement
-    ``_new_state(data)`` (the fresh arrays, in slot order) and ``step()``, and list
-    their constructor arguments in ``get_config``.
+    Subclasses set ``name``, implement ``_new_state(data)`` (a dict of the fresh
+    per-parameter state arrays the chosen options use, by name) and ``step()``, and
+    list their constructor arguments in ``get_config``.
 
-    Per-parameter state is a list ``[step, array, array, ...]`` per parameter: the
-    number of updates that parameter has received (a parameter without a gradient
-    is not counted, as in PyTorch) followed by the slot arrays. It is created at the
-    first ``step()`` (or ``load_state_dict``), on the parameter's device.
+    Per-parameter state is a dict per parameter: ``state["step"]``, the number of
+    updates that parameter has received (a parameter without a gradient is not
+    counted, as in PyTorch), and the arrays of ``_new_state`` under their names. It is
+    created at the first ``step()`` (or ``load_state_dict``), on the parameter's device.
     """
 
     name = "optimizer"
-    _slots = ()
     # The kernel table for a parameter's array: the checked one. A captured step
     # (nanodl.capture), which validated its calls once, swaps in the unchecked
     # compute functions for the duration of its update.
@@ -124,25 +117,29 @@ class Optimizer:
 
     def _create_state(self):
         """The per-parameter state lists, created on first use on each parameter's device."""
-        self._state = [[0, *self._new_state(p.data)] for p in self._require_params()]
+        self._state = [self._fresh_state(p.data) for p in self._require_params()]
         return self._state
 
+    def _fresh_state(self, data):
+        return {"step": 0, **self._new_state(data)}
+
     def _new_state(self, data):
-        return []
+        """The per-parameter state arrays, by name (none by default)."""
+        return {}
 
     def _updates(self):
         """``(data, grad, state)`` for each parameter with a gradient, counting the step.
 
-        ``state[0]`` is that parameter's own step count (it drives bias corrections and
-        decays, and does not advance while the parameter has no gradient, as in torch).
+        ``state["step"]`` is that parameter's own step count (it drives bias corrections
+        and decays, and does not advance while the parameter has no gradient, as in torch).
         """
-        state = self._state or self._create_state()
+        states = self._state or self._create_state()
         self.step_count += 1
-        for p, entry in zip(self._params, state):
+        for p, state in zip(self._params, states):
             grad = p.grad
             if grad is not None:
-                entry[0] += 1
-                yield p.data, grad, entry
+                state["step"] += 1
+                yield p.data, grad, state
 
     def zero_grad(self, set_to_none=True):
         """Forget the gradients: ``None`` (PyTorch's default) or fresh zero arrays."""
@@ -196,13 +193,13 @@ class Optimizer:
         for key, value in self.get_config().items():
             sd[key] = list(value) if isinstance(value, tuple) else value
         sd["step_count"] = int(self.step_count)
-        state = self._state
-        if state is None and self._params is not None:
-            state = [[0, *self._new_state(p.data)] for p in self._params]
-        state = state or []
-        sd["param_steps"] = np.array([entry[0] for entry in state], dtype=np.int64)
-        sd["state"] = {slot: [_host_copy(entry[index]) for entry in state]
-                       for index, slot in enumerate(self._slots, start=1) if slot is not None}
+        states = self._state
+        if states is None and self._params is not None:
+            states = [self._fresh_state(p.data) for p in self._params]
+        states = states or []
+        sd["param_steps"] = np.array([state["step"] for state in states], dtype=np.int64)
+        slots = [name for name in states[0] if name != "step"] if states else []
+        sd["state"] = {slot: [to_host(state[slot], copy=True) for state in states] for slot in slots}
         return sd
 
     def load_state_dict(self, state_dict):
@@ -222,7 +219,6 @@ class Optimizer:
 
         params = self._params
         steps = np.asarray(sd.get("param_steps", np.zeros(0, dtype=np.int64))).ravel()
-        slots = {slot: index for index, slot in enumerate(probe._slots, start=1) if slot is not None}
         saved = sd.get("state", {}) or {}
         count = len(steps)
         if count == 0:  # saved before the optimizer had parameters: hyper-parameters only
@@ -234,8 +230,8 @@ class Optimizer:
             if count != len(params):
                 raise ValueError(f"{cls}.load_state_dict: the state holds {count} parameters, "
                                  f"this optimizer has {len(params)}")
-            new_state = [[int(step)] + [None] * len(probe._slots) for step in steps]
-            for slot, index in slots.items():
+            new_state = [{"step": int(step)} for step in steps]
+            for slot in probe._new_state(params[0].data):
                 if slot not in saved:
                     raise ValueError(f"{cls}.load_state_dict: missing state {slot!r}")
                 arrays = list(saved[slot])
@@ -248,7 +244,7 @@ class Optimizer:
                         raise ValueError(f"{cls}.load_state_dict: state {slot!r} of parameter {i} "
                                          f"has shape {shape}, the parameter has {tuple(p.data.shape)}")
                     xp = array_module(p.data)
-                    new_state[i][index] = xp.array(array, dtype=p.data.dtype)  # a copy, never a view
+                    new_state[i][slot] = xp.array(array, dtype=p.data.dtype)  # a copy, never a view
         # Everything checked: commit.
         for key, value in probe.__dict__.items():
             if key not in ("_params", "_state", "step_count"):
@@ -286,11 +282,10 @@ class SGD(Optimizer):
         self.weight_decay = self._check_nonneg("weight_decay", weight_decay)
         if self.nesterov and self.momentum <= 0:
             raise ValueError(f"SGD: nesterov=True requires momentum > 0, got momentum={momentum!r}")
-        self._slots = ("momentum_buffer",) if self.momentum else (None,)
         super().__init__(params, lr)
 
     def _new_state(self, data):
-        return [array_module(data).zeros_like(data) if self.momentum else None]
+        return {"momentum_buffer": array_module(data).zeros_like(data)} if self.momentum else {}
 
     def get_config(self):
         return {"lr": self._lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -299,9 +294,10 @@ class SGD(Optimizer):
     def step(self):
         """Update every parameter that has a gradient."""
         lr, momentum, nesterov, weight_decay = self._lr, self.momentum, self.nesterov, self.weight_decay
-        for data, grad, entry in self._updates():
-            self._kernels(data).sgd_step(data, grad, momentum_buf=entry[1], lr=lr, momentum=momentum,
-                                   nesterov=nesterov, weight_decay=weight_decay)
+        for data, grad, state in self._updates():
+            self._kernels(data).sgd_step(data, grad, momentum_buf=state.get("momentum_buffer"),
+                                         lr=lr, momentum=momentum, nesterov=nesterov,
+                                         weight_decay=weight_decay)
 
 
 class Adam(Optimizer):
@@ -321,13 +317,14 @@ class Adam(Optimizer):
         self.eps = self._check_nonneg("epsilon", eps)
         self.weight_decay = self._check_nonneg("weight_decay", weight_decay)
         self.amsgrad = bool(amsgrad)
-        self._slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq" if self.amsgrad else None)
         super().__init__(params, lr)
 
     def _new_state(self, data):
         xp = array_module(data)
-        return [xp.zeros_like(data), xp.zeros_like(data),
-                xp.zeros_like(data) if self.amsgrad else None]
+        state = {"exp_avg": xp.zeros_like(data), "exp_avg_sq": xp.zeros_like(data)}
+        if self.amsgrad:
+            state["max_exp_avg_sq"] = xp.zeros_like(data)
+        return state
 
     def get_config(self):
         return {"lr": self._lr, "betas": self.betas, "eps": self.eps,
@@ -337,11 +334,13 @@ class Adam(Optimizer):
         """Update every parameter that has a gradient."""
         lr, (beta1, beta2), eps = self._lr, self.betas, self.eps
         weight_decay, decoupled, amsgrad = self.weight_decay, self._decoupled, self.amsgrad
-        for data, grad, entry in self._updates():
-            self._kernels(data).adam_step(data, grad, exp_avg=entry[1], exp_avg_sq=entry[2],
-                                    max_exp_avg_sq=entry[3], step=entry[0], lr=lr, beta1=beta1,
-                                    beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                    decoupled=decoupled, amsgrad=amsgrad)
+        for data, grad, state in self._updates():
+            self._kernels(data).adam_step(data, grad, exp_avg=state["exp_avg"],
+                                          exp_avg_sq=state["exp_avg_sq"],
+                                          max_exp_avg_sq=state.get("max_exp_avg_sq"),
+                                          step=state["step"], lr=lr, beta1=beta1, beta2=beta2,
+                                          eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+                                          amsgrad=amsgrad)
 
 
 class AdamW(Adam):
@@ -369,11 +368,10 @@ class Adagrad(Optimizer):
                                                             initial_accumulator_value)
         self.lr_decay = self._check_nonneg("lr_decay", lr_decay)
         self.weight_decay = self._check_nonneg("weight_decay", weight_decay)
-        self._slots = ("sum",)
         super().__init__(params, lr)
 
     def _new_state(self, data):
-        return [array_module(data).full_like(data, self.initial_accumulator_value)]
+        return {"sum": array_module(data).full_like(data, self.initial_accumulator_value)}
 
     def get_config(self):
         return {"lr": self._lr, "eps": self.eps,
@@ -383,10 +381,10 @@ class Adagrad(Optimizer):
     def step(self):
         """Update every parameter that has a gradient."""
         lr, lr_decay, eps, weight_decay = self._lr, self.lr_decay, self.eps, self.weight_decay
-        for data, grad, entry in self._updates():
-            decayed_lr = lr / (1 + (entry[0] - 1) * lr_decay)
-            self._kernels(data).adagrad_step(data, grad, state_sum=entry[1], lr=decayed_lr, eps=eps,
-                                       weight_decay=weight_decay)
+        for data, grad, state in self._updates():
+            decayed_lr = lr / (1 + (state["step"] - 1) * lr_decay)
+            self._kernels(data).adagrad_step(data, grad, state_sum=state["sum"], lr=decayed_lr,
+                                             eps=eps, weight_decay=weight_decay)
 
 
 class RMSprop(Optimizer):
@@ -403,14 +401,16 @@ class RMSprop(Optimizer):
         self.momentum = self._check_nonneg("momentum", momentum)
         self.centered = bool(centered)
         self.weight_decay = self._check_nonneg("weight_decay", weight_decay)
-        self._slots = ("square_avg", "momentum_buffer" if self.momentum else None,
-                       "grad_avg" if self.centered else None)
         super().__init__(params, lr)
 
     def _new_state(self, data):
         xp = array_module(data)
-        return [xp.zeros_like(data), xp.zeros_like(data) if self.momentum else None,
-                xp.zeros_like(data) if self.centered else None]
+        state = {"square_avg": xp.zeros_like(data)}
+        if self.momentum:
+            state["momentum_buffer"] = xp.zeros_like(data)
+        if self.centered:
+            state["grad_avg"] = xp.zeros_like(data)
+        return state
 
     def get_config(self):
         return {"lr": self._lr, "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
@@ -420,11 +420,12 @@ class RMSprop(Optimizer):
         """Update every parameter that has a gradient."""
         lr, alpha, eps = self._lr, self.alpha, self.eps
         weight_decay, momentum, centered = self.weight_decay, self.momentum, self.centered
-        for data, grad, entry in self._updates():
-            self._kernels(data).rmsprop_step(data, grad, square_avg=entry[1], momentum_buf=entry[2],
-                                       grad_avg=entry[3], lr=lr, alpha=alpha, eps=eps,
-                                       weight_decay=weight_decay, momentum=momentum,
-                                       centered=centered)
+        for data, grad, state in self._updates():
+            self._kernels(data).rmsprop_step(data, grad, square_avg=state["square_avg"],
+                                             momentum_buf=state.get("momentum_buffer"),
+                                             grad_avg=state.get("grad_avg"), lr=lr, alpha=alpha,
+                                             eps=eps, weight_decay=weight_decay,
+                                             momentum=momentum, centered=centered)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, Adagrad, RMSprop)}
