@@ -140,9 +140,8 @@ class NativeDenseStage(DenseStage):
         from .backend.activations import CODES, OUTPUT_GRAD_ACTIVATIONS
         kernel = self.kernel.data
         dtype, (inputs, units) = kernel.dtype, kernel.shape
-        kind = "float" if dtype == np.float32 else "double"
         self.code = CODES[activation]
-        self.bias_act, self.act_grad = _linear.bias_act[kind], _linear.act_grad[kind]
+        self.bias_act, self.act_grad = _linear.bias_act, _linear.act_grad  # dtype from the arrays
         self.z = np.empty((rows, units), dtype)
         self.in_place = activation in OUTPUT_GRAD_ACTIVATIONS  # out is z itself, as the table
         self.run_bias_act = not (self.in_place and activation == "linear" and self.bias is None)
@@ -175,7 +174,7 @@ class NativeDenseStage(DenseStage):
             dz = grad
         else:
             dz = self.dz
-            self.act_grad(self.code, self.z.ravel(), grad.ravel(), dz.ravel(), self.alpha)
+            self.act_grad(self.code, self.z, np.ascontiguousarray(grad), dz, self.alpha)
         with threads.UNCHANGED if self.always_serial else \
                 threads.gemm(x.shape[0], kernel.shape[0], kernel.shape[1]):
             if self.need_x:
