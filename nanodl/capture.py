@@ -64,7 +64,7 @@ import numpy as np
 
 from . import autograd
 from . import losses as losses_module
-from .backend import array_module, device_of, get_kernels, kernels, threads
+from .backend import array_module, device_of, get_kernels, is_device_array, kernels, threads
 from .tensor import Tensor
 
 __all__ = ["CapturedStep", "KEPT_SIGNATURES"]
@@ -364,10 +364,9 @@ class CapturedStep:
 
     # ------------------------------------------------------------ running
     def __call__(self, x, y, weight=None):
-        x = x.data if isinstance(x, Tensor) else np.asarray(x) if not hasattr(
-            x, "__cuda_array_interface__") else x
+        x = x.data if isinstance(x, Tensor) else x if is_device_array(x) else np.asarray(x)
         y = y.data if isinstance(y, Tensor) else y
-        loss, _ = self.run(x, y if hasattr(y, "__cuda_array_interface__") else np.asarray(y),
+        loss, _ = self.run(x, y if is_device_array(y) else np.asarray(y),
                            None if weight is None else np.asarray(weight))
         return float(loss)
 
