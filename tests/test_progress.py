@@ -186,3 +186,11 @@ def test_the_bar_is_live_in_a_real_jupyter_kernel():
     assert "ETA" in text and "12/12 [" in text and text.endswith("done\n")
     redraws = [when for when, _, t in streams if "ETA" in t]
     assert len(redraws) >= 2 and redraws[-1] - redraws[0] > 0.1  # drawn over time, not at the end
+
+
+def test_a_progress_bar_among_the_callbacks_is_the_only_one(capsys):
+    model, x, y = model_and_data(32)
+    stream = io.StringIO()
+    model.fit(x, y, epochs=2, verbose=1, callbacks=[callbacks.ProgressBar(2, stream=stream)])
+    assert capsys.readouterr().err == ""  # fit added no second bar
+    assert stream.getvalue().count("Epoch") == 2

@@ -691,13 +691,16 @@ class Model(Module):
         return x_val, y_val, w_val
 
     def _callback_list(self, callbacks, verbose, epochs, steps):
-        """The user's callbacks, with the progress bar first (when ``verbose``) and a
-        fresh ``History`` last; ``self.history`` is that History."""
+        """The user's callbacks, with the progress bar first (when ``verbose``, unless
+        they hold one, as Keras) and a fresh ``History`` last; ``self.history`` is that
+        History."""
         self.stop_training = False
         self.history = callbacks_module.History()
-        shown = [callbacks_module.ProgressBar(verbose)] if verbose else []
+        callbacks = list(callbacks or [])
+        has_bar = any(isinstance(c, callbacks_module.ProgressBar) for c in callbacks)
+        shown = [callbacks_module.ProgressBar(verbose)] if verbose and not has_bar else []
         return callbacks_module.CallbackList(
-            shown + list(callbacks or []) + [self.history], model=self,
+            shown + callbacks + [self.history], model=self,
             params={"epochs": epochs, "steps": steps, "verbose": verbose})
 
     def _fit_epoch(self, plan, x, y, weight, batch_size, shuffle, callbacks, train_step=None):
