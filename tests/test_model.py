@@ -591,6 +591,7 @@ def test_batch_size_none_means_32_everywhere():
     np.testing.assert_array_equal(model.predict(x, batch_size=None), model.predict(x))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NumPy's, on NaN
 @pytest.mark.parametrize("where", ["x", "y"])
 def test_fit_warns_once_on_nan_or_inf_data(where):
     x, y = blobs(20)
