@@ -17,7 +17,8 @@ the workers and both conditions are interleaved round by round, so the ratios
 (busy / quiet, nanodl / PyTorch) are what to read. A fair share of 2 cores beside
 three busy processes makes any job 2x slower.
 
-    python benchmarks/bench_busy.py                  # 3 rounds, ~2 minutes on 2 cores
+    python benchmarks/bench_busy.py                  # 3 rounds (~1.5 min on a quiet 2-core
+                                                     # machine; fewer if they pass --budget)
     python benchmarks/bench_busy.py --quick          # 1 round
     python benchmarks/bench_busy.py --no-torch --markdown
     NANODL_THREAD_POLICY=off python benchmarks/bench_busy.py   # without the policy
@@ -171,6 +172,29 @@ class Neighbours:
         time.sleep(0.5)  # quiet again before the next sample
 
 
+# ---------------------------------------------------------------- the switch
+def switch_cost(repeats=200_000):
+    """Microseconds per thread-policy switch: ``with threads.SERIAL_BLAS`` (read the
+    count, set 1, set it back) and one raw ``openblas_set_num_threads`` call."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from nanodl.backend import threads
+    if threads.blas_threads() is None:
+        return None, None
+    scope = threads.SERIAL_BLAS
+    start = time.perf_counter()
+    for _ in range(repeats):
+        with scope:
+            pass
+    pair = (time.perf_counter() - start) / repeats
+    get, set_ = threads._blas
+    count = get()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        set_(count)
+    return pair * 1e6, (time.perf_counter() - start) / repeats * 1e6
+
+
 # ---------------------------------------------------------------- main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -179,6 +203,8 @@ def main(argv=None):
         return None
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=150.0,
+                        help="seconds: start no new round after this (at least one round runs)")
     parser.add_argument("--quick", action="store_true", help="one round")
     parser.add_argument("--neighbours", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true")
@@ -193,8 +219,12 @@ def main(argv=None):
         data_path = os.path.join(tmp, "data.npz")
         write_data(data_path)
         workers = {kind: Worker(kind if kind == "nanodl" else "torch", data_path) for kind in kinds}
+        started = time.perf_counter()
         try:
-            for _ in range(rounds):
+            for round_index in range(rounds):
+                if round_index and time.perf_counter() - started > args.budget:
+                    rounds = round_index  # a loaded machine: fewer rounds, said in the report
+                    break
                 for cond in ("quiet", "busy"):
                     scope = Neighbours(args.neighbours) if cond == "busy" else _Quiet()
                     with scope:
@@ -206,6 +236,10 @@ def main(argv=None):
                 w.close()
     medians = {key: statistics.median(values) for key, values in samples.items()}
     report(medians, kinds, args, rounds)
+    scope, raw = switch_cost()
+    if scope is not None:
+        print(f"thread-policy switch: {scope:.2f} us per serial scope (read, set 1, restore); "
+              f"{raw:.2f} us per openblas_set_num_threads call")
     return medians
 
 

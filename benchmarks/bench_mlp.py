@@ -1,15 +1,19 @@
-"""Training-step benchmark: nanodl (native and NumPy kernels) against a hand-written
-NumPy MLP, PyTorch on the CPU (when installed) and the machine's GEMM floor.
+"""Training-step benchmark: nanodl (native and NumPy kernels, eager and captured)
+against a hand-written NumPy MLP, PyTorch on the CPU and JAX (``jax.jit``), when
+installed, and the machine's GEMM floor.
 
 One step = forward + softmax-cross-entropy + backward + optimizer update, float32,
 ReLU hidden layers. Implementations are timed round-robin in one run, so a noisy
-neighbour slows them all alike; the ratios are what to read. PyTorch runs in a worker
-process of its own (driven round by round from here): a process has one libgomp, and
-nanodl's short OpenMP spin setting must not be what PyTorch is measured with.
+neighbour slows them all alike; the ratios are what to read. PyTorch and JAX run in
+worker processes of their own (driven round by round from here): a process has one
+libgomp, and nanodl's short OpenMP spin setting must not be what PyTorch is measured
+with. JAX's step is one jit-compiled function; its compile time is reported apart.
+``nanodl captured`` is the same step through ``nanodl.CapturedStep``.
 
     python benchmarks/bench_mlp.py                # all four configs
     python benchmarks/bench_mlp.py --quick        # fewer repeats
     python benchmarks/bench_mlp.py --configs tiny,small --markdown
+    python benchmarks/bench_mlp.py --torch-first  # `import torch` before nanodl, here
 """
 import argparse
 import os
@@ -183,12 +187,14 @@ def torch_step(sizes, batch, opt_name):
 
 
 class TorchWorker:
-    """A PyTorch step in a child process that never imports nanodl; timed on request."""
+    """A PyTorch (or, with ``kind='jax'``, JAX) step in a child process that never
+    imports nanodl; timed on request."""
 
-    def __init__(self, config):
+    def __init__(self, config, kind="torch"):
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--torch-worker", config],
+            [sys.executable, __file__, f"--{kind}-worker", config],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.compile_seconds = float(self.process.stdout.readline()) if kind == "jax" else None
 
     def __call__(self, steps):
         """Seconds per step over ``steps`` consecutive steps, timed inside the worker."""
@@ -215,6 +221,86 @@ def torch_worker(config):
         for _ in range(steps):
             step()
         print((time.perf_counter() - start) / steps, flush=True)
+
+
+# ---------------------------------------------------------------- JAX
+def jax_step(sizes, batch, opt_name):
+    """The same step as one ``jax.jit``-compiled function (XLA fuses what it can).
+
+    Returns ``(step, compile_seconds)``: the first call traces and compiles, and is
+    timed on its own; ``step()`` then runs the compiled step, parameters and
+    optimizer state donated so XLA updates them in place.
+    """
+    import jax
+    import jax.numpy as jnp
+    x, y = make_batch(sizes, batch)
+    params = [jnp.asarray(array) for pair in init_weights(sizes) for array in pair]
+    lr = LR[opt_name]
+
+    def loss_fn(params, x, y):
+        h = x
+        for i in range(0, len(params), 2):
+            h = h @ params[i] + params[i + 1]
+            if i < len(params) - 2:
+                h = jax.nn.relu(h)
+        log_probs = jax.nn.log_softmax(h, axis=1)
+        return -jnp.take_along_axis(log_probs, y[:, None], axis=1).mean()
+
+    def update(params, state, x, y):
+        grads = jax.grad(loss_fn)(params, x, y)
+        if opt_name == "sgd":
+            return [p - lr * g for p, g in zip(params, grads)], state
+        t, m, v = state
+        t = t + 1
+        m = [0.9 * mi + 0.1 * g for mi, g in zip(m, grads)]
+        v = [0.999 * vi + 0.001 * g * g for vi, g in zip(v, grads)]
+        step_size = lr / (1 - 0.9 ** t)
+        bc2 = jnp.sqrt(1 - 0.999 ** t)
+        params = [p - step_size * mi / (jnp.sqrt(vi) / bc2 + 1e-8) for p, mi, vi in zip(params, m, v)]
+        return params, (t, m, v)
+
+    compiled = jax.jit(update, donate_argnums=(0, 1))
+    zeros = [jnp.zeros_like(p) for p in params]
+    holder = {"params": params, "state": (jnp.zeros((), jnp.float32), zeros, [z + 0 for z in zeros])}
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+    def step():
+        holder["params"], holder["state"] = compiled(holder["params"], holder["state"], xj, yj)
+
+    start = time.perf_counter()
+    step()
+    jax.block_until_ready(holder["params"])
+    compile_seconds = time.perf_counter() - start
+
+    def synced_step():
+        step()
+        jax.block_until_ready(holder["params"][0])
+    return step, synced_step, compile_seconds
+
+
+def jax_worker(config):
+    """Like torch_worker: the compiled JAX step, timed on request; first line: compile time."""
+    sizes, batch, opt_name = CONFIGS[config]
+    step, synced_step, compile_seconds = jax_step(sizes, batch, opt_name)
+    print(compile_seconds, flush=True)
+    for _ in range(3):
+        synced_step()
+    import jax
+    for line in sys.stdin:
+        steps = int(line)
+        for _ in range(WARM_STEPS):
+            synced_step()
+        start = time.perf_counter()
+        for _ in range(steps - 1):
+            step()
+        synced_step()  # one wait for the whole sample: steps queue as they would in a loop
+        print((time.perf_counter() - start) / steps, flush=True)
+
+
+def module_available(name):
+    """Whether ``name`` is installed, found without importing it here (see the module doc)."""
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
 
 
 WARM_STEPS = 2  # untimed steps before each sample: wake the thread pools after the settle
@@ -286,7 +372,7 @@ def time_round_robin(timers, repeats, inner, settle=SETTLE_SECONDS):
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def run_config(name, repeats, use_torch):
+def run_config(name, repeats, use_torch, use_jax=False):
     sizes, batch, opt_name = CONFIGS[name]
     steps = {}
     if _nanodl().backend.native_available():
@@ -300,17 +386,22 @@ def run_config(name, repeats, use_torch):
         for _ in range(3):
             step()
     timers = {label: local_timer(step) for label, step in steps.items()}
-    worker = TorchWorker(name) if use_torch else None
-    if worker is not None:
-        timers["pytorch"] = worker
+    workers = {}
+    if use_torch:
+        workers["pytorch"] = TorchWorker(name)
+    if use_jax:
+        workers["jax (jit)"] = TorchWorker(name, "jax")
+    for label, worker in workers.items():
+        timers[label] = worker
         worker(1)  # wait until the worker is ready
     try:
         medians = time_round_robin(timers, repeats, inner)
     finally:
-        if worker is not None:
+        for worker in workers.values():
             worker.close()
+    compile_seconds = workers["jax (jit)"].compile_seconds if use_jax else None
     return {"config": name, "sizes": "-".join(map(str, sizes)), "batch": batch, "optimizer": opt_name,
-            "flops": flops, "medians": medians}
+            "flops": flops, "medians": medians, "jax_compile": compile_seconds}
 
 
 def main(argv=None):
@@ -318,11 +409,18 @@ def main(argv=None):
     if argv[:1] == ["--torch-worker"]:
         torch_worker(argv[1])
         return []
+    if argv[:1] == ["--jax-worker"]:
+        jax_worker(argv[1])
+        return []
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--torch-first", action="store_true",
+                        help="import torch in this process before nanodl (as a notebook "
+                             "comparing the two would); PyTorch is still timed in its worker")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
@@ -330,22 +428,34 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown configs {unknown}; valid: {', '.join(CONFIGS)}")
     repeats = args.repeats or (5 if args.quick else 15)
-    use_torch = torch_available() and not args.no_torch
+    use_torch = module_available("torch") and not args.no_torch
+    use_jax = module_available("jax") and not args.no_jax
+    if args.torch_first:
+        import torch  # noqa: F401  (before nanodl: its libgomp is then the process's)
     backend = _nanodl().backend
     previous = backend.get_kernels()
     rate = sgemm_rate()
+    policy = backend.threads.info()
     print(f"threads: {thread_count()}   SGEMM rate: {rate / 1e9:.1f} GFLOP/s   "
-          f"torch: {'yes' if use_torch else 'not installed'}   repeats: {repeats}")
+          f"torch: {_peer(use_torch, 'torch', args.no_torch)}   "
+          f"jax: {_peer(use_jax, 'jax', args.no_jax)}   repeats: {repeats}   "
+          f"torch imported first: {'yes' if args.torch_first else 'no'} "
+          f"(nanodl's OpenMP cap: {policy['openmp_kernel_cap'] or 'none'}, "
+          f"busy machine: {policy['machine_busy']})")
     rows = []
     try:
         for name in names:
-            row = run_config(name, repeats, use_torch)
+            row = run_config(name, repeats, use_torch, use_jax)
             row["floor"] = row["flops"] / rate
             rows.append(row)
             print_row(row, args.markdown)
     finally:
         backend.set_kernels(previous)
     return rows
+
+
+def _peer(used, name, refused):
+    return "yes" if used else ("off" if refused else "not installed")
 
 
 def print_row(row, markdown):
@@ -361,7 +471,10 @@ def print_row(row, markdown):
         if markdown:
             print(f"| {name} | {seconds * 1e3:.3f} | {ratio:.2f} |")
         else:
-            print(f"  {name:<14} {seconds * 1e3:9.3f} ms   native/this = {ratio:5.2f}")
+            print(f"  {name:<15} {seconds * 1e3:9.3f} ms   native/this = {ratio:5.2f}")
+    if row.get("jax_compile") is not None:
+        print(f"  (jax: tracing + XLA compile of the step took {row['jax_compile']:.2f} s, not "
+              "included above)")
 
 
 if __name__ == "__main__":
