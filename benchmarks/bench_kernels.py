@@ -63,15 +63,19 @@ def cases(n, rng):
     p = x.copy()
     out += [
         ("sgd_step (momentum)", 3, 2,
-         lambda t: t.sgd_step(p, g, state["a"], 1e-6, momentum=0.9)),
+         lambda t: t.sgd_step(p, g, momentum_buf=state["a"], lr=1e-6, momentum=0.9)),
         ("adam_step", 4, 3,
-         lambda t: t.adam_step(p, g, state["a"], state["b"], None, 10, 1e-6, 0.9, 0.999, 1e-8)),
+         lambda t: t.adam_step(p, g, exp_avg=state["a"], exp_avg_sq=state["b"], step=10, lr=1e-6,
+                               beta1=0.9, beta2=0.999, eps=1e-8)),
         ("adam_step (amsgrad, AdamW)", 5, 4,
-         lambda t: t.adam_step(p, g, state["a"], state["b"], state["c"], 10, 1e-6, 0.9, 0.999,
-                               1e-8, weight_decay=1e-2, decoupled=True, amsgrad=True)),
-        ("adagrad_step", 3, 2, lambda t: t.adagrad_step(p, g, state["b"], 1e-6, 1e-10)),
+         lambda t: t.adam_step(p, g, exp_avg=state["a"], exp_avg_sq=state["b"],
+                               max_exp_avg_sq=state["c"], step=10, lr=1e-6, beta1=0.9, beta2=0.999,
+                               eps=1e-8, weight_decay=1e-2, decoupled=True, amsgrad=True)),
+        ("adagrad_step", 3, 2,
+         lambda t: t.adagrad_step(p, g, state_sum=state["b"], lr=1e-6, eps=1e-10)),
         ("rmsprop_step (centered, momentum)", 5, 4,
-         lambda t: t.rmsprop_step(p, g, state["b"], state["a"], state["c"], 1e-6, 0.99, 1e-8,
+         lambda t: t.rmsprop_step(p, g, square_avg=state["b"], momentum_buf=state["a"],
+                                  grad_avg=state["c"], lr=1e-6, alpha=0.99, eps=1e-8,
                                   momentum=0.9, centered=True)),
     ]
     return out
@@ -99,7 +103,7 @@ def main(argv=None):
               f"{'copy GB/s':>9s} {'native/copy':>11s} {'numpy/copy':>10s} {'speedup':>7s}")
     print(header)
     print("-" * len(header))
-    tables = [("native", kernels_native), ("numpy", kernels_numpy)]
+    tables = [("native", kernels_native and kernels_native.TABLE), ("numpy", kernels_numpy.TABLE)]
     if kernels_native is None:
         print("(native kernels not built: the native columns are NaN)")
         tables = tables[1:]

@@ -3,8 +3,8 @@
 
 Everything here is ``inline`` and fused over float/double, so each .pyx that
 cimports it gets its own specialised copy; the loops take raw pointers that the
-Python wrapper (``nanodl/backend/kernels_native.py``) has already checked for
-dtype, shape and contiguity.
+kernel table (``nanodl/backend/table.py``, then ``kernels_native.py``) has already
+checked for dtype, shape and contiguity, and ``arrays.pxd`` guards again.
 
 Float32 uses the vectorizable polynomials of ``nd_math.h``; float64 calls libm.
 Constants are typed ``floating`` (a local ``one``, casts) so float32 kernels compute in
@@ -75,7 +75,8 @@ cdef enum:
     PAR_MIN_COSTLY = 32768
     CHUNK = 4096              # elements per prange iteration
 
-# Activation codes, in kernels_numpy.LINEAR_ACTIVATIONS order.
+# Activation codes: each is its record's ``code`` (nanodl/backend/activations.py);
+# tests/test_kernels.py::test_c_enum_order_is_the_records_order ties them together.
 cdef enum:
     ACT_LINEAR = 0
     ACT_RELU = 1
@@ -158,8 +159,8 @@ cdef inline floating tanh_bwd(floating y, floating g) noexcept nogil:
     return g * (one - y * y)
 
 # GELU through the identity 0.5 (1 + tanh(u)) = sigmoid(2u), u = c (x + k x^3): one
-# exp instead of a tanh, and no cancellation in 1 + tanh(u) for negative x (NumPy's
-# formula loses ~1e-3 relative there; the two agree to float32 rounding elsewhere).
+# exp instead of a tanh, and no cancellation in 1 + tanh(u) for negative x (the plain
+# formula loses all relative accuracy there; the NumPy twin uses this form too).
 # With e = exp(-2|u|) <= 1, s = sigmoid(2u) and 1 - s are both formed without
 # subtraction, and 1 - tanh(u)^2 = 4 s (1 - s).
 cdef inline floating gelu_fwd(floating x) noexcept nogil:

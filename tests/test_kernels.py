@@ -358,3 +358,21 @@ def test_c_enum_order_is_the_records_order():
     enum = {name.lower(): int(code) for name, code in re.findall(r"ACT_(\w+) = (\d+)", source)}
     assert enum == activations.CODES
     assert sorted(activations.CODES.values()) == list(range(len(activations.ACTIVATIONS)))
+
+
+@pytest.mark.parametrize("tbl_name", ["numpy", pytest.param("native", marks=needs_native)])
+def test_the_loss_op_takes_transposed_logits(tbl_name):
+    """Issue 9: F-order (transposed) logits through the op, on both CPU tables."""
+    import nanodl as nd
+    from helpers import kernels
+    rng = np.random.default_rng(5)
+    logits_t = rng.standard_normal((3, 6)).astype(np.float32)
+    target = np.array([0, 1, 2, 0, 1, 2])
+    with kernels(tbl_name):
+        logits = nd.tensor(logits_t, requires_grad=True)
+        loss = nd.ops.softmax_cross_entropy(logits.T, target, "mean")
+        loss.backward()
+    expected, probs = NUMPY.softmax_xent_forward(np.ascontiguousarray(logits_t.T), target)
+    np.testing.assert_allclose(loss.item(), expected.mean(), rtol=1e-6)
+    dlogits = NUMPY.softmax_xent_backward(probs, target, np.full(6, 1 / 6, np.float32))
+    np.testing.assert_allclose(logits.grad, dlogits.T, rtol=1e-5, atol=1e-7)

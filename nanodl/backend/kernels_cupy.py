@@ -1,12 +1,14 @@
 """The CuPy kernel table: the GPU twin of ``kernels_numpy`` (same names, signatures, results).
 
-Read ``kernels_numpy`` first: its docstrings are the spec, and every function here
-computes the same formula in the same order of operations, on CuPy arrays.
+The contract (arguments, checks, errors) is ``nanodl.backend.table``; read
+``kernels_numpy`` next: every function here computes its formula in the same order of
+operations, on CuPy arrays.
 
 What runs where
 ---------------
-* Activations: one fused ``cupy.ElementwiseKernel`` per forward and per backward
-  (sigmoid and softplus in their stable forms: ``exp`` of a non-positive number only).
+* Activations: one fused ``cupy.ElementwiseKernel`` per forward and per backward, from
+  the records' device code (sigmoid, softplus and GELU in their stable forms: ``exp``
+  of a non-positive number only).
 * ``linear_forward``: ``cupy.matmul`` (cuBLAS GEMM), then bias and activation fused in
   one elementwise pass over the GEMM output, in place where the backward needs only
   the output. ``linear_backward``: the activation gradient is one elementwise pass;
