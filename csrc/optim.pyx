@@ -85,6 +85,7 @@ cdef inline void adam_range(floating* param, const floating* grad, floating* exp
                             bint amsgrad, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating p, g, m, v, second
+    cdef bint take_v
     for i in range(lo, hi):
         p = param[i]
         g = grad[i]
@@ -99,7 +100,8 @@ cdef inline void adam_range(floating* param, const floating* grad, floating* exp
         exp_avg_sq[i] = v
         second = v
         if amsgrad:
-            second = v if (v > max_sq[i] or v != v) else max_sq[i]  # NaN propagates, as np.maximum
+            take_v = (v > max_sq[i]) | (v != v)  # NaN propagates, as np.maximum (no branch)
+            second = v if take_v else max_sq[i]
             max_sq[i] = second
         param[i] = p - step_size * m / (ew.f_sqrt(second) / bc2_sqrt + eps)
 
