@@ -149,3 +149,37 @@ LINEAR_ACTIVATIONS = tuple(a.name for a in ACTIVATIONS)
 # Activations whose backward takes the forward output.
 OUTPUT_GRAD_ACTIVATIONS = frozenset(a.name for a in ACTIVATIONS if a.saves == "output")
 CODES = {a.name: a.code for a in ACTIVATIONS}
+
+
+def table_functions(activation, forward, backward):
+    """A table's ``<name>_forward`` / ``<name>_backward`` for ``activation``, with the
+    parameter names the kernel contract declares (``x`` or ``y`` saved, ``alpha`` only
+    where the activation has one), over a table's generic ``forward(x, alpha)`` and
+    ``backward(saved, grad, alpha)``. Tables that loop over the records use it, so the
+    three signature shapes are written once.
+
+    >>> fwd, bwd = table_functions(BY_NAME["tanh"], lambda x, a: x, lambda s, g, a: g)
+    >>> fwd.__name__, bwd.__code__.co_varnames[:2]
+    ('tanh_forward', ('y', 'grad'))
+    """
+    if activation.has_alpha:
+        def forward_kernel(x, alpha):
+            return forward(x, alpha)
+
+        def backward_kernel(x, grad, alpha):
+            return backward(x, grad, alpha)
+    elif activation.saves == "output":
+        def forward_kernel(x):
+            return forward(x, 0.0)
+
+        def backward_kernel(y, grad):
+            return backward(y, grad, 0.0)
+    else:
+        def forward_kernel(x):
+            return forward(x, 0.0)
+
+        def backward_kernel(x, grad):
+            return backward(x, grad, 0.0)
+    forward_kernel.__name__ = forward_kernel.__qualname__ = activation.forward_kernel
+    backward_kernel.__name__ = backward_kernel.__qualname__ = activation.backward_kernel
+    return forward_kernel, backward_kernel

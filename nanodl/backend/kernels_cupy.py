@@ -39,12 +39,13 @@ expected, a non-float dtype or mixed dtypes raise ``TypeError``; mismatched shap
 unknown activation names and class labels outside [0, C) raise ``ValueError``
 (checking the labels costs one device synchronisation per call).
 """
+import functools
 import os
 import warnings
 
 import numpy as np
 
-from .activations import ELEMENTWISE, GELU_C, GELU_K, OUTPUT_GRAD_ACTIVATIONS
+from .activations import ELEMENTWISE, GELU_C, GELU_K, OUTPUT_GRAD_ACTIVATIONS, table_functions
 from .cuda import require_cupy
 from .table import Device, KernelTable
 
@@ -143,33 +144,13 @@ def _backward(name, saved, grad, alpha):
     return _activation_backward_kernel(name)(saved, grad, _scalar(alpha))
 
 
-def _define_activation(activation):
-    """This table's ``<name>_forward`` / ``<name>_backward``: one elementwise kernel each."""
-    name = activation.name
-    if activation.has_alpha:
-        def forward(x, alpha):
-            return _forward(name, x, alpha)
-
-        def backward(x, grad, alpha):
-            return _backward(name, x, grad, alpha)
-    elif activation.saves == "output":
-        def forward(x):
-            return _forward(name, x, 0.0)
-
-        def backward(y, grad):
-            return _backward(name, y, grad, 0.0)
-    else:
-        def forward(x):
-            return _forward(name, x, 0.0)
-
-        def backward(x, grad):
-            return _backward(name, x, grad, 0.0)
-    forward.__name__, backward.__name__ = activation.forward_kernel, activation.backward_kernel
-    globals()[activation.forward_kernel], globals()[activation.backward_kernel] = forward, backward
-
-
+# This table's ``<name>_forward`` / ``<name>_backward``: one elementwise kernel each.
 for _activation in ELEMENTWISE:
-    _define_activation(_activation)
+    _forward_kernel, _backward_kernel = table_functions(
+        _activation,
+        functools.partial(_forward, _activation.name), functools.partial(_backward, _activation.name))
+    globals()[_activation.forward_kernel] = _forward_kernel
+    globals()[_activation.backward_kernel] = _backward_kernel
 
 
 # ---------------------------------------------------------------- dense layer

@@ -10,11 +10,12 @@ float or double specialisation of each Cython kernel.
 If the extension modules are missing, importing this module raises ImportError and
 ``nanodl.backend`` falls back to the NumPy table.
 """
+import functools
 import threading
 
 import numpy as np
 
-from .activations import CODES, ELEMENTWISE, OUTPUT_GRAD_ACTIVATIONS
+from .activations import CODES, ELEMENTWISE, OUTPUT_GRAD_ACTIVATIONS, table_functions
 from .table import CPU, Device, KernelTable
 
 try:
@@ -70,33 +71,13 @@ def _backward(code, saved, grad, alpha):
     return out
 
 
-def _define_activation(activation):
-    """This table's ``<name>_forward`` / ``<name>_backward``: the C loop for its ACT_* code."""
-    code = activation.code
-    if activation.has_alpha:
-        def forward(x, alpha):
-            return _forward(code, x, alpha)
-
-        def backward(x, grad, alpha):
-            return _backward(code, x, grad, alpha)
-    elif activation.saves == "output":
-        def forward(x):
-            return _forward(code, x, 0.0)
-
-        def backward(y, grad):
-            return _backward(code, y, grad, 0.0)
-    else:
-        def forward(x):
-            return _forward(code, x, 0.0)
-
-        def backward(x, grad):
-            return _backward(code, x, grad, 0.0)
-    forward.__name__, backward.__name__ = activation.forward_kernel, activation.backward_kernel
-    globals()[activation.forward_kernel], globals()[activation.backward_kernel] = forward, backward
-
-
+# This table's ``<name>_forward`` / ``<name>_backward``: the C loop for its ACT_* code.
 for _activation in ELEMENTWISE:
-    _define_activation(_activation)
+    _forward_kernel, _backward_kernel = table_functions(
+        _activation,
+        functools.partial(_forward, _activation.code), functools.partial(_backward, _activation.code))
+    globals()[_activation.forward_kernel] = _forward_kernel
+    globals()[_activation.backward_kernel] = _backward_kernel
 
 
 # ---------------------------------------------------------------- dense layer
