@@ -66,3 +66,16 @@ def kernels(name):
 
 
 KERNEL_TABLES = ["numpy"] + (["native"] if backend.native_available() else [])
+
+
+class Cube(nd.Function):
+    """SPEC §2's example op, x ** 3, with only ``forward``/``backward``: a first-order
+    custom Function (the tests derive wrong or higher-order variants from it)."""
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return x ** 3
+
+    def backward(self, grad):
+        (x,) = self.saved_tensors
+        return 3 * x ** 2 * grad

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import nanodl as nd
+from helpers import Cube
 import nanodl.functional as F
 from nanodl import autograd, backend
 from nanodl.gradcheck import (GradcheckError, GradcheckPrecisionWarning, GradcheckReport, audit,
@@ -31,16 +32,6 @@ def leaf(*shape, low=-1.0, high=1.0, name=None, rng=RNG):
 
 
 # ------------------------------------------------------------------ deliberately wrong ops
-class Cube(nd.Function):
-    def forward(self, x):
-        self.save_for_backward(x)
-        return x ** 3
-
-    def backward(self, grad):
-        (x,) = self.saved_tensors
-        return 3 * x ** 2 * grad
-
-
 class CubeWrongFactor(Cube):
     def backward(self, grad):
         (x,) = self.saved_tensors

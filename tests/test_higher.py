@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import nanodl as nd
+from helpers import Cube
 import nanodl.functional as F
 from nanodl import gradcheck
 from nanodl.ops.registry import REGISTRY, draw_inputs
@@ -123,16 +124,6 @@ def test_second_derivative_at_kinks_is_zero_never_nan():
 
 
 # ---------------------------------------------------------------- custom Functions
-class Cube(nd.Function):
-    def forward(self, x):
-        self.save_for_backward(x)
-        return x ** 3
-
-    def backward(self, grad):
-        (x,) = self.saved_tensors
-        return 3 * x ** 2 * grad
-
-
 class CubeWithVjp(Cube):
     def vjp(self, grad, x):
         return 3 * x ** 2 * grad

@@ -173,18 +173,19 @@ def _count_consumers(root):
     return consumers
 
 
-def topological_order(root):
-    """The nodes reachable from ``root``, each before every node it depends on."""
-    consumers = _count_consumers(root)
-    order, ready = [], [root]
+def topological_order(*roots, consumers=None):
+    """The nodes reachable from ``roots``, each before every node it depends on (several
+    roots, as ``nd.grad`` has, need their graph's ``consumers`` counts; left unchanged)."""
+    remaining = _count_consumers(*roots) if consumers is None else dict(consumers)
+    order, ready = [], [root for root in roots if remaining.get(root, 0) == 0]
     while ready:
         node = ready.pop()
         order.append(node)
         for tensor in node.inputs:
             parent = tensor.grad_fn
             if parent is not None:
-                consumers[parent] -= 1
-                if consumers[parent] == 0:
+                remaining[parent] -= 1
+                if remaining[parent] == 0:
                     ready.append(parent)
     return order
 

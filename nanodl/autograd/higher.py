@@ -23,7 +23,7 @@ the mask has derivative 0, so a second derivative there is 0, never NaN.
 """
 import numpy as np
 
-from . import _check_gradient, _freed_error, _run_backward, mode, owns_gradient
+from . import _check_gradient, _freed_error, _run_backward, mode, owns_gradient, topological_order
 from ..backend import array_module, device_of, is_device_array, to_device
 
 
@@ -152,12 +152,11 @@ def _walk(outputs, seeds, inputs, retain_graph, create_graph):
 
 def _plan(roots, leaf_slots, node_slots):
     """How many consumers each node has, and which nodes lead to an input (worth running)."""
-    consumers, order, stack, seen = {}, [], list(roots), set(roots)
+    consumers, stack, seen = {}, list(roots), set(roots)
     while stack:
         node = stack.pop()
         if node._freed:
             raise _freed_error(node)
-        order.append(node)
         for tensor in node.inputs:
             parent = tensor.grad_fn
             if parent is not None:
@@ -168,7 +167,7 @@ def _plan(roots, leaf_slots, node_slots):
     # A node is worth running when one of its inputs is an input asked for, or leads to one.
     reaches = set(node_slots)
     useful = set()
-    for node in _dependencies_first(order, consumers):
+    for node in reversed(topological_order(*roots, consumers=consumers)):
         for tensor in node.inputs:
             parent = tensor.grad_fn
             if (parent is None and id(tensor) in leaf_slots) or (parent is not None and parent in reaches):
@@ -176,23 +175,6 @@ def _plan(roots, leaf_slots, node_slots):
                 reaches.add(node)
                 break
     return consumers, useful
-
-
-def _dependencies_first(order, consumers):
-    """``order``'s nodes with every node after all the nodes it depends on (Kahn, reversed)."""
-    remaining = dict(consumers)
-    ready = [node for node in order if remaining.get(node, 0) == 0]
-    ranked = []
-    while ready:
-        node = ready.pop()
-        ranked.append(node)
-        for tensor in node.inputs:
-            parent = tensor.grad_fn
-            if parent is not None:
-                remaining[parent] -= 1
-                if remaining[parent] == 0:
-                    ready.append(parent)
-    return reversed(ranked)
 
 
 def _add(total, g):

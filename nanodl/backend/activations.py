@@ -18,6 +18,7 @@ checker's kink notes. How to add one: ``docs/extending.md``.
 >>> [a.name for a in ELEMENTWISE][:3]
 ['relu', 'leaky_relu', 'sigmoid']
 """
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 
@@ -149,6 +150,19 @@ LINEAR_ACTIVATIONS = tuple(a.name for a in ACTIVATIONS)
 # Activations whose backward takes the forward output.
 OUTPUT_GRAD_ACTIVATIONS = frozenset(a.name for a in ACTIVATIONS if a.saves == "output")
 CODES = {a.name: a.code for a in ACTIVATIONS}
+
+
+def define_table_functions(namespace, key, forward, backward):
+    """Put every elementwise activation's ``<name>_forward`` / ``<name>_backward`` into a
+    table module's ``namespace``, over its generic ``forward(key, x, alpha)`` and
+    ``backward(key, saved, grad, alpha)``, where ``key`` names the record field that
+    picks the activation (the native table's ``'code'``, the CuPy table's ``'name'``)."""
+    for activation in ELEMENTWISE:
+        which = getattr(activation, key)
+        forward_kernel, backward_kernel = table_functions(
+            activation, functools.partial(forward, which), functools.partial(backward, which))
+        namespace[activation.forward_kernel] = forward_kernel
+        namespace[activation.backward_kernel] = backward_kernel
 
 
 def table_functions(activation, forward, backward):

@@ -39,13 +39,12 @@ expected, a non-float dtype or mixed dtypes raise ``TypeError``; mismatched shap
 unknown activation names and class labels outside [0, C) raise ``ValueError``
 (checking the labels costs one device synchronisation per call).
 """
-import functools
 import os
 import warnings
 
 import numpy as np
 
-from .activations import ELEMENTWISE, GELU_C, GELU_K, OUTPUT_GRAD_ACTIVATIONS, table_functions
+from .activations import ELEMENTWISE, GELU_C, GELU_K, OUTPUT_GRAD_ACTIVATIONS, define_table_functions
 from .cuda import require_cupy
 from .table import Device, KernelTable
 
@@ -145,12 +144,7 @@ def _backward(name, saved, grad, alpha):
 
 
 # This table's ``<name>_forward`` / ``<name>_backward``: one elementwise kernel each.
-for _activation in ELEMENTWISE:
-    _forward_kernel, _backward_kernel = table_functions(
-        _activation,
-        functools.partial(_forward, _activation.name), functools.partial(_backward, _activation.name))
-    globals()[_activation.forward_kernel] = _forward_kernel
-    globals()[_activation.backward_kernel] = _backward_kernel
+define_table_functions(globals(), "name", _forward, _backward)
 
 
 # ---------------------------------------------------------------- dense layer

@@ -10,12 +10,11 @@ float or double specialisation of each Cython kernel.
 If the extension modules are missing, importing this module raises ImportError and
 ``nanodl.backend`` falls back to the NumPy table.
 """
-import functools
 import threading
 
 import numpy as np
 
-from .activations import CODES, ELEMENTWISE, OUTPUT_GRAD_ACTIVATIONS, table_functions
+from .activations import CODES, OUTPUT_GRAD_ACTIVATIONS, define_table_functions
 from .table import CPU, Device, KernelTable
 
 try:
@@ -72,12 +71,7 @@ def _backward(code, saved, grad, alpha):
 
 
 # This table's ``<name>_forward`` / ``<name>_backward``: the C loop for its ACT_* code.
-for _activation in ELEMENTWISE:
-    _forward_kernel, _backward_kernel = table_functions(
-        _activation,
-        functools.partial(_forward, _activation.code), functools.partial(_backward, _activation.code))
-    globals()[_activation.forward_kernel] = _forward_kernel
-    globals()[_activation.backward_kernel] = _backward_kernel
+define_table_functions(globals(), "code", _forward, _backward)
 
 
 # ---------------------------------------------------------------- dense layer
