@@ -259,12 +259,119 @@ class EngineLoss:
         return loss.data, leaf.grad
 
 
+class FlatUpdate:
+    """The optimizer's update as *one* kernel call over every parameter.
+
+    An eager step calls the update kernel once per parameter, and for a small network
+    those calls cost more than the arithmetic. The built-in updates are elementwise
+    (``Optimizer._update``), so one call over all parameters laid end to end does the
+    same arithmetic, bit for bit. At capture the parameters' values, their optimizer
+    state and the Dense stages' gradient buffers are moved into one array each; every
+    ``.data``, state array and ``.grad`` becomes a view of its segment (the values are
+    unchanged, and the views are what ``model.parameters()`` and the optimizer's
+    ``state_dict()`` read). A replay counts the step as ``Optimizer.step`` does and
+    calls ``_update`` once.
+
+    It applies when the native table runs Dense stages that own every parameter the
+    optimizer updates (a BatchNorm's gamma comes from the engine: then the step
+    updates per parameter), all of one dtype with one step count, and the optimizer
+    uses ``Optimizer.step``. If anything rebinds a view (``load_state_dict``, a
+    parameter given a new array) the program is captured again.
+    """
+
+    def __init__(self, optimizer, params):
+        self.optimizer, self.params, self.states = optimizer, params, optimizer._state
+        ends = np.cumsum([p.data.size for p in params])
+        self.segments = list(zip(ends - [p.data.size for p in params], ends))
+        dtype = params[0].data.dtype
+        self.data, self.grad = np.empty(ends[-1], dtype), np.empty(ends[-1], dtype)
+        slots = [name for name in self.states[0] if name != "step"]
+        self.state = {"step": self.states[0]["step"]}
+        for name in slots:
+            self.state[name] = np.empty(ends[-1], dtype)
+        self.views = []  # (holder, key, view): what must still be in place at a replay
+        for param, state, segment in zip(params, self.states, self.segments):
+            self._move(param, "data", self.data, segment)
+            for name in slots:
+                self._move(state, name, self.state[name], segment)
+
+    def _move(self, holder, key, flat, segment):
+        value = holder[key] if isinstance(holder, dict) else getattr(holder, key)
+        view = flat[segment[0]:segment[1]].reshape(value.shape)
+        view[...] = value
+        if isinstance(holder, dict):
+            holder[key] = view
+        else:
+            setattr(holder, key, view)
+        self.views.append((holder, key, view))
+
+    @classmethod
+    def build(cls, optimizer, stages):
+        """A FlatUpdate for these stages, or None where it does not apply (see above)."""
+        from .optim.optimizers import Optimizer
+        params = optimizer._params
+        owned = {}
+        for stage in stages:
+            if not isinstance(stage, NativeDenseStage):
+                continue
+            if stage.need_kernel:
+                owned[id(stage.kernel)] = stage
+            if stage.need_bias:
+                owned[id(stage.bias)] = stage
+        states = optimizer._state
+        if type(optimizer).step is not Optimizer.step or not states or \
+                len(states) != len(params) or len(owned) != len(params) or \
+                any(id(p) not in owned for p in params) or \
+                len({state["step"] for state in states}) != 1 or \
+                len({p.data.dtype for p in params}) != 1:
+            return None
+        return cls(optimizer, params)
+
+    def adopt(self, stages):
+        """Point the stages' gradient buffers at their segments of the flat gradient."""
+        where = {id(param): segment for param, segment in zip(self.params, self.segments)}
+        for stage in stages:
+            if isinstance(stage, NativeDenseStage):
+                if stage.need_kernel:
+                    stage.dkernel = self._segment(where[id(stage.kernel)], stage.dkernel.shape)
+                if stage.need_bias:
+                    stage.dbias = self._segment(where[id(stage.bias)], stage.dbias.shape)
+
+    def _segment(self, segment, shape):
+        return self.grad[segment[0]:segment[1]].reshape(shape)
+
+    def intact(self):
+        """Whether every parameter, state array and state list is still the flat one."""
+        if self.optimizer._state is not self.states or self.optimizer._params is not self.params:
+            return False
+        for holder, key, view in self.views:
+            if (holder[key] if type(holder) is dict else getattr(holder, key)) is not view:
+                return False
+        return True
+
+    def step(self):
+        """``optimizer.step()`` for a program whose stages filled every gradient."""
+        optimizer = self.optimizer
+        optimizer.step_count += 1
+        for state in self.states:
+            state["step"] += 1
+        self.state["step"] = self.states[0]["step"]
+        optimizer._update(self.data, self.grad, self.state)
+
+
 class _Program:
     """What one signature replays: stages, loss, parameters, optimizer."""
 
-    def __init__(self, stages, loss, params, optimizer, compute):
+    def __init__(self, stages, loss, params, optimizer, compute, flat=None):
         self.stages, self.loss, self.params = stages, loss, params
-        self.optimizer, self.compute = optimizer, compute
+        self.optimizer, self.compute, self.flat = optimizer, compute, flat
+
+    def intact(self):
+        """Whether the layers and the flat layout are still those of the capture."""
+        for stage in self.stages:
+            if not stage.unchanged():
+                return False
+        return self.flat is None or self.flat.intact()
 
     def run(self, x, target, weight):
         for param in self.params:
@@ -280,7 +387,10 @@ class _Program:
         optimizer = self.optimizer                    # 4. optimizer step, unchecked kernels
         optimizer._kernels = self._compute_table
         try:
-            optimizer.step()
+            if self.flat is not None:
+                self.flat.step()
+            else:
+                optimizer.step()
         finally:
             del optimizer._kernels
         return loss, out
@@ -352,6 +462,7 @@ class CapturedStep:
         self.model, self.optimizer = model, optimizer
         self._forward, self._kind, self._eager, self._params = forward, kind, eager, params
         self._programs = {}
+        self._flat = None  # the FlatUpdate the programs share, if one applies
         self.stages, self.loss_stage, self.reason = (), None, None
 
     def _loss(self, out, target, weight=None):
@@ -375,12 +486,8 @@ class CapturedStep:
         key = (x.shape, x.dtype, target.shape, target.dtype, weight is None, device_of(x),
                get_kernels(), id(self.optimizer._params))
         program = self._programs.get(key)
-        if program is not None:
-            for stage in program.stages:
-                if not stage.unchanged():
-                    break
-            else:
-                return program.run(x, target, weight)
+        if program is not None and program.intact():
+            return program.run(x, target, weight)
         loss, out = self._capture(key, x, target, weight)
         return loss.data, out.data
 
@@ -464,7 +571,12 @@ class CapturedStep:
             loss = SoftmaxXentLoss(table, out, self._labels_checked)
         else:
             loss = EngineLoss(self._loss)
-        return _Program(stages, loss, params, self.optimizer, table.compute)
+        flat = self._flat
+        if flat is None or not flat.intact():
+            flat = self._flat = FlatUpdate.build(self.optimizer, stages)
+        if flat is not None:
+            flat.adopt(stages)
+        return _Program(stages, loss, params, self.optimizer, table.compute, flat)
 
 
 class _Like:

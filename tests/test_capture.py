@@ -270,3 +270,91 @@ def test_bad_labels_in_a_replay_raise_the_kernels_error(kernel_table):
     bad[5] = 3
     with pytest.raises(ValueError, match="label 3 at index 5 is out of range"):
         step(x, bad)
+
+
+# ---------------------------------------------------------------- one update call (FlatUpdate)
+def native_only():
+    if backend.get_kernels() != "native":
+        pytest.skip("the flat update applies to the compiled table's Dense stages")
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_one_update_call_over_all_parameters(kernel_table, optimizer, captured_steps, monkeypatch):
+    native_only()
+    x, y = data()
+    eager, captured = fit_both(mlp, optimizer, "sparse_categorical_crossentropy", x, y,
+                               epochs=2, batch_size=16)
+    (step,) = captured_steps
+    flat = step._flat
+    assert flat is not None and all(program.flat is flat for program in step._programs.values())
+    params = captured.parameters()
+    assert all(np.shares_memory(p.data, flat.data) and np.shares_memory(p.grad, flat.grad)
+               for p in params)
+    for state in captured.optimizer._state:
+        assert state["step"] == eager.optimizer._state[0]["step"]
+        for name, value in state.items():
+            if name != "step":
+                assert np.shares_memory(value, flat.state[name])
+    sd_eager, sd_captured = eager.optimizer.state_dict(), captured.optimizer.state_dict()
+    assert sd_eager["step_count"] == sd_captured["step_count"]
+    for name, arrays in sd_eager["state"].items():
+        for a, b in zip(arrays, sd_captured["state"][name]):
+            np.testing.assert_array_equal(a, b)
+    # A replay calls the update once, on the whole flat array.
+    calls, update = [], type(captured.optimizer)._update
+
+    def counting(self, data, grad, state):
+        calls.append(data.shape)
+        update(self, data, grad, state)
+    monkeypatch.setattr(type(captured.optimizer), "_update", counting, raising=False)
+    step.run(x[:16], y[:16])
+    assert calls == [flat.data.shape]
+
+
+def test_flat_layout_rebound_recaptures_and_stays_equal(kernel_table):
+    native_only()
+    x, y = data(n=32)
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    model_a, model_b = mlp(head=None), mlp(head=None)
+    opt_a, opt_b = optim.Adam(model_a.parameters()), optim.Adam(model_b.parameters())
+    step = CapturedStep(model_b, loss, opt_b)
+    assert eager_loop(model_a, loss, opt_a, [(x, y)] * 3) == [step(x, y) for _ in range(3)]
+    first = step._flat
+    # load_state_dict gives the optimizer new state arrays: the flat layout is rebuilt.
+    saved = opt_a.state_dict()
+    opt_a.load_state_dict(saved)
+    opt_b.load_state_dict(saved)
+    assert eager_loop(model_a, loss, opt_a, [(x, y)] * 2) == [step(x, y) for _ in range(2)]
+    assert step._flat is not first and step._flat.intact()
+    # A parameter given a new array (same values): captured again, still equal.
+    second = step._flat
+    model_b.layers[0].kernel.data = model_b.layers[0].kernel.data.copy()
+    assert eager_loop(model_a, loss, opt_a, [(x, y)] * 2) == [step(x, y) for _ in range(2)]
+    assert step._flat is not second
+    assert_same_weights(model_a, model_b)
+
+
+def test_flat_update_only_where_it_applies(kernel_table):
+    native_only()
+    x, y = data(n=32)
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    # BatchNorm's gamma and beta get their gradients from the engine: per-parameter update.
+    nd.manual_seed(1)
+    model = nn.Sequential([nn.Dense(8, activation="relu", input_dim=6), nn.BatchNorm(), nn.Dense(3)])
+    step = CapturedStep(model, loss, optim.SGD(model.parameters(), lr=0.1))
+    step(x, y), step(x, y)
+    assert step._flat is None and step._programs
+    # An optimizer over some of the trained parameters only: per-parameter update.
+    model = mlp(head=None)
+    step = CapturedStep(model, loss, optim.SGD(model.layers[2].parameters(), lr=0.1))
+    step(x, y), step(x, y)
+    assert step._flat is None
+    # An optimizer whose step() is its own (not elementwise): called as it is.
+    class Clipped(optim.SGD):
+        def step(self):
+            optim.clip_grad_norm(self.params, 0.1)
+            super().step()
+    model = mlp(head=None)
+    step = CapturedStep(model, loss, Clipped(model.parameters(), lr=0.1))
+    step(x, y), step(x, y)
+    assert step._flat is None

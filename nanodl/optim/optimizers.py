@@ -38,8 +38,10 @@ class Optimizer:
     read once), or a module with a ``parameters()`` method.
 
     Subclasses set ``name``, implement ``_new_state(data)`` (a dict of the fresh
-    per-parameter state arrays the chosen options use, by name) and ``step()``, and
-    list their constructor arguments in ``get_config``.
+    per-parameter state arrays the chosen options use, by name) and ``_update(data,
+    grad, state)`` (one parameter's elementwise update; ``step()`` calls it for each
+    parameter with a gradient), and list their constructor arguments in ``get_config``.
+    An update that is not elementwise overrides ``step()`` instead.
 
     Per-parameter state is a dict per parameter: ``state["step"]``, the number of
     updates that parameter has received (a parameter without a gradient is not
@@ -149,7 +151,18 @@ class Optimizer:
             else:  # a new array, never in place: two parameters may share one grad array
                 p.grad = array_module(p.data).zeros_like(p.data)
 
-    def step(self):  # pragma: no cover - every subclass defines it
+    def step(self):
+        """Update every parameter that has a gradient (``_update`` on each)."""
+        for data, grad, state in self._updates():
+            self._update(data, grad, state)
+
+    def _update(self, data, grad, state):  # pragma: no cover - every subclass defines it
+        """Update one parameter's ``data`` in place from ``grad`` and its ``state``.
+
+        Elementwise, so one call over several parameters laid end to end in one array
+        (state arrays likewise, one step count) does what one call each would, bit for
+        bit: the captured step relies on it (``nanodl.capture.FlatUpdate``).
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------ hyper-parameters
@@ -291,13 +304,10 @@ class SGD(Optimizer):
         return {"lr": self._lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
-    def step(self):
-        """Update every parameter that has a gradient."""
-        lr, momentum, nesterov, weight_decay = self._lr, self.momentum, self.nesterov, self.weight_decay
-        for data, grad, state in self._updates():
-            self._kernels(data).sgd_step(data, grad, momentum_buf=state.get("momentum_buffer"),
-                                         lr=lr, momentum=momentum, nesterov=nesterov,
-                                         weight_decay=weight_decay)
+    def _update(self, data, grad, state):
+        self._kernels(data).sgd_step(data, grad, momentum_buf=state.get("momentum_buffer"),
+                                     lr=self._lr, momentum=self.momentum, nesterov=self.nesterov,
+                                     weight_decay=self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -330,17 +340,14 @@ class Adam(Optimizer):
         return {"lr": self._lr, "betas": self.betas, "eps": self.eps,
                 "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
 
-    def step(self):
-        """Update every parameter that has a gradient."""
-        lr, (beta1, beta2), eps = self._lr, self.betas, self.eps
-        weight_decay, decoupled, amsgrad = self.weight_decay, self._decoupled, self.amsgrad
-        for data, grad, state in self._updates():
-            self._kernels(data).adam_step(data, grad, exp_avg=state["exp_avg"],
-                                          exp_avg_sq=state["exp_avg_sq"],
-                                          max_exp_avg_sq=state.get("max_exp_avg_sq"),
-                                          step=state["step"], lr=lr, beta1=beta1, beta2=beta2,
-                                          eps=eps, weight_decay=weight_decay, decoupled=decoupled,
-                                          amsgrad=amsgrad)
+    def _update(self, data, grad, state):
+        beta1, beta2 = self.betas
+        self._kernels(data).adam_step(data, grad, exp_avg=state["exp_avg"],
+                                      exp_avg_sq=state["exp_avg_sq"],
+                                      max_exp_avg_sq=state.get("max_exp_avg_sq"),
+                                      step=state["step"], lr=self._lr, beta1=beta1, beta2=beta2,
+                                      eps=self.eps, weight_decay=self.weight_decay,
+                                      decoupled=self._decoupled, amsgrad=self.amsgrad)
 
 
 class AdamW(Adam):
@@ -378,13 +385,10 @@ class Adagrad(Optimizer):
                 "initial_accumulator_value": self.initial_accumulator_value,
                 "lr_decay": self.lr_decay, "weight_decay": self.weight_decay}
 
-    def step(self):
-        """Update every parameter that has a gradient."""
-        lr, lr_decay, eps, weight_decay = self._lr, self.lr_decay, self.eps, self.weight_decay
-        for data, grad, state in self._updates():
-            decayed_lr = lr / (1 + (state["step"] - 1) * lr_decay)
-            self._kernels(data).adagrad_step(data, grad, state_sum=state["sum"], lr=decayed_lr,
-                                             eps=eps, weight_decay=weight_decay)
+    def _update(self, data, grad, state):
+        decayed_lr = self._lr / (1 + (state["step"] - 1) * self.lr_decay)
+        self._kernels(data).adagrad_step(data, grad, state_sum=state["sum"], lr=decayed_lr,
+                                         eps=self.eps, weight_decay=self.weight_decay)
 
 
 class RMSprop(Optimizer):
@@ -416,16 +420,13 @@ class RMSprop(Optimizer):
         return {"lr": self._lr, "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
                 "centered": self.centered, "weight_decay": self.weight_decay}
 
-    def step(self):
-        """Update every parameter that has a gradient."""
-        lr, alpha, eps = self._lr, self.alpha, self.eps
-        weight_decay, momentum, centered = self.weight_decay, self.momentum, self.centered
-        for data, grad, state in self._updates():
-            self._kernels(data).rmsprop_step(data, grad, square_avg=state["square_avg"],
-                                             momentum_buf=state.get("momentum_buffer"),
-                                             grad_avg=state.get("grad_avg"), lr=lr, alpha=alpha,
-                                             eps=eps, weight_decay=weight_decay,
-                                             momentum=momentum, centered=centered)
+    def _update(self, data, grad, state):
+        self._kernels(data).rmsprop_step(data, grad, square_avg=state["square_avg"],
+                                         momentum_buf=state.get("momentum_buffer"),
+                                         grad_avg=state.get("grad_avg"), lr=self._lr,
+                                         alpha=self.alpha, eps=self.eps,
+                                         weight_decay=self.weight_decay, momentum=self.momentum,
+                                         centered=self.centered)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, Adagrad, RMSprop)}
