@@ -8,6 +8,8 @@ neighbour slows them all alike; the ratios are what to read. PyTorch and JAX run
 worker processes of their own (driven round by round from here): a process has one
 libgomp, and nanodl's short OpenMP spin setting must not be what PyTorch is measured
 with. JAX's step is one jit-compiled function; its compile time is reported apart.
+The GEMM floor is the step's matmul FLOPs at the rate of a 2048^3 product, timed in
+the same rounds as the steps.
 ``nanodl captured`` is the same step through ``nanodl.CapturedStep``.
 
     python benchmarks/bench_mlp.py                # all four configs
@@ -338,19 +340,26 @@ def gemm_flops(sizes, batch):
     return total
 
 
-def sgemm_rate(repeats=7):
-    """Measured float32 GEMM rate of this machine in FLOP/s (best of a 2048^3 product)."""
-    n = 2048
-    a = np.ones((n, n), np.float32)
-    b = np.ones((n, n), np.float32)
-    out = np.empty((n, n), np.float32)
-    np.matmul(a, b, out=out)
-    times = []
-    for _ in range(repeats):
+PROBE = 2048  # the floor's GEMM: PROBE^3, float32
+
+
+def sgemm_probe():
+    """A timer of one PROBE^3 float32 product (seconds), for the round-robin."""
+    a = np.ones((PROBE, PROBE), np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, a, out=out)
+
+    def timer(steps):
         start = time.perf_counter()
-        np.matmul(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / min(times)
+        np.matmul(a, a, out=out)
+        return time.perf_counter() - start
+    return timer
+
+
+def sgemm_rate(repeats=7):
+    """Measured float32 GEMM rate of this machine in FLOP/s (best of a PROBE^3 product)."""
+    timer = sgemm_probe()
+    return 2 * PROBE ** 3 / min(timer(1) for _ in range(repeats))
 
 
 # ---------------------------------------------------------------- timing
@@ -394,14 +403,22 @@ def run_config(name, repeats, use_torch, use_jax=False):
     for label, worker in workers.items():
         timers[label] = worker
         worker(1)  # wait until the worker is ready
+    # The floor's probe runs in the round-robin too: a rate taken at the same moments
+    # as the steps (the machine's speed drifts by tens of percent within minutes).
+    timers[_PROBE_LABEL] = sgemm_probe()
     try:
         medians = time_round_robin(timers, repeats, inner)
     finally:
         for worker in workers.values():
             worker.close()
+    probe = medians.pop(_PROBE_LABEL)
     compile_seconds = workers["jax (jit)"].compile_seconds if use_jax else None
     return {"config": name, "sizes": "-".join(map(str, sizes)), "batch": batch, "optimizer": opt_name,
-            "flops": flops, "medians": medians, "jax_compile": compile_seconds}
+            "flops": flops, "medians": medians, "jax_compile": compile_seconds,
+            "floor": flops * probe / (2 * PROBE ** 3)}
+
+
+_PROBE_LABEL = "sgemm probe"
 
 
 def main(argv=None):
@@ -446,7 +463,6 @@ def main(argv=None):
     try:
         for name in names:
             row = run_config(name, repeats, use_torch, use_jax)
-            row["floor"] = row["flops"] / rate
             rows.append(row)
             print_row(row, args.markdown)
     finally:
@@ -472,6 +488,8 @@ def print_row(row, markdown):
             print(f"| {name} | {seconds * 1e3:.3f} | {ratio:.2f} |")
         else:
             print(f"  {name:<15} {seconds * 1e3:9.3f} ms   native/this = {ratio:5.2f}")
+    print(f"  (GEMM floor: the step's matmul FLOPs at {row['flops'] / row['floor'] / 1e9:.1f} "
+          f"GFLOP/s, the median rate of a {PROBE}^3 product timed in the same rounds)")
     if row.get("jax_compile") is not None:
         print(f"  (jax: tracing + XLA compile of the step took {row['jax_compile']:.2f} s, not "
               "included above)")
