@@ -54,8 +54,12 @@ def as_array(data, dtype=None, *, what="tensor", numeric=True):
     if array.dtype.kind not in ("biufc" if numeric else "biufcSU"):
         raise TypeError(f"{what}: cannot make an array of dtype {array.dtype} from {type(data).__name__} "
                         f"{data!r:.60}; it must hold numbers{'' if numeric else ' or strings'}")
-    if dtype is not None and array.dtype != np.dtype(dtype):
-        array = array.astype(dtype)
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{what}: {dtype!r} is not a dtype (try 'float32' or 'float64')") from None
+        array = array if array.dtype == dtype else array.astype(dtype)
     return array
 
 

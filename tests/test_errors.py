@@ -24,6 +24,15 @@ def fit(x, y, **options):
 
 
 BAD_CALLS = {
+    # indexing, shapes, bounds, dtypes: NumPy's own errors, with the op and the shapes
+    "getitem float index": (lambda: x23[1.5], IndexError, r"getitem: index 1\.5 .* shape \(2, 3\)"),
+    "getitem out of range": (lambda: x23[5], IndexError, r"getitem: index 5 .* shape \(2, 3\).*bounds"),
+    "reshape to a str": (lambda: x23.reshape("a"), TypeError, r"reshape: a shape is integers.*'a'"),
+    "clip bound str": (lambda: x23.clip("a", 1), TypeError, r"clip: lo must be a real number.*str 'a'"),
+    "where shapes": (lambda: nd.where(np.ones((2, 2), bool), x23, x23), ValueError,
+                     r"where: cond \(2, 2\), a \(2, 3\) and b \(2, 3\) do not broadcast"),
+    "tensor unknown dtype": (lambda: nd.tensor([1.0], dtype="float99"), TypeError,
+                             r"tensor: 'float99' is not a dtype"),
     # tensors hold numbers
     "tensor of str": (lambda: nd.tensor([1.0, "a"]), TypeError, r"tensor: .*dtype <U"),
     "tensor of bytes": (lambda: nd.tensor(b"abc"), TypeError, r"tensor: .*dtype \|S3"),

@@ -166,6 +166,10 @@ class Clip(Function):
 
     def forward(self, a, lo=None, hi=None):
         xp = array_module(a)
+        for name, bound in (("lo", lo), ("hi", hi)):
+            if bound is not None and xp.asarray(bound).dtype.kind not in "biuf":
+                raise TypeError(f"clip: {name} must be a real number, an array of them or None, "
+                                f"got {type(bound).__name__} {bound!r:.40}")
         self.save_for_backward(a)
         self.lo, self.hi = lo, hi
         return xp.clip(a, lo, hi)
@@ -237,7 +241,11 @@ class Where(Function):
 
     def forward(self, a, b, cond=None):
         self.cond = cond
-        return array_module(a).where(cond, a, b)
+        try:
+            return array_module(a).where(cond, a, b)
+        except ValueError:
+            raise ValueError(f"where: cond {cond.shape}, a {a.shape} and b {b.shape} do not "
+                             "broadcast to one shape") from None
 
     def backward(self, grad):
         xp = array_module(grad)

@@ -14,6 +14,8 @@ class Reshape(Function):
         except ValueError:
             raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} "
                              f"({a.size} elements) into shape {tuple(shape)}") from None
+        except TypeError:
+            raise TypeError(f"reshape: a shape is integers, got {shape!r}") from None
 
     def backward(self, grad):
         return grad.reshape(self.shape)
@@ -88,7 +90,11 @@ class GetItem(Function):
 
     def forward(self, a, index=None):
         self.shape, self.dtype, self.index = a.shape, a.dtype, index
-        return a[index]
+        try:
+            return a[index]
+        except IndexError as error:  # NumPy's message, with the op and the shape
+            raise IndexError(f"getitem: index {index!r:.80} into a tensor of shape {a.shape}: "
+                             f"{error}") from None
 
     def backward(self, grad):
         return scatter_add(grad, self.index, self.shape)
