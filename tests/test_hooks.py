@@ -100,6 +100,31 @@ def test_hooks_on_layers_run_during_fit_and_predict():
     assert len(modes) == count
 
 
+@pytest.mark.parametrize("capture", [False, True])
+def test_a_hook_on_a_softmax_head_sees_probabilities_in_fit(capture):
+    """fit trains a softmax head through the fused loss on logits; a hook on the head
+    turns that off, so the hook fires every batch and sees what the layer returns."""
+    nd.manual_seed(0)
+    model = nn.Sequential([nn.Dense(8, activation="relu", input_dim=3),
+                           nn.Dense(4, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 3)).astype(np.float32), rng.integers(0, 4, 20)
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0)  # fused, and the plan is cached
+    seen = []
+    handle = model.layers[1].register_forward_hook(lambda m, i, out: seen.append(out.data.copy()))
+    model.fit(x, y, batch_size=10, epochs=2, verbose=0, capture=capture)
+    batches = [out for out in seen if len(out) == 10]  # fit may also probe a few rows
+    assert len(batches) == 4
+    for out in batches:
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+        assert (out >= 0).all()
+    handle.remove()
+    count = len(seen)
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert len(seen) == count
+
+
 def test_activation_stats_example_runs():
     env = dict(os.environ, NANODL_EXAMPLE_QUICK="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

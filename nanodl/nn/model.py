@@ -162,7 +162,8 @@ def fuse_logits(model, loss_name, loss_config):
     ``Dense(activation='sigmoid')`` with a binary cross-entropy, computes the same
     function as its pre-activation (the logits) fed to the loss's ``from_logits=True``
     form, which is one stable node: no clipping of the probabilities, no overflow, an
-    exact gradient (softmax - target). Keras makes the same swap. ``forward`` then runs
+    exact gradient (softmax - target). Keras makes the same swap (not while the head
+    has a forward hook: the hook sees the layer's real output). ``forward`` then runs
     the model up to the logits, and ``kind`` (``'softmax'``/``'sigmoid'``) tells the
     metrics that they see logits. ``predict`` and ``evaluate`` outputs are unchanged:
     only the training graph differs.
@@ -174,6 +175,8 @@ def fuse_logits(model, loss_name, loss_config):
     if head is None:
         return None
     body, dense = head
+    if dense.__dict__.get("_forward_hooks"):
+        return None  # a hook on the head sees (and may replace) its real output
     if loss_name in _CROSS_ENTROPIES and dense.activation == "softmax":
         kind = "softmax"
 
@@ -614,7 +617,9 @@ class Model(Module):
         return self
 
     def _plan(self, x, y):
-        key = (tuple(x.shape[1:]), tuple(y.shape[1:]), len(self.parameters()))
+        head = self._logits_head()
+        key = (tuple(x.shape[1:]), tuple(y.shape[1:]), len(self.parameters()),
+               head is not None and bool(head[1].__dict__.get("_forward_hooks")))
         if self._plan_cache is None or self._plan_cache[0] != key:
             self._plan_cache = (key, _Plan(self, x, y))
         return self._plan_cache[1]
