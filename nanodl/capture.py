@@ -60,6 +60,9 @@ steps stay eager, and ``reason`` says why. ``docs/capture.md`` walks through it.
 >>> second < first, all(isinstance(s, DenseStage) for s in step.stages), len(step.stages)
 (True, True, 2)
 """
+import sys
+import weakref
+
 import numpy as np
 
 from . import autograd
@@ -275,7 +278,9 @@ class FlatUpdate:
     It applies when the native table runs Dense stages that own every parameter the
     optimizer updates (a BatchNorm's gamma comes from the engine: then the step
     updates per parameter), all of one dtype with one step count, and the optimizer
-    uses ``Optimizer.step``. If anything rebinds a view (``load_state_dict``, a
+    uses ``Optimizer.step``, and when no one else holds a parameter's or a state's
+    array (a reference kept by the user, ``w = layer.kernel.data``, must stay the
+    array that is trained). If anything rebinds a view (``load_state_dict``, a
     parameter given a new array) the program is captured again.
     """
 
@@ -289,7 +294,7 @@ class FlatUpdate:
         self.state = {"step": self.states[0]["step"]}
         for name in slots:
             self.state[name] = np.empty(ends[-1], dtype)
-        self.views = []  # (holder, key, view): what must still be in place at a replay
+        self.views = []  # (holder, key, weakref to the view): what must still be in place
         for param, state, segment in zip(params, self.states, self.segments):
             self._move(param, "data", self.data, segment)
             for name in slots:
@@ -303,7 +308,7 @@ class FlatUpdate:
             holder[key] = view
         else:
             setattr(holder, key, view)
-        self.views.append((holder, key, view))
+        self.views.append((holder, key, weakref.ref(view)))  # weak: see build()
 
     @classmethod
     def build(cls, optimizer, stages):
@@ -325,6 +330,15 @@ class FlatUpdate:
                 len({state["step"] for state in states}) != 1 or \
                 len({p.data.dtype for p in params}) != 1:
             return None
+        arrays = [p.data for p in params]
+        arrays += [value for state in states for value in state.values()
+                   if isinstance(value, np.ndarray)]
+        # Held only by its parameter or state dict (+ ``arrays``, the loop variable and
+        # getrefcount's argument)? Then nobody can notice the move. An array the user
+        # keeps (``w = layer.kernel.data``, or a view of it) must stay the trained one.
+        if any(sys.getrefcount(array) > 4 for array in arrays):
+            return None
+        del arrays
         return cls(optimizer, params)
 
     def adopt(self, stages):
@@ -345,7 +359,7 @@ class FlatUpdate:
         if self.optimizer._state is not self.states or self.optimizer._params is not self.params:
             return False
         for holder, key, view in self.views:
-            if (holder[key] if type(holder) is dict else getattr(holder, key)) is not view:
+            if (holder[key] if type(holder) is dict else getattr(holder, key)) is not view():
                 return False
         return True
 

@@ -358,3 +358,27 @@ def test_flat_update_only_where_it_applies(kernel_table):
     step = CapturedStep(model, loss, Clipped(model.parameters(), lr=0.1))
     step(x, y), step(x, y)
     assert step._flat is None
+    # A parameter array (or a view of it) the user holds stays the one that is trained.
+    for keep in (lambda m: m.layers[0].kernel.data, lambda m: m.layers[2].bias.data[:2],
+                 lambda m: None):
+        model = mlp(head=None)
+        opt = optim.Adam(model.parameters())
+        kept = keep(model)
+        step = CapturedStep(model, loss, opt)
+        step(x, y), step(x, y)
+        if kept is None:
+            assert step._flat is not None
+        else:
+            assert step._flat is None
+            before = kept.copy()
+            step(x, y)
+            assert not np.array_equal(kept, before)  # still the parameter's own array
+    # Nor is a state array moved that someone holds.
+    model = mlp(head=None)
+    opt = optim.Adam(model.parameters())
+    step = CapturedStep(model, loss, opt)
+    nd.manual_seed(0)
+    eager_loop(model, loss, opt, [(x, y)])  # creates the optimizer state
+    held = opt._state[0]["exp_avg"]
+    step(x, y), step(x, y)
+    assert step._flat is None and held is opt._state[0]["exp_avg"]
