@@ -16,6 +16,7 @@ the same rounds as the steps.
     python benchmarks/bench_mlp.py --quick        # fewer repeats
     python benchmarks/bench_mlp.py --configs tiny,small --markdown
     python benchmarks/bench_mlp.py --torch-first  # `import torch` before nanodl, here
+    python benchmarks/bench_mlp.py --isolated     # each alone in its own process
 """
 import argparse
 import os
@@ -421,8 +422,62 @@ def run_config(name, repeats, use_torch, use_jax=False):
 _PROBE_LABEL = "sgemm probe"
 
 
+# ---------------------------------------------------------------- isolated processes
+def isolated_step(label, sizes, batch, opt_name):
+    """The step of implementation ``label``, built in a process that imports only what
+    that implementation needs (``--isolated``)."""
+    if label.startswith("nanodl"):
+        kernels = "numpy" if label == "nanodl numpy" else "native"
+        return nanodl_step(sizes, batch, opt_name, kernels, captured=label == "nanodl captured")
+    if label == "numpy manual":
+        return numpy_step(sizes, batch, opt_name)
+    if label == "pytorch":
+        return torch_step(sizes, batch, opt_name)
+    return jax_step(sizes, batch, opt_name)[1]  # the step that waits for its result
+
+
+def isolated_worker(label, config, repeats, inner):
+    """Time one implementation alone in this fresh process: back-to-back samples, no
+    settling between them (as a user's own loop runs); print the median s/step."""
+    sizes, batch, opt_name = CONFIGS[config]
+    step = isolated_step(label, sizes, batch, opt_name)
+    for _ in range(3):
+        step()
+    timer = local_timer(step)
+    print(statistics.median(timer(inner) for _ in range(repeats)), flush=True)
+
+
+def run_isolated(name, repeats, labels, processes):
+    """Each implementation in processes of its own, one process at a time, in rounds
+    (one process per implementation per round); the median over the rounds.
+
+    This machine has fast and slow phases lasting seconds (the same step, one process,
+    ASLR off: 0.41 ms for a second, then 0.65): one process per implementation gives
+    each a different mix of phases, so single-round ratios swing by up to 1.5x.
+    """
+    sizes, batch, _ = CONFIGS[name]
+    flops = gemm_flops(sizes, batch)
+    inner = min(500, max(1, int(2e9 // max(flops, 1))))
+    rounds = {label: [] for label in labels}
+    for _ in range(processes):
+        for label in labels:
+            out = subprocess.run([sys.executable, __file__, "--isolated-worker", label, name,
+                                  str(repeats), str(inner)], capture_output=True, text=True,
+                                 check=True)
+            rounds[label].append(float(out.stdout.split()[-1]))
+    medians = {label: statistics.median(values) for label, values in rounds.items()}
+    probe = sgemm_probe()
+    floor = flops * statistics.median(probe(1) for _ in range(7)) / (2 * PROBE ** 3)
+    return {"config": name, "sizes": "-".join(map(str, sizes)), "batch": batch,
+            "optimizer": CONFIGS[name][2], "flops": flops, "medians": medians,
+            "jax_compile": None, "floor": floor}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--isolated-worker"]:
+        isolated_worker(argv[1], argv[2], int(argv[3]), int(argv[4]))
+        return []
     if argv[:1] == ["--torch-worker"]:
         torch_worker(argv[1])
         return []
@@ -438,6 +493,12 @@ def main(argv=None):
     parser.add_argument("--torch-first", action="store_true",
                         help="import torch in this process before nanodl (as a notebook "
                              "comparing the two would); PyTorch is still timed in its worker")
+    parser.add_argument("--isolated", action="store_true",
+                        help="time each implementation alone, in a fresh process of its own, "
+                             "one after the other, back-to-back samples (instead of "
+                             "interleaved round by round with idle settling)")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="with --isolated: processes per implementation (rounds)")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
@@ -460,9 +521,12 @@ def main(argv=None):
           f"(nanodl's OpenMP cap: {policy['openmp_kernel_cap'] or 'none'}, "
           f"busy machine: {policy['machine_busy']})")
     rows = []
+    labels = ["nanodl native", "nanodl captured"] if backend.native_available() else []
+    labels += ["nanodl numpy", "numpy manual"] + ["pytorch"] * use_torch + ["jax (jit)"] * use_jax
     try:
         for name in names:
-            row = run_config(name, repeats, use_torch, use_jax)
+            row = (run_isolated(name, repeats, labels, args.processes) if args.isolated
+                   else run_config(name, repeats, use_torch, use_jax))
             rows.append(row)
             print_row(row, args.markdown)
     finally:
@@ -489,7 +553,7 @@ def print_row(row, markdown):
         else:
             print(f"  {name:<15} {seconds * 1e3:9.3f} ms   native/this = {ratio:5.2f}")
     print(f"  (GEMM floor: the step's matmul FLOPs at {row['flops'] / row['floor'] / 1e9:.1f} "
-          f"GFLOP/s, the median rate of a {PROBE}^3 product timed in the same rounds)")
+          f"GFLOP/s, the median rate of a {PROBE}^3 product timed in this run)")
     if row.get("jax_compile") is not None:
         print(f"  (jax: tracing + XLA compile of the step took {row['jax_compile']:.2f} s, not "
               "included above)")

@@ -324,7 +324,8 @@ class FlatUpdate:
             if stage.need_bias:
                 owned[id(stage.bias)] = stage
         states = optimizer._state
-        if type(optimizer).step is not Optimizer.step or not states or \
+        if type(optimizer).step is not Optimizer.step or "step" in vars(optimizer) or \
+                "_update" in vars(optimizer) or not states or \
                 len(states) != len(params) or len(owned) != len(params) or \
                 any(id(p) not in owned for p in params) or \
                 len({state["step"] for state in states}) != 1 or \

@@ -358,6 +358,14 @@ def test_flat_update_only_where_it_applies(kernel_table):
     step = CapturedStep(model, loss, Clipped(model.parameters(), lr=0.1))
     step(x, y), step(x, y)
     assert step._flat is None
+    # An optimizer whose step() was replaced on the instance (a counter, say): called.
+    model = mlp(head=None)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    calls = []
+    opt.step = lambda step=opt.step: (calls.append(1), step())
+    step = CapturedStep(model, loss, opt)
+    step(x, y), step(x, y)
+    assert step._flat is None and len(calls) == 2
     # A parameter array (or a view of it) the user holds stays the one that is trained.
     for keep in (lambda m: m.layers[0].kernel.data, lambda m: m.layers[2].bias.data[:2],
                  lambda m: None):
