@@ -1,10 +1,25 @@
 """The one random generator behind every draw nanodl makes (init, dropout, shuffling, randn).
 
 ``nd.manual_seed(seed)`` reseeds it, so a seeded run is reproducible end to end.
+``using(generator)`` makes the calling thread draw from a generator of its own for a
+block (the scikit-learn estimators fit with their ``random_state`` this way): other
+threads keep drawing from the global one, so two fits in two threads do not steal
+each other's numbers.
+
+>>> import numpy as np
+>>> from nanodl import random
+>>> with random.using(np.random.default_rng(0)):
+...     first = random.generator().random()
+>>> first == np.random.default_rng(0).random()
+True
 """
+import contextlib
+from threading import get_ident
+
 import numpy as np
 
 _generator = np.random.default_rng()
+_thread_generators = {}  # thread id -> its generator, while it is inside using()
 
 
 def manual_seed(seed):
@@ -18,11 +33,29 @@ def manual_seed(seed):
 
 
 def generator():
-    """The global ``numpy.random.Generator``."""
-    return _generator
+    """The ``numpy.random.Generator`` this thread draws from: the global one, or the one
+    of the ``using`` block it is in."""
+    return _thread_generators.get(get_ident(), _generator) if _thread_generators else _generator
+
+
+@contextlib.contextmanager
+def using(generator):
+    """Make this thread (only) draw from ``generator`` inside the block; blocks nest."""
+    if not isinstance(generator, np.random.Generator):
+        raise TypeError(f"using: expected a numpy.random.Generator, got {type(generator).__name__}")
+    ident = get_ident()
+    saved = _thread_generators.get(ident)
+    _thread_generators[ident] = generator
+    try:
+        yield generator
+    finally:
+        if saved is None:
+            del _thread_generators[ident]
+        else:
+            _thread_generators[ident] = saved
 
 
 def uniform(shape, dtype, xp=np):
     """Uniform [0, 1) draws of ``dtype``, made on the host and moved to ``xp``'s device."""
-    draws = _generator.random(shape, dtype=np.float64 if np.dtype(dtype) != np.float32 else np.float32)
+    draws = generator().random(shape, dtype=np.float64 if np.dtype(dtype) != np.float32 else np.float32)
     return draws if xp is np else xp.asarray(draws)

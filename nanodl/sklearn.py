@@ -69,18 +69,10 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 _SKLEARN_ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid"}
 
 
-@contextlib.contextmanager
 def _local_generator(generator):
-    """Make nanodl draw from ``generator`` inside the block, then put its own one back."""
-    if generator is None:
-        yield
-        return
-    saved = nd_random._generator
-    nd_random._generator = generator
-    try:
-        yield
-    finally:
-        nd_random._generator = saved
+    """Make this thread draw from ``generator`` inside the block (None: the global one).
+    Only this thread: fits running in parallel threads keep their own numbers."""
+    return contextlib.nullcontext() if generator is None else nd_random.using(generator)
 
 
 class _Progress(nd_callbacks.Callback):

@@ -361,3 +361,24 @@ def test_importing_nanodl_does_not_import_sklearn_or_onnx():
     code = "import sys, nanodl; nanodl.sklearn.MLPClassifier; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "True"  # nanodl.sklearn loads on first use
+
+
+def test_fits_in_parallel_threads_match_serial_fits(digits):
+    """Each fit draws from its own random_state in its own thread (nanodl.random.using):
+    GridSearchCV with a threading backend gets the serial results."""
+    import threading
+    x, y = digits[0][:300], digits[2][:300]
+    make = [lambda: MLPClassifier(hidden_layer_sizes=(16,), max_iter=8, random_state=seed)
+            for seed in (1, 2)]
+    serial = [make[i]().fit(x, y).loss_curve_ for i in range(2)]
+    results, barrier = [None, None], threading.Barrier(2)
+
+    def fit(i):
+        barrier.wait()
+        results[i] = make[i]().fit(x, y).loss_curve_
+    threads = [threading.Thread(target=fit, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == serial

@@ -215,3 +215,32 @@ def test_capped_kernels_give_the_same_bits():
     assert seen_threads[1] == 1
     for first, second in zip(*results):
         np.testing.assert_array_equal(first, second)
+
+
+def test_random_using_is_per_thread():
+    """A thread inside random.using draws from its generator; another thread, meanwhile,
+    from the global one (the old sklearn code swapped the global generator instead)."""
+    import threading
+    from nanodl import random as nd_random
+    entered, checked = threading.Event(), threading.Event()
+    own = np.random.default_rng(0)
+    seen = {}
+
+    def inside():
+        with nd_random.using(own):
+            seen["inside"] = nd_random.generator()
+            entered.set()
+            checked.wait(5)
+        seen["after"] = nd_random.generator()
+    thread = threading.Thread(target=inside)
+    thread.start()
+    entered.wait(5)
+    seen["other thread"] = nd_random.generator()
+    checked.set()
+    thread.join()
+    assert seen["inside"] is own
+    assert seen["other thread"] is nd_random.generator() and seen["other thread"] is not own
+    assert seen["after"] is not own and not nd_random._thread_generators
+    with pytest.raises(TypeError, match="using: expected a numpy.random.Generator, got int"):
+        with nd_random.using(3):
+            pass
