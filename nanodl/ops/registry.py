@@ -54,16 +54,11 @@ class OpSpec:
 
 
 def _gap_to_tie(axis):
-    """Distance between the two largest values along ``axis`` (0 means a tie)."""
+    """Distance to a tie of the two largest or the two smallest values along ``axis``
+    (0 means a tie: max and min both have a kink there)."""
     def distance(a):
-        if a.size < 2:
-            return np.inf
-        values = np.sort(a.reshape(-1) if axis is None else np.moveaxis(a, axis, -1), axis=-1)
-        if values.shape[-1] < 2:
-            return np.inf
-        top = np.diff(values[..., -2:], axis=-1)
-        bottom = np.diff(values[..., :2], axis=-1)
-        return float(min(top.min(), bottom.min()))
+        axes = None if axis is None or a.ndim == 0 else (axis % a.ndim,)
+        return min(_extreme_gap(a, axes, True), _extreme_gap(a, axes, False))
     return distance
 
 
