@@ -2,8 +2,8 @@
 # cython: initializedcheck=False, cdivision=True
 """Softmax cross-entropy, fused row by row.
 
-Forward, per row: max, exp(x - max) into ``probs`` while summing (in double), one
-log, the loss, then ``probs /= sum``. Backward, per row: one pass writing
+Forward, per row: max, exp(x - max) into ``probs`` (a loop of its own, which GCC
+vectorizes), their sum in order (in double), one log, the loss, then ``probs /= sum``. Backward, per row: one pass writing
 ``(probs - target) * grad``. Rows run in parallel above ``ew.PAR_MIN_COSTLY``
 elements. Sparse targets arrive as contiguous ``intp``; their range is checked by the
 kernel table first (``labels_out_of_range``) and again here, in one cheap pass, so
@@ -61,9 +61,10 @@ cdef inline void forward_rows(const floating* logits, const intp_t* sparse, cons
         for j in range(1, cols):
             if x[j] > m:
                 m = x[j]
-        total = 0
-        for j in range(cols):
+        for j in range(cols):  # apart from the sum, so that the exps vectorize
             p[j] = ew.f_exp(x[j] - m)
+        total = 0
+        for j in range(cols):  # in order, in double: the same sum as one fused loop
             total += p[j]
         log_total = <floating>log(total)
         if sparse != NULL:
