@@ -301,33 +301,33 @@ class FlatUpdate:
                 self._move(state, name, self.state[name], segment)
 
     def _move(self, holder, key, flat, segment):
-        value = holder[key] if isinstance(holder, dict) else getattr(holder, key)
+        value = holder[key] if type(holder) is dict else getattr(holder, key)
         view = flat[segment[0]:segment[1]].reshape(value.shape)
         view[...] = value
-        if isinstance(holder, dict):
+        if type(holder) is dict:
             holder[key] = view
         else:
             setattr(holder, key, view)
         self.views.append((holder, key, weakref.ref(view)))  # weak: see build()
 
+    @staticmethod
+    def covers(params, stages):
+        """Whether the stages write the gradients of exactly ``params``, into buffers."""
+        owned = set()
+        for stage in stages:
+            if isinstance(stage, NativeDenseStage):
+                owned.update(id(p) for p, needed in ((stage.kernel, stage.need_kernel),
+                                                     (stage.bias, stage.need_bias)) if needed)
+        return len(owned) == len(params) and all(id(p) in owned for p in params)
+
     @classmethod
     def build(cls, optimizer, stages):
         """A FlatUpdate for these stages, or None where it does not apply (see above)."""
         from .optim.optimizers import Optimizer
-        params = optimizer._params
-        owned = {}
-        for stage in stages:
-            if not isinstance(stage, NativeDenseStage):
-                continue
-            if stage.need_kernel:
-                owned[id(stage.kernel)] = stage
-            if stage.need_bias:
-                owned[id(stage.bias)] = stage
-        states = optimizer._state
+        params, states = optimizer._params, optimizer._state
         if type(optimizer).step is not Optimizer.step or "step" in vars(optimizer) or \
                 "_update" in vars(optimizer) or not states or \
-                len(states) != len(params) or len(owned) != len(params) or \
-                any(id(p) not in owned for p in params) or \
+                len(states) != len(params) or not cls.covers(params, stages) or \
                 len({state["step"] for state in states}) != 1 or \
                 len({p.data.dtype for p in params}) != 1:
             return None
@@ -586,9 +586,11 @@ class CapturedStep:
             loss = SoftmaxXentLoss(table, out, self._labels_checked)
         else:
             loss = EngineLoss(self._loss)
-        flat = self._flat
+        flat = self._flat  # shared by the programs whose stages fill all its gradients
         if flat is None or not flat.intact():
             flat = self._flat = FlatUpdate.build(self.optimizer, stages)
+        elif not flat.covers(flat.params, stages):
+            flat = None  # this program (another table, a BatchNorm...) updates per parameter
         if flat is not None:
             flat.adopt(stages)
         return _Program(stages, loss, params, self.optimizer, table.compute, flat)

@@ -334,6 +334,28 @@ def test_flat_layout_rebound_recaptures_and_stays_equal(kernel_table):
     assert_same_weights(model_a, model_b)
 
 
+def test_flat_layout_survives_a_table_switch(kernel_table):
+    """A program on the other table (whose stages do not write the flat gradient)
+    updates per parameter on the flat views; back on the compiled table the flat
+    update resumes. Every step equal to the eager one."""
+    native_only()
+    x, y = data(n=32)
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    model_a, model_b = mlp(head=None), mlp(head=None)
+    opt_a, opt_b = optim.Adam(model_a.parameters()), optim.Adam(model_b.parameters())
+    step = CapturedStep(model_b, loss, opt_b)
+    expected, got = [], []
+    for table in ("native", "numpy", "native", "numpy"):
+        backend.set_kernels(table)
+        expected += eager_loop(model_a, loss, opt_a, [(x, y)] * 3)
+        got += [step(x, y) for _ in range(3)]
+        (program,) = [p for key, p in step._programs.items() if table in key]
+        assert (program.flat is not None) == (table == "native")
+    backend.set_kernels("native")
+    assert got == expected
+    assert_same_weights(model_a, model_b)
+
+
 def test_flat_update_only_where_it_applies(kernel_table):
     native_only()
     x, y = data(n=32)
