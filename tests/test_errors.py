@@ -29,6 +29,9 @@ BAD_CALLS = {
     "getitem out of range": (lambda: x23[5], IndexError, r"getitem: index 5 .* shape \(2, 3\).*bounds"),
     "reshape to a str": (lambda: x23.reshape("a"), TypeError, r"reshape: a shape is integers.*'a'"),
     "clip bound str": (lambda: x23.clip("a", 1), TypeError, r"clip: lo must be a real number.*str 'a'"),
+    "optimizer without an update": (lambda: type("Bare", (optim.Optimizer,), {})(
+        [SimpleNamespace(data=np.zeros(1), grad=np.ones(1))]).step(), NotImplementedError,
+        r"Bare: define _update\(data, grad, state\).* or step\(\)"),
     "where shapes": (lambda: nd.where(np.ones((2, 2), bool), x23, x23), ValueError,
                      r"where: cond \(2, 2\), a \(2, 3\) and b \(2, 3\) do not broadcast"),
     "tensor unknown dtype": (lambda: nd.tensor([1.0], dtype="float99"), TypeError,

@@ -203,6 +203,8 @@ def abs(a):
 
 
 def clip(a, lo, hi):
+    """Clamp to [lo, hi]; the bounds are constants (a Tensor bound gives its values)."""
+    lo, hi = (bound.data if isinstance(bound, Tensor) else bound for bound in (lo, hi))
     return Clip.apply(a, lo=lo, hi=hi)
 
 

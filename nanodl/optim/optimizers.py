@@ -163,7 +163,8 @@ class Optimizer:
         (state arrays likewise, one step count) does what one call each would, bit for
         bit: the captured step relies on it (``nanodl.capture.FlatUpdate``).
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: define _update(data, grad, state), "
+                                  "one parameter's elementwise update, or step()")
 
     # ------------------------------------------------------------ hyper-parameters
     def _check_nonneg(self, what, value):
