@@ -62,6 +62,7 @@ steps stay eager, and ``reason`` says why. ``docs/capture.md`` walks through it.
 """
 import sys
 import weakref
+from threading import get_ident
 
 import numpy as np
 
@@ -81,6 +82,14 @@ def _leaf(data, requires_grad=False):
     tensor.data, tensor.grad, tensor.grad_fn, tensor.name = data, None, None, None
     tensor.requires_grad = requires_grad
     return tensor
+
+
+def _debug_hooks():
+    """Whether this thread has autograd hooks (``detect_anomaly`` installs two): then
+    every step is the eager one, whose nodes the hooks see."""
+    hooks = autograd.mode.forward_hooks or autograd.mode.backward_hooks
+    return bool(hooks) and (get_ident() in autograd.mode.forward_hooks or
+                            get_ident() in autograd.mode.backward_hooks)
 
 
 def _seed_gradient(loss):
@@ -498,6 +507,9 @@ class CapturedStep:
 
     def run(self, x, target, weight=None):
         """Train on one batch of prepared arrays; returns ``(loss, out)`` as arrays."""
+        if _debug_hooks():  # detect_anomaly or a user's hook must see every node
+            loss, out = self._eager(x, target, weight)
+            return loss.data, out.data
         key = (x.shape, x.dtype, target.shape, target.dtype, weight is None, device_of(x),
                get_kernels(), id(self.optimizer._params))
         program = self._programs.get(key)

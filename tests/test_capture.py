@@ -171,14 +171,42 @@ def test_hand_written_loop_matches_and_builds_no_graph(kernel_table):
     assert [isinstance(s, DenseStage) for s in step.stages] == [True, True]
     assert isinstance(step.loss_stage, SoftmaxXentLoss)
     nodes = []
-    autograd.forward_hooks.append(lambda node, *rest: nodes.append(node))
+    original = autograd.Function.apply.__func__
+
+    def counting(cls, *args, **kwargs):
+        nodes.append(cls)
+        return original(cls, *args, **kwargs)
+    autograd.Function.apply = classmethod(counting)
     try:
         got += [step(bx, by) for bx, by in batches[1:]]
     finally:
-        autograd.forward_hooks.pop()
+        autograd.Function.apply = classmethod(original)
     assert nodes == []  # the replays created no Function node at all
     assert got == expected
     assert_same_weights(model_a, model_b)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_debug_hooks_and_detect_anomaly_see_every_step(kernel_table):
+    """With autograd hooks in this thread (detect_anomaly installs them) the captured
+    step runs eagerly, so the hooks see its nodes; without, replays resume."""
+    x, y = data(n=16)
+    model = mlp(head=None)
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    step = CapturedStep(model, loss, optim.SGD(model.parameters(), lr=0.1))
+    step(x, y), step(x, y)
+    nodes = []
+    autograd.forward_hooks.append(lambda node, *rest: nodes.append(node.name))
+    try:
+        step(x, y)
+    finally:
+        autograd.forward_hooks.pop()
+    assert "Linear" in nodes
+    saved = model.layers[0].kernel.data.copy()
+    model.layers[0].kernel.data[0, 0] = 3e38  # x 10: inf from finite inputs
+    with nd.detect_anomaly(), pytest.raises(nd.anomaly.AnomalyError, match="Linear produced"):
+        step(np.full_like(x, 10), y)
+    model.layers[0].kernel.data[...] = saved
 
 
 def test_changing_batch_size_recaptures(kernel_table):
