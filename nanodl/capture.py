@@ -253,7 +253,9 @@ class SoftmaxXentLoss:
             if bad >= 0:
                 self.table.softmax_xent_forward(logits, target)  # raises the table's error
         losses, probs = self.forward_kernel(logits, target)
-        loss = np.asarray(losses.sum() / self.rows)
+        loss = losses.sum() / self.rows  # as the op computes it: a 0-d array on the GPU
+        if type(loss) is not type(losses):
+            loss = np.asarray(loss)  # NumPy gives a scalar: the 0-d array run() returns
         return loss, self.backward_kernel(probs, target, self.row_grad)
 
 

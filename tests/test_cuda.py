@@ -445,6 +445,36 @@ def test_model_to_cuda_fit_evaluate_predict_save_load(tmp_path, cp):
     np.testing.assert_allclose(host(restored.predict(x)), gpu_pred, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_captured_fit_on_the_gpu_matches_the_eager_fit(cp, optimizer):
+    """fit(capture=True) on 'cuda' replays the GPU table's compute functions: the same
+    kernels on the same arrays as the eager step, so the same bits (no CUDA graph yet)."""
+    from nanodl import nn
+    from nanodl.capture import CapturedStep
+    x, y = _blobs(n=40)
+    made = []
+    original = CapturedStep.for_plan.__func__
+    CapturedStep.for_plan = classmethod(lambda cls, plan: made.append(original(cls, plan)) or made[-1])
+    try:
+        weights, histories = [], []
+        for capture in (False, True):
+            model = _classifier(nn, seed=3)
+            model.to("cuda")
+            model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+            nd.manual_seed(1)
+            histories.append(model.fit(x, y, batch_size=16, epochs=3, verbose=0,
+                                       capture=capture).history["loss"])
+            weights.append([host(p.data) for p in model.parameters()])
+    finally:
+        CapturedStep.for_plan = classmethod(original)
+    assert histories[0] == histories[1]
+    for eager, captured in zip(*weights):
+        np.testing.assert_array_equal(eager, captured)
+    (step,) = made
+    assert step.reason is None and len(step._programs) == 2  # 16 rows and the last 8
+    assert step._flat is None  # the one-call update is the compiled table's
+
+
 def test_model_back_to_cpu_keeps_weights(cp):
     from nanodl import nn
     x, _ = _blobs(n=10)
