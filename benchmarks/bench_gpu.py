@@ -42,8 +42,10 @@ LR = {"sgd": 0.01, "adam": 1e-3}
 
 
 # ---------------------------------------------------------------- nanodl on 'cuda'
-def nanodl_step(sizes, batch, opt_name, weights):
-    """A nanodl training step through the public API, on the GPU; returns (step, loss_of)."""
+def nanodl_step(sizes, batch, opt_name, weights, captured=False):
+    """A nanodl training step through the public API, on the GPU; returns (step, loss_of).
+    ``captured``: through ``nanodl.CapturedStep`` (the GPU table's compute functions, no
+    graph; not yet a CUDA graph)."""
     cupy = require_cupy()
     x, y = make_batch(sizes, batch)
     layers = []
@@ -59,6 +61,14 @@ def nanodl_step(sizes, batch, opt_name, weights):
     opt = optim.SGD(params, lr=LR["sgd"]) if opt_name == "sgd" else optim.Adam(params, lr=LR["adam"])
     inputs = nd.Tensor(x, device="cuda")
     labels = cupy.asarray(y)  # labels live on the GPU, as a data loader would put them
+    if captured:
+        from nanodl import losses
+        captured_step = nd.CapturedStep(model, losses.SparseCategoricalCrossentropy(from_logits=True),
+                                        opt)
+
+        def captured_run():
+            return captured_step.run(inputs.data, labels)[0]
+        return captured_run, lambda loss: float(loss.item())
 
     def step():
         loss = ops.softmax_cross_entropy(model(inputs), labels, "mean")
@@ -167,6 +177,12 @@ def bench_config(name, repeats, warmup, with_torch):
     nanodl_run, nanodl_loss = nanodl_step(sizes, batch, opt_name, weights)
     runs["nanodl"] = (nanodl_run, CupyTimer())
     first_loss["nanodl"] = nanodl_loss(nanodl_run())
+    try:  # never run on a GPU before it lands here: a failure is reported, not fatal
+        captured_run, _ = nanodl_step(sizes, batch, opt_name, weights, captured=True)
+        captured_run()
+        runs["captured"] = (captured_run, CupyTimer())
+    except Exception as error:  # noqa: BLE001 - reported in the table's note
+        print(f"{name}: the captured step failed: {type(error).__name__}: {error}")
     if with_torch:
         torch_run, torch_loss = torch_step(sizes, batch, opt_name)
         runs["torch"] = (torch_run, TorchTimer())
@@ -176,7 +192,8 @@ def bench_config(name, repeats, warmup, with_torch):
         timer.release()
     delta = abs(first_loss["nanodl"] - first_loss["torch"]) if with_torch else None
     return {"config": name, "layers": "-".join(map(str, sizes)), "batch": batch, "optimizer": opt_name,
-            "nanodl": times["nanodl"], "torch": times.get("torch"), "dloss": delta}
+            "nanodl": times["nanodl"], "captured": times.get("captured"), "torch": times.get("torch"),
+            "dloss": delta}
 
 
 def environment_lines(torch_status):
@@ -198,13 +215,18 @@ def environment_lines(torch_status):
 
 
 def format_table(rows, markdown=False):
-    headers = ("config", "layers", "batch", "opt", "nanodl ms", "torch ms", "nanodl/torch", "loss diff")
+    headers = ("config", "layers", "batch", "opt", "nanodl ms", "captured ms", "torch ms",
+               "nanodl/torch", "captured/torch", "loss diff")
     table = []
+
+    def ratio(row, key):
+        return "n/a" if not row["torch"] or row[key] is None else f"{row[key] / row['torch']:.2f}x"
     for row in rows:
-        ratio = row["nanodl"] / row["torch"] if row["torch"] else None
         table.append((row["config"], row["layers"], str(row["batch"]), row["optimizer"],
-                      f"{row['nanodl']:.3f}", "n/a" if row["torch"] is None else f"{row['torch']:.3f}",
-                      "n/a" if ratio is None else f"{ratio:.2f}x",
+                      f"{row['nanodl']:.3f}",
+                      "n/a" if row["captured"] is None else f"{row['captured']:.3f}",
+                      "n/a" if row["torch"] is None else f"{row['torch']:.3f}",
+                      ratio(row, "nanodl"), ratio(row, "captured"),
                       "n/a" if row["dloss"] is None else f"{row['dloss']:.1e}"))
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
