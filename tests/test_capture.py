@@ -339,13 +339,19 @@ def test_one_update_call_over_all_parameters(kernel_table, optimizer, captured_s
     assert calls == [flat.data.shape]
 
 
-def test_flat_layout_rebound_recaptures_and_stays_equal(kernel_table):
+def adam_twins():
+    """Two identical models with Adam: ``(x, y, loss, model_a, opt_a, model_b, opt_b,
+    step)``, ``step`` the second one's CapturedStep."""
     native_only()
     x, y = data(n=32)
     loss = losses.SparseCategoricalCrossentropy(from_logits=True)
     model_a, model_b = mlp(head=None), mlp(head=None)
     opt_a, opt_b = optim.Adam(model_a.parameters()), optim.Adam(model_b.parameters())
-    step = CapturedStep(model_b, loss, opt_b)
+    return x, y, loss, model_a, opt_a, model_b, opt_b, CapturedStep(model_b, loss, opt_b)
+
+
+def test_flat_layout_rebound_recaptures_and_stays_equal(kernel_table):
+    x, y, loss, model_a, opt_a, model_b, opt_b, step = adam_twins()
     assert eager_loop(model_a, loss, opt_a, [(x, y)] * 3) == [step(x, y) for _ in range(3)]
     first = step._flat
     # load_state_dict gives the optimizer new state arrays: the flat layout is rebuilt.
@@ -366,12 +372,7 @@ def test_flat_layout_survives_a_table_switch(kernel_table):
     """A program on the other table (whose stages do not write the flat gradient)
     updates per parameter on the flat views; back on the compiled table the flat
     update resumes. Every step equal to the eager one."""
-    native_only()
-    x, y = data(n=32)
-    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
-    model_a, model_b = mlp(head=None), mlp(head=None)
-    opt_a, opt_b = optim.Adam(model_a.parameters()), optim.Adam(model_b.parameters())
-    step = CapturedStep(model_b, loss, opt_b)
+    x, y, loss, model_a, opt_a, model_b, _, step = adam_twins()
     expected, got = [], []
     for table in ("native", "numpy", "native", "numpy"):
         backend.set_kernels(table)
