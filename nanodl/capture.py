@@ -34,8 +34,10 @@ The stages:
   calls its op's own ``forward`` and ``backward`` without building a node (the op
   still checks the labels: they are new data every step); any other loss runs
   through the engine.
-* the optimizer's own ``step()`` (its bookkeeping, learning rate and schedule are
-  its own), with the unchecked compute functions in place of the checked table.
+* the optimizer's update (its bookkeeping, learning rate and schedule are its own),
+  with the unchecked compute functions in place of the checked table: one kernel
+  call over all parameters laid end to end (``FlatUpdate``) where the compiled
+  table's Dense stages write every gradient, else the optimizer's own ``step()``.
 
 Every stage calls the same functions, in the same order, on the same arrays as the
 eager step, so the results are identical bit for bit; the tests hold them to that
@@ -44,7 +46,8 @@ schedule, both CPU kernel tables). A new signature is captured again; the last
 ``KEPT_SIGNATURES`` programs are kept, so a last partial batch does not recapture
 every epoch. Weight penalties and a parameter shared by two layers are not captured
 (their gradients meet in one sum whose order the stages would have to mimic): such
-steps stay eager, and ``reason`` says why. ``docs/capture.md`` walks through it.
+steps stay eager, and ``reason`` says why; so does every step while the thread has
+autograd hooks (``detect_anomaly``). ``docs/capture.md`` walks through it.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn, optim
