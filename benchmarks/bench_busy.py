@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import format_table  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 FITS = {
     # name: (layer sizes, epochs)
@@ -269,15 +272,7 @@ def report(medians, kinds, args, rounds):
                 else:
                     row += ["", ""]
             rows.append(row)
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-        for row in [header] + rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    print(format_table(header, rows, args.markdown))
 
 
 if __name__ == "__main__":

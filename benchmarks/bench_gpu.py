@@ -29,6 +29,7 @@ from nanodl.backend.cuda import cuda_status, require_cupy  # noqa: E402  (CuPy, 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mlp import init_weights, make_batch, torch_model  # noqa: E402  (the same data as the CPU benchmark)
+import tables  # noqa: E402
 
 CONFIGS = {
     # name: (layer sizes, batch, optimizer, steps per timed interval)
@@ -228,16 +229,7 @@ def format_table(rows, markdown=False):
                       "n/a" if row["torch"] is None else f"{row['torch']:.3f}",
                       ratio(row, "nanodl"), ratio(row, "captured"),
                       "n/a" if row["dloss"] is None else f"{row['dloss']:.1e}"))
-    if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in table]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(cells[i]) for cells in table)) if table else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in table]
-    return "\n".join(lines)
+    return tables.format_table(headers, table, markdown, justify="right", rule=True)
 
 
 def parse_args(argv):

@@ -29,6 +29,9 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import format_table  # noqa: E402
+
 SHARED = dict(hidden_layer_sizes=(100,), activation="relu", solver="adam", alpha=1e-4, batch_size=32,
               learning_rate_init=1e-3, max_iter=200, tol=1e-4, n_iter_no_change=10, shuffle=True)
 
@@ -95,15 +98,7 @@ def main(argv=None):
         lines.append((label, name, f"{median['accuracy']:.4f}", f"{median['seconds']:.2f}",
                       f"{median['epochs']:.0f}", f"{median['ms_per_epoch']:.1f}",
                       " ".join(f"{a:.4f}" for a in accuracies)))
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for line in lines:
-            print("| " + " | ".join(line) + " |")
-    else:
-        widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
-        for line in [header] + lines:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+    print(format_table(header, lines, args.markdown))
     for label in dict.fromkeys(row[0] for row in rows):
         nano, peer = [row[2] for row in rows if row[0] == label]
         print(f"{label}: nanodl/sklearn time per epoch {nano['ms_per_epoch'] / peer['ms_per_epoch']:.2f}x, "

@@ -19,8 +19,8 @@ Since the output is returned fresh anyway, a preallocated ``out=`` buys nothing,
 the wrapper calls plain ``np.matmul``.
 
 What is fused here: the bias add and the activation, one pass over the GEMM output
-(``bias_act``); the backward's activation gradient is one pass of
-``elementwise.backward`` into a scratch buffer.
+(``bias_act``); the backward's activation gradient is ``_activations.backward``
+(``elementwise.backward``, one pass into a scratch buffer).
 """
 cimport numpy as cnp
 from cython cimport floating
@@ -80,26 +80,6 @@ def bias_act(int act, cnp.ndarray z not None, cnp.ndarray bias, cnp.ndarray out 
     else:
         with nogil:
             bias_act_all(act, <double*>zp, <const double*>bp, <double*>op, rows, cols, alpha)
-
-
-def act_grad(int act, cnp.ndarray saved not None, cnp.ndarray grad not None,
-             cnp.ndarray dz not None, double alpha):
-    """dz = grad * act'(saved), elementwise over C-contiguous arrays."""
-    cdef int typenum = float_type(saved)
-    cdef cnp.npy_intp n = cnp.PyArray_SIZE(saved)
-    like(grad, typenum, n, False)
-    like(dz, typenum, n, True)
-    cdef void* sp = cnp.PyArray_DATA(saved)
-    cdef void* gp = cnp.PyArray_DATA(grad)
-    cdef void* dp = cnp.PyArray_DATA(dz)
-    if n == 0:
-        return
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
-            ew.backward(act, <const float*>sp, <const float*>gp, <float*>dp, n, <float>alpha)
-    else:
-        with nogil:
-            ew.backward(act, <const double*>sp, <const double*>gp, <double*>dp, n, alpha)
 
 
 def set_thread_cap(int threads):

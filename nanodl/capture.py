@@ -90,9 +90,8 @@ def _leaf(data, requires_grad=False):
 def _debug_hooks():
     """Whether this thread has autograd hooks (``detect_anomaly`` installs two): then
     every step is the eager one, whose nodes the hooks see."""
-    hooks = autograd.mode.forward_hooks or autograd.mode.backward_hooks
-    return bool(hooks) and (get_ident() in autograd.mode.forward_hooks or
-                            get_ident() in autograd.mode.backward_hooks)
+    ident = get_ident()
+    return ident in autograd.mode.forward_hooks or ident in autograd.mode.backward_hooks
 
 
 def _seed_gradient(loss):
@@ -151,12 +150,12 @@ class NativeDenseStage(DenseStage):
 
     def __init__(self, layer, activation, alpha, need_x, table, rows):
         super().__init__(layer, activation, alpha, need_x, table)
-        from .backend import _linear
+        from .backend import _activations, _linear
         from .backend.activations import CODES, OUTPUT_GRAD_ACTIVATIONS
         kernel = self.kernel.data
         dtype, (inputs, units) = kernel.dtype, kernel.shape
         self.code = CODES[activation]
-        self.bias_act, self.act_grad = _linear.bias_act, _linear.act_grad  # dtype from the arrays
+        self.bias_act, self.act_grad = _linear.bias_act, _activations.backward  # dtype from the arrays
         self.z = np.empty((rows, units), dtype)
         self.in_place = activation in OUTPUT_GRAD_ACTIVATIONS  # out is z itself, as the table
         self.run_bias_act = not (self.in_place and activation == "linear" and self.bias is None)

@@ -150,14 +150,14 @@ def unbroadcast(grad, shape):
     return reduced if reduced.shape == shape else None
 
 
-def _count_consumers(root):
-    """For every node below ``root``: how many input slots of the graph's nodes it feeds.
+def _count_consumers(*roots):
+    """For every node below ``roots``: how many input slots of the graph's nodes it feeds.
 
     A node may run its backward only once all of its consumers have run (Kahn's
     algorithm), so this count is all the ordering the walk needs.
     """
     consumers = {}
-    stack = [root]
+    stack = list(roots)
     while stack:
         node = stack.pop()
         if node._freed:
@@ -169,7 +169,8 @@ def _count_consumers(root):
                     consumers[parent] += 1
                 else:
                     consumers[parent] = 1
-                    stack.append(parent)
+                    if parent not in roots:  # a root is on the stack already
+                        stack.append(parent)
     return consumers
 
 

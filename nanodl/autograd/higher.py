@@ -23,7 +23,8 @@ the mask has derivative 0, so a second derivative there is 0, never NaN.
 """
 import numpy as np
 
-from . import _check_gradient, _freed_error, _run_backward, mode, owns_gradient, topological_order
+from . import (_check_gradient, _count_consumers, _run_backward, mode, owns_gradient,
+               topological_order)
 from ..backend import array_module, device_of, is_device_array, to_device
 
 
@@ -152,18 +153,7 @@ def _walk(outputs, seeds, inputs, retain_graph, create_graph):
 
 def _plan(roots, leaf_slots, node_slots):
     """How many consumers each node has, and which nodes lead to an input (worth running)."""
-    consumers, stack, seen = {}, list(roots), set(roots)
-    while stack:
-        node = stack.pop()
-        if node._freed:
-            raise _freed_error(node)
-        for tensor in node.inputs:
-            parent = tensor.grad_fn
-            if parent is not None:
-                consumers[parent] = consumers.get(parent, 0) + 1
-                if parent not in seen:
-                    seen.add(parent)
-                    stack.append(parent)
+    consumers = _count_consumers(*roots)
     # A node is worth running when one of its inputs is an input asked for, or leads to one.
     reaches = set(node_slots)
     useful = set()

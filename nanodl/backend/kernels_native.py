@@ -116,7 +116,7 @@ def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kern
         dz = grad
     else:
         dz = _scratch_buffer(grad.shape, grad.dtype)
-        _linear.act_grad(code, _contiguous(saved), _contiguous(grad), dz, alpha)
+        _ACT_BACKWARD(code, _contiguous(saved), _contiguous(grad), dz, alpha)
     dx = np.matmul(dz, kernel.T) if need_x else None
     dkernel = np.matmul(x.T, dz) if need_kernel else None
     dbias = dz.sum(axis=0) if need_bias else None
