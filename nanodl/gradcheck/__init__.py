@@ -66,14 +66,8 @@ from .second_order import gradgrad_report, gradgradcheck
 from .results import GradcheckError, GradcheckPrecisionWarning, GradcheckReport, GradcheckRow
 
 __all__ = ["gradcheck", "report", "check_model", "audit", "locate", "gradgradcheck", "gradgrad_report",
-           "main", "GradcheckError",
+           "GradcheckError",
            "GradcheckReport", "GradcheckRow", "GradcheckPrecisionWarning", "LocatedOp"]
-
-
-def main(argv=None):
-    """``nanodl gradcheck`` (its options live with the other commands', in ``nanodl.cli``)."""
-    from .. import cli
-    return cli.main(["gradcheck", *(sys.argv[1:] if argv is None else argv)])
 
 
 class _CallableModule(types.ModuleType):
