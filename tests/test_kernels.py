@@ -376,3 +376,33 @@ def test_the_loss_op_takes_transposed_logits(tbl_name):
     np.testing.assert_allclose(loss.item(), expected.mean(), rtol=1e-6)
     dlogits = NUMPY.softmax_xent_backward(probs, target, np.full(6, 1 / 6, np.float32))
     np.testing.assert_allclose(logits.grad, dlogits.T, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- scalar domains (issue 18)
+@pytest.mark.parametrize("table_", CPU_TABLES)
+@pytest.mark.parametrize("bad, message", [
+    ({"beta1": 1.0}, "adam_step: beta1 must lie in [0, 1), got 1.0"),   # was ZeroDivisionError
+    ({"step": 0}, "adam_step: step must lie in [1, inf], got 0"),       # was ZeroDivisionError
+    ({"beta2": -0.1}, "adam_step: beta2 must lie in [0, 1), got -0.1"),
+    ({"lr": float("nan")}, "adam_step: lr must lie in [0, inf], got nan"),
+    ({"eps": -1e-8}, "adam_step: eps must lie in [0, inf], got -1e-08"),
+])
+def test_adam_step_refuses_scalars_outside_their_domain(table_, bad, message):
+    param, grad = np.zeros(3), np.ones(3)
+    kwargs = dict(exp_avg=np.zeros(3), exp_avg_sq=np.zeros(3), step=1, lr=0.1, beta1=0.9,
+                  beta2=0.999, eps=1e-8)
+    kwargs.update(bad)
+    with pytest.raises(ValueError) as info:
+        table_.adam_step(param, grad, **kwargs)
+    assert str(info.value) == message
+    assert (param == 0).all()  # refused before anything was written
+
+
+@pytest.mark.parametrize("table_", CPU_TABLES)
+def test_domains_are_declared_per_kernel_where_a_name_means_two_things(table_):
+    # a negative leaky-relu slope is a valid activation; a negative RMSprop alpha is not
+    assert table_.leaky_relu_forward(np.array([-2.0, 2.0]), -0.5).tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match=r"rmsprop_step: alpha must lie in \[0, inf\]"):
+        table_.rmsprop_step(np.zeros(2), np.ones(2), square_avg=np.zeros(2), lr=0.1, alpha=-0.5,
+                            eps=1e-8)
+    assert set(table.SCALAR_DOMAINS) >= {"lr", "beta1", "step", ("rmsprop_step", "alpha")}

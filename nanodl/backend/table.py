@@ -39,7 +39,9 @@ The contract
 * Shapes must agree (``ValueError`` naming the kernel and the shapes); sparse labels
   lie in [0, C) (``ValueError`` naming the label and its index); logits have C >= 1.
 * Activation names are those of ``activations.LINEAR_ACTIVATIONS`` (``ValueError``
-  listing them); scalar arguments are real numbers (``TypeError``).
+  listing them); scalar arguments are real numbers (``TypeError``) in the domain
+  ``SCALAR_DOMAINS`` declares for their name (``ValueError`` naming the kernel, the
+  argument, the interval and the value: ``adam_step`` with ``beta1=1`` or ``step=0``).
 * Empty and 0-d arrays are valid wherever the shapes allow them. Results are fresh
   arrays; NaN and inf propagate as in NumPy. All tables agree to float32 rounding.
 
@@ -108,13 +110,31 @@ def shape_error(kernel, what, /, **arrays):
     return ValueError(f"{kernel}: {got} {what}")
 
 
+# The scalar arguments' domains, by parameter name or by (kernel, name) where one kernel's
+# parameter means something else: (low, high, high included). NaN is outside every domain. PyTorch's optimizers
+# check the same ranges; a value outside would divide by zero (Adam's bias correction
+# 1 - beta1**step at beta1 = 1 or step = 0) or silently train on garbage.
+SCALAR_DOMAINS = {
+    "lr": (0.0, np.inf, True), "eps": (0.0, np.inf, True), "weight_decay": (0.0, np.inf, True),
+    "momentum": (0.0, np.inf, True), ("rmsprop_step", "alpha"): (0.0, np.inf, True),
+    "beta1": (0.0, 1.0, False), "beta2": (0.0, 1.0, False), "step": (1.0, np.inf, True),
+}
+_ANY_REAL = (-np.inf, np.inf, True)
+
+
 def _real(kernel, name, value):
-    """A scalar argument as a Python number (``TypeError`` unless a real number)."""
-    if type(value) in _NUMBER_TYPES:
-        return value
-    if isinstance(value, numbers.Real):  # NumPy scalars, bool, Fraction
-        return float(value)
-    raise TypeError(f"{kernel}: {name} must be a real number, got {type(value).__name__} {value!r}")
+    """A scalar argument as a Python number in its declared domain (``TypeError`` unless
+    a real number, ``ValueError`` outside ``SCALAR_DOMAINS[name]``)."""
+    if type(value) not in _NUMBER_TYPES:
+        if not isinstance(value, numbers.Real):  # NumPy scalars, bool, Fraction pass
+            raise TypeError(f"{kernel}: {name} must be a real number, got {type(value).__name__} "
+                            f"{value!r}")
+        value = float(value)
+    low, high, closed = SCALAR_DOMAINS.get((kernel, name)) or SCALAR_DOMAINS.get(name, _ANY_REAL)
+    if not (low <= value <= high if closed else low <= value < high):
+        interval = f"[{low:g}, {high:g}{']' if closed else ')'}"
+        raise ValueError(f"{kernel}: {name} must lie in {interval}, got {value!r}")
+    return value
 
 
 def _activation(kernel, activation):
