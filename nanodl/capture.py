@@ -447,7 +447,7 @@ class CapturedStep:
     """
 
     def __init__(self, model, loss, optimizer):
-        from .nn.model import _compiled_loss, fuse_logits
+        from .nn.plan import _compiled_loss, fuse_logits
         name, config = losses_module.describe(loss)
         config = config or {}
         fused = fuse_logits(model, name, config)

@@ -15,7 +15,7 @@ import numpy as np
 from .backend import to_device
 from .tensor import Tensor, as_array
 
-__all__ = ["train_test_split", "DataLoader", "one_hot"]
+__all__ = ["train_test_split", "DataLoader", "batch_slices", "one_hot"]
 
 
 def _as_array(values, name):
@@ -176,6 +176,21 @@ def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, s
     return split
 
 
+def batch_slices(n_samples, batch_size, drop_last=False):
+    """The batches of ``n_samples`` samples taken in order, as slices: the one batcher
+    of ``DataLoader`` and of ``Model.fit``/``evaluate``/``predict``. The last batch is
+    smaller unless ``drop_last`` drops it.
+
+    >>> [(batch.start, batch.stop) for batch in batch_slices(5, 2)]
+    [(0, 2), (2, 4), (4, 5)]
+    >>> len(list(batch_slices(5, 2, drop_last=True)))
+    2
+    """
+    last = n_samples - n_samples % batch_size if drop_last else n_samples
+    for start in range(0, last, batch_size):
+        yield slice(start, min(start + batch_size, n_samples))
+
+
 class DataLoader:
     """Iterate over ``(xb, yb)`` mini-batches of NumPy arrays.
 
@@ -225,10 +240,9 @@ class DataLoader:
 
     def __iter__(self):
         order = self._rng.permutation(self.n_samples) if self.shuffle else None
-        for batch_number in range(len(self)):
-            start = batch_number * self.batch_size
-            stop = min(start + self.batch_size, self.n_samples)
-            batch = slice(start, stop) if order is None else order[start:stop]
+        for batch in batch_slices(self.n_samples, self.batch_size, self.drop_last):
+            if order is not None:
+                batch = order[batch]
             yield self.x[batch], (None if self.y is None else self.y[batch])
 
     def __repr__(self):

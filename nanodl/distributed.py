@@ -454,6 +454,12 @@ class DistributedOptimizer(Optimizer):
             self._allreduce_per_parameter(params)
         self.comm_seconds += time.perf_counter() - started
 
+    def fit_strategy(self):
+        """``Model.fit``'s sample order and reduction for this optimizer (the seam the
+        core declares, ``nn.plan.LocalFit``): a ``DataParallelFit`` on several ranks,
+        None (a plain fit) on one."""
+        return DataParallelFit.of(self)
+
     def broadcast_parameters(self, root=0):
         """Copy rank ``root``'s parameter values into every rank's parameters (in place).
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..backend import is_device_array, to_device
 from ..tensor import Tensor
 
-__all__ = ["check_sample_weight", "class_weight_per_sample"]
+__all__ = ["check_sample_weight", "class_weight_per_sample", "training_weights"]
 
 
 def check_sample_weight(weight, n, who):
@@ -42,6 +42,52 @@ def check_sample_weight(weight, n, who):
     if (weight < 0).any():
         raise ValueError(f"{who} holds negative values (the smallest is {weight.min():g})")
     return weight
+
+
+def training_weights(plan, y, sample_weight, class_weight):
+    """The per-sample weights ``fit`` trains with (sample x class weights), on the
+    model's device, or None when neither is given; ``plan`` is the fit's ``_Plan``,
+    ``y`` its prepared targets."""
+    weight = sample_weight
+    if class_weight is not None:
+        per_class = class_weight_per_sample(sample_classes(plan.loss_name, y), class_weight,
+                                            output_classes(plan.loss_name, plan.out_shape))
+        weight = per_class if weight is None else weight * per_class
+    return None if weight is None else plan.weights(weight, "fit")
+
+
+def sample_classes(loss_name, y):
+    """Each sample's class (a host int array) from prepared targets ``y``, for
+    ``class_weight``: the label, the argmax of a one-hot row, or the 0/1 of a
+    binary target; a regression target raises ``ValueError``."""
+    host = to_device(y, "cpu")
+    if host.ndim == 2 and host.shape[1] > 1:
+        one_hot = ((host == 0) | (host == 1)).all() and (host.sum(axis=1) == 1).all()
+        if loss_name != "categorical_crossentropy" and not one_hot:
+            raise ValueError(f"fit: class_weight needs class targets; y of shape {host.shape} "
+                             "is not one-hot (a regression target?)")
+        return host.argmax(axis=1)
+    if host.ndim == 2 and host.shape[1] == 1:
+        host = host[:, 0]
+    if host.ndim != 1:
+        raise ValueError(f"fit: class_weight needs one class per sample, got targets of "
+                         f"shape {host.shape}")
+    if host.dtype.kind == "f" and not (host == np.round(host)).all():
+        raise ValueError("fit: class_weight needs class targets, but y holds non-integer "
+                         "values (a regression target); use sample_weight instead")
+    if (host < 0).any():
+        raise ValueError(f"fit: class_weight needs class labels >= 0, y holds {host.min():g}")
+    return host.astype(np.int64)
+
+
+def output_classes(loss_name, out_shape):
+    """The classes the loss fixes (C classes of a softmax, 0 and 1 for a binary
+    target), or None when only the targets tell."""
+    if loss_name in ("categorical_crossentropy", "sparse_categorical_crossentropy") and out_shape:
+        return set(range(out_shape[-1]))
+    if loss_name == "binary_crossentropy":
+        return {0, 1}
+    return None
 
 
 def class_weight_per_sample(classes, class_weight, valid=None):

@@ -1,0 +1,198 @@
+"""Metrics for ``Model.fit``/``evaluate``: the metric functions, their names, and
+the per-epoch sums (``EpochTotals``) that make every reported number an exact
+per-sample (or weighted) mean however the samples are batched.
+
+Each metric maps a batch's ``(pred, target)`` backend arrays to one value per
+sample; ``add_batch`` folds a batch's loss and metrics into an epoch's totals.
+
+>>> import numpy as np
+>>> specs = metric_specs(["acc", "mae"])
+>>> specs
+[('accuracy', 'accuracy'), ('mae', 'mae')]
+>>> metrics = choose_metrics(specs, "mse", (1,), (4, 1), logits=None)
+>>> totals = EpochTotals(label for label, _ in metrics)
+>>> pred, target = np.array([[0.9], [0.2], [0.7], [0.4]]), np.array([[1.0], [0.0], [0.0], [0.0]])
+>>> add_batch(totals, metrics, 0.5, pred, target)
+>>> {k: round(v, 3) for k, v in totals.averages().items()}
+{'loss': 0.5, 'accuracy': 0.75, 'mae': 0.35}
+"""
+import numpy as np
+
+from .. import ops
+from ..tensor import Tensor
+
+__all__ = ["METRICS", "EpochTotals", "metric_specs", "choose_metrics", "add_batch"]
+
+METRICS = ("accuracy", "mae", "mse")
+_METRIC_ALIASES = {"acc": "accuracy", "mean_absolute_error": "mae", "mean_squared_error": "mse"}
+CROSS_ENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
+
+def _per_sample(values):
+    """Elementwise values (N, ...) -> their mean per sample (N,)."""
+    return values.reshape(len(values), -1).mean(axis=1) if values.ndim != 1 else values * 1.0
+
+
+def _aligned(target, shape, metric, pred_shape=None):
+    """``target`` reshaped to ``shape``, where they differ at most by a trailing axis of
+    one (Keras' (N,) labels against (N, 1) outputs); any other mismatch is an error,
+    never a broadcast of (N, 1) against (N,) into (N, N)."""
+    if target.shape == shape:
+        return target
+    if target.shape + (1,) == shape or target.shape == shape + (1,):
+        return target.reshape(shape)
+    raise ValueError(f"metric {metric!r}: targets of shape {tuple(target.shape)} do not match "
+                     f"predictions of shape {tuple(pred_shape or shape)}")
+
+
+def _binary_accuracy(threshold):
+    def accuracy(pred, target):
+        target = _aligned(target, pred.shape, "accuracy")
+        return _per_sample((pred > threshold) == (target > 0.5))
+    return accuracy
+
+
+def _categorical_accuracy(pred, target):
+    if target.shape != pred.shape:
+        raise ValueError(f"metric 'accuracy': one-hot targets of shape {tuple(target.shape)} do "
+                         f"not match predictions of shape {tuple(pred.shape)}")
+    return _per_sample(pred.argmax(axis=-1) == target.argmax(axis=-1))
+
+
+def _sparse_accuracy(pred, target):
+    target = _aligned(target, pred.shape[:-1], "accuracy", pred.shape)
+    return _per_sample(pred.argmax(axis=-1) == target)
+
+
+def _mae(pred, target):
+    return _per_sample(abs(pred - _aligned(target, pred.shape, "mae")))
+
+
+def _mse(pred, target):
+    diff = pred - _aligned(target, pred.shape, "mse")
+    return _per_sample(diff * diff)
+
+
+def _metric_sum(values, count):
+    """The sum over a batch of ``count`` samples of a metric's per-sample values; a
+    callable metric that returns one number stands for each of its samples."""
+    if np.ndim(values) == 0:
+        return float(values) * count
+    return float(values.sum())
+
+
+def _softmax_array(logits):
+    return ops.softmax(Tensor(logits)).data
+
+
+def _sigmoid_array(logits):
+    return ops.sigmoid(Tensor(logits)).data
+
+
+class EpochTotals:
+    """What an epoch adds up, batch by batch: the sums behind its reported averages.
+
+    ``values`` is a list of floats ``[Σ loss·count, samples, Σ weight, Σ weight·metric
+    for each metric]`` (weights are 1 without ``sample_weight``), so a data-parallel run
+    sums it across processes, elementwise, before ``averages`` divides: the logs are
+    then exact per-sample averages over every process.
+
+    >>> totals = EpochTotals(["accuracy"])
+    >>> totals.add(loss=0.5, count=2, weight=2.0, metric_sums=[2.0])
+    >>> totals.add(loss=0.25, count=2, weight=2.0, metric_sums=[1.0])
+    >>> totals.averages()
+    {'loss': 0.375, 'accuracy': 0.75}
+    """
+
+    def __init__(self, labels):
+        self.labels = list(labels)
+        self.values = [0.0] * (3 + len(self.labels))
+
+    def add(self, loss, count, weight, metric_sums):
+        """Add one batch: its mean ``loss``, ``count`` samples, their summed ``weight``
+        and each metric's weighted sum over the batch."""
+        values = self.values
+        values[0] += loss * count
+        values[1] += count
+        values[2] += weight
+        for i, total in enumerate(metric_sums, start=3):
+            values[i] += total
+
+    def averages(self):
+        """``{'loss': ..., metric: ...}``: the loss per sample, each metric per unit weight."""
+        loss_sum, count, weight = self.values[:3]
+        logs = {"loss": loss_sum / count}
+        for label, total in zip(self.labels, self.values[3:]):
+            logs[label] = total / weight
+        return logs
+
+
+def metric_specs(metrics):
+    """``[(label, name or callable)]`` for ``compile``'s ``metrics``; an unknown name
+    raises ``ValueError``."""
+    specs = []
+    for metric in metrics or []:
+        if callable(metric):
+            specs.append((getattr(metric, "__name__", "metric"), metric))
+            continue
+        name = _METRIC_ALIASES.get(metric, metric)
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; valid names: {', '.join(METRICS)}")
+        specs.append((name, name))
+    return specs
+
+
+def accuracy_kind(loss_name, out_shape, y_shape):
+    """How accuracy reads targets: ``'binary'``, ``'sparse'`` or ``'categorical'``."""
+    if loss_name == "binary_crossentropy":
+        return "binary"
+    if loss_name == "sparse_categorical_crossentropy":
+        return "sparse"
+    if loss_name == "categorical_crossentropy":
+        return "categorical"
+    if not out_shape or out_shape[-1] == 1:
+        return "binary"
+    return "categorical" if tuple(y_shape[1:]) == out_shape else "sparse"
+
+
+def choose_metrics(specs, loss_name, out_shape, y_shape, logits):
+    """``[(label, function(pred, target) -> per-sample values)]`` for compiled ``specs``;
+    ``logits`` (``'softmax'``/``'sigmoid'``/None) says the training forward stops at
+    logits (``fuse_logits``), so the functions turn them into probabilities first."""
+    metrics = []
+    for label, metric in specs:
+        if callable(metric):
+            function = metric
+        elif metric == "accuracy":
+            kind = accuracy_kind(loss_name, out_shape, y_shape)
+            if kind == "binary":
+                function = _binary_accuracy(0.0 if logits else 0.5)
+            else:
+                function = _sparse_accuracy if kind == "sparse" else _categorical_accuracy
+        else:
+            if loss_name == "sparse_categorical_crossentropy":
+                raise ValueError(f"metric {metric!r} needs targets shaped like the predictions; "
+                                 "integer class targets have no such shape")
+            function = _mae if metric == "mae" else _mse
+            if logits:  # the loop sees logits: turn them into probabilities first
+                to_probs = _softmax_array if logits == "softmax" else _sigmoid_array
+                function = (lambda f: lambda pred, target: f(to_probs(pred), target))(function)
+        metrics.append((label, function))
+    return metrics
+
+
+def add_batch(totals, metrics, loss, out, target, weight=None):
+    """Add one batch's mean ``loss`` (a float) and its ``metrics`` on ``out`` (an array)
+    to the epoch's ``totals``: weighted means when per-sample ``weight``s are given."""
+    count = len(target)
+    if weight is None:
+        totals.add(loss, count, float(count),
+                   [_metric_sum(metric(out, target), count) for _, metric in metrics])
+        return
+    weight_sum = float(weight.sum())
+    sums = []
+    for _, metric in metrics:
+        values = metric(out, target)
+        sums.append(float(values) * weight_sum if np.ndim(values) == 0
+                    else float((_per_sample(values) * weight).sum()))
+    totals.add(loss, count, weight_sum, sums)

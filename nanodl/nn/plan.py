@@ -1,0 +1,417 @@
+"""What ``fit``/``evaluate`` decide once (the ``_Plan``) and the arrays they prepare.
+
+A ``_Plan`` holds the forward to run, the loss closure (``plan.loss``: the one
+place the compiled loss, sample weights and the reduction meet), the metric
+functions, the parameters and the penalty layers; the training step itself
+(``Model._train_step``) is the hot path that uses it. The helpers below check
+``fit``'s arguments and turn what the user passed into backend arrays.
+
+A softmax (sigmoid) output trained with a categorical (binary) cross-entropy on
+probabilities is fused, as Keras does (``fuse_logits``): the last Dense computes
+logits and the loss is the stable logits form (``ops.softmax_cross_entropy``),
+the same function without the clipping and without overflow.
+
+>>> import numpy as np
+>>> from nanodl import nn
+>>> model = nn.Sequential([nn.Dense(3, activation='softmax', input_dim=2)])
+>>> forward, loss_fn, kind = fuse_logits(model, 'categorical_crossentropy', {})
+>>> kind
+'softmax'
+"""
+import math
+import warnings
+
+import numpy as np
+
+from .. import callbacks as callbacks_module
+from .. import losses as losses_module
+from ..backend import array_module, to_device, to_host
+from ..random import generator
+from ..tensor import Tensor, as_array
+from . import weighting
+from ..data import batch_slices
+from .metrics import CROSS_ENTROPIES as _CROSS_ENTROPIES, EpochTotals, accuracy_kind, add_batch, \
+    choose_metrics
+
+__all__ = ["fuse_logits", "prepare", "prepare_fit", "predict_inputs"]
+
+
+def fuse_logits(model, loss_name, loss_config):
+    """The logits fusion: ``(forward, loss_fn, kind)`` that trains a softmax (sigmoid)
+    head through the fused from-logits loss, or None when it does not apply.
+
+    A model whose last layer is ``Dense(activation='softmax')`` compiled with a
+    categorical (or sparse categorical) cross-entropy on probabilities, or a
+    ``Dense(activation='sigmoid')`` with a binary cross-entropy, computes the same
+    function as its pre-activation (the logits) fed to the loss's ``from_logits=True``
+    form, which is one stable node: no clipping of the probabilities, no overflow, an
+    exact gradient (softmax - target). Keras makes the same swap (not while the head
+    has a forward hook: the hook sees the layer's real output). ``forward`` then runs
+    the model up to the logits, and ``kind`` (``'softmax'``/``'sigmoid'``) tells the
+    metrics that they see logits. ``predict`` and ``evaluate`` outputs are unchanged:
+    only the training graph differs.
+    """
+    if loss_name is None or loss_config.get("from_logits") or \
+            loss_config.get("reduction", "mean") != "mean":
+        return None
+    head = model._logits_head()
+    if head is None:
+        return None
+    body, dense = head
+    if dense.__dict__.get("_forward_hooks"):
+        return None  # a hook on the head sees (and may replace) its real output
+    if loss_name in _CROSS_ENTROPIES and dense.activation == "softmax":
+        kind = "softmax"
+
+        def loss_fn(logits, target, reduction="mean"):
+            return losses_module.softmax_xent(logits, target, reduction)
+    elif loss_name == "binary_crossentropy" and dense.activation == "sigmoid":
+        kind = "sigmoid"
+
+        def loss_fn(logits, target, reduction="mean"):
+            return losses_module.binary_crossentropy(logits, target, from_logits=True,
+                                                     reduction=reduction)
+    else:
+        return None
+
+    def forward(x):  # the model up to the last Dense's pre-activation: logits
+        for layer in body:
+            x = layer(x)
+        return dense.pre_activation(x)
+    return forward, loss_fn, kind
+
+
+def _compiled_loss(loss, loss_name, loss_config):
+    """``loss_fn(out, target, reduction='mean')`` for a built-in loss name or a callable:
+    a scalar Tensor (the compiled reduction), or with ``reduction='none'`` the
+    unreduced losses, at least one per sample (for sample weights)."""
+    if loss_name is not None:
+        function = losses_module.LOSSES[loss_name]
+        options = dict(loss_config or {})
+
+        def loss_fn(pred, target, reduction="mean"):
+            if reduction == "none":
+                return function(pred, target, **dict(options, reduction="none"))
+            value = function(pred, target, **options)
+            return value if value.ndim == 0 else value.mean()
+        return loss_fn
+
+    def loss_fn(pred, target, reduction="mean"):
+        value = loss(pred, Tensor(target))
+        if not isinstance(value, Tensor):
+            raise TypeError(f"fit: the loss must return a Tensor, got {type(value).__name__}")
+        if reduction == "none":
+            if value.ndim == 0 or value.shape[0] != len(target):
+                raise ValueError(f"fit: sample_weight and class_weight need one loss per sample; "
+                                 f"the loss returned shape {value.shape} for {len(target)} samples "
+                                 "(return the unreduced losses, e.g. reduction='none')")
+            return value
+        return value if value.ndim == 0 else value.mean()
+    return loss_fn
+
+
+def _per_sample_loss(losses, n):
+    """Unreduced losses (N, ...) -> each sample's loss (N,): the mean over its elements."""
+    return losses if losses.ndim == 1 else losses.reshape(n, -1).mean(axis=1)
+
+
+
+class _Plan:
+    """What one ``fit``/``evaluate`` decides once: forward, loss closure, metrics, targets."""
+
+    def __init__(self, model, x_sample, y):
+        self.model = model
+        sample_out = model._build_on(x_sample)
+        self.device = model._device()
+        self.dtype = model._float_dtype()
+        self.params = model.parameters()
+        optimizer = model.optimizer
+        if optimizer.params is None or [id(p) for p in optimizer.params] != [id(p) for p in self.params]:
+            optimizer.set_params(self.params)
+        self.optimizer = optimizer
+        self.penalty_layers = [m for m in model.modules() if m.penalties()]
+        self.penalty = self._penalty if self.penalty_layers else None
+        self.loss_name, self.loss_config = losses_module.describe(model.loss)
+        self.out_shape = tuple(sample_out.shape[1:])
+        self.forward, self.loss_fn, self.logits = self._choose_forward_and_loss()
+        self.loss_reduction = (self.loss_config or {}).get("reduction", "mean")
+        self.metrics = self._choose_metrics(y.shape)
+
+    def loss(self, out, target, weight=None):
+        """The batch's loss, a scalar Tensor: the compiled loss; with per-sample
+        ``weight``s, the mean over the batch of weight x each sample's loss (Keras'
+        ``sum_over_batch_size``; the sum for a loss compiled with ``reduction='sum'``)."""
+        if weight is None:
+            return self.loss_fn(out, target)
+        per_sample = _per_sample_loss(self.loss_fn(out, target, "none"), len(target))
+        total = (per_sample * Tensor(weight)).sum()
+        return total if self.loss_reduction == "sum" else total * (1.0 / len(target))
+
+    def step(self, x, target, weight=None):
+        """The training step, on one batch; returns ``(loss, out)``, both Tensors.
+
+        1. Forward: run the batch through the model (``self.forward``; when the head
+           is fused with the loss, see ``fuse_logits``, the model up to its logits).
+        2. Loss: ``self.loss`` (with sample ``weight``s, the batch mean of weight x
+           each sample's loss), plus the layers' weight penalties.
+        3. Backward: clear every parameter's gradient, then backpropagate the loss,
+           which leaves d(loss)/d(parameter) in each ``param.grad``.
+        4. Optimizer step: update every parameter from its gradient.
+        """
+        out = self.forward(Tensor(x))                 # 1. forward
+        loss = self.loss(out, target, weight)         # 2. loss
+        if self.penalty is not None:
+            loss = loss + self.penalty()
+        for param in self.params:                     # 3. backward
+            param.grad = None
+        loss.backward()
+        self.optimizer.step()                         # 4. optimizer step
+        return loss, out
+
+    def evaluate(self, x, y, weight, batch_size):
+        """``(EpochTotals, penalty)`` over prepared arrays: each batch's loss and metrics
+        (the caller chooses the mode and turns the graph off)."""
+        totals = EpochTotals(label for label, _ in self.metrics)
+        for batch in batch_slices(len(x), batch_size):
+            w_batch = None if weight is None else weight[batch]
+            out = self.forward(Tensor(x[batch]))
+            loss = float(self.loss(out, y[batch], w_batch).data)
+            add_batch(totals, self.metrics, loss, out.data, y[batch], w_batch)
+        return totals, float(self.penalty().data) if self.penalty is not None else 0.0
+
+    # ------------------------------------------------------------ loss
+    def _choose_forward_and_loss(self):
+        fused = fuse_logits(self.model, self.loss_name, self.loss_config or {})
+        if fused is not None:
+            return fused
+        return self.model.forward, _compiled_loss(self.model.loss, self.loss_name,
+                                                  self.loss_config), None
+
+    # ------------------------------------------------------------ metrics
+    def _accuracy_kind(self, y_shape):
+        return accuracy_kind(self.loss_name, self.out_shape, y_shape)
+
+    def _choose_metrics(self, y_shape):
+        return choose_metrics(self.model._metric_specs, self.loss_name, self.out_shape, y_shape,
+                              self.logits)
+
+    # ------------------------------------------------------------ data
+    def inputs(self, x):
+        """``x`` as a backend array of the model's float dtype on its device."""
+        x = as_array(x, what="x")
+        dtype = self.model._input_dtype(x.dtype)
+        if x.dtype != dtype:
+            x = x.astype(dtype)
+        if x.ndim == 1:
+            x = x.reshape(-1, 1)
+        return to_device(x, self.device)
+
+    def targets(self, y):
+        """``y`` in the form the loss wants: class labels, or floats shaped like the output."""
+        y = as_array(y, what="y")
+        name, out_shape = self.loss_name, self.out_shape
+        if name == "sparse_categorical_crossentropy":
+            if y.ndim == len(out_shape) + 1 and y.ndim >= 2 and y.shape[-1] == 1:
+                y = y.reshape(y.shape[:-1])  # Keras' (N, 1) labels
+            y = losses_module.class_targets(name, (len(y),) + out_shape, y)
+        elif name is not None:
+            if y.dtype != self.dtype:
+                y = y.astype(self.dtype)
+            expected = (len(y),) + out_shape
+            if y.shape != expected:
+                if y.shape + (1,) != expected and y.shape != expected + (1,):
+                    hint = (" (integer class labels need loss='sparse_categorical_crossentropy',"
+                            " or one-hot targets)") if name == "categorical_crossentropy" else ""
+                    raise ValueError(f"fit: targets of shape {y.shape} do not match the model's "
+                                     f"output shape {(None,) + out_shape} for loss {name!r}{hint}")
+                y = y.reshape(expected)  # (N,) against (N, 1) outputs and back, as Keras
+        elif y.dtype.kind == "f" and y.dtype != self.dtype:
+            y = y.astype(self.dtype)
+        return to_device(y, self.device)
+
+    def _penalty(self):
+        """The sum of the weight penalties, a scalar Tensor in the graph."""
+        total = None
+        for layer in self.penalty_layers:
+            for term in layer.penalties():
+                total = term if total is None else total + term
+        return total
+
+    def weights(self, weight, who):
+        """Host per-sample weights as an array of the model's float dtype on its device."""
+        if weight.sum() == 0:
+            raise ValueError(f"{who}: every sample weight is zero; nothing would be learned")
+        return to_device(weight.astype(self.dtype), self.device)
+
+    def class_labels(self, y):
+        """The distinct classes among prepared targets ``y`` (None for regression)."""
+        classifying = self.loss_name in ("binary_crossentropy",) + _CROSS_ENTROPIES or \
+            any(label == "accuracy" for label, _ in self.model._metric_specs)
+        if not classifying:
+            return None
+        kind = self._accuracy_kind(y.shape)
+        host = to_host(y)
+        if kind == "categorical":
+            host = host.argmax(axis=-1)
+        elif kind == "binary":
+            host = host > 0.5
+        return np.unique(host)
+
+
+
+# ---------------------------------------------------------------- fit's helpers
+def _check_batch_size(batch_size, who):
+    """``batch_size`` as a positive int (None means Keras' default, 32)."""
+    batch_size = 32 if batch_size is None else batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{who}: batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _check_epochs(epochs):
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+
+
+def _samples(x, y, who):
+    """``x`` and ``y`` as arrays holding the same, non-zero number of samples."""
+    x, y = as_array(x, what="x"), as_array(y, what="y")
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"{who}: x and y must hold the same number of samples, got x of shape "
+                         f"{tuple(x.shape)} and y of shape {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{who}: x and y are empty")
+    return x, y
+
+
+def _split_validation(x, y, weight, validation_data, validation_split):
+    """``((x, y, weight), (x_val, y_val, weight_val) or None)``: ``validation_data`` as
+    given (``(x, y)`` or ``(x, y, sample_weight)``), or the last ``validation_split``
+    of the samples and their weights (taken before any shuffling, as Keras)."""
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
+                             "(x_val, y_val, sample_weight_val)")
+        x_val, y_val = (as_array(v, what="validation_data") for v in validation_data[:2])
+        if x_val.ndim == 0 or y_val.ndim == 0 or len(x_val) != len(y_val) or len(x_val) == 0:
+            raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
+                             f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
+        w_val = validation_data[2] if len(validation_data) == 3 else None
+        w_val = weighting.check_sample_weight(w_val, len(x_val), "fit: validation_data's sample_weight")
+        return (x, y, weight), (x_val, y_val, w_val)
+    if not validation_split:
+        return (x, y, weight), None
+    if not 0 < validation_split < 1:
+        raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+    split_at = int(math.floor(len(x) * (1.0 - validation_split)))
+    if split_at == 0 or split_at == len(x):
+        raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
+                         "an empty training or validation set")
+    head, tail = slice(None, split_at), slice(split_at, None)
+    if weight is None:
+        return (x[head], y[head], None), (x[tail], y[tail], None)
+    return (x[head], y[head], weight[head]), (x[tail], y[tail], weight[tail])
+
+
+def _warn_single_class(plan, y_val, validation_split):
+    classes = plan.class_labels(y_val)
+    if classes is not None and len(classes) == 1:
+        warnings.warn(
+            f"fit: the validation set (the last {validation_split:g} of the data, taken "
+            f"before shuffling) holds a single class ({classes[0]}); shuffle x and y "
+            "first or pass validation_data", stacklevel=5)
+
+
+def _warn_non_finite(x, y):
+    """One RuntimeWarning before training when ``x`` or ``y`` holds NaN or inf."""
+    xp = array_module(x)
+    bad = [name for name, values in (("x", x), ("y", y))
+           if values.dtype.kind in "fc" and not bool(xp.isfinite(values).all())]
+    if bad:
+        warnings.warn(f"fit: {' and '.join(bad)} hold{'s' if len(bad) == 1 else ''} NaN or inf "
+                      "values; training on them turns the weights into NaN (clean the data, or "
+                      "stop early with callbacks.TerminateOnNaN())", RuntimeWarning, stacklevel=4)
+
+
+def _prepare_validation(plan, validation, validation_split):
+    """The validation ``(x, y, weight)`` as prepared arrays, like the training set."""
+    x_val, y_val, w_val = validation
+    x_val, y_val = plan.inputs(x_val), plan.targets(y_val)
+    if validation_split:
+        _warn_single_class(plan, y_val, validation_split)
+    w_val = None if w_val is None else plan.weights(w_val, "fit: validation sample_weight")
+    return x_val, y_val, w_val
+
+
+class LocalFit:
+    """How a one-process ``fit`` visits its samples and totals an epoch: the default
+    sample-order/reduction strategy. An optimizer that trains across processes offers
+    its own through a ``fit_strategy()`` method with the same methods (and ``begin``,
+    ``validation_shard``, ``rank``): ``distributed.DistributedOptimizer`` returns a
+    ``distributed.DataParallelFit``. The core never imports the one it gets.
+
+    >>> LOCAL_FIT.epoch_order(4, shuffle=False) is None, LOCAL_FIT.samples_per_epoch(4)
+    (True, 4)
+    """
+
+    @staticmethod
+    def epoch_order(n, shuffle):
+        return generator().permutation(n) if shuffle else None
+
+    @staticmethod
+    def samples_per_epoch(n):
+        return n
+
+    @staticmethod
+    def reduce(totals):
+        return totals
+
+
+LOCAL_FIT = LocalFit()
+
+
+def fit_callbacks(model, callbacks, verbose, epochs, steps):
+    """The user's callbacks, with the progress bar first (when ``verbose``, unless
+    they hold one, as Keras) and the model's fresh ``History`` last."""
+    callbacks = list(callbacks or [])
+    has_bar = any(isinstance(c, callbacks_module.ProgressBar) for c in callbacks)
+    shown = [callbacks_module.ProgressBar(verbose)] if verbose and not has_bar else []
+    return callbacks_module.CallbackList(
+        shown + callbacks + [model.history], model=model,
+        params={"epochs": epochs, "steps": steps, "verbose": verbose})
+
+
+def prepare(model, x, y, sample_weight, who):
+    """``(plan, x, y, weight)`` for ``evaluate``/``train_on_batch``: prepared arrays."""
+    x, y = _samples(x, y, who)
+    weight = weighting.check_sample_weight(sample_weight, len(x), f"{who}: sample_weight")
+    plan = model._plan(x, y)
+    weight = None if weight is None else plan.weights(weight, who)
+    return plan, plan.inputs(x), plan.targets(y), weight
+
+
+def prepare_fit(model, x, y, sample_weight, class_weight, validation_data, validation_split):
+    """``(plan, (x, y, weight), validation)`` for ``fit``: the training arrays and the
+    validation set (None, or its prepared ``(x, y, weight)``)."""
+    x, y = _samples(x, y, "fit")
+    weight = weighting.check_sample_weight(sample_weight, len(x), "fit: sample_weight")
+    (x, y, weight), validation = _split_validation(x, y, weight, validation_data, validation_split)
+    plan = model._plan(x, y)
+    x, y = plan.inputs(x), plan.targets(y)
+    weight = weighting.training_weights(plan, y, weight, class_weight)
+    if validation is not None:
+        validation = _prepare_validation(plan, validation, validation_split)
+    _warn_non_finite(x, y)
+    return plan, (x, y, weight), validation
+
+
+def predict_inputs(model, x):
+    """``x`` for ``predict``: at least one sample, the model's input dtype, its device."""
+    x = as_array(x, what="x")
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"predict: x must hold at least one sample, got shape {tuple(x.shape)}")
+    if x.ndim == 1:
+        x = x.reshape(-1, 1)
+    if x.dtype != model._input_dtype(x.dtype):
+        x = x.astype(model._input_dtype(x.dtype))
+    return to_device(x, model._device())
