@@ -17,6 +17,7 @@ from .creation import arange, eye, from_numpy, full, ones, ones_like, rand, rand
 from .ops import (abs, clip, concatenate, exp, expand_dims, leaky_relu, log, log_softmax, logsumexp,
                   max, maximum, mean, min, minimum, relu, reshape, sigmoid, softmax, sqrt, squeeze,
                   stack, sum, tanh, transpose, var, where)
+from .ops import cos, cumsum, einsum, erf, expm1, log1p, norm, prod, sin, std
 from .random import manual_seed
 from .tensor import Tensor, get_default_dtype, set_default_dtype, tensor
 from . import functional

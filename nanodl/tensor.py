@@ -336,6 +336,33 @@ class Tensor:
     def log_softmax(self, axis=-1):
         return _ops().log_softmax(self, axis)
 
+    def sin(self):
+        return _ops().sin(self)
+
+    def cos(self):
+        return _ops().cos(self)
+
+    def log1p(self):
+        return _ops().log1p(self)
+
+    def expm1(self):
+        return _ops().expm1(self)
+
+    def erf(self):
+        return _ops().erf(self)
+
+    def prod(self, axis=None, keepdims=False):
+        return _ops().prod(self, axis, keepdims)
+
+    def cumsum(self, axis=None):
+        return _ops().cumsum(self, axis)
+
+    def std(self, axis=None, ddof=0, keepdims=False):
+        return _ops().std(self, axis, ddof, keepdims)
+
+    def norm(self, axis=None, keepdims=False):
+        return _ops().norm(self, axis, keepdims)
+
 
 _ops_module = None
 

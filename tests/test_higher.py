@@ -237,8 +237,9 @@ def test_every_built_in_op_defines_a_vjp():
     """No op of nanodl.ops falls back to Function.vjp (which refuses create_graph)."""
     import inspect
     from nanodl import ops
-    from nanodl.ops import activation, elementwise, linear, loss, reduce, shape
-    missing = [cls.__name__ for module in (activation, elementwise, linear, loss, reduce, shape, ops)
+    from nanodl.ops import accumulate, activation, einsum, elementwise, linear, loss, reduce, shape, special
+    missing = [cls.__name__ for module in (accumulate, activation, einsum, elementwise, linear, loss, reduce,
+                                           shape, special, ops)
                for cls in vars(module).values()
                if inspect.isclass(cls) and issubclass(cls, nd.Function) and cls is not nd.Function
                and not cls.__name__.startswith("_")

@@ -60,6 +60,16 @@ TORCH = {
     "bce_probs": lambda p: F.binary_cross_entropy(p, torch.tensor(LABELS), reduction="sum"),
     "categorical_crossentropy_probs": lambda p: -(XENT_PROBS * p.log()).sum(-1),
     "sparse_categorical_crossentropy_probs": lambda p: F.nll_loss(p.log(), XENT_TARGET, reduction="sum"),
+    "sin": torch.sin, "cos": torch.cos, "log1p": torch.log1p, "expm1": torch.expm1, "erf": torch.erf,
+    "prod": lambda a: a.prod(dim=-1),
+    "prod_axes": lambda a: a.prod(dim=2, keepdim=True).prod(dim=0, keepdim=True),
+    "cumsum": lambda a: torch.cumsum(a, dim=-1), "cumsum_flat": lambda a: torch.cumsum(a.reshape(-1), 0),
+    "std": lambda a: a.std(dim=-1, correction=1), "norm": torch.linalg.vector_norm,
+    "norm_axis": lambda a: torch.linalg.vector_norm(a, dim=-1, keepdim=True),
+    "einsum": lambda a, b: torch.einsum("ij,jk->ik", a, b),
+    "einsum_batch": lambda a, b: torch.einsum("bij,bjk->bik", a, b),
+    "einsum_ellipsis": lambda a, b: torch.einsum("...ij,...jk", a, b),
+    "einsum_diagonal": lambda a, b: torch.einsum("ii,ijk->j", a, b),
 }
 
 CASES = [(spec, shapes) for spec in REGISTRY for shapes in spec.cases]

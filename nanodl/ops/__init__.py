@@ -8,12 +8,16 @@ import numpy as np
 
 from ..backend import device_of, is_device_array, to_device
 from ..tensor import Tensor, get_default_dtype
+from .axes import normalize_axes
+from .accumulate import Cumsum, Norm, Prod
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
+from .einsum import Einsum
 from .elementwise import Abs, Add, Clip, Div, Exp, Log, Maximum, Minimum, Mul, Neg, Pow, Sqrt, Sub, Where
 from .linear import Linear
 from .loss import SoftmaxCrossEntropy
 from .reduce import LogSumExp, Max, Mean, Min, Sum, Var
 from .shape import Concatenate, ExpandDims, GetItem, MatMul, Reshape, Squeeze, Stack, Transpose
+from .special import Cos, Erf, Expm1, Log1p, Sin
 
 
 def lift(value, like):
@@ -254,3 +258,73 @@ def softmax_cross_entropy(logits, target, reduction="none"):
     ``reduction='none'`` gives the per-sample losses; 'mean' and 'sum' reduce in the node.
     """
     return SoftmaxCrossEntropy.apply(logits, target=target, reduction=reduction)
+
+
+# ------------------------------------------------------------------ SPEC §17's ops for experiments
+def sin(a):
+    return Sin.apply(a)
+
+
+def cos(a):
+    return Cos.apply(a)
+
+
+def log1p(a):
+    """log(1 + a), exact for tiny ``a``."""
+    return Log1p.apply(a)
+
+
+def expm1(a):
+    """exp(a) - 1, exact for tiny ``a``."""
+    return Expm1.apply(a)
+
+
+def erf(a):
+    """The error function (computed by nanodl, to ~1e-15 relative; no SciPy needed)."""
+    return Erf.apply(a)
+
+
+def prod(a, axis=None, keepdims=False):
+    """Product over ``axis``; its gradient is the product of the other factors (zeros are fine)."""
+    return Prod.apply(a, axis=axis, keepdims=keepdims)
+
+
+def cumsum(a, axis=None):
+    """Running sum along ``axis``; ``axis=None`` runs over the flattened tensor (as NumPy)."""
+    if axis is None:
+        return Cumsum.apply(reshape(a, -1), axis=0)
+    return Cumsum.apply(a, axis=axis)
+
+
+def norm(a, axis=None, keepdims=False):
+    """The 2-norm over ``axis`` (all axes by default); its gradient at 0 is 0."""
+    return Norm.apply(a, axis=axis, keepdims=keepdims)
+
+
+def std(a, axis=None, ddof=0, keepdims=False):
+    """Standard deviation, dividing by N - ``ddof`` (NumPy's): the norm of ``a - mean`` over
+    sqrt(N - ddof), so that its gradient at a constant slice is 0, not 0/0."""
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, float, np.integer, np.floating)):
+        raise TypeError(f"std: ddof must be a number, got {ddof!r}")
+    axes = normalize_axes(axis, a.ndim, "std")
+    count = 1
+    for ax in axes:
+        count *= a.shape[ax]
+    if not count - ddof > 0:
+        raise ValueError(f"std: ddof={ddof} leaves no degrees of freedom for {count} value(s) per "
+                         f"slice of a tensor of shape {a.shape} (axis={axis!r})")
+    centered = a - mean(a, axis=axes, keepdims=True)
+    return norm(centered, axis=axes, keepdims=keepdims) / float(np.sqrt(count - ddof))
+
+
+def einsum(subscripts, *operands):
+    """NumPy's ``einsum`` (implicit or explicit ``->``, ``...``), differentiable to any order.
+
+    >>> import nanodl as nd
+    >>> nd.einsum('ij,jk->ik', nd.ones((2, 3)), nd.ones((3, 4))).shape
+    (2, 4)
+    """
+    like = next((t for t in operands if isinstance(t, Tensor)), None)
+    tensors = [t if isinstance(t, Tensor) else (lift(t, like) if like is not None else Tensor(t))
+               for t in operands]
+    return Einsum.apply(*tensors, subscripts=subscripts)

@@ -11,6 +11,7 @@ kink though the op's math is smooth there (a loss at ``pred == target``, a logit
 of 0, Huber's ``|d| == delta``), with ``derivative`` giving the analytic gradient
 the op must return there; central differences are fine at such points too.
 """
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -119,6 +120,26 @@ def _np_scatter(values, index, shape):
     full = np.zeros(shape)
     np.add.at(full, index, values)
     return full
+
+
+_PROD_ZEROS = np.array([[2.0, 0.0, 3.0, 0.5], [0.0, 0.0, -1.0, 2.0], [1.5, -2.0, 0.5, 3.0]])
+_EINSUMS = (  # (registry name, subscripts, operand shapes)
+    ("einsum", "ij,jk->ik", (((3, 4), (4, 2)),)),
+    ("einsum_batch", "bij,bjk->bik", (((2, 3, 4), (2, 4, 5)),)),
+    ("einsum_ellipsis", "...ij,...jk", (((2, 1, 3, 4), (5, 4, 2)), ((3, 2), (2, 2)))),  # implicit '->'
+    ("einsum_diagonal", "ii,ijk->j", (((3, 3), (3, 2, 4)),)),  # a repeated letter, a letter only one has
+)
+
+
+def _np_erf(a):
+    return np.vectorize(math.erf, otypes=[np.float64])(a)
+
+
+def _np_prod_others(a):
+    """d sum(prod(a, axis=-1)) / da: each element's product of the others in its row."""
+    rows = a.reshape(-1, a.shape[-1])
+    others = [[np.prod(np.delete(row, i)) for i in range(len(row))] for row in rows]
+    return np.array(others).reshape(a.shape)
 
 
 def _sparse_probs_loss(p):
@@ -273,6 +294,32 @@ REGISTRY = (
     OpSpec("sparse_categorical_crossentropy_probs",
            lambda p: losses.sparse_categorical_crossentropy(p, _XENT_TARGET, reduction="sum"),
            _sparse_probs_loss, (((5, 3),),), domain=(0.05, 0.95), family="loss", random_shapes=False),
+    # SPEC §17's ops for experiments (sine features, norm penalties, ports from JAX/autograd).
+    OpSpec("sin", ops.sin, np.sin, UNARY, domain=(-4.0, 4.0)),
+    OpSpec("cos", ops.cos, np.cos, UNARY, domain=(-4.0, 4.0)),
+    OpSpec("log1p", ops.log1p, np.log1p, UNARY, domain=(-0.8, 3.0)),
+    OpSpec("expm1", ops.expm1, np.expm1, UNARY),
+    OpSpec("erf", ops.erf, _np_erf, UNARY, domain=(-3.0, 3.0)),  # both of its formulas (|x| < 2, >= 2)
+    OpSpec("prod", lambda a: ops.prod(a, axis=-1), lambda a: a.prod(axis=-1), REDUCE_SHAPES,
+           family="reduce", critical_points=((_PROD_ZEROS.copy(),),),  # exp(sum(log)) is 0/0 there
+           derivative=lambda a: (_np_prod_others(a),)),
+    OpSpec("prod_axes", lambda a: ops.prod(a, axis=(0, 2), keepdims=True),
+           lambda a: a.prod(axis=(0, 2), keepdims=True), (((2, 3, 4),), ((3, 1, 2),)), family="reduce",
+           random_shapes=False),
+    OpSpec("cumsum", lambda a: ops.cumsum(a, axis=-1), lambda a: np.cumsum(a, axis=-1), REDUCE_SHAPES,
+           family="reduce"),
+    OpSpec("cumsum_flat", ops.cumsum, np.cumsum, UNARY, family="reduce", random_shapes=False),
+    OpSpec("std", lambda a: ops.std(a, axis=-1, ddof=1), lambda a: a.std(axis=-1, ddof=1), REDUCE_SHAPES,
+           family="reduce", random_shapes=False),
+    OpSpec("norm", ops.norm, lambda a: np.linalg.norm(a.reshape(-1)), UNARY, family="reduce",
+           kink_distance=lambda a: float(np.linalg.norm(a)),
+           critical_points=((np.zeros((2, 3)),),), derivative=lambda a: (np.zeros_like(a),)),
+    OpSpec("norm_axis", lambda a: ops.norm(a, axis=-1, keepdims=True),
+           lambda a: np.linalg.norm(a, axis=-1, keepdims=True), REDUCE_SHAPES, family="reduce",
+           kink_distance=lambda a: float(np.linalg.norm(a, axis=-1).min())),
+    *(OpSpec(name, (lambda s: lambda *t: ops.einsum(s, *t))(subscripts),
+             (lambda s: lambda *a: np.einsum(s, *a))(subscripts), cases, family="linear")
+      for name, subscripts, cases in _EINSUMS),
 )
 
 BY_NAME = {spec.name: spec for spec in REGISTRY}
@@ -354,4 +401,6 @@ NODE_KINKS = {
     "Linear": NodeKink("linear's activation at 0", "0 (pre-activation)", _linear_gap),
     "Sqrt": NodeKink("sqrt at 0 (infinite slope)", "0", lambda node, xs: _abs_min(xs[0])),
     "Log": NodeKink("log at 0 (infinite slope)", "0", lambda node, xs: _abs_min(xs[0])),
+    "Norm": NodeKink("norm at 0", "0 (a zero slice)", lambda node, xs: float(np.sqrt(
+        (xs[0] * xs[0]).sum(axis=node.__dict__.get("axes"))).min()) if xs[0].size else np.inf),
 }
