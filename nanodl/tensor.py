@@ -7,6 +7,7 @@ import numpy as np
 
 from . import autograd
 from .backend import array_module, device_of, is_device_array, to_device, to_host
+from .tensor_methods import MoreMethods
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _default_dtype = np.dtype(np.float32)
@@ -63,7 +64,7 @@ def as_array(data, dtype=None, *, what="tensor", numeric=True):
     return array
 
 
-class Tensor:
+class Tensor(MoreMethods):
     """An n-dimensional array that records the ops applied to it for ``backward``.
 
     >>> import nanodl as nd
@@ -335,33 +336,6 @@ class Tensor:
 
     def log_softmax(self, axis=-1):
         return _ops().log_softmax(self, axis)
-
-    def sin(self):
-        return _ops().sin(self)
-
-    def cos(self):
-        return _ops().cos(self)
-
-    def log1p(self):
-        return _ops().log1p(self)
-
-    def expm1(self):
-        return _ops().expm1(self)
-
-    def erf(self):
-        return _ops().erf(self)
-
-    def prod(self, axis=None, keepdims=False):
-        return _ops().prod(self, axis, keepdims)
-
-    def cumsum(self, axis=None):
-        return _ops().cumsum(self, axis)
-
-    def std(self, axis=None, ddof=0, keepdims=False):
-        return _ops().std(self, axis, ddof, keepdims)
-
-    def norm(self, axis=None, keepdims=False):
-        return _ops().norm(self, axis, keepdims)
 
 
 _ops_module = None
