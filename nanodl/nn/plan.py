@@ -275,7 +275,7 @@ def _check_epochs(epochs):
 
 def _samples(x, y, who):
     """``x`` and ``y`` as arrays holding the same, non-zero number of samples."""
-    x, y = as_array(x, what="x"), as_array(y, what="y")
+    x, y = as_array(x, what=f"{who}: x"), as_array(y, what=f"{who}: y")
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise ValueError(f"{who}: x and y must hold the same number of samples, got x of shape "
                          f"{tuple(x.shape)} and y of shape {tuple(y.shape)}")
@@ -292,7 +292,7 @@ def _split_validation(x, y, weight, validation_data, validation_split):
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
                              "(x_val, y_val, sample_weight_val)")
-        x_val, y_val = (as_array(v, what="validation_data") for v in validation_data[:2])
+        x_val, y_val = (as_array(v, what="fit: validation_data") for v in validation_data[:2])
         if x_val.ndim == 0 or y_val.ndim == 0 or len(x_val) != len(y_val) or len(x_val) == 0:
             raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
                              f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
@@ -407,7 +407,7 @@ def prepare_fit(model, x, y, sample_weight, class_weight, validation_data, valid
 
 def predict_inputs(model, x):
     """``x`` for ``predict``: at least one sample, the model's input dtype, its device."""
-    x = as_array(x, what="x")
+    x = as_array(x, what="predict: x")
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"predict: x must hold at least one sample, got shape {tuple(x.shape)}")
     if x.ndim == 1:
