@@ -14,10 +14,12 @@ the inputs you passed (when they require grad), so they can be differentiated ag
 """
 import numpy as np
 
+from .curvature import hessian_diagonal, hessian_eigenvalues, hessian_trace
 from .higher import grad
 from ..backend import array_module
 
-__all__ = ["vjp", "jvp", "hvp", "jacobian", "hessian"]
+__all__ = ["vjp", "jvp", "hvp", "jacobian", "hessian", "hessian_eigenvalues", "hessian_trace",
+           "hessian_diagonal"]
 
 
 def vjp(fn, inputs, v=None, create_graph=False):
