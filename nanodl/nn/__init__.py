@@ -11,10 +11,11 @@ from . import init
 from .layers import (GELU, LAYERS, Activation, BatchNorm, Dense, Dropout, Flatten, Layer, LayerNorm,
                      LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, register_layer)
 from .layers import Embedding
+from .lr_finder import LRFinder
 from .model import Model, Sequential
 from .module import Module, ModuleList, Parameter
 
 __all__ = ["Module", "ModuleList", "Parameter", "Layer", "Dense", "ReLU", "LeakyReLU", "Sigmoid",
            "Tanh", "Softmax", "GELU", "Activation", "Dropout", "Flatten", "BatchNorm", "LayerNorm",
            "Model", "Sequential", "init", "LAYERS", "register_layer"]
-__all__ += ["Embedding"]
+__all__ += ["Embedding", "LRFinder"]

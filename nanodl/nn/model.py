@@ -32,10 +32,11 @@ from ..backend import to_device, to_host
 from ..data import batch_slices
 from ..tensor import Tensor, as_array, get_default_dtype
 from .layers import Dense, Embedding
+from .lr_finder import find_lr as _find_lr
 from .metrics import METRICS, EpochTotals, add_batch, metric_specs
 from .module import Module, ModuleList
-from .plan import (LOCAL_FIT, _Plan, _check_batch_size, _check_epochs, fit_callbacks, fuse_logits,
-                   predict_inputs, prepare, prepare_fit)
+from .plan import (LOCAL_FIT, _Plan, _check_batch_size, _check_epochs, _samples, fit_callbacks,
+                   fuse_logits, predict_inputs, prepare, prepare_fit)
 
 __all__ = ["Model", "Sequential", "METRICS", "EpochTotals", "fuse_logits"]
 
@@ -275,6 +276,22 @@ class Model(Module):
         add_batch(totals, plan.metrics, float(loss.data), out.data, y, weight)
         values = [float(loss.data)] + list(totals.averages().values())[1:]
         return values[0] if len(values) == 1 else values
+
+    def find_lr(self, x, y, start_lr=1e-7, end_lr=10.0, steps=100, batch_size=32, sharpness=True):
+        """A learning-rate sweep, with the loss's sharpness beside it; returns an ``LRFinder``.
+
+        ``steps`` optimizer steps (the compiled optimizer, one batch each) at rates
+        growing exponentially from ``start_lr`` to ``end_lr``, stopping once the
+        smoothed loss passes 4x its best. ``LRFinder.suggestion`` is where the smoothed
+        loss fell fastest; with ``sharpness``, ``LRFinder.sharpness`` holds the largest
+        Hessian eigenvalue of the loss on the first batch at the start and the end, and
+        ``'stable_lr'`` = 2 / the start's. The weights, the optimizer's state and the
+        training flags are left exactly as they were (``nanodl.nn.lr_finder``).
+        """
+        self._require_compiled("find_lr")
+        batch_size = _check_batch_size(batch_size, "find_lr")
+        x, y = _samples(x, y, "find_lr")
+        return _find_lr(self, x, y, start_lr, end_lr, steps, batch_size, sharpness)
 
     # ------------------------------------------------------------ evaluate / predict
     def _evaluate_arrays(self, plan, x, y, weight, batch_size, reduce=False):

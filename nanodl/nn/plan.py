@@ -147,6 +147,15 @@ class _Plan:
         total = (per_sample * Tensor(weight)).sum()
         return total if self.loss_reduction == "sum" else total * (1.0 / len(target))
 
+    def objective(self, x, target, weight=None):
+        """``(loss, out)``: what a step minimises on one batch (the forward, the loss,
+        the weight penalties), with its graph; ``find_lr`` takes its Hessian."""
+        out = self.forward(Tensor(x))
+        loss = self.loss(out, target, weight)
+        if self.penalty is not None:
+            loss = loss + self.penalty()
+        return loss, out
+
     def step(self, x, target, weight=None):
         """The training step, on one batch; returns ``(loss, out)``, both Tensors.
 
@@ -158,10 +167,7 @@ class _Plan:
            which leaves d(loss)/d(parameter) in each ``param.grad``.
         4. Optimizer step: update every parameter from its gradient.
         """
-        out = self.forward(Tensor(x))                 # 1. forward
-        loss = self.loss(out, target, weight)         # 2. loss
-        if self.penalty is not None:
-            loss = loss + self.penalty()
+        loss, out = self.objective(x, target, weight)  # 1. forward, 2. loss
         for param in self.params:                     # 3. backward
             param.grad = None
         loss.backward()

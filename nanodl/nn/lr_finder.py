@@ -1,0 +1,251 @@
+"""``Model.find_lr``: a learning-rate sweep with the loss's sharpness beside it.
+
+The sweep (Smith's range test, as in fastai and Keras' LR finders) trains from
+``start_lr`` to ``end_lr`` on an exponential grid, one optimizer step per batch with
+the compiled optimizer, recording each batch's loss (before its step), smoothed by a
+bias-corrected exponential moving average. It stops early once the smoothed loss
+exceeds 4x its best, or a loss is not finite. The suggestion is the rate where the
+smoothed loss falls fastest (the steepest descent against log lr) before its minimum.
+
+The heuristic reads a noisy curve; the sharpness is a measurement. Gradient descent
+on a quadratic with curvature lambda is stable only for ``lr < 2 / lambda``
+(``docs/curvature.md`` derives it), so ``2 / lambda_max`` of the loss at the starting
+weights (``hessian_eigenvalues`` on a fixed batch) bounds the usable plain-gradient-
+descent rate; ``lambda_max`` at the end of the sweep shows how training moved it.
+
+The sweep puts everything back as it was, bit for bit: the weights (in their own
+arrays), the gradients, the buffers, the optimizer's state, step counts and rate,
+the model's cached plan and its training flags. It draws its batches (and dropout
+masks) from a copy of nanodl's generator, so the global stream is not advanced.
+"""
+import copy
+import math
+
+import numpy as np
+
+from .. import random
+from ..archive import atomic_write
+from ..autograd.curvature import hessian_eigenvalues
+from ..backend import is_device_array, to_host
+
+__all__ = ["LRFinder", "find_lr"]
+
+SMOOTHING = 0.98      # the moving average's weight on the past (fastai's; about 50 steps of memory)
+DIVERGENCE = 4.0      # stop once the smoothed loss exceeds this multiple of its best
+PLOT_HINT = ("LRFinder.plot needs matplotlib, which is not installed; get it with "
+             "`pip install 'nanodl[plot]'` or `pip install matplotlib`")
+
+
+class LRFinder:
+    """What ``Model.find_lr`` found.
+
+    Attributes: ``lrs`` (the rates tried, an array), ``losses`` (the smoothed loss at
+    each), ``raw_losses`` (each batch's loss), ``suggestion`` (the rate where the
+    smoothed loss falls fastest, before it diverges), ``diverged`` (whether the sweep
+    stopped early), and ``sharpness``: None, or a dict with ``'start'`` and ``'end'``
+    (the largest Hessian eigenvalue of the loss on a fixed batch, at the starting
+    weights and at the sweep's last weights) and ``'stable_lr'`` (``2 / start``, the
+    largest rate at which plain gradient descent is stable near the start).
+    """
+
+    def __init__(self, lrs, losses, raw_losses, suggestion, sharpness, diverged):
+        self.lrs, self.losses, self.raw_losses = lrs, losses, raw_losses
+        self.suggestion, self.sharpness, self.diverged = suggestion, sharpness, diverged
+
+    def __repr__(self):
+        text = f"LRFinder({len(self.lrs)} rates, suggestion={self.suggestion:.3g}"
+        if self.sharpness is not None:
+            text += (f", sharpness start={self.sharpness['start']:.4g} "
+                     f"end={self.sharpness['end']:.4g}, stable_lr={self.sharpness['stable_lr']:.3g}")
+        return text + (", diverged)" if self.diverged else ")")
+
+    def plot(self, path=None):
+        """The smoothed loss against the rate (log axis), the suggestion and ``2 / lambda_max``.
+
+        Returns the matplotlib ``Figure``. With ``path`` it is saved there as a PNG,
+        atomically (a temporary file moved over ``path``), drawn without pyplot (no
+        window, the backend untouched); without, it is a pyplot figure (shown inline
+        in a notebook). Needs matplotlib (``pip install 'nanodl[plot]'``).
+        """
+        try:
+            if path is None:
+                import matplotlib.pyplot as plt
+                figure = plt.figure(figsize=(6.4, 4.0))
+            else:
+                from matplotlib.figure import Figure
+                figure = Figure(figsize=(6.4, 4.0))
+        except ImportError:
+            raise ImportError(PLOT_HINT) from None
+        axis = figure.add_subplot()
+        axis.plot(self.lrs, self.losses, label="smoothed loss")
+        axis.set_xscale("log")
+        axis.axvline(self.suggestion, color="C1", linestyle="--",
+                     label=f"steepest descent: {self.suggestion:.3g}")
+        if self.sharpness is not None and math.isfinite(self.sharpness["stable_lr"]):
+            axis.axvline(self.sharpness["stable_lr"], color="C2", linestyle=":",
+                         label=f"2 / lambda_max at the start: {self.sharpness['stable_lr']:.3g}")
+        axis.set_xlabel("learning rate")
+        axis.set_ylabel("loss (smoothed)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        if path is not None:
+            atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
+        return figure
+
+
+def find_lr(model, x, y, start_lr, end_lr, steps, batch_size, sharpness):
+    """The sweep behind ``Model.find_lr`` (which checks the model, ``x``, ``y`` and
+    ``batch_size`` first); returns an ``LRFinder``."""
+    lrs = _rates(start_lr, end_lr, steps)
+    if not isinstance(sharpness, (bool, np.bool_)):
+        raise ValueError(f"find_lr: sharpness must be True or False, got {sharpness!r}")
+    model._build_on(x)  # lazy layers get their weights now: those are what the sweep restores
+    snapshot = _Snapshot(model, model.optimizer)
+    try:
+        with random.using(copy.deepcopy(random.generator())), model._mode(True):
+            plan = model._plan(x, y)
+            x, y = plan.inputs(x), plan.targets(y)
+            batches = _batches(len(x), batch_size, steps)
+            fixed = batches[0]
+            start = _largest_eigenvalue(plan, x[fixed], y[fixed]) if sharpness else None
+            raw, smoothed, diverged = _sweep(model, plan, x, y, batches, lrs)
+            end = None
+            if sharpness:
+                finite = all(np.isfinite(to_host(p.data)).all() for p in plan.params)
+                end = _largest_eigenvalue(plan, x[fixed], y[fixed]) if finite else math.nan
+    finally:
+        snapshot.restore()
+    lrs = lrs[:len(smoothed)]
+    found = None if start is None else {
+        "start": start, "end": end, "stable_lr": 2.0 / start if start > 0 else math.inf}
+    return LRFinder(lrs, np.array(smoothed), np.array(raw), _steepest(lrs, np.array(smoothed)),
+                    found, diverged)
+
+
+# ------------------------------------------------------------------ the sweep
+def _rates(start_lr, end_lr, steps):
+    """``steps`` rates from ``start_lr`` to ``end_lr``, evenly spaced on a log scale."""
+    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not 0 < value < math.inf:
+            raise ValueError(f"find_lr: {name} must be a positive finite number, got {value!r}")
+    if not end_lr > start_lr:
+        raise ValueError(f"find_lr: end_lr must be larger than start_lr, got start_lr={start_lr!r} "
+                         f"and end_lr={end_lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+        raise ValueError(f"find_lr: steps must be an integer >= 2, got {steps!r}")
+    return float(start_lr) * (float(end_lr) / float(start_lr)) ** (np.arange(steps) / (steps - 1))
+
+
+def _batches(n, batch_size, steps):
+    """``steps`` index arrays of ``batch_size`` samples (fewer for the last of a pass):
+    passes over a fresh permutation each, as ``fit`` shuffles its epochs."""
+    batches = []
+    while len(batches) < steps:
+        order = random.generator().permutation(n)
+        batches += [order[start:start + batch_size] for start in range(0, n, batch_size)]
+    return batches[:steps]
+
+
+def _sweep(model, plan, x, y, batches, lrs):
+    """One ``_train_step`` per rate; ``(raw losses, smoothed losses, diverged)``."""
+    raw, smoothed, average, best = [], [], 0.0, math.inf
+    for step, (batch, lr) in enumerate(zip(batches, lrs)):
+        plan.optimizer.lr = float(lr)
+        loss, _ = model._train_step(plan, x[batch], y[batch])
+        value = float(loss.data)
+        if not math.isfinite(value):
+            return raw, smoothed, True
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        raw.append(value)
+        smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
+        if smoothed[-1] > DIVERGENCE * best:
+            return raw, smoothed, True
+        best = min(best, smoothed[-1])
+    return raw, smoothed, False
+
+
+def _steepest(lrs, smoothed):
+    """The rate where ``smoothed`` falls fastest against log(lr), up to its minimum."""
+    stop = int(np.argmin(smoothed)) + 1 if len(smoothed) else 0
+    if stop < 2:
+        return float(lrs[0])
+    slopes = np.gradient(smoothed[:stop], np.log(lrs[:stop]))
+    return float(lrs[int(np.argmin(slopes))])
+
+
+def _largest_eigenvalue(plan, x, y):
+    """The largest Hessian eigenvalue of the training loss on ``(x, y)`` (with the
+    weight penalties) over the model's parameters."""
+    values, _ = hessian_eigenvalues(lambda: plan.objective(x, y)[0], plan.params, k=1, tol=1e-6,
+                                    seed=0)
+    return float(values[0])
+
+
+# ------------------------------------------------------------------ putting it back
+class _Snapshot:
+    """Copies of everything a sweep changes, to write back in place afterwards.
+
+    Arrays are restored into the very arrays they came from (a captured step keeps
+    views of them: ``nanodl.capture.FlatUpdate``); the optimizer's attributes are
+    deep-copied (its parameters excepted) and written back the same way.
+    """
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        params = model.parameters()
+        self.params = [(p, p.data, _copy(p.data), p.grad, _copy(p.grad)) for p in params]
+        self.buffers = [(module, name, array, _copy(array)) for module in model.modules()
+                        for name, array in module._buffers.items() if array is not None]
+        self.model_dict = {key: model.__dict__[key] for key in ("_plan_cache",) if key in model.__dict__}
+        keep = {id(p): p for p in params}
+        keep.update({id(p.data): p.data for p in params})
+        try:
+            self.optimizer_dict = copy.deepcopy(vars(optimizer), keep)
+        except Exception as error:  # an optimizer holding something that cannot be copied
+            raise TypeError(f"find_lr: cannot copy the state of {type(optimizer).__name__} to "
+                            f"restore it after the sweep: {error}") from None
+
+    def restore(self):
+        for p, data, saved, grad, saved_grad in self.params:
+            p.data = _write_back(data, saved)
+            p.grad = grad if grad is None else _write_back(grad, saved_grad)
+        for module, name, array, saved in self.buffers:
+            _write_back(array, saved)
+            if module._buffers.get(name) is not array:
+                module.register_buffer(name, array)
+        _write_back(vars(self.optimizer), self.optimizer_dict)
+        self.model.__dict__.pop("_plan_cache", None)
+        self.model.__dict__.update(self.model_dict)
+
+
+def _copy(array):
+    return None if array is None else array.copy()
+
+
+def _is_array(value):
+    return isinstance(value, np.ndarray) or is_device_array(value)
+
+
+def _write_back(live, saved):
+    """``saved``'s value, kept in ``live``'s own containers and arrays where they match."""
+    if live is saved:
+        return live
+    if _is_array(saved) and type(live) is type(saved) and live.shape == saved.shape \
+            and live.dtype == saved.dtype:
+        live[...] = saved
+        return live
+    if type(saved) is dict and type(live) is dict:
+        restored = {key: _write_back(live[key], value) if key in live else value
+                    for key, value in saved.items()}
+        live.clear()
+        live.update(restored)
+        return live
+    if type(saved) is list and type(live) is list and len(saved) == len(live):
+        live[:] = [_write_back(a, b) for a, b in zip(live, saved)]
+        return live
+    if type(live) is type(saved) and hasattr(saved, "__dict__") and not isinstance(saved, type):
+        _write_back(vars(live), vars(saved))  # an object the optimizer holds (a wrapped optimizer)
+        return live
+    return saved
