@@ -20,6 +20,7 @@ EXPECTED = {
     "digits_mlp.py": "predictions match",
     "subclassed_model.py": "test accuracy",
     "gan_2d.py": "mean radius",
+    "sharpness.py": "x 2/lr at step",
 }
 
 
