@@ -16,10 +16,11 @@ import numpy as np
 
 from .curvature import hessian_diagonal, hessian_eigenvalues, hessian_trace
 from .higher import grad
+from .per_sample import per_sample_grad, per_sample_grad_norm
 from ..backend import array_module
 
 __all__ = ["vjp", "jvp", "hvp", "jacobian", "hessian", "hessian_eigenvalues", "hessian_trace",
-           "hessian_diagonal"]
+           "hessian_diagonal", "per_sample_grad", "per_sample_grad_norm"]
 
 
 def vjp(fn, inputs, v=None, create_graph=False):

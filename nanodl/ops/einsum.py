@@ -94,12 +94,13 @@ def _own_letters_for_broadcast(letters, shapes, output, spare, subscripts):
     return renamed
 
 
-def gradient_spec(terms, output, index, shapes):
+def gradient_spec(terms, output, index, shapes, keep=""):
     """The einsum giving operand ``index``'s gradient: (spec, [constant operand descriptions]).
 
     Its operands are the output's gradient, the other operands in order, then the
     constants: ``('eye', n)`` for a repeated letter, ``('ones', n)`` for a letter only
-    operand ``index`` has.
+    operand ``index`` has. ``keep`` names output letters to keep in front, not sum over
+    (``per_sample_grad`` keeps the batch letter: one gradient per sample).
     """
     target = terms[index]
     others = [term for j, term in enumerate(terms) if j != index]
@@ -121,7 +122,7 @@ def gradient_spec(terms, output, index, shapes):
             constants.append(("ones", shapes[index][position]))
             extra_terms.append(c)
             known.add(c)
-    spec = ",".join([output] + others + extra_terms) + "->" + "".join(result)
+    spec = ",".join([output] + others + extra_terms) + "->" + keep + "".join(result)
     return spec, constants
 
 
