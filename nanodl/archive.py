@@ -44,14 +44,18 @@ import zlib
 
 import numpy as np
 
+from . import nested
 from .backend import to_host
 from .tensor import Tensor
 
-__all__ = ["save", "load", "save_model", "Reader", "write_npz", "atomic_write", "LAYERS",
+__all__ = ["save", "load", "Reader", "write_npz", "atomic_write", "LAYERS",
            "register_layer"]
 
 FORMAT_KEY = "__nanodl__"
 ARCHITECTURE_KEY = "__architecture__"
+TREE_KEY = "__tree__"         # a nested state's structure (nanodl.nested), JSON as uint8
+OPTIMIZER_KEY = "__optimizer__"  # in a model file: the optimizer state's structure ...
+OPTIMIZER_PREFIX = "optimizer/"  # ... and its arrays
 WEIGHTS_PREFIX = "weights/"
 FORMAT_VERSION = 1
 TEMP_MARK = ".nanodl-tmp-"
@@ -208,41 +212,24 @@ def _checked_names(names, caller):
 
 
 def save(state_dict, path):
-    """Write a state dict (name -> array; or a Module, whose ``state_dict()`` is used)."""
+    """Write a state dict (name -> array; or a Module, whose ``state_dict()`` is used).
+
+    A dict that nests dicts and lists of numbers, strings and arrays (an optimizer's
+    ``state_dict()``) is written as its arrays plus its structure (``nanodl.nested``)
+    and ``load`` gives it back as it was.
+    """
     if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):
         state_dict = state_dict.state_dict()
     if not isinstance(state_dict, dict):
         raise TypeError(f"save: expected a dict of name -> array, got {type(state_dict).__name__}")
     _checked_names(state_dict, "save")
     arrays = {FORMAT_KEY: np.array(f"nanodl.state_dict/{FORMAT_VERSION}")}
-    for name, value in state_dict.items():
-        arrays[name] = _host_array(name, value)
-    write_npz(path, arrays)
-
-
-def save_model(model, path):
-    """Write ``model``'s architecture (JSON), compile settings and weights to ``path``."""
-    architecture = {"format": "nanodl.model", "version": FORMAT_VERSION,
-                    "class_name": type(model).__name__, "layers": None,
-                    "compile": getattr(model, "_compile_config", None)}
-    layers = getattr(model, "layers", None)
-    if type(model).__name__ == "Sequential" and layers is not None:
-        specs = []
-        for layer in layers:
-            name = type(layer).__name__
-            if LAYERS.get(name) is not type(layer):
-                raise ValueError(f"save: layer {name} is not a registered built-in layer; "
-                                 "decorate it with nn.layers.register_layer or save its "
-                                 "state_dict with nanodl.save")
-            specs.append({"class_name": name, "config": layer.get_config()})
-        architecture["layers"] = specs
-    text = json.dumps(architecture, sort_keys=True)
-    state = model.state_dict()
-    _checked_names(state, "save")
-    arrays = {FORMAT_KEY: np.array(f"nanodl.model/{FORMAT_VERSION}"),
-              ARCHITECTURE_KEY: np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
-    for name, value in state.items():
-        arrays[WEIGHTS_PREFIX + name] = _host_array(name, value)
+    if nested.is_nested(state_dict):  # an optimizer's state: arrays + the structure as JSON
+        arrays[TREE_KEY], leaves = nested.pack(state_dict, _host_array)
+        arrays.update(leaves)
+    else:
+        for name, value in state_dict.items():
+            arrays[name] = _host_array(name, value)
     write_npz(path, arrays)
 
 
@@ -488,4 +475,10 @@ def load(path):
         if ARCHITECTURE_KEY in names:
             return {name[len(WEIGHTS_PREFIX):]: reader.read(name) for name in names
                     if name.startswith(WEIGHTS_PREFIX)}
+        if TREE_KEY in names:  # a nested state (nanodl.nested)
+            arrays = {name: reader.read(name) for name in names if name != FORMAT_KEY}
+            try:
+                return nested.unpack(arrays.pop(TREE_KEY), arrays)
+            except ValueError as error:
+                raise ValueError(f"load: {reader.path!r}: {error}") from None
         return {name: reader.read(name) for name in names if name != FORMAT_KEY}

@@ -8,7 +8,7 @@ and ``on_epoch_end(epoch, logs)``, whose ``logs`` hold ``'loss'``, the metrics, 
 
 Built in: ``History``, ``ProgressBar`` (which ``fit`` adds itself for ``verbose=1``
 or ``2``), ``LearningRateScheduler``, ``EarlyStopping``, ``ModelCheckpoint``,
-``ReduceLROnPlateau``, ``CSVLogger`` and ``TerminateOnNaN``. ``CallbackList`` is how ``fit`` calls them.
+``BackupAndRestore``, ``ReduceLROnPlateau``, ``CSVLogger`` and ``TerminateOnNaN``. ``CallbackList`` is how ``fit`` calls them.
 
 >>> class PrintLoss(Callback):
 ...     def on_epoch_end(self, epoch, logs=None):
@@ -28,12 +28,13 @@ import warnings
 import numpy as np
 
 from . import archive
+from .random import generator
 from .optim.lr_scheduler import integer_argument, real_argument
 from .distributed import _is_rank_zero
 
 __all__ = ["Callback", "CallbackList", "History", "ProgressBar", "ProgbarLogger",
-           "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
-           "CSVLogger", "TerminateOnNaN"]
+           "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint", "BackupAndRestore",
+           "ReduceLROnPlateau", "CSVLogger", "TerminateOnNaN"]
 
 
 class Callback:
@@ -86,11 +87,17 @@ class CallbackList:
     """
 
     def __init__(self, callbacks, model, params=None):
-        self.callbacks = list(callbacks)
+        callbacks = list(callbacks)
+        # A backup is taken after every other callback has had its say (a lowered lr, a
+        # counter) and restored after they have all reset themselves.
+        self.callbacks = [c for c in callbacks if not getattr(c, "runs_last", False)] + \
+            [c for c in callbacks if getattr(c, "runs_last", False)]
         for callback in self.callbacks:
             callback.set_model(model)
             if hasattr(callback, "set_params"):
                 callback.set_params(params or {})
+            if hasattr(callback, "set_callbacks"):
+                callback.set_callbacks(self.callbacks)
         self._batch_begin = [c for c in self.callbacks if _overrides(c, "on_batch_begin")]
         self._batch_end = [c for c in self.callbacks if _overrides(c, "on_batch_end")]
 
@@ -229,16 +236,22 @@ def resolve_verbose(verbose):
 
 
 class ProgressBar(Callback):
-    """Keras' progress display on stderr: ``verbose=1`` a live bar per epoch (steps done,
-    ETA, running loss and metrics), ``verbose=2`` one line per epoch. ``fit`` adds one
+    """Keras' progress display: ``verbose=1`` a live bar per epoch (steps done, ETA,
+    running loss and metrics), ``verbose=2`` one line per epoch. ``fit`` adds one
     itself when ``verbose`` is 1 or 2.
 
-    On a terminal the bar redraws in place with ``\\r`` at most every ``interval``
-    seconds. In a Jupyter notebook it draws the same way on ``sys.stdout`` (the
-    notebook applies ``\\r`` to the cell's output as a terminal does, live, and shows
-    stdout without stderr's warning colour, as Keras does). Elsewhere (a log file, a
-    pipe) only each epoch's final line is written. The time per step reads in s, ms or
-    us. The keys ``'lr'``, ``'batch'`` and ``'size'`` of the logs are not shown.
+    Where it draws decides how (``verbose=1``):
+
+    * a terminal (stderr, or ``stream`` if given): the bar redraws in place with
+      ``\\r`` at most every ``interval`` seconds;
+    * a Jupyter notebook: one IPython display (``display(..., display_id=True)``)
+      updated in place, holding one line per finished epoch and the live bar, so a
+      saved or exported notebook keeps one line per epoch, not every redraw;
+    * anything else (a log file, a pipe, CI): one line per epoch, written when the
+      epoch ends.
+
+    The time per step reads in s, ms or us. The keys ``'lr'``, ``'batch'`` and
+    ``'size'`` of the logs are not shown.
     """
 
     width = 30
@@ -253,44 +266,52 @@ class ProgressBar(Callback):
         self.interval = interval
 
     def on_train_begin(self, logs=None):
-        notebook = in_notebook()
-        if self._stream is not None:
-            self.stream = self._stream
-        else:
-            self.stream = sys.stdout if notebook else sys.stderr
-        self.dynamic = _is_terminal(self.stream) or (
-            notebook and self.stream in (sys.stdout, sys.stderr))
+        notebook = self._stream is None and in_notebook()
+        self.stream = self._stream if self._stream is not None else \
+            (sys.stdout if notebook else sys.stderr)
+        self.dynamic = _is_terminal(self.stream)
+        self.display = _NotebookDisplay() if notebook and self.verbose == 1 else None
 
     def on_epoch_begin(self, epoch, logs=None):
         if not hasattr(self, "stream"):  # used outside fit
             self.on_train_begin()
         self.epochs = self.params.get("epochs", epoch + 1)
         self.steps = max(int(self.params.get("steps", 1)), 1)
-        if self.verbose == 1:
-            self._print(f"Epoch {epoch + 1}/{self.epochs}")
+        self.title = f"Epoch {epoch + 1}/{self.epochs}"
+        if self.verbose == 1 and self.dynamic:
+            self._print(self.title)
         self.start = time.perf_counter()
         self.next_draw = self.start + self.interval
         self.drawn = 0
 
     def on_batch_end(self, batch, logs=None):
-        if self.verbose != 1 or batch + 1 >= self.steps:
+        if self.verbose != 1 or batch + 1 >= self.steps or not (self.dynamic or self.display):
             return
         now = time.perf_counter()
         if now < self.next_draw:
             return
         self.next_draw = now + self.interval
-        if self.dynamic:
-            done = batch + 1
-            eta = (now - self.start) / done * (self.steps - done)
-            self._draw(f"{self._bar(done)} - ETA: {eta:.0f}s - {self._shown(logs)}", end="")
+        done = batch + 1
+        eta = (now - self.start) / done * (self.steps - done)
+        line = f"{self._bar(done)} - ETA: {eta:.0f}s - {self._shown(logs)}"
+        if self.display is not None:
+            self._show(f"{self.title} - {line}", final=False)
+        else:
+            self._draw(line, end="")
 
     def on_epoch_end(self, epoch, logs=None):
         elapsed = time.perf_counter() - self.start
-        if self.verbose == 1:
-            timing = f"{elapsed:.0f}s {format_step_time(elapsed / self.steps)}"
-            self._draw(f"{self._bar(self.steps)} - {timing} - {self._shown(logs)}", end="\n")
+        if self.verbose == 2:
+            self._print(f"{self.title} - {elapsed:.2f}s - {self._shown(logs)}")
+            return
+        timing = f"{elapsed:.0f}s {format_step_time(elapsed / self.steps)}"
+        line = f"{self._bar(self.steps)} - {timing} - {self._shown(logs)}"
+        if self.display is not None:
+            self._show(f"{self.title} - {line}", final=True)
+        elif self.dynamic:
+            self._draw(line, end="\n")
         else:
-            self._print(f"Epoch {epoch + 1}/{self.epochs} - {elapsed:.2f}s - {self._shown(logs)}")
+            self._print(f"{self.title} - {line}")
 
     def _shown(self, logs):
         return format_logs({k: v for k, v in (logs or {}).items() if k not in self.hidden})
@@ -316,6 +337,31 @@ class ProgressBar(Callback):
         self.stream.write("\r" + line + padding + end)
         self.stream.flush()
         self.drawn = 0 if end else len(line)
+
+    def _show(self, line, final):
+        if _is_rank_zero():
+            self.display.show(line, final)
+
+
+class _NotebookDisplay:
+    """One IPython display for a whole ``fit``: the finished epochs' lines and the live
+    one, redrawn in place with ``DisplayHandle.update`` (IPython is imported only here,
+    in a kernel)."""
+
+    def __init__(self):
+        from IPython.display import display
+        self._display = display
+        self.lines = []
+        self.handle = None
+
+    def show(self, line, final):
+        bundle = {"text/plain": "\n".join(self.lines + [line])}
+        if final:
+            self.lines.append(line)
+        if self.handle is None:
+            self.handle = self._display(bundle, raw=True, display_id=True)
+        else:
+            self.handle.update(bundle, raw=True)
 
 
 ProgbarLogger = ProgressBar  # Keras' name
@@ -405,6 +451,8 @@ class EarlyStopping(Callback):
     ``best_epoch`` say what happened.
     """
 
+    _state_attributes = ("wait", "stopped_epoch", "best_epoch", "best", "best_weights")
+
     def __init__(self, monitor="val_loss", min_delta=0, patience=0, mode="auto",
                  restore_best_weights=False, baseline=None, verbose=0):
         super().__init__()
@@ -464,14 +512,18 @@ class ModelCheckpoint(Callback):
     """Saves the model after each epoch with ``model.save`` (or only its state dict).
 
     ``filepath`` may hold format fields: ``{epoch}`` (numbered from 1, as Keras) and any
-    key of the logs, e.g. ``"ckpt-{epoch:02d}-{val_loss:.2f}.npz"``. With
+    key of the logs, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``. With
     ``save_best_only=True`` a file is written only when ``monitor`` improves
-    (``mode='auto'``: up for accuracies, else down). ``save_weights_only=True``
-    writes ``model.state_dict()`` with ``nanodl.save`` instead.
+    (``mode='auto'``: up for accuracies, else down). A full checkpoint holds what
+    ``nanodl.load_model`` needs to continue training (compile settings, optimizer
+    state, epochs trained); ``save_weights_only=True`` writes ``model.state_dict()``
+    with ``nanodl.save`` instead.
     """
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto",
-                 save_weights_only=False, verbose=0):
+    _state_attributes = ("best",)
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, save_weights_only=False,
+                 mode="auto", verbose=0):
         super().__init__()
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
@@ -521,6 +573,80 @@ class ModelCheckpoint(Callback):
         self._save(path)
 
 
+class BackupAndRestore(Callback):
+    """Lets an interrupted ``fit`` continue where it stopped (Keras' ``BackupAndRestore``).
+
+    After every epoch it writes ``backup_dir/backup.npz`` (atomically): the weights,
+    the optimizer's whole state, the epoch, nanodl's random generator and the state
+    of the other callbacks (a plateau's counter, early stopping's best). When a fit
+    is interrupted (an exception, a kill), running the same ``fit`` again with this
+    callback restores all of it and continues from the epoch after the last one
+    completed, ending with the weights an uninterrupted run would have. A fit that
+    finishes deletes the backup (unless ``delete_checkpoint=False``).
+
+    >>> import os, tempfile, numpy as np
+    >>> from nanodl import nn
+    >>> model = nn.Sequential([nn.Dense(1, input_dim=2)])
+    >>> model.compile(optimizer='sgd', loss='mse')
+    >>> folder = os.path.join(tempfile.mkdtemp(), 'backup')
+    >>> x, y = np.ones((8, 2), np.float32), np.zeros(8, np.float32)
+    >>> history = model.fit(x, y, epochs=2, verbose=0, callbacks=[BackupAndRestore(folder)])
+    >>> os.path.exists(folder)  # the fit finished: the backup is gone
+    False
+    """
+
+    runs_last = True
+    FORMAT = "nanodl.backup/1"
+
+    def __init__(self, backup_dir, delete_checkpoint=True):
+        super().__init__()
+        self.backup_dir = os.fspath(backup_dir)
+        self.path = os.path.join(self.backup_dir, "backup.npz")
+        self.delete_checkpoint = delete_checkpoint
+        self._others = []
+
+    def set_callbacks(self, callbacks):
+        self._others = [c for c in callbacks if c is not self and getattr(c, "_state_attributes", ())]
+
+    def on_train_begin(self, logs=None):
+        if not os.path.exists(self.path):
+            return
+        backup = archive.load(self.path)
+        if not isinstance(backup, dict) or backup.get("format") != self.FORMAT:
+            raise ValueError(f"BackupAndRestore: {self.path!r} is not a backup this callback wrote")
+        optimizer = _optimizer_of(self.model, "BackupAndRestore")
+        self.model.load_state_dict(backup["weights"])
+        optimizer.load_state_dict(backup["optimizer"])
+        generator().bit_generator.state = backup["random"]
+        saved = backup["callbacks"]
+        for callback, entry in zip(self._others, saved):
+            if entry["class"] == type(callback).__name__:
+                for name, value in entry["state"].items():
+                    setattr(callback, name, value)
+        self.model._resume_epoch = int(backup["epoch"]) + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _is_rank_zero():  # a data-parallel run writes on rank 0 only
+            return
+        optimizer = _optimizer_of(self.model, "BackupAndRestore")
+        others = [{"class": type(c).__name__,
+                   "state": {name: getattr(c, name) for name in c._state_attributes}}
+                  for c in self._others]
+        os.makedirs(self.backup_dir, exist_ok=True)
+        archive.save({"format": self.FORMAT, "epoch": int(epoch), "weights": self.model.state_dict(),
+                      "optimizer": optimizer.state_dict(), "random": generator().bit_generator.state,
+                      "callbacks": others}, self.path)
+
+    def on_train_end(self, logs=None):
+        if not self.delete_checkpoint or not _is_rank_zero():
+            return
+        try:
+            os.remove(self.path)
+            os.rmdir(self.backup_dir)  # only when nothing else is in it
+        except OSError:
+            pass
+
+
 class ReduceLROnPlateau(Callback):
     """Multiplies the learning rate by ``factor`` when ``monitor`` has stopped improving
     for ``patience`` epochs (Keras semantics).
@@ -529,6 +655,8 @@ class ReduceLROnPlateau(Callback):
     ``cooldown`` epochs pass before counting again; the rate never goes below
     ``min_lr``.
     """
+
+    _state_attributes = ("best", "wait", "cooldown_counter")
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0, min_delta=1e-4,
                  cooldown=0, mode="auto", verbose=0):

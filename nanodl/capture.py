@@ -560,7 +560,7 @@ class CapturedStep:
         for index, layer in enumerate(layers):
             if index == len(layers) - 1 and self._kind in ("softmax", "sigmoid"):
                 result.append((layer, "linear", 0.0))  # fused head: pre_activation (logits)
-            elif isinstance(layer, Dense):
+            elif isinstance(layer, Dense) and isinstance(layer.activation, str):
                 result.append((layer, layer.activation, layer.alpha))
             else:
                 result.append((layer, None, None))

@@ -29,6 +29,25 @@ def check_activation(name):
     return name
 
 
+def resolve_activation(activation):
+    """A layer's ``activation=``: a name (checked), or a callable Tensor -> Tensor. A
+    built-in activation function (``F.tanh``, ``nd.relu``, ``Tensor.sigmoid``) becomes its
+    name, so a layer holding it still saves; any other callable is returned as it is."""
+    if activation is None or isinstance(activation, str):
+        return check_activation(activation)
+    if not callable(activation):
+        raise TypeError(f"activation must be a name or a callable, got {type(activation).__name__}")
+    return _BUILT_IN_FUNCTIONS.get(_key(activation), activation)
+
+
+def _key(function):
+    try:
+        hash(function)
+    except TypeError:
+        return id(function)
+    return function
+
+
 def get_activation(name):
     """The function ``Tensor -> Tensor`` for an activation name."""
     name = check_activation(name)
@@ -61,3 +80,9 @@ def linear(x, kernel, bias=None, activation=None, alpha=None):
     if alpha is None:
         alpha = DEFAULT_ALPHA.get(activation, 0.0)
     return ops.linear(x, kernel, bias, activation=activation, alpha=alpha)
+
+
+# The built-in functions that are activations, by identity: F.tanh is nd.tanh is ops.tanh.
+# ('linear' is no function here: ops.linear is the fused dense node, not the identity.)
+_BUILT_IN_FUNCTIONS = {getattr(owner, name): name for owner in (ops, Tensor)
+                       for name in ACTIVATIONS if name != "linear" and hasattr(owner, name)}

@@ -27,9 +27,10 @@ import os
 
 import numpy as np
 
-from . import losses, optim
-from .archive import (ARCHITECTURE_KEY, LAYERS, WEIGHTS_PREFIX, Reader, atomic_write, load,
-                      save, save_model)
+from . import losses, nested, optim
+from .archive import (ARCHITECTURE_KEY, LAYERS, OPTIMIZER_KEY, OPTIMIZER_PREFIX, WEIGHTS_PREFIX,
+                      Reader, atomic_write, load, save)
+from .modelfile import save_model
 from .nn.model import Sequential
 
 __all__ = ["save", "load", "load_model", "save_model", "atomic_write"]
@@ -110,12 +111,14 @@ def _check_weights(reader, specs, path):
     return stored
 
 
-def load_model(path):
+def load_model(path, compile=True):
     """Rebuild the ``Sequential`` saved by ``model.save(path)``, weights and buffers included.
 
-    The whole file is checked before any layer is built. The model is compiled again
-    when it was compiled with named optimizer, loss and metrics (the optimizer starts
-    fresh: its moments are not saved).
+    The whole file is checked before any layer is built. With ``compile`` (and when the
+    model was compiled with a named optimizer, loss and metrics) the model comes back
+    compiled, in the state it was saved in: the optimizer's step counts, moments and
+    current ``lr``, and ``epochs_trained``, so ``fit(x, y, initial_epoch=k, epochs=k + m)``
+    continues the training as if it had never stopped.
     """
     path = os.fspath(path)
     with Reader(path, "load_model") as reader:
@@ -128,12 +131,14 @@ def load_model(path):
         for name, member in stored.items():
             array = reader.read(member)
             weights[name] = array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+        optimizer_state = _optimizer_state(reader, path) if compile else None
     try:
         model = Sequential([LAYERS[spec["class_name"]].from_config(dict(spec.get("config") or {}))
                             for spec in specs])
         model._load_state(weights, strict=True, keep_dtype=True)
+        model.epochs_trained = int(architecture.get("epochs_trained", 0))
         compiled = architecture.get("compile")
-        if compiled:
+        if compiled and compile:
             optimizer_spec, loss_spec = compiled["optimizer"], compiled["loss"]
             optimizer_config = {key: tuple(value) if isinstance(value, list) else value
                                 for key, value in optimizer_spec["config"].items()}
@@ -142,7 +147,21 @@ def load_model(path):
             if loss_spec.get("class"):
                 loss = losses.LOSS_CLASSES[loss](**loss_spec["config"])
             model.compile(optimizer=optimizer, loss=loss, metrics=compiled["metrics"] or None)
+            if optimizer_state is not None:
+                optimizer.set_params(model.parameters())
+                optimizer.load_state_dict(optimizer_state)
     except _CONFIG_ERRORS as error:
         raise ValueError(f"load_model: {path!r} does not describe a loadable model "
                          f"({type(error).__name__}: {error})") from None
     return model
+
+
+def _optimizer_state(reader, path):
+    """The optimizer state ``Model.save`` stored (``nanodl.nested``), or None."""
+    if OPTIMIZER_KEY not in reader.names:
+        return None
+    names = [name for name in reader.names if name.startswith(OPTIMIZER_PREFIX)]
+    try:
+        return nested.unpack(reader.read(OPTIMIZER_KEY), reader.read_all(names))
+    except ValueError as error:
+        raise ValueError(f"load_model: {path!r}: its optimizer state is damaged: {error}") from None

@@ -35,10 +35,10 @@ def is_float_dtype(dtype):
 
 
 def as_array(data, dtype=None, *, what="tensor", numeric=True):
-    """The one conversion of user data (scalar, nested list, ndarray, CuPy array, Tensor) to
-    a backend array, for Tensor, fit and nanodl.data: arrays pass through uncopied, Python
-    floats become the default dtype. Ragged lists raise ValueError; strings, bytes and
-    objects TypeError naming ``what`` and the dtype (``numeric=False`` lets strings through).
+    """The one conversion of user data (scalar, nested list, ndarray, CuPy array, Tensor) to a
+    backend array, for Tensor, fit and nanodl.data: arrays (and NumPy scalars) keep their
+    dtype, Python floats become the default one. Ragged lists raise ValueError; strings, bytes
+    and objects TypeError naming ``what`` and the dtype (``numeric=False`` lets strings through).
     """
     if isinstance(data, Tensor):
         data = data.data
@@ -50,8 +50,8 @@ def as_array(data, dtype=None, *, what="tensor", numeric=True):
         except ValueError:
             raise ValueError(f"{what}: cannot make an array from ragged nested lists: {data!r:.80}") \
                 from None
-        if array.dtype.kind == "f" and dtype is None:
-            array = array.astype(_default_dtype, copy=False)
+        if array.dtype.kind == "f" and dtype is None and not isinstance(data, np.generic):
+            array = array.astype(_default_dtype, copy=False)  # a NumPy scalar keeps its dtype
     if array.dtype.kind not in ("biufc" if numeric else "biufcSU"):
         raise TypeError(f"{what}: cannot make an array of dtype {array.dtype} from {type(data).__name__} "
                         f"{data!r:.60}; it must hold numbers{'' if numeric else ' or strings'}")

@@ -1,4 +1,5 @@
-"""More Tensor methods: SPEC §17's ops (sin, cos, log1p, expm1, erf, prod, cumsum, std, norm).
+"""More Tensor methods: SPEC §17's ops (sin, cos, log1p, expm1, erf, prod, cumsum, std, norm),
+and ``float(t)``/``int(t)``.
 
 ``Tensor`` inherits them, so that ``tensor.py`` keeps its line budget; each is a
 one-line wrapper over ``nanodl.ops``, as the methods written in ``tensor.py`` are.
@@ -16,6 +17,12 @@ def _ops():
 
 class MoreMethods:
     __slots__ = ()
+
+    def __float__(self):  # float(t) and int(t) for a one-element tensor, as item()
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
 
     def sin(self):
         return _ops().sin(self)

@@ -36,7 +36,7 @@ def test_compile_rejects_unknown_names():
     with pytest.raises(ValueError, match="huber"):
         model.compile(loss="cross_entropy")
     with pytest.raises(ValueError, match="accuracy"):
-        model.compile(metrics=["precision"])
+        model.compile(metrics=["f1_score"])
 
 
 def test_fit_requires_compile():

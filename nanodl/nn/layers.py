@@ -34,6 +34,18 @@ def _number(layer, name, value):
     return float(value)
 
 
+def _input_dim(input_dim, input_shape):
+    """``input_dim``, or the one feature count of Keras' ``input_shape=(d,)``."""
+    if input_shape is None:
+        return input_dim
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else (input_shape,)
+    if len(shape) != 1:
+        raise ValueError(f"Dense: input_shape must be (features,), got {input_shape!r}")
+    if input_dim is not None and input_dim != shape[0]:
+        raise ValueError(f"Dense: input_dim={input_dim!r} and input_shape={input_shape!r} disagree")
+    return shape[0]
+
+
 class Layer(Module):
     """A Module that can describe itself: ``get_config()`` and ``from_config(config)``."""
 
@@ -62,21 +74,31 @@ class Layer(Module):
 class Dense(Layer):
     """``activation(x @ kernel + bias)``, one fused ``F.linear`` node.
 
-    ``kernel`` is ``(in, units)`` and ``bias`` ``(units,)``; without ``input_dim`` they
-    are created on the first call. Initializers are names from ``nn.init`` or
-    callables ``f(shape, dtype=None)``; regularizers are callables from a weight to
-    a scalar (``nanodl.regularizers.l2(1e-4)``).
+    ``kernel`` is ``(in, units)`` and ``bias`` ``(units,)``; without ``input_dim`` (or
+    Keras' ``input_shape=(in,)``) they are created on the first call. ``activation``
+    is a name or a callable Tensor -> Tensor: a built-in one (``nd.tanh``, ``F.relu``)
+    is kept by its name, so the model still saves; any other is applied after the
+    fused node, and ``save`` refuses it (``ValueError``) as a file cannot hold code.
+    Initializers are names from ``nn.init`` or callables ``f(shape, dtype=None)``;
+    regularizers are callables from a weight to a scalar (``nanodl.regularizers.l2(1e-4)``).
+
+    >>> import nanodl as nd
+    >>> from nanodl import nn
+    >>> nn.Dense(4, activation=nd.tanh, input_shape=(3,))
+    Dense(4, activation='tanh', input_dim=3)
     """
 
     def __init__(self, units, activation=None, *, input_dim=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None):
+                 kernel_regularizer=None, bias_regularizer=None, input_shape=None):
         super().__init__()
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
         self.units = int(units)
-        self.activation = F.check_activation(activation)
-        self.alpha = F.DEFAULT_ALPHA.get(self.activation, 0.0)
+        self.activation = F.resolve_activation(activation)
+        self.alpha = F.DEFAULT_ALPHA.get(self.activation, 0.0) if isinstance(self.activation, str) \
+            else 0.0
+        input_dim = _input_dim(input_dim, input_shape)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = init.get(kernel_initializer)
         self.bias_initializer = init.get(bias_initializer)
@@ -87,6 +109,8 @@ class Dense(Layer):
         self.bias = None
         if input_dim is not None:
             self.build(input_dim)
+
+    _builds_itself = True  # on its first input's device, in forward
 
     @classmethod
     def state_shapes(cls, config):
@@ -103,7 +127,10 @@ class Dense(Layer):
         return self.kernel is not None
 
     def build(self, input_dim, device="cpu"):
-        """Create ``kernel`` (input_dim, units) and ``bias`` (units,)."""
+        """Create ``kernel`` (input_dim, units) and ``bias`` (units,); ``input_dim`` may
+        also be an input shape (Keras' ``build(input_shape)``): its last axis."""
+        if isinstance(input_dim, (tuple, list)) and input_dim:
+            input_dim = input_dim[-1]
         if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
             raise ValueError(f"Dense: input_dim must be a positive integer, got {input_dim!r}")
         self.input_dim = int(input_dim)
@@ -115,6 +142,8 @@ class Dense(Layer):
             self.bias = Parameter(to_device(bias, device))
 
     def forward(self, x):
+        if not isinstance(self.activation, str):  # a callable of the user's own
+            return self.activation(self._linear(x, "linear", 0.0))
         return self._linear(x, self.activation, self.alpha)
 
     def pre_activation(self, x):
@@ -149,7 +178,9 @@ class Dense(Layer):
                 "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
 
     def extra_repr(self):
-        extras = f", activation={self.activation!r}" if self.activation != "linear" else ""
+        activation = self.activation if isinstance(self.activation, str) else \
+            getattr(self.activation, "__name__", type(self.activation).__name__)
+        extras = f", activation={activation!r}" if activation != "linear" else ""
         return f"{self.units}{extras}, input_dim={self.input_dim}"
 
 
@@ -266,6 +297,7 @@ class _Norm(Layer):
             self.build(num_features)
 
     _BUFFERS = ()
+    _builds_itself = True  # on its first input's device, in forward
 
     @classmethod
     def state_shapes(cls, config):

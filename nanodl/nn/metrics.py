@@ -10,7 +10,7 @@ sample; ``add_batch`` folds a batch's loss and metrics into an epoch's totals.
 >>> specs
 [('accuracy', 'accuracy'), ('mae', 'mae')]
 >>> metrics = choose_metrics(specs, "mse", (1,), (4, 1), logits=None)
->>> totals = EpochTotals(label for label, _ in metrics)
+>>> totals = EpochTotals(metrics)
 >>> pred, target = np.array([[0.9], [0.2], [0.7], [0.4]]), np.array([[1.0], [0.0], [0.0], [0.0]])
 >>> add_batch(totals, metrics, 0.5, pred, target)
 >>> {k: round(v, 3) for k, v in totals.averages().items()}
@@ -23,8 +23,9 @@ from ..tensor import Tensor
 
 __all__ = ["METRICS", "EpochTotals", "metric_specs", "choose_metrics", "add_batch"]
 
-METRICS = ("accuracy", "mae", "mse")
-_METRIC_ALIASES = {"acc": "accuracy", "mean_absolute_error": "mae", "mean_squared_error": "mse"}
+METRICS = ("accuracy", "mae", "mse", "rmse", "precision", "recall")
+_METRIC_ALIASES = {"acc": "accuracy", "mean_absolute_error": "mae", "mean_squared_error": "mse",
+                   "root_mean_squared_error": "rmse"}
 CROSS_ENTROPIES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 
 
@@ -73,6 +74,32 @@ def _mse(pred, target):
     return _per_sample(diff * diff)
 
 
+class EpochMetric:
+    """A metric that is no mean of per-sample values (rmse, precision, recall): it
+    returns per-sample ``parts``, each summed (weighted) over the whole epoch, and
+    ``finish(sums, weight)`` combines the sums once, at the epoch's end (never per
+    batch: a batch without positives does not pull precision towards 0)."""
+
+    def __init__(self, parts, finish, count):
+        self.parts, self.finish, self.count = parts, finish, count
+
+    def __call__(self, pred, target):
+        return self.parts(pred, target)
+
+
+def _positives(threshold, metric):
+    def parts(pred, target):
+        predicted = pred > threshold
+        actual = _aligned(target, pred.shape, metric) > 0.5
+        hits = _per_sample(predicted & actual)
+        return hits, _per_sample(predicted if metric == "precision" else actual)
+    return EpochMetric(parts, lambda sums, weight: sums[0] / sums[1] if sums[1] else 0.0, 2)
+
+
+_RMSE = EpochMetric(lambda pred, target: (_mse(pred, target),),
+                    lambda sums, weight: float(np.sqrt(sums[0] / weight)), 1)
+
+
 def _metric_sum(values, count):
     """The sum over a batch of ``count`` samples of a metric's per-sample values; a
     callable metric that returns one number stands for each of its samples."""
@@ -105,8 +132,12 @@ class EpochTotals:
     """
 
     def __init__(self, labels):
-        self.labels = list(labels)
-        self.values = [0.0] * (3 + len(self.labels))
+        entries = [(label, None) if isinstance(label, str) else label for label in labels]
+        self.labels = [label for label, _ in entries]
+        # per metric: its EpochMetric (several sums) or None (one weighted sum)
+        self.epoch_metrics = [m if isinstance(m, EpochMetric) else None for _, m in entries]
+        width = sum(1 if m is None else m.count for m in self.epoch_metrics)
+        self.values = [0.0] * (3 + width)
 
     def add(self, loss, count, weight, metric_sums):
         """Add one batch: its mean ``loss``, ``count`` samples, their summed ``weight``
@@ -121,21 +152,28 @@ class EpochTotals:
     def averages(self):
         """``{'loss': ..., metric: ...}``: the loss per sample, each metric per unit weight."""
         loss_sum, count, weight = self.values[:3]
-        logs = {"loss": loss_sum / count}
-        for label, total in zip(self.labels, self.values[3:]):
-            logs[label] = total / weight
+        logs, start = {"loss": loss_sum / count}, 3
+        for label, metric in zip(self.labels, self.epoch_metrics):
+            if metric is None:
+                logs[label], start = self.values[start] / weight, start + 1
+            else:
+                sums = self.values[start:start + metric.count]
+                logs[label], start = metric.finish(sums, weight), start + metric.count
         return logs
 
 
 def metric_specs(metrics):
-    """``[(label, name or callable)]`` for ``compile``'s ``metrics``; an unknown name
-    raises ``ValueError``."""
+    """``[(label, name or callable)]`` for ``compile``'s ``metrics`` (one name, or a list of
+    names and callables ``metric(pred, target)``, reported under their ``__name__``); an
+    unknown name raises ``ValueError``."""
     specs = []
+    if isinstance(metrics, str) or callable(metrics):
+        metrics = [metrics]
     for metric in metrics or []:
         if callable(metric):
             specs.append((getattr(metric, "__name__", "metric"), metric))
             continue
-        name = _METRIC_ALIASES.get(metric, metric)
+        name = _METRIC_ALIASES.get(metric, metric) if isinstance(metric, str) else metric
         if name not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; valid names: {', '.join(METRICS)}")
         specs.append((name, name))
@@ -160,9 +198,12 @@ def choose_metrics(specs, loss_name, out_shape, y_shape, logits):
     ``logits`` (``'softmax'``/``'sigmoid'``/None) says the training forward stops at
     logits (``fuse_logits``), so the functions turn them into probabilities first."""
     metrics = []
+    to_probs = None
+    if logits:  # the loop sees logits: metrics on probabilities turn them into those first
+        to_probs = _softmax_array if logits == "softmax" else _sigmoid_array
     for label, metric in specs:
         if callable(metric):
-            function = metric
+            function = metric if to_probs is None else _on_probabilities(metric, to_probs)
         elif metric == "accuracy":
             kind = accuracy_kind(loss_name, out_shape, y_shape)
             if kind == "binary":
@@ -173,26 +214,35 @@ def choose_metrics(specs, loss_name, out_shape, y_shape, logits):
             if loss_name == "sparse_categorical_crossentropy":
                 raise ValueError(f"metric {metric!r} needs targets shaped like the predictions; "
                                  "integer class targets have no such shape")
-            function = _mae if metric == "mae" else _mse
-            if logits:  # the loop sees logits: turn them into probabilities first
-                to_probs = _softmax_array if logits == "softmax" else _sigmoid_array
-                function = (lambda f: lambda pred, target: f(to_probs(pred), target))(function)
+            function = {"mae": _mae, "mse": _mse, "rmse": _RMSE}.get(metric) or \
+                _positives(0.5, metric)  # precision and recall: binary, threshold 0.5
+            if to_probs is not None:
+                function = _on_probabilities(function, to_probs)
         metrics.append((label, function))
     return metrics
+
+
+def _on_probabilities(function, to_probs):
+    """``function`` fed probabilities where the training loop computes logits."""
+    def on_probabilities(pred, target):
+        return function(to_probs(pred), target)
+    if isinstance(function, EpochMetric):
+        return EpochMetric(on_probabilities, function.finish, function.count)
+    return on_probabilities
 
 
 def add_batch(totals, metrics, loss, out, target, weight=None):
     """Add one batch's mean ``loss`` (a float) and its ``metrics`` on ``out`` (an array)
     to the epoch's ``totals``: weighted means when per-sample ``weight``s are given."""
     count = len(target)
-    if weight is None:
-        totals.add(loss, count, float(count),
-                   [_metric_sum(metric(out, target), count) for _, metric in metrics])
-        return
-    weight_sum = float(weight.sum())
+    weight_sum = float(count) if weight is None else float(weight.sum())
     sums = []
     for _, metric in metrics:
         values = metric(out, target)
-        sums.append(float(values) * weight_sum if np.ndim(values) == 0
-                    else float((_per_sample(values) * weight).sum()))
+        for part in (values if isinstance(metric, EpochMetric) else (values,)):
+            if weight is None:
+                sums.append(_metric_sum(part, count))
+            else:
+                sums.append(float(part) * weight_sum if np.ndim(part) == 0
+                            else float((_per_sample(part) * weight).sum()))
     totals.add(loss, count, weight_sum, sums)

@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from .. import archive
+from ..modelfile import save_model
 from .. import callbacks as callbacks_module
 from .. import losses as losses_module
 from .. import distributed, optim
@@ -31,6 +32,7 @@ from ..autograd import no_grad
 from ..backend import to_device, to_host
 from ..data import batch_slices
 from ..tensor import Tensor, as_array, get_default_dtype
+from .checks import compile_config, input_error, warn_missing_activation
 from .layers import Dense, Embedding
 from .lr_finder import find_lr as _find_lr
 from .metrics import METRICS, EpochTotals, add_batch, metric_specs
@@ -54,6 +56,8 @@ class Model(Module):
     _plan_cache = None        # (key, _Plan) of the last fit/evaluate
     _target_device = None     # where lazily built layers go (set by to())
     _data_parallel = None     # the optimizer's fit_strategy() during a data-parallel fit
+    _builds_itself = True     # its layers build on the first batch (Module.__call__ calls no build)
+    epochs_trained = 0        # epochs fit has completed (saved with the model)
 
     # ------------------------------------------------------------ compile
     def compile(self, optimizer="adam", loss="mse", metrics=None):
@@ -63,17 +67,8 @@ class Model(Module):
         specs = metric_specs(metrics)
         self.optimizer, self.loss, self._metric_specs = optimizer, loss, specs
         self._plan_cache = None
-        loss_name, loss_config = losses_module.describe(loss)
-        inner = optimizer.optimizer if isinstance(optimizer, distributed.DistributedOptimizer) else optimizer
-        if loss_name is not None and type(inner) in optim.OPTIMIZERS.values() and \
-                all(isinstance(m, str) for _, m in specs):
-            self._compile_config = {
-                "optimizer": {"name": optimizer.name, "config": optimizer.get_config()},
-                "loss": {"name": loss_name, "config": loss_config,
-                         "class": isinstance(loss, losses_module.Loss)},
-                "metrics": [name for name, _ in specs]}
-        else:
-            self._compile_config = None
+        self._compile_config = compile_config(optimizer, loss, specs)
+        warn_missing_activation(self, loss)
 
     def _require_compiled(self, what):
         if self.optimizer is None:
@@ -81,14 +76,10 @@ class Model(Module):
 
     # ------------------------------------------------------------ building
     def _device(self):
-        for param in self.parameters():
-            return param.device
-        return self._target_device or "cpu"
+        return next((param.device for param in self.parameters()), self._target_device or "cpu")
 
     def _float_dtype(self):
-        for param in self.parameters():
-            return param.dtype
-        return get_default_dtype()
+        return next((param.dtype for param in self.parameters()), get_default_dtype())
 
     def _input_dtype(self, dtype):
         """What inputs of ``dtype`` are cast to: the float dtype, except integer indices
@@ -116,9 +107,12 @@ class Model(Module):
         x = as_array(x_sample, what="x")[:2]
         if x.ndim == 1:
             x = x.reshape(-1, 1)
-        x = x.astype(self._input_dtype(x.dtype)) if x.dtype.kind != "f" else x
-        with self._mode(False), no_grad():
-            out = self.forward(Tensor(to_device(x, self._device())))
+        x = to_device(x.astype(self._input_dtype(x.dtype)) if x.dtype.kind != "f" else x, self._device())
+        try:
+            with self._mode(False), no_grad():
+                out = self.forward(Tensor(x))
+        except ValueError as error:  # name the layer and the user's shape, not this probe's
+            raise input_error(self, np.shape(x_sample), x, error, "fit") from None
         self._input_shape = tuple(x.shape[1:])
         return out
 
@@ -155,7 +149,7 @@ class Model(Module):
     # ------------------------------------------------------------ fit
     def fit(self, x, y, batch_size=32, epochs=1, verbose=1, validation_data=None,
             validation_split=0.0, shuffle=True, callbacks=None, class_weight=None,
-            sample_weight=None, capture=False):
+            sample_weight=None, capture=False, initial_epoch=0):
         """Train for ``epochs`` passes over ``(x, y)``; returns the ``callbacks.History``.
 
         Reported loss and metrics are averaged per sample over the epoch (the loss
@@ -164,11 +158,13 @@ class Model(Module):
         ``sample_weight`` (one per sample) and ``class_weight`` (``{class: weight}`` or
         ``'balanced'``) scale each sample's loss; metrics become weighted means.
         ``capture=True`` trains through a captured step (``nanodl.capture``): the same
-        results, bit for bit, with less work per batch.
+        results, bit for bit, with less work per batch. ``initial_epoch``: continue an
+        earlier fit from that epoch (Keras).
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
         _check_epochs(epochs)
+        _check_epochs(initial_epoch, "initial_epoch")
         verbose = callbacks_module.resolve_verbose(verbose)
         plan, (x, y, weight), validation = prepare_fit(
             self, x, y, sample_weight, class_weight, validation_data, validation_split)
@@ -178,9 +174,10 @@ class Model(Module):
         callbacks = fit_callbacks(self, callbacks, verbose, epochs, steps)
         logs = {}
         train_step = self._captured_step(plan) if capture else self._train_step
+        self._resume_epoch = initial_epoch  # callbacks.BackupAndRestore may move it on
         with self._mode(True):
             callbacks.on_train_begin({})
-            for epoch in range(epochs):
+            for epoch in range(self._resume_epoch, epochs):
                 callbacks.on_epoch_begin(epoch, {})
                 lr = float(self.optimizer.lr)  # after the schedulers of on_epoch_begin
                 logs = self._fit_epoch(plan, x, y, weight, batch_size, shuffle, callbacks,
@@ -189,6 +186,7 @@ class Model(Module):
                     val_logs = self._evaluate_arrays(plan, *validation, batch_size, reduce=True)
                     logs.update({"val_" + key: value for key, value in val_logs.items()})
                 logs["lr"] = lr
+                self.epochs_trained = epoch + 1
                 callbacks.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
@@ -218,7 +216,7 @@ class Model(Module):
             order = to_device(order, plan.device)
             x, y = x[order], y[order]
             weight = None if weight is None else weight[order]
-        totals = EpochTotals(label for label, _ in plan.metrics)
+        totals = EpochTotals(plan.metrics)
         for step, batch in enumerate(batch_slices(len(x), batch_size)):
             y_batch, w_batch = y[batch], None if weight is None else weight[batch]
             count = len(y_batch)
@@ -272,7 +270,7 @@ class Model(Module):
         plan, x, y, weight = prepare(self, x, y, sample_weight, "train_on_batch")
         with self._mode(True):
             loss, out = self._train_step(plan, x, y, weight)
-        totals = EpochTotals(label for label, _ in plan.metrics)
+        totals = EpochTotals(plan.metrics)
         add_batch(totals, plan.metrics, float(loss.data), out.data, y, weight)
         values = [float(loss.data)] + list(totals.averages().values())[1:]
         return values[0] if len(values) == 1 else values
@@ -307,13 +305,16 @@ class Model(Module):
         logs["loss"] += penalty
         return logs
 
-    def evaluate(self, x, y, batch_size=32, sample_weight=None):
+    def evaluate(self, x, y, batch_size=32, sample_weight=None, return_dict=False):
         """The loss (with weight penalties, as Keras) or ``[loss, *metrics]``: per-sample
-        averages, or with ``sample_weight`` the mean of weight x loss and weighted means."""
+        averages, or with ``sample_weight`` the mean of weight x loss and weighted means.
+        ``return_dict=True``: ``{'loss': ..., metric: ...}``."""
         self._require_compiled("evaluate")
         batch_size = _check_batch_size(batch_size, "evaluate")
         plan, x, y, weight = prepare(self, x, y, sample_weight, "evaluate")
         logs = self._evaluate_arrays(plan, x, y, weight, batch_size)
+        if return_dict:
+            return logs
         results = list(logs.values())
         return results[0] if len(results) == 1 else results
 
@@ -340,13 +341,12 @@ class Model(Module):
             raise ValueError(f"set_weights: expected {len(names)} arrays, got {len(weights)}")
         self.load_state_dict(dict(zip(names, weights)))
 
-    def save(self, path):
-        """Write architecture (JSON) and weights into one ``.npz`` file, atomically.
-
-        In a data-parallel run only rank 0 writes (the ranks hold the same weights)."""
+    def save(self, path, include_optimizer=True):
+        """Architecture (JSON) and weights in one ``.npz`` file, atomically (on rank 0); with
+        ``include_optimizer``, also what ``nanodl.load_model`` needs to continue training."""
         if not distributed._is_rank_zero():
             return
-        archive.save_model(self, path)
+        save_model(self, path, include_optimizer)
 
     def load_weights(self, path):
         """Load weights saved by ``save`` or ``nanodl.save(model.state_dict(), path)``."""

@@ -128,9 +128,15 @@ class Module:
         self.__dict__[name] = array
 
     # ------------------------------------------------------------ running
+    # Layers that create their weights inside forward, on the input's device (Dense, the
+    # norms, models): the framework does not call their build.
+    _builds_itself = False
+
     def __call__(self, *args, **kwargs):
         if args and isinstance(args[0], (np.ndarray, list)):
             args = (Tensor(args[0]),) + args[1:]
+        if "_build_done" not in self.__dict__:
+            self._build_once(args)
         output = self.forward(*args, **kwargs)
         hooks = self.__dict__.get("_forward_hooks")
         if hooks:
@@ -139,6 +145,30 @@ class Module:
                 if replaced is not None:
                     output = replaced
         return output
+
+    def _build_once(self, args):
+        """Keras: a layer's ``build(input_shape)`` runs once, before its first forward, so
+        a custom layer can create its weights there (``input_shape`` is the first
+        argument's shape, batch axis included). Not called when ``built`` is true.
+
+        >>> import numpy as np
+        >>> from nanodl import nn
+        >>> class Scale(nn.Module):
+        ...     def build(self, input_shape):
+        ...         self.scale = nn.Parameter(np.ones(input_shape[-1]))
+        ...     def forward(self, x):
+        ...         return x * self.scale
+        >>> layer = Scale()
+        >>> layer(np.ones((2, 3))).shape, layer.scale.shape, layer.built
+        ((2, 3), (3,), True)
+        """
+        build = getattr(self, "build", None)
+        if callable(build) and not self._builds_itself and not getattr(self, "built", False):
+            shape = getattr(args[0], "shape", None) if args else None
+            build(None if shape is None else tuple(shape))
+            if not isinstance(getattr(type(self), "built", None), property):
+                self.__dict__["built"] = True
+        self.__dict__["_build_done"] = True
 
     def register_forward_hook(self, hook):
         """Call ``hook(module, inputs, output)`` after every forward of this module.

@@ -29,6 +29,7 @@ from ..backend import array_module, to_device, to_host
 from ..random import generator
 from ..tensor import Tensor, as_array
 from . import weighting
+from .checks import check_input
 from ..data import batch_slices
 from .metrics import CROSS_ENTROPIES as _CROSS_ENTROPIES, EpochTotals, accuracy_kind, add_batch, \
     choose_metrics
@@ -177,7 +178,7 @@ class _Plan:
     def evaluate(self, x, y, weight, batch_size):
         """``(EpochTotals, penalty)`` over prepared arrays: each batch's loss and metrics
         (the caller chooses the mode and turns the graph off)."""
-        totals = EpochTotals(label for label, _ in self.metrics)
+        totals = EpochTotals(self.metrics)
         for batch in batch_slices(len(x), batch_size):
             w_batch = None if weight is None else weight[batch]
             out = self.forward(Tensor(x[batch]))
@@ -274,9 +275,9 @@ def _check_batch_size(batch_size, who):
     return int(batch_size)
 
 
-def _check_epochs(epochs):
+def _check_epochs(epochs, what="epochs"):
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+        raise ValueError(f"fit: {what} must be a non-negative integer, got {epochs!r}")
 
 
 def _samples(x, y, who):
@@ -390,6 +391,7 @@ def fit_callbacks(model, callbacks, verbose, epochs, steps):
 def prepare(model, x, y, sample_weight, who):
     """``(plan, x, y, weight)`` for ``evaluate``/``train_on_batch``: prepared arrays."""
     x, y = _samples(x, y, who)
+    check_input(model, x, who)
     weight = weighting.check_sample_weight(sample_weight, len(x), f"{who}: sample_weight")
     plan = model._plan(x, y)
     weight = None if weight is None else plan.weights(weight, who)
@@ -400,6 +402,7 @@ def prepare_fit(model, x, y, sample_weight, class_weight, validation_data, valid
     """``(plan, (x, y, weight), validation)`` for ``fit``: the training arrays and the
     validation set (None, or its prepared ``(x, y, weight)``)."""
     x, y = _samples(x, y, "fit")
+    check_input(model, x, "fit")
     weight = weighting.check_sample_weight(sample_weight, len(x), "fit: sample_weight")
     (x, y, weight), validation = _split_validation(x, y, weight, validation_data, validation_split)
     plan = model._plan(x, y)
@@ -418,6 +421,7 @@ def predict_inputs(model, x):
         raise ValueError(f"predict: x must hold at least one sample, got shape {tuple(x.shape)}")
     if x.ndim == 1:
         x = x.reshape(-1, 1)
+    check_input(model, x, "predict")
     if x.dtype != model._input_dtype(x.dtype):
         x = x.astype(model._input_dtype(x.dtype))
     return to_device(x, model._device())

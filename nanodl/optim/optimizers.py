@@ -19,6 +19,7 @@ array([0.95, 2.05])
 >>> opt.zero_grad(); print(w.grad)
 None
 """
+import functools
 import math
 
 import numpy as np
@@ -55,6 +56,11 @@ class Optimizer:
     # compute functions for the duration of its update.
     _kernels = staticmethod(kernels)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # Keras' spelling: SGD(learning_rate=0.1) is SGD(lr=0.1)
+            cls.__init__ = _taking_learning_rate(cls.__dict__["__init__"])
+
     def __init__(self, params=None, lr=0.01):
         self._params = None
         self._state = None
@@ -72,6 +78,15 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         self._lr = self._check_nonneg("learning rate", value)
+
+    @property
+    def learning_rate(self):
+        """Keras' name for ``lr`` (the same attribute)."""
+        return self.lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.lr = value
 
     @property
     def params(self):
@@ -197,11 +212,13 @@ class Optimizer:
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self):
-        """Hyper-parameters, step counts and per-parameter state, as host NumPy copies.
+        """Hyper-parameters (the current ``lr`` included), step counts and per-parameter
+        state, as host NumPy copies.
 
-        A flat dict of numbers, strings, bools and arrays, plus ``'state'``: a dict of
-        slot name -> list of arrays (one per parameter, in parameter order). No
-        ``None`` and no objects, so it can be written with ``np.savez`` without pickle.
+        A dict of numbers, strings, bools and arrays, plus ``'state'``: a dict of slot
+        name -> list of arrays (one per parameter, in parameter order). No objects, so
+        ``nanodl.save(opt.state_dict(), path)`` writes it without pickle and
+        ``opt.load_state_dict(nanodl.load(path))`` restores it exactly.
         """
         sd = {"name": self.name}
         for key, value in self.get_config().items():
@@ -265,6 +282,22 @@ class Optimizer:
                 setattr(self, key, value)
         self.step_count = int(sd.get("step_count", 0))
         self._state = new_state
+
+
+_UNSET = object()
+
+
+def _taking_learning_rate(init):
+    """``init`` that also takes Keras' ``learning_rate=`` for ``lr=`` (not both)."""
+    @functools.wraps(init)
+    def __init__(self, *args, learning_rate=_UNSET, **kwargs):
+        if learning_rate is not _UNSET:
+            if "lr" in kwargs or len(args) >= 2:
+                raise TypeError(f"{type(self).__name__}: got both lr and learning_rate (the same "
+                                "setting); pass one")
+            kwargs["lr"] = learning_rate
+        init(self, *args, **kwargs)
+    return __init__
 
 
 def _like(current, value):

@@ -1,0 +1,68 @@
+"""The model file: ``Model.save`` writes the architecture, weights and training state.
+
+One ``.npz`` (``nanodl.archive`` writes it atomically and checks it when read):
+``__architecture__`` is JSON (as uint8 bytes) naming each layer and its config, the
+compile settings (when given by name) and the epochs trained; ``weights/<name>``
+holds each parameter and buffer; with ``include_optimizer``, ``optimizer/...`` and
+``__optimizer__`` hold the optimizer's whole state (``nanodl.nested``), so
+``nanodl.load_model`` (``nanodl.io``) returns a model that continues training where
+it stopped. A layer must be a registered built-in one, and a config may not hold a
+function: a file holds no code.
+
+>>> import os, tempfile
+>>> from nanodl import nn
+>>> model = nn.Sequential([nn.Dense(2, input_dim=3)])
+>>> model.compile(optimizer='sgd', loss='mse')
+>>> save_model(model, os.path.join(tempfile.mkdtemp(), 'model.npz'))
+"""
+import json
+
+import numpy as np
+
+from . import nested
+from .archive import (ARCHITECTURE_KEY, FORMAT_KEY, FORMAT_VERSION, LAYERS, OPTIMIZER_KEY,
+                      OPTIMIZER_PREFIX, WEIGHTS_PREFIX, _checked_names, _host_array, write_npz)
+
+__all__ = ["save_model"]
+
+
+def save_model(model, path, include_optimizer=True):
+    """Write ``model``'s architecture (JSON), compile settings, epochs trained and weights
+    to ``path``; with ``include_optimizer``, also the optimizer's whole state (under
+    ``optimizer/``, its structure as ``OPTIMIZER_KEY``) when it was compiled by name."""
+    compiled = getattr(model, "_compile_config", None)
+    architecture = {"format": "nanodl.model", "version": FORMAT_VERSION,
+                    "class_name": type(model).__name__, "layers": None, "compile": compiled,
+                    "epochs_trained": int(getattr(model, "epochs_trained", 0))}
+    layers = getattr(model, "layers", None)
+    if type(model).__name__ == "Sequential" and layers is not None:
+        specs = []
+        for layer in layers:
+            name = type(layer).__name__
+            if LAYERS.get(name) is not type(layer):
+                raise ValueError(f"save: layer {name} is not a registered built-in layer; "
+                                 "decorate it with nn.layers.register_layer or save its "
+                                 "state_dict with nanodl.save")
+            config = layer.get_config()
+            for key, value in config.items():
+                if callable(value):  # Dense(activation=a function of the user's own)
+                    raise ValueError(f"save: layer {len(specs)} ({name}) has {key}="
+                                     f"{getattr(value, '__name__', value)!r}, a callable of your own, "
+                                     "and a file holds no code; use a built-in activation (a name, or "
+                                     "nd.tanh, F.relu, ...) or nanodl.save(model.state_dict(), path)")
+            specs.append({"class_name": name, "config": config})
+        architecture["layers"] = specs
+    text = json.dumps(architecture, sort_keys=True)
+    state = model.state_dict()
+    _checked_names(state, "save")
+    arrays = {FORMAT_KEY: np.array(f"nanodl.model/{FORMAT_VERSION}"),
+              ARCHITECTURE_KEY: np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
+    for name, value in state.items():
+        arrays[WEIGHTS_PREFIX + name] = _host_array(name, value)
+    optimizer = getattr(model, "optimizer", None)
+    if include_optimizer and compiled and optimizer is not None:
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # a DistributedOptimizer's own
+        arrays[OPTIMIZER_KEY], leaves = nested.pack(optimizer.state_dict(), _host_array,
+                                                    OPTIMIZER_PREFIX)
+        arrays.update(leaves)
+    write_npz(path, arrays)

@@ -1,0 +1,108 @@
+"""What ``compile`` and ``fit`` check and record before any training: the compile
+settings kept for ``save``, the warning for a probability loss on a head without an
+activation, and inputs whose feature count does not fit a layer.
+
+>>> import warnings
+>>> from nanodl import nn
+>>> model = nn.Sequential([nn.Dense(2, input_dim=3)])
+>>> with warnings.catch_warnings(record=True) as caught:
+...     warnings.simplefilter("always")
+...     model.compile(loss='sparse_categorical_crossentropy')
+>>> "activation='softmax'" in str(caught[0].message)
+True
+"""
+import warnings
+
+from .. import losses as losses_module
+from .. import optim
+from ..autograd import no_grad
+from ..tensor import Tensor
+from .module import ModuleList
+
+__all__ = ["compile_config", "warn_missing_activation", "check_input", "input_error"]
+
+# The losses that expect probabilities, and the activation that makes them.
+_PROBABILITY_LOSSES = {"binary_crossentropy": ("sigmoid", "BinaryCrossentropy"),
+                       "categorical_crossentropy": ("softmax", "CategoricalCrossentropy"),
+                       "sparse_categorical_crossentropy": ("softmax", "SparseCategoricalCrossentropy")}
+
+
+def compile_config(optimizer, loss, specs):
+    """The compile settings by name (saved with the model), or None when the optimizer,
+    the loss or a metric is an object of the user's own that a file cannot describe."""
+    loss_name, loss_config = losses_module.describe(loss)
+    inner = getattr(optimizer, "optimizer", optimizer)  # a DistributedOptimizer wraps one
+    if loss_name is None or type(inner) not in optim.OPTIMIZERS.values() or \
+            not all(isinstance(metric, str) for _, metric in specs):
+        return None
+    return {"optimizer": {"name": optimizer.name, "config": optimizer.get_config()},
+            "loss": {"name": loss_name, "config": loss_config,
+                     "class": isinstance(loss, losses_module.Loss)},
+            "metrics": [name for name, _ in specs]}
+
+
+def warn_missing_activation(model, loss):
+    """One ``UserWarning`` when a loss on probabilities meets a last Dense without an
+    activation: it would train on raw outputs, clipped into [eps, 1 - eps]."""
+    loss_name, loss_config = losses_module.describe(loss)
+    if loss_name not in _PROBABILITY_LOSSES or (loss_config or {}).get("from_logits"):
+        return
+    head = model._logits_head()
+    if head is None or head[1].activation != "linear":
+        return
+    activation, loss_class = _PROBABILITY_LOSSES[loss_name]
+    index = len(head[0])
+    warnings.warn(f"compile: loss {loss_name!r} expects probabilities, but the last layer "
+                  f"(layer {index}, 'layers.{index}', Dense({head[1].units})) has no activation, "
+                  f"so it would train on raw outputs; give it activation={activation!r}, or "
+                  f"compile with loss=losses.{loss_class}(from_logits=True)", UserWarning,
+                  stacklevel=3)
+
+
+def _layers(model):
+    layers = getattr(model, "layers", None)
+    return list(layers) if isinstance(layers, ModuleList) else None
+
+
+def _wanted_features(layer):
+    kernel = getattr(layer, "kernel", None)
+    if kernel is not None and getattr(layer, "_builds_itself", False):
+        return int(kernel.shape[0])
+    return getattr(layer, "num_features", None)
+
+
+def _does_not_fit(who, shape, index, layer, detail):
+    return ValueError(f"{who}: x of shape {tuple(shape)} does not fit layer {index} "
+                      f"('layers.{index}', {type(layer).__name__}): {detail}")
+
+
+def check_input(model, x, who):
+    """ValueError naming the first layer when ``x``'s feature count (its last axis) is
+    not the one that layer was built for; the shape named is the one the user passed."""
+    layers = _layers(model)
+    if not layers or x.ndim < 2:
+        return
+    wanted = _wanted_features(layers[0])
+    if wanted is not None and x.shape[-1] != wanted:
+        raise _does_not_fit(who, x.shape, 0, layers[0],
+                            f"it takes {wanted} features on the last axis, x has {x.shape[-1]}")
+
+
+def input_error(model, shape, x, error, who):
+    """The error for ``x`` (a few samples of the user's array of ``shape``) failing in
+    the model's forward with ``error``: in a Sequential, the layer that cannot take its
+    input, named with its position; otherwise ``error`` with the user's shape."""
+    layers = _layers(model)
+    if layers:
+        out = Tensor(x)
+        with model._mode(False), no_grad():
+            for index, layer in enumerate(layers):
+                try:
+                    out = layer(out)
+                except ValueError as inner:
+                    wanted = _wanted_features(layer)
+                    detail = str(inner) if wanted is None or out.ndim < 1 or out.shape[-1] == wanted \
+                        else f"it takes {wanted} features on the last axis, its input has " \
+                             f"{out.shape[-1]} (shape {tuple(out.shape)})"
+                    return _does_not_fit(who, shape, index, layer, detail)
+    return ValueError(f"{who}: x of shape {tuple(shape)} does not fit the model: {error}")
