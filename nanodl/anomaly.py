@@ -53,6 +53,10 @@ class detect_anomaly:
         self.check_backward = check_backward
 
     def __enter__(self):
+        # NumPy's RuntimeWarning ("invalid value encountered in log") would only repeat,
+        # less precisely, what the AnomalyError says: quiet inside the block.
+        self._numpy_errors = np.errstate(divide="ignore", invalid="ignore", over="ignore")
+        self._numpy_errors.__enter__()
         _local.depth = getattr(_local, "depth", 0) + 1
         autograd.forward_hooks.append(_check_forward)
         if self.check_backward:
@@ -64,6 +68,7 @@ class detect_anomaly:
         autograd.forward_hooks.remove(_check_forward)
         if self.check_backward:
             autograd.backward_hooks.remove(_check_backward)
+        self._numpy_errors.__exit__(*exc)
         return False
 
     def __call__(self, fn):

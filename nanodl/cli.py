@@ -18,6 +18,7 @@ DATASETS = ("digits", "moons", "spirals", "xor", "mnist")
 KERNEL_CHOICES = ("native", "numpy")
 DEVICE_CHOICES = ("cpu", "cuda")
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+DEFAULT_PLOT = "training_curves.png"
 PLOT_HINT = ("--plot needs matplotlib, which is not installed; get it with "
              "`pip install 'nanodl[plot]'` or `pip install matplotlib`")
 
@@ -105,7 +106,9 @@ def build_parser():
     train.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
                        help="CPU kernels (default: native when built, else numpy)")
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) here")
-    train.add_argument("--plot", metavar="PATH", help="save the training curves as a PNG here")
+    train.add_argument("--plot", metavar="PATH", nargs="?", const=DEFAULT_PLOT,
+                       help=f"save the training curves as a PNG here (default: {DEFAULT_PLOT}); "
+                            "needs matplotlib")
     train.add_argument("--export-onnx", metavar="PATH",
                        help="export the trained model as ONNX here (needs the onnx package)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
@@ -296,6 +299,8 @@ def run_train(args, rest):
     if args.export_onnx and importlib.util.find_spec("onnx") is None:
         from .onnx import _INSTALL_HINT
         raise UsageError("--export-onnx: " + _INSTALL_HINT)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before training, not after
+        raise UsageError(PLOT_HINT)
     previous_kernels = _select_kernels(args.kernels)
     try:
         nd.manual_seed(args.seed)

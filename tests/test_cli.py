@@ -70,16 +70,24 @@ def test_plot_writes_a_png(tmp_path, capsys):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_without_matplotlib_prints_the_hint(tmp_path, capsys, monkeypatch):
+def test_plot_without_a_path_writes_the_default_png(tmp_path, capsys, monkeypatch):
+    """The README's ``nanodl train --plot`` (before: "expected one argument")."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--dataset", "xor", "--epochs", "1", "--verbose", "0", "--plot"]) == 0
+    assert (tmp_path / cli.DEFAULT_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_fails_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     path = tmp_path / "curves.png"
     assert cli.main(["train", "--dataset", "xor", "--epochs", "1", "--verbose", "0",
-                     "--plot", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "pip install 'nanodl[plot]'" in out and "pip install matplotlib" in out
+                     "--plot", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "pip install 'nanodl[plot]'" in captured.err and "pip install matplotlib" in captured.err
     assert not path.exists()
-    reported_accuracy(out)  # training still ran and reported
+    assert "test accuracy" not in captured.out  # it did not train first
 
 
 def test_info(capsys):

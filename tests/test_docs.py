@@ -24,10 +24,10 @@ def blocks(path, language):
 def run_python_blocks(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # a snippet that writes a file writes it here
     namespace = {"__name__": f"docs_{path.stem}"}
-    for number, source in enumerate(blocks(path, "python"), 1):
-        code = compile(source, f"{path.name} (python block {number})", "exec")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # snippets may make NaNs on purpose
+    with warnings.catch_warnings():  # one page, one session: a filter a page sets holds for it all
+        warnings.simplefilter("ignore", RuntimeWarning)  # snippets may make NaNs on purpose
+        for number, source in enumerate(blocks(path, "python"), 1):
+            code = compile(source, f"{path.name} (python block {number})", "exec")
             exec(code, namespace)
     return namespace
 
@@ -63,3 +63,14 @@ def test_internals_links_point_at_real_files():
     assert targets
     missing = [t for t in targets if not (path.parent / t).exists()]
     assert not missing, f"broken links in {path.name}: {missing}"
+
+
+def test_readme_points_only_at_files_in_the_repository():
+    """The README names no file the repository lacks (it once pointed at a SPEC.md
+    that only the team had)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"\(([\w./-]+\.(?:md|py))\)", text)) | \
+        set(re.findall(r"`([\w./-]+\.md)`", text))
+    assert named, "the README links to its docs"
+    missing = sorted(name for name in named if not (ROOT / name).exists())
+    assert not missing, f"README.md names files that do not exist: {missing}"

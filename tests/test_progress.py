@@ -33,15 +33,34 @@ def model_and_data(n=64):
     return model, x, y
 
 
+class FakeHandle:
+    def __init__(self, log, bundle):
+        self.log = log
+        log.append(("display", bundle["text/plain"]))
+
+    def update(self, bundle, raw=False):
+        assert raw
+        self.log.append(("update", bundle["text/plain"]))
+
+
 @pytest.fixture
 def notebook(monkeypatch):
-    """A stand-in for a Jupyter kernel process, for the detection only: an ``ipykernel``
-    module and an ``IPython`` whose shell has a kernel."""
-    shell = types.SimpleNamespace(kernel=object())
+    """A stand-in for a Jupyter kernel process: an ``ipykernel`` module and an
+    ``IPython`` whose shell has a kernel, and whose ``display`` records what it shows
+    (``notebook.log``: ``('display' | 'update', text)``)."""
+    shell = types.SimpleNamespace(kernel=object(), log=[])
     ipython = types.ModuleType("IPython")
+    ipython.__path__ = []  # a package, so that IPython.display imports
     ipython.get_ipython = lambda: shell
+    display_module = types.ModuleType("IPython.display")
+
+    def display(bundle, raw=False, display_id=None):
+        assert raw and display_id is True
+        return FakeHandle(shell.log, bundle)
+    display_module.display = display
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display_module)
     return shell
 
 
@@ -88,21 +107,29 @@ def test_no_notebook_here_and_ipython_is_not_imported(monkeypatch):
     assert "IPython" not in sys.modules
 
 
-def test_the_bar_redraws_live_on_stdout_in_a_notebook(notebook, capsys):
+def test_in_a_notebook_the_bar_is_one_display_updated_in_place(notebook, capsys):
     model, x, y = model_and_data()
-    model.fit(x, y, batch_size=8, epochs=1, verbose=1, callbacks=[Slow()])
+    model.fit(x, y, batch_size=8, epochs=2, verbose=1, callbacks=[Slow()])
     captured = capsys.readouterr()
-    assert captured.err == ""
-    assert captured.out.startswith("Epoch 1/1\n")
-    assert captured.out.count("\r") >= 2 and "ETA" in captured.out
-    assert captured.out.endswith("\n") and "8/8 [" in captured.out
+    assert captured.err == "" and captured.out == ""  # no stream of carriage returns
+    kinds = [kind for kind, _ in notebook.log]
+    assert kinds[0] == "display" and kinds.count("display") == 1  # one display for the fit
+    assert kinds.count("update") >= 3  # redrawn live, in place
+    assert any("ETA" in text for _, text in notebook.log)
+    final = notebook.log[-1][1].splitlines()  # what a saved notebook keeps: a line per epoch
+    assert len(final) == 2 and all(re.match(rf"Epoch {i}/2 - 8/8 \[=+\] - ", line)
+                                   for i, line in enumerate(final, start=1))
+    assert "\r" not in "".join(text for _, text in notebook.log)
 
 
-def test_outside_a_notebook_a_pipe_gets_the_final_line_only(capsys):
+def test_outside_a_notebook_a_pipe_gets_one_line_per_epoch(capsys):
     model, x, y = model_and_data()
-    model.fit(x, y, batch_size=8, epochs=1, verbose=1, callbacks=[Slow()])
+    model.fit(x, y, batch_size=8, epochs=3, verbose=1, callbacks=[Slow()])
     err = capsys.readouterr().err
-    assert "ETA" not in err and err.count("\r") == 1 and "8/8 [" in err
+    lines = err.splitlines()
+    assert "ETA" not in err and "\r" not in err and len(lines) == 3
+    assert all(re.match(rf"Epoch {i}/3 - 8/8 \[=+\] - \d+s \d+(us|ms)/step - loss: ", line)
+               for i, line in enumerate(lines, start=1))
 
 
 # ---------------------------------------------------------------- verbose='auto'
@@ -142,50 +169,78 @@ def test_bad_verbose_raises(verbose):
 
 
 # ---------------------------------------------------------------- a real Jupyter kernel
-def test_the_bar_is_live_in_a_real_jupyter_kernel():
-    """Where ipykernel and jupyter_client are installed: run fit in a real kernel and
-    check that redraws reach the notebook as separate stdout messages while the cell
-    is still running (that is what makes the bar live), never on stderr."""
-    pytest.importorskip("ipykernel")
-    manager_module = pytest.importorskip("jupyter_client.manager")
+FIT_CELL = (
+    "import time, numpy as np, nanodl as nd\n"
+    "from nanodl import nn, callbacks\n"
+    "class Slow(callbacks.Callback):\n"
+    "    def on_batch_end(self, batch, logs=None):\n"
+    "        time.sleep(0.02)\n"
+    "nd.manual_seed(0)\n"
+    "x = np.random.default_rng(0).standard_normal((96, 3)).astype('float32')\n"
+    "m = nn.Sequential([nn.Dense(2, activation='softmax')])\n"
+    "m.compile(loss='sparse_categorical_crossentropy')\n"
+    "h = m.fit(x, (x[:, 0] > 0).astype('int64'), batch_size=8, epochs=EPOCHS, verbose=1,\n"
+    "          callbacks=[Slow()])\n")
+
+
+def _kernel_environment(monkeypatch):
     import os
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    manager, client = manager_module.start_new_kernel(kernel_name="python3", env=env)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+
+
+def test_a_saved_notebook_holds_one_line_per_epoch(monkeypatch):
+    """Execute a real notebook (nbclient, an ipykernel): the fit cell's saved outputs
+    are one display holding one line per epoch, however often the bar redrew."""
+    pytest.importorskip("ipykernel")
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    _kernel_environment(monkeypatch)
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(FIT_CELL.replace("EPOCHS", "3")),
+        nbformat.v4.new_code_cell("print(len(h.epoch))")])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    assert len(outputs) == 1 and outputs[0].output_type == "display_data"
+    lines = outputs[0].data["text/plain"].splitlines()
+    assert len(lines) == 3 and all(re.match(rf"Epoch {i}/3 - 12/12 \[=+\] - .*loss: ", line)
+                                   for i, line in enumerate(lines, start=1))
+    assert notebook.cells[1].outputs[0].text == "3\n"
+
+
+def test_the_bar_is_live_in_a_real_jupyter_kernel(monkeypatch):
+    """The display is updated while the cell still runs (that is what makes it live),
+    through update_display_data messages for one display id, never on stderr."""
+    pytest.importorskip("ipykernel")
+    manager_module = pytest.importorskip("jupyter_client.manager")
+    _kernel_environment(monkeypatch)
+    manager, client = manager_module.start_new_kernel(kernel_name="python3")
     try:
-        code = (
-            "import time, numpy as np, nanodl as nd\n"
-            "from nanodl import nn, callbacks\n"
-            "class Slow(callbacks.Callback):\n"
-            "    def on_batch_end(self, batch, logs=None):\n"
-            "        time.sleep(0.05)\n"
-            "nd.manual_seed(0)\n"
-            "x = np.random.default_rng(0).standard_normal((96, 3)).astype('float32')\n"
-            "m = nn.Sequential([nn.Dense(2, activation='softmax')])\n"
-            "m.compile(loss='sparse_categorical_crossentropy')\n"
-            "m.fit(x, (x[:, 0] > 0).astype('int64'), batch_size=8, verbose=1, callbacks=[Slow()])\n"
-            "print('done')\n")
-        msg_id = client.execute(code)
-        streams = []
+        msg_id = client.execute(FIT_CELL.replace("EPOCHS", "1") + "print('done')\n")
+        shown, streams = [], []
         while True:
             message = client.get_iopub_msg(timeout=60)
             if message["parent_header"].get("msg_id") != msg_id:
                 continue
-            kind = message["msg_type"]
-            if kind == "stream":
-                streams.append((time.monotonic(), message["content"]["name"], message["content"]["text"]))
+            kind, content = message["msg_type"], message["content"]
+            if kind in ("display_data", "update_display_data"):
+                shown.append((time.monotonic(), kind, content["transient"]["display_id"],
+                              content["data"]["text/plain"]))
+            elif kind == "stream":
+                streams.append((content["name"], content["text"]))
             elif kind == "error":
-                pytest.fail("\n".join(message["content"]["traceback"]))
-            elif kind == "status" and message["content"]["execution_state"] == "idle":
+                pytest.fail("\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle":
                 break
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
-    assert [name for _, name, _ in streams] == ["stdout"] * len(streams)
-    text = "".join(t for _, _, t in streams)
-    assert "ETA" in text and "12/12 [" in text and text.endswith("done\n")
-    redraws = [when for when, _, t in streams if "ETA" in t]
+    assert streams == [("stdout", "done\n")]
+    assert [kind for _, kind, _, _ in shown][:1] == ["display_data"]
+    assert len({display_id for _, _, display_id, _ in shown}) == 1
+    redraws = [when for when, _, _, text in shown if "ETA" in text]
     assert len(redraws) >= 2 and redraws[-1] - redraws[0] > 0.1  # drawn over time, not at the end
+    assert "12/12 [" in shown[-1][3]
 
 
 def test_a_progress_bar_among_the_callbacks_is_the_only_one(capsys):
