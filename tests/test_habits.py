@@ -317,3 +317,21 @@ def test_load_model_compile_false_and_a_damaged_optimizer_state(tmp_path):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match="load_model"):
         nd.load_model(tmp_path / "bad.npz")
+
+
+def test_a_subclassed_model_names_the_attribute_of_the_layer_that_does_not_fit():
+    class Net(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = nn.Dense(8, input_dim=10)
+            self.out = nn.Dense(1)
+
+        def forward(self, x):
+            return self.out(self.hidden(x))
+
+    model = Net()
+    model.compile(loss="mse")
+    with pytest.raises(ValueError, match=r"\(100, 5\) does not fit layer 0 \('hidden', Dense\): "
+                                         r"it takes 10 features"):
+        model.fit(np.zeros((100, 5), np.float32), np.zeros(100, np.float32), verbose=0)
+    assert "forward" not in model.hidden.__dict__  # the watch is removed

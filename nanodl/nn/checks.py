@@ -64,6 +64,12 @@ def _layers(model):
     return list(layers) if isinstance(layers, ModuleList) else None
 
 
+def _named_layers(model):
+    """``(name, module)`` of every layer of ``model`` in definition order (no containers)."""
+    return [(name, module) for name, module in model.named_modules()[1:]
+            if not isinstance(module, ModuleList)]
+
+
 def _wanted_features(layer):
     kernel = getattr(layer, "kernel", None)
     if kernel is not None and getattr(layer, "_builds_itself", False):
@@ -71,9 +77,9 @@ def _wanted_features(layer):
     return getattr(layer, "num_features", None)
 
 
-def _does_not_fit(who, shape, index, layer, detail):
+def _does_not_fit(who, shape, index, name, layer, detail):
     return ValueError(f"{who}: x of shape {tuple(shape)} does not fit layer {index} "
-                      f"('layers.{index}', {type(layer).__name__}): {detail}")
+                      f"({name!r}, {type(layer).__name__}): {detail}")
 
 
 def check_input(model, x, who):
@@ -84,25 +90,42 @@ def check_input(model, x, who):
         return
     wanted = _wanted_features(layers[0])
     if wanted is not None and x.shape[-1] != wanted:
-        raise _does_not_fit(who, x.shape, 0, layers[0],
+        raise _does_not_fit(who, x.shape, 0, "layers.0", layers[0],
                             f"it takes {wanted} features on the last axis, x has {x.shape[-1]}")
 
 
 def input_error(model, shape, x, error, who):
     """The error for ``x`` (a few samples of the user's array of ``shape``) failing in
-    the model's forward with ``error``: in a Sequential, the layer that cannot take its
-    input, named with its position; otherwise ``error`` with the user's shape."""
-    layers = _layers(model)
-    if layers:
-        out = Tensor(x)
+    the model's forward with ``error``: the innermost layer that could not take its
+    input, named with its position among the model's layers (``'layers.1'`` in a
+    Sequential, the attribute name in a subclassed Model); else ``error`` with the
+    user's shape. Found by running ``x`` again with every layer's forward watched."""
+    layers, failed = _named_layers(model), []
+
+    def watched(index, name, layer, forward):
+        def forward_watched(*args, **kwargs):
+            try:
+                return forward(*args, **kwargs)
+            except ValueError as inner:
+                if not failed:  # the innermost layer fails first
+                    failed.append((index, name, layer, args[0] if args else None, inner))
+                raise
+        return forward_watched
+
+    for index, (name, layer) in enumerate(layers):
+        layer.__dict__["forward"] = watched(index, name, layer, layer.forward)
+    try:
         with model._mode(False), no_grad():
-            for index, layer in enumerate(layers):
-                try:
-                    out = layer(out)
-                except ValueError as inner:
-                    wanted = _wanted_features(layer)
-                    detail = str(inner) if wanted is None or out.ndim < 1 or out.shape[-1] == wanted \
-                        else f"it takes {wanted} features on the last axis, its input has " \
-                             f"{out.shape[-1]} (shape {tuple(out.shape)})"
-                    return _does_not_fit(who, shape, index, layer, detail)
-    return ValueError(f"{who}: x of shape {tuple(shape)} does not fit the model: {error}")
+            model.forward(Tensor(x))
+    except ValueError:
+        pass
+    finally:
+        for _, layer in layers:
+            layer.__dict__.pop("forward", None)
+    if not failed:
+        return ValueError(f"{who}: x of shape {tuple(shape)} does not fit the model: {error}")
+    index, name, layer, received, inner = failed[0]
+    wanted, features = _wanted_features(layer), getattr(received, "shape", (None,))[-1:]
+    detail = str(inner) if wanted is None or features in ((), (wanted,)) else \
+        f"it takes {wanted} features on the last axis, its input has {features[0]}"
+    return _does_not_fit(who, shape, index, name, layer, detail)
