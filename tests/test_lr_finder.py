@@ -198,7 +198,7 @@ def test_bad_arguments(kwargs, message):
 
 def test_find_lr_needs_compile_and_matching_lengths():
     x, y = blobs()
-    model = nn.Sequential([nn.Dense(3, input_dim=4)])
+    model = nn.Sequential([nn.Dense(3, activation="softmax", input_dim=4)])
     with pytest.raises(RuntimeError, match="find_lr: call compile"):
         model.find_lr(x, y)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
