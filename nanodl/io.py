@@ -108,6 +108,13 @@ def _check_weights(reader, specs, path):
     if missing:
         raise ValueError(f"load_model: {path!r}: the architecture implies weights that are missing: "
                          f"{missing}")
+    dtypes = {}  # a model computes in one float dtype: a mixed file would load, then fail in predict
+    for name, member in stored.items():
+        dtypes.setdefault(reader.dtype(member).newbyteorder("="), name)
+    if len(dtypes) > 1:
+        (first, first_name), (other, other_name) = list(dtypes.items())[:2]
+        raise ValueError(f"load_model: {path!r}: weight {other_name!r} is {other} but weight "
+                         f"{first_name!r} is {first}; a model's weights share one float dtype")
     return stored
 
 

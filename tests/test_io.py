@@ -444,6 +444,23 @@ def test_load_model_converts_byte_order_and_refuses_other_dtypes(tmp_path):
             nd.load_model(tmp_path / "odd.npz")
 
 
+def test_load_model_refuses_weights_of_mixed_float_dtypes(tmp_path):
+    # a float64 kernel in a float32 model used to load, then fail in every predict (TypeError)
+    model = nn.Sequential([nn.Dense(3, activation="tanh", input_dim=4), nn.Dense(2)])
+    model.build((4,))
+    model.save(tmp_path / "model.npz")
+    from nanodl import archive
+    with archive.Reader(tmp_path / "model.npz") as reader:
+        arrays = reader.read_all()
+    arrays["weights/layers.1.kernel"] = arrays["weights/layers.1.kernel"].astype(np.float64)
+    archive.write_npz(tmp_path / "mixed.npz", arrays)
+    with pytest.raises(ValueError, match=r"load_model: .*weight 'layers\.1\.kernel' is float64 but "
+                                         r"weight 'layers\.0\.kernel' is float32"):
+        nd.load_model(tmp_path / "mixed.npz")
+    rewrite_weights(tmp_path / "model.npz", tmp_path / "f64.npz", lambda a: a.astype(np.float64))
+    assert nd.load_model(tmp_path / "f64.npz").predict(np.ones((1, 4))).dtype == np.float64
+
+
 def test_load_of_a_fifo_or_folder_raises_instead_of_blocking(tmp_path):
     import threading
     fifo = tmp_path / "pipe.npz"
