@@ -504,3 +504,36 @@ def test_digits_accuracy_on_gpu_matches_cpu(cp):
         accuracy[device] = model.evaluate(x_test, y_test)[1]
     assert accuracy["cuda"] >= 0.9, accuracy
     assert abs(accuracy["cuda"] - accuracy["cpu"]) <= 0.01, accuracy
+
+
+def test_curvature_and_find_lr_on_the_gpu_match_the_cpu(cp):
+    """hessian_eigenvalues and hessian_trace on 'cuda' agree with the CPU's (host arrays
+    back); find_lr on a GPU model measures the same sharpness and leaves its weights and
+    Adam state bit for bit."""
+    from nanodl import losses, nn
+    from nanodl.autograd.functional import hessian_eigenvalues, hessian_trace
+    x, y = _blobs(n=40)
+    loss = losses.SparseCategoricalCrossentropy()
+    found = {}
+    for device in ("cpu", "cuda"):
+        model = _classifier(nn, seed=5)
+        model.to(device)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        nd.manual_seed(1)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        xs, ys = nd.tensor(x, device=device), nd.tensor(y, device=device)
+        fn = lambda: loss(model(xs), ys)  # noqa: E731
+        values, vectors = hessian_eigenvalues(fn, model.parameters(), k=2, seed=0)
+        assert all(isinstance(v, np.ndarray) for v in vectors[0])
+        estimate, _ = hessian_trace(fn, model.parameters(), samples=20, seed=0)
+        weights = [host(p.data) for p in model.parameters()]
+        state = model.optimizer.state_dict()["state"]
+        finder = model.find_lr(x, y, steps=10, batch_size=16)
+        for before, p in zip(weights, model.parameters()):
+            np.testing.assert_array_equal(before, host(p.data))
+        for slot, arrays in model.optimizer.state_dict()["state"].items():
+            for before, after in zip(state[slot], arrays):
+                np.testing.assert_array_equal(before, after)
+        found[device] = (values, estimate, finder.sharpness["start"])
+    np.testing.assert_allclose(found["cuda"][0], found["cpu"][0], rtol=1e-3)
+    np.testing.assert_allclose(found["cuda"][1:], found["cpu"][1:], rtol=1e-3)

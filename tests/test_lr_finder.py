@@ -241,3 +241,14 @@ def test_a_captured_fit_goes_on_as_if_no_sweep_happened():
         nd.manual_seed(5)
         m.fit(x, y, epochs=2, batch_size=16, verbose=0, capture=True)
     assert_bit_identical(everything(twin), everything(model))
+
+
+def test_an_optimizer_whose_step_needs_a_closure_is_refused_by_name():
+    class ClosureOnly(optim.SGD):
+        def step(self, closure):
+            return closure()
+
+    x, y = blobs()
+    model = classifier(ClosureOnly(lr=0.1))
+    with pytest.raises(ValueError, match="find_lr: .*ClosureOnly.step needs closure"):
+        model.find_lr(x, y, steps=5)

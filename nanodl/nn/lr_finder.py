@@ -17,8 +17,22 @@ The sweep puts everything back as it was, bit for bit: the weights (in their own
 arrays), the gradients, the buffers, the optimizer's state, step counts and rate,
 the model's cached plan and its training flags. It draws its batches (and dropout
 masks) from a copy of nanodl's generator, so the global stream is not advanced.
+
+>>> import numpy as np, nanodl as nd
+>>> from nanodl import nn
+>>> nd.manual_seed(0)
+>>> model = nn.Sequential([nn.Dense(8, activation='tanh', input_dim=2), nn.Dense(1, input_dim=8)])
+>>> model.compile(optimizer='sgd', loss='mse')
+>>> x = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
+>>> before = model.get_weights()
+>>> finder = model.find_lr(x, x[:, :1] * x[:, 1:], start_lr=1e-3, end_lr=10.0, steps=30, batch_size=64)
+>>> finder.sharpness['stable_lr'] == 2 / finder.sharpness['start'], len(finder.lrs) <= 30
+(True, True)
+>>> all((a == b).all() for a, b in zip(before, model.get_weights()))
+True
 """
 import copy
+import inspect
 import math
 
 import numpy as np
@@ -26,7 +40,7 @@ import numpy as np
 from .. import random
 from ..archive import atomic_write
 from ..autograd.curvature import hessian_eigenvalues
-from ..backend import is_device_array, to_host
+from ..backend import is_device_array, to_device, to_host
 
 __all__ = ["LRFinder", "find_lr"]
 
@@ -100,13 +114,14 @@ def find_lr(model, x, y, start_lr, end_lr, steps, batch_size, sharpness):
     lrs = _rates(start_lr, end_lr, steps)
     if not isinstance(sharpness, (bool, np.bool_)):
         raise ValueError(f"find_lr: sharpness must be True or False, got {sharpness!r}")
+    _check_first_order(model.optimizer)
     model._build_on(x)  # lazy layers get their weights now: those are what the sweep restores
     snapshot = _Snapshot(model, model.optimizer)
     try:
         with random.using(copy.deepcopy(random.generator())), model._mode(True):
             plan = model._plan(x, y)
             x, y = plan.inputs(x), plan.targets(y)
-            batches = _batches(len(x), batch_size, steps)
+            batches = [to_device(batch, plan.device) for batch in _batches(len(x), batch_size, steps)]
             fixed = batches[0]
             start = _largest_eigenvalue(plan, x[fixed], y[fixed]) if sharpness else None
             raw, smoothed, diverged = _sweep(model, plan, x, y, batches, lrs)
@@ -136,6 +151,18 @@ def _rates(start_lr, end_lr, steps):
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
         raise ValueError(f"find_lr: steps must be an integer >= 2, got {steps!r}")
     return float(start_lr) * (float(end_lr) / float(start_lr)) ** (np.arange(steps) / (steps - 1))
+
+
+def _check_first_order(optimizer):
+    """The sweep makes plain ``step()`` calls; an optimizer whose step needs a closure
+    (LBFGS) cannot take them."""
+    needed = [name for name, parameter in inspect.signature(optimizer.step).parameters.items()
+              if parameter.default is parameter.empty
+              and parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)]
+    if needed:
+        raise ValueError(f"find_lr: the sweep takes one plain step per batch, but "
+                         f"{type(optimizer).__name__}.step needs {', '.join(needed)}; compile with a "
+                         "first-order optimizer ('sgd', 'adam', ...) to sweep its rate")
 
 
 def _batches(n, batch_size, steps):
