@@ -579,3 +579,52 @@ def test_zip64_end_records_are_read(tmp_path):
     path.write_bytes(with_zip64_end(entries + 1))
     with pytest.raises(ValueError, match="end record counts"):
         nd.load(path)
+
+
+def test_a_save_while_another_thread_trains_holds_the_weights_of_one_step(tmp_path):
+    # issue 18: saving beside a training thread wrote files whose layers came from different
+    # steps (45 of 638). Each file must hold a state the training actually passed through.
+    import hashlib
+    import threading
+    from nanodl import callbacks
+
+    def digest(state):
+        return hashlib.sha1(b"".join(np.ascontiguousarray(v).tobytes() for v in state.values())).hexdigest()
+
+    class Record(callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            seen.add(digest(self.model.state_dict()))
+
+    nd.manual_seed(0)
+    model = nn.Sequential([nn.Dense(256, activation="tanh", input_dim=64)] +
+                          [nn.Dense(256, activation="tanh") for _ in range(4)] + [nn.Dense(1)])
+    model.compile(optimizer=nd.optim.SGD(lr=1e-4), loss="mse")
+    x = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32)
+    y = x[:, :1].copy()
+    model.build((64,))
+    seen = {digest(model.state_dict())}
+    done = threading.Event()
+
+    def train():
+        try:
+            model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[Record()])
+        finally:
+            done.set()
+
+    import sys
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so a save lands inside steps
+    try:
+        trainer = threading.Thread(target=train)
+        trainer.start()
+        saved = []
+        while not done.is_set() and len(saved) < 40:
+            path = tmp_path / f"m{len(saved)}.npz"
+            model.save(path, include_optimizer=False)
+            saved.append(path)
+        trainer.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(saved) >= 5
+    mixed = [p.name for p in saved if digest(nd.load_model(p).state_dict()) not in seen]
+    assert not mixed, f"{len(mixed)} of {len(saved)} files mix steps: {mixed[:5]}"

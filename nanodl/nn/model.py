@@ -20,6 +20,8 @@ adds). ``fit``, ``evaluate`` and ``predict`` share one batcher, ``data.batch_sli
 """
 import contextlib
 import math
+import threading
+import weakref
 
 import numpy as np
 
@@ -41,6 +43,18 @@ from .plan import (LOCAL_FIT, _Plan, _check_batch_size, _check_epochs, _samples,
                    fuse_logits, predict_inputs, prepare, prepare_fit)
 
 __all__ = ["Model", "Sequential", "METRICS", "EpochTotals", "fuse_logits"]
+
+# One lock per model, held by each training step and by ``save``: a save from another
+# thread writes the weights (and optimizer state) of one step, never a mix of two. Kept
+# beside the model rather than on it, so a model still pickles (scikit-learn's n_jobs).
+_STATE_LOCKS = weakref.WeakKeyDictionary()
+
+
+def _state_lock(model):
+    lock = _STATE_LOCKS.get(model)
+    if lock is None:
+        lock = _STATE_LOCKS.setdefault(model, threading.RLock())
+    return lock
 
 
 class Model(Module):
@@ -217,11 +231,13 @@ class Model(Module):
             x, y = x[order], y[order]
             weight = None if weight is None else weight[order]
         totals = EpochTotals(plan.metrics)
+        train_step, lock = train_step or self._train_step, _state_lock(self)
         for step, batch in enumerate(batch_slices(len(x), batch_size)):
             y_batch, w_batch = y[batch], None if weight is None else weight[batch]
             count = len(y_batch)
             callbacks.on_batch_begin(step, {"batch": step, "size": count})
-            loss, out = (train_step or self._train_step)(plan, x[batch], y_batch, w_batch)
+            with lock:
+                loss, out = train_step(plan, x[batch], y_batch, w_batch)
             add_batch(totals, plan.metrics, float(loss.data), out.data, y_batch, w_batch)
             if callbacks.wants_batch_logs:
                 callbacks.on_batch_end(step, dict(totals.averages(), batch=step, size=count))
@@ -268,7 +284,7 @@ class Model(Module):
         """One optimizer step on one batch; returns the loss, or ``[loss, *metrics]``."""
         self._require_compiled("train_on_batch")
         plan, x, y, weight = prepare(self, x, y, sample_weight, "train_on_batch")
-        with self._mode(True):
+        with self._mode(True), _state_lock(self):
             loss, out = self._train_step(plan, x, y, weight)
         totals = EpochTotals(plan.metrics)
         add_batch(totals, plan.metrics, float(loss.data), out.data, y, weight)
@@ -346,7 +362,8 @@ class Model(Module):
         ``include_optimizer``, also what ``nanodl.load_model`` needs to continue training."""
         if not distributed._is_rank_zero():
             return
-        save_model(self, path, include_optimizer)
+        with _state_lock(self):  # the weights of one step, even while another thread trains
+            save_model(self, path, include_optimizer)
 
     def load_weights(self, path):
         """Load weights saved by ``save`` or ``nanodl.save(model.state_dict(), path)``."""
