@@ -252,3 +252,33 @@ def test_an_optimizer_whose_step_needs_a_closure_is_refused_by_name():
     model = classifier(ClosureOnly(lr=0.1))
     with pytest.raises(ValueError, match="find_lr: .*ClosureOnly.step needs closure"):
         model.find_lr(x, y, steps=5)
+
+
+def test_a_subclassed_model_with_a_weight_penalty():
+    from nanodl import regularizers
+
+    class TwoLayer(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = nn.Dense(6, activation="tanh", input_dim=4,
+                                   kernel_regularizer=regularizers.l2(0.1))
+            self.out = nn.Dense(1, input_dim=6)
+
+        def forward(self, x):
+            return self.out(self.hidden(x))
+
+    x, _ = blobs(n=48)
+    y = x[:, :1] * x[:, 1:2]
+    nd.manual_seed(0)
+    model = TwoLayer()
+    for p in model.parameters():
+        p.data = p.data.astype(np.float64)
+    model.compile(optimizer=optim.SGD(lr=0.1, momentum=0.5), loss="mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    before = everything(model)
+    finder = model.find_lr(x, y, start_lr=1e-3, end_lr=1.0, steps=20, batch_size=len(x))
+    assert_bit_identical(before, everything(model))
+    xs, ys = nd.tensor(x.astype(np.float64)), nd.tensor(y.astype(np.float64))
+    penalised = lambda: losses.mse(model(xs), ys) + model.regularization_loss()  # noqa: E731
+    exact, _ = hessian_eigenvalues(penalised, model.parameters())
+    assert finder.sharpness["start"] == pytest.approx(exact[0], rel=1e-6)

@@ -205,8 +205,8 @@ def _steepest(lrs, smoothed):
 def _largest_eigenvalue(plan, x, y):
     """The largest Hessian eigenvalue of the training loss on ``(x, y)`` (with the
     weight penalties) over the model's parameters."""
-    values, _ = hessian_eigenvalues(lambda: plan.objective(x, y)[0], plan.params, k=1, tol=1e-6,
-                                    seed=0)
+    params = [p for p in plan.params if p.requires_grad]
+    values, _ = hessian_eigenvalues(lambda: plan.objective(x, y)[0], params, k=1, tol=1e-6, seed=0)
     return float(values[0])
 
 
