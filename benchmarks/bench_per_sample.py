@@ -2,7 +2,8 @@
 a loop of single-sample backward passes, and ``torch.func`` (``vmap(grad(...))``), in one run.
 
 Model: a Dense MLP (tanh hidden layers, softmax cross-entropy per sample), float32.
-Columns, each the median of ``--repeats`` timings of ``--number`` calls (milliseconds):
+Columns, each the median of ``--repeats`` rounds timing ``--number`` calls of each in turn
+(milliseconds per call; the loop gets fewer calls):
 
 * batch grad: ``nd.grad`` of the mean loss (forward + backward), the reference;
 * ps norms: ``per_sample_grad_norm`` (no (N, in, out) arrays for the Dense kernels);
@@ -31,15 +32,19 @@ from tables import format_table  # noqa: E402
 CONFIGS = {"small": ((784, 128, 10), 64), "medium": ((784, 256, 128, 10), 128)}
 
 
-def timed(call, number, repeats):
-    call()  # warm up
-    runs = []
+def timed_round_robin(calls, numbers, repeats):
+    """{label: median ms per call}; each round times every call once, so a drift in the
+    machine's speed (it is shared) hits all columns alike rather than the last ones."""
+    for call in calls.values():
+        call()  # warm up
+    runs = {label: [] for label in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            call()
-        runs.append((time.perf_counter() - start) / number * 1e3)
-    return statistics.median(runs)
+        for label, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(numbers[label]):
+                call()
+            runs[label].append((time.perf_counter() - start) / numbers[label] * 1e3)
+    return {label: statistics.median(values) for label, values in runs.items()}
 
 
 def nanodl_calls(sizes, batch, rng):
@@ -128,18 +133,18 @@ def main(argv=None):
         calls, model, x, y = nanodl_calls(sizes, batch, rng)
         torch_side = torch_calls(model, x, y)
         check_agreement(calls, torch_side)
-        times = {}
-        for label, call in list(calls.items()) + list(torch_side.items()):
-            number = max(1, args.number // (batch // 8)) if label == "loop" else args.number
-            times[label] = timed(call, number, args.repeats)
+        everything = {**calls, **torch_side}
+        numbers = {label: max(1, args.number // (batch // 8)) if label == "loop" else args.number
+                   for label in everything}
+        times = timed_round_robin(everything, numbers, args.repeats)
         shown = lambda label: f"{times[label]:.3f}" if label in times else "-"
         ratio = f"{times['ps grads'] / times['torch.func']:.2f}" if "torch.func" in times else "-"
         rows.append((f"{name} {'-'.join(map(str, sizes))}, batch {batch}",
                      *[shown(label) for label in header[1:7]],
                      f"{times['ps norms'] / times['batch grad']:.2f}", ratio))
     print(format_table(header, rows, markdown=args.markdown, rule=True))
-    print("\nmilliseconds per call, median of", args.repeats, "repeats; float32; targets: norms / batch "
-          "<= 1.5, grads / torch.func <= 0.5 at small")
+    print(f"\nmilliseconds per call, median of {args.repeats} round-robin rounds; float32; targets: "
+          "norms / batch <= 1.5, grads / torch.func <= 0.5 at small")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ EXPECTED = {
     "subclassed_model.py": "test accuracy",
     "gan_2d.py": "mean radius",
     "sharpness.py": "x 2/lr at step",
+    "per_sample.py": "precision at k=",
+    "dp_sgd.py": "DP-SGD, noise sigma=",
 }
 
 
