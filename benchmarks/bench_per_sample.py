@@ -10,7 +10,8 @@ Columns, each the median of ``--repeats`` rounds timing ``--number`` calls of ea
 * ps grads: ``per_sample_grad`` (every per-sample gradient formed);
 * loop: N single-sample ``nd.grad`` calls;
 * torch.func: ``vmap(grad(loss), in_dims=(None, 0, 0))`` on the same weights (when torch
-  is installed), and torch's own batch gradient for scale.
+  is installed), and torch's own batch gradient for scale; ``--torch-threads`` (1 by
+  default, what nanodl's BLAS uses on a busy machine).
 
     flock /tmp/nanodl-bench.lock python benchmarks/bench_per_sample.py [--markdown]
 """
@@ -74,13 +75,13 @@ def nanodl_calls(sizes, batch, rng):
     return calls, model, x, y
 
 
-def torch_calls(model, x, y):
+def torch_calls(model, x, y, threads):
     try:
         import torch
         from torch.func import grad, vmap
     except ImportError:
         return {}
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(threads)
     weights = [torch.tensor(p.data) for p in model.parameters()]
     xt, yt = torch.tensor(x.data), torch.tensor(y.data)
 
@@ -123,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--number", type=int, default=20)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch's intra-op threads (1: as nanodl's BLAS on a busy machine)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     header = ("config", "batch grad", "ps norms", "ps grads", "loop", "torch.func", "torch batch grad",
@@ -131,7 +134,7 @@ def main(argv=None):
     for name in args.configs.split(","):
         sizes, batch = CONFIGS[name]
         calls, model, x, y = nanodl_calls(sizes, batch, rng)
-        torch_side = torch_calls(model, x, y)
+        torch_side = torch_calls(model, x, y, args.torch_threads)
         check_agreement(calls, torch_side)
         everything = {**calls, **torch_side}
         numbers = {label: max(1, args.number // (batch // 8)) if label == "loop" else args.number
