@@ -195,3 +195,68 @@ def test_load_state_dict_checks_before_changing_anything():
     assert other.state == {"func_evals": 0, "n_iter": 0}
     with pytest.raises(ValueError, match="'adam'"):
         other.load_state_dict(optim.Adam(params).state_dict())
+
+
+# ---------------------------------------------------------------- compile(optimizer='lbfgs')
+def regression_data(n=50):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (n, 2))
+    return x, np.sin(2 * x[:, :1]) + x[:, 1:] ** 2
+
+
+def small_model(seed=0):
+    nd.manual_seed(seed)
+    nd.set_default_dtype("float64")
+    try:
+        return nn.Sequential([nn.Dense(8, activation="tanh", input_dim=2,
+                                       kernel_regularizer=nd.regularizers.l2(1e-3)),
+                              nn.Dense(1, input_dim=8)])
+    finally:
+        nd.set_default_dtype("float32")
+
+
+def test_fit_with_lbfgs_is_one_closure_step_per_epoch_over_every_sample():
+    x, y = regression_data()
+    model = small_model()
+    model.compile(optimizer="lbfgs", loss="mse")
+    assert isinstance(model.optimizer, optim.LBFGS)
+    model.build((None, 2))
+    sizes = []
+    model.layers[0].register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    full = [size for size in sizes if size != 2]  # fit builds on a 2-sample probe first
+    assert set(full) == {len(x)}  # full batch, whatever batch_size says
+    assert len(full) == model.optimizer.state["func_evals"] > 3  # several evaluations per epoch
+    assert model.optimizer.step_count == 3 and len(history.history["loss"]) == 3
+
+    # The same by hand: optim.LBFGS on the same closure (forward, loss + penalty, backward).
+    twin = small_model()
+    twin.build((None, 2))
+    opt = optim.LBFGS(twin.parameters())
+    xt, yt = nd.tensor(x), nd.tensor(y)
+    losses = []
+
+    def closure():
+        twin.zero_grad()
+        loss = nd.losses.mse(twin(xt), yt) + twin.regularization_loss()
+        loss.backward()
+        return loss
+    for _ in range(3):
+        losses.append(opt.step(closure).item())
+    # (round-off grows along an L-BFGS trajectory on a network: 1e-17 after the first
+    # epoch, 5e-10 after the third)
+    np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-9)
+    for mine, theirs in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-7, atol=1e-9)
+    assert model.evaluate(x, y) < losses[0] / 10
+
+
+def test_fit_with_lbfgs_and_sample_weights_trains_on_the_weighted_loss():
+    x, y = regression_data()
+    weights = np.r_[np.zeros(25), np.ones(25)]
+    model = small_model()
+    model.compile(optimizer=optim.LBFGS(line_search_fn="strong_wolfe"), loss="mse")
+    model.fit(x, y, epochs=2, verbose=0, sample_weight=weights)
+    trained_half = model.evaluate(x[25:], y[25:])
+    ignored_half = model.evaluate(x[:25], y[:25])
+    assert trained_half < ignored_half

@@ -173,7 +173,9 @@ class Model(Module):
         ``'balanced'``) scale each sample's loss; metrics become weighted means.
         ``capture=True`` trains through a captured step (``nanodl.capture``): the same
         results, bit for bit, with less work per batch. ``initial_epoch``: continue an
-        earlier fit from that epoch (Keras).
+        earlier fit from that epoch (Keras). With ``optim.LBFGS``
+        (``compile(optimizer='lbfgs')``) training is full-batch: each epoch is one
+        ``step(closure)`` over every training sample, whatever ``batch_size`` says.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
@@ -183,6 +185,7 @@ class Model(Module):
         plan, (x, y, weight), validation = prepare_fit(
             self, x, y, sample_weight, class_weight, validation_data, validation_split)
         verbose, validation = self._start_data_parallel(plan, verbose, validation)
+        batch_size = plan.fit_batch_size(batch_size, self._samples_per_epoch(len(x)))
         steps = math.ceil(self._samples_per_epoch(len(x)) / batch_size)
         self.stop_training, self.history = False, callbacks_module.History()
         callbacks = fit_callbacks(self, callbacks, verbose, epochs, steps)

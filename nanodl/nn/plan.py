@@ -130,6 +130,9 @@ class _Plan:
         if optimizer.params is None or [id(p) for p in optimizer.params] != [id(p) for p in self.params]:
             optimizer.set_params(self.params)
         self.optimizer = optimizer
+        # An optimizer that re-evaluates the loss itself (optim.LBFGS) is given the step's
+        # first three parts as a closure, and fit trains it on the whole set at once.
+        self.full_batch = bool(getattr(optimizer, "full_batch", False))
         self.penalty_layers = [m for m in model.modules() if m.penalties()]
         self.penalty = self._penalty if self.penalty_layers else None
         self.loss_name, self.loss_config = losses_module.describe(model.loss)
@@ -167,13 +170,40 @@ class _Plan:
         3. Backward: clear every parameter's gradient, then backpropagate the loss,
            which leaves d(loss)/d(parameter) in each ``param.grad``.
         4. Optimizer step: update every parameter from its gradient.
+
+        An optimizer with ``full_batch`` (``optim.LBFGS``) gets 1-3 as the closure
+        of its ``step(closure)``, which it calls as often as it needs; the step then
+        returns the first evaluation (the loss before the update, as for the others).
         """
+        if self.full_batch:
+            return self._closure_step(x, target, weight)
+        loss, out = self.loss_and_grad(x, target, weight)  # 1-3
+        self.optimizer.step()                              # 4. optimizer step
+        return loss, out
+
+    def loss_and_grad(self, x, target, weight=None):
+        """Steps 1-3 of ``step``: ``(loss, out)``, with every parameter's gradient filled."""
         loss, out = self.objective(x, target, weight)  # 1. forward, 2. loss
         for param in self.params:                     # 3. backward
             param.grad = None
         loss.backward()
-        self.optimizer.step()                         # 4. optimizer step
         return loss, out
+
+    def _closure_step(self, x, target, weight):
+        first = []
+
+        def closure():
+            loss, out = self.loss_and_grad(x, target, weight)
+            if not first:
+                first.append((loss, out))
+            return loss
+        self.optimizer.step(closure)
+        return first[0]
+
+    def fit_batch_size(self, batch_size, n):
+        """The batch size ``fit`` trains with: ``batch_size``, or all ``n`` samples for a
+        ``full_batch`` optimizer (one ``step(closure)`` per epoch)."""
+        return n if self.full_batch else batch_size
 
     def evaluate(self, x, y, weight, batch_size):
         """``(EpochTotals, penalty)`` over prepared arrays: each batch's loss and metrics

@@ -56,9 +56,15 @@ class LBFGS(Optimizer):
     the directional derivative or the change of the loss falls below
     ``tolerance_change``. ``step(closure)`` returns the closure's first loss (the
     loss before the step), as PyTorch does.
+
+    ``model.compile(optimizer='lbfgs')`` (or an ``LBFGS()`` instance) makes ``fit``
+    full-batch: each epoch is one ``step(closure)`` over all training samples, the
+    closure being the training step's forward, loss (with the weight penalties) and
+    backward.
     """
 
     name = "lbfgs"
+    full_batch = True  # Model.fit: one step(closure) per epoch, over every training sample
 
     def __init__(self, params=None, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,
                  tolerance_change=1e-9, history_size=100, line_search_fn=None):
