@@ -154,7 +154,7 @@ def test_mnist_with_a_missing_folder(tmp_path, capsys):
     (["train", "--epochs", "0"], ">= 1"),
     (["train", "--dropout", "1.5"], "[0, 1)"),
     (["train", "--verbose", "3"], "invalid choice"),
-    (["train", "--optimizer", "lbfgs"], "invalid choice"),
+    (["train", "--optimizer", "nadam"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_options_exit_2(argv, message, capsys):
