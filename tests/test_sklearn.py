@@ -28,23 +28,13 @@ from nanodl.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
-# The checks scikit-learn's API lets an estimator declare it fails, with the reason.
-EXPECTED_FAILED_CHECKS = {
-    "check_sample_weight_equivalence_on_dense_data":
-        "minibatch SGD-style training: a sample of weight 2 is one term in one batch, a duplicated "
-        "sample is two terms that shuffling puts in different batches, so the two fits differ (as "
-        "for sklearn.neural_network's own MLPs, which mark this check the same way)",
-}
-
-
-def expected_failed_checks(estimator):
-    return EXPECTED_FAILED_CHECKS
-
-
+# No expected failures: check_sample_weight_equivalence_on_dense_data passes because a
+# batch's loss is scikit-learn's weighted mean (sum(w * loss) / sum(w), the L2 term over
+# sum(w) too) and batch_size='auto' puts its 15 samples (or their repeats) in one batch.
 # max_iter=40 instead of 200 keeps the checks' ~100 fits to seconds; they still train to the
 # accuracy check_classifiers_train and check_regressors_train ask for.
-@parametrize_with_checks([MLPClassifier(random_state=0, max_iter=40), MLPRegressor(random_state=0, max_iter=40)],
-                         expected_failed_checks=expected_failed_checks)
+@parametrize_with_checks([MLPClassifier(random_state=0, max_iter=40), MLPRegressor(random_state=0, max_iter=40),
+                          MLPClassifier(solver="lbfgs", random_state=0, max_iter=40)])
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -137,7 +127,7 @@ def test_multiclass_string_labels_with_gaps():
     x, y = nd.datasets.make_spirals(300, n_classes=3, noise=0.05, seed=0)
     names = np.array(["alpha", "beta", "gamma"])[y]
     clf = MLPClassifier(hidden_layer_sizes=(64, 64), learning_rate_init=0.01, max_iter=60,
-                        random_state=0).fit(x, names)
+                        batch_size=32, random_state=0).fit(x, names)
     assert clf.classes_.tolist() == ["alpha", "beta", "gamma"]
     assert clf.score(x, names) > 0.9
 
@@ -175,14 +165,15 @@ def test_multi_output_regression():
 def test_partial_fit_classifier_needs_classes_first_and_keeps_learning():
     x, positive = two_blobs(400)
     y = np.where(positive, "yes", "no")
-    clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, batch_size=32, random_state=0)
     with pytest.raises(ValueError, match="classes must be passed on the first call"):
         clf.partial_fit(x, y)
     clf.partial_fit(x[:200], y[:200], classes=["no", "yes", "maybe"])
     assert clf.classes_.tolist() == ["maybe", "no", "yes"] and clf.n_iter_ == 1
     for _ in range(9):
         clf.partial_fit(x, y)
-    assert clf.n_iter_ == 10 and len(clf.loss_curve_) == 10
+    # as scikit-learn: n_iter_ counts this call's epochs (one), t_ and loss_curve_ every sample seen
+    assert clf.n_iter_ == 1 and len(clf.loss_curve_) == 10 and clf.t_ == 200 + 9 * 400
     assert clf.loss_curve_[-1] < clf.loss_curve_[0]
     assert clf.score(x, y) > 0.9
     with pytest.raises(ValueError, match="not in classes"):
@@ -195,10 +186,10 @@ def test_partial_fit_regressor():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(300, 2))
     y = x[:, 0] - 2 * x[:, 1]
-    reg = MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=0.01, random_state=0)
+    reg = MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=0.01, batch_size=32, random_state=0)
     for _ in range(20):
         reg.partial_fit(x, y)
-    assert reg.n_iter_ == 20 and reg.score(x, y) > 0.95
+    assert reg.n_iter_ == 1 and len(reg.loss_curve_) == 20 and reg.score(x, y) > 0.95
     with pytest.raises(ValueError, match="outputs"):
         reg.partial_fit(x, np.column_stack([y, y]))
 
@@ -292,25 +283,33 @@ def test_architecture_solver_and_activation_names():
                             max_iter=1, random_state=0).fit(x, positive)
         kinds = [type(layer).__name__ for layer in clf.model_.layers]
         assert kinds == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
-        assert clf.model_.layers[0].activation == "sigmoid" and clf.model_.layers[-1].units == 2
+        # two classes: one logistic output, as scikit-learn
+        assert clf.model_.layers[0].activation == "sigmoid" and clf.model_.layers[-1].units == 1
         assert type(clf.model_.optimizer).__name__ == "SGD"
         MLPRegressor(activation="identity", solver="adamw", max_iter=1).fit(x, x[:, 0])
-    for bad in ({"solver": "lbfgs"}, {"activation": "softmax"}, {"hidden_layer_sizes": (0,)},
-                {"dropout": 1.0}, {"device": "tpu"}, {"batch_size": 0}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
+    for bad in ({"solver": "newton"}, {"activation": "softmax"}, {"hidden_layer_sizes": (0,)},
+                {"dropout": 1.0}, {"device": "tpu"}, {"batch_size": 0}, {"learning_rate": "cyclic"},
+                {"momentum": 1.5}, {"max_fun": 0}, {"batch_size": "big"}):
+        with pytest.raises(ValueError, match=next(iter(bad))) as caught:
             MLPClassifier(max_iter=1, **bad).fit(x, positive)
+        assert "MLPClassifier" in str(caught.value)
 
 
 def test_custom_model_callable():
     x, positive = two_blobs()
 
-    def build(n_features, n_outputs):
+    def build(n_features, n_outputs):  # two classes: one output, the probability of classes_[1]
+        head = "softmax" if n_outputs > 1 else "sigmoid"
         return nn.Sequential([nn.Dense(16, activation="tanh", input_dim=n_features), nn.LayerNorm(),
-                              nn.Dense(n_outputs, activation="softmax")])
+                              nn.Dense(n_outputs, activation=head)])
 
-    clf = MLPClassifier(model=build, max_iter=30, learning_rate_init=0.01, random_state=0).fit(x, positive)
+    clf = MLPClassifier(model=build, max_iter=30, learning_rate_init=0.01, batch_size=32,
+                        random_state=0).fit(x, positive)
     assert isinstance(clf.model_.layers[1], nn.LayerNorm)
     assert clf.score(x, positive) > 0.9
+    assert [c.shape for c in clf.coefs_] == [(3, 16), (16, 1)] and clf.n_layers_ == 3
+    three = MLPClassifier(model=build, max_iter=2, random_state=0).fit(x, np.arange(len(x)) % 3)
+    assert three.model_.layers[-1].units == 3 and three.predict_proba(x).shape == (len(x), 3)
     with pytest.raises(TypeError, match="nn.Model"):
         MLPClassifier(model=lambda n, k: "not a model", max_iter=1).fit(x, positive)
 
@@ -348,8 +347,9 @@ def test_fitted_model_exports_to_onnx(tmp_path):
         clf.fit(x, positive)
     nd.onnx.export(clf.model_, tmp_path / "clf.onnx")
     session = ort.InferenceSession(str(tmp_path / "clf.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(None, {"input": x})[0], clf.predict_proba(x), rtol=1e-5,
-                               atol=1e-6)
+    # two classes: the network's one output is the probability of classes_[1]
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], clf.predict_proba(x)[:, 1:],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_importing_nanodl_does_not_import_sklearn_or_onnx():
@@ -382,3 +382,205 @@ def test_fits_in_parallel_threads_match_serial_fits(digits):
     for thread in threads:
         thread.join()
     assert results == serial
+
+
+# ---------------------------------------------------------------- a drop-in: parameters and attributes
+from sklearn.neural_network import MLPClassifier as SklearnClassifier  # noqa: E402
+from sklearn.neural_network import MLPRegressor as SklearnRegressor  # noqa: E402
+
+PAIRS = [(MLPClassifier, SklearnClassifier), (MLPRegressor, SklearnRegressor)]
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_every_sklearn_parameter_with_its_name_default_and_place(ours, theirs):
+    import inspect
+    mine, expected = ours().get_params(), theirs().get_params()
+    assert {name: mine[name] for name in expected} == expected
+    assert {name: mine[name] for name in set(mine) - set(expected)} == \
+        {"dropout": 0.0, "device": "cpu", "model": None}
+    ours_signature = list(inspect.signature(ours).parameters.values())
+    theirs_signature = list(inspect.signature(theirs).parameters.values())
+    assert [(p.name, p.kind) for p in ours_signature[:len(theirs_signature)]] == \
+        [(p.name, p.kind) for p in theirs_signature]  # positional ones in the same order
+
+
+@pytest.mark.parametrize("ours", [MLPClassifier, MLPRegressor])
+def test_unknown_parameters_name_the_public_class(ours):
+    with pytest.raises(TypeError, match=f"{ours.__name__}.__init__.. got an unexpected keyword"):
+        ours(learning_rate_decay=0.5)
+    with pytest.raises(ValueError, match=f"Invalid parameter 'learning_rate_decay' for estimator {ours.__name__}"):
+        ours().set_params(learning_rate_decay=0.5)
+    with pytest.raises(ValueError, match=f"'alpha' parameter of {ours.__name__} must be"):
+        ours(alpha=-1.0).fit(np.zeros((4, 2)), [0, 1, 0, 1])
+
+
+def fitted_attributes(estimator):
+    names = ["classes_", "n_features_in_", "n_outputs_", "n_layers_", "out_activation_", "t_",
+             "n_iter_", "best_loss_", "validation_scores_", "best_validation_score_"]
+    summary = {name: getattr(estimator, name) for name in names if hasattr(estimator, name)}
+    if "classes_" in summary:
+        summary["classes_"] = summary["classes_"].tolist()
+    summary["coefs_"] = [c.shape for c in estimator.coefs_]
+    summary["intercepts_"] = [b.shape for b in estimator.intercepts_]
+    summary["loss_"] = type(float(estimator.loss_))
+    summary["curve"] = len(getattr(estimator, "loss_curve_", ()))
+    summary["has_curve"] = hasattr(estimator, "loss_curve_")
+    if summary.get("best_loss_") is not None:
+        summary["best_loss_"] = "a number"
+    for key in ("validation_scores_",):
+        if summary.get(key) is not None:
+            summary[key] = len(summary[key])
+    if summary.get("best_validation_score_") is not None:
+        summary["best_validation_score_"] = "a number"
+    return summary
+
+
+def attribute_cases():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 4))
+    labels = np.array(["a", "b", "c"])[rng.integers(0, 3, 60)]
+    multilabel = (rng.random((60, 3)) > 0.5).astype(int)
+    return [
+        ("binary", x, labels == "a", {}),
+        ("multiclass", x, labels, {}),
+        ("multilabel", x, multilabel, {}),
+        ("multiclass-early-stopping", x, labels, {"early_stopping": True}),
+        ("multiclass-lbfgs", x, labels, {"solver": "lbfgs"}),
+        ("regression", x, x[:, 0], {}),
+        ("multi-output-regression", x, x[:, :2], {"hidden_layer_sizes": (5, 6)}),
+        ("poisson", x, np.exp(x[:, 0]), {"loss": "poisson"}),
+        ("regression-sgd-lbfgs", x, x[:, 0], {"solver": "lbfgs"}),
+    ]
+
+
+@pytest.mark.parametrize("case", attribute_cases(), ids=lambda case: case[0])
+def test_fitted_attributes_have_sklearns_shapes(case):
+    _, x, y, options = case
+    regression = y.dtype.kind == "f"
+    ours, theirs = (MLPRegressor, SklearnRegressor) if regression else (MLPClassifier, SklearnClassifier)
+    options = dict({"hidden_layer_sizes": (7,), "max_iter": 3, "random_state": 0}, **options)
+    mine = fitted_attributes(ours(**options).fit(x, y))
+    expected = fitted_attributes(theirs(**options).fit(x, y))
+    assert mine == expected
+
+
+def test_feature_names_in_for_dataframes():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"height": [1.0, 2.0, 3.0, 4.0], "weight": [2.0, 1.0, 4.0, 3.0]})
+    clf = MLPClassifier(hidden_layer_sizes=(3,), max_iter=2).fit(frame, [0, 1, 0, 1])
+    assert clf.feature_names_in_.tolist() == ["height", "weight"]
+
+
+# The same weights, the same batches (shuffle=False), plain SGD: nanodl and scikit-learn must
+# compute the same loss and take the same step, which pins down every head's loss, the 0.5 of
+# the squared error, the weighted batch mean and the L2 term's scale.
+STEP_CASES = [
+    ("binary", lambda x, rng: x[:, 0] > 0, {}),
+    ("multiclass", lambda x, rng: rng.integers(0, 3, len(x)), {}),
+    ("multilabel", lambda x, rng: (x[:, :3] > 0).astype(int), {}),
+    ("regression", lambda x, rng: np.sin(x[:, 0]), {"activation": "tanh"}),
+    ("multi-output", lambda x, rng: np.column_stack([x[:, 0], x[:, 1] ** 2]), {"activation": "logistic"}),
+    ("poisson", lambda x, rng: rng.poisson(np.exp(0.3 * x[:, 0])).astype(float), {"loss": "poisson"}),
+]
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+@pytest.mark.parametrize("name, make_y, options", STEP_CASES, ids=[c[0] for c in STEP_CASES])
+def test_one_sgd_epoch_matches_sklearn(name, make_y, options, weighted):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((30, 4))
+    y = make_y(x, rng)
+    weight = rng.integers(0, 4, len(x)).astype(float) if weighted else None
+    regression = y.dtype.kind == "f"
+    ours, theirs = (MLPRegressor, SklearnRegressor) if regression else (MLPClassifier, SklearnClassifier)
+    settings = dict(hidden_layer_sizes=(6, 5), solver="sgd", momentum=0.0, learning_rate_init=0.1,
+                    alpha=0.3, batch_size=7, shuffle=False, max_iter=1, warm_start=True, random_state=0,
+                    **options)
+    mine, reference = ours(**settings).fit(x, y), theirs(**settings).fit(x, y)
+    for coef, coef_ref, bias, bias_ref in zip(mine.coefs_, reference.coefs_, mine.intercepts_,
+                                              reference.intercepts_):
+        coef[...], bias[...] = coef_ref, bias_ref  # start from scikit-learn's weights
+    mine.fit(x, y, sample_weight=weight)
+    reference.fit(x, y, sample_weight=weight)
+    np.testing.assert_allclose(mine.loss_, reference.loss_, rtol=1e-10)
+    for coef, coef_ref in zip(mine.coefs_ + mine.intercepts_, reference.coefs_ + reference.intercepts_):
+        np.testing.assert_allclose(coef, coef_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_batch_size_auto_is_min_200_and_the_sample_count():
+    rng = np.random.default_rng(0)
+    for n, steps in ((450, 3), (150, 1)):
+        x = rng.standard_normal((n, 3))
+        clf = MLPClassifier(hidden_layer_sizes=(4,), random_state=0).partial_fit(x, x[:, 0] > 0, classes=[False, True])
+        assert clf.model_.optimizer.step_count == steps
+
+
+@pytest.mark.parametrize("schedule", [
+    dict(learning_rate="invscaling", power_t=0.25, max_iter=3),
+    dict(learning_rate="constant", max_iter=3),
+    # the loss 'stalls' every epoch: 'adaptive' divides the rate by 5 each time the count
+    # passes n_iter_no_change (and goes on), 'constant' stops there
+    dict(learning_rate="adaptive", tol=1e9, n_iter_no_change=1, max_iter=6),
+    dict(learning_rate="constant", tol=1e9, n_iter_no_change=1, max_iter=6),
+    dict(learning_rate="adaptive", tol=1e9, n_iter_no_change=1, max_iter=40),
+], ids=["invscaling", "constant", "adaptive", "constant-stops", "adaptive-stops"])
+def test_sgd_learning_rate_schedules_as_sklearn(schedule):
+    x, positive = two_blobs(100)
+    settings = dict(hidden_layer_sizes=(4,), solver="sgd", learning_rate_init=0.1, random_state=0,
+                    **schedule)
+    mine, reference = MLPClassifier(**settings).fit(x, positive), SklearnClassifier(**settings).fit(x, positive)
+    assert (mine.n_iter_, mine.t_) == (reference.n_iter_, reference.t_)
+    assert mine.model_.optimizer.lr == pytest.approx(reference._optimizer.learning_rate, rel=1e-12)
+
+
+def test_adam_and_sgd_hyperparameters_reach_the_optimizer():
+    x, positive = two_blobs(50)
+    adam = MLPClassifier(beta_1=0.8, beta_2=0.99, epsilon=1e-6, learning_rate_init=0.02,
+                         max_iter=1).fit(x, positive)
+    assert adam.model_.optimizer.get_config()["betas"] == (0.8, 0.99)
+    assert adam.model_.optimizer.eps == 1e-6 and adam.model_.optimizer.lr == 0.02
+    sgd = MLPClassifier(solver="sgd", momentum=0.5, nesterovs_momentum=False, max_iter=1).fit(x, positive)
+    assert (sgd.model_.optimizer.momentum, sgd.model_.optimizer.nesterov) == (0.5, False)
+
+
+def test_warm_start_continues_from_the_fitted_weights():
+    x, positive = two_blobs(200)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, warm_start=True, random_state=0)
+    clf.fit(x, positive)
+    first_curve = list(clf.loss_curve_)
+    clf.fit(x, positive)
+    assert clf.loss_curve_[:5] == first_curve and len(clf.loss_curve_) == 10 and clf.t_ == 2000
+    assert clf.loss_curve_[5] < first_curve[0]
+    cold = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    cold.fit(x, positive)
+    cold.fit(x, positive)
+    assert cold.loss_curve_ == first_curve  # a new network each fit
+
+
+def test_lbfgs_solver():
+    x, y = nd.datasets.load_digits()
+    clf = MLPClassifier(hidden_layer_sizes=(32,), solver="lbfgs", max_iter=150, random_state=0)
+    clf.fit(x[:500], y[:500])
+    assert isinstance(clf.model_.optimizer, nd.optim.LBFGS)
+    assert clf.n_iter_ <= 150 and clf.score(x[500:], y[500:]) > 0.85
+    assert not hasattr(clf, "loss_curve_") and not hasattr(clf, "partial_fit") and clf.t_ == 0
+    with pytest.warns(ConvergenceWarning, match="lbfgs failed to converge"):
+        short = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=3,
+                              random_state=0).fit(x[:100], y[:100])
+    assert short.n_iter_ == 3
+    with pytest.warns(ConvergenceWarning):
+        capped = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_fun=10,
+                               random_state=0).fit(x[:100], y[:100])
+    assert capped.model_.optimizer.state["func_evals"] <= 10 + 25
+    assert capped.n_iter_ < 10
+
+
+def test_poisson_regressor_predicts_a_positive_mean():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (400, 2))
+    counts = rng.poisson(np.exp(1 + x[:, 0]))
+    reg = MLPRegressor(loss="poisson", hidden_layer_sizes=(16,), solver="lbfgs", random_state=0).fit(x, counts)
+    assert reg.out_activation_ == "exp" and (reg.predict(x) > 0).all()
+    np.testing.assert_allclose(reg.predict(x).mean(), counts.mean(), rtol=0.05)
+    with pytest.raises(ValueError, match="non-negative"):
+        MLPRegressor(loss="poisson", max_iter=1).fit(x, -counts)
