@@ -260,3 +260,19 @@ def test_fit_with_lbfgs_and_sample_weights_trains_on_the_weighted_loss():
     trained_half = model.evaluate(x[25:], y[25:])
     ignored_half = model.evaluate(x[:25], y[:25])
     assert trained_half < ignored_half
+
+
+def test_pinn_example_second_stage_polishes_the_adam_fit():
+    """examples/pinn_poisson.py: L-BFGS after Adam lowers the error against the exact
+    solution by far more than the Adam steps before it did."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "examples" / "pinn_poisson.py"
+    spec = importlib.util.spec_from_file_location("pinn_poisson_example", path)
+    pinn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pinn)
+    net, history = pinn.train(steps=300, log=lambda line: None)
+    after_adam = pinn.relative_error(net)
+    refined = pinn.refine(net, iterations=60, report_every=30, log=lambda line: None)
+    assert [it for it, _, _ in refined] == [30, 60]
+    assert refined[-1][2] == pinn.relative_error(net) < after_adam / 5, (after_adam, refined)
