@@ -1,19 +1,20 @@
-"""nanodl.sklearn.MLPClassifier next to sklearn.neural_network.MLPClassifier on the digits.
+"""nanodl.sklearn's MLPs next to sklearn.neural_network's, with the same settings.
 
-Both get the same hyperparameters (the ones nanodl.sklearn and scikit-learn share):
-hidden_layer_sizes=(100,), relu, adam, alpha=1e-4, batch_size=32 (scikit-learn's
-default 'auto' would be 200), learning_rate_init=1e-3, max_iter=200, tol=1e-4,
-n_iter_no_change=10, shuffle, on the embedded digits (1347 train / 450 test,
-stratified), standardised with a StandardScaler fitted on the training split.
+Two data sets, standardised with a StandardScaler fitted on the training split:
+the digits (1347 train / 450 test, 10 classes, 64 features) and breast cancer
+(426 / 143, 2 classes, 30 features), both split with ``stratify`` and
+``random_state=0``. Both libraries get the same parameters, scikit-learn's defaults
+(``hidden_layer_sizes=(100,)``, relu, ``alpha=1e-4``, ``batch_size='auto'``,
+``max_iter=200``, ``tol=1e-4``, ``n_iter_no_change=10``) with ``solver`` set to
+``'adam'`` (``learning_rate_init=1e-3``), ``'sgd'`` (momentum 0.9, Nesterov) and
+``'lbfgs'`` (``max_iter=200`` iterations, ``max_fun=15000``). They stop by their own
+(identical) rules, so the iteration counts are reported next to the times, and the
+time per iteration compares like with like. The estimators run interleaved,
+alternating which goes first, each figure is the median of ``--repeats`` runs (3),
+every run with its own ``random_state`` (0, 1, 2, the same for both).
 
-Two runs of each: with the shared stopping rule (the training loss improves by less
-than tol for n_iter_no_change epochs), and a fixed number of epochs (n_iter_no_change
-set to max_iter) so the time per epoch compares like with like. The estimators run
-interleaved, alternating which goes first, and each figure is the median of
-``--repeats`` runs (3), every run with its own random_state.
-
-    python benchmarks/bench_sklearn.py                 # about a minute
-    python benchmarks/bench_sklearn.py --repeats 5 --fixed-epochs 50 --markdown
+    flock /tmp/nanodl-bench.lock python benchmarks/bench_sklearn.py            # about a minute
+    flock /tmp/nanodl-bench.lock python benchmarks/bench_sklearn.py --repeats 5 --markdown
 """
 import argparse
 import os
@@ -32,18 +33,24 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables import format_table  # noqa: E402
 
-SHARED = dict(hidden_layer_sizes=(100,), activation="relu", solver="adam", alpha=1e-4, batch_size=32,
-              learning_rate_init=1e-3, max_iter=200, tol=1e-4, n_iter_no_change=10, shuffle=True)
+SOLVERS = {"adam": {}, "sgd": {}, "lbfgs": {}}  # scikit-learn's defaults otherwise
 
 
-def digits():
+def datasets():
     import nanodl as nd
+    from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
-    x, y = nd.datasets.load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
-    scaler = StandardScaler().fit(x_train)
-    return scaler.transform(x_train), scaler.transform(x_test), y_train, y_test
+    found = {"digits": nd.datasets.load_digits()}
+    cancer = load_breast_cancer()
+    found["breast cancer"] = (cancer.data, cancer.target)
+    prepared = {}
+    for name, (x, y) in found.items():
+        x_train, x_test, y_train, y_test = train_test_split(np.asarray(x, dtype=np.float64), y,
+                                                            test_size=0.25, stratify=y, random_state=0)
+        scaler = StandardScaler().fit(x_train)
+        prepared[name] = (scaler.transform(x_train), scaler.transform(x_test), y_train, y_test)
+    return prepared
 
 
 def one_run(cls, params, data):
@@ -56,10 +63,10 @@ def one_run(cls, params, data):
         estimator.fit(x_train, y_train)
         seconds = time.perf_counter() - start
     return {"accuracy": float(estimator.score(x_test, y_test)), "seconds": seconds,
-            "epochs": int(estimator.n_iter_), "ms_per_epoch": 1e3 * seconds / estimator.n_iter_}
+            "iterations": int(estimator.n_iter_), "ms_per_iteration": 1e3 * seconds / estimator.n_iter_}
 
 
-def compare(label, params, repeats, data):
+def compare(dataset, solver, params, repeats, data):
     from sklearn.neural_network import MLPClassifier as SklearnMLP
 
     from nanodl.sklearn import MLPClassifier as NanodlMLP
@@ -68,42 +75,43 @@ def compare(label, params, repeats, data):
     for repeat in range(repeats):
         order = contenders if repeat % 2 == 0 else contenders[::-1]
         for name, cls in order:
-            runs[name].append(one_run(cls, dict(params, random_state=repeat), data))
+            runs[name].append(one_run(cls, dict(params, solver=solver, random_state=repeat), data))
     rows = []
     for name, results in runs.items():
         median = {key: statistics.median(r[key] for r in results) for key in results[0]}
-        rows.append((label, name, median, [r["accuracy"] for r in results]))
+        rows.append((dataset, solver, name, median, [r["accuracy"] for r in results]))
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--fixed-epochs", type=int, default=30,
-                        help="epochs of the fixed-length run (default 30)")
+    parser.add_argument("--solvers", default=",".join(SOLVERS), help="comma-separated (default: all)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     import nanodl
     import sklearn
-    data = digits()
-    fixed = dict(SHARED, max_iter=args.fixed_epochs, n_iter_no_change=args.fixed_epochs)
-    rows = compare("stopping rule", SHARED, args.repeats, data) + \
-        compare(f"{args.fixed_epochs} epochs", fixed, args.repeats, data)
-    print(f"digits: {len(data[0])} train / {len(data[1])} test; nanodl {nanodl.__version__} (kernels "
-          f"{nanodl.backend.get_kernels()}), scikit-learn {sklearn.__version__}, numpy {np.__version__}, "
-          f"{os.cpu_count()} CPUs; median of {args.repeats} interleaved runs")
-    header = ("run", "estimator", "test accuracy", "fit time (s)", "epochs", "ms / epoch", "accuracies")
-    lines = []
-    for label, name, median, accuracies in rows:
-        lines.append((label, name, f"{median['accuracy']:.4f}", f"{median['seconds']:.2f}",
-                      f"{median['epochs']:.0f}", f"{median['ms_per_epoch']:.1f}",
-                      " ".join(f"{a:.4f}" for a in accuracies)))
+    prepared = datasets()
+    rows = []
+    for dataset, data in prepared.items():
+        for solver in args.solvers.split(","):
+            rows += compare(dataset, solver, SOLVERS[solver], args.repeats, data)
+    sizes = ", ".join(f"{name} {len(d[0])} train / {len(d[1])} test" for name, d in prepared.items())
+    print(f"{sizes}; nanodl {nanodl.__version__} (kernels {nanodl.backend.get_kernels()}), "
+          f"scikit-learn {sklearn.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs; "
+          f"median of {args.repeats} interleaved runs, float64 inputs")
+    header = ("data", "solver", "estimator", "test accuracy", "fit time (s)", "iterations",
+              "ms / iteration", "accuracies")
+    lines = [(dataset, solver, name, f"{median['accuracy']:.4f}", f"{median['seconds']:.3f}",
+              f"{median['iterations']:.0f}", f"{median['ms_per_iteration']:.2f}",
+              " ".join(f"{a:.4f}" for a in accuracies))
+             for dataset, solver, name, median, accuracies in rows]
     print(format_table(header, lines, args.markdown))
-    for label in dict.fromkeys(row[0] for row in rows):
-        nano, peer = [row[2] for row in rows if row[0] == label]
-        print(f"{label}: nanodl/sklearn time per epoch {nano['ms_per_epoch'] / peer['ms_per_epoch']:.2f}x, "
-              f"fit time {nano['seconds'] / peer['seconds']:.2f}x, accuracy "
-              f"{nano['accuracy'] - peer['accuracy']:+.4f}")
+    for i in range(0, len(rows), 2):
+        (dataset, solver, _, nano, _), (_, _, _, peer, _) = rows[i], rows[i + 1]
+        print(f"{dataset}, {solver}: nanodl/sklearn time per iteration "
+              f"{nano['ms_per_iteration'] / peer['ms_per_iteration']:.2f}x, fit time "
+              f"{nano['seconds'] / peer['seconds']:.2f}x, accuracy {nano['accuracy'] - peer['accuracy']:+.4f}")
     return 0
 
 

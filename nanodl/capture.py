@@ -484,6 +484,8 @@ class CapturedStep:
         step._labels_checked = True  # fit checked every label of the data once
         if plan.penalty is not None:
             step.reason = "weight penalties"
+        if plan.full_batch:  # optim.LBFGS calls the step's closure as often as it needs
+            step.reason = "a full-batch optimizer (its step takes a closure)"
         return step
 
     def _setup(self, model, optimizer, forward, kind, eager, params):

@@ -276,3 +276,14 @@ def test_pinn_example_second_stage_polishes_the_adam_fit():
     refined = pinn.refine(net, iterations=60, report_every=30, log=lambda line: None)
     assert [it for it, _, _ in refined] == [30, 60]
     assert refined[-1][2] == pinn.relative_error(net) < after_adam / 5, (after_adam, refined)
+
+
+def test_fit_capture_true_with_lbfgs_runs_the_eager_closure_step():
+    x, y = regression_data()
+    results = []
+    for capture in (False, True):
+        nd.manual_seed(0)
+        model = nn.Sequential([nn.Dense(8, activation="tanh", input_dim=2), nn.Dense(1, input_dim=8)])
+        model.compile(optimizer="lbfgs", loss="mse")  # no penalties: capture would apply
+        results.append(model.fit(x, y, epochs=2, verbose=0, capture=capture).history["loss"])
+    assert results[0] == results[1]
