@@ -287,3 +287,30 @@ def test_fit_capture_true_with_lbfgs_runs_the_eager_closure_step():
         model.compile(optimizer="lbfgs", loss="mse")  # no penalties: capture would apply
         results.append(model.fit(x, y, epochs=2, verbose=0, capture=capture).history["loss"])
     assert results[0] == results[1]
+
+
+def test_a_model_compiled_with_lbfgs_saves_and_resumes(tmp_path):
+    """k epochs, model.save (with the optimizer), load_model(compile=True), m more epochs:
+    the weights of k + m epochs in one fit."""
+    x, y = regression_data()
+
+    def fresh():
+        nd.manual_seed(0)
+        nd.set_default_dtype("float64")
+        try:
+            model = nn.Sequential([nn.Dense(8, activation="tanh", input_dim=2), nn.Dense(1, input_dim=8)])
+        finally:
+            nd.set_default_dtype("float32")
+        model.compile(optim.LBFGS(max_iter=5, line_search_fn="strong_wolfe"), "mse")
+        return model
+    whole = fresh()
+    whole.fit(x, y, epochs=5, verbose=0, shuffle=False)
+    first = fresh()
+    first.fit(x, y, epochs=2, verbose=0, shuffle=False)
+    first.save(tmp_path / "model.npz")
+    resumed = nd.load_model(tmp_path / "model.npz", compile=True)
+    assert resumed.optimizer.get_config() == first.optimizer.get_config()
+    assert len(resumed.optimizer.state["old_dirs"]) == len(first.optimizer.state["old_dirs"]) > 0
+    resumed.fit(x, y, initial_epoch=2, epochs=5, verbose=0, shuffle=False)
+    for mine, expected in zip(resumed.get_weights(), whole.get_weights()):
+        np.testing.assert_array_equal(mine, expected)
