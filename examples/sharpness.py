@@ -97,8 +97,8 @@ def edge_of_stability(x, y, lr, steps, every):
             return
         trace.append((step, sharpness(model, x, y)))
         if step % 100 == 0:
-                print(f"   step {step:4d}: lambda_max {trace[-1][1]:.3f} = {trace[-1][1] / limit:.2f} x 2/lr, "
-                  f"loss {seen[-1]:.4f}")
+            print(f"   step {step:4d}: lambda_max {trace[-1][1]:.3f} = {trace[-1][1] / limit:.2f} "
+                  f"x 2/lr, loss {seen[-1]:.4f}")
     values = np.array([value for _, value in trace])
     peak = int(values.argmax())
     rises = np.flatnonzero(np.diff(seen[every:]) > 0) + every + 1  # after the first, transient steps
