@@ -518,8 +518,7 @@ def main(argv=None):
           f"torch: {_peer(use_torch, 'torch', args.no_torch)}   "
           f"jax: {_peer(use_jax, 'jax', args.no_jax)}   repeats: {repeats}   "
           f"torch imported first: {'yes' if args.torch_first else 'no'} "
-          f"(nanodl's OpenMP cap: {policy['openmp_kernel_cap'] or 'none'}, "
-          f"busy machine: {policy['machine_busy']})")
+          f"(nanodl's OpenMP cap: {policy['openmp_kernel_cap'] or 'none'})")
     rows = []
     labels = ["nanodl native", "nanodl captured"] if backend.native_available() else []
     labels += ["nanodl numpy", "numpy manual"] + ["pytorch"] * use_torch + ["jax (jit)"] * use_jax

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,22 +44,162 @@ def two_blas_threads(fresh_policy):
 
 
 def test_small_gemms_get_one_thread_large_ones_the_default(monkeypatch):
-    monkeypatch.setattr(threads, "machine_busy", lambda: False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0), raising=False)
     assert threads.gemm(32, 64, 10) is threads.UNCHANGED          # OpenBLAS is serial anyway
     assert threads.gemm(32, 128, 128) is threads.SERIAL_BLAS      # 524K multiply-adds
     assert threads.gemm(64, 128, 256) is threads.SERIAL_BLAS      # 2.1M
-    assert threads.gemm(256, 784, 512) is threads.UNCHANGED       # 103M: two threads pay
-    monkeypatch.setattr(threads, "machine_busy", lambda: True)
-    assert threads.gemm(256, 784, 512) is threads.SERIAL_BLAS     # no free core to give
+    assert threads.gemm(256, 784, 512) is threads.PARALLEL_BLAS   # 103M: two threads pay,
+    assert not hasattr(threads, "machine_busy")                   # whatever the load
 
 
-def test_busy_check_reads_the_load_average(monkeypatch):
-    monkeypatch.setattr(threads, "_CPUS", 2)
-    monkeypatch.setattr(threads, "blas_threads", lambda: 2)
-    for load, busy in ((1.9, False), (2.2, False), (5.0, True)):
-        monkeypatch.setattr(threads, "_busy", {"checked": -1e9, "busy": None})
-        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
-        assert threads.machine_busy() is busy, load
+# ---------------------------------------------------------------- results never depend on it
+def seeded_fit(batch_size=64, epochs=2):
+    """A seeded 784-input fit whose products cross every policy size: 64x784x128 (6.4M
+    multiply-adds, the library's count) and the last batch's 36x784x128 (one thread).
+    OpenBLAS gives other bits for these products on one thread and on two."""
+    from nanodl import random as nd_random
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 100)
+    with nd_random.using(np.random.default_rng(1)):  # a generator of this thread's own
+        model = nn.Sequential([nn.Dense(128, activation="relu", input_dim=784),
+                               nn.Dense(10, activation="softmax")])
+        model.compile(optimizer=nd.optim.Adam(lr=1e-3), loss="sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
+    return np.concatenate([w.ravel() for w in model.get_weights()])
+
+
+def in_thread(function):
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(value=function()))
+    worker.start()
+    worker.join(120)
+    return result["value"]
+
+
+def test_a_worker_thread_fits_the_main_threads_bits(two_blas_threads):
+    main = seeded_fit()
+    np.testing.assert_array_equal(in_thread(seeded_fit), main)
+    assert threads.blas_threads() == 2
+
+
+def test_two_fits_in_parallel_threads_give_their_serial_bits(two_blas_threads):
+    serial = seeded_fit()
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(seeded_fit())) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert len(results) == 2
+    for result in results:
+        np.testing.assert_array_equal(result, serial)
+
+
+def test_the_load_average_changes_nothing(two_blas_threads, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
+    time.sleep(0.6)
+    quiet = seeded_fit()
+    time.sleep(0.6)  # past any cached reading of the load
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0), raising=False)
+    np.testing.assert_array_equal(seeded_fit(), quiet)
+
+
+BURN = ("import time\nend = time.monotonic() + {limit}\nx = 0\n"
+        "while time.monotonic() < end:\n    x += 1\n")
+
+
+def test_a_fit_beside_busy_processes_gives_the_quiet_bits(two_blas_threads):
+    quiet = seeded_fit()
+    busy = [subprocess.Popen([sys.executable, "-c", BURN.format(limit=60)]) for _ in range(3)]
+    try:  # each stops by itself after 60 s whatever happens; killed as soon as the fit is done
+        time.sleep(0.5)
+        beside_busy = seeded_fit()
+    finally:
+        for process in busy:
+            process.kill()
+        for process in busy:
+            process.wait(30)
+    np.testing.assert_array_equal(beside_busy, quiet)
+
+
+HASH_SCRIPT = """
+import hashlib, json, sys
+if sys.argv[1] == "scipy first":
+    import scipy.linalg
+import nanodl, numpy as np
+sys.path.insert(0, {tests!r})
+if sys.argv[1] == "scipy after":
+    import scipy.linalg
+from nanodl.backend import threads
+from test_threads import seeded_fit
+weights = seeded_fit(epochs=1)
+print(json.dumps([hashlib.sha256(weights.tobytes()).hexdigest(), threads.info()["blas"]]))
+"""
+
+
+def test_fresh_processes_with_scipy_loaded_give_one_hash(tmp_path):
+    """SciPy's wheel brings a second OpenBLAS: the policy controls numpy's in every process."""
+    pytest.importorskip("scipy")
+    pytest.importorskip("threadpoolctl")
+    script = tmp_path / "fit_hash.py"
+    script.write_text(HASH_SCRIPT.format(tests=str(ROOT / "tests")))
+    environ = {k: v for k, v in os.environ.items()
+               if k not in threads._BLAS_ENV + ("NANODL_THREAD_POLICY",)}
+    environ["PYTHONPATH"] = str(ROOT)
+    seen = set()
+    for variant in ("scipy first", "no scipy", "scipy after") + ("scipy first",) * 3:
+        done = subprocess.run([sys.executable, str(script), variant], capture_output=True, text=True,
+                              env=environ, timeout=120)
+        assert done.returncode == 0, done.stderr
+        seen.add(tuple(json.loads(done.stdout.strip().splitlines()[-1])))
+    assert len(seen) == 1, seen  # one hash, and the same library described each time
+    assert "not controlled" not in next(iter(seen))[1]
+
+
+def test_the_controlled_blas_is_the_one_numpy_calls(fresh_policy):
+    """The chosen library's thread-count function is the one numpy's extension resolves."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("scipy.linalg")  # SciPy's wheel loads an OpenBLAS of its own
+    candidates = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+                  if lib.user_api == "blas"]
+    chosen = threads._numpy_blas(candidates)
+    if chosen is None:
+        pytest.skip("cannot tell numpy's BLAS here")
+    handle = threads._numpy_handle()
+    function = threads._get_threads_function(chosen)
+    assert threads._address(getattr(handle, function.__name__)) == threads._address(function)
+    assert chosen.filepath in threads.info()["blas"]
+
+
+def test_scopes_that_want_another_count_wait_for_each_other(two_blas_threads):
+    """While one thread is inside a one-thread scope, a thread wanting the library's count
+    waits (it would otherwise run on a count that another thread chose)."""
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def serial():
+        with threads.SERIAL_BLAS:
+            inside.set()
+            release.wait(10)
+            order.append(("serial leaves", threads.blas_threads()))
+
+    def parallel():
+        inside.wait(10)
+        with threads.PARALLEL_BLAS:
+            order.append(("parallel runs", threads.blas_threads()))
+    workers = [threading.Thread(target=serial), threading.Thread(target=parallel)]
+    for worker in workers:
+        worker.start()
+    inside.wait(10)
+    time.sleep(0.2)
+    assert order == []  # the parallel scope is still waiting
+    with threads.SERIAL_BLAS:  # the same count: enters at once, beside the first
+        assert threads.blas_threads() == 1
+    release.set()
+    for worker in workers:
+        worker.join(10)
+    assert order == [("serial leaves", 1), ("parallel runs", 2)]
+    assert threads.blas_threads() == 2
 
 
 def test_serial_scope_sets_one_thread_and_restores(two_blas_threads):

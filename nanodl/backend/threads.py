@@ -6,20 +6,27 @@ enough to cover the hand-over, and on a busy machine (a laptop with a browser op
 a CI runner, ``GridSearchCV(n_jobs=2)``) the second thread may not get a core at
 all: the caller then waits a scheduler slice (milliseconds) for it. Measured on the
 2-core dev machine beside three CPU-bound processes, a 32x128 @ 128x128 product took
-16 us on one OpenBLAS thread and 450 us on two. So nanodl decides per operation:
+16 us on one OpenBLAS thread and 450 us on two. So nanodl decides per operation.
 
-* **GEMMs** (``gemm(rows, inner, cols)``): one BLAS thread when the product has
-  fewer than ``GEMM_PARALLEL_MIN`` multiply-adds, the library's own setting above it
-  (measured: two threads start to pay between 2M and 6M multiply-adds on 2 cores),
-  unless the machine is busy (``machine_busy()``: the load average leaves at most
-  one free core), when every GEMM runs on one thread.
-  Below ``GEMM_SERIAL_ANYWAY`` OpenBLAS already runs on one thread by itself, so
-  nothing is switched at all. A switch is a call through a ctypes pointer resolved
-  once (~0.3 us; the scope reads the current count, lowers it and restores it:
-  ~0.8 us in all), and it only ever *lowers* the count, so a user's own limit
-  (``threadpoolctl.threadpool_limits``) still holds inside nanodl.
+**The policy may change speed, never results.** OpenBLAS splits some products
+differently on one thread and on two (a 32x784 @ 784x128 float32 product differs by
+4e-5), so the thread count of every product is a function of its size alone (and of
+the user's settings), never of the machine's load or of the calling thread:
+
+* **GEMMs** (``gemm(rows, inner, cols)``): up to ``GEMM_SERIAL_ANYWAY`` multiply-adds
+  OpenBLAS runs on one thread by itself, and nothing is switched; below
+  ``GEMM_PARALLEL_MIN`` (measured: two threads start to pay between 2M and 6M
+  multiply-adds on 2 cores) the product runs on one thread (``SERIAL_BLAS``); above,
+  on the library's count (``PARALLEL_BLAS``). OpenBLAS's count is one setting for the
+  whole process, so the scopes share it: scopes that want the same count run side by
+  side, one that wants the other count waits until they finish (microseconds: the
+  products are small), and any thread gets the same count for the same product. The
+  count "the library's" is what is in force when no nanodl scope holds it, so a
+  user's own limit (``threadpoolctl.threadpool_limits``) still holds inside nanodl.
+  A scope costs a lock and one or two calls through ctypes pointers (~1 us).
 * **OpenMP** (the compiled kernels' ``prange`` loops): each kernel already picks one
-  thread below a size where a second pays (``csrc/elementwise.pxd``). What the
+  thread below a size where a second pays (``csrc/elementwise.pxd``), and every loop
+  computes each element alone, so its thread count never changes a bit. What the
   policy adds is the wait policy: after a parallel region libgomp's worker threads
   spin, by default for ~300,000 rounds (milliseconds), on the cores the next BLAS
   call needs (measured on 2 cores: a 784-128-10 step went from 0.40 ms to 6.8 ms,
@@ -40,8 +47,12 @@ A user's explicit choice wins: with ``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS
 OpenMP side. ``NANODL_THREAD_POLICY=off`` turns the whole policy off.
 
 The BLAS library is found with ``threadpoolctl`` (the maintained library scikit-learn
-uses for the same job; a runtime dependency of nanodl). Without it nanodl still runs,
-with the libraries' default thread counts: ``info()`` then says so.
+uses for the same job; a runtime dependency of nanodl). A process may hold several
+(SciPy's wheels bring their own OpenBLAS, PyTorch's MKL): the one controlled is the one
+numpy's own extension module links, told by the address its thread-count function
+resolves to through numpy's handle; when that cannot be told, none is controlled.
+Without threadpoolctl nanodl still runs, with the libraries' default thread counts:
+``info()`` then says so.
 
 >>> from nanodl.backend import threads
 >>> threads.gemm(32, 64, 10) is threads.UNCHANGED  # tiny: OpenBLAS is serial anyway
@@ -55,7 +66,6 @@ import contextlib
 import ctypes
 import os
 import threading
-import time
 
 GEMM_SERIAL_ANYWAY = 262_144       # multiply-adds; OpenBLAS's own serial limit (65536 * 4)
 GEMM_PARALLEL_MIN = 4_194_304      # multiply-adds; below: one BLAS thread (see the docstring)
@@ -65,7 +75,6 @@ _SPIN_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 _SHORT_SPIN = "1000"
 
 _enabled = os.environ.get("NANODL_THREAD_POLICY", "on").lower() not in ("off", "0", "false", "no")
-_main_thread = threading.main_thread().ident
 
 # The BLAS controls, resolved on first use: (get_num_threads, set_num_threads) or None.
 _blas = None
@@ -75,12 +84,66 @@ _blas_description = None
 # What happened when the compiled kernels loaded their OpenMP runtime.
 _openmp = {"runtime": None, "loaded_before_nanodl": None, "short_spin": None, "kernel_cap": None}
 
+# The thread-count function of each BLAS family threadpoolctl knows (OpenBLAS's through
+# its prefix/suffix lookup, which finds ``scipy_openblas_get_num_threads64_`` too).
+_GET_THREADS = {"openblas": "openblas_get_num_threads", "blis": "bli_thread_get_num_threads",
+                "mkl": "MKL_Get_Max_Threads"}
+
 
 def _user_set(names):
     return [name for name in names if os.environ.get(name)]
 
 
 # ---------------------------------------------------------------- BLAS
+def _address(function):
+    return ctypes.cast(function, ctypes.c_void_p).value if function is not None else None
+
+
+def _get_threads_function(lib):
+    name = _GET_THREADS.get(lib.internal_api)
+    if name is None:
+        return None
+    if hasattr(lib, "_get_symbol"):
+        return lib._get_symbol(name)
+    return getattr(getattr(lib, "dynlib", None), name, None)
+
+
+def _numpy_handle():
+    """numpy's compiled core as a ctypes handle (None where that cannot be had)."""
+    import numpy as np
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    extension = getattr(core, "_multiarray_umath", None)
+    mode = getattr(os, "RTLD_NOLOAD", None)
+    if extension is None or mode is None:
+        return None
+    try:
+        return ctypes.CDLL(extension.__file__, mode=mode | getattr(os, "RTLD_LAZY", 1))
+    except OSError:
+        return None
+
+
+def _numpy_blas(candidates):
+    """The controller of the BLAS numpy calls, or None when it cannot be told.
+
+    A symbol looked up through numpy's own handle resolves in numpy's dependencies
+    only, so the library whose thread-count function has that address is numpy's.
+    """
+    handle = _numpy_handle()
+    if handle is not None:
+        for lib in candidates:
+            function = _get_threads_function(lib)
+            if function is not None and \
+                    _address(getattr(handle, function.__name__, None)) == _address(function):
+                return lib
+        return None
+    import numpy as np
+    bundled = [lib for lib in candidates  # numpy.libs/, numpy/.dylibs/: the wheel's own copy
+               if os.path.dirname(lib.filepath).startswith(os.path.dirname(np.__file__))]
+    if len(bundled) == 1:
+        return bundled[0]
+    return candidates[0] if len(candidates) == 1 else None
+
+
 def _find_blas():
     """numpy's BLAS as ``(get, set)`` ctypes functions (None when it cannot be controlled)."""
     global _blas_description
@@ -89,35 +152,38 @@ def _find_blas():
     except ImportError:
         _blas_description = "not controlled: threadpoolctl is not installed"
         return None
-    import numpy as np
-    numpy_dirs = {os.path.dirname(os.path.dirname(np.__file__))}  # site-packages holding numpy
     candidates = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
                   if lib.user_api == "blas"]
-    # The BLAS numpy links (a process may hold others, e.g. one a PyTorch wheel brings).
-    candidates.sort(key=lambda lib: not any(lib.filepath.startswith(d) for d in numpy_dirs))
-    for lib in candidates:
-        if lib.internal_api == "openblas" and getattr(lib, "threading_layer", None) != "openmp":
-            get, set_ = (lib._get_symbol(name) for name in
-                         ("openblas_get_num_threads", "openblas_set_num_threads"))
-            if get is not None and set_ is not None:
-                _blas_description = f"OpenBLAS {lib.version} ({lib.filepath})"
-                return get, set_
-        if hasattr(lib, "get_num_threads") and hasattr(lib, "set_num_threads"):
-            _blas_description = f"{lib.internal_api} {lib.version} ({lib.filepath}), via threadpoolctl"
-            return lib.get_num_threads, lib.set_num_threads
-    _blas_description = "not controlled: threadpoolctl found no BLAS library"
+    if not candidates:
+        _blas_description = "not controlled: threadpoolctl found no BLAS library"
+        return None
+    lib = _numpy_blas(candidates)
+    if lib is None:
+        _blas_description = ("not controlled: cannot tell which of the loaded BLAS libraries numpy "
+                             f"uses ({', '.join(c.filepath for c in candidates)})")
+        return None
+    if lib.internal_api == "openblas" and getattr(lib, "threading_layer", None) != "openmp":
+        get, set_ = (lib._get_symbol(name) for name in
+                     ("openblas_get_num_threads", "openblas_set_num_threads"))
+        if get is not None and set_ is not None:
+            _blas_description = f"OpenBLAS {lib.version} ({lib.filepath})"
+            return get, set_
+    if hasattr(lib, "get_num_threads") and hasattr(lib, "set_num_threads"):
+        _blas_description = f"{lib.internal_api} {lib.version} ({lib.filepath}), via threadpoolctl"
+        return lib.get_num_threads, lib.set_num_threads
+    _blas_description = f"not controlled: no thread-count functions in {lib.filepath}"
     return None
 
 
 def _resolve_blas():
     global _blas, _blas_resolved, _blas_description
-    _blas_resolved = True
     if _user_set(_BLAS_ENV):
         _blas_description = f"not controlled: {', '.join(_user_set(_BLAS_ENV))} set by the user"
         _blas = None
     else:
         _blas = _find_blas()
-    SERIAL_BLAS.bind(_blas)
+    _SHARED.get, _SHARED.set = _blas if _blas else (None, None)
+    _blas_resolved = True
     return _blas
 
 
@@ -132,51 +198,78 @@ class _Unchanged:
         return False
 
 
-class _SerialBlas:
-    """A re-entrant scope that runs BLAS calls on one thread and restores the count after.
+class _SharedCount:
+    """numpy's BLAS thread count, one setting for the process, shared by the scopes.
 
-    Only the main thread switches: OpenBLAS's pool is process-wide, and two Python
-    threads taking turns at it would undo each other's restore.
+    ``holders`` scopes are inside, all wanting ``count``; ``ambient`` is the count in
+    force when none is (the library's or the user's). A thread already inside a scope
+    (``held.depth``) enters nested ones without waiting for itself.
     """
-    __slots__ = ("get", "set", "depth", "restore")
 
     def __init__(self):
         self.get = self.set = None
-        self.depth = 0
-        self.restore = 0
+        self.changed = threading.Condition(threading.Lock())
+        self.holders = 0
+        self.count = self.ambient = None
+        self.held = threading.local()
 
-    def bind(self, controls):
-        self.get, self.set = controls if controls else (None, None)
+
+_SHARED = _SharedCount()
+
+
+class _BlasScope:
+    """A re-entrant scope that runs BLAS calls on one thread (``serial``) or on the
+    library's count, and restores the count after; the same count in every thread."""
+    __slots__ = ("serial",)
+
+    def __init__(self, serial):
+        self.serial = serial
 
     def __enter__(self):
-        if threading.get_ident() != _main_thread:
-            return self
         if not _blas_resolved:
             _resolve_blas()
-        if self.depth == 0 and self.set is not None:
-            current = self.get()
-            self.restore = current if current > 1 else 0
-            if self.restore:
-                self.set(1)
-        self.depth += 1
+        shared = _SHARED
+        if shared.set is None:
+            return self
+        depth = getattr(shared.held, "depth", 0)
+        with shared.changed:
+            if depth == 0:
+                while shared.holders:
+                    if shared.count == (1 if self.serial else shared.ambient):
+                        break
+                    shared.changed.wait()
+                else:
+                    shared.ambient = shared.get()
+                    shared.count = 1 if self.serial else shared.ambient
+                    if shared.count != shared.ambient:
+                        shared.set(shared.count)
+            shared.holders += 1
+        shared.held.depth = depth + 1
         return self
 
     def __exit__(self, *exc):
-        if threading.get_ident() != _main_thread:
+        shared = _SHARED
+        depth = getattr(shared.held, "depth", 0)
+        if not depth:
             return False
-        self.depth -= 1
-        if self.depth == 0 and self.restore:
-            self.set(self.restore)
-            self.restore = 0
+        shared.held.depth = depth - 1
+        with shared.changed:
+            shared.holders -= 1
+            if shared.holders == 0:
+                if shared.count != shared.ambient:
+                    shared.set(shared.ambient)
+                shared.changed.notify_all()
         return False
 
 
 UNCHANGED = _Unchanged()
-SERIAL_BLAS = _SerialBlas()
+SERIAL_BLAS = _BlasScope(serial=True)
+PARALLEL_BLAS = _BlasScope(serial=False)
 
 
 def gemm(rows, inner, cols):
-    """The scope to run a ``(rows, inner) @ (inner, cols)`` product (or its gradients) in.
+    """The scope to run a ``(rows, inner) @ (inner, cols)`` product (or its gradients) in:
+    a function of the product's size alone.
 
     >>> from nanodl.backend import threads
     >>> threads.gemm(64, 128, 128) is threads.SERIAL_BLAS
@@ -185,36 +278,7 @@ def gemm(rows, inner, cols):
     work = rows * inner * cols
     if not _enabled or work <= GEMM_SERIAL_ANYWAY:
         return UNCHANGED
-    if work >= GEMM_PARALLEL_MIN and not machine_busy():
-        return UNCHANGED
-    return SERIAL_BLAS
-
-
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-BUSY_RECHECK_SECONDS = 0.5
-_busy = {"checked": -1.0, "busy": False}
-
-
-def machine_busy():
-    """Whether other processes leave this one at most one free core (rechecked every 0.5 s).
-
-    From the 1-minute load average, less this process's own BLAS threads (they count
-    in it while they run): beside three CPU-bound processes on 2 cores, a GEMM big
-    enough for two threads on a quiet machine still ran 8-40x slower on two than on
-    one (784-512-512-10 step: 57-320 ms against 7.3 ms), because the second thread
-    waits for a core. One-core machines never split a GEMM anyway.
-    """
-    now = time.monotonic()
-    if now - _busy["checked"] < BUSY_RECHECK_SECONDS:
-        return _busy["busy"]
-    _busy["checked"] = now
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average (Windows): assume a free machine
-        return False
-    own = blas_threads() or 1
-    _busy["busy"] = _CPUS - max(load - own, 0.0) < 1.5
-    return _busy["busy"]
+    return PARALLEL_BLAS if work >= GEMM_PARALLEL_MIN else SERIAL_BLAS
 
 
 def blas_threads():
@@ -301,7 +365,6 @@ def info():
         "blas": _blas_description,
         "blas_threads": blas_threads(),
         "gemm_serial_below": GEMM_PARALLEL_MIN,
-        "machine_busy": machine_busy(),
         "openmp_runtime": _openmp["runtime"],
         "openmp_loaded_before_nanodl": _openmp["loaded_before_nanodl"],
         "openmp_short_spin": _openmp["short_spin"],
