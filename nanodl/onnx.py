@@ -9,16 +9,17 @@ that compute exactly what its eval-mode forward computes:
 nanodl layer                ONNX nodes
 ==========================  ===========================================================
 ``Dense``                   ``MatMul`` (+ ``Add`` for the bias), then its activation
-``ReLU``, ``Tanh``,         ``Relu``, ``Tanh``, ``LeakyRelu``, ``Softplus``, ``Softmax``
-``LeakyReLU``, ``Softmax``, (``axis`` kept); ``'linear'`` adds nothing
-activations by name
-``'elu'``                   ``Where(x > 0, x, alpha * tanh(m / 2) * (exp(m) + 1))``,
+``ReLU``, ``Tanh``,         ``Relu``, ``Tanh``, ``Softmax`` (``axis`` kept); ``'linear'``
+``Softmax``                 adds nothing
+``LeakyReLU``, ``'elu'``    ``Where(x > 0, x, alpha * x)``, ``alpha`` in the model's dtype;
+                            ``Where(x > 0, x, alpha * tanh(m / 2) * (exp(m) + 1))``,
                             ``m = min(x, 0)``: an accurate ``expm1``, which ONNX lacks
 ``Sigmoid`` / ``'sigmoid'`` ``Where(x >= 0, 1 / (1 + e), e / (1 + e))``, ``e = exp(-|x|)``
                             (onnxruntime's ``Sigmoid`` is off by ~1e-4 in the tails)
-``GELU`` / ``'gelu'``       the tanh formula ``0.5 x (1 + tanh(u))``, written as
-                            ``x * sigmoid(2u)`` (``u = c (x + 0.044715 x^3)``) below
-                            opset 20; ``Gelu(approximate='tanh')`` from opset 20
+``'softplus'``              ``max(x, 0) + log1p(e)``, ``log1p(e) = log(u) e / (u - 1)``,
+                            ``u = 1 + e`` (onnxruntime has no float64 ``Softplus``)
+``GELU`` / ``'gelu'``       nanodl's tanh formula ``x * sigmoid(2u)``, ``u = c (x +
+                            0.044715 x^3)``, at every opset (``Gelu`` is 5.6e-10 off)
 ``Dropout``                 ``Identity`` (inference does not drop)
 ``Flatten``                 ``Flatten(axis=1)`` (nothing for 2-D inputs)
 ``BatchNorm``               ``(x - moving_mean) * scale + beta`` with the folded
@@ -31,9 +32,14 @@ activations by name
 The batch dimension is symbolic (``'batch'``), so the file serves any batch size.
 The weights are stored as initializers under their ``state_dict`` names
 (``layers.0.kernel``). The write is atomic, like every file nanodl writes: an
-error mid-way leaves an earlier file at ``path`` untouched. An unsupported layer
-(a custom Module) raises ``ValueError`` naming it; so does a model that is not
-built yet. The ``onnx`` package is imported only when ``export`` runs (install it
+error mid-way leaves an earlier file at ``path`` untouched.
+
+The exporter writes what the built-in classes compute, so it refuses, with a
+``ValueError`` naming the layer, what it cannot prove it reproduces: a layer with no
+entry in its table (keyed by layer type; the activation layers come from the
+activation records), a layer or ``Sequential`` class that overrides ``forward``, a
+forward hook, an op onnxruntime cannot run in the model's dtype, and a model that is
+not built yet. The ``onnx`` package is imported only when ``export`` runs (install it
 with ``pip install 'nanodl[onnx]'``).
 
 >>> import os, tempfile, numpy as np, nanodl as nd
@@ -51,23 +57,22 @@ with ``pip install 'nanodl[onnx]'``).
 >>> bool(np.allclose(session.run(None, {'input': x})[0], model.predict(x), rtol=1e-5, atol=1e-6))
 True
 """
+import functools
+
 import numpy as np
 
 from .autograd import no_grad
 from .backend import to_host as _host
+from .backend.activations import ACTIVATIONS, BY_NAME, GELU_C, GELU_K
 from .io import atomic_write
+from .nn import layers as _layers
+from .nn.model import Sequential
 from .tensor import Tensor
 
 __all__ = ["export", "SUPPORTED_LAYERS", "MIN_OPSET"]
 
 MIN_OPSET = 13        # Softmax over one axis (opset 13 semantics) and Gather as used here
-GELU_OPSET = 20       # the first opset with a Gelu operator
 REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on
-_GELU_C = 0.7978845608028654  # sqrt(2 / pi)
-_GELU_K = 0.044715
-
-SUPPORTED_LAYERS = ("Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU", "Activation",
-                    "Dropout", "Flatten", "BatchNorm", "LayerNorm", "Embedding", "Sequential")
 
 _INSTALL_HINT = ("nanodl.onnx.export needs the onnx package, which is not installed; get it with "
                  "`pip install 'nanodl[onnx]'` (onnx, and onnxruntime to run the file)")
@@ -125,31 +130,28 @@ class _Graph:
         return self.node("ReduceMean", [x], scope, axes=[-1], keepdims=1)
 
 
-# ---------------------------------------------------------------- one function per layer kind
-def _activation(graph, x, name, scope, alpha=None):
-    """The nodes of activation ``name`` (nanodl's names) applied to ``x``."""
-    if name == "linear":
-        return x
-    if name == "relu":
-        return graph.node("Relu", [x], scope)
-    if name == "leaky_relu":
-        return graph.node("LeakyRelu", [x], scope, alpha=float(0.01 if alpha is None else alpha))
-    if name == "elu":
-        return _elu(graph, x, scope, 1.0 if alpha is None else alpha)
-    if name == "sigmoid":
-        return _sigmoid(graph, x, scope)
-    if name == "tanh":
-        return graph.node("Tanh", [x], scope)
-    if name == "softplus":
-        return graph.node("Softplus", [x], scope)
-    if name == "softmax":
-        return graph.node("Softmax", [x], scope, axis=-1)
-    if name == "gelu":
-        return _gelu(graph, x, scope)
-    raise ValueError(f"nanodl.onnx.export: no ONNX form for activation {name!r}")
+# ---------------------------------------------------------------- activations, by record name
+def _relu(graph, x, scope, alpha):
+    return graph.node("Relu", [x], scope)
 
 
-def _sigmoid(graph, x, scope):
+def _tanh(graph, x, scope, alpha):
+    return graph.node("Tanh", [x], scope)
+
+
+def _softmax_last(graph, x, scope, alpha):
+    return graph.node("Softmax", [x], scope, axis=-1)
+
+
+def _leaky_relu(graph, x, scope, alpha):
+    """``x`` above 0, else ``alpha * x``, with ``alpha`` in the model's dtype (``LeakyRelu``'s
+    attribute is a float32: a float64 model would be 1.2e-8 off)."""
+    condition = graph.node("Greater", [x, graph.scalar(scope, "zero", 0.0)], scope)
+    scaled = graph.node("Mul", [x, graph.scalar(scope, "alpha", alpha)], scope)
+    return graph.node("Where", [condition, x, scaled], scope)
+
+
+def _sigmoid(graph, x, scope, alpha=None):
     """``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` below, ``e = exp(-|x|)``: nanodl's stable
     form. (onnxruntime's ``Sigmoid`` approximates: relative errors near 1e-4 in the tails.)"""
     e = graph.node("Exp", [graph.node("Neg", [graph.node("Abs", [x], scope)], scope)], scope)
@@ -175,27 +177,57 @@ def _elu(graph, x, scope, alpha):
     return graph.node("Where", [condition, x, scaled], scope)
 
 
-def _gelu(graph, x, scope):
-    """GELU's tanh form as nanodl's kernel computes it: ``0.5 (1 + tanh(u)) = sigmoid(2u)``, so
-    ``gelu(x) = x * sigmoid(2u)``, ``u = c (x + 0.044715 x^3)``, with no cancellation in
-    ``1 + tanh(u)`` for negative x. ``Gelu(approximate='tanh')`` from opset 20."""
-    if graph.opset >= GELU_OPSET:
-        return graph.node("Gelu", [x], scope, approximate="tanh")
+def _softplus(graph, x, scope, alpha):
+    """nanodl's ``max(x, 0) + log1p(exp(-|x|))``, with ``log1p(e) = log(u) e / (u - 1)``,
+    ``u = 1 + e`` (exact to a few ulps; ``e`` itself where ``u`` rounds to 1): ONNX has no
+    log1p, and onnxruntime has no float64 ``Softplus``."""
+    e = graph.node("Exp", [graph.node("Neg", [graph.node("Abs", [x], scope)], scope)], scope)
+    one = graph.scalar(scope, "one", 1.0)
+    u = graph.node("Add", [e, one], scope)
+    ratio = graph.node("Div", [e, graph.node("Sub", [u, one], scope)], scope)
+    log1p = graph.node("Where", [graph.node("Equal", [u, one], scope), e,
+                                 graph.node("Mul", [graph.node("Log", [u], scope), ratio], scope)], scope)
+    positive = graph.node("Max", [x, graph.scalar(scope, "zero", 0.0)], scope)
+    return graph.node("Add", [positive, log1p], scope)
+
+
+def _gelu(graph, x, scope, alpha):
+    """GELU's tanh form as nanodl computes it: ``x * sigmoid(2u)``, ``u = c (x + 0.044715 x^3)``
+    (``0.5 (1 + tanh(u)) = sigmoid(2u)``, with no cancellation for negative x), at every opset:
+    onnxruntime's ``Gelu(approximate='tanh')`` is 5.6e-10 off in float64."""
     cube = graph.node("Mul", [graph.node("Mul", [x, x], scope), x], scope)
-    inner = graph.node("Add", [x, graph.node("Mul", [cube, graph.scalar(scope, "k", _GELU_K)], scope)],
+    inner = graph.node("Add", [x, graph.node("Mul", [cube, graph.scalar(scope, "k", GELU_K)], scope)],
                        scope)
-    twice_u = graph.node("Mul", [inner, graph.scalar(scope, "two_c", 2 * _GELU_C)], scope)
+    twice_u = graph.node("Mul", [inner, graph.scalar(scope, "two_c", 2 * GELU_C)], scope)
     return graph.node("Mul", [x, _sigmoid(graph, twice_u, scope)], scope)
 
 
-def _dense(graph, layer, x, scope):
+# One emitter per activation record (``nanodl.backend.activations``), plus the fused softmax
+# the dense layer takes; tests/test_onnx.py checks every record has one.
+_ACTIVATION_NODES = {"linear": lambda graph, x, scope, alpha: x, "relu": _relu, "leaky_relu": _leaky_relu,
+                     "sigmoid": _sigmoid, "tanh": _tanh, "gelu": _gelu, "elu": _elu,
+                     "softplus": _softplus, "softmax": _softmax_last}
+
+
+def _activation(graph, x, name, scope, alpha=None):
+    """The nodes of activation ``name`` (a record's name) applied to ``x``."""
+    if name not in _ACTIVATION_NODES:
+        raise ValueError(f"nanodl.onnx.export: no ONNX form for activation {name!r}")
+    record = BY_NAME.get(name)
+    if alpha is None and record is not None:
+        alpha = record.alpha
+    return _ACTIVATION_NODES[name](graph, x, scope, alpha)
+
+
+# ---------------------------------------------------------------- layers, by type
+def _dense(graph, layer, x, scope, rank):
     out = graph.node("MatMul", [x, graph.constant(f"{scope}.kernel", layer.kernel.numpy())], scope)
     if layer.bias is not None:
         out = graph.node("Add", [out, graph.constant(f"{scope}.bias", layer.bias.numpy())], scope)
     return _activation(graph, out, layer.activation, scope, layer.alpha)
 
 
-def _batch_norm(graph, layer, x, scope):
+def _batch_norm(graph, layer, x, scope, rank):
     dtype = graph.float_dtype
     gamma, beta = layer.gamma.numpy().astype(dtype), layer.beta.numpy().astype(dtype)
     mean = _host(layer.moving_mean).astype(dtype)
@@ -206,7 +238,7 @@ def _batch_norm(graph, layer, x, scope):
     return graph.node("Add", [scaled, graph.constant(f"{scope}.beta", beta)], scope)
 
 
-def _layer_norm(graph, layer, x, scope):
+def _layer_norm(graph, layer, x, scope, rank):
     mean = graph.reduce_mean_last(x, scope)
     centred = graph.node("Sub", [x, mean], scope)
     variance = graph.reduce_mean_last(graph.node("Mul", [centred, centred], scope), scope)
@@ -216,73 +248,100 @@ def _layer_norm(graph, layer, x, scope):
     return graph.node("Add", [scaled, graph.constant(f"{scope}.beta", layer.beta.numpy())], scope)
 
 
-def _embedding(graph, layer, x, scope):
+def _embedding(graph, layer, x, scope, rank):
     table = graph.constant(f"{scope}.embeddings", layer.embeddings.numpy())
     return graph.node("Gather", [table, x], scope, axis=0)
 
 
-def _emit(graph, layer, x, scope, rank):
-    """The nodes of one layer; returns the name of its output."""
-    kind = type(layer).__name__
-    if kind == "Dense":
-        return _dense(graph, layer, x, scope)
-    if kind in ("ReLU", "Sigmoid", "Tanh", "GELU"):
-        return _activation(graph, x, kind.lower(), scope)
-    if kind == "LeakyReLU":
-        return _activation(graph, x, "leaky_relu", scope, layer.alpha)
-    if kind == "Softmax":
-        return graph.node("Softmax", [x], scope, axis=layer.axis)
-    if kind == "Activation":
-        return _activation(graph, x, layer.name, scope)
-    if kind == "Dropout":
-        return graph.node("Identity", [x], scope)
-    if kind == "Flatten":
-        return x if rank == 2 else graph.node("Flatten", [x], scope, axis=1)
-    if kind == "BatchNorm":
-        return _batch_norm(graph, layer, x, scope)
-    if kind == "LayerNorm":
-        return _layer_norm(graph, layer, x, scope)
-    if kind == "Embedding":
-        return _embedding(graph, layer, x, scope)
-    raise AssertionError(kind)  # _flat_layers lets only supported layers through
+def _layer_table():
+    """``{layer class: emitter(graph, layer, x, scope, rank)}``: the layers with an ONNX form.
+
+    The activation layers come from the activation records: each record whose op names a
+    registered layer (``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``GELU``) applies it,
+    with the layer's ``alpha`` where the record has one.
+    """
+    layers = _layers
+    table = {
+        layers.Dense: _dense,
+        layers.Softmax: lambda graph, layer, x, scope, rank: graph.node("Softmax", [x], scope,
+                                                                        axis=layer.axis),
+        layers.Activation: lambda graph, layer, x, scope, rank: _activation(graph, x, layer.name, scope),
+        layers.Dropout: lambda graph, layer, x, scope, rank: graph.node("Identity", [x], scope),
+        layers.Flatten: lambda graph, layer, x, scope, rank: (
+            x if rank == 2 else graph.node("Flatten", [x], scope, axis=1)),
+        layers.BatchNorm: _batch_norm,
+        layers.LayerNorm: _layer_norm,
+        layers.Embedding: _embedding,
+    }
+    for record in ACTIVATIONS:
+        layer_class = layers.LAYERS.get(record.op)
+        if layer_class is not None:
+            table[layer_class] = functools.partial(_activation_layer, record)
+    return table
 
 
-# ---------------------------------------------------------------- the model
-def _flat_layers(model, prefix="layers"):
+def _activation_layer(record, graph, layer, x, scope, rank):
+    return _activation(graph, x, record.name, scope, layer.alpha if record.has_alpha else None)
+
+
+_LAYERS = _layer_table()
+SUPPORTED_LAYERS = tuple(layer_class.__name__ for layer_class in _LAYERS) + ("Sequential",)
+
+
+# ---------------------------------------------------------------- what can be proven
+# (op, dtype) pairs onnxruntime's CPU provider has no kernel for; no emitter above makes
+# them, and export refuses a graph that holds one (onnxruntime would refuse the file).
+_RUNTIME_LACKS = {np.dtype(np.float64): frozenset({"Softplus", "Elu", "Erf", "Gelu", "Selu",
+                                                   "Softsign", "HardSigmoid", "ThresholdedRelu"})}
+
+
+def _overrides(instance, base, names=("forward", "__call__")):
+    """The first of ``names`` that ``instance`` computes otherwise than ``base`` (an
+    instance attribute, or a method of a subclass), else None."""
+    for name in names:
+        if name in instance.__dict__:
+            return name
+        for cls in type(instance).__mro__:
+            if cls is base:
+                break
+            if name in cls.__dict__:
+                return name
+    return None
+
+
+def _refuse_unprovable(module, scope, base):
+    """ValueError when ``module`` may compute something its class table entry does not."""
+    overridden = _overrides(module, base)
+    if overridden is not None:
+        raise ValueError(f"nanodl.onnx.export: {scope} ({type(module).__name__}) overrides "
+                         f"{overridden}; the export writes what {base.__name__}.{overridden} "
+                         "computes, so it cannot prove it reproduces this model")
+    if module.__dict__.get("_forward_hooks"):
+        raise ValueError(f"nanodl.onnx.export: {scope} ({type(module).__name__}) has a forward hook; "
+                         "a hook may change the output, which the ONNX graph would not; remove it "
+                         "(handle.remove()) before exporting")
+
+
+def _flat_layers(model, table, prefix="layers"):
     """``(scope, layer)`` for every layer, nested Sequentials inlined; ValueError if unsupported."""
-    from .nn import layers as layer_module
-    from .nn.model import Sequential
     result = []
     for index, layer in enumerate(model.layers):
         scope = f"{prefix}.{index}"
         kind = type(layer).__name__
         if isinstance(layer, Sequential):
-            result.extend(_flat_layers(layer, scope + ".layers"))
+            _refuse_unprovable(layer, scope, Sequential)
+            result.extend(_flat_layers(layer, table, scope + ".layers"))
             continue
-        builtin = getattr(layer_module, kind, None)
-        if kind not in SUPPORTED_LAYERS or type(layer) is not builtin:
+        if type(layer) not in table:
             raise ValueError(f"nanodl.onnx.export: layer {scope} ({kind}) has no ONNX export; "
                              f"supported layers: {', '.join(SUPPORTED_LAYERS[:-1])}")
+        _refuse_unprovable(layer, scope, type(layer))
         if getattr(layer, "built", True) is False:
             raise ValueError(f"nanodl.onnx.export: the model is not built (layer {scope}, {kind}, has "
                              "no weights yet); build it first with model.build(input_shape), fit, "
                              "or by calling it on a batch")
         result.append((scope, layer))
     return result
-
-
-def _input_shape(model, layers):
-    """The per-sample input shape, from the last build/fit/predict or the first layer."""
-    shape = model.__dict__.get("_input_shape")
-    if shape is not None:
-        return tuple(shape)
-    first = layers[0][1] if layers else None
-    if type(first).__name__ == "Dense" and first.input_dim is not None:
-        return (first.input_dim,)
-    if getattr(first, "num_features", None) is not None:
-        return (first.num_features,)
-    raise ValueError("nanodl.onnx.export: the model's input shape is unknown; build it first with "
-                     "model.build(input_shape) (e.g. model.build((None, 8))), fit, or predict on a batch")
 
 
 def export(model, path, opset=17):
@@ -293,20 +352,24 @@ def export(model, path, opset=17):
     model that starts with an ``Embedding``), ``(batch, *features)``; its output is
     ``'output'``. Returns the ``onnx.ModelProto`` that was written.
     """
-    from .nn.model import Sequential
     if not isinstance(model, Sequential):
         raise ValueError(f"nanodl.onnx.export: expected an nn.Sequential of built-in layers, got "
                          f"{type(model).__name__} (a subclassed model's forward cannot be read as a graph)")
+    _refuse_unprovable(model, "the model", Sequential)
     onnx = _import_onnx()
     latest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or \
             not MIN_OPSET <= opset <= latest:
         raise ValueError(f"nanodl.onnx.export: opset must be an integer from {MIN_OPSET} to {latest} "
                          f"(the installed onnx's newest), got {opset!r}")
-    layers = _flat_layers(model)
+    layers = _flat_layers(model, _LAYERS)
     if not layers:
         raise ValueError("nanodl.onnx.export: the model has no layers")
-    features = _input_shape(model, layers)
+    features = model._input_features()
+    if features is None:
+        raise ValueError("nanodl.onnx.export: the model's input shape is unknown; build it first with "
+                         "model.build(input_shape) (e.g. model.build((None, 8))), fit, or predict on a "
+                         "batch")
     float_dtype = model._float_dtype()
     takes_indices = type(layers[0][1]).__name__ == "Embedding"
     input_dtype = np.dtype(np.int64) if takes_indices else float_dtype
@@ -326,10 +389,15 @@ def export(model, path, opset=17):
     current = "input"
     graph.names.add(current)
     for (scope, layer), rank in zip(layers, ranks):
-        current = _emit(graph, layer, current, scope, rank)
+        current = _LAYERS[type(layer)](graph, layer, current, scope, rank)
     if current == "input":  # nothing but linear activations: keep input and output distinct
         current = graph.node("Identity", [current], "output")
     assert graph.nodes[-1].output[0] == current  # every layer ends in its last node, or adds none
+    lacking = _RUNTIME_LACKS.get(float_dtype, ())
+    for node in graph.nodes:
+        if node.op_type in lacking:
+            raise ValueError(f"nanodl.onnx.export: {node.name.split('/')[0]} would need onnxruntime's "
+                             f"{node.op_type} in {float_dtype}, which it does not implement")
     graph.nodes[-1].output[0] = "output"
 
     helper = onnx.helper
