@@ -24,6 +24,7 @@ import pytest
 import nanodl as nd
 import nanodl.distributed as dist
 from nanodl import callbacks, nn, optim
+from nanodl.distributed import world
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
@@ -61,11 +62,12 @@ def launcher_environment():
     return env
 
 
-def mpirun(arguments, ranks=2, cwd=None):
+def mpirun(arguments, ranks=2, cwd=None, environment=None):
     """Run ``mpirun -n ranks ARGUMENTS``; returns the CompletedProcess (text output)."""
     command = [MPIRUN, "-n", str(ranks), "--oversubscribe", *map(str, arguments)]
+    env = dict(launcher_environment(), **(environment or {}))
     try:
-        return subprocess.run(command, env=launcher_environment(), cwd=cwd, capture_output=True,
+        return subprocess.run(command, env=env, cwd=cwd, capture_output=True,
                               text=True, timeout=LAUNCH_TIMEOUT)
     except subprocess.TimeoutExpired as expired:
         pytest.fail(f"{' '.join(command)} did not finish in {LAUNCH_TIMEOUT} s (a hang?); "
@@ -87,8 +89,8 @@ def run_worker(script, folder, ranks=2):
 @pytest.fixture
 def fresh_world(monkeypatch):
     """A process that has not called ``init()`` yet (the real one is put back afterwards)."""
-    monkeypatch.setattr(dist, "_world", dist._World())
-    for variable in dist._SIZE_VARIABLES + dist._RANK_VARIABLES:
+    monkeypatch.setattr(world, "_world", world._World())
+    for variable in world._SIZE_VARIABLES + world._RANK_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     return monkeypatch
 
@@ -330,7 +332,7 @@ def test_mismatched_arrays_are_an_error_on_every_rank_not_a_hang(collectives):
         assert "element counts by rank: [3, 4]" in r["mismatch"]
         assert r["bcast_mismatch"] and "float32" in collectives[1]["bcast_mismatch"]
         assert r["after_mismatch"] == [2.0]  # the ranks are still in step afterwards
-        assert "rank 0: 1 parameters, 2 values, rank 1: 1 parameters, 3 values" in r["layout_error"]
+        assert "parameter 0: rank 0 has float64 (2,), rank 1 has float64 (3,)" in r["layout_error"]
 
 
 @needs_mpi
@@ -494,14 +496,15 @@ def test_nanodl_train_under_a_launcher_without_mpi4py_is_a_usage_error(fresh_wor
 
 
 def test_the_code_quoted_in_the_docs_is_the_code():
-    """docs/distributed.md quotes nanodl/distributed.py in ```py blocks: each must be verbatim."""
+    """docs/distributed.md quotes nanodl/distributed/ in ```py blocks: each must be verbatim."""
     import re
     page = (ROOT / "docs" / "distributed.md").read_text(encoding="utf-8")
-    source = (ROOT / "nanodl" / "distributed.py").read_text(encoding="utf-8")
+    source = "\n".join(path.read_text(encoding="utf-8")
+                       for path in sorted((ROOT / "nanodl" / "distributed").glob("*.py")))
     quotes = re.findall(r"^```py\n(.*?)^```", page, re.S | re.M)
     assert len(quotes) >= 4
     stale = [quote for quote in quotes if quote not in source]
-    assert not stale, "docs/distributed.md quotes code that is no longer in nanodl/distributed.py:\n" + \
+    assert not stale, "docs/distributed.md quotes code that is no longer in nanodl/distributed/:\n" + \
         "\n".join(stale)
 
 
@@ -511,3 +514,103 @@ def test_an_exception_on_one_rank_ends_every_rank(tmp_path):
     assert done.returncode != 0
     assert "rank 1 failed on purpose" in done.stderr
     assert "got past the barrier" not in done.stdout
+
+
+# ---------------------------------------------------------------- the ranks check their world
+@pytest.fixture(scope="module")
+def mismatched(tmp_path_factory):
+    if not (MPIRUN and HAVE_MPI4PY):
+        pytest.skip("needs mpi4py and mpirun (pip install 'nanodl[distributed]')")
+    return run_worker("mismatch.py", tmp_path_factory.mktemp("mismatch"))
+
+
+@needs_mpi
+@pytest.mark.parametrize("case, message", [
+    ("optimizer", "optimizer: rank 0 has Adam, rank 1 has SGD"),
+    ("learning rate", "optimizer lr: rank 0 has 0.01, rank 1 has 0.001"),
+    ("samples", "training samples: rank 0 has 100, rank 1 has 96"),
+    ("batch size", "batch size: rank 0 has 16, rank 1 has 32"),
+    ("dtype", "dtype: rank 0 has float32, rank 1 has float64"),
+    ("epochs", "epochs: rank 0 has 2, rank 1 has 3"),
+    ("validation", "training samples: rank 0 has 100, rank 1 has 80"),
+])
+def test_ranks_that_run_different_fits_fail_together_naming_the_difference(mismatched, case, message):
+    """Before the first step: the same ValueError on both ranks, naming the first difference
+    and both values (Adam against SGD, or two rates, trained apart silently; 100 against 96
+    samples trained; two batch sizes died with MPI_ERR_TRUNCATE)."""
+    for r in mismatched:
+        assert r[case] is not None, (case, "no error")
+        assert message in r[case], r[case]
+        assert r[case].startswith("fit: the ranks differ in what they train")
+    assert mismatched[0][case] == mismatched[1][case]
+
+
+@needs_mpi
+def test_after_a_refused_fit_the_ranks_are_still_in_step(mismatched):
+    for r in mismatched:
+        assert r["agreeing_spread"] == 0.0
+
+
+def test_the_fit_check_names_the_first_difference_and_both_values():
+    """The comparison itself, in one process: the ranks' item lists as the check gathers them."""
+    from nanodl.distributed.fit import fit_items
+    from nanodl.distributed.world import _first_difference
+
+    def items(**changes):
+        nd.manual_seed(0)
+        model = nn.Sequential([nn.Dense(3, activation=changes.get("activation", "relu"), input_dim=2)])
+        model.compile(optimizer=dist.DistributedOptimizer(optim.Adam(lr=changes.get("lr", 0.01))),
+                      loss="mse")
+        x = np.zeros((changes.get("n", 10), 2), dtype=changes.get("dtype", np.float32))
+        return [[str(a), str(b)] for a, b in fit_items(model, None, lambda n: n, x=x, y=x[:, :1],
+                                                       batch_size=4, epochs=1, shuffle=True)]
+    base = items()
+    assert _first_difference(base, items(), 1) == "(no difference found)"
+    assert _first_difference(base, items(lr=0.1), 1) == "optimizer lr: rank 0 has 0.01, rank 1 has 0.1"
+    assert "activation': 'relu'" in _first_difference(base, items(activation="tanh"), 1)
+    assert _first_difference(base, items(n=12), 1) == "training samples: rank 0 has 10, rank 1 has 12"
+    assert _first_difference(base, items(dtype=np.float64), 1).startswith("x: rank 0 has float32")
+    assert _first_difference(base, base[:-1], 1) == \
+        "rank 0 has validation samples = None, rank 1 has nothing more"
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", ["leaves early", "never enters"])
+def test_a_rank_that_leaves_fit_or_never_enters_it_ends_the_job_within_the_timeout(case, tmp_path):
+    """Rank 0 waits in a collective its partner never joins: it gives up after
+    NANODL_MPI_TIMEOUT seconds and the job ends (it used to hang forever)."""
+    import time
+    started = time.monotonic()
+    done = mpirun([sys.executable, SCRIPTS / "leave.py", tmp_path, case],
+                  environment={world.TIMEOUT_VARIABLE: "3"})
+    elapsed = time.monotonic() - started
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "not every rank joined within 3 s" in done.stderr, done.stderr
+    assert "rank 0 finished fit" not in done.stdout
+    assert elapsed < LAUNCH_TIMEOUT / 2, elapsed
+
+
+def test_the_timeout_is_documented_and_settable(fresh_world):
+    assert dist.timeout() == dist.DEFAULT_TIMEOUT == 300.0
+    fresh_world.setenv(dist.TIMEOUT_VARIABLE, "2.5")
+    assert dist.timeout() == 2.5
+    dist.set_timeout(7)
+    assert dist.timeout() == 7.0
+    for bad in (0, -1, float("inf"), "5", True):
+        with pytest.raises(ValueError, match="set_timeout: the timeout must be a positive number"):
+            dist.set_timeout(bad)
+    fresh_world.setattr(world._world, "timeout", None)
+    fresh_world.setenv(dist.TIMEOUT_VARIABLE, "soon")
+    with pytest.raises(ValueError, match="NANODL_MPI_TIMEOUT must be a positive number of seconds"):
+        dist.timeout()
+
+
+def test_a_collective_that_never_completes_raises_timeout_error(fresh_world):
+    """The deadline itself, with a request that never completes."""
+    class Never:
+        def Test(self):
+            return False
+    dist.set_timeout(0.05)
+    with pytest.raises(TimeoutError, match="allreduce: not every rank joined within 0.05 s"):
+        world._wait(Never(), "allreduce")
+    assert world._world.broken == "allreduce"

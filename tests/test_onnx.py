@@ -344,6 +344,24 @@ def test_subclassed_model_is_refused(tmp_path):
         export(Custom(), tmp_path / "m.onnx")
 
 
+@pytest.mark.parametrize("first", ["flatten", "activation", "dropout", "embedding"])
+def test_a_model_built_only_by_predict_exports(first, tmp_path):
+    """The refusal says predicting on a batch is enough: it is, whatever the first layer."""
+    nd.manual_seed(0)
+    head = {"flatten": nn.Flatten(), "activation": nn.Activation("tanh"), "dropout": nn.Dropout(0.3),
+            "embedding": nn.Embedding(10, 3)}[first]
+    model = nn.Sequential([head, nn.Flatten(), nn.Dense(4, activation="softmax")])
+    if first == "embedding":
+        x = np.random.default_rng(0).integers(0, 10, size=(7, 5))
+    else:
+        x = inputs((7, 2, 3))
+    expected = model.predict(x)
+    export(model, tmp_path / "m.onnx")
+    feed = x.astype(np.int64) if first == "embedding" else x
+    got = session(tmp_path / "m.onnx").run(None, {"input": feed})[0]
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
 def test_unbuilt_model_says_to_build_it_first(tmp_path):
     with pytest.raises(ValueError, match="not built.*build"):
         export(nn.Sequential([nn.Dense(4)]), tmp_path / "m.onnx")

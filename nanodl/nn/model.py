@@ -184,7 +184,8 @@ class Model(Module):
         verbose = callbacks_module.resolve_verbose(verbose)
         plan, (x, y, weight), validation = prepare_fit(
             self, x, y, sample_weight, class_weight, validation_data, validation_split)
-        verbose, validation = self._start_data_parallel(plan, verbose, validation)
+        verbose, validation = self._start_data_parallel(plan, verbose, validation, dict(
+            x=x, y=y, weight=weight, batch_size=batch_size, epochs=epochs, shuffle=shuffle))
         batch_size = plan.fit_batch_size(batch_size, self._samples_per_epoch(len(x)))
         steps = math.ceil(self._samples_per_epoch(len(x)) / batch_size)
         self.stop_training, self.history = False, callbacks_module.History()
@@ -210,15 +211,15 @@ class Model(Module):
             callbacks.on_train_end(logs)
         return self.history
 
-    def _start_data_parallel(self, plan, verbose, validation):
-        """The optimizer's own ``fit_strategy()``, if it has one (``distributed.
-        DistributedOptimizer``: rank 0's parameters everywhere, printing on rank 0 only,
-        this rank's shard of the validation set). Returns ``(verbose, validation)``."""
+    def _start_data_parallel(self, plan, verbose, validation, settings):
+        """The optimizer's ``fit_strategy()``, if any (``DistributedOptimizer``: the ranks check
+        they run the same fit, rank 0's parameters everywhere, printing on rank 0 only, this
+        rank's shard of the validation set). Returns ``(verbose, validation)``."""
         strategy = getattr(plan.optimizer, "fit_strategy", None)
         self._data_parallel = parallel = strategy() if strategy is not None else None
         if parallel is None:
             return verbose, validation
-        parallel.begin()
+        parallel.begin(self, plan, validation=validation, **settings)
         if validation is not None:
             validation = parallel.validation_shard(*validation)
         return (verbose if parallel.rank == 0 else 0), validation
@@ -341,6 +342,8 @@ class Model(Module):
         """The model's outputs for ``x`` as a host NumPy array (eval mode, no graph)."""
         batch_size = _check_batch_size(batch_size, "predict")
         x = predict_inputs(self, x)
+        if self.__dict__.get("_input_shape") is None:  # built by predicting: export needs it
+            self._input_shape = tuple(x.shape[1:])
         outputs = []
         with self._mode(False), no_grad():
             for batch in batch_slices(len(x), batch_size):

@@ -1,0 +1,273 @@
+"""``DistributedOptimizer``: any optimizer, with its gradients averaged over the ranks
+before each step (see ``nanodl.distributed``)."""
+import time
+
+import numpy as np
+
+from ..backend import array_module, to_host
+from ..optim.optimizers import Optimizer
+from . import world
+from .fit import DataParallelFit
+from .world import _agree, _wait, init
+
+
+class _Bucket:
+    """One preallocated flat buffer for the parameters of one dtype and device.
+
+    The layout: each parameter's values back to back (``offsets``), then one slot per
+    parameter that holds 1 when this rank has a gradient for it. After the sum the slot
+    counts the ranks that had one: a parameter no rank touched keeps ``grad = None``
+    (and the wrapped optimizer skips it on every rank alike).
+    """
+
+    def __init__(self, params):
+        self.params = params
+        self.sizes = [int(p.data.size) for p in params]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64).tolist()
+        self.total = self.offsets[-1]
+        self.xp = array_module(params[0].data)
+        dtype = params[0].data.dtype
+        self.buffer = self.xp.empty(self.total + len(params), dtype=dtype)
+        self.host = self.buffer if self.xp is np else np.empty(self.buffer.shape, dtype=dtype)
+
+    def pack_gradients(self):
+        buffer, offsets, host = self.buffer, self.offsets, self.host
+        has_grad = [p.grad is not None for p in self.params]
+        for i, p in enumerate(self.params):
+            segment = buffer[offsets[i]:offsets[i + 1]]
+            if has_grad[i]:
+                segment[...] = p.grad.reshape(-1)
+            else:
+                segment[...] = 0
+        if self.xp is not np:
+            buffer.get(out=host)
+        host[self.total:] = has_grad
+
+    def unpack_gradients(self, world_size):
+        if self.xp is not np:
+            self.buffer.set(self.host)
+        buffer, offsets = self.buffer, self.offsets
+        counts = self.host[self.total:]
+        for i, p in enumerate(self.params):
+            if counts[i] > 0:  # a new array: the segment is overwritten at the next step
+                p.grad = buffer[offsets[i]:offsets[i + 1]].reshape(p.data.shape) / world_size
+            else:
+                p.grad = None
+
+    def pack_data(self):
+        for i, p in enumerate(self.params):
+            self.buffer[self.offsets[i]:self.offsets[i + 1]] = p.data.reshape(-1)
+        if self.xp is not np:
+            self.buffer.get(out=self.host)
+
+    def unpack_data(self):
+        if self.xp is not np:
+            self.buffer.set(self.host)
+        for i, p in enumerate(self.params):
+            p.data[...] = self.buffer[self.offsets[i]:self.offsets[i + 1]].reshape(p.data.shape)
+
+
+class DistributedOptimizer(Optimizer):
+    """Wraps an optimizer (or a name, ``'adam'``) so that every rank applies the gradient
+    averaged over all ranks.
+
+    ``step()`` first calls ``synchronize()``, then the wrapped optimizer's step.
+    ``synchronize()`` (1) broadcasts the parameters from rank 0 the first time and
+    whenever the parameter set changes (a lazily built layer, a second model), and
+    (2) replaces each parameter's gradient by its mean over the ranks, with ONE
+    allreduce of a flat buffer holding every gradient (``mode='per_parameter'``: one
+    allreduce per parameter, slower, kept to measure the difference).
+
+    The learning rate, ``state_dict``, ``zero_grad`` and the hyper-parameters are the
+    wrapped optimizer's, so schedulers, callbacks and checkpoints see no difference. To
+    clip by the global norm, synchronize first (``step`` then does not reduce again)::
+
+        loss.backward()
+        opt.synchronize()                         # gradients averaged over the ranks
+        optim.clip_grad_norm(params, max_norm=1)  # the same global norm on every rank
+        opt.step()
+
+    ``comm_seconds`` adds up the time spent in the gradient allreduce (waiting for a
+    slower rank included); ``allreduce_calls`` counts the calls.
+
+    >>> from types import SimpleNamespace
+    >>> from nanodl import optim
+    >>> w = SimpleNamespace(data=np.array([1.0, 2.0]), grad=np.array([0.5, -0.5]))
+    >>> opt = DistributedOptimizer(optim.SGD([w], lr=0.1))
+    >>> opt.step()                   # a world of one: the mean gradient is the gradient
+    >>> w.data, opt.lr
+    (array([0.95, 2.05]), 0.1)
+    """
+
+    _MODES = ("flat", "per_parameter")
+    _OWN = frozenset({"optimizer", "mode", "comm_seconds", "allreduce_calls"})
+
+    def __init__(self, optimizer, mode="flat"):
+        if isinstance(optimizer, DistributedOptimizer):
+            raise TypeError("DistributedOptimizer: the optimizer is already distributed")
+        if isinstance(optimizer, str):  # a name, as compile takes: 'adam', 'sgd', ...
+            from ..optim import get
+            optimizer = get(optimizer)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"DistributedOptimizer: expected an optim.Optimizer or its name, "
+                            f"got {type(optimizer).__name__}")
+        if mode not in self._MODES:
+            raise ValueError(f"DistributedOptimizer: unknown mode {mode!r}; "
+                             f"valid modes: {', '.join(self._MODES)}")
+        init()
+        self.optimizer = optimizer
+        self.mode = mode
+        self.comm_seconds = 0.0
+        self.allreduce_calls = 0
+        self._synced_key = None    # the parameter layout last broadcast
+        self._buckets = None       # flat buffers for that layout
+        self._synchronized = False  # synchronize() ran since the last step()
+
+    # ------------------------------------------------------------ the wrapped optimizer's face
+    def __getattr__(self, name):  # only for names not found on the wrapper itself
+        optimizer = self.__dict__.get("optimizer")
+        if optimizer is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(optimizer, name)
+
+    def __setattr__(self, name, value):
+        if name.startswith("_") or name in self._OWN or name in type(self).__dict__ or \
+                "optimizer" not in self.__dict__:
+            object.__setattr__(self, name, value)
+        else:  # a hyper-parameter or a scheduler's note (initial_lr): the wrapped one's
+            setattr(self.optimizer, name, value)
+
+    @property
+    def lr(self):
+        return self.optimizer.lr
+
+    @lr.setter
+    def lr(self, value):
+        self.optimizer.lr = value
+
+    @property
+    def name(self):
+        return self.optimizer.name
+
+    @property
+    def params(self):
+        return self.optimizer.params
+
+    @property
+    def step_count(self):
+        return self.optimizer.step_count
+
+    @step_count.setter
+    def step_count(self, value):
+        self.optimizer.step_count = value
+
+    def set_params(self, params):
+        self.optimizer.set_params(params)
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none)
+
+    def get_config(self):
+        return self.optimizer.get_config()
+
+    def state_dict(self):
+        """The wrapped optimizer's state dict (it loads into a plain optimizer too)."""
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.optimizer.load_state_dict(state_dict)
+
+    def __repr__(self):
+        mode = "" if self.mode == "flat" else f", mode={self.mode!r}"
+        return f"DistributedOptimizer({self.optimizer!r}{mode})"
+
+    # ------------------------------------------------------------ the data-parallel part
+    def step(self):
+        """Average the gradients over the ranks (unless ``synchronize()`` just did), then step."""
+        if not self._synchronized:
+            self.synchronize()
+        self._synchronized = False
+        self.optimizer.step()
+
+    def synchronize(self):
+        """Broadcast the parameters if their set changed, then average the gradients over ranks."""
+        params = self.optimizer._require_params()
+        self._synchronized = True
+        _world = world._world
+        if _world.comm is None:
+            return  # a world of one: the mean over one rank is the gradient itself
+        if self._synced_key != self._layout_key(params):
+            self.broadcast_parameters()
+        started = time.perf_counter()
+        if self.mode == "flat":
+            for bucket in self._buckets:
+                bucket.pack_gradients()
+                _wait(_world.comm.Iallreduce(_world.MPI.IN_PLACE, bucket.host, op=_world.MPI.SUM),
+                      "DistributedOptimizer: averaging the gradients")
+                bucket.unpack_gradients(_world.size)
+            self.allreduce_calls += len(self._buckets)
+        else:
+            self._allreduce_per_parameter(params)
+        self.comm_seconds += time.perf_counter() - started
+
+    def fit_strategy(self):
+        """``Model.fit``'s sample order and reduction for this optimizer (the seam the
+        core declares, ``nn.plan.LocalFit``): a ``DataParallelFit`` on several ranks,
+        None (a plain fit) on one."""
+        return DataParallelFit(self) if world.size() > 1 else None
+
+    def broadcast_parameters(self, root=0):
+        """Copy rank ``root``'s parameter values into every rank's parameters (in place).
+
+        Checks first that all ranks hold the same parameter layout (count, shapes,
+        dtypes) and raises RuntimeError on every rank when they do not.
+        """
+        params = self.optimizer._require_params()
+        key = self._layout_key(params)
+        _world = world._world
+        if _world.comm is not None:
+            _agree([(f"parameter {index}", f"{np.dtype(dtype).name} {shape}")
+                    for index, (_, shape, dtype, _) in enumerate(key)] + [("parameters", len(key))],
+                   "DistributedOptimizer", "their parameters (every rank must build the same model)",
+                   RuntimeError)
+            buckets = self._make_buckets(params)
+            for bucket in buckets:
+                bucket.pack_data()
+                _wait(_world.comm.Ibcast(bucket.host, root=root),
+                      "DistributedOptimizer: broadcasting the parameters")
+                bucket.unpack_data()
+            self._buckets = buckets
+        self._synced_key = key
+
+    @staticmethod
+    def _layout_key(params):
+        return tuple((id(p), tuple(p.data.shape), p.data.dtype.str, array_module(p.data).__name__)
+                     for p in params)
+
+    @staticmethod
+    def _make_buckets(params):
+        groups = {}
+        for p in params:  # one bucket per (dtype, device); normally just one
+            groups.setdefault((p.data.dtype.str, array_module(p.data).__name__), []).append(p)
+        return [_Bucket(group) for group in groups.values()]
+
+    def _allreduce_per_parameter(self, params):
+        MPI, comm, world_size = world._world.MPI, world._world.comm, world._world.size
+        what = "DistributedOptimizer: averaging the gradients"
+        has_grad = np.array([p.grad is not None for p in params], dtype=np.int64)
+        _wait(comm.Iallreduce(MPI.IN_PLACE, has_grad, op=MPI.SUM), what)
+        calls = 1
+        for p, count in zip(params, has_grad):
+            if count == 0:
+                p.grad = None
+                continue
+            xp = array_module(p.data)
+            grad = p.grad if p.grad is not None else xp.zeros_like(p.data)
+            host = np.array(to_host(grad), order="C")
+            _wait(comm.Iallreduce(MPI.IN_PLACE, host, op=MPI.SUM), what)
+            host /= world_size
+            p.grad = host if xp is np else xp.asarray(host)
+            calls += 1
+        self.allreduce_calls += calls
+
+
