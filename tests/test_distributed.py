@@ -333,6 +333,8 @@ def test_mismatched_arrays_are_an_error_on_every_rank_not_a_hang(collectives):
         assert r["bcast_mismatch"] and "float32" in collectives[1]["bcast_mismatch"]
         assert r["after_mismatch"] == [2.0]  # the ranks are still in step afterwards
         assert "parameter 0: rank 0 has float64 (2,), rank 1 has float64 (3,)" in r["layout_error"]
+        # float32 against float64 used to read "rank 0: 1 parameters, 2 values, rank 1: ..." alike
+        assert "parameter 0: rank 0 has float64 (2,), rank 1 has float32 (2,)" in r["dtype_layout_error"]
 
 
 @needs_mpi

@@ -201,29 +201,34 @@ class _Unchanged:
 class _SharedCount:
     """numpy's BLAS thread count, one setting for the process, shared by the scopes.
 
-    ``holders`` scopes are inside, all wanting ``count``; ``ambient`` is the count in
-    force when none is (the library's or the user's). A thread already inside a scope
-    (``held.depth``) enters nested ones without waiting for itself.
+    ``holders`` scopes are inside, all wanting ``count``: 1, or None for the count in
+    force when no scope is inside (the library's or the user's: never read or set for
+    them). ``restore`` is what the serial scopes set back. ``depth`` counts the scopes
+    each thread is inside: a thread already inside enters nested ones without waiting for
+    itself. The lock is a plain one (C-level acquire and release on the fast path); the
+    condition is used only when a scope has to wait.
     """
 
     def __init__(self):
         self.get = self.set = None
-        self.changed = threading.Condition(threading.Lock())
-        self.holders = 0
-        self.count = self.ambient = None
-        self.held = threading.local()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.holders = self.waiting = self.restore = 0
+        self.count = None
+        self.depth = {}
 
 
 _SHARED = _SharedCount()
+_thread_id = threading.get_ident
 
 
 class _BlasScope:
-    """A re-entrant scope that runs BLAS calls on one thread (``serial``) or on the
-    library's count, and restores the count after; the same count in every thread."""
-    __slots__ = ("serial",)
+    """A re-entrant scope that runs BLAS calls on one thread (``count`` 1) or on the
+    library's count (None), and restores the count after; the same in every thread."""
+    __slots__ = ("count",)
 
-    def __init__(self, serial):
-        self.serial = serial
+    def __init__(self, count):
+        self.count = count
 
     def __enter__(self):
         if not _blas_resolved:
@@ -231,40 +236,46 @@ class _BlasScope:
         shared = _SHARED
         if shared.set is None:
             return self
-        depth = getattr(shared.held, "depth", 0)
-        with shared.changed:
-            if depth == 0:
-                while shared.holders:
-                    if shared.count == (1 if self.serial else shared.ambient):
-                        break
+        ident, count = _thread_id(), self.count
+        with shared.lock:
+            depth = shared.depth.get(ident, 0)
+            if shared.holders and shared.count != count and not depth:
+                shared.waiting += 1
+                while shared.holders and shared.count != count:
                     shared.changed.wait()
-                else:
-                    shared.ambient = shared.get()
-                    shared.count = 1 if self.serial else shared.ambient
-                    if shared.count != shared.ambient:
-                        shared.set(shared.count)
+                shared.waiting -= 1
+            if not shared.holders:
+                shared.count = count
+                if count is not None:
+                    ambient = shared.get()
+                    shared.restore = ambient if ambient > count else 0  # only ever lowers
+                    if shared.restore:
+                        shared.set(count)
             shared.holders += 1
-        shared.held.depth = depth + 1
+            shared.depth[ident] = depth + 1
         return self
 
     def __exit__(self, *exc):
         shared = _SHARED
-        depth = getattr(shared.held, "depth", 0)
-        if not depth:
-            return False
-        shared.held.depth = depth - 1
-        with shared.changed:
-            shared.holders -= 1
-            if shared.holders == 0:
-                if shared.count != shared.ambient:
-                    shared.set(shared.ambient)
-                shared.changed.notify_all()
+        ident = _thread_id()
+        with shared.lock:
+            depth = shared.depth.pop(ident, 0)
+            if depth:
+                if depth > 1:
+                    shared.depth[ident] = depth - 1
+                shared.holders -= 1
+                if not shared.holders:
+                    if shared.restore:
+                        shared.set(shared.restore)
+                        shared.restore = 0
+                    if shared.waiting:
+                        shared.changed.notify_all()
         return False
 
 
 UNCHANGED = _Unchanged()
-SERIAL_BLAS = _BlasScope(serial=True)
-PARALLEL_BLAS = _BlasScope(serial=False)
+SERIAL_BLAS = _BlasScope(count=1)
+PARALLEL_BLAS = _BlasScope(count=None)
 
 
 def gemm(rows, inner, cols):

@@ -166,5 +166,11 @@ try:
     results["layout_error"] = None
 except RuntimeError as error:
     results["layout_error"] = str(error)
+typed = SimpleNamespace(data=np.zeros(2, dtype=np.float32 if rank else np.float64), grad=np.zeros(2))
+try:
+    dist.DistributedOptimizer(optim.SGD([typed], lr=0.1)).step()
+    results["dtype_layout_error"] = None
+except RuntimeError as error:
+    results["dtype_layout_error"] = str(error)
 
 write_results(results)
