@@ -48,24 +48,27 @@ def test_small_gemms_get_one_thread_large_ones_the_default(monkeypatch):
     assert threads.gemm(32, 64, 10) is threads.UNCHANGED          # OpenBLAS is serial anyway
     assert threads.gemm(32, 128, 128) is threads.SERIAL_BLAS      # 524K multiply-adds
     assert threads.gemm(64, 128, 256) is threads.SERIAL_BLAS      # 2.1M
+    assert threads.gemm(64, 784, 512) is threads.SERIAL_BLAS      # 26M
     assert threads.gemm(256, 784, 512) is threads.PARALLEL_BLAS   # 103M: two threads pay,
     assert not hasattr(threads, "machine_busy")                   # whatever the load
 
 
 # ---------------------------------------------------------------- results never depend on it
-def seeded_fit(batch_size=64, epochs=2):
-    """A seeded 784-input fit whose products cross every policy size: 64x784x128 (6.4M
-    multiply-adds, the library's count) and the last batch's 36x784x128 (one thread).
-    OpenBLAS gives other bits for these products on one thread and on two."""
+def seeded_fit(epochs=2):
+    """A seeded 784-input fit whose products cross every policy size: 100x784x512 (40M
+    multiply-adds: the library's count), 58x784x512 (23M: one thread; the old policy gave
+    it two on a quiet machine) and 8x784x512 (3.2M: one thread; the old policy gave it
+    two in a worker thread). OpenBLAS gives other bits for each on one thread and on two."""
     from nanodl import random as nd_random
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((100, 784)).astype(np.float32)
-    y = rng.integers(0, 10, 100)
+    x = rng.standard_normal((158, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 158)
     with nd_random.using(np.random.default_rng(1)):  # a generator of this thread's own
-        model = nn.Sequential([nn.Dense(128, activation="relu", input_dim=784),
+        model = nn.Sequential([nn.Dense(512, activation="relu", input_dim=784),
                                nn.Dense(10, activation="softmax")])
         model.compile(optimizer=nd.optim.Adam(lr=1e-3), loss="sparse_categorical_crossentropy")
-        model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
+        model.fit(x, y, batch_size=100, epochs=epochs, verbose=0)
+        model.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=0)
     return np.concatenate([w.ravel() for w in model.get_weights()])
 
 

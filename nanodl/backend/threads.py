@@ -15,15 +15,22 @@ the user's settings), never of the machine's load or of the calling thread:
 
 * **GEMMs** (``gemm(rows, inner, cols)``): up to ``GEMM_SERIAL_ANYWAY`` multiply-adds
   OpenBLAS runs on one thread by itself, and nothing is switched; below
-  ``GEMM_PARALLEL_MIN`` (measured: two threads start to pay between 2M and 6M
-  multiply-adds on 2 cores) the product runs on one thread (``SERIAL_BLAS``); above,
-  on the library's count (``PARALLEL_BLAS``). OpenBLAS's count is one setting for the
-  whole process, so the scopes share it: scopes that want the same count run side by
-  side, one that wants the other count waits until they finish (microseconds: the
-  products are small), and any thread gets the same count for the same product. The
-  count "the library's" is what is in force when no nanodl scope holds it, so a
-  user's own limit (``threadpoolctl.threadpool_limits``) still holds inside nanodl.
-  A scope costs a lock and one or two calls through ctypes pointers (~1 us).
+  ``GEMM_PARALLEL_MIN`` the product runs on one thread (``SERIAL_BLAS``); above, on the
+  library's count (``PARALLEL_BLAS``). On a quiet 2-core machine two threads start to
+  pay between 2M and 6M multiply-adds (best of 15: 6.4M took 138 us on one, 77 us on
+  two), but beside busy processes the second thread waits for a core: the same
+  products ran 8-40x slower on two than on one, and a full-batch digits sweep
+  (1797x64x64 products) went from 26 s to over 300 s. The old policy read the load
+  average to choose; now that results may not depend on the load, the line sits where
+  two threads pay on a quiet machine by enough to risk it: 32M multiply-adds (the
+  784-512-512-10 step at batch 256, 67M-103M per product, keeps its two threads).
+  OpenBLAS's count is one setting for the whole process, so the scopes share it:
+  scopes that want the same count run side by side, one that wants the other count
+  waits until they finish (microseconds: the products are small), and any thread gets
+  the same count for the same product. The library's count is whatever is in force when
+  no nanodl scope holds it, so a user's own limit (``threadpoolctl.threadpool_limits``)
+  still holds inside nanodl. A scope costs a lock and a dict entry, plus, for the
+  one-thread scope, one read and two writes through ctypes pointers (~2-5 us in all).
 * **OpenMP** (the compiled kernels' ``prange`` loops): each kernel already picks one
   thread below a size where a second pays (``csrc/elementwise.pxd``), and every loop
   computes each element alone, so its thread count never changes a bit. What the
@@ -68,7 +75,7 @@ import os
 import threading
 
 GEMM_SERIAL_ANYWAY = 262_144       # multiply-adds; OpenBLAS's own serial limit (65536 * 4)
-GEMM_PARALLEL_MIN = 4_194_304      # multiply-adds; below: one BLAS thread (see the docstring)
+GEMM_PARALLEL_MIN = 33_554_432     # multiply-adds; below: one BLAS thread (see the docstring)
 
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 _SPIN_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
