@@ -53,7 +53,7 @@ def _build(nd, nn, sizes):
 
 def _raw_allreduce_seconds(dist, count, repeats):
     """Median seconds of one MPI_Allreduce of ``count`` float32 values (None on one rank)."""
-    world = dist._world
+    world = dist.world._world  # the process's MPI world (nanodl/distributed/world.py)
     if world.comm is None:
         return None
     buffer = np.ones(count, dtype=np.float32)
