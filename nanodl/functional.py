@@ -4,10 +4,12 @@
 >>> F.relu(nd.tensor([-1.0, 2.0])).tolist()
 [0.0, 2.0]
 """
+import numpy as np
+
 from . import ops
 from .backend import array_module
 from .backend.activations import ELEMENTWISE
-from .ops import log_softmax, softmax
+from .ops import DEFAULT_ALPHA, log_softmax, softmax  # noqa: F401  (DEFAULT_ALPHA: nn.Dense's)
 from .random import uniform
 from .tensor import Tensor
 
@@ -58,6 +60,8 @@ def get_activation(name):
 
 def dropout(x, rate, training=True):
     """Inverted dropout: zero a ``rate`` fraction and scale the rest by 1/(1-rate)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise TypeError(f"dropout: rate must be a number in [0, 1), got {type(rate).__name__} {rate!r:.40}")
     if not 0 <= rate < 1:
         raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
     if not training or rate == 0:
@@ -68,18 +72,12 @@ def dropout(x, rate, training=True):
     return x * Tensor(mask)
 
 
-DEFAULT_ALPHA = {activation.name: activation.alpha for activation in ELEMENTWISE if activation.has_alpha}
-
-
 def linear(x, kernel, bias=None, activation=None, alpha=None):
     """One fused node computing ``act(x @ kernel + bias)``; ``kernel`` is (in, out).
 
     ``alpha`` is the parameter of ``'leaky_relu'`` (default 0.01) and ``'elu'`` (1.0).
     """
-    activation = check_activation(activation)
-    if alpha is None:
-        alpha = DEFAULT_ALPHA.get(activation, 0.0)
-    return ops.linear(x, kernel, bias, activation=activation, alpha=alpha)
+    return ops.linear(x, kernel, bias, activation=check_activation(activation), alpha=alpha)
 
 
 # The built-in functions that are activations, by identity: F.tanh is nd.tanh is ops.tanh.

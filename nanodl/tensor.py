@@ -6,8 +6,7 @@ Every method that computes something is a one-line wrapper over an op's
 import numpy as np
 
 from . import autograd
-from .backend import array_module, device_of, is_device_array, to_device, to_host
-from .tensor_methods import MoreMethods
+from .backend import _check_device, array_module, device_of, is_device_array, to_device, to_host
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _default_dtype = np.dtype(np.float32)
@@ -64,7 +63,7 @@ def as_array(data, dtype=None, *, what="tensor", numeric=True):
     return array
 
 
-class Tensor(MoreMethods):
+class Tensor:
     """An n-dimensional array that records the ops applied to it for ``backward``.
 
     >>> import nanodl as nd
@@ -125,6 +124,9 @@ class Tensor(MoreMethods):
         array = self.numpy()
         return array if dtype is None else array.astype(dtype)
 
+    def __float__(self): return float(self.item())  # float(t), int(t): one element, as item()
+    def __int__(self): return int(self.item())
+
     def __bool__(self):
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor with {self.data.size} elements is ambiguous")
@@ -180,11 +182,8 @@ class Tensor(MoreMethods):
 
     def to(self, device):
         """This tensor on ``device`` (``'cpu'`` or ``'cuda'``); differentiable."""
-        from .ops.shape import ToDevice
-        from .backend import _check_device
-        if _check_device(device) == self.device:
-            return self
-        return ToDevice.apply(self, device=_check_device(device))
+        device = _check_device(device)
+        return self if device == self.device else _ops().ToDevice.apply(self, device=device)
 
     def cpu(self):
         return self.to("cpu")
@@ -194,159 +193,79 @@ class Tensor(MoreMethods):
 
     def astype(self, dtype):
         """A copy with another dtype; differentiable between float dtypes."""
-        from .ops.shape import AsType
         if np.dtype(dtype) == self.dtype:
             return self
         if not is_float_dtype(dtype):
             return Tensor(self.data.astype(dtype))
-        return AsType.apply(self, dtype=np.dtype(dtype))
+        return _ops().AsType.apply(self, dtype=np.dtype(dtype))
 
-    # ------------------------------------------------------------ operators
-    def __add__(self, other):
-        return _ops().add(self, other)
-
-    def __radd__(self, other):
-        return _ops().add(other, self)
-
-    def __sub__(self, other):
-        return _ops().sub(self, other)
-
-    def __rsub__(self, other):
-        return _ops().sub(other, self)
-
-    def __mul__(self, other):
-        return _ops().mul(self, other)
-
-    def __rmul__(self, other):
-        return _ops().mul(other, self)
-
-    def __truediv__(self, other):
-        return _ops().div(self, other)
-
-    def __rtruediv__(self, other):
-        return _ops().div(other, self)
-
-    def __pow__(self, other):
-        return _ops().power(self, other)
-
-    def __rpow__(self, other):
-        return _ops().power(other, self)
-
-    def __matmul__(self, other):
-        return _ops().matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return _ops().matmul(other, self)
-
-    def __neg__(self):
-        return _ops().neg(self)
-
-    def __getitem__(self, index):
-        return _ops().getitem(self, index)
+    # ------------------------------------------------------------ operators (see nanodl.ops)
+    def __add__(self, other): return _ops().add(self, other)
+    def __radd__(self, other): return _ops().add(other, self)
+    def __sub__(self, other): return _ops().sub(self, other)
+    def __rsub__(self, other): return _ops().sub(other, self)
+    def __mul__(self, other): return _ops().mul(self, other)
+    def __rmul__(self, other): return _ops().mul(other, self)
+    def __truediv__(self, other): return _ops().div(self, other)
+    def __rtruediv__(self, other): return _ops().div(other, self)
+    def __pow__(self, other): return _ops().power(self, other)
+    def __rpow__(self, other): return _ops().power(other, self)
+    def __matmul__(self, other): return _ops().matmul(self, other)
+    def __rmatmul__(self, other): return _ops().matmul(other, self)
+    def __neg__(self): return _ops().neg(self)
+    def __getitem__(self, index): return _ops().getitem(self, index)
 
     def _compare(self, other, compare):
-        other = other.data if isinstance(other, Tensor) else other
-        return Tensor(compare(self.data, other))
+        return Tensor(compare(self.data, other.data if isinstance(other, Tensor) else other))
 
-    def __lt__(self, other):
-        return self._compare(other, lambda a, b: a < b)
-
-    def __le__(self, other):
-        return self._compare(other, lambda a, b: a <= b)
-
-    def __gt__(self, other):
-        return self._compare(other, lambda a, b: a > b)
-
-    def __ge__(self, other):
-        return self._compare(other, lambda a, b: a >= b)
-
-    def __eq__(self, other):
-        return self._compare(other, lambda a, b: a == b)
-
-    def __ne__(self, other):
-        return self._compare(other, lambda a, b: a != b)
+    def __lt__(self, other): return self._compare(other, lambda a, b: a < b)
+    def __le__(self, other): return self._compare(other, lambda a, b: a <= b)
+    def __gt__(self, other): return self._compare(other, lambda a, b: a > b)
+    def __ge__(self, other): return self._compare(other, lambda a, b: a >= b)
+    def __eq__(self, other): return self._compare(other, lambda a, b: a == b)
+    def __ne__(self, other): return self._compare(other, lambda a, b: a != b)
 
     # ------------------------------------------------------------ methods (see nanodl.ops)
-    def sum(self, axis=None, keepdims=False):
-        return _ops().sum(self, axis, keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return _ops().mean(self, axis, keepdims)
-
-    def var(self, axis=None, keepdims=False):
-        return _ops().var(self, axis, keepdims)
-
-    def max(self, axis=None, keepdims=False):
-        return _ops().max(self, axis, keepdims)
-
-    def min(self, axis=None, keepdims=False):
-        return _ops().min(self, axis, keepdims)
-
-    def logsumexp(self, axis=None, keepdims=False):
-        return _ops().logsumexp(self, axis, keepdims)
-
-    def reshape(self, *shape):
-        return _ops().reshape(self, *shape)
-
-    def transpose(self, *axes):
-        return _ops().transpose(self, *axes)
-
+    def sum(self, axis=None, keepdims=False): return _ops().sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _ops().mean(self, axis, keepdims)
+    def var(self, axis=None, keepdims=False): return _ops().var(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _ops().max(self, axis, keepdims)
+    def min(self, axis=None, keepdims=False): return _ops().min(self, axis, keepdims)
+    def logsumexp(self, axis=None, keepdims=False): return _ops().logsumexp(self, axis, keepdims)
+    def reshape(self, *shape): return _ops().reshape(self, *shape)
+    def transpose(self, *axes): return _ops().transpose(self, *axes)
     @property
-    def T(self):
-        return _ops().transpose(self)
-
-    def flatten(self):
-        return _ops().reshape(self, -1)
-
-    def squeeze(self, axis=None):
-        return _ops().squeeze(self, axis)
-
-    def expand_dims(self, axis):
-        return _ops().expand_dims(self, axis)
-
-    def exp(self):
-        return _ops().exp(self)
-
-    def log(self):
-        return _ops().log(self)
-
-    def sqrt(self):
-        return _ops().sqrt(self)
-
-    def abs(self):
-        return _ops().abs(self)
-
-    def clip(self, lo, hi):
-        return _ops().clip(self, lo, hi)
-
-    def tanh(self):
-        return _ops().tanh(self)
-
-    def sigmoid(self):
-        return _ops().sigmoid(self)
-
-    def relu(self):
-        return _ops().relu(self)
-
-    def leaky_relu(self, alpha=0.01):
-        return _ops().leaky_relu(self, alpha)
-
-    def softmax(self, axis=-1):
-        return _ops().softmax(self, axis)
-
-    def log_softmax(self, axis=-1):
-        return _ops().log_softmax(self, axis)
+    def T(self): return _ops().transpose(self)
+    def flatten(self): return _ops().reshape(self, -1)
+    def squeeze(self, axis=None): return _ops().squeeze(self, axis)
+    def expand_dims(self, axis): return _ops().expand_dims(self, axis)
+    def exp(self): return _ops().exp(self)
+    def log(self): return _ops().log(self)
+    def sqrt(self): return _ops().sqrt(self)
+    def abs(self): return _ops().abs(self)
+    def clip(self, lo, hi): return _ops().clip(self, lo, hi)
+    def tanh(self): return _ops().tanh(self)
+    def sigmoid(self): return _ops().sigmoid(self)
+    def relu(self): return _ops().relu(self)
+    def leaky_relu(self, alpha=0.01): return _ops().leaky_relu(self, alpha)
+    def softmax(self, axis=-1): return _ops().softmax(self, axis)
+    def log_softmax(self, axis=-1): return _ops().log_softmax(self, axis)
+    def sin(self): return _ops().sin(self)
+    def cos(self): return _ops().cos(self)
+    def log1p(self): return _ops().log1p(self)
+    def expm1(self): return _ops().expm1(self)
+    def erf(self): return _ops().erf(self)
+    def prod(self, axis=None, keepdims=False): return _ops().prod(self, axis, keepdims)
+    def cumsum(self, axis=None): return _ops().cumsum(self, axis)
+    def std(self, axis=None, ddof=0, keepdims=False): return _ops().std(self, axis, ddof, keepdims)
+    def norm(self, axis=None, keepdims=False): return _ops().norm(self, axis, keepdims)
 
 
-_ops_module = None
+_ops_module = None  # nanodl.ops, which sets it on import (it imports this module)
 
 
 def _ops():
-    """The ops package (imported on first use: ops import this module)."""
-    global _ops_module
-    if _ops_module is None:
-        from . import ops
-        _ops_module = ops
+    """The ops package, where every method's op lives."""
     return _ops_module
 
 

@@ -21,7 +21,9 @@ def _dense(act):
 
 TORCH = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow,
-    "pow_scalar": lambda a: a ** 3, "neg": torch.neg, "exp": torch.exp, "log": torch.log,
+    "pow_scalar": lambda a: a ** 3,
+    "pow_integer": lambda a: a ** torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=a.dtype),
+    "pow_of_zero": lambda w: torch.zeros(3, dtype=w.dtype) ** w, "neg": torch.neg, "exp": torch.exp, "log": torch.log,
     "sqrt": torch.sqrt, "abs": torch.abs, "clip": lambda a: torch.clamp(a, -0.5, 0.7),
     "maximum": torch.maximum, "minimum": torch.minimum,
     "where": lambda a, b: torch.where(a > 0, a, b), "matmul": torch.matmul,

@@ -1,25 +1,30 @@
-"""Reverse-mode autograd: ``Function``, the graph walk, ``no_grad``.
+"""Reverse-mode autograd: ``Function``, the one graph walk, ``no_grad``.
 
 A graph is made of ``Function`` nodes. Calling ``SomeOp.apply(*tensors)`` runs
 ``forward`` on the raw arrays and returns a Tensor whose ``grad_fn`` is the node;
 the node keeps its input tensors, so ownership flows one way: output -> node ->
 inputs, and a dropped output frees its whole graph (no cycles).
 
-``backward`` walks the graph iteratively (Kahn's algorithm: a node runs once all
-of its consumers have, so a 10,000-node chain needs no recursion), and does the
-shared work once for every op: it reduces each gradient back to its input's shape
-(undoing broadcasting), checks its device, casts it to the input's dtype, names the
-op in any error, accumulates into leaves and frees saved arrays. ``nd.grad`` and
-gradients of gradients: ``autograd/higher.py``; Jacobians, Hessians: ``functional.py``.
+``walk`` is the one graph walk, for ``Tensor.backward`` and ``nd.grad`` at every order,
+iterative (Kahn's algorithm: a node runs once all its consumers have; no recursion). It
+does the shared work once for every op: unbroadcasting, device and dtype checks, errors
+naming the op, summing a reused tensor's gradients, ``retain_grad``, freeing saved
+arrays. Each node's step runs in one of two tiers:
+
+* first order: ``backward`` on raw arrays (the fast path; constants come out);
+* ``create_graph=True``: ``vjp`` on Tensors with grad mode on, so the gradient is
+  itself a graph of ordinary nodes, differentiable again (as in HIPS autograd).
+
+An op whose ``vjp`` runs on arrays too (operators, ``reshape``, ``math_of``) writes no
+``backward``: first order runs that ``vjp`` on the input arrays, so its derivative
+exists once. ``nd.grad``: ``autograd/higher.py``; Jacobians: ``functional.py``.
 """
 import weakref
 from threading import get_ident
 
 import numpy as np
 
-from ..backend import device_of
-
-
+from ..backend import array_module, device_of, is_device_array
 from . import mode
 from .mode import enable_grad, is_grad_enabled, no_grad  # noqa: F401  (the public names)
 
@@ -50,7 +55,9 @@ class Function:
 
     To be differentiable twice (``nd.grad(..., create_graph=True)``) an op also
     defines ``vjp(self, grad, *inputs)``: the same derivative written with Tensor ops
-    (``grad`` and the tensor inputs are Tensors), returning Tensors (or None).
+    (``grad`` and the tensor inputs are Tensors), returning Tensors (or None). A
+    ``vjp`` that also runs on arrays (operators and shared methods only) may stand
+    alone: without a ``backward``, first order runs it on the input arrays.
     """
     __slots__ = ("inputs", "needs_input_grad", "saved_tensors", "_retained", "_freed", "__dict__",
                  "__weakref__")
@@ -58,7 +65,7 @@ class Function:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls._fresh_grads = cls.__module__.startswith("nanodl.ops.")
+        cls._fresh_grads = cls.__module__.startswith(("nanodl.ops.", __name__))
 
     def save_for_backward(self, *arrays):
         """Keep ``arrays`` for ``backward``; the engine frees them after it."""
@@ -93,8 +100,12 @@ class Function:
             else:
                 arrays.append(arg)
         out = fn.forward(*arrays, **kwargs)
-        if type(out) is not np.ndarray and isinstance(out, np.generic):
-            out = np.asarray(out)  # NumPy returns scalars from 0-d math; keep arrays
+        if type(out) is not np.ndarray:
+            if isinstance(out, np.generic):
+                out = np.asarray(out)  # NumPy returns scalars from 0-d math; keep arrays
+            elif not is_device_array(out):
+                raise TypeError(f"{cls.__name__}.forward returned a {type(out).__name__}; "
+                                "it must return one array (NumPy or CuPy)")
         if _forward_hooks:  # some thread has hooks: are they this one's?
             for hook in _forward_hooks.get(get_ident(), ()):
                 hook(fn, args, kwargs, out)
@@ -118,7 +129,9 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
 
     def backward(self, grad):
-        raise NotImplementedError(f"{type(self).__name__}.backward is not implemented")
+        if type(self).vjp is Function.vjp:
+            raise NotImplementedError(f"{type(self).__name__}.backward is not implemented")
+        return self.vjp(grad, *[tensor.data for tensor in self.inputs])
 
     def vjp(self, grad, *inputs):
         raise RuntimeError(
@@ -136,18 +149,47 @@ class Function:
 
 
 def unbroadcast(grad, shape):
-    """Sum ``grad`` down to ``shape``: the reverse of NumPy broadcasting."""
+    """Sum ``grad`` down to ``shape``: the reverse of NumPy broadcasting (None if
+    ``shape`` does not broadcast to ``grad.shape``)."""
     if grad.shape == shape:
         return grad
-    extra = grad.ndim - len(shape)
-    if extra < 0:
+    if not _broadcasts(shape, grad.shape):
         return None
+    extra = grad.ndim - len(shape)
     axes = tuple(range(extra)) + tuple(
         extra + i for i, size in enumerate(shape) if size == 1 and grad.shape[extra + i] != 1)
     reduced = grad.sum(axis=axes, keepdims=True) if axes else grad
-    if extra:
-        reduced = reduced.reshape(reduced.shape[extra:])
-    return reduced if reduced.shape == shape else None
+    return reduced.reshape(shape) if extra else reduced
+
+
+def _broadcasts(shape, target):
+    """True when NumPy broadcasting turns ``shape`` into ``target``."""
+    extra = len(target) - len(shape)
+    return extra >= 0 and all(size in (1, target[extra + i]) for i, size in enumerate(shape))
+
+
+class SumTo(Function):
+    """``unbroadcast`` as a node: the create-graph tier's reduction of a gradient."""
+
+    def forward(self, grad, shape=None):
+        self.shape = grad.shape
+        return unbroadcast(grad, shape)
+
+    def backward(self, grad):
+        return array_module(grad).broadcast_to(grad, self.shape)
+
+    def vjp(self, grad, summed):
+        return BroadcastTo.apply(grad, shape=self.shape)
+
+
+class BroadcastTo(Function):
+    """``a`` repeated over ``shape`` (NumPy broadcasting); the engine sums the gradient back."""
+
+    def forward(self, a, shape=None):
+        return array_module(a).ascontiguousarray(array_module(a).broadcast_to(a, shape))
+
+    def vjp(self, grad, a):
+        return grad
 
 
 def _count_consumers(*roots):
@@ -192,45 +234,92 @@ def topological_order(*roots, consumers=None):
 
 
 def _freed_error(node):
-    return RuntimeError(
-        f"{node.name}: trying to backward through the graph a second time; its saved "
-        "arrays were freed after the first backward. Pass retain_graph=True to the first "
-        "backward() if you need to call it twice.")
+    return RuntimeError(f"{node.name}: trying to backward through the graph a second time; its saved "
+                        "arrays were freed after the first backward. Pass retain_graph=True to the "
+                        "first backward() if you need to call it twice.")
 
 
 def backward(tensor, grad, retain_graph=False):
     """Accumulate d(tensor)/d(leaf) * grad into every leaf that requires grad."""
-    root = tensor.grad_fn
-    if root is None:
+    if tensor.grad_fn is None:
         _accumulate_leaf(tensor, grad, owned=False)
-        return
-    consumers = _count_consumers(root)
-    pending = {root: grad}  # node -> the summed gradient of its output
-    ready = [root]
+    else:
+        walk({tensor.grad_fn: grad}, retain_graph)
+
+
+def walk(pending, retain_graph=False, create_graph=False, wanted=None):
+    """The one graph walk: from ``pending`` (root node -> its output's gradient) down.
+
+    ``wanted=None`` (``Tensor.backward``) accumulates into every leaf's ``.grad``.
+    ``nd.grad`` passes ``(leaf_slots, node_slots, results)`` instead: the walk runs only
+    nodes that lead to a wanted tensor (a leaf by ``id``, or a node's output) and sums
+    into ``results[slot]``, touching no leaf's ``.grad``. Gradients are arrays, or
+    Tensors under ``create_graph`` (then each node's ``vjp`` runs with grad mode on).
+    """
+    roots = list(pending)
+    consumers = _count_consumers(*roots)
+    if wanted is None:
+        useful = leaf_slots = node_slots = None
+    else:
+        leaf_slots, node_slots, results = wanted
+        useful = _useful(roots, consumers, leaf_slots, node_slots)
+    step, check = (_run_vjp, _check_tensor) if create_graph else (_run_backward, _check_gradient)
+    ready = [node for node in roots if consumers.get(node, 0) == 0]
     while ready:
         node = ready.pop()
         grad_output = pending.pop(node, None)
-        grads = None if grad_output is None else _run_backward(node, grad_output)
-        inputs = node.inputs
-        for index, tensor_in in enumerate(inputs):
+        grads = None
+        runs = useful is None or node in useful
+        if grad_output is not None:
+            if node._retained is not None:
+                _fill_retained(node, grad_output)
+            if node_slots and node in node_slots:  # a wanted non-leaf: its gradient is here
+                for slot in node_slots[node]:
+                    own = grad_output if create_graph else grad_output.copy()
+                    results[slot] = own if results[slot] is None else results[slot] + own
+            if runs:
+                grads = step(node, grad_output)
+        for index, tensor_in in enumerate(node.inputs):
             parent = tensor_in.grad_fn
             g = None if grads is None else grads[index]
             if g is not None and tensor_in.requires_grad:
                 data = tensor_in.data
-                if g.shape != data.shape or g.dtype != data.dtype or type(g) is not type(data):
-                    g = _check_gradient(node, index, tensor_in, g)
-                if parent is None:
+                if create_graph or type(g) is not type(data) or g.shape != data.shape or \
+                        g.dtype != data.dtype:
+                    g = check(node, index, tensor_in, g)
+                if parent is not None:
+                    if useful is None or parent in useful or parent in node_slots:
+                        previous = pending.get(parent)
+                        pending[parent] = g if previous is None else previous + g
+                elif useful is None:
                     _accumulate_leaf(tensor_in, g, owns_gradient(node, g, grad_output, grads))
                 else:
-                    previous = pending.get(parent)
-                    pending[parent] = g if previous is None else previous + g
+                    for slot in leaf_slots.get(id(tensor_in), ()):
+                        if results[slot] is None and not create_graph and \
+                                not owns_gradient(node, g, grad_output, grads):
+                            g = g.copy()  # a returned gradient aliases nothing
+                        results[slot] = g if results[slot] is None else results[slot] + g
             if parent is not None:
                 remaining = consumers[parent] - 1
                 consumers[parent] = remaining
                 if remaining == 0:
                     ready.append(parent)
-        if not retain_graph:
+        if runs and not retain_graph:
             node.release()
+    return None if wanted is None else results
+
+
+def _useful(roots, consumers, leaf_slots, node_slots):
+    """The nodes worth running: those with an input that is wanted or leads to one."""
+    reaches, useful = set(node_slots), set()
+    for node in reversed(topological_order(*roots, consumers=consumers)):
+        for tensor in node.inputs:
+            parent = tensor.grad_fn
+            if (parent is None and id(tensor) in leaf_slots) or (parent is not None and parent in reaches):
+                useful.add(node)
+                reaches.add(node)
+                break
+    return useful
 
 
 def owns_gradient(node, g, grad_output, grads):
@@ -250,26 +339,40 @@ def owns_gradient(node, g, grad_output, grads):
 
 def _run_backward(node, grad_output):
     """Call ``node.backward`` and normalise its answer to one gradient per input."""
-    if node._retained is not None:
-        kept = node._retained()
-        if kept is not None:
-            kept.grad = grad_output.copy() if kept.grad is None else kept.grad + grad_output
-    grads = node.backward(grad_output)
-    if not isinstance(grads, tuple):
-        grads = (grads,)
-    if len(grads) != len(node.inputs):
-        raise RuntimeError(f"{node.name}.backward returned {len(grads)} gradients for "
-                           f"{len(node.inputs)} tensor inputs")
+    grads = _normalised(node, node.backward(grad_output), "backward")
     if _backward_hooks:
         for hook in _backward_hooks.get(get_ident(), ()):
             hook(node, grad_output, grads)
     return grads
 
 
+def _run_vjp(node, grad_output):
+    """``node.vjp`` on Tensors (the caller turned grad mode on), normalised likewise."""
+    grads = _normalised(node, node.vjp(grad_output, *node.inputs), "vjp")
+    if _backward_hooks:
+        arrays = tuple(g.data if isinstance(g, _tensor_class) else g for g in grads)
+        for hook in _backward_hooks.get(get_ident(), ()):
+            hook(node, grad_output.data, arrays)
+    return grads
+
+
+def _normalised(node, grads, method):
+    if not isinstance(grads, tuple):
+        grads = tuple(grads) if isinstance(grads, list) else (grads,)
+    if len(grads) != len(node.inputs):
+        raise RuntimeError(f"{node.name}.{method} returned {len(grads)} gradients for "
+                           f"{len(node.inputs)} tensor inputs")
+    return grads
+
+
 def _check_gradient(node, index, tensor_in, g):
+    """The first-order tier's checks of a gradient: type, device, shape, dtype."""
     data = tensor_in.data
     if isinstance(g, np.generic):
         g = np.asarray(g)
+    elif not (isinstance(g, np.ndarray) or is_device_array(g)):
+        raise TypeError(f"{node.name}.backward returned a {type(g).__name__} for input {index}; "
+                        "a gradient is an array (NumPy or CuPy) or None")
     if device_of(g) != device_of(data):
         raise RuntimeError(f"{node.name}.backward returned a {device_of(g)} gradient for input "
                            f"{index} on {device_of(data)}")
@@ -283,6 +386,31 @@ def _check_gradient(node, index, tensor_in, g):
     if g.dtype != data.dtype:
         g = g.astype(data.dtype)
     return g
+
+
+def _check_tensor(node, index, tensor_in, g):
+    """The same checks in the create-graph tier, with differentiable reductions and casts."""
+    data = tensor_in.data
+    if not isinstance(g, _tensor_class):
+        raise RuntimeError(f"{node.name}.vjp returned a {type(g).__name__} for input {index}; "
+                           "vjp must return Tensors (an array would be a detached gradient)")
+    if g.device != device_of(data):
+        raise RuntimeError(f"{node.name}.vjp returned a {g.device} gradient for input {index} "
+                           f"on {device_of(data)}")
+    if g.shape != data.shape:
+        if not _broadcasts(data.shape, g.shape):
+            raise RuntimeError(f"{node.name}.vjp returned a gradient of shape {g.shape} for "
+                               f"input {index} of shape {data.shape}")
+        g = SumTo.apply(g, shape=data.shape)
+    return g if g.dtype == data.dtype else g.astype(data.dtype)
+
+
+def _fill_retained(node, grad_output):
+    """``retain_grad()``: the tensor ``node`` made keeps a plain array ``.grad``, in both tiers."""
+    kept = node._retained()
+    if kept is not None:
+        g = grad_output.data if isinstance(grad_output, _tensor_class) else grad_output
+        kept.grad = g.copy() if kept.grad is None else kept.grad + g
 
 
 def _accumulate_leaf(tensor, g, owned):

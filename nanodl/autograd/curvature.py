@@ -35,6 +35,7 @@ import numpy as np
 from .higher import grad
 from .mode import enable_grad
 from ..backend import to_device, to_host
+from ..tensor import Tensor
 
 __all__ = ["hessian_eigenvalues", "hessian_trace", "hessian_diagonal"]
 
@@ -162,7 +163,6 @@ class _HessianOperator:
     """
 
     def __init__(self, fn, params, who):
-        from ..tensor import Tensor
         self.params, self.who = params, who
         self.sizes = [int(p.size) for p in params]
         self.bounds = np.cumsum([0] + self.sizes)
@@ -325,7 +325,6 @@ def _unit(vector):
 
 def _check_params(params, who):
     """``params`` as a non-empty list of float Tensors that require grad."""
-    from ..tensor import Tensor
     if isinstance(params, Tensor):
         params = [params]
     try:

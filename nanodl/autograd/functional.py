@@ -14,10 +14,13 @@ the inputs you passed (when they require grad), so they can be differentiated ag
 """
 import numpy as np
 
-from .curvature import hessian_diagonal, hessian_eigenvalues, hessian_trace
-from .higher import grad
-from .per_sample import per_sample_grad, per_sample_grad_norm
+from . import enable_grad
+from .. import ops
 from ..backend import array_module
+from ..tensor import Tensor
+from .curvature import hessian_diagonal, hessian_eigenvalues, hessian_trace  # noqa: F401
+from .higher import grad
+from .per_sample import per_sample_grad, per_sample_grad_norm  # noqa: F401
 
 __all__ = ["vjp", "jvp", "hvp", "jacobian", "hessian", "hessian_eigenvalues", "hessian_trace",
            "hessian_diagonal", "per_sample_grad", "per_sample_grad_norm"]
@@ -48,12 +51,12 @@ def jvp(fn, inputs, v, create_graph=False):
     >>> jv.tolist()
     [2.0, 0.0]
     """
-    from ..tensor import Tensor
     is_tuple, xs = _prepare(inputs, create_graph, "jvp")
     directions = _directions(v, xs, is_tuple, "jvp")
     out = _call(fn, xs, "jvp")
     dummy = Tensor(array_module(out.data).zeros(out.shape, dtype=out.dtype), requires_grad=True)
-    transposed = grad(out, xs, dummy, create_graph=True, allow_unused=True)
+    transposed = grad(out, xs, dummy, create_graph=True, allow_unused=True) if out.requires_grad \
+        else ()
     pairs = [(g, d) for g, d in zip(transposed, directions) if g is not None and g.requires_grad]
     if not pairs:
         result = Tensor(array_module(out.data).zeros(out.shape, dtype=out.dtype))
@@ -76,7 +79,7 @@ def hvp(fn, inputs, v, create_graph=False):
     is_tuple, xs = _prepare(inputs, create_graph, "hvp")
     directions = _directions(v, xs, is_tuple, "hvp")
     out = _scalar(_call(fn, xs, "hvp"), "hvp")
-    first = grad(out, xs, create_graph=True, allow_unused=True)
+    first = _first(out, xs)
     used = [(g, d) for g, d in zip(first, directions) if g is not None]
     second = [None] * len(xs)
     if used:
@@ -105,7 +108,7 @@ def hessian(fn, inputs, create_graph=False):
     """
     is_tuple, xs = _prepare(inputs, create_graph, "hessian")
     out = _scalar(_call(fn, xs, "hessian"), "hessian")
-    first = _zeros_for_none(list(grad(out, xs, create_graph=True, allow_unused=True)), xs, True)
+    first = _zeros_for_none(_first(out, xs), xs, True)
     blocks = tuple(tuple(_jacobian_rows(g, xs, create_graph)) for g in first)
     return blocks if is_tuple else blocks[0][0]
 
@@ -114,7 +117,6 @@ def hessian(fn, inputs, create_graph=False):
 def _prepare(inputs, create_graph, name):
     """``(was a tuple, the Tensors to differentiate)``: fresh float leaves, or with
     ``create_graph`` the caller's own tensors when they already require grad."""
-    from ..tensor import Tensor
     is_tuple = isinstance(inputs, (tuple, list))
     values = tuple(inputs) if is_tuple else (inputs,)
     if not values:
@@ -131,8 +133,6 @@ def _prepare(inputs, create_graph, name):
 
 
 def _call(fn, xs, name):
-    from ..tensor import Tensor
-    from . import enable_grad
     with enable_grad():
         out = fn(*xs)
     if not isinstance(out, Tensor):
@@ -147,7 +147,6 @@ def _scalar(out, name):
 
 
 def _tensor_of(value, like, name):
-    from ..tensor import Tensor
     tensor = value if isinstance(value, Tensor) else Tensor(np.asarray(value, dtype=like.dtype))
     if tensor.shape != like.shape:
         raise ValueError(f"{name}: v has shape {tensor.shape}, expected {like.shape}")
@@ -161,6 +160,13 @@ def _directions(v, xs, is_tuple, name):
     return [_tensor_of(d, x, name) for d, x in zip(values, xs)]
 
 
+def _first(out, xs):
+    """The gradient of a scalar ``out``, with a graph (None for each input of a constant)."""
+    if not out.requires_grad:
+        return [None] * len(xs)
+    return list(grad(out, xs, create_graph=True, allow_unused=True))
+
+
 def _grads(out, xs, v, create_graph):
     if not out.requires_grad:
         return _zeros_for_none([None] * len(xs), xs, create_graph)
@@ -170,8 +176,6 @@ def _grads(out, xs, v, create_graph):
 
 def _jacobian_rows(out, xs, create_graph):
     """One Jacobian per input, ``out.shape + x.shape``, from one vjp per output element."""
-    from .. import ops
-    from ..tensor import Tensor
     xp = array_module(out.data)
     rows = [[] for _ in xs]
     for k in range(out.size):
@@ -196,7 +200,6 @@ def _jacobian_rows(out, xs, create_graph):
 
 
 def _zeros_for_none(grads, xs, create_graph):
-    from ..tensor import Tensor
     return [Tensor(array_module(x.data).zeros(x.shape, dtype=x.dtype)) if g is None
             else (g if create_graph else g.detach()) for g, x in zip(grads, xs)]
 

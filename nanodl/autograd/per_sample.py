@@ -43,13 +43,14 @@ True
 """
 import numpy as np
 
-from . import mode
+from . import mode, unbroadcast
 from .higher import grad as differentiate
 from ..backend import array_module, kernels
 from ..backend.activations import BY_NAME as ACTIVATIONS, ELEMENTWISE
 from ..ops.activation import softmax_backward_array
 from ..ops.axes import normalize_axes, normalize_axis
 from ..ops.einsum import contract, gradient_spec
+from ..tensor import Tensor
 
 __all__ = ["per_sample_grad", "per_sample_grad_norm"]
 
@@ -307,7 +308,6 @@ def _record_forward(fn, batch):
 
 def _label(records, batch, n):
     """The ids of every array that carries the batch axis first (batch arrays kept alive)."""
-    from ..tensor import Tensor
     batched = {id(t.data): t.data for t in batch}
     for node, args, kwargs, out in records:
         tensors = [a for a in args if isinstance(a, Tensor)]
@@ -358,7 +358,6 @@ def _frontier(records, out, batched, n):
 
 
 def _sum_to(g, shape):
-    from . import unbroadcast
     reduced = unbroadcast(g, shape)
     if reduced is None:
         raise RuntimeError(f"per_sample_grad: a gradient of shape {g.shape} for a tensor of shape {shape}")
@@ -366,7 +365,6 @@ def _sum_to(g, shape):
 
 
 def _prepare(params, batch, name):
-    from ..tensor import Tensor
     params = [params] if isinstance(params, Tensor) else list(params)
     for k, p in enumerate(params):
         if not isinstance(p, Tensor):

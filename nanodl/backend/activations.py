@@ -87,8 +87,26 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def _gelu_u(x):
-    return GELU_C * (x + GELU_K * x ** 3)
+def sigmoid_pair(v):
+    """``(sigmoid(v), sigmoid(-v))`` of an array from one exp, neither formed by a
+    subtraction (``e = exp(-|v|) <= 1``): no cancellation, no overflow."""
+    e = np.exp(-np.abs(v))
+    r = 1 / (1 + e)
+    positive = v >= 0
+    return np.where(positive, r, e * r), np.where(positive, e * r, r)
+
+
+def gelu(x, pair=sigmoid_pair):
+    """GELU's one definition, tanh approximation: ``0.5 x (1 + tanh(u)) = x sigmoid(2u)``,
+    ``u = c (x + k x^3)``. ``pair(v)`` gives ``(sigmoid(v), sigmoid(-v))``: arrays for the
+    NumPy kernel and the tests, Tensors for the op's ``vjp``."""
+    return x * pair((2 * GELU_C) * (x + GELU_K * (x * x * x)))[0]
+
+
+def gelu_derivative(x, pair=sigmoid_pair):
+    """d gelu / dx = s + x (2u)' s (1 - s), ``s = sigmoid(2u)``, ``(2u)' = 2c (1 + 3k x^2)``."""
+    s, s_rest = pair((2 * GELU_C) * (x + GELU_K * (x * x * x)))
+    return s + (2 * GELU_C) * (1 + (3 * GELU_K) * (x * x)) * x * s * s_rest
 
 
 ACTIVATIONS = (
@@ -117,9 +135,7 @@ ACTIVATIONS = (
         "return tanh(x);", "return g * (T(1) - s * s);",
         "tanh(x);  d/dx = 1 - y^2"),
     Activation(
-        "gelu", 5, "GELU", "input", lambda x, a: x * _sigmoid(2 * _gelu_u(x)),
-        lambda x, a: (_sigmoid(2 * _gelu_u(x)) + x * 2 * _sigmoid(2 * _gelu_u(x))
-                      * _sigmoid(-2 * _gelu_u(x)) * GELU_C * (1 + 3 * GELU_K * x * x)),
+        "gelu", 5, "GELU", "input", lambda x, a: gelu(x), lambda x, a: gelu_derivative(x),
         "return x * nanodl_stable_sigmoid(T(2) * nanodl_gelu_u(x));",
         "const T s2 = nanodl_stable_sigmoid(T(2) * nanodl_gelu_u(s));\n"
         "    const T rest = nanodl_stable_sigmoid(T(-2) * nanodl_gelu_u(s));\n"

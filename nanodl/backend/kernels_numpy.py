@@ -9,7 +9,7 @@ inputs and compare them. Optimizer formulas are PyTorch's, option for option.
 """
 import numpy as np
 
-from .activations import BY_NAME, GELU_C, GELU_K, OUTPUT_GRAD_ACTIVATIONS
+from .activations import BY_NAME, OUTPUT_GRAD_ACTIVATIONS, gelu, gelu_derivative
 from .table import CPU, KernelTable
 
 # ---------------------------------------------------------------- activations
@@ -47,30 +47,12 @@ def tanh_backward(y, grad):
     return grad * (1 - y * y)
 
 
-def _gelu_halves(x):
-    """``(s, 1 - s)`` with ``s = 0.5 (1 + tanh(u)) = sigmoid(2u)``, ``u = c (x + k x^3)``.
-
-    Both are formed without a subtraction (``e = exp(-2|u|) <= 1``), so ``gelu`` keeps
-    its relative accuracy for negative ``x``, where ``1 + tanh(u)`` would cancel.
-    """
-    u = GELU_C * (x + GELU_K * (x * x * x))
-    e = np.exp(-2 * np.abs(u))
-    r = 1 / (1 + e)
-    positive = u >= 0
-    return np.where(positive, r, e * r), np.where(positive, e * r, r)
-
-
 def gelu_forward(x):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(c (x + k x^3))) = x sigmoid(2u)."""
-    s, _ = _gelu_halves(x)
-    return (x * s).astype(x.dtype, copy=False)
+    return gelu(x).astype(x.dtype, copy=False)
 
 
 def gelu_backward(x, grad):
-    # d/dx x sigmoid(2u) = s + x 2u' s (1 - s), 2u' = 2c (1 + 3k x^2)
-    s, s_rest = _gelu_halves(x)
-    du = (2 * GELU_C) * (1 + (3 * GELU_K) * (x * x))
-    return (grad * (s + du * x * s * s_rest)).astype(x.dtype, copy=False)
+    return (grad * gelu_derivative(x)).astype(x.dtype, copy=False)
 
 
 def elu_forward(x, alpha):

@@ -4,10 +4,16 @@
 arrays are lifted to constant tensors of a matching dtype, so a float32 tensor
 combined with a Python number stays float32.
 """
+import sys
+
 import numpy as np
 
+from .. import tensor as _tensor
+from ..autograd import BroadcastTo
 from ..backend import device_of, is_device_array, to_device
+from ..backend.activations import BY_NAME as _ACTIVATIONS
 from ..tensor import Tensor, get_default_dtype
+from . import elementwise
 from .axes import normalize_axes
 from .accumulate import Cumsum, Norm, Prod
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
@@ -16,7 +22,7 @@ from .elementwise import Abs, Add, Clip, Div, Exp, Log, Maximum, Minimum, Mul, N
 from .linear import Linear
 from .loss import SoftmaxCrossEntropy
 from .reduce import LogSumExp, Max, Mean, Min, Sum, Var
-from .shape import Concatenate, ExpandDims, GetItem, MatMul, Reshape, Squeeze, Stack, Transpose
+from .shape import AsType, Concatenate, ExpandDims, GetItem, MatMul, Reshape, Squeeze, Stack, ToDevice, Transpose
 from .special import Cos, Erf, Expm1, Log1p, Sin
 
 
@@ -55,32 +61,13 @@ def _binary(op, a, b):
                          "broadcast together") from None
 
 
-def add(a, b):
-    return _binary(Add, a, b)
-
-
-def sub(a, b):
-    return _binary(Sub, a, b)
-
-
-def mul(a, b):
-    return _binary(Mul, a, b)
-
-
-def div(a, b):
-    return _binary(Div, a, b)
-
-
-def power(a, b):
-    return _binary(Pow, a, b)
-
-
-def maximum(a, b):
-    return _binary(Maximum, a, b)
-
-
-def minimum(a, b):
-    return _binary(Minimum, a, b)
+def add(a, b): return _binary(Add, a, b)
+def sub(a, b): return _binary(Sub, a, b)
+def mul(a, b): return _binary(Mul, a, b)
+def div(a, b): return _binary(Div, a, b)
+def power(a, b): return _binary(Pow, a, b)
+def maximum(a, b): return _binary(Maximum, a, b)
+def minimum(a, b): return _binary(Minimum, a, b)
 
 
 def matmul(a, b):
@@ -106,8 +93,7 @@ def where(cond, a, b):
     return Where.apply(a, b, cond=cond_array)
 
 
-def neg(a):
-    return Neg.apply(a)
+def neg(a): return Neg.apply(a)
 
 
 def getitem(a, index):
@@ -129,28 +115,13 @@ def _index_on(part, device):
     return to_device(part, device) if isinstance(part, np.ndarray) else part
 
 
-def sum(a, axis=None, keepdims=False):
-    return Sum.apply(a, axis=axis, keepdims=keepdims)
-
-
-def mean(a, axis=None, keepdims=False):
-    return Mean.apply(a, axis=axis, keepdims=keepdims)
-
-
-def var(a, axis=None, keepdims=False):
-    return Var.apply(a, axis=axis, keepdims=keepdims)
-
-
-def max(a, axis=None, keepdims=False):
-    return Max.apply(a, axis=axis, keepdims=keepdims)
-
-
-def min(a, axis=None, keepdims=False):
-    return Min.apply(a, axis=axis, keepdims=keepdims)
-
-
-def logsumexp(a, axis=None, keepdims=False):
-    return LogSumExp.apply(a, axis=axis, keepdims=keepdims)
+def sum(a, axis=None, keepdims=False): return Sum.apply(a, axis=axis, keepdims=keepdims)
+def mean(a, axis=None, keepdims=False): return Mean.apply(a, axis=axis, keepdims=keepdims)
+def var(a, axis=None, keepdims=False): return Var.apply(a, axis=axis, keepdims=keepdims)
+def max(a, axis=None, keepdims=False): return Max.apply(a, axis=axis, keepdims=keepdims)
+def min(a, axis=None, keepdims=False): return Min.apply(a, axis=axis, keepdims=keepdims)
+def logsumexp(a, axis=None, keepdims=False): return LogSumExp.apply(a, axis=axis, keepdims=keepdims)
+def broadcast_to(a, shape): return BroadcastTo.apply(a, shape=tuple(shape))
 
 
 def reshape(a, *shape):
@@ -165,12 +136,8 @@ def transpose(a, *axes):
     return Transpose.apply(a, axes=tuple(axes) if axes else None)
 
 
-def squeeze(a, axis=None):
-    return Squeeze.apply(a, axis=axis)
-
-
-def expand_dims(a, axis):
-    return ExpandDims.apply(a, axis=axis)
+def squeeze(a, axis=None): return Squeeze.apply(a, axis=axis)
+def expand_dims(a, axis): return ExpandDims.apply(a, axis=axis)
 
 
 def concatenate(tensors, axis=0):
@@ -190,20 +157,10 @@ def _as_tensors(tensors, op):
     return tensors
 
 
-def exp(a):
-    return Exp.apply(a)
-
-
-def log(a):
-    return Log.apply(a)
-
-
-def sqrt(a):
-    return Sqrt.apply(a)
-
-
-def abs(a):
-    return Abs.apply(a)
+def exp(a): return Exp.apply(a)
+def log(a): return Log.apply(a)
+def sqrt(a): return Sqrt.apply(a)
+def abs(a): return Abs.apply(a)
 
 
 def clip(a, lo, hi):
@@ -212,43 +169,26 @@ def clip(a, lo, hi):
     return Clip.apply(a, lo=lo, hi=hi)
 
 
-def tanh(a):
-    return Tanh.apply(a)
-
-
-def sigmoid(a):
-    return Sigmoid.apply(a)
-
-
-def relu(a):
-    return ReLU.apply(a)
-
-
-def leaky_relu(a, alpha=0.01):
-    return LeakyReLU.apply(a, alpha=alpha)
-
-
-def gelu(a):
-    return GELU.apply(a)
-
-
-def elu(a, alpha=1.0):
-    return ELU.apply(a, alpha=alpha)
-
-
-def softplus(a):
-    return Softplus.apply(a)
-
-
-def softmax(a, axis=-1):
-    return Softmax.apply(a, axis=axis)
+def tanh(a): return Tanh.apply(a)
+def sigmoid(a): return Sigmoid.apply(a)
+def relu(a): return ReLU.apply(a)
+def leaky_relu(a, alpha=0.01): return LeakyReLU.apply(a, alpha=alpha)
+def gelu(a): return GELU.apply(a)
+def elu(a, alpha=1.0): return ELU.apply(a, alpha=alpha)
+def softplus(a): return Softplus.apply(a)
+def softmax(a, axis=-1): return Softmax.apply(a, axis=axis)
 
 
 def log_softmax(a, axis=-1):
     return LogSoftmax.apply(a, axis=axis)
 
 
-def linear(x, kernel, bias=None, activation="linear", alpha=0.0):
+DEFAULT_ALPHA = {name: record.alpha for name, record in _ACTIVATIONS.items() if record.has_alpha}
+
+
+def linear(x, kernel, bias=None, activation="linear", alpha=None):
+    """The fused dense node; ``alpha`` defaults to the activation's own (leaky_relu 0.01, elu 1)."""
+    alpha = DEFAULT_ALPHA.get(activation, 0.0) if alpha is None else alpha
     return Linear.apply(x, kernel, bias, activation=activation, alpha=alpha)
 
 
@@ -261,12 +201,8 @@ def softmax_cross_entropy(logits, target, reduction="none"):
 
 
 # ------------------------------------------------------------------ SPEC §17's ops for experiments
-def sin(a):
-    return Sin.apply(a)
-
-
-def cos(a):
-    return Cos.apply(a)
+def sin(a): return Sin.apply(a)
+def cos(a): return Cos.apply(a)
 
 
 def log1p(a):
@@ -328,3 +264,8 @@ def einsum(subscripts, *operands):
     tensors = [t if isinstance(t, Tensor) else (lift(t, like) if like is not None else Tensor(t))
                for t in operands]
     return Einsum.apply(*tensors, subscripts=subscripts)
+
+
+# Tensor's methods and the derivatives written once for arrays and Tensors call these
+# functions; they are handed over here (no import back into this package: no cycle).
+_tensor._ops_module = elementwise.TENSOR_MATH = sys.modules[__name__]

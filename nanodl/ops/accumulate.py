@@ -74,7 +74,7 @@ class Prod(_Reduction):
         others = others.reshape(moved.shape)
         if order != list(range(a.ndim)):
             others = others.transpose(*inverse)
-        return self.expand_tensor(grad) * others
+        return self.expand(grad) * others
 
 
 def _size(shape):
@@ -125,4 +125,4 @@ class Norm(_Reduction):
         # Where, not a division by the norm and a mask after it: at a zero slice 1/0 would
         # be inf in the unused branch, and its gradient 0 * inf = NaN.
         safe = Where.apply(out, constant(array_module(a.data).ones(()), a), cond=out.data > 0)
-        return self.expand_tensor(grad) * (a / safe)
+        return self.expand(grad) * (a / safe)

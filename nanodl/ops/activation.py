@@ -6,98 +6,75 @@ input so that the derivative itself can be differentiated.
 """
 from ..autograd import Function
 from ..backend import array_module, kernels
+from ..backend.activations import BY_NAME, gelu_derivative
 from .axes import normalize_axis
 from .elementwise import Minimum, Where, constant
 
-GELU_C, GELU_K = 0.7978845608028654, 0.044715  # sqrt(2/pi) and the cubic coefficient
 
+class _Activation(Function):
+    """An elementwise activation: forward and backward are its record's kernels
+    (``<name>_forward`` / ``<name>_backward``), saving its output or its input as the
+    record says, with ``alpha`` where it has one. Each op writes only its ``vjp``."""
+    record = None
 
-class ReLU(Function):
-    def forward(self, x):
-        out = kernels(x).relu_forward(x)
-        self.save_for_backward(out)
+    def forward(self, x, alpha=None):
+        record, table = self.record, kernels(x)
+        if record.has_alpha:
+            self.alpha = record.alpha if alpha is None else alpha
+            out = getattr(table, record.forward_kernel)(x, self.alpha)
+        else:
+            out = getattr(table, record.forward_kernel)(x)
+        self.save_for_backward(out if record.saves == "output" else x)
         return out
 
     def backward(self, grad):
-        (out,) = self.saved_tensors
-        return kernels(out).relu_backward(out, grad)
+        (saved,) = self.saved_tensors
+        backward = getattr(kernels(saved), self.record.backward_kernel)
+        return backward(saved, grad, self.alpha) if self.record.has_alpha else backward(saved, grad)
+
+
+class ReLU(_Activation):
+    record = BY_NAME["relu"]
 
     def vjp(self, grad, x):
         (out,) = self.saved_tensors
         return grad * constant(out > 0, grad)
 
 
-class LeakyReLU(Function):
-    def forward(self, x, alpha=0.01):
-        self.alpha = alpha
-        self.save_for_backward(x)
-        return kernels(x).leaky_relu_forward(x, alpha)
-
-    def backward(self, grad):
-        (x,) = self.saved_tensors
-        return kernels(x).leaky_relu_backward(x, grad, self.alpha)
+class LeakyReLU(_Activation):
+    record = BY_NAME["leaky_relu"]
 
     def vjp(self, grad, x):
         (saved,) = self.saved_tensors
         return grad * constant(array_module(saved).where(saved > 0, 1.0, self.alpha), grad)
 
 
-class Sigmoid(Function):
-    def forward(self, x):
-        out = kernels(x).sigmoid_forward(x)
-        self.save_for_backward(out)
-        return out
-
-    def backward(self, grad):
-        (out,) = self.saved_tensors
-        return kernels(out).sigmoid_backward(out, grad)
+class Sigmoid(_Activation):
+    record = BY_NAME["sigmoid"]
 
     def vjp(self, grad, x):
         out = Sigmoid.apply(x)
         return grad * out * (1 - out)
 
 
-class Tanh(Function):
-    def forward(self, x):
-        out = kernels(x).tanh_forward(x)
-        self.save_for_backward(out)
-        return out
-
-    def backward(self, grad):
-        (out,) = self.saved_tensors
-        return kernels(out).tanh_backward(out, grad)
+class Tanh(_Activation):
+    record = BY_NAME["tanh"]
 
     def vjp(self, grad, x):
         out = Tanh.apply(x)
         return grad * (1 - out * out)
 
 
-class GELU(Function):
+class GELU(_Activation):
     """GELU, tanh approximation."""
+    record = BY_NAME["gelu"]
 
-    def forward(self, x):
-        self.save_for_backward(x)
-        return kernels(x).gelu_forward(x)
-
-    def backward(self, grad):
-        (x,) = self.saved_tensors
-        return kernels(x).gelu_backward(x, grad)
-
-    def vjp(self, grad, x):
-        t = Tanh.apply(GELU_C * (x + GELU_K * x * x * x))
-        dt = GELU_C * (1 + 3 * GELU_K * x * x) * (1 - t * t)
-        return grad * (0.5 * (1 + t) + 0.5 * x * dt)
+    def vjp(self, grad, x):  # the kernels' own derivative (backend.activations), on Tensors
+        return grad * gelu_derivative(x, lambda v: (Sigmoid.apply(v), Sigmoid.apply(-v)))
 
 
-class ELU(Function):
-    def forward(self, x, alpha=1.0):
-        self.alpha = alpha
-        self.save_for_backward(x)
-        return kernels(x).elu_forward(x, alpha)
-
-    def backward(self, grad):
-        (x,) = self.saved_tensors
-        return kernels(x).elu_backward(x, grad, self.alpha)
+class ELU(_Activation):
+    record = BY_NAME["elu"]
 
     def vjp(self, grad, x):
         (saved,) = self.saved_tensors  # exp of min(x, 0) only: no inf in the unused branch
@@ -105,14 +82,8 @@ class ELU(Function):
         return Where.apply(grad, negative, cond=saved > 0)
 
 
-class Softplus(Function):
-    def forward(self, x):
-        self.save_for_backward(x)
-        return kernels(x).softplus_forward(x)
-
-    def backward(self, grad):
-        (x,) = self.saved_tensors
-        return kernels(x).softplus_backward(x, grad)
+class Softplus(_Activation):
+    record = BY_NAME["softplus"]
 
     def vjp(self, grad, x):
         return grad * Sigmoid.apply(x)
@@ -164,3 +135,18 @@ class LogSoftmax(Function):
 
     def vjp(self, grad, x):
         return grad - Softmax.apply(x, axis=self.axis) * grad.sum(axis=self.axis, keepdims=True)
+
+
+def activation_vjp(name, grad, z, alpha):
+    """``grad`` through activation ``name`` at ``z``, with Tensor ops: the activation op's
+    own ``vjp`` (the fused dense node uses it, so its derivative is not written again)."""
+    if name == "linear":
+        return grad
+    op = ACTIVATION_OPS[name]()
+    op.forward(z.data) if name == "softmax" else op.forward(z.data, alpha)
+    op.needs_input_grad = (True,)
+    return op.vjp(grad, z)
+
+
+ACTIVATION_OPS = {op.record.name: op for op in _Activation.__subclasses__()}
+ACTIVATION_OPS["softmax"] = Softmax

@@ -21,6 +21,7 @@ import string
 
 from ..autograd import Function
 from ..backend import array_module
+from ..tensor import Tensor
 
 LETTERS = string.ascii_uppercase + string.ascii_lowercase   # NumPy's order for the implicit output
 
@@ -170,7 +171,6 @@ class Einsum(Function):
         return tuple(grads)
 
     def vjp(self, grad, *operands):
-        from ..tensor import Tensor
         grads = []
         for index, need in enumerate(self.needs_input_grad):
             if not need:

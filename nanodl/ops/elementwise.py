@@ -3,26 +3,34 @@
 Gradients may come back in the broadcast shape: the engine sums them down to
 each input's shape (``autograd.unbroadcast``), so no op repeats that work.
 
-Each op's ``vjp`` is its ``backward`` again, written with Tensor ops so that
-``nd.grad(..., create_graph=True)`` can differentiate it; masks at kinks (abs,
-clip, ties of maximum/minimum) are constants there, so second derivatives are 0.
+Most ops here write their derivative once, as a ``vjp`` that runs on arrays (first
+order) and on Tensors (``create_graph=True``) alike: operators, and ``xp = math_of(grad)``
+for functions (NumPy or CuPy for arrays, ``nanodl.ops`` for Tensors). Ops whose fast
+backward reuses what forward saved (exp, sqrt) write a Tensor ``vjp`` beside it;
+masks at kinks (abs, clip, ties of maximum/minimum) are constants there, so second
+derivatives are 0.
 """
 from ..autograd import Function
 from ..backend import array_module
+from ..tensor import Tensor
+
+TENSOR_MATH = None  # nanodl.ops, set by it once its functions exist (it imports this module)
+
+
+def math_of(x):
+    """Where a derivative finds ``log``, ``where``...: ``nanodl.ops`` (recorded, so
+    differentiable again) for a Tensor, NumPy or CuPy for an array."""
+    return TENSOR_MATH if isinstance(x, Tensor) else array_module(x)
 
 
 def constant(array, like):
     """``array`` as a Tensor with no graph, in ``like``'s dtype (a mask, a share)."""
-    from ..tensor import Tensor
     return Tensor(array.astype(like.dtype, copy=False))
 
 
 class Add(Function):
     def forward(self, a, b):
         return a + b
-
-    def backward(self, grad):
-        return grad, grad
 
     def vjp(self, grad, a, b):
         return grad, grad
@@ -32,22 +40,13 @@ class Sub(Function):
     def forward(self, a, b):
         return a - b
 
-    def backward(self, grad):
-        return grad, (-grad if self.needs_input_grad[1] else None)
-
     def vjp(self, grad, a, b):
         return grad, (-grad if self.needs_input_grad[1] else None)
 
 
 class Mul(Function):
     def forward(self, a, b):
-        self.save_for_backward(a, b)
         return a * b
-
-    def backward(self, grad):
-        a, b = self.saved_tensors
-        need_a, need_b = self.needs_input_grad
-        return (grad * b if need_a else None), (grad * a if need_b else None)
 
     def vjp(self, grad, a, b):
         need_a, need_b = self.needs_input_grad
@@ -56,15 +55,7 @@ class Mul(Function):
 
 class Div(Function):
     def forward(self, a, b):
-        self.save_for_backward(a, b)
         return a / b
-
-    def backward(self, grad):
-        a, b = self.saved_tensors
-        need_a, need_b = self.needs_input_grad
-        grad_a = grad / b if need_a else None
-        grad_b = -grad * a / (b * b) if need_b else None
-        return grad_a, grad_b
 
     def vjp(self, grad, a, b):
         need_a, need_b = self.needs_input_grad
@@ -75,33 +66,32 @@ class Neg(Function):
     def forward(self, a):
         return -a
 
-    def backward(self, grad):
-        return -grad
-
     def vjp(self, grad, a):
         return -grad
 
 
 class Pow(Function):
-    """``a ** b``; d/da = b a^(b-1), d/db = a^b log(a) (only computed when asked)."""
+    """``a ** b``; d/da = b a^(b-1), d/db = a^b log(a), correct at a = 0 to any order.
+
+    At ``b == 0`` d/da is 0 (``a ** 0`` is constant) and is formed with exponent
+    ``0`` instead of ``-1``, so no 0 * inf appears, here or in a later derivative of
+    it (a derivative of ``a ** (b - 1)`` is a Pow node again). d/db uses log(1) = 0
+    where a == 0: ``0 ** b`` is flat in b there for b > 0 (as PyTorch and JAX).
+    """
 
     def forward(self, a, b):
-        out = a ** b
-        self.save_for_backward(a, b, out)
-        return out
-
-    def backward(self, grad):
-        a, b, out = self.saved_tensors
-        xp = array_module(a)
-        need_a, need_b = self.needs_input_grad
-        grad_a = grad * b * a ** (b - 1) if need_a else None
-        grad_b = grad * out * xp.log(a) if need_b else None
-        return grad_a, grad_b
+        return a ** b
 
     def vjp(self, grad, a, b):
+        xp = math_of(grad)
         need_a, need_b = self.needs_input_grad
-        return (grad * b * a ** (b - 1) if need_a else None), \
-            (grad * a ** b * a.log() if need_b else None)
+        grad_a = grad_b = None
+        if need_a:
+            zero = b == 0
+            grad_a = grad * xp.where(zero, 0, b) * a ** (xp.where(zero, 1, b) - 1)
+        if need_b:
+            grad_b = grad * a ** b * xp.log(xp.where(a == 0, 1, a))
+        return grad_a, grad_b
 
 
 class Exp(Function):
@@ -120,12 +110,7 @@ class Exp(Function):
 
 class Log(Function):
     def forward(self, a):
-        self.save_for_backward(a)
         return array_module(a).log(a)
-
-    def backward(self, grad):
-        (a,) = self.saved_tensors
-        return grad / a
 
     def vjp(self, grad, a):
         return grad / a
@@ -190,16 +175,16 @@ class Clip(Function):
         return grad * constant(self.inside(), grad)
 
 
-class Maximum(Function):
-    """Elementwise max; a tie sends half the gradient to each side."""
+class _Pick(Function):
+    """Elementwise max or min; a tie sends half the gradient to each side."""
 
     def forward(self, a, b):
         self.save_for_backward(a, b)
-        return array_module(a).maximum(a, b)
+        return self.pick(array_module(a), a, b)
 
     def share(self):
         a, b = self.saved_tensors
-        return (a > b) + 0.5 * (a == b)
+        return self.wins(a, b) + 0.5 * (a == b)
 
     def backward(self, grad):
         share_a = self.share()
@@ -213,27 +198,12 @@ class Maximum(Function):
             (grad * constant(1 - share_a, grad) if need_b else None)
 
 
-class Minimum(Function):
-    """Elementwise min; a tie sends half the gradient to each side."""
+class Maximum(_Pick):
+    pick, wins = staticmethod(lambda xp, a, b: xp.maximum(a, b)), staticmethod(lambda a, b: a > b)
 
-    def forward(self, a, b):
-        self.save_for_backward(a, b)
-        return array_module(a).minimum(a, b)
 
-    def share(self):
-        a, b = self.saved_tensors
-        return (a < b) + 0.5 * (a == b)
-
-    def backward(self, grad):
-        share_a = self.share()
-        need_a, need_b = self.needs_input_grad
-        return (grad * share_a if need_a else None), (grad * (1 - share_a) if need_b else None)
-
-    def vjp(self, grad, a, b):
-        share_a = self.share()
-        need_a, need_b = self.needs_input_grad
-        return (grad * constant(share_a, grad) if need_a else None), \
-            (grad * constant(1 - share_a, grad) if need_b else None)
+class Minimum(_Pick):
+    pick, wins = staticmethod(lambda xp, a, b: xp.minimum(a, b)), staticmethod(lambda a, b: a < b)
 
 
 class Where(Function):
@@ -247,15 +217,8 @@ class Where(Function):
             raise ValueError(f"where: cond {cond.shape}, a {a.shape} and b {b.shape} do not "
                              "broadcast to one shape") from None
 
-    def backward(self, grad):
-        xp = array_module(grad)
-        zero = xp.zeros((), dtype=grad.dtype)
-        need_a, need_b = self.needs_input_grad
-        return (xp.where(self.cond, grad, zero) if need_a else None,
-                xp.where(self.cond, zero, grad) if need_b else None)
-
     def vjp(self, grad, a, b):
-        zero = constant(array_module(grad.data).zeros(()), grad)
+        xp = math_of(grad)
         need_a, need_b = self.needs_input_grad
-        return (Where.apply(grad, zero, cond=self.cond) if need_a else None,
-                Where.apply(zero, grad, cond=self.cond) if need_b else None)
+        return (xp.where(self.cond, grad, 0) if need_a else None,
+                xp.where(self.cond, 0, grad) if need_b else None)

@@ -1,7 +1,7 @@
 """The fused dense-layer node: ``act(x @ kernel + bias)`` in one Function."""
 from ..autograd import Function
 from ..backend import kernels, threads
-from .activation import softmax_array, softmax_backward_array
+from .activation import activation_vjp, softmax_array, softmax_backward_array
 
 
 class Linear(Function):
@@ -47,17 +47,14 @@ class Linear(Function):
         return (dx, dkernel, dbias) if self.has_bias else (dx, dkernel)
 
     def vjp(self, grad, x, kernel, bias=None):
-        """Differentiate the composed equivalent ``act(x @ kernel + bias)`` (same math, unfused)."""
-        from .. import ops
-        from ..autograd.higher import grad as differentiate
-        out = x @ kernel if bias is None else x @ kernel + bias
-        if self.activation in ("leaky_relu", "elu"):
-            out = getattr(ops, self.activation)(out, self.alpha)
-        elif self.activation == "softmax":
-            out = ops.softmax(out, -1)
-        elif self.activation != "linear":
-            out = getattr(ops, self.activation)(out)
-        inputs = (x, kernel) if bias is None else (x, kernel, bias)
-        wanted = [t for t, need in zip(inputs, self.needs_input_grad) if need]
-        grads = iter(differentiate(out, wanted, grad, create_graph=True)) if wanted else iter(())
-        return tuple(next(grads) if need else None for need in self.needs_input_grad)
+        """The same derivative with Tensor ops: the activation's vjp, then the products.
+
+        It stops at its own inputs (a kernel that also fed ``x`` gets that path from
+        the walk, once)."""
+        z = x @ kernel if bias is None else x @ kernel + bias
+        grad = activation_vjp(self.activation, grad, z, self.alpha)
+        need_x, need_kernel = self.needs_input_grad[:2]
+        flat = grad.reshape(-1, grad.shape[-1])
+        return ((grad @ kernel.T if need_x else None),
+                (x.reshape(-1, x.shape[-1]).T @ flat if need_kernel else None),
+                *((grad,) if bias is not None else ()))  # the engine sums it to (units,)

@@ -3,6 +3,8 @@ import numpy as np
 
 from ..autograd import Function
 from ..backend import array_module, device_of, is_device_array, kernels, to_device
+from .activation import Softmax
+from .elementwise import constant
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -40,8 +42,6 @@ class SoftmaxCrossEntropy(Function):
 
     def vjp(self, grad, logits):
         """``(softmax(logits) * sum(target) - target) * grad``, with Tensor ops."""
-        from .activation import Softmax
-        from .elementwise import constant
         probs, target = self.saved_tensors
         xp = array_module(probs)
         if target.ndim == 1:

@@ -2,8 +2,7 @@
 from ..autograd import Function
 from ..backend import array_module
 from .axes import normalize_axes
-from .elementwise import constant
-from .shape import BroadcastTo
+from .elementwise import constant, math_of
 
 
 def kept_shape(shape, axes):
@@ -21,28 +20,18 @@ class _Reduction(Function):
         return self.axes
 
     def expand(self, grad):
-        """Broadcast a reduced gradient back over the input's shape."""
-        xp = array_module(grad)
+        """Broadcast a reduced gradient (an array or a Tensor) back over the input's shape."""
         if not self.keepdims:
             grad = grad.reshape(kept_shape(self.shape, self.axes))
-        return xp.broadcast_to(grad, self.shape)
-
-    def expand_tensor(self, grad):
-        """``expand`` with Tensor ops (for ``vjp``): reshape, then a BroadcastTo node."""
-        if not self.keepdims:
-            grad = grad.reshape(kept_shape(self.shape, self.axes))
-        return BroadcastTo.apply(grad, shape=self.shape)
+        return math_of(grad).broadcast_to(grad, self.shape)
 
 
 class Sum(_Reduction):
     def forward(self, a, axis=None, keepdims=False):
         return a.sum(axis=self.setup(a, axis, keepdims), keepdims=keepdims)
 
-    def backward(self, grad):
-        return self.expand(grad)
-
     def vjp(self, grad, a):
-        return self.expand_tensor(grad)
+        return self.expand(grad)
 
 
 class Mean(_Reduction):
@@ -51,11 +40,8 @@ class Mean(_Reduction):
         self.count = max(1, _product(a.shape, axes))
         return a.mean(axis=axes, keepdims=keepdims)
 
-    def backward(self, grad):
-        return self.expand(grad / self.count)
-
     def vjp(self, grad, a):
-        return self.expand_tensor(grad / self.count)
+        return self.expand(grad / self.count)
 
 
 class Var(_Reduction):
@@ -74,7 +60,7 @@ class Var(_Reduction):
 
     def vjp(self, grad, a):
         centered = a - a.mean(axis=self.axes, keepdims=True)
-        return self.expand_tensor(grad) * centered * (2 / max(self.count, 1))
+        return self.expand(grad) * centered * (2 / max(self.count, 1))
 
 
 class _Extreme(_Reduction):
@@ -98,7 +84,7 @@ class _Extreme(_Reduction):
         return self.expand(grad) * self.share()
 
     def vjp(self, grad, a):
-        return self.expand_tensor(grad) * constant(self.share(), grad)
+        return self.expand(grad) * constant(self.share(), grad)
 
 
 class Max(_Extreme):
@@ -127,7 +113,7 @@ class LogSumExp(_Reduction):
 
     def vjp(self, grad, a):
         out = LogSumExp.apply(a, axis=self.axes, keepdims=True)
-        return self.expand_tensor(grad) * (a - out).exp()
+        return self.expand(grad) * (a - out).exp()
 
 
 def _product(shape, axes):

@@ -106,6 +106,7 @@ _TARGET = np.array([[0.5, -1.0, 1.5], [0.0, 1.25, -0.5]])
 _LABELS = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.25]])  # soft labels allowed
 _HUBER_DELTA = 0.75
 _SCATTER_INDEX = np.array([0, 2, 0])
+_EXPONENTS = np.array([0.0, 1.0, 2.0, 3.0])
 
 
 def _np_sigmoid(z):
@@ -170,6 +171,13 @@ REGISTRY = (
     OpSpec("div", ops.div, np.divide, BINARY, domain=(0.5, 2.0)),
     OpSpec("pow", ops.power, np.power, BINARY, domain=(0.5, 2.0)),
     OpSpec("pow_scalar", lambda a: a ** 3, lambda a: a ** 3, UNARY),
+    # a ** k at a = 0 (k = 0..3: x^0, x, x^2, x^3) and 0 ** w: NaN there once, 0 * inf
+    OpSpec("pow_integer", lambda a: a ** _EXPONENTS.astype(a.dtype), lambda a: a ** _EXPONENTS, (((4,),),),
+           random_shapes=False, critical_points=((np.zeros(4),),),
+           derivative=lambda a: (np.where(_EXPONENTS == 0, 0, _EXPONENTS * a ** np.maximum(_EXPONENTS - 1, 0)),)),
+    OpSpec("pow_of_zero", lambda w: ops.power(np.zeros(3, w.dtype), w), lambda w: 0.0 ** w, (((3,),),),
+           domain=(0.5, 2.0), random_shapes=False, critical_points=((np.array([0.5, 1.0, 2.0]),),),
+           derivative=lambda w: (np.zeros_like(w),)),
     OpSpec("neg", ops.neg, np.negative, UNARY),
     OpSpec("exp", ops.exp, np.exp, UNARY),
     OpSpec("log", ops.log, np.log, UNARY, domain=(0.2, 3.0)),

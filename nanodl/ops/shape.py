@@ -1,7 +1,7 @@
 """Shape ops (reshape, broadcast, transpose, indexing, joining, casts, device moves) and matmul."""
 import numpy as np
 
-from ..autograd import Function
+from ..autograd import BroadcastTo, Function  # noqa: F401  (BroadcastTo: an op of this family)
 from ..backend import array_module, threads, to_device
 from .axes import normalize_axes, normalize_axis
 
@@ -17,24 +17,8 @@ class Reshape(Function):
         except TypeError:
             raise TypeError(f"reshape: a shape is integers, got {shape!r}") from None
 
-    def backward(self, grad):
-        return grad.reshape(self.shape)
-
     def vjp(self, grad, a):
         return grad.reshape(self.shape)
-
-
-class BroadcastTo(Function):
-    """``a`` repeated over ``shape`` (NumPy broadcasting); the engine sums the gradient back."""
-
-    def forward(self, a, shape=None):
-        return array_module(a).ascontiguousarray(array_module(a).broadcast_to(a, shape))
-
-    def backward(self, grad):
-        return grad
-
-    def vjp(self, grad, a):
-        return grad
 
 
 class Transpose(Function):
@@ -49,11 +33,8 @@ class Transpose(Function):
         return None if self.axes is None else \
             tuple(int(ax) for ax in np.argsort([ax % ndim for ax in self.axes]))
 
-    def backward(self, grad):
-        return grad.transpose(self.inverse(grad.ndim))
-
     def vjp(self, grad, a):
-        return Transpose.apply(grad, axes=self.inverse(grad.ndim))
+        return grad.transpose(self.inverse(grad.ndim))
 
 
 class Squeeze(Function):
@@ -66,9 +47,6 @@ class Squeeze(Function):
                     raise ValueError(f"squeeze: axis {ax} of shape {a.shape} is not of size 1")
         return a.squeeze(axis)
 
-    def backward(self, grad):
-        return grad.reshape(self.shape)
-
     def vjp(self, grad, a):
         return grad.reshape(self.shape)
 
@@ -77,9 +55,6 @@ class ExpandDims(Function):
     def forward(self, a, axis=0):
         self.shape = a.shape
         return array_module(a).expand_dims(a, normalize_axis(axis, a.ndim + 1, "expand_dims"))
-
-    def backward(self, grad):
-        return grad.reshape(self.shape)
 
     def vjp(self, grad, a):
         return grad.reshape(self.shape)
@@ -244,9 +219,6 @@ class AsType(Function):
     def forward(self, a, dtype=None):
         self.dtype = a.dtype
         return a.astype(dtype)
-
-    def backward(self, grad):
-        return grad.astype(self.dtype)
 
     def vjp(self, grad, a):
         return grad.astype(self.dtype)
