@@ -1,5 +1,6 @@
 """Model.find_lr: the sweep, its suggestion, the sharpness beside it, and that it
 leaves the model, its optimizer and nanodl's generator exactly as they were."""
+import copy
 import sys
 
 import numpy as np
@@ -282,3 +283,29 @@ def test_a_subclassed_model_with_a_weight_penalty():
     penalised = lambda: losses.mse(model(xs), ys) + model.regularization_loss()  # noqa: E731
     exact, _ = hessian_eigenvalues(penalised, model.parameters())
     assert finder.sharpness["start"] == pytest.approx(exact[0], rel=1e-6)
+
+
+def test_lbfgs_sweeps_full_batch_and_its_memory_is_restored():
+    x, y = blobs(n=40)
+    model = classifier("lbfgs", float64=True)
+    model.fit(x, y, epochs=2, verbose=0)
+    memory = copy.deepcopy(model.optimizer._memory)
+    before = everything(model)
+    finder = model.find_lr(x, y, start_lr=1e-3, end_lr=1.0, steps=6, batch_size=8)
+    assert_bit_identical(before, everything(model))
+    assert_nested_equal(memory, model.optimizer._memory)
+    # full batch, as fit trains LBFGS: the first loss is the loss of the whole set
+    assert finder.raw_losses[0] == pytest.approx(model.evaluate(x, y), rel=1e-12)
+
+
+def assert_nested_equal(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_nested_equal(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for left, right in zip(a, b):
+            assert_nested_equal(left, right)
+    else:
+        np.testing.assert_array_equal(a, b)

@@ -121,6 +121,7 @@ def find_lr(model, x, y, start_lr, end_lr, steps, batch_size, sharpness):
         with random.using(copy.deepcopy(random.generator())), model._mode(True):
             plan = model._plan(x, y)
             x, y = plan.inputs(x), plan.targets(y)
+            batch_size = plan.fit_batch_size(batch_size, len(x))  # all samples for LBFGS, as fit
             batches = [to_device(batch, plan.device) for batch in _batches(len(x), batch_size, steps)]
             fixed = batches[0]
             start = _largest_eigenvalue(plan, x[fixed], y[fixed]) if sharpness else None
@@ -154,15 +155,18 @@ def _rates(start_lr, end_lr, steps):
 
 
 def _check_first_order(optimizer):
-    """The sweep makes plain ``step()`` calls; an optimizer whose step needs a closure
-    (LBFGS) cannot take them."""
+    """The sweep steps as ``fit`` does: ``step()``, or ``step(closure)`` for a
+    ``full_batch`` optimizer (LBFGS); any other step that needs an argument cannot run."""
+    if getattr(optimizer, "full_batch", False):
+        return
     needed = [name for name, parameter in inspect.signature(optimizer.step).parameters.items()
               if parameter.default is parameter.empty
               and parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)]
     if needed:
-        raise ValueError(f"find_lr: the sweep takes one plain step per batch, but "
-                         f"{type(optimizer).__name__}.step needs {', '.join(needed)}; compile with a "
-                         "first-order optimizer ('sgd', 'adam', ...) to sweep its rate")
+        raise ValueError(f"find_lr: the sweep calls step() once per batch, but "
+                         f"{type(optimizer).__name__}.step needs {', '.join(needed)} (and the "
+                         "optimizer has no full_batch flag); compile with 'sgd', 'adam', ... to "
+                         "sweep its rate")
 
 
 def _batches(n, batch_size, steps):

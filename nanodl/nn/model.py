@@ -298,7 +298,8 @@ class Model(Module):
     def find_lr(self, x, y, start_lr=1e-7, end_lr=10.0, steps=100, batch_size=32, sharpness=True):
         """A learning-rate sweep, with the loss's sharpness beside it; returns an ``LRFinder``.
 
-        ``steps`` optimizer steps (the compiled optimizer, one batch each) at rates
+        ``steps`` optimizer steps (the compiled optimizer, one batch each; all samples
+        for a ``full_batch`` optimizer such as LBFGS, as ``fit``) at rates
         growing exponentially from ``start_lr`` to ``end_lr``, stopping once the
         smoothed loss passes 4x its best. ``LRFinder.suggestion`` is where the smoothed
         loss fell fastest; with ``sharpness``, ``LRFinder.sharpness`` holds the largest
