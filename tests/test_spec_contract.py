@@ -32,6 +32,22 @@ def leading(fn, names):
     assert params[:len(names)] == list(names), params
 
 
+def assert_same_state(a, b):
+    """Two nested state dicts hold the same keys and the same numbers, exactly."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (a, b)
+        for key in a:
+            assert_same_state(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            assert_same_state(u, v)
+    elif isinstance(a, (np.ndarray, np.generic)):
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert a == b or (a != a and b != b), (a, b)
+
+
 def blobs(n=60, d=4, classes=3, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
@@ -396,10 +412,43 @@ def test_s8_lr_scheduler_applied_at_epoch_start(two_args):
 def test_s8_early_stopping_and_restore_best_weights():
     x, y = blobs()
     model = mlp()
-    model.compile(optim.SGD(lr=5.0), "sparse_categorical_crossentropy")  # diverging val loss
-    es = callbacks.EarlyStopping(monitor="loss", patience=1, restore_best_weights=True)
-    hist = model.fit(x, y, epochs=30, verbose=0, callbacks=[es])
-    assert len(hist.epoch) < 30
+    model.compile(optim.SGD(lr=0.1), "sparse_categorical_crossentropy")
+    snaps = []
+
+    class Snap(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snaps.append((logs["val_loss"], weights(self.model)))
+
+    rng = np.random.default_rng(3)
+    xv, yv = rng.standard_normal((30, 4)).astype(np.float32), rng.integers(0, 3, 30)  # noise
+    es = callbacks.EarlyStopping(patience=2, restore_best_weights=True)
+    hist = model.fit(x, y, epochs=40, verbose=0, validation_data=(xv, yv),
+                     callbacks=[Snap(), es])
+    assert len(hist.epoch) < 40
+    best = int(np.argmin([v for v, _ in snaps]))
+    assert len(hist.epoch) == best + 3  # patience 2 after the best epoch
+    for a, b in zip(snaps[best][1], weights(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_s8_model_checkpoint_save_best_only(tmp_path):
+    x, y = blobs()
+    model = mlp()
+    model.compile(optim.SGD(lr=0.1), "sparse_categorical_crossentropy")
+    saved = []
+    path = str(tmp_path / "best.npz")
+
+    class Watch(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            saved.append(os.path.getmtime(path) if os.path.exists(path) else None)
+
+    rng = np.random.default_rng(3)
+    xv, yv = rng.standard_normal((30, 4)).astype(np.float32), rng.integers(0, 3, 30)
+    hist = model.fit(x, y, epochs=8, verbose=0, validation_data=(xv, yv),
+                     callbacks=[callbacks.ModelCheckpoint(path, save_best_only=True), Watch()])
+    best = int(np.argmin(hist.history["val_loss"]))
+    back = nd.load_model(path)
+    assert back.evaluate(xv, yv) == pytest.approx(hist.history["val_loss"][best], rel=1e-5)
 
 
 @pytest.mark.xfail(reason="qa-findings: a stop in on_batch_end ends fit mid-epoch", strict=False)
@@ -464,6 +513,18 @@ def test_s13_grad_fills_retain_grad_of_non_leaf():
     assert h.grad is not None
     np.testing.assert_allclose(h.grad, [6.0, 12.0])
     assert x.grad is None
+
+
+@pytest.mark.xfail(reason="qa-findings (engine): retain_grad under create_graph leaves .grad None",
+                   strict=False)
+def test_s13_grad_fills_retain_grad_of_non_leaf_under_create_graph():
+    x = nd.tensor([1.0, 2.0], requires_grad=True)
+    h = x * 3
+    h.retain_grad()
+    (g,) = nd.grad((h * h).sum(), x, create_graph=True)
+    assert isinstance(h.grad, np.ndarray)  # .grad stays a plain array (§13)
+    np.testing.assert_allclose(h.grad, [6.0, 12.0])
+    assert x.grad is None and g.requires_grad
 
 
 def test_s13_grad_outputs_required_for_non_scalar():
@@ -601,7 +662,26 @@ def test_s13_gradgradcheck_and_audit_order():
 # ---------------------------------------------------------------- §15 interoperability
 
 
-def test_s15_onnx_export_matches_predict(tmp_path):
+ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "gelu", "elu", "softplus",
+               "linear", None]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_s15_onnx_export_every_dense_activation(tmp_path, activation):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import nanodl.onnx
+    nd.manual_seed(0)
+    model = nn.Sequential([nn.Dense(5, activation=activation, input_dim=4)])
+    x = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32) * 3
+    path = str(tmp_path / "m.onnx")
+    nanodl.onnx.export(model, path)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_s15_onnx_export_matches_predict(tmp_path, monkeypatch):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     import nanodl.onnx
@@ -609,15 +689,28 @@ def test_s15_onnx_export_matches_predict(tmp_path):
     leading(nanodl.onnx.export, ["model", "path", "opset"])
     nd.manual_seed(0)
     model = nn.Sequential([nn.Dense(8, activation="gelu", input_dim=4), nn.BatchNorm(),
-                           nn.Dropout(0.2), nn.Dense(6, activation="elu"), nn.LayerNorm(),
-                           nn.Tanh(), nn.Dense(3, activation="softmax")])
-    x, _ = blobs()
-    model.predict(x)
+                           nn.Dropout(0.2), nn.ReLU(), nn.Dense(6), nn.LeakyReLU(0.2),
+                           nn.LayerNorm(), nn.Tanh(), nn.Dense(6), nn.Sigmoid(), nn.Dense(6),
+                           nn.GELU(), nn.Activation("elu"), nn.Flatten(), nn.Dense(3),
+                           nn.Softmax()])
+    x, y = blobs()
+    model.compile("adam", "categorical_crossentropy")
+    model.fit(x, np.eye(3, dtype=np.float32)[y], epochs=2, verbose=0)  # running statistics move
     path = str(tmp_path / "m.onnx")
     nanodl.onnx.export(model, path)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-6)
+    good = open(path, "rb").read()
+
+    def boom(src, dst):
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        nanodl.onnx.export(mlp(), path)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == good and os.listdir(tmp_path) == ["m.onnx"]
 
 
 def test_s15_onnx_unsupported_layer_named(tmp_path):
@@ -675,15 +768,19 @@ def test_s15_sklearn_classifier_solvers_fit(solver):
     assert clf.predict(x).shape == (80,) and clf.predict_proba(x).shape == (80, 3)
     assert [c.shape for c in clf.coefs_] == [(4, 8), (8, 3)]
     assert [b.shape for b in clf.intercepts_] == [(8,), (3,)]
-    for attr in ("classes_", "n_features_in_", "loss_", "loss_curve_", "t_", "n_iter_",
-                 "n_layers_", "n_outputs_", "out_activation_"):
-        assert hasattr(clf, attr), attr
+    import sklearn.neural_network as skn
+    ref = skn.MLPClassifier(hidden_layer_sizes=(8,), solver=solver, max_iter=30, random_state=0,
+                            learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref.fit(x, y)
+    for attr in ("classes_", "n_features_in_", "loss_", "best_loss_", "loss_curve_", "t_",
+                 "n_iter_", "n_layers_", "n_outputs_", "out_activation_"):
+        assert hasattr(clf, attr) == hasattr(ref, attr), attr
     assert clf.n_layers_ == 3 and clf.n_outputs_ == 3 and clf.out_activation_ == "softmax"
-    if solver != "lbfgs":
-        assert hasattr(clf, "best_loss_")
+    assert clf.loss_ == pytest.approx(ref.loss_, rel=0.5)
 
 
-@NOT_LANDED
 def test_s15_sklearn_regressor_poisson_and_attributes():
     pytest.importorskip("sklearn")
     from nanodl.sklearn import MLPRegressor
@@ -739,16 +836,7 @@ def test_s15_sklearn_unknown_parameter_names_public_class(name):
         cls(activation="nope", max_iter=1).fit(x, y)
 
 
-@NOT_LANDED
-def test_s15_sklearn_check_estimator():
-    pytest.importorskip("sklearn")
-    from sklearn.utils.estimator_checks import check_estimator
-    from nanodl.sklearn import MLPClassifier, MLPRegressor
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for est in (MLPClassifier(max_iter=20, hidden_layer_sizes=(5,)),
-                    MLPRegressor(max_iter=20, hidden_layer_sizes=(5,))):
-            check_estimator(est)
+# check_estimator with no expected failures: tests/test_sklearn.py runs parametrize_with_checks.
 
 
 def test_s15_fit_evaluate_weights_signature():
@@ -949,14 +1037,19 @@ def test_s16_model_checkpoint_format_fields(tmp_path):
     model = mlp()
     model.compile("adam", "sparse_categorical_crossentropy")
     pattern = str(tmp_path / "ckpt-{epoch:02d}-{val_loss:.3f}.npz")
-    hist = model.fit(x, y, epochs=2, verbose=0, validation_split=0.25,
+    hist = model.fit(x, y, epochs=2, verbose=0, validation_split=0.25, shuffle=False,
                      callbacks=[callbacks.ModelCheckpoint(pattern)])
     names = sorted(os.listdir(tmp_path))
     expect = sorted("ckpt-%02d-%.3f.npz" % (e + 1, v)
                     for e, v in zip(range(2), hist.history["val_loss"]))
     assert names == expect
-    back = nd.load_model(str(tmp_path / expect[-1]))
-    assert back.optimizer is not None  # a full checkpoint is compiled
+    first = nd.load_model(str(tmp_path / expect[0]))  # a full checkpoint resumes (§16)
+    first.fit(x, y, initial_epoch=1, epochs=2, verbose=0, validation_split=0.25, shuffle=False)
+    ref = mlp()
+    ref.compile("adam", "sparse_categorical_crossentropy")
+    ref.fit(x, y, epochs=2, verbose=0, validation_split=0.25, shuffle=False)
+    for a, b in zip(weights(ref), weights(first)):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
 
 
 def test_s16_model_checkpoint_save_weights_only(tmp_path):
@@ -996,6 +1089,49 @@ def test_s16_backup_and_restore(tmp_path):
     hist = again.fit(x, y, epochs=4, batch_size=16, verbose=0, shuffle=False,
                      callbacks=[callbacks.BackupAndRestore(backup)])
     assert hist.epoch[0] in (1, 2) and hist.epoch[-1] == 3
+    for a, b in zip(weights(full), weights(again)):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+    assert not os.path.exists(backup) or not os.listdir(backup)
+
+
+KILL_WORKER = """
+import os, signal, sys
+import numpy as np
+import nanodl as nd
+from nanodl import callbacks, optim
+sys.path.insert(0, {tests!r})
+from test_spec_contract import blobs, mlp
+
+
+class Kill(callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+x, y = blobs(n=64)
+model = mlp(seed=4)
+model.compile(optim.Adam(lr=0.01), "sparse_categorical_crossentropy")
+model.fit(x, y, epochs=5, batch_size=16, verbose=0, shuffle=False,
+          callbacks=[callbacks.BackupAndRestore({backup!r}), Kill()])
+"""
+
+
+def test_s16_backup_and_restore_after_a_kill(tmp_path):
+    import signal
+    backup = str(tmp_path / "backup")
+    code = KILL_WORKER.format(tests=os.path.dirname(os.path.abspath(__file__)), backup=backup)
+    proc = subprocess.run([sys.executable, "-c", code], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    x, y = blobs(n=64)
+    full = mlp(seed=4)
+    full.compile(optim.Adam(lr=0.01), "sparse_categorical_crossentropy")
+    full.fit(x, y, epochs=5, batch_size=16, verbose=0, shuffle=False)
+    again = mlp(seed=8)
+    again.compile(optim.Adam(lr=0.01), "sparse_categorical_crossentropy")
+    hist = again.fit(x, y, epochs=5, batch_size=16, verbose=0, shuffle=False,
+                     callbacks=[callbacks.BackupAndRestore(backup)])
+    assert hist.epoch[0] in (2, 3) and hist.epoch[-1] == 4
     for a, b in zip(weights(full), weights(again)):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
     assert not os.path.exists(backup) or not os.listdir(backup)
@@ -1106,6 +1242,13 @@ def test_s16_probability_loss_on_raw_head_warns_once(loss):
     with pytest.warns(UserWarning, match="from_logits|activation") as record:
         model.compile("adam", loss)
     assert len([w for w in record if issubclass(w.category, UserWarning)]) == 1
+    x, y = blobs()
+    target = {"sparse_categorical_crossentropy": y, "binary_crossentropy":
+              (np.eye(3)[y] > 0).astype(np.float32)}.get(loss, np.eye(3, dtype=np.float32)[y])
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        model.fit(x, target, epochs=2, verbose=0)
+    assert not [w for w in again if "activation" in str(w.message)]  # once, not per fit or step
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mlp().compile("adam", loss)  # softmax head: no warning
@@ -1233,8 +1376,7 @@ def test_s17_find_lr():
     assert finder.sharpness["stable_lr"] == pytest.approx(2 / finder.sharpness["start"])
     for a, b in zip(before, weights(model)):
         np.testing.assert_array_equal(a, b)
-    after = model.optimizer.state_dict()
-    assert after["state"].keys() == state["state"].keys() if "state" in state else True
+    assert_same_state(model.optimizer.state_dict(), state)
     assert callable(finder.plot)
 
 
