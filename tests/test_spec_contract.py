@@ -1372,6 +1372,11 @@ def test_s17_find_lr():
     assert len(finder.lrs) == len(finder.losses) > 0
     assert finder.lrs[0] == pytest.approx(1e-7)
     assert finder.lrs[0] <= finder.suggestion <= finder.lrs[-1]
+    lrs, smoothed = np.asarray(finder.lrs), np.asarray(finder.losses)
+    at = int(np.argmin(np.abs(lrs - finder.suggestion)))
+    assert at <= int(np.argmin(smoothed))  # before the loss turns up and diverges
+    slopes = np.gradient(smoothed, np.log(lrs))
+    assert slopes[at] < 0  # falling there
     assert set(finder.sharpness) >= {"start", "end", "stable_lr"}
     assert finder.sharpness["stable_lr"] == pytest.approx(2 / finder.sharpness["start"])
     for a, b in zip(before, weights(model)):
