@@ -551,7 +551,7 @@ def test_s13_retain_graph_defaults_to_create_graph():
 def test_s13_unused_input_runtime_error_names_it_unless_allowed():
     x = nd.tensor([1.0], requires_grad=True)
     unused = nd.tensor([2.0], requires_grad=True)
-    with pytest.raises(RuntimeError, match="1|unused|input"):
+    with pytest.raises(RuntimeError, match="input 1"):
         nd.grad((x * 2).sum(), [x, unused])
     gx, gu = nd.grad((x * 2).sum(), [x, unused], allow_unused=True)
     assert gu is None and float(gx.numpy()[0]) == 2.0
@@ -737,7 +737,6 @@ SK_DEFAULTS = dict(hidden_layer_sizes=(100,), activation="relu", solver="adam", 
                    model=None)
 
 
-@NOT_LANDED
 @pytest.mark.parametrize("name", ["MLPClassifier", "MLPRegressor"])
 def test_s15_sklearn_takes_every_sklearn_parameter(name):
     pytest.importorskip("sklearn")
@@ -754,7 +753,6 @@ def test_s15_sklearn_takes_every_sklearn_parameter(name):
         assert ours["loss"] == "squared_error"
 
 
-@NOT_LANDED
 @pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
 def test_s15_sklearn_classifier_solvers_fit(solver):
     pytest.importorskip("sklearn")
@@ -823,7 +821,6 @@ def test_s15_sklearn_feature_names_in():
     assert list(reg.feature_names_in_) == list("abcd")
 
 
-@NOT_LANDED
 @pytest.mark.parametrize("name", ["MLPClassifier", "MLPRegressor"])
 def test_s15_sklearn_unknown_parameter_names_public_class(name):
     pytest.importorskip("sklearn")
@@ -1140,7 +1137,7 @@ def test_s16_backup_and_restore_after_a_kill(tmp_path):
 def test_s16_keras_and_torch_spellings():
     layer = nn.Dense(3, input_shape=(4,))
     assert layer.kernel.shape == (4, 3)
-    for cls in (optim.SGD, optim.Adam, optim.AdamW, optim.Adagrad, optim.RMSprop):
+    for cls in (optim.SGD, optim.Adam, optim.AdamW, optim.Adagrad, optim.RMSprop, optim.LBFGS):
         opt = cls(learning_rate=0.123)
         assert opt.lr == 0.123 and opt.learning_rate == 0.123
         opt.learning_rate = 0.5
@@ -1164,6 +1161,10 @@ def test_s16_rmse_precision_recall_over_whole_epoch():
     assert hist.history["rmse"][0] == pytest.approx(np.sqrt(np.mean((p - yb) ** 2)), rel=1e-5)
     assert hist.history["precision"][0] == pytest.approx(tp / max(pred.sum(), 1), rel=1e-6)
     assert hist.history["recall"][0] == pytest.approx(tp / (yb > 0.5).sum(), rel=1e-6)
+    _, rmse, precision, recall = model.evaluate(x, yb, batch_size=7)
+    assert (rmse, precision, recall) == pytest.approx(
+        (hist.history["rmse"][0], hist.history["precision"][0], hist.history["recall"][0]),
+        rel=1e-5)
 
 
 def test_s16_callable_metric_reported_under_its_name_and_return_dict():
@@ -1348,11 +1349,19 @@ def test_s17_hessian_trace_and_diagonal():
     assert defaults(hessian_diagonal)["samples"] == 100
     try:
         model, params, fn = _tiny_problem()
-        est, se = hessian_trace(fn, params, samples=200, seed=0)
+        first, se = hessian_trace(fn, params, samples=200, seed=0)
+        est = first
         H = _exact_hessian(params, fn)
         assert abs(est - np.trace(H)) <= 3 * se + 1e-12
-        diag = hessian_diagonal(fn, params, samples=100, seed=0)
+        samples = 400
+        diag = hessian_diagonal(fn, params, samples=samples, seed=0)
         assert [a.shape for a in diag] == [p.shape for p in params]
+        est = np.concatenate([a.ravel() for a in diag])
+        # Hutchinson: z*(Hz) has mean H_ii and variance sum_{j != i} H_ij^2 per probe
+        spread = np.sqrt(((H ** 2).sum(1) - np.diag(H) ** 2) / samples)
+        assert np.all(np.abs(est - np.diag(H)) <= 5 * spread + 1e-10)
+        again, _ = hessian_trace(fn, params, samples=200, seed=0)
+        assert float(again) == float(first)  # a seed makes it reproducible
     finally:
         nd.set_default_dtype("float32")
 
@@ -1385,7 +1394,6 @@ def test_s17_find_lr():
     assert callable(finder.plot)
 
 
-@NOT_LANDED
 def test_s17_lbfgs_signature():
     d = defaults(optim.LBFGS)
     assert (d["params"], d["lr"], d["max_iter"], d["max_eval"], d["tolerance_grad"],
@@ -1395,7 +1403,6 @@ def test_s17_lbfgs_signature():
                           "tolerance_change", "history_size", "line_search_fn"])
 
 
-@NOT_LANDED
 @pytest.mark.parametrize("line_search", [None, "strong_wolfe"])
 def test_s17_lbfgs_matches_torch(line_search):
     torch = pytest.importorskip("torch")
@@ -1430,7 +1437,6 @@ def test_s17_lbfgs_matches_torch(line_search):
         np.testing.assert_allclose(w.data, tw.detach().numpy(), rtol=1e-8, atol=1e-12)
 
 
-@NOT_LANDED
 def test_s17_compile_lbfgs_is_full_batch_one_step_per_epoch(tmp_path):
     x, y = blobs(n=64)
     model = mlp()
@@ -1454,7 +1460,6 @@ def test_s17_compile_lbfgs_is_full_batch_one_step_per_epoch(tmp_path):
     assert len(steps) == 3 and batches == [0, 0, 0]
 
 
-@NOT_LANDED
 def test_s17_lbfgs_state_resumes(tmp_path):
     x, y = blobs(n=64)
     full = mlp(seed=2)
