@@ -515,8 +515,6 @@ def test_s13_grad_fills_retain_grad_of_non_leaf():
     assert x.grad is None
 
 
-@pytest.mark.xfail(reason="qa-findings (engine): retain_grad under create_graph leaves .grad None",
-                   strict=False)
 def test_s13_grad_fills_retain_grad_of_non_leaf_under_create_graph():
     x = nd.tensor([1.0, 2.0], requires_grad=True)
     h = x * 3
