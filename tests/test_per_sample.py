@@ -112,6 +112,19 @@ def test_embedding_with_repeated_indices(pool, dtype, kernel_table):
     check_against_loop(fn, [embed.embeddings, head.kernel, head.bias], [tokens, y], dtype)
 
 
+def test_a_regression_head_may_give_n_by_1_losses_and_float64_inputs_meet_float32_weights(kernel_table):
+    previous = nd.get_default_dtype()
+    nd.set_default_dtype("float32")
+    try:
+        x, _ = data(np.float64)                                   # cast inside Dense (an AsType node)
+        target = np.random.default_rng(6).standard_normal((N, 1)).astype(np.float32)
+        model = _built([nn.Dense(5, activation="softplus"), nn.Dense(1)], x)
+        fn = lambda xb, tb: losses.mse(model(xb), tb, reduction="none")   # (N, 1)
+        check_against_loop(fn, model.parameters(), [x, target], np.float32)
+    finally:
+        nd.set_default_dtype(previous)
+
+
 @pytest.mark.parametrize("loss", ["mse", "bce_logits", "probs"])
 def test_other_losses(loss, dtype, kernel_table):
     x, y = data(dtype)
@@ -238,6 +251,53 @@ def test_bad_arguments():
         per_sample_grad(fn, [w.data], x)
     with pytest.raises(ValueError, match="same first axis N"):
         per_sample_grad(lambda a, b: fn(a), [w], x, x[:3])
-    with pytest.raises(ValueError, match=r"shape \(6,\), got \(6, 3\)"):
+    with pytest.raises(ValueError, match=r"shape \(6,\) \(or \(6, 1\)\), got \(6, 3\)"):
         per_sample_grad(lambda xb: xb @ w, [w], x)
+    with pytest.raises(ValueError, match=r"per-sample losses, .* got \(\)"):
+        per_sample_grad(lambda xb: (xb @ w).sum(), [w], x)
     assert [g.shape for g in per_sample_grad(fn, w, x)] == [(N, 4, 3)]   # one Tensor for params
+
+
+# ---------------------------------------------------------------- every op, between two Dense layers
+EVERY_OP = {
+    "exp": lambda h, p: h.exp(), "log_sqrt": lambda h, p: (h * h + 1).log() + (h * h + 0.5).sqrt(),
+    "abs_clip_neg": lambda h, p: -h.abs().clip(0.1, 0.9), "pow": lambda h, p: h ** 3 + (h * h + 1) ** p,
+    "activations": lambda h, p: F.relu(h) + F.leaky_relu(h, 0.2) + F.gelu(h) + F.elu(h) + F.softplus(h)
+    + h.sigmoid() + h.tanh(),
+    "softmax_log_softmax": lambda h, p: h.softmax(axis=-1) + h.log_softmax(axis=1),
+    "reductions": lambda h, p: nd.stack([h.logsumexp(axis=1), h.max(axis=1), h.min(axis=-1), h.mean(axis=1),
+                                         h.var(axis=1), h.sum(axis=1), h.prod(axis=1), h.norm(axis=1),
+                                         h.std(axis=1)], axis=1),
+    "keepdims": lambda h, p: h - h.max(axis=1, keepdims=True) + h.mean(axis=1, keepdims=True) * p,
+    "binary_with_parameter": lambda h, p: nd.maximum(h, p) - nd.minimum(h, p * 2) + h / (p * p + 1) - p,
+    "where": lambda h, p: nd.where(h.data > 0, h * p, p - h),
+    "special": lambda h, p: h.sin() + h.cos() + (h * h).log1p() + h.expm1() + h.erf(),
+    "cumsum": lambda h, p: h.cumsum(1) * p,
+    "shapes": lambda h, p: ((h.reshape(-1, 2, 2).transpose(0, 2, 1) @ p.reshape(2, 2)).reshape(-1, 4)
+                           .expand_dims(1).squeeze(1))[:, 1:],
+    "index_concat_stack": lambda h, p: nd.concatenate([h[:, :2], nd.stack([h[:, 3], p[0] * h[:, 2]], axis=1)],
+                                                     axis=1),
+    "einsum_matmul": lambda h, p: nd.einsum("ni,i->ni", h, p) + h @ nd.einsum("i,j->ij", p, p),
+    "astype": lambda h, p: (h.astype("float32") * p.astype("float32")).astype(h.dtype),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_OP))
+def test_every_op_between_two_dense_layers(name, kernel_table):
+    previous = nd.get_default_dtype()
+    nd.set_default_dtype("float64")
+    try:
+        x, y = data(np.float64)
+        first, head = nn.Dense(4, activation="tanh", input_dim=4), nn.Dense(3)
+        p = nn.Parameter(np.array([0.5, -1.0, 1.5, 0.25]))
+        body = EVERY_OP[name]
+        fn = lambda xb, yb: losses.sparse_categorical_crossentropy(head(body(first(xb), p)), yb,
+                                                                  from_logits=True, reduction="none")
+        fn(nd.tensor(x), nd.tensor(y))
+        tol = dict(rtol=1e-6, atol=1e-9) if name == "astype" else TOL[np.float64]
+        params = [first.kernel, first.bias, p, head.kernel, head.bias]
+        got = per_sample_grad(fn, params, x, y)
+        for g, e in zip(got, loop_grads(fn, params, [x, y])):
+            np.testing.assert_allclose(g, e, **tol)
+    finally:
+        nd.set_default_dtype(previous)

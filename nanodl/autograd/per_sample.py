@@ -50,6 +50,7 @@ from ..backend.activations import BY_NAME as ACTIVATIONS, ELEMENTWISE
 from ..ops.activation import softmax_backward_array
 from ..ops.axes import normalize_axes, normalize_axis
 from ..ops.einsum import contract, gradient_spec
+from ..ops.shape import scatter_add
 from ..tensor import Tensor
 
 __all__ = ["per_sample_grad", "per_sample_grad_norm"]
@@ -213,10 +214,8 @@ class _EmbeddingRows:
 
     def array(self):
         xp, n = array_module(self.grad), self.index.shape[0]
-        full = xp.zeros((n,) + self.shape, dtype=self.grad.dtype)
         samples = xp.arange(n).reshape((n,) + (1,) * (self.index.ndim - 1))
-        xp.add.at(full, (samples, self.index), self.grad)
-        return full
+        return scatter_add(self.grad, (samples, self.index), (n,) + self.shape)
 
     def squared_norms(self):
         n = self.index.shape[0]
@@ -383,9 +382,9 @@ def _prepare(params, batch, name):
 def _per_sample(fn, params, batch, name):
     params, batch, n = _prepare(params, batch, name)
     out, records = _record_forward(fn, batch)
-    if not hasattr(out, "grad_fn") or out.shape != (n,):
-        raise ValueError(f"{name}: fn must return a Tensor of the {n} per-sample losses, shape ({n},), "
-                         f"got {getattr(out, 'shape', type(out).__name__)}")
+    if not hasattr(out, "grad_fn") or out.ndim == 0 or out.shape[0] != n or out.size != n:
+        raise ValueError(f"{name}: fn must return a Tensor of the {n} per-sample losses, shape ({n},) "
+                         f"(or ({n}, 1)), got {getattr(out, 'shape', type(out).__name__)}")
     try:
         batched = _label(records, batch, n)
     except _Mixing as error:
