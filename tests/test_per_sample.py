@@ -301,3 +301,16 @@ def test_every_op_between_two_dense_layers(name, kernel_table):
             np.testing.assert_allclose(g, e, **tol)
     finally:
         nd.set_default_dtype(previous)
+
+
+def test_an_empty_batch_gives_empty_rows():
+    # was NumPy's "cannot reshape array of size 0" from inside the forward record
+    dense = nn.Dense(2, input_dim=3)
+    x, y = nd.tensor(np.zeros((0, 3))), np.zeros(0, dtype=np.int64)
+
+    def fn(x):
+        return losses.sparse_categorical_crossentropy(dense(x), y, from_logits=True, reduction="none")
+
+    grads = per_sample_grad(fn, dense.parameters(), x)
+    assert [g.shape for g in grads] == [(0, 3, 2), (0, 2)]
+    assert per_sample_grad_norm(fn, dense.parameters(), x).shape == (0,)

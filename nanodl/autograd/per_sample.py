@@ -381,6 +381,8 @@ def _prepare(params, batch, name):
 
 def _per_sample(fn, params, batch, name):
     params, batch, n = _prepare(params, batch, name)
+    if n == 0:  # no samples, no rows: empty results (fn is not run on an empty batch)
+        return params, 0, {}, {}
     out, records = _record_forward(fn, batch)
     if not hasattr(out, "grad_fn") or out.ndim == 0 or out.shape[0] != n or out.size != n:
         raise ValueError(f"{name}: fn must return a Tensor of the {n} per-sample losses, shape ({n},) "
