@@ -24,6 +24,7 @@ from . import functional
 from .io import load, load_model, save
 from . import callbacks, data, datasets, losses, nn, optim, regularizers
 from .anomaly import detect_anomaly
+from .diagnostics.profiler import profile
 from .capture import CapturedStep
 from . import viz
 

@@ -29,17 +29,19 @@ from . import mode
 from .mode import enable_grad, is_grad_enabled, no_grad  # noqa: F401  (the public names)
 
 _grad_modes, _forward_hooks, _backward_hooks = mode.grad_modes, mode.forward_hooks, mode.backward_hooks
+_forward_pre_hooks, _backward_pre_hooks = mode.forward_pre_hooks, mode.backward_pre_hooks
 _tensor_class = None  # set by nanodl.tensor once Tensor is defined (it imports this module)
 
 
 def __getattr__(name):
     """``autograd.forward_hooks`` / ``backward_hooks``: the calling thread's hook lists.
 
-    Hooks are empty unless a tool installs one (``nd.detect_anomaly``, ``gradcheck.locate``):
+    Empty unless a tool installs one (``detect_anomaly``, ``gradcheck.locate``, ``profile``):
     forward hooks get ``(node, args, kwargs, out)`` after each forward, backward hooks
-    ``(node, grad_output, grads)`` after each backward.
+    ``(node, grad_output, grads)`` after each backward; ``*_pre_hooks`` get the same less
+    the result (``(node, args, kwargs)``, ``(node, grad_output)``) just before.
     """
-    if name in ("forward_hooks", "backward_hooks"):
+    if name in mode.HOOK_KINDS:
         return mode.thread_hooks(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -99,6 +101,9 @@ class Function:
                 requires_grad = requires_grad or arg.requires_grad
             else:
                 arrays.append(arg)
+        if _forward_pre_hooks:
+            for hook in _forward_pre_hooks.get(get_ident(), ()):
+                hook(fn, args, kwargs)
         out = fn.forward(*arrays, **kwargs)
         if type(out) is not np.ndarray:
             if isinstance(out, np.generic):
@@ -339,6 +344,9 @@ def owns_gradient(node, g, grad_output, grads):
 
 def _run_backward(node, grad_output):
     """Call ``node.backward`` and normalise its answer to one gradient per input."""
+    if _backward_pre_hooks:
+        for hook in _backward_pre_hooks.get(get_ident(), ()):
+            hook(node, grad_output)
     grads = _normalised(node, node.backward(grad_output), "backward")
     if _backward_hooks:
         for hook in _backward_hooks.get(get_ident(), ()):
@@ -348,6 +356,9 @@ def _run_backward(node, grad_output):
 
 def _run_vjp(node, grad_output):
     """``node.vjp`` on Tensors (the caller turned grad mode on), normalised likewise."""
+    if _backward_pre_hooks:
+        for hook in _backward_pre_hooks.get(get_ident(), ()):
+            hook(node, grad_output.data)
     grads = _normalised(node, node.vjp(grad_output, *node.inputs), "vjp")
     if _backward_hooks:
         arrays = tuple(g.data if isinstance(g, _tensor_class) else g for g in grads)

@@ -19,6 +19,8 @@ from threading import get_ident
 grad_modes = {}        # thread id -> grad mode, for threads inside no_grad / enable_grad only
 forward_hooks = {}     # thread id -> that thread's forward hooks, while it has any
 backward_hooks = {}    # thread id -> that thread's backward hooks, while it has any
+forward_pre_hooks, backward_pre_hooks = {}, {}  # the same, called before (``nd.profile``'s clock)
+HOOK_KINDS = ("forward_hooks", "backward_hooks", "forward_pre_hooks", "backward_pre_hooks")
 _hook_lists = threading.local()
 
 
@@ -95,9 +97,8 @@ class HookList(list):
 
 
 def thread_hooks(name):
-    """This thread's ``HookList`` for ``'forward_hooks'`` or ``'backward_hooks'``."""
+    """This thread's ``HookList`` of one of ``HOOK_KINDS``."""
     lists = getattr(_hook_lists, "lists", None)
     if lists is None:
-        lists = _hook_lists.lists = {"forward_hooks": HookList(forward_hooks),
-                                     "backward_hooks": HookList(backward_hooks)}
+        lists = _hook_lists.lists = {kind: HookList(globals()[kind]) for kind in HOOK_KINDS}
     return lists[name]

@@ -1,0 +1,244 @@
+"""``nanodl.profile`` and the seams it reads (SPEC §18)."""
+import threading
+
+import numpy as np
+
+import nanodl as nd
+from nanodl import backend
+
+
+def test_a_table_watcher_sees_this_threads_kernel_lookups_only():
+    """``backend.table_watchers``: the seam a profiler reads kernel calls through."""
+    seen = []
+
+    def watch(table):
+        seen.append(table.name)
+        return table
+
+    ident = threading.get_ident()
+    backend.table_watchers[ident] = watch
+    try:
+        other = threading.Thread(target=lambda: backend.kernels(np.zeros(2)))
+        other.start()
+        other.join(10)
+        assert seen == []
+        assert backend.kernels(np.zeros(2)) is backend.kernels.__globals__["_cpu_table"]
+        nd.tensor([1.0, -1.0]).relu()
+    finally:
+        del backend.table_watchers[ident]
+    assert seen == [backend.get_kernels()] * 2
+
+
+# ---------------------------------------------------------------- helpers
+import pytest  # noqa: E402
+
+from nanodl import autograd, nn  # noqa: E402
+from nanodl.autograd import Function, mode  # noqa: E402
+from nanodl.diagnostics import costs  # noqa: E402
+from nanodl.diagnostics.profiler import profile as profile_class  # noqa: E402
+from nanodl.ops.registry import REGISTRY, draw_inputs  # noqa: E402
+
+KEYS = {"op", "calls", "forward_ms", "backward_ms", "flops", "bytes", "gflops", "gbps",
+        "pct_gemm_peak", "pct_copy_peak"}
+
+
+def op_classes():
+    """Every Function nanodl.ops defines (the op registry's nodes and their helpers)."""
+    found, stack = set(), [Function]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            stack.append(sub)
+            if sub.__module__.startswith("nanodl.ops.") and not sub.__name__.startswith("_"):
+                found.add(sub.__name__)
+    return found
+
+
+def mlp(seed=0):
+    nd.manual_seed(seed)
+    model = nn.Sequential([nn.Dense(32, activation="relu", input_dim=16), nn.Dense(32, activation="tanh"),
+                           nn.Dense(4, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.build((16,)).train_on_batch(*batch())  # the first call plans: a forward of its own
+    return model
+
+
+def batch(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 16)).astype(np.float32), rng.integers(0, 4, n)
+
+
+# ---------------------------------------------------------------- counts for every op
+def test_every_op_and_every_kernel_has_a_count():
+    counted = set(costs.PER_ELEMENT) | {"MatMul", "Einsum", "Linear", "SoftmaxCrossEntropy"}
+    assert op_classes() <= counted, f"ops without a count: {op_classes() - counted}"
+    for name in nd.backend.table.NAMES:
+        activation = name.rpartition("_")[0]
+        assert name in costs.UPDATES or name in ("linear_forward", "linear_backward") or \
+            name.startswith("softmax_xent_") or activation in costs.ACTIVATION_FLOPS, name
+    assert set(costs.ACTIVATION_FLOPS) == set(nd.backend.activations.LINEAR_ACTIVATIONS) | {"softmax"}
+
+
+@pytest.mark.parametrize("spec", REGISTRY, ids=lambda spec: spec.name)
+def test_every_registered_op_is_profiled_with_flops_and_bytes(spec):
+    arrays = draw_inputs(spec, spec.cases[0], np.random.default_rng(0))
+    tensors = [nd.tensor(a, requires_grad=True) for a in arrays]
+    with nd.profile() as prof:
+        out = spec.fn(*tensors)
+        out.sum().backward()
+    rows = {row["op"]: row for row in prof.rows}
+    assert rows and all(set(row) == KEYS for row in rows.values())
+    assert rows["Sum"]["flops"] >= out.size  # the sum added above (and the op's own)
+    for name, row in rows.items():
+        assert row["calls"] >= 1 and row["forward_ms"] >= 0 and row["backward_ms"] >= 0
+        assert isinstance(row["flops"], int) and isinstance(row["bytes"], int)
+        moves = costs.PER_ELEMENT.get(name, (1,))[:2] == (0, 0)  # reshape, transpose, ...
+        if not moves:
+            assert row["flops"] > 0 and row["bytes"] > 0, (name, row)
+    assert prof.total_ms == pytest.approx(sum(r["forward_ms"] + r["backward_ms"] for r in prof.rows))
+
+
+def test_counts_of_a_product_an_elementwise_op_and_a_view():
+    a = nd.tensor(np.ones((3, 4), np.float32), requires_grad=True)
+    b = nd.tensor(np.ones((4, 5), np.float32), requires_grad=True)
+    with nd.profile() as prof:
+        product = a @ b
+        (product * 2.0).reshape(-1).sum().backward()
+    rows = {row["op"]: row for row in prof.rows}
+    assert rows["MatMul"]["flops"] == 3 * (2 * 3 * 4 * 5)    # forward, and both gradients
+    # forward: a, b read, the product written; backward: its gradient, a and b read, two written
+    assert rows["MatMul"]["bytes"] == 4 * (12 + 20 + 15) + 4 * (15 + 12 + 20 + 12 + 20)
+    assert rows["Mul"]["flops"] == 15 + 2 * 15  # forward; two products in its backward
+    assert rows["Reshape"]["flops"] == 0 and rows["Reshape"]["bytes"] == 0  # views move nothing
+
+
+def test_forward_and_backward_are_timed_apart_and_rates_follow():
+    model = mlp()
+    x, y = batch()
+    with nd.profile() as prof:
+        model.predict(x)
+    assert all(row["backward_ms"] == 0 for row in prof.rows)
+    with nd.profile() as prof:
+        model.train_on_batch(x, y)
+    linear = next(row for row in prof.rows if row["op"] == "Linear")
+    assert linear["calls"] == 3 and linear["forward_ms"] > 0 and linear["backward_ms"] > 0
+    seconds = (linear["forward_ms"] + linear["backward_ms"]) / 1e3
+    assert linear["gflops"] == pytest.approx(linear["flops"] / seconds / 1e9)
+    rates = nd.diagnostics.profiler.machine_rates()
+    assert linear["pct_gemm_peak"] == pytest.approx(100 * linear["gflops"] * 1e9 / rates["gemm"])
+    assert linear["pct_copy_peak"] == pytest.approx(100 * linear["gbps"] * 1e9 / rates["copy"])
+    update = next(row for row in prof.rows if row["op"] == "adam_step")
+    assert update["calls"] == 6 and update["backward_ms"] == 0
+    assert update["bytes"] == 7 * 4 * model.count_params()
+    times = [row["forward_ms"] + row["backward_ms"] for row in prof.rows]
+    assert times == sorted(times, reverse=True)
+
+
+def test_table_prints_and_returns_the_rows(capsys):
+    x, y = batch()
+    model = mlp()
+    with nd.profile() as prof:
+        model.train_on_batch(x, y)
+    text = prof.table(sort_by="calls")
+    assert capsys.readouterr().out.strip() == text.strip()
+    names = [line.split()[0] for line in text.splitlines()[2:2 + len(prof.rows)]]
+    assert names[0] == "adam_step" and set(names) == {row["op"] for row in prof.rows}
+    assert "GEMM" in text and "copy" in text
+    by_layer = prof.table(by="layer")
+    assert "layers.1 (Dense)" in by_layer
+    with pytest.raises(ValueError, match="sort_by"):
+        prof.table(sort_by="speed")
+
+
+def test_ops_belong_to_the_innermost_layer_running_their_forward():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Dense(8, activation="tanh", input_dim=8)
+
+        def forward(self, x):
+            return self.inner(x) * 0.5
+
+    class Net(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.first = nn.Dense(8, input_dim=4)
+            self.block = Block()
+            self.head = nn.Dense(3, input_dim=8)
+
+        def forward(self, x):
+            x = x.reshape(x.shape[0], -1)           # the model's own op
+            return self.head(self.block(self.first(x)))
+
+    net = Net()
+    net.compile("sgd", "mse")
+    x, y = np.ones((5, 4), np.float32), np.zeros((5, 3), np.float32)
+    net.train_on_batch(x, y)
+    with nd.profile() as prof:
+        net.train_on_batch(x, y)
+    layers = {row["layer"]: row for row in prof.by_layer()}
+    assert set(layers) == {"Net", "first (Dense)", "block.inner (Dense)", "block (Block)",
+                           "head (Dense)", "(loss)", "(optimizer)"}
+    assert layers["block (Block)"]["flops"] == 5 * 8 + 2 * 5 * 8  # its Mul, forward and backward
+    assert layers["block.inner (Dense)"]["backward_ms"] > 0       # the backward follows the forward
+    assert all(set(row) == KEYS - {"op"} | {"layer"} for row in layers.values())
+    assert sum(r["calls"] for r in layers.values()) == sum(r["calls"] for r in prof.rows)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_fit_runs_its_eager_step_in_a_profile_so_every_op_shows(capture):
+    model = mlp()
+    x, y = batch(128)
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, capture=capture)
+    with nd.profile() as prof:
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, capture=capture)
+    rows = {row["op"]: row for row in prof.rows}
+    assert rows["Linear"]["calls"] == 3 * 2 and rows["adam_step"]["calls"] == 6 * 2
+    assert rows["SoftmaxCrossEntropy"]["backward_ms"] > 0
+
+
+def test_nothing_is_left_behind_and_other_threads_are_not_recorded():
+    a = nd.tensor(np.ones(4), requires_grad=True)
+    with nd.profile() as prof:
+        worker = threading.Thread(target=lambda: (a * 3).sum().backward())
+        worker.start()
+        worker.join(10)
+        outer = a.exp()
+        with nd.profile() as inner:
+            a.log()
+    assert not mode.forward_hooks and not mode.backward_hooks and not mode.forward_pre_hooks
+    assert not mode.backward_pre_hooks and not backend.table_watchers
+    assert [row["op"] for row in prof.rows] == ["Exp", "Log"] or \
+        sorted(row["op"] for row in prof.rows) == ["Exp", "Log"]
+    assert [row["op"] for row in inner.rows] == ["Log"]
+    assert "_profile_layer" not in (a * 2).grad_fn.__dict__  # no work outside the block
+    assert outer.grad_fn is not None and prof.wall_ms > 0
+    with pytest.raises(RuntimeError, match="entered already"):
+        with prof:
+            pass
+
+
+def test_every_kernel_called_directly_is_a_row_of_its_own():
+    import kernel_cases
+    table = nd.backend.kernels(np.zeros(1))
+    opts = dict(ndim=2, bias=True, activation="relu", need=(True, True, True), sparse=True,
+                label_dtype=np.int64, weight_decay=0.0, momentum=0.9, flag_a=False, flag_b=False,
+                step=1)
+    rng = np.random.default_rng(0)
+    with nd.profile() as prof:
+        for name in nd.backend.table.NAMES:
+            args, kwargs, _ = kernel_cases.build(name, rng, (4, 3, 5), np.float32, opts)
+            getattr(nd.backend.kernels(args[0]), name)(*args, **kwargs)
+    rows = {row["op"]: row for row in prof.rows}
+    assert set(rows) == set(nd.backend.table.NAMES)
+    assert all(row["calls"] == 1 and row["flops"] > 0 and row["bytes"] > 0 for row in rows.values())
+    assert rows["linear_forward"]["flops"] == 2 * 4 * 3 * 5 + 2 * 4 * 5  # bias and relu
+    assert table is nd.backend.kernels(np.zeros(1))  # the plain table again
+
+
+def test_machine_rates_are_measured_once():
+    first = nd.diagnostics.profiler.machine_rates()
+    import time
+    start = time.perf_counter()
+    assert nd.diagnostics.profiler.machine_rates() == first
+    assert time.perf_counter() - start < 0.01
+    assert isinstance(profile_class(), nd.profile)
