@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from . import archive
+from .diagnostics import curves
 from .random import generator
 from .optim.lr_scheduler import integer_argument, real_argument
 from .distributed import _is_rank_zero
@@ -175,6 +176,11 @@ class History(Callback):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(_plain(value))
+
+    def diagnose(self):
+        """The verdict on these curves: ``'underfitting'``, ``'overfitting'``, ``'diverging'``
+        or ``'ok'``, with the reason and the remedy (``nanodl.diagnostics.curves``)."""
+        return curves.diagnose(self)
 
 
 def _format_number(value):

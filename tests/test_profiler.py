@@ -242,3 +242,82 @@ def test_machine_rates_are_measured_once():
     assert nd.diagnostics.profiler.machine_rates() == first
     assert time.perf_counter() - start < 0.01
     assert isinstance(profile_class(), nd.profile)
+
+
+# ---------------------------------------------------------------- model.summary()
+def test_summary_of_a_subclassed_model_has_real_shapes_and_flops_per_sample(capsys):
+    class Net(nn.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = nn.Dense(16, activation="relu")
+            self.blocks = nn.ModuleList([nn.Dense(8, activation="tanh"), nn.Dropout(0.5)])
+            self.out = nn.Dense(3, activation="softmax")
+
+        def forward(self, x):
+            x = self.hidden(x.reshape(x.shape[0], -1))
+            for block in self.blocks:
+                x = block(x)
+            return self.out(x)
+
+    net = Net()
+    before = net.summary()
+    assert "?" in before and "build" in before  # not built: no input shape to run
+    net.build((2, 3))
+    text = net.summary()
+    assert capsys.readouterr().out.strip().endswith(text.strip())
+    lines = {line.split(" (")[0]: line.split() for line in text.splitlines() if "(" in line}
+    assert lines["hidden"][3:] == ["16)", "112", f"{2 * 6 * 16 + 16 + 16:,}"]
+    assert lines["blocks.0"][3:] == ["8)", "136", f"{2 * 16 * 8 + 8 + 8:,}"]
+    assert lines["blocks.1"][3:] == ["8)", "0", "0"]  # dropout in eval mode: nothing
+    assert lines["out"][3:] == ["3)", "27", f"{2 * 8 * 3 + 3 + 5 * 3:,}"]
+    assert "?" not in text
+    assert f"FLOPs per sample: {224 + 272 + 66:,}" in text  # the reshape is a view: 0
+    assert net.training  # summary ran in eval mode and restored the mode
+
+
+def test_summary_leaves_no_hooks_and_counts_flops_per_sample_not_per_batch():
+    model = nn.Sequential([nn.Dense(10, activation="sigmoid", input_dim=5)])
+    model.summary()
+    assert not model.layers[0].__dict__.get("_forward_hooks")
+    assert "FLOPs per sample: 140" in model.summary()  # 2*5*10 + 10 bias + 3*10 sigmoid
+
+
+# ---------------------------------------------------------------- History.diagnose()
+def history_of(loss, val_loss=None, model=None):
+    history = nd.callbacks.History()
+    history.history = {"loss": list(loss)}
+    if val_loss is not None:
+        history.history["val_loss"] = list(val_loss)
+    history.epoch = list(range(len(loss)))
+    history.model = model
+    return history
+
+
+def test_history_verdicts_from_the_curves_alone():
+    diverging = history_of([0.5, 3.0, float("nan")]).diagnose()
+    assert diverging.verdict == "diverging" and diverging.epoch is None
+    assert "nan" in diverging.reason and "smaller learning rate" in diverging.remedy
+    assert history_of([0.5, 0.4, 0.9]).diagnose().verdict == "diverging"  # ended above the start
+    over = history_of([1.0, 0.5, 0.3, 0.2, 0.1, 0.05], [1.0, 0.6, 0.5, 0.55, 0.7, 0.9]).diagnose()
+    assert (over.verdict, over.epoch) == ("overfitting", 2)
+    assert str(over) == over.reason + " " + over.remedy
+    for word in ("L2", "Dropout", "early stopping", "more training data"):
+        assert word in over.remedy
+    # validation noise within 2 % of its lowest, or training loss rising too: not overfitting
+    assert history_of([1.0, 0.1, 0.05, 0.04], [1.0, 0.1, 0.09, 0.0905]).diagnose().verdict == "ok"
+    under = history_of([1.0, 0.9, 0.85, 0.8]).diagnose()  # no model: against the first epoch
+    assert under.verdict == "underfitting" and "capacity" in under.remedy and "epochs" in under.remedy
+    ok = history_of([1.0, 0.3, 0.1], [1.1, 0.35, 0.12]).diagnose()
+    assert ok.verdict == "ok" and ok.epoch is None and ok.verdict in nd.diagnostics.curves.VERDICTS
+    with pytest.raises(ValueError, match="History.diagnose"):
+        nd.callbacks.History().diagnose()
+
+
+def test_underfitting_is_judged_against_a_uniform_guess_of_the_models_classes():
+    x, y = nd.datasets.make_spirals(300, n_classes=3, seed=0)
+    nd.manual_seed(0)
+    linear = nn.Sequential([nn.Dense(int(y.max()) + 1, activation="softmax", input_dim=x.shape[1])])
+    linear.compile(nd.optim.Adam(lr=0.05), "sparse_categorical_crossentropy")
+    verdict = linear.fit(x, y, epochs=20, batch_size=64, verbose=0).diagnose()
+    assert verdict.verdict == "underfitting", verdict
+    assert "uniform guess" in verdict.reason

@@ -68,13 +68,17 @@ def get_kernels():
 
 def kernels(array):
     """The kernel table that runs ``array``'s device."""
+    if table_watchers:  # some thread's kernel calls are watched: is it this one?
+        return _watched(array)
     if type(array) is np.ndarray or not is_device_array(array):
-        table = _cpu_table
-    else:
-        table = gpu_table()
-    if table_watchers and get_ident() in table_watchers:
-        return table_watchers[get_ident()](table)
-    return table
+        return _cpu_table
+    return gpu_table()
+
+
+def _watched(array):
+    table = _cpu_table if type(array) is np.ndarray or not is_device_array(array) else gpu_table()
+    watch = table_watchers.get(get_ident())
+    return table if watch is None else watch(table)
 
 
 def gpu_table():

@@ -299,6 +299,11 @@ class profile:
         """The rows per layer (key ``'layer'``), in the order the layers first ran."""
         return self._rows("layer", None)
 
+    def flops_of(self, module):
+        """FLOPs of the ops ``module`` and its sub-layers ran in the block (forward and backward)."""
+        keys = {id(sub) for _, sub in module.named_modules()}
+        return sum(entry[3] for (op, layer), entry in self._stats.items() if layer in keys)
+
     @property
     def total_ms(self):
         """The rows' time: forward and backward of every op, milliseconds."""

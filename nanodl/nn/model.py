@@ -33,6 +33,7 @@ from .. import distributed, optim
 from ..autograd import no_grad
 from ..backend import to_device, to_host
 from ..data import batch_slices
+from ..diagnostics.summary import summary as layer_summary
 from ..tensor import Tensor, as_array, get_default_dtype
 from .checks import compile_config, input_error, warn_missing_activation
 from .layers import Dense, Embedding
@@ -377,28 +378,10 @@ class Model(Module):
         self.load_state_dict(archive.load(path))
 
     # ------------------------------------------------------------ summary
-    def _summary_rows(self):
-        return [(f"{name} ({type(module).__name__})", "?", module.count_params())
-                for name, module in self._modules.items() if module is not None]
-
     def summary(self):
-        """Print and return a table: layer, output shape, parameter count, total."""
-        rows = [("Layer (type)", "Output Shape", "Param #")] + \
-            [(name, str(shape), f"{count:,}") for name, shape, count in self._summary_rows()]
-        widths = [max(len(row[i]) for row in rows) + 3 for i in range(3)]
-        total_width = sum(widths)
-        lines = [f'Model: "{type(self).__name__}"', "_" * total_width]
-        for index, row in enumerate(rows):
-            lines.append("".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-            lines.append("=" * total_width if index == 0 else "_" * total_width)
-        trainable = self.count_params()
-        frozen = sum(int(b.size) for b in self.buffers())
-        lines[-1] = "=" * total_width
-        lines += [f"Total params: {trainable + frozen:,}", f"Trainable params: {trainable:,}",
-                  f"Non-trainable params: {frozen:,}", "_" * total_width]
-        text = "\n".join(lines)
-        print(text)
-        return text
+        """Print and return a table: layer, output shape, parameter count, FLOPs per
+        sample, and the totals (``nanodl.diagnostics.summary``)."""
+        return layer_summary(self)
 
 
 class Sequential(Model):
@@ -473,18 +456,3 @@ class Sequential(Model):
         if getattr(first, "num_features", None) is not None:
             return (first.num_features,)
         return None
-
-    def _summary_rows(self):
-        features = self._input_features()
-        if features is None:
-            raise ValueError("summary: the model is not built yet; call build(input_shape), fit, "
-                             "or give the first layer input_dim")
-        zeros = np.zeros((1,) + tuple(features), dtype=self._input_dtype(np.dtype(np.int64)))
-        x = Tensor(to_device(zeros, self._device()))
-        rows = []
-        with self._mode(False), no_grad():
-            for index, layer in enumerate(self.layers):
-                x = layer(x)
-                rows.append((f"layers.{index} ({type(layer).__name__})", (None,) + x.shape[1:],
-                             layer.count_params()))
-        return rows

@@ -1,0 +1,115 @@
+"""``History.diagnose()``: read the learning curves the way the course teaches.
+
+* **diverging**: the training loss became inf/NaN, or ended higher than it started:
+  the steps overshoot. Remedy: a smaller learning rate.
+* **overfitting**: the validation loss reached its lowest at some epoch and then
+  turned up while the training loss kept falling: the model learns the training
+  set by heart. Remedy: L2, Dropout, early stopping (at that epoch), more data.
+* **underfitting**: the training loss stays high, above ``UNDERFIT_SHARE`` of a
+  uniform guess's (``log(classes)`` for a cross-entropy; without one, of the first
+  epoch's loss): the model has not fit even the data it sees. Remedy: more
+  capacity or more epochs.
+* **ok**: none of these.
+
+>>> from nanodl.callbacks import History
+>>> h = History()
+>>> h.history = {"loss": [1.0, 0.6, 0.4, 0.3, 0.2], "val_loss": [1.0, 0.7, 0.6, 0.65, 0.8]}
+>>> h.epoch = [0, 1, 2, 3, 4]
+>>> verdict = h.diagnose()
+>>> verdict.verdict, verdict.epoch
+('overfitting', 2)
+>>> print(verdict)  # doctest: +NORMALIZE_WHITESPACE
+Validation loss was lowest at epoch 2 (0.6) and rose to 0.8 by epoch 4 while training loss kept
+falling (0.4 -> 0.2): the model is learning its training set by heart. Regularise it: L2 weight
+decay (kernel_regularizer), Dropout, early stopping (callbacks.EarlyStopping(patience=...,
+restore_best_weights=True) would keep epoch 2), or more training data.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import losses
+
+UNDERFIT_SHARE = 0.4  # a final training loss above this share of a uniform guess's is "high"
+RISE = 0.02           # a validation loss this much (relative) above its lowest has "turned up"
+VERDICTS = ("underfitting", "overfitting", "diverging", "ok")
+
+
+@dataclass
+class Verdict:
+    """What ``History.diagnose()`` returns; ``str()`` of it is the reason and the remedy."""
+    verdict: str
+    epoch: Optional[int]
+    reason: str
+    remedy: str
+
+    def __str__(self):
+        return f"{self.reason} {self.remedy}"
+
+
+def uniform_loss(loss, classes):
+    """The loss of a uniform guess, for the losses that have one (else None): ``log(C)`` for
+    a categorical cross-entropy, ``log 2`` for a binary one."""
+    name, config = losses.describe(loss)
+    if name in ("categorical_crossentropy", "sparse_categorical_crossentropy") and classes:
+        return math.log(max(classes, 2))
+    if name == "binary_crossentropy":
+        return math.log(2)
+    return None
+
+
+def _classes(model):
+    """The model's output width, from one prediction on zeros (None when it cannot say)."""
+    shape = model.__dict__.get("_input_shape") if model is not None else None
+    if shape is None:
+        return None
+    try:
+        return int(model.predict(np.zeros((1,) + tuple(shape), np.float32)).shape[-1])
+    except Exception:  # a model that cannot take zeros: no uniform guess to compare with
+        return None
+
+
+def diagnose(history):
+    """The ``Verdict`` on ``history``'s curves (see the module docstring)."""
+    loss = [float(v) for v in history.history.get("loss", [])]
+    val = [float(v) for v in history.history.get("val_loss", [])]
+    epochs = list(history.epoch) or list(range(len(loss)))
+    if not loss:
+        raise ValueError("History.diagnose: no training loss recorded; call fit first")
+    if not all(math.isfinite(v) for v in loss) or loss[-1] > loss[0]:
+        bad = next((i for i, v in enumerate(loss) if not math.isfinite(v)), None)
+        what = (f"became {loss[bad]} at epoch {epochs[bad]}" if bad is not None else
+                f"rose from {loss[0]:.4g} to {loss[-1]:.4g}")
+        return Verdict("diverging", None, f"The training loss {what}: each step overshoots "
+                       "the minimum it aims at.", "Use a smaller learning rate (try 10 times "
+                       "smaller), or clip the gradients.")
+    if len(val) == len(loss) and len(val) >= 3 and all(math.isfinite(v) for v in val):
+        best = int(np.argmin(val))
+        if best < len(val) - 1 and val[-1] > val[best] + RISE * abs(val[best]) and \
+                loss[-1] < loss[best]:
+            return Verdict(
+                "overfitting", epochs[best],
+                f"Validation loss was lowest at epoch {epochs[best]} ({val[best]:.4g}) and rose to "
+                f"{val[-1]:.4g} by epoch {epochs[-1]} while training loss kept falling "
+                f"({loss[best]:.4g} -> {loss[-1]:.4g}): the model is learning its training set "
+                "by heart.",
+                "Regularise it: L2 weight decay (kernel_regularizer), Dropout, early stopping "
+                "(callbacks.EarlyStopping(patience=..., restore_best_weights=True) would keep "
+                f"epoch {epochs[best]}), or more training data.")
+    model = getattr(history, "model", None)
+    guess = uniform_loss(model.loss, _classes(model)) if getattr(model, "loss", None) else None
+    reference, against = (guess, "a uniform guess's") if guess else (loss[0], "the first epoch's")
+    if loss[-1] > UNDERFIT_SHARE * reference:
+        seen = f" (validation: {val[-1]:.4g})" if val else ""
+        return Verdict(
+            "underfitting", None,
+            f"Training loss ended at {loss[-1]:.4g}{seen}, {loss[-1] / reference:.0%} of "
+            f"{against} {reference:.4g}: the model has not fit even the data it trains on.",
+            "Give it more capacity (more units or layers, a non-linear activation) or more "
+            "epochs (a larger learning rate if the loss falls slowly).")
+    fell = f"Training loss fell from {loss[0]:.4g} to {loss[-1]:.4g}"
+    fell += f" and validation loss to {val[-1]:.4g}" if val else ""
+    return Verdict("ok", None, fell + ", with no sign of under- or overfitting or divergence.",
+                   "Nothing to cure; more epochs may still help while both losses fall.")
