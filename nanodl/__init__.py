@@ -25,6 +25,7 @@ from .io import load, load_model, save
 from . import callbacks, data, datasets, losses, nn, optim, regularizers
 from .anomaly import detect_anomaly
 from .diagnostics.profiler import profile
+from .diagnostics.diagnose import Diagnosis, diagnose
 from .capture import CapturedStep
 from . import viz
 

@@ -1,4 +1,4 @@
-"""The ``nanodl`` command line: ``train``, ``info``, ``gradcheck`` and ``bench``.
+"""The ``nanodl`` command line: ``train``, ``profile``, ``info``, ``gradcheck`` and ``bench``.
 
 ``main(argv)`` returns the exit status (0 success, 1 failure, 2 bad usage), so it
 can be called in-process: ``main(["train", "--dataset", "xor", "--epochs", "3"])``.
@@ -85,26 +85,28 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"nanodl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train an MLP (on the embedded digits by default)",
-                                description="Train an MLP classifier and report its test accuracy.")
-    train.add_argument("--dataset", choices=DATASETS, default="digits")
-    train.add_argument("--data-dir", help="folder holding the four MNIST IDX files (for --dataset mnist)")
-    train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], metavar="SIZES",
+    model = argparse.ArgumentParser(add_help=False)  # the options train and profile share
+    model.add_argument("--dataset", choices=DATASETS, default="digits")
+    model.add_argument("--data-dir", help="folder holding the four MNIST IDX files (for --dataset mnist)")
+    model.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], metavar="SIZES",
                        help="hidden layer sizes, comma-separated (default: 128,64)")
-    train.add_argument("--activation", default="relu",
+    model.add_argument("--activation", default="relu",
                        choices=tuple(activation.name for activation in ELEMENTWISE))
-    train.add_argument("--optimizer", default="adam", choices=tuple(OPTIMIZERS))
-    train.add_argument("--lr", type=_positive, default=None,
+    model.add_argument("--optimizer", default="adam", choices=tuple(OPTIMIZERS))
+    model.add_argument("--lr", type=_positive, default=None,
                        help="learning rate (default: the optimizer's own, 0.001 for adam)")
+    model.add_argument("--batch-size", type=_positive_int, default=32)
+    model.add_argument("--dropout", type=_rate, default=0.0, help="dropout rate after each hidden layer")
+    model.add_argument("--l2", type=_non_negative, default=0.0, help="L2 penalty factor on the kernels")
+    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
+    model.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
+                       help="CPU kernels (default: native when built, else numpy)")
+    train = commands.add_parser("train", help="train an MLP (on the embedded digits by default)",
+                                description="Train an MLP classifier and report its test accuracy.",
+                                parents=[model])
     train.add_argument("--epochs", type=_positive_int, default=None,
                        help="default: 30 (digits, moons, xor), 60 (spirals), 10 (mnist)")
-    train.add_argument("--batch-size", type=_positive_int, default=32)
-    train.add_argument("--dropout", type=_rate, default=0.0, help="dropout rate after each hidden layer")
-    train.add_argument("--l2", type=_non_negative, default=0.0, help="L2 penalty factor on the kernels")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
-    train.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
-                       help="CPU kernels (default: native when built, else numpy)")
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) here")
     train.add_argument("--plot", metavar="PATH", nargs="?", const=DEFAULT_PLOT,
                        help=f"save the training curves as a PNG here (default: {DEFAULT_PLOT}); "
@@ -113,7 +115,12 @@ def build_parser():
                        help="export the trained model as ONNX here (needs the onnx package)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                        help="0 silent, 1 progress bar (default), 2 one line per epoch")
+    train.add_argument("--diagnose", action="store_true", help="diagnose the run at its end")
     train.set_defaults(handler=run_train)
+
+    profile = commands.add_parser("profile", parents=[model], help="time one training step, op by op")
+    profile.add_argument("--by-layer", action="store_true", help="one row per layer, not per op")
+    profile.set_defaults(handler=run_profile)
 
     info = commands.add_parser("info", help="versions, kernels, BLAS, threads and GPU")
     info.set_defaults(handler=run_info)
@@ -320,6 +327,8 @@ def run_train(args, rest):
         fit_seconds = time.perf_counter() - fit_started
         test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=256)
         say(f"test accuracy: {float(test_accuracy):.4f}  (test loss {float(test_loss):.4f})")
+        if args.diagnose:  # the curves' verdict, then one batch looked at closely
+            say(f"diagnosis: {history.diagnose().verdict}: {history.diagnose()}\n{nd.diagnose(model, x_train, y_train)}")
         say(f"wall time: {time.perf_counter() - started:.1f} s (training {fit_seconds:.1f} s)")
         target = None
         try:
@@ -345,6 +354,23 @@ def run_train(args, rest):
             return 1
     finally:
         backend.set_kernels(previous_kernels)
+    return 0
+
+
+def run_profile(args, rest):
+    """One training step of ``train``'s model, op by op (``nanodl.profile``)."""
+    import nanodl as nd
+    _check_device(args.device)
+    previous_kernels = _select_kernels(args.kernels)
+    try:
+        nd.manual_seed(args.seed)
+        x, y, _, _, n_classes = load_dataset(args)
+        model = build_model(args, x.shape[1], n_classes).to(args.device)
+        prof = nd.diagnostics.profiler.profile_step(model, x[:args.batch_size], y[:args.batch_size])
+        print(f"nanodl profile: one training step of train's {args.dataset} model, batch {args.batch_size}")
+        prof.table(by="layer" if args.by_layer else "op")
+    finally:
+        nd.backend.set_kernels(previous_kernels)
     return 0
 
 

@@ -321,3 +321,122 @@ def test_underfitting_is_judged_against_a_uniform_guess_of_the_models_classes():
     verdict = linear.fit(x, y, epochs=20, batch_size=64, verbose=0).diagnose()
     assert verdict.verdict == "underfitting", verdict
     assert "uniform guess" in verdict.reason
+
+
+# ---------------------------------------------------------------- nd.diagnose
+def snapshot(model):
+    """Everything a diagnosis must leave alone, as host copies."""
+    opt = model.optimizer
+    state = opt.state_dict() if opt.params is not None else None
+    return ([p.data.copy() for p in model.parameters()], [b.copy() for b in model.buffers()],
+            [None if p.grad is None else p.grad.copy() for p in model.parameters()],
+            [m.training for m in model.modules()], opt.params, opt.step_count, state,
+            model._plan_cache, nd.random.generator().bit_generator.state)
+
+
+def assert_same(before, after):
+    for a, b in zip(before[0] + before[1], after[0] + after[1]):
+        assert np.array_equal(a, b)
+    assert all((g is None and h is None) or np.array_equal(g, h) for g, h in zip(before[2], after[2]))
+    assert before[3] == after[3] and before[4] is after[4] and before[5] == after[5]
+    if before[6] is not None:
+        for key, value in before[6].items():
+            other = after[6][key]
+            if key == "state":
+                assert all(np.array_equal(x, y) for slot in value for x, y in zip(value[slot], other[slot]))
+            else:
+                assert np.array_equal(value, other)
+    assert before[7] is after[7] and before[8] == after[8]
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_diagnose_leaves_the_model_bit_identical(trained):
+    nd.manual_seed(1)
+    model = nn.Sequential([nn.Dense(16, activation="relu", input_dim=6), nn.BatchNorm(),
+                           nn.Dropout(0.3), nn.Dense(3, activation="softmax")])
+    model.compile(nd.optim.Adam(lr=0.01), "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32), np.arange(40) % 3
+    if trained:
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        model.parameters()[0].grad = np.full((6, 16), 0.5, np.float32)  # a grad left by the user
+    model.eval() if trained else None
+    before = snapshot(model)
+    report = nd.diagnose(model, x, y, batch_size=16)
+    assert_same(before, snapshot(model))
+    assert isinstance(report, nd.Diagnosis) and str(report) == repr(report)
+    assert {row["layer"] for row in report.layers} >= {"layers.0 (Dense)", "layers.3 (Dense)"}
+    after_steps = model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # still trains normally
+    assert np.isfinite(after_steps.history["loss"][0])
+
+
+def test_diagnose_measures_the_batch_and_one_step_of_the_compiled_optimizer():
+    nd.manual_seed(0)
+    model = nn.Sequential([nn.Dense(8, activation="tanh", input_dim=5), nn.Dense(4, activation="softmax")])
+    model.compile(nd.optim.SGD(lr=0.1), "sparse_categorical_crossentropy")
+    model.build((5,))  # else the diagnosis builds its copy's second layer from its own draws
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((50, 5)).astype(np.float32), rng.integers(0, 4, 50)
+    report = nd.diagnose(model, x, y, batch_size=20)
+    loss = model.evaluate(x[:20], y[:20], batch_size=20)
+    assert report.loss == pytest.approx(loss, rel=1e-5) and report.baseline == pytest.approx(np.log(4))
+    # the gradient and the update of the first layer, by hand: SGD moves by lr * gradient
+    kernel, bias = model.parameters()[:2]
+    with nd.enable_grad():
+        out = model.forward(nd.tensor(x[:20]))
+        value = nd.losses.sparse_categorical_crossentropy(out, y[:20])
+    grads = nd.grad(value, [kernel, bias])
+    norm = np.sqrt(sum(float((g.data.astype(np.float64) ** 2).sum()) for g in grads))
+    weights = np.sqrt(float((kernel.data.astype(np.float64) ** 2).sum() + (bias.data ** 2).sum()))
+    first = report.layers[0]
+    assert first["grad_norm"] == pytest.approx(norm, rel=1e-3)
+    assert first["update_ratio"] == pytest.approx(0.1 * norm / weights, rel=1e-3)
+    assert first["activation"] == "tanh" and 0 <= first["saturated_fraction"] <= 1
+    assert "loss on one batch" in str(report)
+
+
+def test_diagnose_warns_in_plain_words():
+    nd.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 10)).astype(np.float32), rng.integers(0, 3, 64)
+    dead = nn.Sequential([nn.Dense(32, activation="relu", input_dim=10), nn.Dense(3, activation="softmax")])
+    dead.compile("adam", "sparse_categorical_crossentropy")
+    dead.layers[0].bias.data[...] = -50.0  # every unit below zero for every input
+    text = " ".join(nd.diagnose(dead, x, y).warnings)
+    assert "100% of layers.0 (Dense)'s ReLU units are dead" in text
+    wrong = nn.Sequential([nn.Dense(3, input_dim=10)])  # no softmax, a loss on probabilities
+    wrong.compile("sgd", "sparse_categorical_crossentropy")
+    assert any("expects probabilities" in w for w in nd.diagnose(wrong, x, y).warnings)
+    softmax_mse = nn.Sequential([nn.Dense(3, activation="softmax", input_dim=10)])
+    softmax_mse.compile("sgd", "mse")
+    assert any("cross-entropy" in w for w in nd.diagnose(softmax_mse, x, np.eye(3)[y]).warnings)
+    deep = nn.Sequential([nn.Dense(32, activation="sigmoid", input_dim=10)] +
+                         [nn.Dense(32, activation="sigmoid") for _ in range(8)] + [nn.Dense(3, activation="softmax")])
+    deep.compile(nd.optim.SGD(lr=0.01), "sparse_categorical_crossentropy")
+    assert any("vanishing gradients" in w for w in nd.diagnose(deep, x, y).warnings)
+    hot = nn.Sequential([nn.Dense(16, activation="relu", input_dim=10), nn.Dense(3, activation="softmax")])
+    hot.compile(nd.optim.SGD(lr=50.0), "sparse_categorical_crossentropy")
+    assert any("learning rate is too large" in w for w in nd.diagnose(hot, x, y).warnings)
+    with pytest.raises(RuntimeError, match="diagnose"):
+        nd.diagnose(nn.Sequential([nn.Dense(2, input_dim=3)]), x[:, :3], y)
+
+
+# ---------------------------------------------------------------- the command line
+def test_cli_profile_prints_one_training_steps_table(capsys):
+    from nanodl import cli
+    assert cli.main(["profile", "--hidden", "16", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "one training step" in out and "batch 8" in out
+    rows = [line.split()[0] for line in out.splitlines()[3:6]]
+    assert set(rows) == {"Linear", "SoftmaxCrossEntropy", "adam_step"}
+    assert cli.main(["profile", "--hidden", "16", "--by-layer"]) == 0
+    assert "layers.0 (Dense)" in capsys.readouterr().out
+
+
+def test_cli_train_diagnose_prints_the_verdict_and_the_batch_report(capsys):
+    from nanodl import cli
+    assert cli.main(["train", "--dataset", "xor", "--epochs", "3", "--hidden", "8", "--verbose", "0",
+                     "--diagnose"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("diagnosis: "))
+    assert line.split()[1].rstrip(":") in nd.diagnostics.curves.VERDICTS
+    assert "loss on one batch" in out and "layers.0 (Dense)" in out

@@ -43,7 +43,7 @@ from ..losses import Loss
 from ..optim import Optimizer
 from . import costs
 
-__all__ = ["profile", "machine_rates"]
+__all__ = ["profile", "profile_step", "machine_rates"]
 
 LOSS, OPTIMIZER, NO_LAYER = "(loss)", "(optimizer)", "(no layer)"
 SORT_KEYS = ("time", "forward_ms", "backward_ms", "calls", "flops", "bytes", "gflops", "gbps")
@@ -54,14 +54,14 @@ _rates = {}
 
 def machine_rates():
     """This machine's float32 matrix-multiply rate (FLOP/s) and memory-copy rate (bytes/s,
-    read + written), each the best of three short runs, measured once per process (~0.2 s).
+    read + written), each the best of five short runs, measured once per process (~0.2 s).
 
     >>> rates = machine_rates()
     >>> rates['gemm'] > 1e8 and rates['copy'] > 1e8
     True
     """
     if not _rates:
-        size = 1024
+        size = 768
         a = np.ones((size, size), np.float32)
         product = np.empty_like(a)
         source = np.ones(8 << 20, np.float32)  # 32 MB: past the caches
@@ -71,7 +71,18 @@ def machine_rates():
     return dict(_rates)
 
 
-def _best(run, repeats=3):
+def profile_step(model, x, y, warmup=2):
+    """The profile of one training step of the compiled ``model`` on the batch ``(x, y)``,
+    after ``warmup`` unprofiled steps (the first plans the step and builds every layer;
+    they also warm the caches). ``nanodl profile`` prints its table."""
+    for _ in range(warmup):
+        model.train_on_batch(x, y)
+    with profile() as prof:
+        model.train_on_batch(x, y)
+    return prof
+
+
+def _best(run, repeats=5):
     run()  # first touch, thread pools awake
     times = []
     for _ in range(repeats):
