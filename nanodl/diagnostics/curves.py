@@ -1,10 +1,12 @@
 """``History.diagnose()``: read the learning curves the way the course teaches.
 
-* **diverging**: the training loss became inf/NaN, or ended higher than it started:
-  the steps overshoot. Remedy: a smaller learning rate.
+* **diverging**: the training loss became inf/NaN, ended higher than it started, or
+  jumped above twice a uniform guess's loss and ended no better than that guess (the
+  network blew up, then died): the steps overshoot. Remedy: a smaller learning rate.
 * **overfitting**: the validation loss reached its lowest at some epoch and then
-  turned up while the training loss kept falling: the model learns the training
-  set by heart. Remedy: L2, Dropout, early stopping (at that epoch), more data.
+  turned up (its last ``RECENT`` epochs average ``RISE`` above that lowest value)
+  while the training loss kept falling: the model learns the training set by heart.
+  Remedy: L2, Dropout, early stopping (at that epoch), more data.
 * **underfitting**: the training loss stays high, above ``UNDERFIT_SHARE`` of a
   uniform guess's (``log(classes)`` for a cross-entropy; without one, of the first
   epoch's loss): the model has not fit even the data it sees. Remedy: more
@@ -33,7 +35,8 @@ import numpy as np
 from .. import losses
 
 UNDERFIT_SHARE = 0.4  # a final training loss above this share of a uniform guess's is "high"
-RISE = 0.02           # a validation loss this much (relative) above its lowest has "turned up"
+RISE = 0.1            # validation loss this much (relative) above its lowest has "turned up"
+RECENT = 3            # ... over the mean of the last epochs (one noisy epoch is not a trend)
 VERDICTS = ("underfitting", "overfitting", "diverging", "ok")
 
 
@@ -78,17 +81,22 @@ def diagnose(history):
     epochs = list(history.epoch) or list(range(len(loss)))
     if not loss:
         raise ValueError("History.diagnose: no training loss recorded; call fit first")
-    if not all(math.isfinite(v) for v in loss) or loss[-1] > loss[0]:
-        bad = next((i for i, v in enumerate(loss) if not math.isfinite(v)), None)
+    model = getattr(history, "model", None)
+    guess = uniform_loss(model.loss, _classes(model)) if getattr(model, "loss", None) else None
+    bad = next((i for i, v in enumerate(loss) if not math.isfinite(v)), None)
+    blew_up = guess is not None and max(loss) > 2 * guess and loss[-1] >= guess
+    if bad is not None or loss[-1] > loss[0] or blew_up:
         what = (f"became {loss[bad]} at epoch {epochs[bad]}" if bad is not None else
-                f"rose from {loss[0]:.4g} to {loss[-1]:.4g}")
-        return Verdict("diverging", None, f"The training loss {what}: each step overshoots "
-                       "the minimum it aims at.", "Use a smaller learning rate (try 10 times "
+                f"rose from {loss[0]:.4g} to {loss[-1]:.4g}" if loss[-1] > loss[0] else
+                f"jumped to {max(loss):.4g} and ended at {loss[-1]:.4g}, no better than a uniform "
+                f"guess's {guess:.4g}")
+        return Verdict("diverging", None, f"The training loss {what}: the steps overshoot the "
+                       "minimum they aim at.", "Use a smaller learning rate (try 10 times "
                        "smaller), or clip the gradients.")
     if len(val) == len(loss) and len(val) >= 3 and all(math.isfinite(v) for v in val):
         best = int(np.argmin(val))
-        if best < len(val) - 1 and val[-1] > val[best] + RISE * abs(val[best]) and \
-                loss[-1] < loss[best]:
+        recent = sum(val[-RECENT:]) / len(val[-RECENT:])
+        if best < len(val) - 1 and recent > val[best] + RISE * abs(val[best]) and loss[-1] < loss[best]:
             return Verdict(
                 "overfitting", epochs[best],
                 f"Validation loss was lowest at epoch {epochs[best]} ({val[best]:.4g}) and rose to "
@@ -98,8 +106,6 @@ def diagnose(history):
                 "Regularise it: L2 weight decay (kernel_regularizer), Dropout, early stopping "
                 "(callbacks.EarlyStopping(patience=..., restore_best_weights=True) would keep "
                 f"epoch {epochs[best]}), or more training data.")
-    model = getattr(history, "model", None)
-    guess = uniform_loss(model.loss, _classes(model)) if getattr(model, "loss", None) else None
     reference, against = (guess, "a uniform guess's") if guess else (loss[0], "the first epoch's")
     if loss[-1] > UNDERFIT_SHARE * reference:
         seen = f" (validation: {val[-1]:.4g})" if val else ""
