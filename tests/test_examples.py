@@ -23,6 +23,7 @@ EXPECTED = {
     "sharpness.py": "x 2/lr at step",
     "per_sample.py": "precision at k=",
     "dp_sgd.py": "DP-SGD, noise sigma=",
+    "diagnose.py": "sick: underfitting, overfitting, diverging, diverging; cured: ok, ok, ok, ok",
 }
 
 

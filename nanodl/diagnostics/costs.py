@@ -3,13 +3,16 @@
 The profiler divides these by measured times to get achieved rates, and
 ``model.summary()`` adds them up per layer. The conventions, one for every op:
 
-* **FLOPs**: one per arithmetic operation, compare, select or elementary function
-  call (``exp``, ``log``, ``tanh``, ``sqrt``), per element. A matrix product of
-  ``(m, k) @ (k, n)`` is ``2 m k n``. Elementwise ops and reductions are counted per
-  element of their output (``'out'``) or of their first input (``'in'``), by the
-  constants in ``PER_ELEMENT``; activations by their record's name in
-  ``ACTIVATION_FLOPS``. Products and fused nodes (``MatMul``, ``Einsum``, ``Linear``, the
-  fused softmax cross-entropy) have their own formulas.
+* **FLOPs**: floating-point additions, multiplications, divisions and elementary
+  function calls (``exp``, ``log``, ``tanh``, ``sqrt``), per element; comparisons and
+  selects (a ReLU, a max, a clip, a where) are free, as in hardware FLOP counts. A
+  matrix product of ``(m, k) @ (k, n)`` is ``2 m k n`` (a dense layer's bias is added
+  in that accumulation: ``k`` multiplications and ``k`` additions per output).
+  Elementwise ops and reductions are counted per element of their output (``'out'``)
+  or of their first input (``'in'``), by the constants in ``PER_ELEMENT``;
+  activations by their record's name in ``ACTIVATION_FLOPS``. Products and fused
+  nodes (``MatMul``, ``Einsum``, ``Linear``, the fused softmax cross-entropy) have
+  their own formulas.
 * **Bytes**: the least traffic an op needs: every input read once and its output
   written once (``forward``); the incoming gradient, the saved arrays and every
   fresh gradient (``backward``). An op whose output is a view of its input (a
@@ -29,8 +32,8 @@ from ..backend.table import parameters
 
 # activation name -> (forward, backward) FLOPs per element (the fused dense layer's too)
 ACTIVATION_FLOPS = {
-    "linear": (0, 0), "relu": (1, 1), "leaky_relu": (2, 2), "sigmoid": (3, 3), "tanh": (1, 3),
-    "gelu": (10, 22), "elu": (3, 4), "softplus": (6, 4), "softmax": (5, 4),
+    "linear": (0, 0), "relu": (0, 0), "leaky_relu": (1, 1), "sigmoid": (3, 3), "tanh": (1, 3),
+    "gelu": (10, 22), "elu": (2, 3), "softplus": (5, 4), "softmax": (4, 4),
 }
 
 # op (Function class name) -> (forward FLOPs, backward FLOPs) per element of the op's
@@ -38,12 +41,12 @@ ACTIVATION_FLOPS = {
 PER_ELEMENT = {
     "Add": (1, 0, "out"), "Sub": (1, 1, "out"), "Mul": (1, 2, "out"), "Div": (1, 4, "out"),
     "Neg": (1, 1, "out"), "Pow": (1, 6, "out"), "Exp": (1, 1, "out"), "Log": (1, 1, "out"),
-    "Sqrt": (1, 2, "out"), "Abs": (1, 2, "out"), "Clip": (2, 2, "out"), "Maximum": (1, 3, "out"),
-    "Minimum": (1, 3, "out"), "Where": (1, 2, "out"), "Sin": (1, 2, "out"), "Cos": (1, 3, "out"),
+    "Sqrt": (1, 2, "out"), "Abs": (0, 1, "out"), "Clip": (0, 0, "out"), "Maximum": (0, 2, "out"),
+    "Minimum": (0, 2, "out"), "Where": (0, 0, "out"), "Sin": (1, 2, "out"), "Cos": (1, 3, "out"),
     "Log1p": (1, 2, "out"), "Expm1": (1, 2, "out"), "Erf": (1, 5, "out"), "Cumsum": (1, 1, "out"),
-    "Softmax": (*ACTIVATION_FLOPS["softmax"], "out"), "LogSoftmax": (5, 4, "out"),
-    "Sum": (1, 0, "in"), "Mean": (1, 1, "in"), "Var": (4, 2, "in"), "Max": (1, 4, "in"),
-    "Min": (1, 4, "in"), "LogSumExp": (4, 3, "in"), "Prod": (1, 4, "in"), "Norm": (2, 2, "in"),
+    "Softmax": (*ACTIVATION_FLOPS["softmax"], "out"), "LogSoftmax": (4, 3, "out"),
+    "Sum": (1, 0, "in"), "Mean": (1, 1, "in"), "Var": (4, 2, "in"), "Max": (0, 3, "in"),
+    "Min": (0, 3, "in"), "LogSumExp": (3, 3, "in"), "Prod": (1, 4, "in"), "Norm": (2, 2, "in"),
     # moves and copies: no arithmetic, except the scatter-adds of indexing
     "Reshape": (0, 0, "out"), "Transpose": (0, 0, "out"), "Squeeze": (0, 0, "out"),
     "ExpandDims": (0, 0, "out"), "BroadcastTo": (0, 0, "out"), "Concatenate": (0, 0, "out"),
@@ -51,7 +54,7 @@ PER_ELEMENT = {
     "GetItem": (0, 1, "out"), "ScatterAdd": (1, 0, "in"),
     **{record.op: (*ACTIVATION_FLOPS[record.name], "out") for record in ELEMENTWISE},
 }
-_XENT_FLOPS = (5, 2)  # per logit: the softmax and the log-probability picked; its gradient
+_XENT_FLOPS = (4, 2)  # per logit: the log-softmax (shift, exp, sum, log); its gradient
 
 
 def _nbytes(arrays):
@@ -66,10 +69,11 @@ def _is_view(out, inputs):
     return any(hasattr(a, "nbytes") and xp.may_share_memory(out, a) for a in inputs)
 
 
-def _dense_flops(rows, inputs, units, activation, has_bias, products, backward):
-    """A fused dense layer: ``products`` GEMMs of 2 rows*inputs*units, bias and activation."""
+def _dense_flops(rows, inputs, units, activation, bias_gradient, products, backward):
+    """A fused dense layer: ``products`` GEMMs of 2 rows*inputs*units (the bias added in the
+    forward's accumulation), the activation, and the bias gradient's column sums."""
     act = ACTIVATION_FLOPS[activation][1 if backward else 0]
-    return products * 2 * rows * inputs * units + (act + bool(has_bias)) * rows * units
+    return products * 2 * rows * inputs * units + (act + bool(bias_gradient)) * rows * units
 
 
 def _einsum_flops(node):
@@ -104,8 +108,8 @@ def forward_cost(node, inputs, out):
     if name == "Linear":
         kernel = inputs[1]
         rows = out.size // kernel.shape[1]
-        return (_dense_flops(rows, kernel.shape[0], kernel.shape[1], node.activation, node.has_bias,
-                             1, False), _nbytes(inputs) + out.nbytes)
+        return (_dense_flops(rows, kernel.shape[0], kernel.shape[1], node.activation, False, 1,
+                             False), _nbytes(inputs) + out.nbytes)
     if name == "SoftmaxCrossEntropy":
         logits = inputs[0]
         return _XENT_FLOPS[0] * logits.size, _nbytes(inputs) + node.saved_tensors[1].nbytes + out.nbytes
@@ -185,9 +189,8 @@ def kernel_cost(kernel, args, kwargs, result):
     if kernel in ("linear_forward", "linear_backward"):
         x, w, backward = call["x"], call["kernel"], kernel == "linear_backward"
         products = call.get("need_x", True) + call.get("need_kernel", True) if backward else 1
-        bias = call.get("need_bias", True) if backward else call["bias"] is not None
         return _dense_flops(x.shape[0], w.shape[0], w.shape[1], call.get("activation", "linear"),
-                            bias, products, backward), traffic
+                            backward and call.get("need_bias", True), products, backward), traffic
     first = next(iter(call.values()))
     if kernel.startswith("softmax_xent_"):
         return _XENT_FLOPS[kernel.endswith("backward")] * first.size, traffic

@@ -4,27 +4,28 @@
   jumped above twice a uniform guess's loss and ended no better than that guess (the
   network blew up, then died): the steps overshoot. Remedy: a smaller learning rate.
 * **overfitting**: the validation loss reached its lowest at some epoch and then
-  turned up (its last ``RECENT`` epochs average ``RISE`` above that lowest value)
-  while the training loss kept falling: the model learns the training set by heart.
+  turned up (its running mean over a fifth of the epochs ends ``RISE`` above its
+  lowest) while the training loss kept falling: the model learns the training set by heart.
   Remedy: L2, Dropout, early stopping (at that epoch), more data.
-* **underfitting**: the training loss stays high, above ``UNDERFIT_SHARE`` of a
-  uniform guess's (``log(classes)`` for a cross-entropy; without one, of the first
-  epoch's loss): the model has not fit even the data it sees. Remedy: more
-  capacity or more epochs.
+* **underfitting**: the training loss, and the validation loss if there is one, stay
+  high: above ``UNDERFIT_SHARE`` of a uniform guess's (``log(classes)`` for a
+  cross-entropy; without one, of the first epoch's loss): the model has not fit even
+  the data it sees. Remedy: more capacity or more epochs.
 * **ok**: none of these.
 
 >>> from nanodl.callbacks import History
 >>> h = History()
->>> h.history = {"loss": [1.0, 0.6, 0.4, 0.3, 0.2], "val_loss": [1.0, 0.7, 0.6, 0.65, 0.8]}
->>> h.epoch = [0, 1, 2, 3, 4]
+>>> h.history = {"loss": [1.0, 0.6, 0.4, 0.3, 0.2, 0.15, 0.1, 0.08],
+...              "val_loss": [1.0, 0.7, 0.55, 0.5, 0.6, 0.7, 0.8, 0.9]}
+>>> h.epoch = list(range(8))
 >>> verdict = h.diagnose()
 >>> verdict.verdict, verdict.epoch
-('overfitting', 2)
+('overfitting', 3)
 >>> print(verdict)  # doctest: +NORMALIZE_WHITESPACE
-Validation loss was lowest at epoch 2 (0.6) and rose to 0.8 by epoch 4 while training loss kept
-falling (0.4 -> 0.2): the model is learning its training set by heart. Regularise it: L2 weight
+Validation loss was lowest at epoch 3 (0.5) and rose to 0.9 by epoch 7 while training loss kept
+falling (0.3 -> 0.08): the model is learning its training set by heart. Regularise it: L2 weight
 decay (kernel_regularizer), Dropout, early stopping (callbacks.EarlyStopping(patience=...,
-restore_best_weights=True) would keep epoch 2), or more training data.
+restore_best_weights=True) would keep epoch 3), or more training data.
 """
 import math
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ import numpy as np
 from .. import losses
 
 UNDERFIT_SHARE = 0.4  # a final training loss above this share of a uniform guess's is "high"
-RISE = 0.1            # validation loss this much (relative) above its lowest has "turned up"
-RECENT = 3            # ... over the mean of the last epochs (one noisy epoch is not a trend)
+RISE = 0.1            # validation loss this much (relative) above its lowest has "turned up",
+SMOOTHING = 5         # ... in its running mean over a fifth of the epochs (at least 3): noise,
+                      # a spike of a few epochs, is not a trend
 VERDICTS = ("underfitting", "overfitting", "diverging", "ok")
 
 
@@ -95,8 +97,10 @@ def diagnose(history):
                        "smaller), or clip the gradients.")
     if len(val) == len(loss) and len(val) >= 3 and all(math.isfinite(v) for v in val):
         best = int(np.argmin(val))
-        recent = sum(val[-RECENT:]) / len(val[-RECENT:])
-        if best < len(val) - 1 and recent > val[best] + RISE * abs(val[best]) and loss[-1] < loss[best]:
+        window = max(3, len(val) // SMOOTHING)
+        smooth = np.convolve(val, np.ones(window) / window, mode="valid")
+        if best < len(val) - 1 and smooth[-1] > smooth.min() + RISE * abs(smooth.min()) and \
+                loss[-1] < loss[best]:
             return Verdict(
                 "overfitting", epochs[best],
                 f"Validation loss was lowest at epoch {epochs[best]} ({val[best]:.4g}) and rose to "
@@ -107,7 +111,7 @@ def diagnose(history):
                 "(callbacks.EarlyStopping(patience=..., restore_best_weights=True) would keep "
                 f"epoch {epochs[best]}), or more training data.")
     reference, against = (guess, "a uniform guess's") if guess else (loss[0], "the first epoch's")
-    if loss[-1] > UNDERFIT_SHARE * reference:
+    if loss[-1] > UNDERFIT_SHARE * reference and (not val or val[-1] > UNDERFIT_SHARE * reference):
         seen = f" (validation: {val[-1]:.4g})" if val else ""
         return Verdict(
             "underfitting", None,

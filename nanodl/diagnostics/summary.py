@@ -13,17 +13,18 @@ Model: "Sequential"
 ___________________________________________________________
 Layer (type)       Output Shape   Param #   FLOPs/sample
 ===========================================================
-layers.0 (Dense)   (None, 8)      40        80
+layers.0 (Dense)   (None, 8)      40        64
 ___________________________________________________________
-layers.1 (Dense)   (None, 2)      18        34
+layers.1 (Dense)   (None, 2)      18        32
 ===========================================================
 Total params: 58
 Trainable params: 58
 Non-trainable params: 0
-FLOPs per sample: 114 (forward; a training step costs about 3 times that)
+FLOPs per sample: 96 (forward; a training step costs about 3 times that)
 ___________________________________________________________
 
-``layers.0``: 2 x 4 x 8 for the product, 8 for the bias, 8 for the ReLU.
+``layers.0``: 2 x 4 x 8 for the product (the bias is added in its sums; a ReLU is a
+compare: free).
 """
 import numpy as np
 
