@@ -171,7 +171,8 @@ def diagnose(model, x, y, batch_size=32):
     for name, module in model.named_modules()[1:]:
         if not module._modules:  # a leaf layer: its output is one activation's
             def record(module, inputs, output, name=name):
-                outputs[name] = (_activation(output), output.data)  # before the walk frees nodes
+                made = not any(output is given for given in inputs)  # not an identity (Dropout in eval)
+                outputs[name] = (_activation(output) if made else None, output.data)  # before the walk
             handles.append(module.register_forward_hook(record))
     try:
         with model._mode(False):

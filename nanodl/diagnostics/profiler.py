@@ -98,7 +98,8 @@ def _best(run, repeats=5):
 def _is_layer(obj):
     """An ``nn.Module`` (by its protocol: this module sits below ``nn``, which imports it)."""
     kind = type(obj)
-    return hasattr(kind, "named_modules") and hasattr(kind, "forward") and "_modules" in vars(obj)
+    return hasattr(kind, "named_modules") and hasattr(kind, "forward") and \
+        "_modules" in getattr(obj, "__dict__", ())
 
 
 def _kind(frame):
@@ -253,7 +254,7 @@ class profile:
         layer = self._layer_at(sys._getframe(2))
         start = perf_counter()
         result = method(*args, **kwargs)
-        _synchronize(args[0])
+        _synchronize(args[0] if args else None)
         seconds = perf_counter() - start
         flops, nbytes = costs.kernel_cost(kernel, args, kwargs, result)
         self._add(kernel, layer, 1, seconds, 0.0, flops, nbytes)
