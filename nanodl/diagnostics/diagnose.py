@@ -38,9 +38,8 @@ import numpy as np
 from .. import losses as losses_module
 from ..autograd.higher import grad as gradients
 from ..backend import to_host
-from ..nn.plan import _compiled_loss, fuse_logits, prepare
+from ..nn.plan import prepare
 from ..random import using
-from ..tensor import Tensor
 from .curves import uniform_loss
 
 DEAD_WARNING = 0.25      # warn when this share of a layer's ReLU units are dead
@@ -162,11 +161,8 @@ def diagnose(model, x, y, batch_size=32):
     with using(np.random.default_rng(0)):  # a lazy layer built here draws from its own generator
         plan, x, y, _ = prepare(model, x, y, None, "diagnose")
     loss_name, config = losses_module.describe(model.loss)
-    config = config or {}
-    fused = fuse_logits(model, loss_name, config)
-    head = model._logits_head()[1] if fused else None
-    forward, loss_fn, kind = fused or (model.forward, _compiled_loss(model.loss, loss_name, config),
-                                       None)
+    config, kind = config or {}, plan.logits  # kind: the head's activation when fused into the loss
+    head = model._logits_head()[1] if kind else None
     outputs, handles = {}, []
     for name, module in model.named_modules()[1:]:
         if not module._modules:  # a leaf layer: its output is one activation's
@@ -176,14 +172,9 @@ def diagnose(model, x, y, batch_size=32):
             handles.append(module.register_forward_hook(record))
     try:
         with model._mode(False):
-            out = forward(Tensor(x))
-            loss = loss_fn(out, y)
-            total = loss
-            for layer in plan.penalty_layers:
-                for term in layer.penalties():
-                    total = total + term
+            loss, _ = plan.objective(x, y)  # the training step's forward, loss and penalties
             params = [p for p in model.parameters() if p.requires_grad]
-            grads = gradients(total, params, allow_unused=True) if params else []
+            grads = gradients(loss, params, allow_unused=True) if params else []
     finally:
         for handle in handles:
             handle.remove()
