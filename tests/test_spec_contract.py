@@ -1524,7 +1524,6 @@ def _profiled(capsys=None):
     return prof
 
 
-@NOT_LANDED
 def test_s18_profile_rows_and_table(capsys):
     prof = _profiled()
     assert prof.rows and all(set(r) >= ROW_KEYS for r in prof.rows)
@@ -1543,7 +1542,6 @@ def test_s18_profile_rows_and_table(capsys):
     assert layers and all("layer" in r and "op" not in r for r in layers)
 
 
-@NOT_LANDED
 def test_s18_profile_counts_forward_calls():
     x = nd.tensor(np.ones((3, 3), np.float32), requires_grad=True)
     with nd.profile() as prof:
@@ -1554,7 +1552,6 @@ def test_s18_profile_counts_forward_calls():
     assert exp and exp[0]["calls"] == 3
 
 
-@NOT_LANDED
 def test_s18_summary_shows_real_shapes_and_flops(capsys):
     nd.manual_seed(0)
     model = nn.Sequential([nn.Dense(8, activation="relu"), nn.Dense(3)])
@@ -1567,7 +1564,6 @@ def test_s18_summary_shows_real_shapes_and_flops(capsys):
         table.replace(",", "")
 
 
-@NOT_LANDED
 def test_s18_diagnose_report_leaves_model_unchanged():
     leading(nd.diagnose, ["model", "x", "y", "batch_size"])
     assert defaults(nd.diagnose)["batch_size"] == 32
@@ -1585,7 +1581,6 @@ def test_s18_diagnose_report_leaves_model_unchanged():
     assert model.optimizer.state_dict().keys() == sd.keys()
 
 
-@NOT_LANDED
 def test_s18_diagnose_warns_dead_relu_and_wrong_loss():
     x, y = blobs()
     model = mlp()
@@ -1595,7 +1590,6 @@ def test_s18_diagnose_warns_dead_relu_and_wrong_loss():
     assert "dead" in text
 
 
-@NOT_LANDED
 @pytest.mark.parametrize("curve,verdict", [
     ({"loss": [2.0, 1.99, 1.98, 1.98], "val_loss": [2.0, 1.99, 1.99, 1.98]}, "underfitting"),
     ({"loss": [1.0, 0.5, 0.2, 0.1, 0.05], "val_loss": [1.0, 0.6, 0.5, 0.7, 0.9]}, "overfitting"),
