@@ -584,3 +584,18 @@ def test_poisson_regressor_predicts_a_positive_mean():
     np.testing.assert_allclose(reg.predict(x).mean(), counts.mean(), rtol=0.05)
     with pytest.raises(ValueError, match="non-negative"):
         MLPRegressor(loss="poisson", max_iter=1).fit(x, -counts)
+
+
+def test_the_trained_network_is_a_plain_nanodl_model_after_fit(tmp_path):
+    """alpha's penalty is attached for training only: model_ evaluates, saves and
+    reloads like any compiled Sequential, and a warm start with alpha=0 has none."""
+    x, positive = two_blobs(60)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), alpha=0.1, max_iter=2, warm_start=True, random_state=0)
+    clf.fit(x, positive)
+    targets = positive.astype(np.float32)[:, None]
+    loss = clf.model_.evaluate(x, targets)
+    assert np.isfinite(loss)
+    clf.model_.save(tmp_path / "net.npz")
+    np.testing.assert_allclose(nd.load_model(tmp_path / "net.npz").predict(x), clf.model_.predict(x))
+    clf.set_params(alpha=0.0).fit(x, positive)
+    assert all(layer.kernel_regularizer is None for layer in clf._dense_layers())

@@ -249,11 +249,13 @@ class _BaseMLP(BaseEstimator):
                   if isinstance(m, Dense) and m.kernel_regularizer is None]
         for dense in denses:
             dense.kernel_regularizer = penalty
+        self.model_._plan_cache = None  # the plan lists the layers with penalties
         try:
             yield _SetPenalty(penalty, [d.kernel for d in denses], self._head[3] != 1)
         finally:
             for dense in denses:
                 dense.kernel_regularizer = None
+            self.model_._plan_cache = None
 
     def _train(self, X, targets, weight, batch_size, final_loss=False):
         """One pass of ``Model.fit`` over ``(X, targets)`` in this order, each batch's loss
