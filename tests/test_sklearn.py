@@ -599,3 +599,15 @@ def test_the_trained_network_is_a_plain_nanodl_model_after_fit(tmp_path):
     np.testing.assert_allclose(nd.load_model(tmp_path / "net.npz").predict(x), clf.model_.predict(x))
     clf.set_params(alpha=0.0).fit(x, positive)
     assert all(layer.kernel_regularizer is None for layer in clf._dense_layers())
+
+
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_negative_sample_weights_are_refused_naming_the_estimator(solver):
+    # issue 18: was "needs samples of at least 2 classes", then a rescaled weight named by `fit`
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    weight = np.ones(40)
+    weight[3] = -2.0
+    with pytest.raises(ValueError, match=r"^MLPClassifier\.fit: sample_weight holds negative values "
+                                         r"\(the smallest is -2\)"):
+        MLPClassifier(solver=solver, max_iter=5).fit(X, y, sample_weight=weight)

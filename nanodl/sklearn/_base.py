@@ -186,6 +186,9 @@ class _BaseMLP(BaseEstimator):
         X, y = self._validate_input(X, y, reset=first)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            if (sample_weight < 0).any():  # a weight counts copies of a sample
+                raise ValueError(f"{type(self).__name__}.fit: sample_weight holds negative values "
+                                 f"(the smallest is {sample_weight.min():g}); weights must be >= 0")
         targets = self._encode(y, first, incremental, classes, sample_weight)
         if first or not incremental:
             self._generator = self._new_generator()
