@@ -854,6 +854,25 @@ def test_s15_sample_weight_is_mean_of_weight_times_loss():
     assert acc == pytest.approx(np.sum(w * (p.argmax(1) == y)) / w.sum(), rel=1e-5)
 
 
+def test_s15_weighted_training_step_is_mean_of_weight_times_loss():
+    x, y = blobs(n=40)
+    w = np.linspace(0.2, 3.0, 40).astype(np.float32)
+    cw = {0: 1.0, 1: 2.0, 2: 0.5}
+    both = w * np.array([cw[c] for c in y], np.float32)
+    model = mlp()
+    manual = mlp()
+    model.compile(optim.SGD(lr=0.1), "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=40, epochs=1, verbose=0, shuffle=False, sample_weight=w,
+              class_weight=cw)
+    per = losses.sparse_categorical_crossentropy(manual(nd.tensor(x)), nd.tensor(y),
+                                                 reduction="none")
+    (per * nd.tensor(both)).mean().backward()
+    for p in manual.parameters():
+        p.data -= 0.1 * p.grad
+    for a, b in zip(weights(manual), weights(model)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_s15_class_weight_balanced_and_dict():
     x, y = blobs(n=60)
     y = np.where(np.arange(60) < 40, 0, 1)
@@ -1297,6 +1316,24 @@ def test_s17_per_sample_grad_refuses_mixing_ops_by_name():
     small = nn.Dense(1, input_dim=3)
     with pytest.raises(ValueError):
         per_sample_grad(lambda xb: small(xb - xb.mean(axis=0)).sum(axis=1), small.parameters(), x)
+
+
+@pytest.mark.xfail(reason="qa-findings (instruments): an empty batch fails inside NumPy's reshape",
+                   strict=False)
+@pytest.mark.parametrize("name", ["per_sample_grad", "per_sample_grad_norm"])
+def test_s17_per_sample_empty_batch_is_empty_or_named_error(name):
+    import nanodl.autograd.functional as AF
+    layer = nn.Dense(2, input_dim=3)
+    x = nd.tensor(np.zeros((0, 3), np.float32))
+    try:
+        out = getattr(AF, name)(lambda xb: layer(xb).sum(axis=1), layer.parameters(), x)
+    except ValueError as error:  # bad input: a clear exception naming the function
+        assert str(error).startswith(name), str(error)
+    else:
+        shapes = [np.shape(g) for g in out] if name == "per_sample_grad" else [np.shape(out)]
+        expect = [(0,) + p.shape for p in layer.parameters()] if name == "per_sample_grad" \
+            else [(0,)]
+        assert shapes == expect
 
 
 def _tiny_problem():
