@@ -1318,8 +1318,6 @@ def test_s17_per_sample_grad_refuses_mixing_ops_by_name():
         per_sample_grad(lambda xb: small(xb - xb.mean(axis=0)).sum(axis=1), small.parameters(), x)
 
 
-@pytest.mark.xfail(reason="qa-findings (instruments): an empty batch fails inside NumPy's reshape",
-                   strict=False)
 @pytest.mark.parametrize("name", ["per_sample_grad", "per_sample_grad_norm"])
 def test_s17_per_sample_empty_batch_is_empty_or_named_error(name):
     import nanodl.autograd.functional as AF
