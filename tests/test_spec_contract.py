@@ -236,6 +236,46 @@ def test_s5_verbose_levels(capsys):
     assert len([ln for ln in out.err.replace("\r", "\n").splitlines() if "loss" in ln]) == 2
 
 
+TTY_WORKER = """
+import time
+import numpy as np
+import nanodl as nd
+from nanodl import callbacks, nn
+
+
+class Slow(callbacks.Callback):
+    def on_batch_end(self, batch, logs=None):
+        time.sleep(0.03)
+
+
+model = nn.Sequential([nn.Dense(3, activation="softmax", input_dim=4)])
+model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+model.fit(np.ones((200, 4), np.float32), np.zeros(200, int), epochs=2, batch_size=10,
+          callbacks=[Slow()])
+"""
+
+
+def test_s5_verbose1_is_a_live_bar_on_a_terminal():
+    pty = pytest.importorskip("pty")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", TTY_WORKER], stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=120) == 0
+    text = out.decode()
+    redraws = [part for part in text.split("\r") if "ETA" in part]
+    assert len(redraws) >= 2  # redrawn in place while the epoch runs
+    assert all("/20" in part and "loss" in part and "accuracy" in part for part in redraws)
+
+
 def test_s5_length_mismatch_is_value_error_before_training():
     x, y = blobs()
     model = mlp()
@@ -429,6 +469,23 @@ def test_s8_early_stopping_and_restore_best_weights():
     assert len(hist.epoch) == best + 3  # patience 2 after the best epoch
     for a, b in zip(snaps[best][1], weights(model)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("patience,lrs,epochs", [
+    (0, [0.1, 0.1, 0.05, 0.025, 0.0125], [0, 1]),
+    (1, [0.1, 0.1, 0.05, 0.025, 0.0125], [0, 1]),
+    (2, [0.1, 0.1, 0.1, 0.05, 0.05], [0, 1, 2])])
+def test_s8_patience_counts_as_keras(patience, lrs, epochs):
+    x, y = blobs()
+    model = mlp()
+    model.compile(optim.SGD(lr=0.1), "sparse_categorical_crossentropy")
+    never = dict(monitor="loss", patience=patience, min_delta=1e9)  # no epoch improves on the first
+    hist = model.fit(x, y, epochs=5, verbose=0,
+                     callbacks=[callbacks.ReduceLROnPlateau(factor=0.5, **never)])
+    np.testing.assert_allclose(hist.history["lr"], lrs, rtol=1e-6)
+    model.compile(optim.SGD(lr=0.1), "sparse_categorical_crossentropy")
+    hist = model.fit(x, y, epochs=6, verbose=0, callbacks=[callbacks.EarlyStopping(**never)])
+    assert hist.epoch == epochs
 
 
 def test_s8_model_checkpoint_save_best_only(tmp_path):
@@ -1399,7 +1456,7 @@ def test_s17_hessian_trace_and_diagonal():
         nd.set_default_dtype("float32")
 
 
-def test_s17_find_lr():
+def test_s17_find_lr(tmp_path):
     d = defaults(nn.Model.find_lr)
     assert (d["start_lr"], d["end_lr"], d["steps"], d["batch_size"], d["sharpness"]) == \
         (1e-7, 10.0, 100, 32, True)
@@ -1424,7 +1481,10 @@ def test_s17_find_lr():
     for a, b in zip(before, weights(model)):
         np.testing.assert_array_equal(a, b)
     assert_same_state(model.optimizer.state_dict(), state)
-    assert callable(finder.plot)
+    pytest.importorskip("matplotlib")
+    png = os.path.join(str(tmp_path), "lr.png")
+    finder.plot(png)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_s17_lbfgs_signature():
@@ -1574,7 +1634,12 @@ def test_s18_profile_rows_and_table(capsys):
     total = sum(r["forward_ms"] + r["backward_ms"] for r in prof.rows)
     assert prof.total_ms == pytest.approx(total, rel=1e-6)
     layers = prof.by_layer()
-    assert layers and all("layer" in r and "op" not in r for r in layers)
+    assert layers and all(set(r) >= (ROW_KEYS - {"op"}) | {"layer"} and "op" not in r
+                          for r in layers)
+    snapshot = [dict(r) for r in prof.rows]
+    x = nd.tensor(np.ones((4, 4), np.float32), requires_grad=True)
+    (x.exp() * 2).sum().backward()  # outside the block: nothing is recorded
+    assert [dict(r) for r in prof.rows] == snapshot
 
 
 def test_s18_profile_counts_forward_calls():
@@ -1603,17 +1668,19 @@ def test_s18_diagnose_report_leaves_model_unchanged():
     leading(nd.diagnose, ["model", "x", "y", "batch_size"])
     assert defaults(nd.diagnose)["batch_size"] == 32
     x, y = blobs()
-    model = mlp()
+    nd.manual_seed(0)
+    model = nn.Sequential([nn.Dense(8, activation="relu", input_dim=4), nn.BatchNorm(),
+                           nn.Dropout(0.3), nn.Dense(3, activation="softmax")])
     model.compile(optim.Adam(lr=0.01), "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=1, verbose=0)
-    before, sd = weights(model), model.optimizer.state_dict()
+    before, sd = model.state_dict(), model.optimizer.state_dict()
     report = nd.diagnose(model, x, y)
     text = str(report)
     assert text.strip() and "loss" in text.lower()
     assert str(round(math.log(3), 2)) in text or "uniform" in text.lower()
-    for a, b in zip(before, weights(model)):
-        np.testing.assert_array_equal(a, b)
-    assert model.optimizer.state_dict().keys() == sd.keys()
+    assert_same_state(model.state_dict(), before)  # weights and running statistics
+    assert_same_state(model.optimizer.state_dict(), sd)
+    assert model.training
 
 
 def test_s18_diagnose_warns_dead_relu_and_wrong_loss():
@@ -1623,6 +1690,13 @@ def test_s18_diagnose_warns_dead_relu_and_wrong_loss():
     model.compile("sgd", "sparse_categorical_crossentropy")
     text = str(nd.diagnose(model, x, y)).lower()
     assert "dead" in text
+    wrong = mlp()  # a softmax head trained with the MSE
+    wrong.compile("sgd", "mse")
+    healthy = mlp()
+    healthy.compile("sgd", "sparse_categorical_crossentropy")
+    warned = str(nd.diagnose(wrong, x, np.eye(3, dtype=np.float32)[y])).lower()
+    fine = str(nd.diagnose(healthy, x, y)).lower()
+    assert "cross" in warned and "cross" not in fine
 
 
 @pytest.mark.parametrize("curve,verdict", [
