@@ -7,15 +7,20 @@ small network that bookkeeping costs more than the arithmetic. But batch after
 batch the step is the *same*: same layers, shapes, dtypes and kernels. So a
 ``CapturedStep`` does that work once:
 
-1. **Capture.** The first call with a new *signature* (shapes, dtypes and device
-   of the batch, the kernel table, the optimizer's parameter list) runs the ordinary
-   eager step, every check included, while it records what each layer received.
-   From that trace it builds a *program*: one stage per layer, a loss stage, and the
-   optimizer.
-2. **Replay.** Every later call with that signature runs the program: the stages'
+1. **Capture.** The first call with a new *key* (shapes, dtypes and device of the
+   batch, the kernel table, the optimizer's parameter list) runs the one eager step
+   (``nn.plan._Plan.step``, what ``fit`` runs), every check included, while it
+   records what each layer received. From that trace it builds a *program*: one
+   stage per layer, a loss stage (through the same ``_Plan.loss``), the optimizer.
+2. **Replay.** Every later call with that key runs the program: the stages'
    forwards in order, the loss, the backwards in reverse order, the optimizer. No
    graph is built: each stage keeps what its backward needs and hands the gradient
    of its input to the stage before it.
+3. **Never stale.** Before every replay the step compares a ``signature`` of all
+   the program depends on (each module's attributes and hooks, each parameter's
+   ``requires_grad``, shape and dtype, the optimizer's type and hyperparameters, the
+   loss's reduction) with the one of its recording, and records again when it
+   changed. One lock lets threads share a step; ``run`` returns arrays of its own.
 
 The stages:
 
@@ -23,14 +28,16 @@ The stages:
   but softmax, no forward hooks) replayed from the kernel table's unchecked compute
   functions (``table.compute.linear_forward`` / ``linear_backward``, see
   ``nanodl.backend.table``): no node, no Tensor, no argument checks. Its gradients go
-  to ``kernel.grad`` and ``bias.grad``, where the engine would leave them.
+  to ``kernel.grad`` and ``bias.grad``, where the engine would leave them. On a
+  table with buffered compute functions (``table.buffered``) it is a
+  ``BufferedDenseStage``, which writes into arrays allocated once.
 * ``EngineStage``: any other layer (Dropout, BatchNorm, an activation, a custom
   layer, or a whole model that is not a plain ``Sequential``) runs through the
   engine, on a leaf tensor holding its input. Its Python code runs every step, so
   its side effects (dropout's random masks, BatchNorm's moving averages) happen
   exactly as in the eager step, drawing the same random numbers in the same order.
 * the loss: the fused softmax cross-entropy (a softmax head trained with a
-  cross-entropy, ``nn.model.fuse_logits``, or a sparse cross-entropy from logits)
+  cross-entropy, ``nn.plan.fuse_logits``, or a sparse cross-entropy from logits)
   calls its op's own ``forward`` and ``backward`` without building a node (the op
   still checks the labels: they are new data every step); any other loss runs
   through the engine.
@@ -42,12 +49,14 @@ The stages:
 Every stage calls the same functions, in the same order, on the same arrays as the
 eager step, so the results are identical bit for bit; the tests hold them to that
 (every optimizer, dropout, BatchNorm, a last partial batch, a learning-rate
-schedule, both CPU kernel tables). A new signature is captured again; the last
+schedule, both CPU kernel tables). A new key is captured again; the last
 ``KEPT_SIGNATURES`` programs are kept, so a last partial batch does not recapture
 every epoch. Weight penalties and a parameter shared by two layers are not captured
 (their gradients meet in one sum whose order the stages would have to mimic): such
 steps stay eager, and ``reason`` says why; so does every step while the thread has
-autograd hooks (``detect_anomaly``). ``docs/capture.md`` walks through it.
+autograd hooks (``detect_anomaly``). ``fit(capture='auto')``, the default, trains
+through a captured step (see ``nn.model.register_capture``, the seam this module plugs
+into). ``docs/capture.md`` walks through it.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn, optim
@@ -64,14 +73,17 @@ autograd hooks (``detect_anomaly``). ``docs/capture.md`` walks through it.
 (True, True, 2)
 """
 import sys
+import threading
 import weakref
 from threading import get_ident
 
 import numpy as np
 
 from . import autograd
-from . import losses as losses_module
 from .backend import array_module, device_of, get_kernels, is_device_array, kernels, threads
+from .backend.activations import OUTPUT_GRAD_ACTIVATIONS
+from .nn.model import register_capture
+from .nn.plan import _Plan
 from .tensor import Tensor
 
 __all__ = ["CapturedStep", "KEPT_SIGNATURES"]
@@ -140,64 +152,47 @@ class DenseStage:
         return self.layer.kernel is self.kernel and self.layer.bias is self.bias
 
 
-class NativeDenseStage(DenseStage):
-    """A ``DenseStage`` on the compiled table with preallocated buffers: each step
-    writes the same arrays (``np.matmul(..., out=)`` and the csrc loops that
-    ``kernels_native.linear_forward`` / ``linear_backward`` run, in their order), so
-    a replay allocates nothing. The kernel and bias gradients are these buffers too:
-    like PyTorch's ``.grad``, each step overwrites them.
+class BufferedDenseStage(DenseStage):
+    """A ``DenseStage`` on a table with buffered compute functions (``table.buffered``:
+    the compiled table's ``linear_forward_into`` / ``linear_backward_into``): each step
+    writes the same arrays, allocated here once, so a replay allocates nothing. The
+    kernel and bias gradients are these buffers too: like PyTorch's ``.grad``, each
+    step overwrites them.
     """
 
     def __init__(self, layer, activation, alpha, need_x, table, rows):
         super().__init__(layer, activation, alpha, need_x, table)
-        from .backend import _activations, _linear
-        from .backend.activations import CODES, OUTPUT_GRAD_ACTIVATIONS
+        self.forward_kernel = table.buffered.linear_forward_into
+        self.backward_kernel = table.buffered.linear_backward_into
         kernel = self.kernel.data
         dtype, (inputs, units) = kernel.dtype, kernel.shape
-        self.code = CODES[activation]
-        self.bias_act, self.act_grad = _linear.bias_act, _activations.backward  # dtype from the arrays
         self.z = np.empty((rows, units), dtype)
-        self.in_place = activation in OUTPUT_GRAD_ACTIVATIONS  # out is z itself, as the table
-        self.run_bias_act = not (self.in_place and activation == "linear" and self.bias is None)
-        self.out = self.z if self.in_place else np.empty((rows, units), dtype)
+        in_place = activation in OUTPUT_GRAD_ACTIVATIONS  # out is z itself, as the table's
+        self.out = self.z if in_place else np.empty((rows, units), dtype)
         self.dz = None if activation == "linear" else np.empty((rows, units), dtype)
         self.dx = np.empty((rows, inputs), dtype) if need_x else None
         self.dkernel = np.empty((inputs, units), dtype) if self.need_kernel else None
         self.dbias = np.empty(units, dtype) if self.need_bias else None
-        self.work = rows * inputs * units
-        self.always_serial = self.work <= threads.GEMM_SERIAL_ANYWAY  # no scope needed
+        serial = rows * inputs * units <= threads.GEMM_SERIAL_ANYWAY  # no scope needed
+        self.scope = (lambda: threads.UNCHANGED) if serial else \
+            (lambda: threads.gemm(rows, inputs, units))
 
     def forward(self, x):
-        kernel = self.kernel.data
         bias = None if self.bias is None else self.bias.data
-        z = self.z
-        if self.always_serial:
-            np.matmul(x, kernel, out=z)
-        else:
-            with threads.gemm(x.shape[0], kernel.shape[0], kernel.shape[1]):
-                np.matmul(x, kernel, out=z)
-        if self.run_bias_act:
-            self.bias_act(self.code, z, bias, self.out, self.alpha)
+        with self.scope():
+            self.forward_kernel(x, self.kernel.data, bias, self.activation, self.alpha,
+                                self.z, self.out)
         if self.requires_grad:
             self.x = x
         return self.out
 
     def backward(self, grad):
-        kernel, x = self.kernel.data, self.x
-        if self.dz is None:
-            dz = grad
-        else:
-            dz = self.dz
-            self.act_grad(self.code, self.z, np.ascontiguousarray(grad), dz, self.alpha)
-        with threads.UNCHANGED if self.always_serial else \
-                threads.gemm(x.shape[0], kernel.shape[0], kernel.shape[1]):
-            if self.need_x:
-                np.matmul(dz, kernel.T, out=self.dx)
-            if self.need_kernel:
-                np.matmul(x.T, dz, out=self.dkernel)
-                self.kernel.grad = self.dkernel
+        with self.scope():
+            self.backward_kernel(self.x, self.kernel.data, self.z, grad, self.activation,
+                                 self.alpha, self.dz, self.dx, self.dkernel, self.dbias)
+        if self.need_kernel:
+            self.kernel.grad = self.dkernel
         if self.need_bias:
-            dz.sum(axis=0, out=self.dbias)
             self.bias.grad = self.dbias
         self.x = None
         return self.dx
@@ -288,8 +283,8 @@ class FlatUpdate:
     ``state_dict()`` read). A replay counts the step as ``Optimizer.step`` does and
     calls ``_update`` once.
 
-    It applies when the native table runs Dense stages that own every parameter the
-    optimizer updates (a BatchNorm's gamma comes from the engine: then the step
+    It applies when buffered Dense stages (``table.buffered``) own every parameter
+    the optimizer updates (a BatchNorm's gamma comes from the engine: then the step
     updates per parameter), all of one dtype with one step count, and the optimizer
     uses ``Optimizer.step``, and when no one else holds a parameter's or a state's
     array (a reference kept by the user, ``w = layer.kernel.data``, must stay the
@@ -328,7 +323,7 @@ class FlatUpdate:
         """Whether the stages write the gradients of exactly ``params``, into buffers."""
         owned = set()
         for stage in stages:
-            if isinstance(stage, NativeDenseStage):
+            if isinstance(stage, BufferedDenseStage):
                 owned.update(id(p) for p, needed in ((stage.kernel, stage.need_kernel),
                                                      (stage.bias, stage.need_bias)) if needed)
         return len(owned) == len(params) and all(id(p) in owned for p in params)
@@ -359,7 +354,7 @@ class FlatUpdate:
         """Point the stages' gradient buffers at their segments of the flat gradient."""
         where = {id(param): segment for param, segment in zip(self.params, self.segments)}
         for stage in stages:
-            if isinstance(stage, NativeDenseStage):
+            if isinstance(stage, BufferedDenseStage):
                 if stage.need_kernel:
                     stage.dkernel = self._segment(where[id(stage.kernel)], stage.dkernel.shape)
                 if stage.need_bias:
@@ -387,19 +382,31 @@ class FlatUpdate:
         optimizer._update(self.data, self.grad, self.state)
 
 
+def _layout(states):
+    """The optimizer state's layout: how many slots each parameter's state holds."""
+    return None if states is None else [len(state) for state in states]
+
+
 class _Program:
     """What one signature replays: stages, loss, parameters, optimizer."""
 
     def __init__(self, stages, loss, params, optimizer, compute, flat=None):
         self.stages, self.loss, self.params = stages, loss, params
         self.optimizer, self.compute, self.flat = optimizer, compute, flat
+        self.states = optimizer._state
+        self.layout = _layout(self.states)
 
     def intact(self):
-        """Whether the layers and the flat layout are still those of the capture."""
+        """Whether the layers, the optimizer's state (its lists and their slots) and the
+        flat layout are still those of the capture."""
         for stage in self.stages:
             if not stage.unchanged():
                 return False
+        states = self.optimizer._state
+        if states is not self.states or _layout(states) != self.layout:
+            return False
         return self.flat is None or self.flat.intact()
+
 
     def run(self, x, target, weight):
         for param in self.params:
@@ -427,6 +434,54 @@ class _Program:
         return self.compute
 
 
+# ---------------------------------------------------------------- what a recording depends on
+# An optimizer's running numbers, and what each program's key and FlatUpdate.intact check
+_PER_STEP = frozenset({"_lr", "lr", "step_count", "_kernels", "_params", "_state"})
+
+
+def signature(model, optimizer, loss):
+    """A tuple that changes when anything a recorded step depends on changes.
+
+    Every module of ``model`` (its attributes: layers, activations, configuration,
+    ``training``, forward hooks; not its buffers, which the layer's own code updates
+    each step), each parameter's ``requires_grad``, shape and dtype, the optimizer's
+    attributes but its learning rate and step count (its type and hyperparameters)
+    and the loss's attributes (its reduction). The optimizer's parameter list and
+    state layout are each program's to check (its key, ``_Program.intact``). The
+    tuple holds the objects themselves, so a recording's are never freed and
+    compare by identity first (``same``); the whole check costs a few microseconds.
+    """
+    parts = [type(optimizer)]
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        state = module.__dict__
+        buffers = state.get("_buffers")
+        parts.append(tuple(state.items()) if not buffers else
+                     tuple(item for item in state.items() if item[0] not in buffers))
+        hooks = state.get("_forward_hooks")
+        if hooks:
+            parts.append(tuple(hooks.values()))
+        for param in state.get("_parameters", {}).values():
+            if param is not None:
+                parts.append((param.requires_grad, param.data.shape, param.data.dtype))
+        stack += [sub for sub in state.get("_modules", {}).values() if sub is not None]
+    for opt in (optimizer, optimizer.__dict__.get("optimizer")):  # and a wrapper's inner one
+        if opt is not None:
+            parts.append(tuple(item for item in vars(opt).items() if item[0] not in _PER_STEP))
+    parts.append(tuple(getattr(loss, "__dict__", {}).items()))
+    return tuple(parts)
+
+
+def same(first, second):
+    """Whether two signatures are equal (an attribute whose ``==`` does not give one
+    bool, a replaced Tensor or array, counts as a change)."""
+    try:
+        return bool(first == second)
+    except Exception:  # noqa: BLE001 - an elementwise == on a replaced array
+        return False
+
+
 # ---------------------------------------------------------------- the captured step
 class CapturedStep:
     """One training step of ``model``: forward, ``loss``, backward, ``optimizer.step()``,
@@ -435,98 +490,119 @@ class CapturedStep:
     ``loss`` is a loss name, a ``nanodl.losses`` function or ``Loss`` instance, or a
     callable ``loss(pred, target)`` returning a scalar Tensor; ``optimizer`` updates
     the model's parameters. ``step(x, y)`` trains on one batch and returns its loss
-    as a float, exactly as the eager step below would::
+    as a float, exactly as ``fit``'s step (``nn.plan._Plan.step``, the one eager step)
+    would::
 
         out = model(nd.Tensor(x)); loss = loss_fn(out, y)
         for p in model.parameters(): p.grad = None
         loss.backward(); optimizer.step()
 
     ``step.run(x, y, weight=None)`` takes prepared arrays and returns ``(loss, out)``
-    as arrays. ``stages`` and ``loss_stage`` show the last program; ``reason`` says
-    why a step is not captured (then every call is the eager step).
+    as arrays the caller owns. ``stages`` and ``loss_stage`` show the last program;
+    ``reason`` says why a step is not captured (then every call is the eager step).
+    Before every replay the step compares a signature of what the program depends
+    on (``signature``) and records again when it changed; one lock makes it safe to
+    share between threads.
     """
 
     def __init__(self, model, loss, optimizer):
-        from .nn.plan import _compiled_loss, fuse_logits
-        name, config = losses_module.describe(loss)
-        config = config or {}
-        fused = fuse_logits(model, name, config)
-        if fused is not None:
-            forward, loss_fn, kind = fused
-        else:
-            forward, loss_fn, kind = model, _compiled_loss(loss, name, config), None
-            if name == "sparse_categorical_crossentropy" and config.get("from_logits") and \
-                    config.get("reduction", "mean") == "mean":
-                kind = "from_logits"
-
-        def eager(x, target, weight):
-            out = forward(Tensor(x))
-            loss_value = self._loss(out, target, weight)
-            for param in model.parameters():
-                param.grad = None
-            loss_value.backward()
-            optimizer.step()
-            return loss_value, out
-
-        self._setup(model, optimizer, forward, kind, eager, model.parameters)
-        self._loss_fn = loss_fn
+        self._setup(model, optimizer, loss, None)
         self._labels_checked = False  # a user's labels: scanned every step
 
     @classmethod
     def for_plan(cls, plan):
-        """The captured twin of ``Model._train_step`` for one ``fit``'s ``_Plan``."""
+        """The captured twin of ``_Plan.step`` for one ``fit``'s ``_Plan``."""
         step = cls.__new__(cls)
-        model = plan.model
-        step._setup(model, plan.optimizer, plan.forward, plan.logits,
-                    lambda x, target, weight: model._train_step(plan, x, target, weight),
-                    lambda: plan.params)
-        step._loss = plan.loss
+        step._setup(plan.model, plan.optimizer, plan.loss_spec, plan)
         step._labels_checked = True  # fit checked every label of the data once
-        if plan.penalty is not None:
-            step.reason = "weight penalties"
-        if plan.full_batch:  # optim.LBFGS calls the step's closure as often as it needs
-            step.reason = "a full-batch optimizer (its step takes a closure)"
         return step
 
-    def _setup(self, model, optimizer, forward, kind, eager, params):
-        self.model, self.optimizer = model, optimizer
-        self._forward, self._kind, self._eager, self._params = forward, kind, eager, params
-        self._programs = {}
+    def _setup(self, model, optimizer, loss, plan):
+        self.model, self.optimizer, self.loss = model, optimizer, loss
+        self._plan, self._own_plan = plan, plan is None  # a plan of its own is rebuilt
+        self._programs, self._recorded = {}, None
         self._flat = None  # the FlatUpdate the programs share, if one applies
-        self.stages, self.loss_stage, self.reason = (), None, None
+        self._lock = threading.Lock()
+        self.stages, self.loss_stage = (), None
+        self.reason = self._refusal()
 
-    def _loss(self, out, target, weight=None):
-        if weight is None:
-            return self._loss_fn(out, target)
-        per_sample = self._loss_fn(out, target, "none")
-        if per_sample.ndim != 1:
-            per_sample = per_sample.reshape(len(target), -1).mean(axis=1)
-        return (per_sample * Tensor(weight)).sum() * (1.0 / len(target))
+    def _refusal(self):
+        """Why the plan's step cannot be captured, or None."""
+        plan = self._plan
+        if plan is not None and plan.full_batch:  # optim.LBFGS calls its closure repeatedly
+            return "a full-batch optimizer (its step takes a closure)"
+        if plan is not None and plan.penalty is not None:
+            return "weight penalties"
+        return None
+
+    def signature(self):
+        """What the recorded programs depend on (``nanodl.capture.signature``)."""
+        return signature(self.model, self.optimizer, self.loss)
 
     # ------------------------------------------------------------ running
     def __call__(self, x, y, weight=None):
         x = x.data if isinstance(x, Tensor) else x if is_device_array(x) else np.asarray(x)
         y = y.data if isinstance(y, Tensor) else y
-        loss, _ = self.run(x, y if is_device_array(y) else np.asarray(y),
-                           None if weight is None else np.asarray(weight))
+        loss, _ = self._run(x, y if is_device_array(y) else np.asarray(y),
+                            None if weight is None else np.asarray(weight))
         return float(loss)
 
     def run(self, x, target, weight=None):
-        """Train on one batch of prepared arrays; returns ``(loss, out)`` as arrays."""
-        if _debug_hooks():  # detect_anomaly or a user's hook must see every node
-            loss, out = self._eager(x, target, weight)
-            return loss.data, out.data
-        key = (x.shape, x.dtype, target.shape, target.dtype, weight is None, device_of(x),
-               get_kernels(), id(self.optimizer._params))
-        program = self._programs.get(key)
-        if program is not None and program.intact():
-            return program.run(x, target, weight)
-        loss, out = self._capture(key, x, target, weight)
+        """Train on one batch of prepared arrays; returns ``(loss, out)``, arrays of the
+        caller's (a replay's output buffer is reused by the next step: this is a copy)."""
+        loss, out = self._run(x, target, weight)
+        return loss.copy(), out.copy()
+
+    def _run(self, x, target, weight):
+        """``run`` without the copies (``fit`` reads ``out`` before the next step)."""
+        with self._lock:
+            if _debug_hooks():  # detect_anomaly or a user's hook must see every node
+                return self._eager(x, target, weight)
+            if not same(self.signature(), self._recorded):
+                self._forget()
+            elif self.reason is not None:
+                return self._eager(x, target, weight)
+            key = (x.shape, x.dtype, target.shape, target.dtype, weight is None,
+                   device_of(x), get_kernels(), id(self.optimizer._params))
+            program = self._programs.get(key)
+            if program is not None and program.intact():
+                return program.run(x, target, weight)
+            return self._capture(key, x, target, weight)
+
+    def _forget(self):
+        """Drop every program: something they depend on changed (``signature``)."""
+        self._programs.clear()
+        self._flat = None
+        self.stages, self.loss_stage = (), None
+        if self._own_plan:
+            self._plan = None
+        self.reason = self._refusal()
+
+    def _eager(self, x, target, weight):
+        """The one eager step, ``_Plan.step``; ``(loss, out)`` as arrays."""
+        plan = self._plan_now()
+        loss, out = plan.step(x, target, weight)
+        if self._own_plan and self._model_params != [id(p) for p in self.model.parameters()]:
+            self._plan = None  # the step built a lazy layer: plan again with its parameters
+            self._plan_now()
         return loss.data, out.data
+
+    def _plan_now(self):
+        """The plan of the step: ``fit``'s, or (a step of its own) one made from the
+        model as it is now; its ``params`` include the optimizer's, so a parameter the
+        model no longer holds keeps no stale gradient."""
+        if self._plan is None:
+            plan = _Plan(self.model, None, None, self.optimizer, self.loss)
+            self._model_params = [id(p) for p in plan.params]
+            owned = set(self._model_params)
+            plan.params += [p for p in self.optimizer.params or () if id(p) not in owned]
+            self._plan = plan
+        return self._plan
 
     # ------------------------------------------------------------ capturing
     def _capture(self, key, x, target, weight):
         """The eager step, traced (what each layer received and returned), then compiled."""
+        self._plan_now()
         layers = self._layers()
         seen = {}
 
@@ -540,13 +616,25 @@ class CapturedStep:
             for handle in handles:
                 handle.remove()
         if self.reason is None:
-            program = self._compile(x, target, weight, out.data, layers, seen)
+            program = self._compile(x, target, weight, out, layers, seen)
             if program is not None:
                 if len(self._programs) >= KEPT_SIGNATURES:
                     self._programs.pop(next(iter(self._programs)))
                 self._programs[key] = program
                 self.stages, self.loss_stage = tuple(program.stages), program.loss
+        self._recorded = self.signature()  # after the step: what it built (a lazy layer) counts
         return loss, out
+
+    @property
+    def _kind(self):
+        """How the program may compute the loss: ``'softmax'``/``'sigmoid'`` (a fused
+        head, ``fuse_logits``), ``'from_logits'`` (a sparse cross-entropy on logits,
+        mean), or None (through the engine)."""
+        plan = self._plan
+        if plan.logits is None and plan.loss_name == "sparse_categorical_crossentropy" and \
+                (plan.loss_config or {}).get("from_logits") and plan.loss_reduction == "mean":
+            return "from_logits"
+        return plan.logits
 
     def _layers(self):
         """``(layer, activation, alpha)`` in the order the forward calls them; activation
@@ -556,7 +644,7 @@ class CapturedStep:
         from .nn.model import Sequential
         model = self.model
         if not isinstance(model, Sequential) or type(model).forward is not Sequential.forward:
-            return [(self._forward, None, None)]
+            return [(self._plan.forward, None, None)]
         layers = list(model.layers)
         result = []
         for index, layer in enumerate(layers):
@@ -571,13 +659,13 @@ class CapturedStep:
     def _compile(self, x, target, weight, out, layers, seen):
         """The program for batches like this one, or None (and ``reason``)."""
         from .nn.layers import Dense
-        params = list(self._params())
+        params = list(self._plan.params)
         if len({id(p) for p in params}) != len(params) or \
                 len({id(layer) for layer, _, _ in layers}) != len(layers):
             self.reason = "a parameter is used by two layers"
             return None
-        if any(module.penalties() for module in self.model.modules()):
-            self.reason = "weight penalties"
+        self.reason = self._refusal()
+        if self.reason is not None:
             return None
         table = kernels(x)
         stages, need_x = [], False
@@ -587,9 +675,9 @@ class CapturedStep:
             if isinstance(layer, Dense) and activation not in (None, "softmax") \
                     and not layer.__dict__.get("_forward_hooks") \
                     and received.ndim == 2 and received.dtype == layer.kernel.dtype:
-                if table.name == "native":
-                    stage = NativeDenseStage(layer, activation, alpha, need_x, table,
-                                             received.shape[0])
+                if table.buffered is not None:
+                    stage = BufferedDenseStage(layer, activation, alpha, need_x, table,
+                                               received.shape[0])
                 else:
                     stage = DenseStage(layer, activation, alpha, need_x, table)
                 need_x = stage.requires_grad
@@ -603,7 +691,7 @@ class CapturedStep:
                 and (target.ndim == 2 or target.dtype.kind in "iu"):
             loss = SoftmaxXentLoss(table, out, self._labels_checked)
         else:
-            loss = EngineLoss(self._loss)
+            loss = EngineLoss(self._plan.loss)
         flat = self._flat  # shared by the programs whose stages fill all its gradients
         if flat is None or not flat.intact():
             flat = self._flat = FlatUpdate.build(self.optimizer, stages)
@@ -622,3 +710,17 @@ class _Like:
         kernel = getattr(layer, "kernel", None)
         self.ndim = getattr(received, "ndim", None)
         self.dtype = kernel.dtype if kernel is not None else getattr(received, "dtype", None)
+
+
+def _fit_step(plan):
+    """``fit``'s captured step for its ``_Plan`` (registered with ``nn.plan``)."""
+    captured = CapturedStep.for_plan(plan)
+
+    def train_step(plan, x, target, weight=None):
+        loss, out = captured._run(x, target, weight)
+        return _leaf(loss), _leaf(out)
+    train_step.captured = captured
+    return train_step
+
+
+register_capture(_fit_step)

@@ -9,7 +9,7 @@ import pytest
 
 import nanodl as nd
 from nanodl import autograd, backend, callbacks, losses, nn, optim
-from nanodl.capture import (CapturedStep, DenseStage, EngineLoss, EngineStage, NativeDenseStage,
+from nanodl.capture import (CapturedStep, DenseStage, EngineLoss, EngineStage, BufferedDenseStage,
                             SoftmaxXentLoss)
 
 OPTIMIZERS = {
@@ -74,7 +74,7 @@ def test_fit_capture_matches_eager_for_every_optimizer(kernel_table, optimizer, 
     x, y = data()
     fit_both(mlp, optimizer, "sparse_categorical_crossentropy", x, y, epochs=3, batch_size=16)
     (step,) = captured_steps
-    assert all(isinstance(s, NativeDenseStage) == (kernel_table == "native") for s in step.stages)
+    assert all(isinstance(s, BufferedDenseStage) == (kernel_table == "native") for s in step.stages)
     assert all(isinstance(s, DenseStage) for s in step.stages) and len(step.stages) == 3
     assert isinstance(step.loss_stage, SoftmaxXentLoss) and len(step._programs) == 2  # 16 and 2 rows
 

@@ -123,6 +123,33 @@ def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kern
     return dx, dkernel, dbias
 
 
+# The buffered twins (``table.buffered``): the same calls in the same order, into arrays
+# the caller allocated once (a captured step), so a replay allocates nothing.
+def linear_forward_into(x, kernel, bias, activation, alpha, z, out):
+    """``linear_forward`` into ``z`` (``x @ kernel``) and ``out`` (``z`` itself for the
+    activations whose backward reads their output, as ``linear_forward`` returns)."""
+    code = CODES[activation]
+    np.matmul(x, kernel, out=z)
+    if out is not z or code != _LINEAR or bias is not None:
+        _linear.bias_act(code, z, bias, out, alpha)
+
+
+def linear_backward_into(x, kernel, saved, grad, activation, alpha, dz, dx, dkernel, dbias):
+    """``linear_backward`` into the given buffers (None where a gradient is not needed;
+    ``dz`` None for a linear layer, whose ``dz`` is ``grad``)."""
+    code = CODES[activation]
+    if code == _LINEAR:
+        dz = grad
+    else:
+        _ACT_BACKWARD(code, saved, _contiguous(grad), dz, alpha)
+    if dx is not None:
+        np.matmul(dz, kernel.T, out=dx)
+    if dkernel is not None:
+        np.matmul(x.T, dz, out=dkernel)
+    if dbias is not None:
+        dz.sum(axis=0, out=dbias)
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 def _sparse_or_dense(target):
     """(sparse intp labels, dense C-order target): one of them None."""

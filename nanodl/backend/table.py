@@ -442,13 +442,19 @@ def parameters(name):
     return tuple(inspect.signature(DECLARATIONS[name](None, CPU)).parameters)
 
 
+# Optional, unchecked: compute functions that write into buffers the caller allocated
+# once (``kernels_native`` has them; ``table.buffered`` is None for a table without).
+BUFFERED = ("linear_forward_into", "linear_backward_into")
+
+
 # ---------------------------------------------------------------- tables
 class KernelTable:
     """One implementation of every declared kernel: ``table.<name>`` checks, then computes.
 
     ``namespace`` holds the implementation's compute functions by kernel name (a
     module's ``globals()``); each must take exactly the declared parameters, in order.
-    ``table.compute.<name>`` is the unchecked function (see the module docstring).
+    ``table.compute.<name>`` is the unchecked function (see the module docstring);
+    ``table.buffered`` the optional ``BUFFERED`` ones, or None.
     """
 
     def __init__(self, name, namespace, device):
@@ -465,6 +471,8 @@ class KernelTable:
             computes[kernel] = compute
             setattr(self, kernel, factory(compute, device))
         self.compute = types.SimpleNamespace(**computes)
+        buffered = {kernel: namespace.get(kernel) for kernel in BUFFERED}
+        self.buffered = types.SimpleNamespace(**buffered) if all(buffered.values()) else None
 
     NAMES = NAMES
 

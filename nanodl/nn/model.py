@@ -43,7 +43,22 @@ from .module import Module, ModuleList
 from .plan import (LOCAL_FIT, _Plan, _check_batch_size, _check_epochs, _samples, fit_callbacks,
                    fuse_logits, predict_inputs, prepare, prepare_fit)
 
-__all__ = ["Model", "Sequential", "METRICS", "EpochTotals", "fuse_logits"]
+__all__ = ["Model", "Sequential", "METRICS", "EpochTotals", "fuse_logits", "register_capture"]
+
+# ---------------------------------------------------------------- the captured step's seam
+_capture = []  # the wing that captures fit's step registers its maker here
+
+
+def register_capture(make_step):
+    """Let a wing train ``fit`` through a captured step: ``make_step(plan)`` returns a
+    ``train_step(plan, x, target, weight) -> (loss, out)``, or None to decline
+    (``nanodl.capture`` registers itself when it is imported: ``import nanodl`` does)."""
+    _capture[:] = [make_step]
+
+
+def captured_step(plan):
+    """The registered wing's step for ``plan``, or None (no wing registered, or it declines)."""
+    return _capture[0](plan) if _capture else None
 
 # One lock per model, held by each training step and by ``save``: a save from another
 # thread writes the weights (and optimizer state) of one step, never a mix of two. Kept
@@ -164,7 +179,7 @@ class Model(Module):
     # ------------------------------------------------------------ fit
     def fit(self, x, y, batch_size=32, epochs=1, verbose=1, validation_data=None,
             validation_split=0.0, shuffle=True, callbacks=None, class_weight=None,
-            sample_weight=None, capture=False, initial_epoch=0):
+            sample_weight=None, capture="auto", initial_epoch=0):
         """Train for ``epochs`` passes over ``(x, y)``; returns the ``callbacks.History``.
 
         Reported loss and metrics are averaged per sample over the epoch (the loss
@@ -172,11 +187,13 @@ class Model(Module):
         holds out the *last* fraction of ``x``/``y`` before shuffling, as Keras does.
         ``sample_weight`` (one per sample) and ``class_weight`` (``{class: weight}`` or
         ``'balanced'``) scale each sample's loss; metrics become weighted means.
-        ``capture=True`` trains through a captured step (``nanodl.capture``): the same
-        results, bit for bit, with less work per batch. ``initial_epoch``: continue an
-        earlier fit from that epoch (Keras). With ``optim.LBFGS``
-        (``compile(optimizer='lbfgs')``) training is full-batch: each epoch is one
-        ``step(closure)`` over every training sample, whatever ``batch_size`` says.
+        ``capture`` (``'auto'``, True, False): train through a captured step
+        (``nanodl.capture``: the same results, bit for bit, with less work per batch);
+        ``'auto'`` where it is valid (``_Plan.capturable``) and ``_train_step`` is not
+        overridden, the eager step elsewhere. ``initial_epoch``: continue an earlier
+        fit from that epoch (Keras). With ``optim.LBFGS`` (``compile(optimizer='lbfgs')``)
+        training is full-batch: each epoch is one ``step(closure)`` over every training
+        sample, whatever ``batch_size`` says.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
@@ -192,7 +209,10 @@ class Model(Module):
         self.stop_training, self.history = False, callbacks_module.History()
         callbacks = fit_callbacks(self, callbacks, verbose, epochs, steps)
         logs = {}
-        train_step = self._captured_step(plan) if capture else self._train_step
+        train_step = self._train_step
+        if plan.capturable(capture, self._data_parallel is None and
+                           type(self)._train_step is Model._train_step):
+            train_step = captured_step(plan) or train_step
         self._resume_epoch = initial_epoch  # callbacks.BackupAndRestore may move it on
         with self._mode(True):
             callbacks.on_train_begin({})
@@ -258,17 +278,6 @@ class Model(Module):
         optimizer step); returns ``(loss, out)``, both Tensors. ``fit`` and
         ``train_on_batch`` both train through this method."""
         return plan.step(x, target, weight)
-
-    @staticmethod
-    def _captured_step(plan):
-        """``_train_step``'s captured twin for this fit (``nanodl.capture.CapturedStep``)."""
-        from ..capture import CapturedStep, _leaf
-        captured = CapturedStep.for_plan(plan)
-
-        def train_step(plan, x, target, weight=None):
-            loss, out = captured.run(x, target, weight)
-            return _leaf(loss), _leaf(out)
-        return train_step
 
     # Where a data-parallel fit differs (``plan.LocalFit``): sample order, epoch totals.
     def _epoch_order(self, n, shuffle):

@@ -1,9 +1,9 @@
 """What ``fit``/``evaluate`` decide once (the ``_Plan``) and the arrays they prepare.
 
-A ``_Plan`` holds the forward to run, the loss closure (``plan.loss``: the one
-place the compiled loss, sample weights and the reduction meet), the metric
-functions, the parameters and the penalty layers; the training step itself
-(``Model._train_step``) is the hot path that uses it. The helpers below check
+A ``_Plan`` holds the forward to run, the loss (``plan.loss``: the one place the
+compiled loss, sample weights and the reduction meet), the metric functions, the
+parameters, and the training step (``plan.step``, the one eager step: ``fit``,
+``train_on_batch`` and ``nanodl.CapturedStep`` all run it). The helpers below check
 ``fit``'s arguments and turn what the user passed into backend arrays.
 
 A softmax (sigmoid) output trained with a categorical (binary) cross-entropy on
@@ -11,7 +11,6 @@ probabilities is fused, as Keras does (``fuse_logits``): the last Dense computes
 logits and the loss is the stable logits form (``ops.softmax_cross_entropy``),
 the same function without the clipping and without overflow.
 
->>> import numpy as np
 >>> from nanodl import nn
 >>> model = nn.Sequential([nn.Dense(3, activation='softmax', input_dim=2)])
 >>> forward, loss_fn, kind = fuse_logits(model, 'categorical_crossentropy', {})
@@ -116,30 +115,36 @@ def _per_sample_loss(losses, n):
     return losses if losses.ndim == 1 else losses.reshape(n, -1).mean(axis=1)
 
 
-
 class _Plan:
-    """What one ``fit``/``evaluate`` decides once: forward, loss closure, metrics, targets."""
+    """What one ``fit``/``evaluate`` decides once: forward, loss closure, metrics, targets.
 
-    def __init__(self, model, x_sample, y):
+    ``_Plan(model, None, None, optimizer, loss)`` is the plan of a step of its own
+    (``nanodl.CapturedStep``): no sample to build on, no metrics, and the optimizer
+    keeps the parameters it was given."""
+
+    def __init__(self, model, x_sample, y, optimizer=None, loss=None):
         self.model = model
-        sample_out = model._build_on(x_sample)
-        self.device = model._device()
-        self.dtype = model._float_dtype()
+        sample_out = None if x_sample is None else model._build_on(x_sample)
         self.params = model.parameters()
-        optimizer = model.optimizer
-        if optimizer.params is None or [id(p) for p in optimizer.params] != [id(p) for p in self.params]:
-            optimizer.set_params(self.params)
+        if optimizer is None:
+            optimizer, loss = model.optimizer, model.loss
+            if optimizer.params is None or [id(p) for p in optimizer.params] != \
+                    [id(p) for p in self.params]:
+                optimizer.set_params(self.params)
         self.optimizer = optimizer
         # An optimizer that re-evaluates the loss itself (optim.LBFGS) is given the step's
         # first three parts as a closure, and fit trains it on the whole set at once.
         self.full_batch = bool(getattr(optimizer, "full_batch", False))
         self.penalty_layers = [m for m in model.modules() if m.penalties()]
         self.penalty = self._penalty if self.penalty_layers else None
-        self.loss_name, self.loss_config = losses_module.describe(model.loss)
-        self.out_shape = tuple(sample_out.shape[1:])
-        self.forward, self.loss_fn, self.logits = self._choose_forward_and_loss()
+        self.loss_spec = loss
+        self.loss_name, self.loss_config = losses_module.describe(loss)
         self.loss_reduction = (self.loss_config or {}).get("reduction", "mean")
-        self.metrics = self._choose_metrics(y.shape)
+        self.forward, self.loss_fn, self.logits = self._choose_forward_and_loss()
+        if sample_out is not None:
+            self.device, self.dtype = model._device(), model._float_dtype()
+            self.out_shape = tuple(sample_out.shape[1:])
+            self.metrics = self._choose_metrics(y.shape)
 
     def loss(self, out, target, weight=None):
         """The batch's loss, a scalar Tensor: the compiled loss; with per-sample
@@ -205,6 +210,18 @@ class _Plan:
         ``full_batch`` optimizer (one ``step(closure)`` per epoch)."""
         return n if self.full_batch else batch_size
 
+    def capturable(self, capture, auto_allowed=True):
+        """Whether ``fit(capture=...)`` trains through a captured step: always for True;
+        for ``'auto'`` only where it pays and is plainly valid (``auto_allowed``, CPU,
+        no weight penalties, no forward hooks, not full-batch): elsewhere the eager step."""
+        if capture not in (True, False, "auto"):
+            raise ValueError(f"fit: capture must be True, False or 'auto', got {capture!r}")
+        if capture != "auto":
+            return capture
+        return auto_allowed and self.device == "cpu" and self.penalty is None and \
+            not self.full_batch and \
+            not any(module.__dict__.get("_forward_hooks") for module in self.model.modules())
+
     def evaluate(self, x, y, weight, batch_size):
         """``(EpochTotals, penalty)`` over prepared arrays: each batch's loss and metrics
         (the caller chooses the mode and turns the graph off)."""
@@ -221,7 +238,7 @@ class _Plan:
         fused = fuse_logits(self.model, self.loss_name, self.loss_config or {})
         if fused is not None:
             return fused
-        return self.model.forward, _compiled_loss(self.model.loss, self.loss_name,
+        return self.model.forward, _compiled_loss(self.loss_spec, self.loss_name,
                                                   self.loss_config), None
 
     # ------------------------------------------------------------ metrics
@@ -293,7 +310,6 @@ class _Plan:
         elif kind == "binary":
             host = host > 0.5
         return np.unique(host)
-
 
 
 # ---------------------------------------------------------------- fit's helpers
@@ -382,10 +398,9 @@ def _prepare_validation(plan, validation, validation_split):
 
 class LocalFit:
     """How a one-process ``fit`` visits its samples and totals an epoch: the default
-    sample-order/reduction strategy. An optimizer that trains across processes offers
-    its own through a ``fit_strategy()`` method with the same methods (and ``begin``,
-    ``validation_shard``, ``rank``): ``distributed.DistributedOptimizer`` returns a
-    ``distributed.DataParallelFit``. The core never imports the one it gets.
+    strategy. An optimizer that trains across processes offers its own through a
+    ``fit_strategy()`` method (``distributed.DistributedOptimizer``: a
+    ``DataParallelFit``, with ``begin``, ``validation_shard`` and ``rank`` too).
 
     >>> LOCAL_FIT.epoch_order(4, shuffle=False) is None, LOCAL_FIT.samples_per_epoch(4)
     (True, 4)

@@ -339,6 +339,8 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
     def _update(self, data, grad, state):
+        if self.momentum and "momentum_buffer" not in state:  # momentum turned on after a step
+            state["momentum_buffer"] = array_module(data).zeros_like(data)
         self._kernels(data).sgd_step(data, grad, momentum_buf=state.get("momentum_buffer"),
                                      lr=self._lr, momentum=self.momentum, nesterov=self.nesterov,
                                      weight_decay=self.weight_decay)
