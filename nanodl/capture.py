@@ -444,7 +444,7 @@ def signature(model, optimizer, loss):
 
     Every module of ``model`` (its attributes: layers, activations, configuration,
     ``training``, forward hooks; not its buffers, which the layer's own code updates
-    each step), each parameter's ``requires_grad``, shape and dtype, the optimizer's
+    each step, nor what its class declares ``_bookkeeping``, as ``Model``'s history), each parameter's ``requires_grad``, shape and dtype, the optimizer's
     attributes but its learning rate and step count (its type and hyperparameters)
     and the loss's attributes (its reduction). The optimizer's parameter list and
     state layout are each program's to check (its key, ``_Program.intact``). The
@@ -456,9 +456,12 @@ def signature(model, optimizer, loss):
     while stack:
         module = stack.pop()
         state = module.__dict__
-        buffers = state.get("_buffers")
-        parts.append(tuple(state.items()) if not buffers else
-                     tuple(item for item in state.items() if item[0] not in buffers))
+        skip = state.get("_buffers") or ()
+        bookkeeping = getattr(type(module), "_bookkeeping", ())
+        if bookkeeping:
+            skip = set(skip) | bookkeeping
+        parts.append(tuple(state.items()) if not skip else
+                     tuple(item for item in state.items() if item[0] not in skip))
         hooks = state.get("_forward_hooks")
         if hooks:
             parts.append(tuple(hooks.values()))

@@ -88,6 +88,9 @@ class Model(Module):
     _data_parallel = None     # the optimizer's fit_strategy() during a data-parallel fit
     _builds_itself = True     # its layers build on the first batch (Module.__call__ calls no build)
     epochs_trained = 0        # epochs fit has completed (saved with the model)
+    # What fit records about itself: no step reads it (a captured step's signature skips it)
+    _bookkeeping = frozenset({"history", "stop_training", "epochs_trained", "_resume_epoch",
+                              "_plan_cache", "_data_parallel", "_compile_config"})
 
     # ------------------------------------------------------------ compile
     def compile(self, optimizer="adam", loss="mse", metrics=None):
