@@ -55,7 +55,7 @@ every epoch. Weight penalties and a parameter shared by two layers are not captu
 (their gradients meet in one sum whose order the stages would have to mimic): such
 steps stay eager, and ``reason`` says why; so does every step while the thread has
 autograd hooks (``detect_anomaly``). ``fit(capture='auto')``, the default, trains
-through a captured step (see ``nn.model.register_capture``, the seam this module plugs
+through a captured step (see ``nn.plan.register_capture``, the seam this module plugs
 into). ``docs/capture.md`` walks through it.
 
 >>> import numpy as np, nanodl as nd
@@ -82,8 +82,7 @@ import numpy as np
 from . import autograd
 from .backend import array_module, device_of, get_kernels, is_device_array, kernels, threads
 from .backend.activations import OUTPUT_GRAD_ACTIVATIONS
-from .nn.model import register_capture
-from .nn.plan import _Plan
+from .nn.plan import _Plan, register_capture
 from .tensor import Tensor
 
 __all__ = ["CapturedStep", "KEPT_SIGNATURES"]

@@ -1,7 +1,7 @@
 """``Model`` (a Module with Keras' compile/fit/evaluate/predict) and ``Sequential``.
 
-How ``fit`` reads, top to bottom: check the arguments, split off the validation
-set, prepare the arrays once (a ``_Plan``, ``nn/plan.py``), then for each epoch
+How ``fit`` reads, top to bottom: check the arguments and prepare the arrays
+(``nn/prepare.py``), decide once (a ``_Plan``, ``nn/plan.py``), then for each epoch
 ``_fit_epoch``: draw the sample order (``_epoch_order``), run ``_train_step``
 (forward, loss, backward, optimizer step) per batch, add the batch's numbers to
 ``EpochTotals`` (``nn/metrics.py``), and hand the averages to the callbacks.
@@ -40,25 +40,11 @@ from .layers import Dense, Embedding
 from .lr_finder import find_lr as _find_lr
 from .metrics import METRICS, EpochTotals, add_batch, metric_specs
 from .module import Module, ModuleList
-from .plan import (LOCAL_FIT, _Plan, _check_batch_size, _check_epochs, _samples, fit_callbacks,
-                   fuse_logits, predict_inputs, prepare, prepare_fit)
+from .plan import LOCAL_FIT, _Plan, captured_step, fuse_logits
+from .prepare import (_check_batch_size, _check_epochs, _samples, fit_callbacks, predict_inputs,
+                      prepare, prepare_fit)
 
-__all__ = ["Model", "Sequential", "METRICS", "EpochTotals", "fuse_logits", "register_capture"]
-
-# ---------------------------------------------------------------- the captured step's seam
-_capture = []  # the wing that captures fit's step registers its maker here
-
-
-def register_capture(make_step):
-    """Let a wing train ``fit`` through a captured step: ``make_step(plan)`` returns a
-    ``train_step(plan, x, target, weight) -> (loss, out)``, or None to decline
-    (``nanodl.capture`` registers itself when it is imported: ``import nanodl`` does)."""
-    _capture[:] = [make_step]
-
-
-def captured_step(plan):
-    """The registered wing's step for ``plan``, or None (no wing registered, or it declines)."""
-    return _capture[0](plan) if _capture else None
+__all__ = ["Model", "Sequential", "METRICS", "EpochTotals", "fuse_logits"]
 
 # One lock per model, held by each training step and by ``save``: a save from another
 # thread writes the weights (and optimizer state) of one step, never a mix of two. Kept
@@ -190,11 +176,9 @@ class Model(Module):
         holds out the *last* fraction of ``x``/``y`` before shuffling, as Keras does.
         ``sample_weight`` (one per sample) and ``class_weight`` (``{class: weight}`` or
         ``'balanced'``) scale each sample's loss; metrics become weighted means.
-        ``capture`` (``'auto'``, True, False): train through a captured step
-        (``nanodl.capture``: the same results, bit for bit, with less work per batch);
-        ``'auto'`` where it is valid (``_Plan.capturable``) and ``_train_step`` is not
-        overridden, the eager step elsewhere. ``initial_epoch``: continue an earlier
-        fit from that epoch (Keras). With ``optim.LBFGS`` (``compile(optimizer='lbfgs')``)
+        ``capture``: train through a captured step (``nanodl.capture``: the same results,
+        bit for bit, less work per batch); ``'auto'`` where ``_Plan.capturable`` says so
+        and ``_train_step`` is not overridden. ``initial_epoch``: continue from that epoch. With ``optim.LBFGS`` (``compile(optimizer='lbfgs')``)
         training is full-batch: each epoch is one ``step(closure)`` over every training
         sample, whatever ``batch_size`` says.
         """
@@ -236,9 +220,8 @@ class Model(Module):
         return self.history
 
     def _start_data_parallel(self, plan, verbose, validation, settings):
-        """The optimizer's ``fit_strategy()``, if any (``DistributedOptimizer``: the ranks check
-        they run the same fit, rank 0's parameters everywhere, printing on rank 0 only, this
-        rank's shard of the validation set). Returns ``(verbose, validation)``."""
+        """The optimizer's ``fit_strategy()``, if any (``DistributedOptimizer``: checks the
+        ranks agree, then this rank's validation shard); returns ``(verbose, validation)``."""
         strategy = getattr(plan.optimizer, "fit_strategy", None)
         self._data_parallel = parallel = strategy() if strategy is not None else None
         if parallel is None:
@@ -282,7 +265,6 @@ class Model(Module):
         ``train_on_batch`` both train through this method."""
         return plan.step(x, target, weight)
 
-    # Where a data-parallel fit differs (``plan.LocalFit``): sample order, epoch totals.
     def _epoch_order(self, n, shuffle):
         """The order of the ``n`` training samples for one epoch: a host index array
         (a fresh permutation from nanodl's generator when ``shuffle``), or None for
