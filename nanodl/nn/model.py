@@ -353,8 +353,7 @@ class Model(Module):
 
     def set_weights(self, weights):
         """Load a list from ``get_weights`` (same order and shapes)."""
-        names = list(self.state_dict())
-        weights = list(weights)
+        names, weights = list(self.state_dict()), list(weights)
         if len(weights) != len(names):
             raise ValueError(f"set_weights: expected {len(names)} arrays, got {len(weights)}")
         self.load_state_dict(dict(zip(names, weights)))
@@ -409,8 +408,7 @@ class Sequential(Model):
         """Remove and return the last layer."""
         if not len(self.layers):
             raise IndexError("Sequential.pop: there are no layers")
-        kept = list(self.layers)
-        last = kept.pop()
+        *kept, last = self.layers
         self.layers = ModuleList(kept)
         self._plan_cache = None
         return last
@@ -425,9 +423,7 @@ class Sequential(Model):
 
     def _logits_head(self):
         layers = list(self.layers)
-        if layers and isinstance(layers[-1], Dense):
-            return layers[:-1], layers[-1]
-        return None
+        return (layers[:-1], layers[-1]) if layers and isinstance(layers[-1], Dense) else None
 
     def __getitem__(self, index):
         if isinstance(index, slice):
