@@ -38,7 +38,7 @@ import numpy as np
 from .. import losses as losses_module
 from ..autograd.higher import grad as gradients
 from ..backend import to_host
-from ..nn.plan import prepare
+from ..nn.prepare import prepare
 from ..random import using
 from .curves import uniform_loss
 
