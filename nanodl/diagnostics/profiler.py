@@ -55,8 +55,8 @@ _rates = {}
 
 def machine_rates():
     """This machine's float32 matrix-multiply rate (FLOP/s, the better of one BLAS thread
-    and all of them) and memory-copy rate (bytes/s, read + written), each the best of
-    five short runs, measured once per process (~0.2 s).
+    and all of them, best of ten 512^3 products) and memory-copy rate (bytes/s, read +
+    written, best of five 32 MB copies), measured once per process (~0.1-0.2 s).
 
     >>> rates = machine_rates()
     >>> rates['gemm'] > 1e8 and rates['copy'] > 1e8
@@ -71,7 +71,7 @@ def machine_rates():
         seconds = []
         for scope in (threads.SERIAL_BLAS, threads.UNCHANGED):  # one BLAS thread, then all:
             with scope:  # on a busy machine one thread is the faster (nanodl's policy knows)
-                seconds.append(_best(lambda: np.matmul(a, a, out=product)))
+                seconds.append(_best(lambda: np.matmul(a, a, out=product), repeats=10))
         _rates["gemm"] = 2 * size ** 3 / min(seconds)
         _rates["copy"] = 2 * source.nbytes / _best(lambda: np.copyto(copy, source))
     return dict(_rates)
