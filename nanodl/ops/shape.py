@@ -128,14 +128,10 @@ class Concatenate(Function):
         self.bounds = np.cumsum([a.shape[self.axis] for a in arrays])[:-1]
         return out
 
-    def backward(self, grad):
-        return tuple(array_module(grad).split(grad, [int(b) for b in self.bounds], axis=self.axis))
-
-    def vjp(self, grad, *arrays):
+    def vjp(self, grad, *arrays):  # slices of an array or a Tensor alike
         edges = [0] + [int(b) for b in self.bounds] + [grad.shape[self.axis]]
         lead = (slice(None),) * self.axis
-        return tuple(GetItem.apply(grad, index=lead + (slice(lo, hi),))
-                     for lo, hi in zip(edges[:-1], edges[1:]))
+        return tuple(grad[lead + (slice(lo, hi),)] for lo, hi in zip(edges[:-1], edges[1:]))
 
 
 class Stack(Function):
@@ -147,12 +143,9 @@ class Stack(Function):
         self.axis = axis % out.ndim
         return out
 
-    def backward(self, grad):
-        return tuple(grad.take(i, axis=self.axis) for i in range(grad.shape[self.axis]))
-
     def vjp(self, grad, *arrays):
         lead = (slice(None),) * self.axis
-        return tuple(GetItem.apply(grad, index=lead + (i,)) for i in range(grad.shape[self.axis]))
+        return tuple(grad[lead + (i,)] for i in range(grad.shape[self.axis]))
 
 
 def _gemm_threads(a, b):
