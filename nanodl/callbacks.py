@@ -30,8 +30,8 @@ import numpy as np
 from . import archive
 from .diagnostics import curves
 from .random import generator
-from .optim.lr_scheduler import integer_argument, real_argument
-from .distributed import _is_rank_zero
+from .optim import lr_scheduler
+from .optim.lr_scheduler import Plateau, integer_argument, real_argument
 
 __all__ = ["Callback", "CallbackList", "History", "ProgressBar", "ProgbarLogger",
            "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint", "BackupAndRestore",
@@ -132,9 +132,29 @@ class CallbackList:
             callback.on_batch_end(batch, logs)
 
 
+# ---------------------------------------------------------------- who prints and writes
+_writer = [lambda: True]  # a wing that runs several processes replaces it (register_writer)
+
+
+def should_write():
+    """Whether this process prints progress and writes files (``ProgressBar``,
+    ``ModelCheckpoint``, ``CSVLogger``, ``Model.save``): always, unless a wing that
+    runs several processes registered its own answer (``nanodl.distributed``: rank 0).
+
+    >>> should_write()
+    True
+    """
+    return _writer[0]()
+
+
+def register_writer(function):
+    """Make ``function()`` (no arguments, a bool) the answer of ``should_write``."""
+    _writer[0] = function
+
+
 def _say(*args, **kwargs):
-    """``print``, on rank 0 only: in a data-parallel run the other ranks stay quiet."""
-    if _is_rank_zero():
+    """``print``, where ``should_write``: in a data-parallel run the other ranks stay quiet."""
+    if should_write():
         print(*args, **kwargs)
 
 
@@ -330,14 +350,14 @@ class ProgressBar(Callback):
         return f"{done:>{digits}}/{self.steps} [{body:<{self.width}}]"
 
     def _print(self, line):
-        if not _is_rank_zero():  # a data-parallel run draws on rank 0 only
+        if not should_write():  # a data-parallel run draws on rank 0 only
             return
         self.stream.write(line + "\n")
         self.stream.flush()
 
     def _draw(self, line, end):
         """Redraw the bar's line in place (``\\r``, padded over a longer previous line)."""
-        if not _is_rank_zero():
+        if not should_write():
             return
         padding = " " * max(self.drawn - len(line), 0)
         self.stream.write("\r" + line + padding + end)
@@ -345,7 +365,7 @@ class ProgressBar(Callback):
         self.drawn = 0 if end else len(line)
 
     def _show(self, line, final):
-        if _is_rank_zero():
+        if should_write():
             self.display.show(line, final)
 
 
@@ -442,6 +462,13 @@ def _missing_key_warning(who, monitor, logs):
                   "did you pass validation data to fit?", RuntimeWarning, stacklevel=3)
 
 
+def _counted(counter, name):
+    """A property that reads and writes ``self.<counter>.<name>`` (so ``best`` and
+    ``wait`` stay attributes a ``BackupAndRestore`` can save and restore)."""
+    return property(lambda self: getattr(getattr(self, counter), name),
+                    lambda self, value: setattr(getattr(self, counter), name, value))
+
+
 def _copy_state(model):
     """A copy of the model's state dict (``state_dict`` copies already; copy again to be safe)."""
     return {name: array.copy() for name, array in model.state_dict().items()}
@@ -458,6 +485,7 @@ class EarlyStopping(Callback):
     """
 
     _state_attributes = ("wait", "stopped_epoch", "best_epoch", "best", "best_weights")
+    best, wait = _counted("plateau", "best"), _counted("plateau", "num_bad_epochs")
 
     def __init__(self, monitor="val_loss", min_delta=0, patience=0, mode="auto",
                  restore_best_weights=False, baseline=None, verbose=0):
@@ -471,16 +499,10 @@ class EarlyStopping(Callback):
         self.verbose = verbose
         self.on_train_begin()
 
-    def _is_improvement(self, current, reference):
-        if self.mode == "min":
-            return current + self.min_delta < reference
-        return current - self.min_delta > reference
-
     def on_train_begin(self, logs=None):
-        self.wait = 0
+        self.plateau = Plateau(self.mode, self.min_delta, "abs")  # the one counter (optim)
         self.stopped_epoch = 0
         self.best_epoch = 0
-        self.best = math.inf if self.mode == "min" else -math.inf
         self.best_weights = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -492,14 +514,13 @@ class EarlyStopping(Callback):
         current = float(current)
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights = _copy_state(self.model)  # so there is something to restore
-        self.wait += 1
-        if self._is_improvement(current, self.best):
-            self.best = current
+        waited = self.wait
+        if self.plateau.record(current):
             self.best_epoch = epoch
             if self.restore_best_weights:
                 self.best_weights = _copy_state(self.model)
-            if self.baseline is None or self._is_improvement(current, self.baseline):
-                self.wait = 0
+            if self.baseline is not None and not self.plateau.is_better(current, self.baseline):
+                self.wait = waited + 1  # better than before, not yet better than the baseline
             return
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
@@ -547,7 +568,7 @@ class ModelCheckpoint(Callback):
                            f"in the logs (available: epoch, {', '.join(sorted(logs))})") from None
 
     def _save(self, path):
-        if not _is_rank_zero():  # a data-parallel run saves on rank 0 only
+        if not should_write():  # a data-parallel run saves on rank 0 only
             return
         folder = os.path.dirname(path)
         if folder:
@@ -632,7 +653,7 @@ class BackupAndRestore(Callback):
         self.model._resume_epoch = int(backup["epoch"]) + 1
 
     def on_epoch_end(self, epoch, logs=None):
-        if not _is_rank_zero():  # a data-parallel run writes on rank 0 only
+        if not should_write():  # a data-parallel run writes on rank 0 only
             return
         optimizer = _optimizer_of(self.model, "BackupAndRestore")
         others = [{"class": type(c).__name__,
@@ -644,7 +665,7 @@ class BackupAndRestore(Callback):
                       "callbacks": others}, self.path)
 
     def on_train_end(self, logs=None):
-        if not self.delete_checkpoint or not _is_rank_zero():
+        if not self.delete_checkpoint or not should_write():
             return
         try:
             os.remove(self.path)
@@ -659,10 +680,15 @@ class ReduceLROnPlateau(Callback):
 
     An improvement is a change of more than ``min_delta``; after a reduction,
     ``cooldown`` epochs pass before counting again; the rate never goes below
-    ``min_lr``.
+    ``min_lr``. An adapter of the one plateau scheduler,
+    ``optim.lr_scheduler.ReduceLROnPlateau`` (``self.scheduler``): Keras counts
+    ``patience`` and ``cooldown`` one epoch later than PyTorch, so the scheduler gets
+    one less of each (at least 0), and ``min_delta`` as an absolute threshold.
     """
 
     _state_attributes = ("best", "wait", "cooldown_counter")
+    best, wait = _counted("scheduler", "best"), _counted("scheduler", "num_bad_epochs")
+    cooldown_counter = _counted("scheduler", "cooldown_counter")
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0, min_delta=1e-4,
                  cooldown=0, mode="auto", verbose=0):
@@ -681,18 +707,15 @@ class ReduceLROnPlateau(Callback):
         self.verbose = verbose
         self.on_train_begin()
 
-    def _is_improvement(self, current):
-        if self.mode == "min":
-            return current < self.best - self.min_delta
-        return current > self.best + self.min_delta
-
     def on_train_begin(self, logs=None):
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.wait = 0
-        self.cooldown_counter = 0
+        unbound = _Rate()  # the model's optimizer is bound at each epoch's end
+        self.scheduler = lr_scheduler.ReduceLROnPlateau(
+            unbound, mode=self.mode, factor=self.factor, patience=max(self.patience - 1, 0),
+            threshold=self.min_delta, threshold_mode="abs", cooldown=max(self.cooldown - 1, 0),
+            min_lr=self.min_lr, eps=0.0)
 
     def in_cooldown(self):
-        return self.cooldown_counter > 0
+        return self.scheduler.in_cooldown
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -702,25 +725,17 @@ class ReduceLROnPlateau(Callback):
         if current is None:
             _missing_key_warning("ReduceLROnPlateau", self.monitor, logs)
             return
-        current = float(current)
-        if self.in_cooldown():
-            self.cooldown_counter -= 1
-            self.wait = 0
-        if self._is_improvement(current):
-            self.best = current
-            self.wait = 0
-        elif not self.in_cooldown():
-            self.wait += 1
-            if self.wait >= self.patience:
-                old_lr = float(optimizer.lr)
-                if old_lr > np.float32(self.min_lr):
-                    new_lr = max(old_lr * self.factor, self.min_lr)
-                    optimizer.lr = new_lr
-                    if self.verbose > 0:
-                        _say(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
-                              f"to {new_lr:.6g}.")
-                    self.cooldown_counter = self.cooldown
-                    self.wait = 0
+        old_lr = float(optimizer.lr)
+        self.scheduler.optimizer = optimizer
+        self.scheduler.step(float(current))
+        if self.verbose > 0 and float(optimizer.lr) != old_lr:
+            _say(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                 f"to {float(optimizer.lr):.6g}.")
+
+
+class _Rate:
+    """Stands for the optimizer until the callback has a model: a rate and nothing else."""
+    lr = 0.0
 
 
 class CSVLogger(Callback):
@@ -742,7 +757,7 @@ class CSVLogger(Callback):
     def on_train_begin(self, logs=None):
         self.keys = None
         self._writer = None
-        if not _is_rank_zero():  # a data-parallel run writes on rank 0 only
+        if not should_write():  # a data-parallel run writes on rank 0 only
             return
         self._write_header = True
         if self.append and os.path.exists(self.filename):
@@ -760,7 +775,7 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        if not _is_rank_zero():
+        if not should_write():
             return
         if self._file is None:  # used outside fit: open lazily
             self.on_train_begin()

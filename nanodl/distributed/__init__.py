@@ -40,6 +40,9 @@ from .world import (DEFAULT_TIMEOUT, INSTALL_HINT, TIMEOUT_VARIABLE, _is_rank_ze
                     set_timeout, size, timeout)
 from .optimizer import DistributedOptimizer
 from .fit import DataParallelFit
+from .. import callbacks as _callbacks
+
+_callbacks.register_writer(_is_rank_zero)  # the core's seam: only rank 0 prints and writes
 
 __all__ = ["init", "rank", "size", "is_initialized", "allreduce", "broadcast", "barrier",
            "timeout", "set_timeout", "DistributedOptimizer", "DataParallelFit", "INSTALL_HINT",

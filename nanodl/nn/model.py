@@ -29,7 +29,7 @@ from .. import archive
 from ..modelfile import save_model
 from .. import callbacks as callbacks_module
 from .. import losses as losses_module
-from .. import distributed, optim
+from .. import optim
 from ..autograd import no_grad
 from ..backend import to_device, to_host
 from ..data import batch_slices
@@ -361,7 +361,7 @@ class Model(Module):
     def save(self, path, include_optimizer=True):
         """Architecture (JSON) and weights in one ``.npz`` file, atomically (on rank 0); with
         ``include_optimizer``, also what ``nanodl.load_model`` needs to continue training."""
-        if not distributed._is_rank_zero():
+        if not callbacks_module.should_write():
             return
         with _state_lock(self):  # the weights of one step, even while another thread trains
             save_model(self, path, include_optimizer)

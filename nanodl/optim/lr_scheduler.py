@@ -165,7 +165,46 @@ class LambdaLR(LRScheduler):
         return [base_lr * factor for base_lr in self.base_lrs]
 
 
-class ReduceLROnPlateau:
+class Plateau:
+    """How long a monitored number has gone without improving: the one counter behind
+    ``ReduceLROnPlateau`` (this scheduler, and the Keras callback that adapts it) and
+    ``callbacks.EarlyStopping``.
+
+    A value improves when it beats ``best`` by more than ``threshold`` (``'rel'``:
+    ``best * (1 - threshold)`` for ``mode='min'``, ``best * (1 + threshold)`` for
+    ``'max'``; ``'abs'``: ``best -/+ threshold``). ``record(value)`` counts one epoch:
+    an improvement becomes ``best`` and sets ``num_bad_epochs`` to 0; anything else adds 1.
+
+    >>> plateau = Plateau("min", threshold=0.1, threshold_mode="abs")
+    >>> [plateau.record(value) for value in (1.0, 0.95, 0.5)], plateau.best, plateau.num_bad_epochs
+    ([True, False, True], 0.5, 0)
+    """
+
+    def __init__(self, mode="min", threshold=1e-4, threshold_mode="rel"):
+        self.mode, self.threshold, self.threshold_mode = mode, threshold, threshold_mode
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+
+    def is_better(self, current, best):
+        """Whether ``current`` improves on ``best`` by more than the threshold."""
+        if self.mode == "min":
+            if self.threshold_mode == "rel":
+                return current < best * (1.0 - self.threshold)
+            return current < best - self.threshold
+        if self.threshold_mode == "rel":
+            return current > best * (self.threshold + 1.0)
+        return current > best + self.threshold
+
+    def record(self, value):
+        """Count one epoch's ``value``; returns whether it improved."""
+        if self.is_better(value, self.best):
+            self.best, self.num_bad_epochs = value, 0
+            return True
+        self.num_bad_epochs += 1
+        return False
+
+
+class ReduceLROnPlateau(Plateau):
     """Multiply the rate by ``factor`` when a metric has stopped improving.
 
     ``step(metric)`` once per epoch. The metric improves when it beats the best so far
@@ -190,27 +229,15 @@ class ReduceLROnPlateau:
             raise ValueError(f"ReduceLROnPlateau: unknown threshold_mode {threshold_mode!r}; "
                              "valid names: rel, abs")
         owner = "ReduceLROnPlateau"
+        super().__init__(mode, real_argument(owner, "threshold", threshold), threshold_mode)
         self.optimizer = optimizer
-        self.mode, self.factor = mode, real_argument(owner, "factor", factor, 0.0, below=1.0)
+        self.factor = real_argument(owner, "factor", factor, 0.0, below=1.0)
         self.patience = integer_argument(owner, "patience", patience, 0)
-        self.threshold, self.threshold_mode = real_argument(owner, "threshold", threshold), threshold_mode
         self.cooldown = integer_argument(owner, "cooldown", cooldown, 0)
         self.min_lr, self.eps = real_argument(owner, "min_lr", min_lr), real_argument(owner, "eps", eps)
         self.last_epoch = 0
-        self.best = math.inf if mode == "min" else -math.inf
-        self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self._last_lr = [optimizer.lr]
-
-    def is_better(self, current, best):
-        """Whether ``current`` improves on ``best`` by more than the threshold."""
-        if self.mode == "min":
-            if self.threshold_mode == "rel":
-                return current < best * (1.0 - self.threshold)
-            return current < best - self.threshold
-        if self.threshold_mode == "rel":
-            return current > best * (self.threshold + 1.0)
-        return current > best + self.threshold
 
     @property
     def in_cooldown(self):
@@ -223,11 +250,7 @@ class ReduceLROnPlateau:
         except (TypeError, ValueError):
             raise TypeError(f"ReduceLROnPlateau.step: metric must be a number, got {metric!r}") from None
         self.last_epoch += 1
-        if self.is_better(current, self.best):
-            self.best = current
-            self.num_bad_epochs = 0
-        else:
-            self.num_bad_epochs += 1
+        self.record(current)
         if self.in_cooldown:
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0  # bad epochs in cooldown do not count
@@ -256,4 +279,4 @@ class ReduceLROnPlateau:
 
 
 __all__ = ["LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LambdaLR",
-           "ReduceLROnPlateau"]
+           "ReduceLROnPlateau", "Plateau"]
