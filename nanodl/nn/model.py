@@ -103,9 +103,8 @@ class Model(Module):
     def _input_dtype(self, dtype):
         """What inputs of ``dtype`` are cast to: the float dtype, except integer indices
         for a first layer that looks them up (an ``Embedding``)."""
-        if np.dtype(dtype).kind in "iu" and self._takes_indices():
-            return np.dtype(dtype)
-        return self._float_dtype()
+        indices = np.dtype(dtype).kind in "iu" and self._takes_indices()
+        return np.dtype(dtype) if indices else self._float_dtype()
 
     def _takes_indices(self):
         return False
@@ -359,8 +358,8 @@ class Model(Module):
         self.load_state_dict(dict(zip(names, weights)))
 
     def save(self, path, include_optimizer=True):
-        """Architecture (JSON) and weights in one ``.npz`` file, atomically (on rank 0); with
-        ``include_optimizer``, also what ``nanodl.load_model`` needs to continue training."""
+        """Architecture, weights (and the optimizer's state) in one ``.npz``, atomically; where
+        ``callbacks.should_write`` (on rank 0 only). ``nanodl.load_model`` resumes from it."""
         if not callbacks_module.should_write():
             return
         with _state_lock(self):  # the weights of one step, even while another thread trains
