@@ -16,14 +16,17 @@ function: a file holds no code.
 >>> save_model(model, os.path.join(tempfile.mkdtemp(), 'model.npz'))
 """
 import json
+import warnings
 
 import numpy as np
 
+from . import losses as losses_module
 from . import nested
+from . import optim
 from .archive import (ARCHITECTURE_KEY, FORMAT_KEY, FORMAT_VERSION, LAYERS, OPTIMIZER_KEY,
                       OPTIMIZER_PREFIX, WEIGHTS_PREFIX, _checked_names, _host_array, write_npz)
 
-__all__ = ["save_model"]
+__all__ = ["save_model", "unsaved_setting"]
 
 
 def save_model(model, path, include_optimizer=True):
@@ -60,9 +63,37 @@ def save_model(model, path, include_optimizer=True):
     for name, value in state.items():
         arrays[WEIGHTS_PREFIX + name] = _host_array(name, value)
     optimizer = getattr(model, "optimizer", None)
+    if include_optimizer and not compiled and optimizer is not None:
+        reason = unsaved_setting(optimizer, getattr(model, "loss", None),
+                                 getattr(model, "_metric_specs", ()))
+        warnings.warn(f"save: {reason}, and a file holds no code, so the file keeps the "
+                      "architecture and weights but not the compile settings or the optimizer "
+                      "state: nanodl.load_model returns the model uncompiled (compile it again "
+                      "to train on)", UserWarning, stacklevel=3)
     if include_optimizer and compiled and optimizer is not None:
         optimizer = getattr(optimizer, "optimizer", optimizer)  # a DistributedOptimizer's own
         arrays[OPTIMIZER_KEY], leaves = nested.pack(optimizer.state_dict(), _host_array,
                                                     OPTIMIZER_PREFIX)
         arrays.update(leaves)
     write_npz(path, arrays)
+
+
+def unsaved_setting(optimizer, loss, specs):
+    """Why compile settings cannot be written by name (a phrase naming the object of the
+    user's own: an optimizer class, a loss or a metric function), or None when they can.
+
+    >>> def f1(pred, target):
+    ...     return pred
+    >>> unsaved_setting(optim.Adam(), 'mse', [('f1', f1)])
+    "the metric 'f1' is a function of your own"
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # a DistributedOptimizer wraps one
+    if type(inner) not in optim.OPTIMIZERS.values():
+        return f"the optimizer is a {type(inner).__name__}, a class of your own"
+    if losses_module.describe(loss)[0] is None:
+        name = getattr(loss, "__name__", type(loss).__name__)
+        return f"the loss {name!r} is a function or class of your own"
+    for label, metric in specs:
+        if not isinstance(metric, str):
+            return f"the metric {label!r} is a function of your own"
+    return None

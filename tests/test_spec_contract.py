@@ -1284,6 +1284,35 @@ def test_s16_dense_callable_activation_and_save(tmp_path):
         bad.save(str(tmp_path / "bad.npz"))
 
 
+@pytest.mark.parametrize("what", ["loss", "metric", "optimizer"])
+def test_s16_compiled_with_own_objects_save_says_what_is_not_kept(tmp_path, what):
+    def my_loss(pred, target):
+        return losses.sparse_categorical_crossentropy(pred, target, reduction="none")
+
+    def my_metric(pred, target):
+        return 0.5
+
+    class MyAdam(optim.Adam):
+        pass
+
+    settings = {"loss": ("adam", my_loss, None),
+                "metric": ("adam", "sparse_categorical_crossentropy", [my_metric]),
+                "optimizer": (MyAdam(), "sparse_categorical_crossentropy", None)}[what]
+    model = mlp()
+    model.compile(*settings)
+    x, y = blobs()
+    model.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "m.npz")
+    name = {"loss": "my_loss", "metric": "my_metric", "optimizer": "MyAdam"}[what]
+    with pytest.warns(UserWarning, match=name):  # the resume state is not silently dropped
+        model.save(path)
+    back = nd.load_model(path)
+    np.testing.assert_allclose(back.predict(x), model.predict(x), rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.save(path, include_optimizer=False)  # nothing asked for is left out
+
+
 def test_s16_build_called_once_before_first_forward():
     calls = []
 

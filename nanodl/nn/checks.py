@@ -17,6 +17,7 @@ from .. import losses as losses_module
 from .. import optim
 from ..autograd import no_grad
 from ..tensor import Tensor
+from ..modelfile import unsaved_setting
 from .module import ModuleList
 
 __all__ = ["compile_config", "warn_missing_activation", "check_input", "input_error"]
@@ -30,11 +31,9 @@ _PROBABILITY_LOSSES = {"binary_crossentropy": ("sigmoid", "BinaryCrossentropy"),
 def compile_config(optimizer, loss, specs):
     """The compile settings by name (saved with the model), or None when the optimizer,
     the loss or a metric is an object of the user's own that a file cannot describe."""
-    loss_name, loss_config = losses_module.describe(loss)
-    inner = getattr(optimizer, "optimizer", optimizer)  # a DistributedOptimizer wraps one
-    if loss_name is None or type(inner) not in optim.OPTIMIZERS.values() or \
-            not all(isinstance(metric, str) for _, metric in specs):
+    if unsaved_setting(optimizer, loss, specs) is not None:
         return None
+    loss_name, loss_config = losses_module.describe(loss)
     return {"optimizer": {"name": optimizer.name, "config": optimizer.get_config()},
             "loss": {"name": loss_name, "config": loss_config,
                      "class": isinstance(loss, losses_module.Loss)},
