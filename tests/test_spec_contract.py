@@ -449,6 +449,21 @@ def test_s8_lr_scheduler_applied_at_epoch_start(two_args):
     np.testing.assert_allclose(hist.history["lr"], expect, rtol=1e-6)
 
 
+def test_s8_scheduled_rate_is_the_rate_that_trains():
+    x, y = blobs(n=40)
+    model, manual = mlp(), mlp()
+    model.compile(optim.SGD(lr=0.1), "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=40, epochs=3, verbose=0, shuffle=False,
+              callbacks=[callbacks.LearningRateScheduler(lambda epoch, lr: 0.2 / 2 ** epoch)])
+    for lr in (0.2, 0.1, 0.05):
+        manual.zero_grad()
+        losses.sparse_categorical_crossentropy(manual(nd.tensor(x)), nd.tensor(y)).backward()
+        for p in manual.parameters():
+            p.data -= lr * p.grad
+    for a, b in zip(weights(manual), weights(model)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_s8_early_stopping_and_restore_best_weights():
     x, y = blobs()
     model = mlp()
@@ -976,6 +991,21 @@ def test_s15_forward_hook():
     handle.remove()
     layer(x)
     assert len(seen) == 1
+
+
+def test_s15_forward_hook_runs_on_every_training_forward_of_fit():
+    x, y = blobs(n=40)
+    model = mlp()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=20, verbose=0)  # a step may be recorded by now
+    shapes = []
+    handle = model.layers[0].register_forward_hook(lambda m, inputs, out: shapes.append(out.shape))
+    model.fit(x, y, epochs=3, batch_size=20, verbose=0)
+    assert shapes.count((20, 8)) >= 6  # 3 epochs x 2 batches, none replayed behind the hook
+    handle.remove()
+    count = len(shapes)
+    model.fit(x, y, epochs=1, batch_size=20, verbose=0)
+    assert len(shapes) == count
 
 
 # ---------------------------------------------------------------- §16 keeping work and habits
