@@ -503,6 +503,21 @@ def test_s8_patience_counts_as_keras(patience, lrs, epochs):
     assert hist.epoch == epochs
 
 
+@pytest.mark.parametrize("kwargs", [dict(patience=0), dict(patience=1),
+                                    dict(patience=2, factor=0.5), dict(mode="max", patience=1)])
+def test_s7_plateau_scheduler_steps_as_torch(kwargs):
+    torch = pytest.importorskip("torch")
+    metrics = [1.0, 0.9, 0.9, 0.9, 0.95, 0.89999, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.4, 0.4]
+    theirs = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    their_plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs, **kwargs)
+    ours = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=1.0)
+    our_plateau = optim.lr_scheduler.ReduceLROnPlateau(ours, **kwargs)
+    for value in metrics:
+        their_plateau.step(value)
+        our_plateau.step(value)
+        assert ours.lr == pytest.approx(theirs.param_groups[0]["lr"])
+
+
 def test_s8_model_checkpoint_save_best_only(tmp_path):
     x, y = blobs()
     model = mlp()
@@ -575,6 +590,10 @@ def test_s13_grad_returns_tuple_and_leaves_leaf_grad_alone():
     np.testing.assert_allclose(g.numpy(), [2.0, 4.0])
     assert x.grad is None
     assert not g.requires_grad  # without create_graph: constants
+    y = nd.tensor([3.0], requires_grad=True)
+    gx, gy = nd.grad([(x * x).sum(), (x * y).sum()], (x, y))  # several outputs: their sum
+    np.testing.assert_allclose(gx.numpy(), [5.0, 7.0])
+    np.testing.assert_allclose(gy.numpy(), [3.0])
 
 
 def test_s13_grad_fills_retain_grad_of_non_leaf():
