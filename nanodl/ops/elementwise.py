@@ -24,8 +24,10 @@ def math_of(x):
 
 
 def constant(array, like):
-    """``array`` as a Tensor with no graph, in ``like``'s dtype (a mask, a share)."""
-    return Tensor(array.astype(like.dtype, copy=False))
+    """A mask or a share in ``like``'s dtype: a Tensor with no graph when ``like`` is a
+    Tensor, else the array, so that one ``vjp`` serves both tiers (its derivative is 0)."""
+    array = array.astype(like.dtype, copy=False)
+    return Tensor(array) if isinstance(like, Tensor) else array
 
 
 class Add(Function):
@@ -137,10 +139,6 @@ class Abs(Function):
         self.save_for_backward(a)
         return array_module(a).abs(a)
 
-    def backward(self, grad):
-        (a,) = self.saved_tensors
-        return grad * array_module(a).sign(a)
-
     def vjp(self, grad, a):
         (saved,) = self.saved_tensors
         return grad * constant(array_module(saved).sign(saved), grad)
@@ -168,9 +166,6 @@ class Clip(Function):
             inside &= a <= self.hi
         return inside
 
-    def backward(self, grad):
-        return grad * self.inside()
-
     def vjp(self, grad, a):
         return grad * constant(self.inside(), grad)
 
@@ -185,11 +180,6 @@ class _Pick(Function):
     def share(self):
         a, b = self.saved_tensors
         return self.wins(a, b) + 0.5 * (a == b)
-
-    def backward(self, grad):
-        share_a = self.share()
-        need_a, need_b = self.needs_input_grad
-        return (grad * share_a if need_a else None), (grad * (1 - share_a) if need_b else None)
 
     def vjp(self, grad, a, b):
         share_a = self.share()

@@ -80,9 +80,6 @@ class _Extreme(_Reduction):
         hits = a == out
         return hits / hits.sum(axis=self.axes, keepdims=True)
 
-    def backward(self, grad):
-        return self.expand(grad) * self.share()
-
     def vjp(self, grad, a):
         return self.expand(grad) * constant(self.share(), grad)
 
