@@ -1,0 +1,310 @@
+"""``CapturedStep``: the step that records a program, checks before every replay that
+nothing it depends on changed (``signature``), and plugs into ``fit`` through the
+core's seam (``nn.plan.register_capture``). See the package docstring.
+"""
+import threading
+from threading import get_ident
+
+import numpy as np
+
+from .. import autograd
+from ..backend import device_of, get_kernels, is_device_array, kernels
+from ..nn.layers import Dense
+from ..nn.model import Sequential
+from ..nn.plan import _Plan, register_capture
+from ..tensor import Tensor
+from .stages import (BufferedDenseStage, DenseStage, EngineLoss, EngineStage, FlatUpdate,
+                     SoftmaxXentLoss, _leaf, _Like, _Program)
+
+__all__ = ["CapturedStep", "KEPT_SIGNATURES", "signature"]
+
+KEPT_SIGNATURES = 4  # programs kept per step (full batches, the last partial batch, ...)
+
+
+def _debug_hooks():
+    """Whether this thread has autograd hooks (``detect_anomaly`` installs two): then
+    every step is the eager one, whose nodes the hooks see."""
+    ident = get_ident()
+    return ident in autograd.mode.forward_hooks or ident in autograd.mode.backward_hooks
+
+
+# ---------------------------------------------------------------- what a recording depends on
+# An optimizer's running numbers, and what each program's key and FlatUpdate.intact check
+_PER_STEP = frozenset({"_lr", "lr", "step_count", "_kernels", "_params", "_state"})
+
+
+def signature(model, optimizer, loss):
+    """A tuple that changes when anything a recorded step depends on changes.
+
+    Every module of ``model`` (its attributes: layers, activations, configuration,
+    ``training``, forward hooks; not its buffers, which the layer's own code updates
+    each step, nor what its class declares ``_bookkeeping``, as ``Model``'s history), each parameter's ``requires_grad``, shape and dtype, the optimizer's
+    attributes but its learning rate and step count (its type and hyperparameters)
+    and the loss's attributes (its reduction). The optimizer's parameter list and
+    state layout are each program's to check (its key, ``_Program.intact``). The
+    tuple holds the objects themselves, so a recording's are never freed and
+    compare by identity first (``same``); the whole check costs a few microseconds.
+    """
+    parts = [type(optimizer)]
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        state = module.__dict__
+        skip = state.get("_buffers") or ()
+        bookkeeping = getattr(type(module), "_bookkeeping", ())
+        if bookkeeping:
+            skip = set(skip) | bookkeeping
+        parts.append(tuple(state.items()) if not skip else
+                     tuple(item for item in state.items() if item[0] not in skip))
+        hooks = state.get("_forward_hooks")
+        if hooks:
+            parts.append(tuple(hooks.values()))
+        for param in state.get("_parameters", {}).values():
+            if param is not None:
+                parts.append((param.requires_grad, param.data.shape, param.data.dtype))
+        stack += [sub for sub in state.get("_modules", {}).values() if sub is not None]
+    for opt in (optimizer, optimizer.__dict__.get("optimizer")):  # and a wrapper's inner one
+        if opt is not None:
+            parts.append(tuple(item for item in vars(opt).items() if item[0] not in _PER_STEP))
+    parts.append(tuple(getattr(loss, "__dict__", {}).items()))
+    return tuple(parts)
+
+
+def same(first, second):
+    """Whether two signatures are equal (an attribute whose ``==`` does not give one
+    bool, a replaced Tensor or array, counts as a change)."""
+    try:
+        return bool(first == second)
+    except Exception:  # noqa: BLE001 - an elementwise == on a replaced array
+        return False
+
+
+# ---------------------------------------------------------------- the captured step
+class CapturedStep:
+    """One training step of ``model``: forward, ``loss``, backward, ``optimizer.step()``,
+    captured on first use and replayed after (see the module docstring).
+
+    ``loss`` is a loss name, a ``nanodl.losses`` function or ``Loss`` instance, or a
+    callable ``loss(pred, target)`` returning a scalar Tensor; ``optimizer`` updates
+    the model's parameters. ``step(x, y)`` trains on one batch and returns its loss
+    as a float, exactly as ``fit``'s step (``nn.plan._Plan.step``, the one eager step)
+    would::
+
+        out = model(nd.Tensor(x)); loss = loss_fn(out, y)
+        for p in model.parameters(): p.grad = None
+        loss.backward(); optimizer.step()
+
+    ``step.run(x, y, weight=None)`` takes prepared arrays and returns ``(loss, out)``
+    as arrays the caller owns. ``stages`` and ``loss_stage`` show the last program;
+    ``reason`` says why a step is not captured (then every call is the eager step).
+    Before every replay the step compares a signature of what the program depends
+    on (``signature``) and records again when it changed; one lock makes it safe to
+    share between threads.
+    """
+
+    def __init__(self, model, loss, optimizer):
+        self._setup(model, optimizer, loss, None)
+        self._labels_checked = False  # a user's labels: scanned every step
+
+    @classmethod
+    def for_plan(cls, plan):
+        """The captured twin of ``_Plan.step`` for one ``fit``'s ``_Plan``."""
+        step = cls.__new__(cls)
+        step._setup(plan.model, plan.optimizer, plan.loss_spec, plan)
+        step._labels_checked = True  # fit checked every label of the data once
+        return step
+
+    def _setup(self, model, optimizer, loss, plan):
+        self.model, self.optimizer, self.loss = model, optimizer, loss
+        self._plan, self._own_plan = plan, plan is None  # a plan of its own is rebuilt
+        self._programs, self._recorded = {}, None
+        self._flat = None  # the FlatUpdate the programs share, if one applies
+        self._lock = threading.Lock()
+        self.stages, self.loss_stage = (), None
+        self.reason = self._refusal()
+
+    def _refusal(self):
+        """Why the plan's step cannot be captured, or None."""
+        plan = self._plan
+        if plan is not None and plan.full_batch:  # optim.LBFGS calls its closure repeatedly
+            return "a full-batch optimizer (its step takes a closure)"
+        if plan is not None and plan.penalty is not None:
+            return "weight penalties"
+        return None
+
+    def signature(self):
+        """What the recorded programs depend on (``nanodl.capture.signature``)."""
+        return signature(self.model, self.optimizer, self.loss)
+
+    # ------------------------------------------------------------ running
+    def __call__(self, x, y, weight=None):
+        x = x.data if isinstance(x, Tensor) else x if is_device_array(x) else np.asarray(x)
+        y = y.data if isinstance(y, Tensor) else y
+        loss, _ = self._run(x, y if is_device_array(y) else np.asarray(y),
+                            None if weight is None else np.asarray(weight))
+        return float(loss)
+
+    def run(self, x, target, weight=None):
+        """Train on one batch of prepared arrays; returns ``(loss, out)``, arrays of the
+        caller's (a replay's output buffer is reused by the next step: this is a copy)."""
+        loss, out = self._run(x, target, weight)
+        return loss.copy(), out.copy()
+
+    def _run(self, x, target, weight):
+        """``run`` without the copies (``fit`` reads ``out`` before the next step)."""
+        with self._lock:
+            if _debug_hooks():  # detect_anomaly or a user's hook must see every node
+                return self._eager(x, target, weight)
+            if not same(self.signature(), self._recorded):
+                self._forget()
+            elif self.reason is not None:
+                return self._eager(x, target, weight)
+            key = (x.shape, x.dtype, target.shape, target.dtype, weight is None,
+                   device_of(x), get_kernels(), id(self.optimizer._params))
+            program = self._programs.get(key)
+            if program is not None and program.intact():
+                return program.run(x, target, weight)
+            return self._capture(key, x, target, weight)
+
+    def _forget(self):
+        """Drop every program: something they depend on changed (``signature``)."""
+        self._programs.clear()
+        self._flat = None
+        self.stages, self.loss_stage = (), None
+        if self._own_plan:
+            self._plan = None
+        self.reason = self._refusal()
+
+    def _eager(self, x, target, weight):
+        """The one eager step, ``_Plan.step``; ``(loss, out)`` as arrays."""
+        plan = self._plan_now()
+        loss, out = plan.step(x, target, weight)
+        if self._own_plan and self._model_params != [id(p) for p in self.model.parameters()]:
+            self._plan = None  # the step built a lazy layer: plan again with its parameters
+            self._plan_now()
+        return loss.data, out.data
+
+    def _plan_now(self):
+        """The plan of the step: ``fit``'s, or (a step of its own) one made from the
+        model as it is now; its ``params`` include the optimizer's, so a parameter the
+        model no longer holds keeps no stale gradient."""
+        if self._plan is None:
+            plan = _Plan(self.model, None, None, self.optimizer, self.loss)
+            self._model_params = [id(p) for p in plan.params]
+            owned = set(self._model_params)
+            plan.params += [p for p in self.optimizer.params or () if id(p) not in owned]
+            self._plan = plan
+        return self._plan
+
+    # ------------------------------------------------------------ capturing
+    def _capture(self, key, x, target, weight):
+        """The eager step, traced (what each layer received and returned), then compiled."""
+        self._plan_now()
+        layers = self._layers()
+        seen = {}
+
+        def record(module, args, out):  # returns None: the output stays as it is
+            seen.setdefault(id(module), (args[0], out))
+        handles = [layer.register_forward_hook(record)
+                   for layer, _, _ in layers if hasattr(layer, "register_forward_hook")]
+        try:
+            loss, out = self._eager(x, target, weight)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.reason is None:
+            program = self._compile(x, target, weight, out, layers, seen)
+            if program is not None:
+                if len(self._programs) >= KEPT_SIGNATURES:
+                    self._programs.pop(next(iter(self._programs)))
+                self._programs[key] = program
+                self.stages, self.loss_stage = tuple(program.stages), program.loss
+        self._recorded = self.signature()  # after the step: what it built (a lazy layer) counts
+        return loss, out
+
+    @property
+    def _kind(self):
+        """How the program may compute the loss: ``'softmax'``/``'sigmoid'`` (a fused
+        head, ``fuse_logits``), ``'from_logits'`` (a sparse cross-entropy on logits,
+        mean), or None (through the engine)."""
+        plan = self._plan
+        if plan.logits is None and plan.loss_name == "sparse_categorical_crossentropy" and \
+                (plan.loss_config or {}).get("from_logits") and plan.loss_reduction == "mean":
+            return "from_logits"
+        return plan.logits
+
+    def _layers(self):
+        """``(layer, activation, alpha)`` in the order the forward calls them; activation
+        None means the layer's own call. A model that is not a plain Sequential is one
+        opaque layer (its forward)."""
+        model = self.model
+        if not isinstance(model, Sequential) or type(model).forward is not Sequential.forward:
+            return [(self._plan.forward, None, None)]
+        layers = list(model.layers)
+        result = []
+        for index, layer in enumerate(layers):
+            if index == len(layers) - 1 and self._kind in ("softmax", "sigmoid"):
+                result.append((layer, "linear", 0.0))  # fused head: pre_activation (logits)
+            elif isinstance(layer, Dense) and isinstance(layer.activation, str):
+                result.append((layer, layer.activation, layer.alpha))
+            else:
+                result.append((layer, None, None))
+        return result
+
+    def _compile(self, x, target, weight, out, layers, seen):
+        """The program for batches like this one, or None (and ``reason``)."""
+        params = list(self._plan.params)
+        if len({id(p) for p in params}) != len(params) or \
+                len({id(layer) for layer, _, _ in layers}) != len(layers):
+            self.reason = "a parameter is used by two layers"
+            return None
+        self.reason = self._refusal()
+        if self.reason is not None:
+            return None
+        table = kernels(x)
+        stages, need_x = [], False
+        layer_input = x  # what the next layer receives (a Tensor or, first, the batch)
+        for layer, activation, alpha in layers:
+            received, returned = seen.get(id(layer), (layer_input, None))
+            if isinstance(layer, Dense) and activation not in (None, "softmax") \
+                    and not layer.__dict__.get("_forward_hooks") \
+                    and received.ndim == 2 and received.dtype == layer.kernel.dtype:
+                if table.buffered is not None:
+                    stage = BufferedDenseStage(layer, activation, alpha, need_x, table,
+                                               received.shape[0])
+                else:
+                    stage = DenseStage(layer, activation, alpha, need_x, table)
+                need_x = stage.requires_grad
+            else:
+                head = activation == "linear" and isinstance(layer, Dense)
+                stage = EngineStage(layer.pre_activation if head else layer, need_x)
+                need_x = True  # whether the output needs a gradient is the engine's business
+            stages.append(stage)
+            layer_input = returned if returned is not None else _Like(received, layer)
+        if self._kind in ("softmax", "from_logits") and weight is None and out.ndim == 2 \
+                and (target.ndim == 2 or target.dtype.kind in "iu"):
+            loss = SoftmaxXentLoss(table, out, self._labels_checked)
+        else:
+            loss = EngineLoss(self._plan.loss)
+        flat = self._flat  # shared by the programs whose stages fill all its gradients
+        if flat is None or not flat.intact():
+            flat = self._flat = FlatUpdate.build(self.optimizer, stages)
+        elif not flat.covers(flat.params, stages):
+            flat = None  # this program (another table, a BatchNorm...) updates per parameter
+        if flat is not None:
+            flat.adopt(stages)
+        return _Program(stages, loss, params, self.optimizer, table.compute, flat)
+
+
+def _fit_step(plan):
+    """``fit``'s captured step for its ``_Plan`` (registered with ``nn.plan``)."""
+    captured = CapturedStep.for_plan(plan)
+
+    def train_step(plan, x, target, weight=None):
+        loss, out = captured._run(x, target, weight)
+        return _leaf(loss), _leaf(out)
+    train_step.captured = captured
+    return train_step
+
+
+register_capture(_fit_step)
