@@ -686,6 +686,27 @@ def test_s13_second_derivative_and_kinks_not_nan():
         assert np.all(np.isfinite(hv)) and np.all(hv == 0)
 
 
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", "categorical_crossentropy",
+                                  "binary_crossentropy"])
+def test_s13_fused_nodes_differentiate_twice(loss):
+    import nanodl.functional as F
+    rng = np.random.default_rng(0)
+    x = nd.tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    w = nd.tensor(rng.standard_normal((3, 2)) * 0.5, requires_grad=True)
+    b = nd.tensor(rng.standard_normal(2) * 0.1, requires_grad=True)
+    y = {"sparse_categorical_crossentropy": nd.tensor(np.array([0, 1, 1, 0])),
+         "categorical_crossentropy": nd.tensor(np.eye(2)[[0, 1, 1, 0]]),
+         "binary_crossentropy": nd.tensor(np.array([[0.0, 1.0], [1, 1], [0, 0], [1, 0]]))}[loss]
+    fn = getattr(losses, loss)
+
+    def objective(x, w, b):
+        return fn(F.linear(x, w, b, activation="gelu"), y, from_logits=True) + \
+            F.log_softmax(x, axis=-1).sum() * 0.1
+
+    assert gradcheck(objective, x, w, b)
+    assert gradcheck.gradgradcheck(objective, x, w, b)
+
+
 def test_s13_backward_keeps_grad_a_plain_array():
     x = nd.tensor([1.0, 2.0], requires_grad=True)
     (x * x).sum().backward()
@@ -735,6 +756,13 @@ def test_s13_functional_products_and_shapes():
     H = hessian(lambda t: (t ** 3).sum(), x)
     np.testing.assert_allclose(H.numpy(), np.diag([6.0, 12.0]))
     assert defaults(jacobian)["create_graph"] is False and defaults(hessian)["create_graph"] is False
+    J = jacobian(lambda t: t ** 3, x, create_graph=True)  # a graph to x: differentiable again
+    assert J.requires_grad
+    (dJ,) = nd.grad(J.sum(), x)
+    np.testing.assert_allclose(dJ.numpy(), 6 * x.data)
+    H = hessian(lambda t: (t ** 4).sum(), x, create_graph=True)
+    (dH,) = nd.grad(H.sum(), x)
+    np.testing.assert_allclose(dH.numpy(), 24 * x.data)
     for fn in (vjp, jvp, hvp):
         leading(fn, ["fn", "inputs", "v"])
 
