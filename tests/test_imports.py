@@ -57,8 +57,8 @@ def reaches(graph, start, goal):
         for target in graph.get(module, (set(), set()))[0]:
             steps = {target}
             parent = target.rsplit(".", 1)[0]
-            if not start.startswith(parent + "."):  # importing nanodl.a.b runs nanodl.a first,
-                steps.add(parent)                   # unless it is already running (our own)
+            if start != parent and not start.startswith(parent + "."):  # importing nanodl.a.b
+                steps.add(parent)  # runs nanodl.a first, unless it is already running (our own)
             for step in steps:
                 if step == goal:
                     return True

@@ -74,7 +74,7 @@ def test_step_time_reads_in_us_ms_or_s(seconds, text):
 
 def test_sub_millisecond_steps_show_in_microseconds(monkeypatch):
     clock = iter([10.0, 10.00085])  # epoch start, epoch end: 10 steps in 0.85 ms
-    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(callbacks.progress.time, "perf_counter", lambda: next(clock))
     stream = io.StringIO()
     bar = callbacks.ProgressBar(1, stream=stream)
     bar.set_params({"epochs": 1, "steps": 10})

@@ -29,7 +29,7 @@ def test_the_core_imports_no_wing():
 
 def test_a_registered_writer_silences_printing_and_saving(tmp_path, monkeypatch):
     # what distributed registers on ranks other than 0
-    monkeypatch.setattr(callbacks, "_writer", [lambda: False])
+    monkeypatch.setattr(callbacks.base, "_writer", [lambda: False])
     x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
     model = nn.Sequential([nn.Dense(1, input_dim=3)])
     model.compile(optimizer=optim.SGD(lr=0.1), loss="mse")
@@ -45,4 +45,4 @@ def test_a_registered_writer_silences_printing_and_saving(tmp_path, monkeypatch)
 
 def test_distributed_registers_its_rank_as_the_writer():
     import nanodl.distributed as dist
-    assert callbacks._writer[0] is dist._is_rank_zero and callbacks.should_write()
+    assert callbacks.base._writer[0] is dist._is_rank_zero and callbacks.should_write()

@@ -1,0 +1,29 @@
+"""Callbacks: hooks that ``Model.fit`` calls around epochs and batches, as in Keras.
+
+``fit`` calls ``set_model(model)``, then ``on_train_begin(logs)``; for each epoch
+``on_epoch_begin(epoch, logs)``, ``on_batch_begin/end(batch, logs)`` for every batch
+and ``on_epoch_end(epoch, logs)``, whose ``logs`` hold ``'loss'``, the metrics, their
+``'val_'`` versions and ``'lr'``; last ``on_train_end(logs)``. A callback that sets
+``model.stop_training = True`` ends ``fit`` after the current epoch.
+
+Built in: ``History``, ``ProgressBar`` (which ``fit`` adds itself for ``verbose=1``
+or ``2``), ``LearningRateScheduler``, ``EarlyStopping``, ``ModelCheckpoint``,
+``BackupAndRestore``, ``ReduceLROnPlateau``, ``CSVLogger`` and ``TerminateOnNaN``.
+``CallbackList`` is how ``fit`` calls them. ``base.py`` holds the protocol,
+``progress.py`` the bar, ``training.py`` what steers training, ``files.py`` what writes.
+
+>>> class PrintLoss(Callback):
+...     def on_epoch_end(self, epoch, logs=None):
+...         print(f"epoch {epoch}: loss {logs['loss']:.3f}")
+>>> PrintLoss().on_epoch_end(0, {"loss": 0.25})
+epoch 0: loss 0.250
+"""
+from .base import Callback, CallbackList, History, register_writer, should_write
+from .files import BackupAndRestore, CSVLogger, ModelCheckpoint
+from .progress import ProgbarLogger, ProgressBar, format_logs, format_step_time, in_notebook, \
+    resolve_verbose
+from .training import EarlyStopping, LearningRateScheduler, ReduceLROnPlateau, TerminateOnNaN
+
+__all__ = ["Callback", "CallbackList", "History", "ProgressBar", "ProgbarLogger",
+           "LearningRateScheduler", "EarlyStopping", "ModelCheckpoint", "BackupAndRestore",
+           "ReduceLROnPlateau", "CSVLogger", "TerminateOnNaN", "should_write", "register_writer"]

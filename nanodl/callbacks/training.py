@@ -1,0 +1,221 @@
+"""Callbacks that steer training: ``LearningRateScheduler``, ``EarlyStopping``,
+``ReduceLROnPlateau`` (an adapter of ``optim.lr_scheduler.ReduceLROnPlateau``: one
+plateau counter, ``optim.lr_scheduler.Plateau``) and ``TerminateOnNaN``."""
+
+import inspect
+import math
+import numbers
+
+from ..optim import lr_scheduler
+from ..optim.lr_scheduler import Plateau, integer_argument, real_argument
+from .base import (Callback, _copy_state, _counted, _missing_key_warning, _optimizer_of, _plain,
+                   _resolve_mode, _say)
+
+
+def _takes_lr(schedule):
+    """True when ``schedule`` accepts two positional arguments ``(epoch, lr)``."""
+    try:
+        parameters = inspect.signature(schedule).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature: assume (epoch, lr)
+        return True
+    positional = [p for p in parameters
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return True
+    return len(positional) >= 2
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of each epoch to ``schedule(epoch)`` or
+    ``schedule(epoch, lr)`` (``lr`` is the current rate), as Keras does.
+
+    >>> def halve_every_10(epoch, lr):
+    ...     return lr * 0.5 if epoch and epoch % 10 == 0 else lr
+    >>> scheduler = LearningRateScheduler(halve_every_10)
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be callable, "
+                            f"got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.verbose = verbose
+        self._with_lr = _takes_lr(schedule)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = _optimizer_of(self.model, "LearningRateScheduler")
+        if self._with_lr:
+            lr = self.schedule(epoch, float(optimizer.lr))
+        else:
+            lr = self.schedule(epoch)
+        lr = _plain(lr)
+        if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not math.isfinite(lr):
+            raise ValueError(f"LearningRateScheduler: the schedule must return a finite number, "
+                             f"got {lr!r} at epoch {epoch}")
+        optimizer.lr = float(lr)
+        if self.verbose > 0:
+            _say(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr):.6g}.")
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
+
+    An improvement is a change of more than ``min_delta`` in the right direction
+    (``mode='auto'``: up for names containing ``'acc'``, else down). With
+    ``restore_best_weights=True`` the weights of the best epoch are put back when
+    training ends, whether this callback stopped it or not. ``stopped_epoch`` and
+    ``best_epoch`` say what happened.
+    """
+
+    _state_attributes = ("wait", "stopped_epoch", "best_epoch", "best", "best_weights")
+    best, wait = _counted("plateau", "best"), _counted("plateau", "num_bad_epochs")
+
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, mode="auto",
+                 restore_best_weights=False, baseline=None, verbose=0):
+        super().__init__()
+        self.monitor = monitor
+        self.min_delta = abs(real_argument("EarlyStopping", "min_delta", min_delta, -math.inf))
+        self.patience = integer_argument("EarlyStopping", "patience", patience, 0)
+        self.mode = _resolve_mode(mode, monitor, "EarlyStopping")
+        self.restore_best_weights = restore_best_weights
+        self.baseline = baseline
+        self.verbose = verbose
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        self.plateau = Plateau(self.mode, self.min_delta, "abs")  # the one counter (optim)
+        self.stopped_epoch = 0
+        self.best_epoch = 0
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        current = logs.get(self.monitor)
+        if current is None:
+            _missing_key_warning("EarlyStopping", self.monitor, logs)
+            return
+        current = float(current)
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = _copy_state(self.model)  # so there is something to restore
+        waited = self.wait
+        if self.plateau.record(current):
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = _copy_state(self.model)
+            if self.baseline is not None and not self.plateau.is_better(current, self.baseline):
+                self.wait = waited + 1  # better than before, not yet better than the baseline
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            _say(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                _say(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.load_state_dict(self.best_weights)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` has stopped improving
+    for ``patience`` epochs (Keras semantics).
+
+    An improvement is a change of more than ``min_delta``; after a reduction,
+    ``cooldown`` epochs pass before counting again; the rate never goes below
+    ``min_lr``. An adapter of the one plateau scheduler,
+    ``optim.lr_scheduler.ReduceLROnPlateau`` (``self.scheduler``): Keras counts
+    ``patience`` and ``cooldown`` one epoch later than PyTorch, so the scheduler gets
+    one less of each (at least 0), and ``min_delta`` as an absolute threshold.
+    """
+
+    _state_attributes = ("best", "wait", "cooldown_counter")
+    best, wait = _counted("scheduler", "best"), _counted("scheduler", "num_bad_epochs")
+    cooldown_counter = _counted("scheduler", "cooldown_counter")
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0, min_delta=1e-4,
+                 cooldown=0, mode="auto", verbose=0):
+        super().__init__()
+        real_argument("ReduceLROnPlateau", "factor", factor)
+        integer_argument("ReduceLROnPlateau", "patience", patience, 0)
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
+        self.monitor = monitor
+        self.factor = factor
+        self.patience = patience
+        self.min_lr = min_lr
+        self.min_delta = abs(min_delta)
+        self.cooldown = cooldown
+        self.mode = _resolve_mode(mode, monitor, "ReduceLROnPlateau")
+        self.verbose = verbose
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        unbound = _Rate()  # the model's optimizer is bound at each epoch's end
+        self.scheduler = lr_scheduler.ReduceLROnPlateau(
+            unbound, mode=self.mode, factor=self.factor, patience=max(self.patience - 1, 0),
+            threshold=self.min_delta, threshold_mode="abs", cooldown=max(self.cooldown - 1, 0),
+            min_lr=self.min_lr, eps=0.0)
+
+    def in_cooldown(self):
+        return self.scheduler.in_cooldown
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        optimizer = _optimizer_of(self.model, "ReduceLROnPlateau")
+        logs.setdefault("lr", float(optimizer.lr))
+        current = logs.get(self.monitor)
+        if current is None:
+            _missing_key_warning("ReduceLROnPlateau", self.monitor, logs)
+            return
+        old_lr = float(optimizer.lr)
+        self.scheduler.optimizer = optimizer
+        self.scheduler.step(float(current))
+        if self.verbose > 0 and float(optimizer.lr) != old_lr:
+            _say(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                 f"to {float(optimizer.lr):.6g}.")
+
+
+class _Rate:
+    """Stands for the optimizer until the callback has a model: a rate and nothing else."""
+    lr = 0.0
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as a batch's loss is NaN or inf (Keras semantics).
+
+    ``fit`` ends after that batch (the rest of the epoch is skipped; ``on_epoch_end``
+    and ``on_train_end`` still run, so ``History`` records the NaN). In a data-parallel
+    run every rank stops at the end of that epoch, whose summed loss is NaN on all.
+
+    >>> from nanodl import nn
+    >>> import numpy as np
+    >>> model = nn.Sequential([nn.Dense(1)])
+    >>> model.compile(optimizer='sgd', loss='mse')
+    >>> x = np.ones((8, 1), dtype=np.float32)
+    >>> y = np.full(8, np.nan, dtype=np.float32)
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     history = model.fit(x, y, batch_size=2, epochs=5, verbose=0,
+    ...                         callbacks=[TerminateOnNaN()])
+    Batch 0: Invalid loss, terminating training
+    >>> history.epoch
+    [0]
+    """
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            _say(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The epoch's loss is summed over every process of a data-parallel run, so a NaN
+        # seen by one rank's batch stops every rank here, together.
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and not self.model.stop_training:
+            _say(f"Epoch {epoch + 1}: Invalid loss, terminating training")
+            self.model.stop_training = True
