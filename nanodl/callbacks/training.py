@@ -184,11 +184,12 @@ class _Rate:
 
 
 class TerminateOnNaN(Callback):
-    """Stops training as soon as a batch's loss is NaN or inf (Keras semantics).
+    """Stops training once a batch's loss is NaN or inf.
 
-    ``fit`` ends after that batch (the rest of the epoch is skipped; ``on_epoch_end``
-    and ``on_train_end`` still run, so ``History`` records the NaN). In a data-parallel
-    run every rank stops at the end of that epoch, whose summed loss is NaN on all.
+    It sets ``model.stop_training``, which ends ``fit`` after the current epoch (the
+    rule for every callback; Keras would also skip the epoch's remaining batches), so
+    ``History`` records the NaN epoch and nothing after it. In a data-parallel run
+    every rank stops at the end of that epoch, whose summed loss is NaN on all.
 
     >>> from nanodl import nn
     >>> import numpy as np
@@ -208,7 +209,7 @@ class TerminateOnNaN(Callback):
 
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is not None and not math.isfinite(float(loss)) and not self.model.stop_training:
             _say(f"Batch {batch}: Invalid loss, terminating training")
             self.model.stop_training = True
 

@@ -233,8 +233,8 @@ class Model(Module):
     def _fit_epoch(self, plan, x, y, weight, batch_size, shuffle, callbacks, train_step=None):
         """One pass over the training set, in the order ``_epoch_order`` gives, one
         ``_train_step`` per batch; returns the epoch's logs (per-sample averages). A
-        callback that sets ``stop_training`` in ``on_batch_end`` ends the epoch there
-        (data-parallel: at the epoch's end)."""
+        ``stop_training`` set by a callback takes effect after the epoch (in ``fit``),
+        the same on one process and on many, where every rank sees the same logs."""
         order = self._epoch_order(len(x), shuffle)
         if order is not None:
             order = to_device(order, plan.device)
@@ -251,11 +251,6 @@ class Model(Module):
             add_batch(totals, plan.metrics, float(loss.data), out.data, y_batch, w_batch)
             if callbacks.wants_batch_logs:
                 callbacks.on_batch_end(step, dict(totals.averages(), batch=step, size=count))
-                # A data-parallel run stops only at the epoch's end, where every rank sees
-                # the same summed logs (a rank that stopped alone would leave the others
-                # waiting in their next allreduce).
-                if self.stop_training and self._data_parallel is None:
-                    break
         return self._reduce_totals(totals).averages()
 
     def _train_step(self, plan, x, target, weight=None):
