@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_plot import PLOT_HINT, plot_history
+
 DATASETS = ("digits", "moons", "spirals", "xor", "mnist")
 KERNEL_CHOICES = ("native", "numpy")
 DEVICE_CHOICES = ("cpu", "cuda")
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 DEFAULT_PLOT = "training_curves.png"
-PLOT_HINT = ("--plot needs matplotlib, which is not installed; get it with "
-             "`pip install 'nanodl[plot]'` or `pip install matplotlib`")
 
 # Per-dataset defaults for the options left unset: sample count (synthetic sets),
 # epochs and learning rate. Digits reach >= 97% test accuracy in 30 epochs.
@@ -242,42 +242,6 @@ def build_model(args, n_features, n_classes, ranks=1):
         optimizer = distributed.DistributedOptimizer(optimizer)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
-
-
-def _import_pyplot():
-    """``(pyplot, MaxNLocator)`` on the non-interactive Agg backend, or None without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return None
-    return plt, MaxNLocator
-
-
-def plot_history(history, path):
-    """Save loss and accuracy curves (train and validation) as a PNG; False without matplotlib."""
-    imported = _import_pyplot()
-    if imported is None:
-        return False
-    plt, MaxNLocator = imported
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    epochs = [epoch + 1 for epoch in history.epoch]
-    for axis, key in zip(axes, ("loss", "accuracy")):
-        for prefix, label in (("", "train"), ("val_", "validation")):
-            if prefix + key in history.history:
-                axis.plot(epochs, history.history[prefix + key], label=label)
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel(key)
-        axis.set_title(key)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return True
 
 
 def _join_mpi_world():
