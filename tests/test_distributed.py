@@ -295,6 +295,27 @@ def test_fit_with_a_distributed_optimizer_in_a_world_of_one_is_plain_fit():
         np.testing.assert_array_equal(a, b)
 
 
+def test_lbfgs_through_a_distributed_optimizer_in_a_world_of_one_is_plain_lbfgs():
+    """The wrapper has the inner optimizer's full_batch and its step takes the closure
+    fit then hands it (before: a TypeError, the wrapper's step took no closure)."""
+    x = np.random.default_rng(1).standard_normal((40, 3))
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.int64)
+    histories, weights = [], []
+    for wrap in (False, True):
+        nd.manual_seed(4)
+        model = nn.Sequential([nn.Dense(2, activation="softmax", input_dim=3)])
+        opt = optim.LBFGS(max_iter=5, line_search_fn="strong_wolfe")
+        model.compile(optimizer=dist.DistributedOptimizer(opt) if wrap else opt,
+                      loss="sparse_categorical_crossentropy")
+        assert model.optimizer.full_batch
+        histories.append(model.fit(x, y, epochs=3, verbose=0).history)
+        weights.append(model.get_weights())
+    assert histories[0] == histories[1]
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+    assert not dist.DistributedOptimizer(optim.SGD()).full_batch
+
+
 # ---------------------------------------------------------------- two ranks
 @pytest.fixture(scope="module")
 def collectives(tmp_path_factory):
@@ -616,3 +637,16 @@ def test_a_collective_that_never_completes_raises_timeout_error(fresh_world):
     with pytest.raises(TimeoutError, match="allreduce: not every rank joined within 0.05 s"):
         world._wait(Never(), "allreduce")
     assert world._world.broken == "allreduce"
+
+
+# ---------------------------------------------------------------- full-batch L-BFGS, two ranks
+@needs_mpi
+def test_lbfgs_on_two_ranks_is_lbfgs_on_one_process_over_all_samples(tmp_path):
+    """Each closure evaluation averages the gradients and the loss over the ranks, so both
+    ranks take the same steps (line search included) as one process over all 64 samples."""
+    for r in run_worker("lbfgs.py", tmp_path):  # bounded by LAUNCH_TIMEOUT
+        for name in ("None", "strong_wolfe"):
+            assert r[f"{name}/loss_decrease"] > 0.5  # it trained
+            assert r[f"{name}/parameter_error"] <= 1e-9, r[f"{name}/parameter_error"]
+            assert r[f"{name}/loss_error"] <= 1e-12, r[f"{name}/loss_error"]
+            assert r[f"{name}/rank_spread"] == 0.0

@@ -5,6 +5,7 @@ import time
 import numpy as np
 
 from ..backend import array_module, to_host
+from ..optim.lbfgs import _loss_value
 from ..optim.optimizers import Optimizer
 from . import world
 from .fit import DataParallelFit
@@ -71,7 +72,9 @@ class DistributedOptimizer(Optimizer):
     """Wraps an optimizer (or a name, ``'adam'``) so that every rank applies the gradient
     averaged over all ranks.
 
-    ``step()`` first calls ``synchronize()``, then the wrapped optimizer's step.
+    ``step()`` first calls ``synchronize()``, then the wrapped optimizer's step; for
+    an optimizer that drives a closure (``optim.LBFGS``, ``full_batch``), ``step(closure)``
+    averages the gradients and the loss after every evaluation of the closure.
     ``synchronize()`` (1) broadcasts the parameters from rank 0 the first time and
     whenever the parameter set changes (a lazily built layer, a second model), and
     (2) replaces each parameter's gradient by its mean over the ranks, with ONE
@@ -181,13 +184,38 @@ class DistributedOptimizer(Optimizer):
         mode = "" if self.mode == "flat" else f", mode={self.mode!r}"
         return f"DistributedOptimizer({self.optimizer!r}{mode})"
 
+    @property
+    def full_batch(self):
+        """The wrapped optimizer's: True for one that drives a closure (``optim.LBFGS``),
+        which ``Model.fit`` then trains full-batch, each rank over its own shard."""
+        return bool(getattr(self.optimizer, "full_batch", False))
+
     # ------------------------------------------------------------ the data-parallel part
-    def step(self):
-        """Average the gradients over the ranks (unless ``synchronize()`` just did), then step."""
-        if not self._synchronized:
-            self.synchronize()
+    def step(self, closure=None):
+        """Average the gradients over the ranks (unless ``synchronize()`` just did), then step.
+
+        With a ``closure`` (``optim.LBFGS``, which calls it several times per step), each
+        evaluation is averaged: the gradients, and the returned loss too (a float), so
+        every rank's line search sees the same numbers and takes the same step.
+        """
+        if closure is None:
+            if not self._synchronized:
+                self.synchronize()
+            self._synchronized = False
+            return self.optimizer.step()
         self._synchronized = False
-        self.optimizer.step()
+        params = self.optimizer._require_params()
+        if world._world.comm is not None and self._synced_key != self._layout_key(params):
+            self.broadcast_parameters()  # before the first evaluation, not between two
+
+        def averaged():
+            loss = closure()
+            self.synchronize()
+            self._synchronized = False
+            if world._world.comm is None:
+                return loss
+            return float(world.allreduce(np.array([_loss_value(loss)]), op="mean")[0])
+        return self.optimizer.step(averaged)
 
     def synchronize(self):
         """Broadcast the parameters if their set changed, then average the gradients over ranks."""
