@@ -1,6 +1,11 @@
 """Training curves for ``nanodl train --plot``: loss and accuracy, train and validation,
 side by side in one PNG (needs matplotlib, the ``[plot]`` extra).
 
+The figure is drawn without pyplot (no window, the user's backend untouched) and
+written atomically, as every file nanodl writes for a user (``archive.atomic_write``:
+a temporary file in the same folder, then ``os.replace``), so an interrupted plot
+never leaves half a PNG over an earlier one.
+
 >>> from types import SimpleNamespace
 >>> import os, tempfile
 >>> history = SimpleNamespace(epoch=[0, 1], history={"loss": [0.9, 0.5], "accuracy": [0.6, 0.8]})
@@ -8,30 +13,21 @@ side by side in one PNG (needs matplotlib, the ``[plot]`` extra).
 >>> plot_history(history, path) in (True, False)  # False without matplotlib
 True
 """
+from .archive import atomic_write
 
 PLOT_HINT = ("--plot needs matplotlib, which is not installed; get it with "
              "`pip install 'nanodl[plot]'` or `pip install matplotlib`")
 
 
-def _import_pyplot():
-    """``(pyplot, MaxNLocator)`` on the non-interactive Agg backend, or None without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return None
-    return plt, MaxNLocator
-
-
 def plot_history(history, path):
     """Save loss and accuracy curves (train and validation) as a PNG; False without matplotlib."""
-    imported = _import_pyplot()
-    if imported is None:
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
         return False
-    plt, MaxNLocator = imported
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, 2)
     epochs = [epoch + 1 for epoch in history.epoch]
     for axis, key in zip(axes, ("loss", "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
@@ -44,6 +40,5 @@ def plot_history(history, path):
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
     return True

@@ -1,4 +1,5 @@
 """The command line (SPEC §12), called in-process through ``nanodl.cli.main``."""
+import os
 import re
 import sys
 import types
@@ -220,3 +221,29 @@ def test_bench_without_the_benchmarks_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "BENCHMARKS_DIR", tmp_path / "missing")
     assert cli.main(["bench", "--quick"]) == 1
     assert "source" in capsys.readouterr().err
+
+
+def test_plot_is_written_atomically(tmp_path, monkeypatch):
+    """A plot that fails half-way leaves the earlier file as it was and no temporary
+    file (before: savefig wrote straight over the target)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from nanodl.cli_plot import plot_history
+
+    def broken(self, target, **options):  # writes half a file, then the disk is full
+        if isinstance(target, (str, os.PathLike)):
+            with open(target, "wb") as handle:
+                handle.write(b"partial")
+        else:
+            target.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    target = tmp_path / "curves.png"
+    target.write_bytes(b"earlier plot")
+    monkeypatch.setattr(Figure, "savefig", broken)
+    history = types.SimpleNamespace(epoch=[0, 1], history={"loss": [1.0, 0.5], "accuracy": [0.5, 0.8]})
+    with pytest.raises(OSError, match="No space left"):
+        plot_history(history, target)
+    assert target.read_bytes() == b"earlier plot"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["curves.png"]
