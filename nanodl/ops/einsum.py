@@ -153,31 +153,25 @@ class Einsum(Function):
         self.save_for_backward(*operands)
         return contract(self.spec, operands)
 
-    def _gradient_parts(self, index):
-        spec, constants = gradient_spec(self.terms, self.output, index, self.shapes)
-        return spec, constants
+    def _gradients(self, grad, operands, einsum, constant):
+        """Each wanted operand's gradient, one einsum each: ``einsum(spec, arrays)`` on
+        arrays (``backward``) or on Tensors (``vjp``), so the derivative is written once."""
+        grads = []
+        for index, need in enumerate(self.needs_input_grad):
+            if not need:
+                grads.append(None)
+                continue
+            spec, constants = gradient_spec(self.terms, self.output, index, self.shapes)
+            others = [a for j, a in enumerate(operands) if j != index]
+            extra = [constant(kind, size) for kind, size in constants]
+            grads.append(einsum(spec, [grad] + others + extra))
+        return tuple(grads)
 
     def backward(self, grad):
-        operands = self.saved_tensors
-        grads = []
-        for index, need in enumerate(self.needs_input_grad):
-            if not need:
-                grads.append(None)
-                continue
-            spec, constants = self._gradient_parts(index)
-            others = [a for j, a in enumerate(operands) if j != index]
-            extra = [_constant(kind, size, grad) for kind, size in constants]
-            grads.append(contract(spec, [grad] + others + extra))
-        return tuple(grads)
+        return self._gradients(grad, self.saved_tensors, contract,
+                               lambda kind, size: _constant(kind, size, grad))
 
     def vjp(self, grad, *operands):
-        grads = []
-        for index, need in enumerate(self.needs_input_grad):
-            if not need:
-                grads.append(None)
-                continue
-            spec, constants = self._gradient_parts(index)
-            others = [a for j, a in enumerate(operands) if j != index]
-            extra = [Tensor(_constant(kind, size, grad.data)) for kind, size in constants]
-            grads.append(Einsum.apply(grad, *others, *extra, subscripts=spec))
-        return tuple(grads)
+        return self._gradients(grad, operands,
+                               lambda spec, tensors: Einsum.apply(*tensors, subscripts=spec),
+                               lambda kind, size: Tensor(_constant(kind, size, grad.data)))
