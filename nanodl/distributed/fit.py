@@ -11,23 +11,19 @@ from .world import _agree, allreduce, broadcast, rank, size
 
 class DataParallelFit:
     """What ``Model.fit`` does differently when its optimizer is a ``DistributedOptimizer``
-    on more than one rank; ``fit``'s hooks call it, the training step itself is the same.
+    on more than one rank (``fit``'s hooks call it; the training step itself is the same).
 
-    * ``begin``: first the ranks check that they run the same fit (``fit_items``: one
-      small collective; a ``ValueError`` on every rank naming the first difference and
-      both values); then parameters broadcast from rank 0 before the first batch; each
-      rank but 0 reseeds nanodl's generator from its own stream and its rank, so dropout
-      masks differ between ranks (rank 0 keeps the stream a single process would have).
-    * ``epoch_order``: rank 0 draws the epoch's permutation as a single process would,
-      every rank receives it; the first ``n - n % N`` positions are dealt out like cards,
-      rank r taking positions r, r+N, r+2N, ... . Every rank gets the same number of
-      samples, so every rank runs the same number of steps (each step is an allreduce
-      that all ranks must join), and the ranks' k-th batches together are exactly a
-      single process' k-th batch of ``N * batch_size``.
-    * ``reduce``: an epoch's ``EpochTotals`` (sums and counts) summed over the ranks, so
-      the averages are exact per-sample averages over all of them, the same on each rank.
-    * ``validation_shard``: rank r validates on samples r, r+N, ... (all of them: the
-      validation set needs no equal shards, only the summed totals).
+    * ``begin``: check that the ranks run the same fit (``fit_items``), broadcast the
+      parameters from rank 0, and reseed nanodl's generator on every rank but 0 (from its
+      own stream and its rank), so dropout masks differ between ranks.
+    * ``epoch_order``: rank 0's permutation, as a single process would draw it, dealt out
+      like cards (rank r takes positions r, r+N, ... of the first ``n - n % N``): every
+      rank runs the same number of steps (each an allreduce all must join), and the
+      ranks' k-th batches together are a single process' k-th batch of ``N * batch_size``.
+    * ``reduce``: an epoch's ``EpochTotals`` summed over the ranks: exact per-sample
+      averages over all of them, the same on each rank.
+    * ``validation_shard``: rank r validates on samples r, r+N, ... (unequal shards are
+      fine: only the summed totals matter).
     """
 
     def __init__(self, optimizer):
@@ -65,8 +61,7 @@ class DataParallelFit:
 
 
 def _described(value):
-    """A value as the check compares it: its repr, with a callable named by its qualified
-    name (its repr holds an address, which differs between processes)."""
+    """``value``'s repr, with callables by qualified name (a repr's address differs between ranks)."""
     if isinstance(value, dict):
         return "{" + ", ".join(f"{key!r}: {_described(item)}" for key, item in value.items()) + "}"
     if isinstance(value, (list, tuple)):
@@ -79,10 +74,9 @@ def _described(value):
 def fit_items(model, plan, samples_per_epoch, x=None, y=None, weight=None, batch_size=None,
               epochs=None, shuffle=None, validation=None):
     """What must be the same on every rank of a data-parallel fit, as ``(label, value)``
-    strings, most telling first: the float dtype, the architecture (each module's class
-    and configuration, each parameter's dtype and shape), the optimizer (class and
-    hyper-parameters), the loss and metrics, the data (dtypes, sample shapes, counts,
-    weights), batch size, steps per epoch, epochs and shuffling.
+    strings, most telling first: the float dtype, the architecture, the optimizer and
+    its hyper-parameters, the loss and metrics, the data, batch size, steps per epoch,
+    epochs and shuffling.
 
     >>> from nanodl import nn
     >>> model = nn.Sequential([nn.Dense(2, input_dim=3)])
@@ -97,8 +91,8 @@ def fit_items(model, plan, samples_per_epoch, x=None, y=None, weight=None, batch
         if module is not model:
             config = module.get_config() if hasattr(module, "get_config") else {}
             items.append((f"layer {name}", f"{type(module).__qualname__} {_described(config)}"))
-    for name, parameter in model.named_parameters():
-        items.append((f"parameter {name}", f"{parameter.dtype} {tuple(parameter.shape)}"))
+    items += [(f"parameter {name}", f"{parameter.dtype} {tuple(parameter.shape)}")
+              for name, parameter in model.named_parameters()]
     items.append(("optimizer", type(optimizer).__qualname__))
     items += [(f"optimizer {key}", _described(value))
               for key, value in sorted(optimizer.get_config().items())]

@@ -1,6 +1,7 @@
 """``DistributedOptimizer``: any optimizer, with its gradients averaged over the ranks
 before each step (see ``nanodl.distributed``)."""
 import time
+from operator import attrgetter
 
 import numpy as np
 
@@ -13,18 +14,15 @@ from .world import _agree, _wait, init
 
 
 class _Bucket:
-    """One preallocated flat buffer for the parameters of one dtype and device.
-
-    The layout: each parameter's values back to back (``offsets``), then one slot per
-    parameter that holds 1 when this rank has a gradient for it. After the sum the slot
-    counts the ranks that had one: a parameter no rank touched keeps ``grad = None``
-    (and the wrapped optimizer skips it on every rank alike).
-    """
+    """One preallocated flat buffer for the parameters of one dtype and device: their values
+    back to back (``offsets``), then one slot per parameter that holds 1 when this rank has
+    a gradient for it. Summed over the ranks, the slot counts the ranks that had one: a
+    parameter no rank touched keeps ``grad = None`` (the wrapped optimizer skips it on
+    every rank alike)."""
 
     def __init__(self, params):
         self.params = params
-        self.sizes = [int(p.data.size) for p in params]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64).tolist()
+        self.offsets = [0, *np.cumsum([int(p.data.size) for p in params]).tolist()]
         self.total = self.offsets[-1]
         self.xp = array_module(params[0].data)
         dtype = params[0].data.dtype
@@ -32,17 +30,13 @@ class _Bucket:
         self.host = self.buffer if self.xp is np else np.empty(self.buffer.shape, dtype=dtype)
 
     def pack_gradients(self):
-        buffer, offsets, host = self.buffer, self.offsets, self.host
+        offsets = self.offsets
         has_grad = [p.grad is not None for p in self.params]
         for i, p in enumerate(self.params):
-            segment = buffer[offsets[i]:offsets[i + 1]]
-            if has_grad[i]:
-                segment[...] = p.grad.reshape(-1)
-            else:
-                segment[...] = 0
+            self.buffer[offsets[i]:offsets[i + 1]] = p.grad.reshape(-1) if has_grad[i] else 0
         if self.xp is not np:
-            buffer.get(out=host)
-        host[self.total:] = has_grad
+            self.buffer.get(out=self.host)
+        self.host[self.total:] = has_grad
 
     def unpack_gradients(self, world_size):
         if self.xp is not np:
@@ -68,18 +62,22 @@ class _Bucket:
             p.data[...] = self.buffer[self.offsets[i]:self.offsets[i + 1]].reshape(p.data.shape)
 
 
+def _wrapped(attribute, writable=True):
+    """A property of the wrapper that is the wrapped optimizer's ``attribute``."""
+    setter = (lambda self, value: setattr(self.optimizer, attribute, value)) if writable else None
+    return property(attrgetter("optimizer." + attribute), setter)
+
+
 class DistributedOptimizer(Optimizer):
     """Wraps an optimizer (or a name, ``'adam'``) so that every rank applies the gradient
     averaged over all ranks.
 
-    ``step()`` first calls ``synchronize()``, then the wrapped optimizer's step; for
-    an optimizer that drives a closure (``optim.LBFGS``, ``full_batch``), ``step(closure)``
-    averages the gradients and the loss after every evaluation of the closure.
-    ``synchronize()`` (1) broadcasts the parameters from rank 0 the first time and
-    whenever the parameter set changes (a lazily built layer, a second model), and
-    (2) replaces each parameter's gradient by its mean over the ranks, with ONE
-    allreduce of a flat buffer holding every gradient (``mode='per_parameter'``: one
-    allreduce per parameter, slower, kept to measure the difference).
+    ``step()`` calls ``synchronize()``, then the wrapped optimizer's step (with a closure,
+    as ``optim.LBFGS`` drives, every evaluation is averaged). ``synchronize()``
+    broadcasts the parameters from rank 0 the first time and whenever the parameter set
+    changes (a lazily built layer, a second model), then replaces each gradient by its
+    mean over the ranks with ONE allreduce of a flat buffer (``mode='per_parameter'``:
+    one allreduce per parameter, slower, kept to measure the difference).
 
     The learning rate, ``state_dict``, ``zero_grad`` and the hyper-parameters are the
     wrapped optimizer's, so schedulers, callbacks and checkpoints see no difference. To
@@ -108,7 +106,7 @@ class DistributedOptimizer(Optimizer):
     def __init__(self, optimizer, mode="flat"):
         if isinstance(optimizer, DistributedOptimizer):
             raise TypeError("DistributedOptimizer: the optimizer is already distributed")
-        if isinstance(optimizer, str):  # a name, as compile takes: 'adam', 'sgd', ...
+        if isinstance(optimizer, str):
             from ..optim import get
             optimizer = get(optimizer)
         if not isinstance(optimizer, Optimizer):
@@ -122,8 +120,8 @@ class DistributedOptimizer(Optimizer):
         self.mode = mode
         self.comm_seconds = 0.0
         self.allreduce_calls = 0
-        self._synced_key = None    # the parameter layout last broadcast
-        self._buckets = None       # flat buffers for that layout
+        self._synced_key = None     # the parameter layout last broadcast
+        self._buckets = None        # flat buffers for that layout
         self._synchronized = False  # synchronize() ran since the last step()
 
     # ------------------------------------------------------------ the wrapped optimizer's face
@@ -140,29 +138,10 @@ class DistributedOptimizer(Optimizer):
         else:  # a hyper-parameter or a scheduler's note (initial_lr): the wrapped one's
             setattr(self.optimizer, name, value)
 
-    @property
-    def lr(self):
-        return self.optimizer.lr
-
-    @lr.setter
-    def lr(self, value):
-        self.optimizer.lr = value
-
-    @property
-    def name(self):
-        return self.optimizer.name
-
-    @property
-    def params(self):
-        return self.optimizer.params
-
-    @property
-    def step_count(self):
-        return self.optimizer.step_count
-
-    @step_count.setter
-    def step_count(self, value):
-        self.optimizer.step_count = value
+    lr = _wrapped("lr")
+    step_count = _wrapped("step_count")
+    name = _wrapped("name", writable=False)
+    params = _wrapped("params", writable=False)
 
     def set_params(self, params):
         self.optimizer.set_params(params)
@@ -186,17 +165,16 @@ class DistributedOptimizer(Optimizer):
 
     @property
     def full_batch(self):
-        """The wrapped optimizer's: True for one that drives a closure (``optim.LBFGS``),
-        which ``Model.fit`` then trains full-batch, each rank over its own shard."""
+        """True for a wrapped optimizer that drives a closure (``optim.LBFGS``), which
+        ``Model.fit`` then trains full-batch, each rank over its own shard."""
         return bool(getattr(self.optimizer, "full_batch", False))
 
     # ------------------------------------------------------------ the data-parallel part
     def step(self, closure=None):
         """Average the gradients over the ranks (unless ``synchronize()`` just did), then step.
 
-        With a ``closure`` (``optim.LBFGS``, which calls it several times per step), each
-        evaluation is averaged: the gradients, and the returned loss too (a float), so
-        every rank's line search sees the same numbers and takes the same step.
+        With a ``closure`` (``optim.LBFGS`` calls it several times a step), each evaluation's
+        gradients and loss are averaged, so every rank's line search takes the same step.
         """
         if closure is None:
             if not self._synchronized:
@@ -239,17 +217,13 @@ class DistributedOptimizer(Optimizer):
         self.comm_seconds += time.perf_counter() - started
 
     def fit_strategy(self):
-        """``Model.fit``'s sample order and reduction for this optimizer (the seam the
-        core declares, ``nn.plan.LocalFit``): a ``DataParallelFit`` on several ranks,
-        None (a plain fit) on one."""
+        """``Model.fit``'s sample order and reduction (the core's seam, ``nn.plan.LocalFit``):
+        a ``DataParallelFit`` on several ranks, None (a plain fit) on one."""
         return DataParallelFit(self) if world.size() > 1 else None
 
     def broadcast_parameters(self, root=0):
-        """Copy rank ``root``'s parameter values into every rank's parameters (in place).
-
-        Checks first that all ranks hold the same parameter layout (count, shapes,
-        dtypes) and raises RuntimeError on every rank when they do not.
-        """
+        """Copy rank ``root``'s parameter values into every rank's parameters (in place),
+        after checking that all ranks hold the same parameter layout (RuntimeError if not)."""
         params = self.optimizer._require_params()
         key = self._layout_key(params)
         _world = world._world
@@ -258,7 +232,10 @@ class DistributedOptimizer(Optimizer):
                     for index, (_, shape, dtype, _) in enumerate(key)] + [("parameters", len(key))],
                    "DistributedOptimizer", "their parameters (every rank must build the same model)",
                    RuntimeError)
-            buckets = self._make_buckets(params)
+            groups = {}  # one bucket per (dtype, device); normally just one
+            for p, (_, _, dtype, device) in zip(params, key):
+                groups.setdefault((dtype, device), []).append(p)
+            buckets = [_Bucket(group) for group in groups.values()]
             for bucket in buckets:
                 bucket.pack_data()
                 _wait(_world.comm.Ibcast(bucket.host, root=root),
@@ -272,30 +249,18 @@ class DistributedOptimizer(Optimizer):
         return tuple((id(p), tuple(p.data.shape), p.data.dtype.str, array_module(p.data).__name__)
                      for p in params)
 
-    @staticmethod
-    def _make_buckets(params):
-        groups = {}
-        for p in params:  # one bucket per (dtype, device); normally just one
-            groups.setdefault((p.data.dtype.str, array_module(p.data).__name__), []).append(p)
-        return [_Bucket(group) for group in groups.values()]
-
     def _allreduce_per_parameter(self, params):
         MPI, comm, world_size = world._world.MPI, world._world.comm, world._world.size
         what = "DistributedOptimizer: averaging the gradients"
         has_grad = np.array([p.grad is not None for p in params], dtype=np.int64)
         _wait(comm.Iallreduce(MPI.IN_PLACE, has_grad, op=MPI.SUM), what)
-        calls = 1
         for p, count in zip(params, has_grad):
             if count == 0:
                 p.grad = None
                 continue
             xp = array_module(p.data)
-            grad = p.grad if p.grad is not None else xp.zeros_like(p.data)
-            host = np.array(to_host(grad), order="C")
+            host = np.array(to_host(p.grad if p.grad is not None else xp.zeros_like(p.data)), order="C")
             _wait(comm.Iallreduce(MPI.IN_PLACE, host, op=MPI.SUM), what)
             host /= world_size
             p.grad = host if xp is np else xp.asarray(host)
-            calls += 1
-        self.allreduce_calls += calls
-
-
+        self.allreduce_calls += 1 + int(np.count_nonzero(has_grad))

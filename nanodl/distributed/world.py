@@ -2,6 +2,7 @@
 deadline every collective nanodl makes waits under (see ``nanodl.distributed``)."""
 import atexit
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -17,9 +18,8 @@ INSTALL_HINT = "install it with `pip install 'nanodl[distributed]'` (mpi4py and 
 DEFAULT_TIMEOUT = 300.0   # seconds any collective nanodl makes waits for every rank
 TIMEOUT_VARIABLE = "NANODL_MPI_TIMEOUT"
 
-# What the MPI launchers put in each process' environment: Open MPI, MPICH/Hydra and
-# Intel MPI, MVAPICH. A size variable gives the world size without asking MPI; a
-# PMIx/PMI rank alone says "started by a launcher" (the size is then asked of MPI).
+# What the launchers (Open MPI, MPICH/Hydra, Intel MPI, MVAPICH) put in each process'
+# environment; a PMIx/PMI rank alone says "started by a launcher" (MPI then gives the size).
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
 
@@ -51,25 +51,22 @@ def launched_size():
             try:
                 return int(value)
             except ValueError:
-                continue
-    if any(os.environ.get(variable) for variable in _RANK_VARIABLES):
-        return 0
-    return None
+                pass
+    return 0 if any(os.environ.get(variable) for variable in _RANK_VARIABLES) else None
 
 
 def init():
     """Join the MPI world when started by ``mpirun`` with more than one rank; else a world of one.
 
-    Calling it again does nothing. Raises ImportError when the launcher started several
-    ranks but mpi4py is not installed (each rank would otherwise train alone, unaware of
-    the others). With more than one rank, an exception that escapes on one rank aborts
-    the whole job (``MPI_Abort``), so the others never wait forever in a collective.
+    Calling it again does nothing. ImportError when the launcher started several ranks but
+    mpi4py is missing (each rank would otherwise train alone). With several ranks, an
+    exception that escapes on one aborts the job (``MPI_Abort``), so none waits forever.
     """
     if _world.initialized:
         return
     launched = launched_size()
     if launched is None or launched == 1:
-        _world.initialized = True  # a world of one: nothing to join, no mpi4py needed
+        _world.initialized = True  # a world of one: no mpi4py needed
         return
     try:
         import mpi4py
@@ -93,25 +90,23 @@ def init():
     _world.MPI, _world.comm = MPI, comm
     _world.rank, _world.size = comm.Get_rank(), comm.Get_size()
     _world.initialized = True
-    if _world.size > 1:
-        _abort_on_uncaught_exception(comm)
+    if _world.size > 1:  # an exception on one rank ends every rank (as ``python -m mpi4py``)
+        previous = sys.excepthook
+
+        def hook(kind, value, traceback):
+            previous(kind, value, traceback)
+            _abort()
+        sys.excepthook = hook
 
 
-def _abort_on_uncaught_exception(comm):
-    """Chain ``sys.excepthook`` so an exception on one rank ends every rank (as ``python -m mpi4py``)."""
-    previous = sys.excepthook
-
-    def hook(kind, value, traceback):
-        previous(kind, value, traceback)
-        sys.stderr.flush()
-        comm.Abort(1)
-    sys.excepthook = hook
+def _abort():
+    sys.stderr.flush()
+    _world.comm.Abort(1)
 
 
 def _abort_if_broken():
     if _world.broken is not None and _world.comm is not None:
-        sys.stderr.flush()
-        _world.comm.Abort(1)
+        _abort()
 
 
 def timeout():
@@ -167,29 +162,33 @@ def _wait(request, what):
             pause = min(2 * pause, 0.01)
 
 
+def _same_everywhere(fingerprint, what):
+    """True when every rank passed the same int64 ``fingerprint``: one allreduce of the
+    max of it and of its negation, which are each other's negatives only then."""
+    both = np.concatenate([fingerprint, -fingerprint])
+    _wait(_world.comm.Iallreduce(_world.MPI.IN_PLACE, both, op=_world.MPI.MAX), what)
+    return np.array_equal(both[:len(fingerprint)], -both[len(fingerprint):])
+
+
 def _agree(items, who, what, error=ValueError):
     """Raise ``error`` on every rank when the ranks' ``items`` (a list of ``(label, value)``
     strings) differ, naming the first difference and both values.
 
-    One small collective (the max of a digest and of its negation) when they agree; on a
-    difference the ranks gather each other's items (two more) so every message is the same.
+    One small collective when they agree; on a difference the ranks gather each other's
+    items (two more), so every rank raises the same message.
     """
     if _world.comm is None:
         return
-    MPI, comm = _world.MPI, _world.comm
     payload = json.dumps([[str(label), str(value)] for label, value in items]).encode()
     digest = int.from_bytes(hashlib.blake2b(payload, digest_size=7).digest(), "little")
-    both = np.array([digest, -digest], dtype=np.int64)
-    _wait(comm.Iallreduce(MPI.IN_PLACE, both, op=MPI.MAX), f"{who}: checking {what}")
-    if both[0] == -both[1]:
+    if _same_everywhere(np.array([digest], dtype=np.int64), f"{who}: checking {what}"):
         return
+    comm, comparing = _world.comm, f"{who}: comparing {what}"
     lengths = np.zeros(_world.size, dtype=np.int64)
-    _wait(comm.Iallgather(np.array([len(payload)], dtype=np.int64), lengths), f"{who}: comparing {what}")
+    _wait(comm.Iallgather(np.array([len(payload)], dtype=np.int64), lengths), comparing)
     gathered = np.empty(int(lengths.sum()), dtype=np.uint8)
-    _wait(comm.Iallgatherv(np.frombuffer(payload, dtype=np.uint8), [gathered, lengths.tolist()]),
-          f"{who}: comparing {what}")
-    ends = np.cumsum(lengths).tolist()
-    lists = [json.loads(gathered[end - length:end].tobytes()) for end, length in zip(ends, lengths)]
+    _wait(comm.Iallgatherv(np.frombuffer(payload, dtype=np.uint8), [gathered, lengths.tolist()]), comparing)
+    lists = [json.loads(part.tobytes()) for part in np.split(gathered, np.cumsum(lengths)[:-1])]
     other = next(r for r in range(1, _world.size) if lists[r] != lists[0])
     raise error(f"{who}: the ranks differ in {what}: {_first_difference(lists[0], lists[other], other)}; "
                 "every rank must run the same code on the same kind of data")
@@ -197,12 +196,10 @@ def _agree(items, who, what, error=ValueError):
 
 def _first_difference(first, second, other):
     """``'label: rank 0 has a, rank r has b'`` for the first item where two lists differ."""
-    for index in range(max(len(first), len(second))):
-        left = first[index] if index < len(first) else None
-        right = second[index] if index < len(second) else None
+    for left, right in itertools.zip_longest(first, second):
         if left == right:
             continue
-        if left is not None and right is not None and left[0] == right[0]:
+        if left and right and left[0] == right[0]:
             return f"{left[0]}: rank 0 has {left[1]}, rank {other} has {right[1]}"
         described = ["nothing more" if item is None else f"{item[0]} = {item[1]}" for item in (left, right)]
         return f"rank 0 has {described[0]}, rank {other} has {described[1]}"
@@ -227,11 +224,8 @@ def size():
 
 
 def library_version():
-    """The MPI library's version line, without joining the world; None without mpi4py.
-
-    ``MPI_Get_library_version`` may be called before ``MPI_Init``, so ``nanodl info``
-    can report the library without starting MPI.
-    """
+    """The MPI library's version line, without joining the world (``MPI_Get_library_version``
+    may be called before ``MPI_Init``); None without mpi4py."""
     try:
         import mpi4py
     except ImportError:
@@ -251,32 +245,22 @@ def _host_buffer(array, who):
     """``(host, xp)``: a C-contiguous NumPy copy of ``array`` and the array module to return in."""
     if isinstance(array, Tensor):
         raise TypeError(f"{who}: pass an array (tensor.data), not a Tensor")
-    xp = array_module(array)
-    if xp is np:
-        host = np.array(array, order="C")  # a copy: the caller's array is never changed
-    else:
-        host = np.ascontiguousarray(to_host(array))
+    xp = array_module(array)  # a copy: the caller's array is never changed
+    host = np.array(array, order="C") if xp is np else np.ascontiguousarray(to_host(array))
     if host.dtype.kind not in "biufc":
         raise TypeError(f"{who}: cannot reduce an array of dtype {host.dtype}")
     return host, xp
 
 
 def _check_same_layout(host, who):
-    """Raise ValueError on every rank when the ranks passed arrays of different shapes or dtypes.
-
-    A mismatched collective would otherwise hang or read past a buffer. The check is one
-    tiny allreduce (the min and max of a fingerprint); on a mismatch the ranks gather
-    their shapes so the message names them.
-    """
-    MPI, comm = _world.MPI, _world.comm
-    layout = f"{host.dtype.str}{host.shape}"
-    fingerprint = np.array([zlib.crc32(layout.encode()), host.size], dtype=np.int64)
-    both = np.concatenate([fingerprint, -fingerprint])
-    _wait(comm.Iallreduce(MPI.IN_PLACE, both, op=MPI.MAX), who)
-    if np.array_equal(both[:2], -both[2:]):
+    """Raise ValueError on every rank when the ranks passed arrays of different shapes or
+    dtypes (a mismatched collective would hang or read past a buffer); the message names
+    the element counts by rank."""
+    layout = f"{host.dtype.str}{host.shape}".encode()
+    if _same_everywhere(np.array([zlib.crc32(layout), host.size], dtype=np.int64), who):
         return
     sizes = np.zeros(_world.size, dtype=np.int64)
-    _wait(comm.Iallgather(np.array([host.size], dtype=np.int64), sizes), who)
+    _wait(_world.comm.Iallgather(np.array([host.size], dtype=np.int64), sizes), who)
     raise ValueError(f"{who}: the ranks passed arrays of different shapes or dtypes (this rank, "
                      f"{_world.rank}: {host.dtype} {host.shape}; element counts by rank: "
                      f"{sizes.tolist()}); every rank must pass the same shape and dtype")
@@ -307,10 +291,8 @@ def allreduce(array, op="sum"):
 
 
 def broadcast(array, root=0):
-    """Rank ``root``'s ``array`` on every rank (a new array, on the caller's device).
-
-    Every rank passes an array of the same shape and dtype (the non-root ranks' values
-    are ignored).
+    """Rank ``root``'s ``array`` on every rank (a new array, on the caller's device); every
+    rank passes the same shape and dtype (the other ranks' values are ignored).
 
     >>> broadcast(np.array([4.0, 5.0]))
     array([4., 5.])
