@@ -5,6 +5,7 @@ can be called in-process: ``main(["train", "--dataset", "xor", "--epochs", "3"])
 ``python -m nanodl`` and the installed ``nanodl`` script both run it.
 """
 import argparse
+import contextlib
 import importlib.util
 import os
 import platform
@@ -48,32 +49,21 @@ def _hidden_sizes(text):
     return sizes
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+def _number(name, kind, accept, wanted):
+    """An argparse type: ``kind(text)`` if ``accept`` takes it (argparse names ``name`` in errors)."""
+    def parse(text):
+        value = kind(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+    parse.__name__ = name
+    return parse
 
 
-def _rate(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _non_negative(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _positive(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
+_positive_int = _number("_positive_int", int, lambda value: value >= 1, "an integer >= 1")
+_rate = _number("_rate", float, lambda value: 0 <= value < 1, "in [0, 1)")
+_non_negative = _number("_non_negative", float, lambda value: value >= 0, "a number >= 0")
+_positive = _number("_positive", float, lambda value: value > 0, "a number > 0")
 
 
 def build_parser():
@@ -179,8 +169,9 @@ def _check_device(device):
         raise UsageError("--device cuda is not available: " + " ".join(str(reason).split()))
 
 
-def _select_kernels(name):
-    """Select the CPU kernels (None keeps the default); returns the name in use before."""
+@contextlib.contextmanager
+def _kernels(name):
+    """Run the block on the CPU kernels ``name`` (None keeps the default), then restore them."""
     from . import backend
     previous = backend.get_kernels()
     if name is not None:
@@ -188,7 +179,10 @@ def _select_kernels(name):
             raise UsageError("--kernels native: the compiled extension is not built; build it with "
                              "`pip install -e .` (needs a C compiler) or use --kernels numpy")
         backend.set_kernels(name)
-    return previous
+    try:
+        yield
+    finally:
+        backend.set_kernels(previous)
 
 
 # ---------------------------------------------------------------- train
@@ -258,7 +252,6 @@ def _join_mpi_world():
 
 def run_train(args, rest):
     import nanodl as nd
-    from . import backend
 
     started = time.perf_counter()
     ranks, say = _join_mpi_world()
@@ -272,8 +265,7 @@ def run_train(args, rest):
         raise UsageError("--export-onnx: " + _INSTALL_HINT)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before training, not after
         raise UsageError(PLOT_HINT)
-    previous_kernels = _select_kernels(args.kernels)
-    try:
+    with _kernels(args.kernels):
         nd.manual_seed(args.seed)
         x_train, y_train, x_test, y_test, n_classes = load_dataset(args)
         model = build_model(args, x_train.shape[1], n_classes, ranks)
@@ -284,7 +276,7 @@ def run_train(args, rest):
         say(f"nanodl train: {args.dataset} ({len(x_train)} train / {len(x_test)} test samples, "
             f"{n_classes} classes), hidden {','.join(map(str, args.hidden)) or 'none'}, "
             f"{args.optimizer} lr={model.optimizer.lr:g}, {epochs} epochs, batch {args.batch_size}"
-            f"{parallel}, device {args.device}, kernels {backend.get_kernels()}")
+            f"{parallel}, device {args.device}, kernels {nd.backend.get_kernels()}")
         fit_started = time.perf_counter()
         history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=epochs,
                             verbose=args.verbose, validation_split=0.1, shuffle=True)
@@ -292,7 +284,8 @@ def run_train(args, rest):
         test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=256)
         say(f"test accuracy: {float(test_accuracy):.4f}  (test loss {float(test_loss):.4f})")
         if args.diagnose:  # the curves' verdict, then one batch looked at closely
-            say(f"diagnosis: {history.diagnose().verdict}: {history.diagnose()}\n{nd.diagnose(model, x_train, y_train)}")
+            curves = history.diagnose()
+            say(f"diagnosis: {curves.verdict}: {curves}\n{nd.diagnose(model, x_train, y_train)}")
         say(f"wall time: {time.perf_counter() - started:.1f} s (training {fit_seconds:.1f} s)")
         target = None
         try:
@@ -316,8 +309,6 @@ def run_train(args, rest):
         except OSError as error:  # a missing folder, no permission, a full disk
             print(f"nanodl train: error: cannot write {target}: {error.strerror or error}", file=sys.stderr)
             return 1
-    finally:
-        backend.set_kernels(previous_kernels)
     return 0
 
 
@@ -325,34 +316,29 @@ def run_profile(args, rest):
     """One training step of ``train``'s model, op by op (``nanodl.profile``)."""
     import nanodl as nd
     _check_device(args.device)
-    previous_kernels = _select_kernels(args.kernels)
-    try:
+    with _kernels(args.kernels):
         nd.manual_seed(args.seed)
         x, y, _, _, n_classes = load_dataset(args)
         model = build_model(args, x.shape[1], n_classes).to(args.device)
         prof = nd.diagnostics.profiler.profile_step(model, x[:args.batch_size], y[:args.batch_size])
         print(f"nanodl profile: one training step of train's {args.dataset} model, batch {args.batch_size}")
         prof.table(by="layer" if args.by_layer else "op")
-    finally:
-        nd.backend.set_kernels(previous_kernels)
     return 0
 
 
 # ---------------------------------------------------------------- info
 def _blas_lines():
     """Which BLAS NumPy was built with, from ``numpy.show_config(mode='dicts')`` when available."""
-    lines = []
     try:
-        config = np.show_config(mode="dicts")
-    except TypeError:  # NumPy < 1.26 has no mode argument
-        config = None
-    if isinstance(config, dict):
-        dependencies = config.get("Build Dependencies", {})
-        for kind in ("blas", "lapack"):
-            entry = dependencies.get(kind) or {}
-            if entry:
-                name, version = entry.get("name", "unknown"), entry.get("version", "")
-                lines.append(f"{kind.upper() + ':':<10}{name} {version}".rstrip())
+        dependencies = np.show_config(mode="dicts").get("Build Dependencies", {})
+    except (TypeError, AttributeError):  # NumPy < 1.26 has no mode argument
+        dependencies = {}
+    lines = []
+    for kind in ("blas", "lapack"):
+        entry = dependencies.get(kind)
+        if entry:
+            name, version = entry.get("name", "unknown"), entry.get("version", "")
+            lines.append(f"{kind.upper() + ':':<10}{name} {version}".rstrip())
     if not lines:
         lines.append(f"{'BLAS:':<10}unknown (see numpy.show_config())")
     try:
@@ -416,17 +402,15 @@ def _delegate(function, argv):
 
 def run_gradcheck(args, rest):
     """Print the op audit table; exit status 1 if any op fails."""
-    from . import backend, gradcheck
+    from . import gradcheck
     _check_device(args.device)
-    previous = _select_kernels(args.kernels)
     ops = args.ops.split(",") if args.ops else None
     try:
-        table = gradcheck.audit(dtype=args.dtype, device=args.device, seed=args.seed, ops=ops,
-                                order=args.order)
+        with _kernels(args.kernels):
+            table = gradcheck.audit(dtype=args.dtype, device=args.device, seed=args.seed, ops=ops,
+                                    order=args.order)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    finally:
-        backend.set_kernels(previous)
     print(table)
     if args.verbose or not table.passed:
         for row in table.failures:

@@ -29,18 +29,16 @@ nanodl layer                ONNX nodes
 ``Embedding``               ``Gather(embeddings, indices, axis=0)``; int64 input
 ==========================  ===========================================================
 
-The batch dimension is symbolic (``'batch'``), so the file serves any batch size.
-The weights are stored as initializers under their ``state_dict`` names
-(``layers.0.kernel``). The write is atomic, like every file nanodl writes: an
-error mid-way leaves an earlier file at ``path`` untouched.
+The batch dimension is symbolic (``'batch'``), so the file serves any batch size; the
+weights are initializers under their ``state_dict`` names (``layers.0.kernel``); the
+write is atomic (an error mid-way leaves an earlier file at ``path`` untouched).
 
 The exporter writes what the built-in classes compute, so it refuses, with a
 ``ValueError`` naming the layer, what it cannot prove it reproduces: a layer with no
-entry in its table (keyed by layer type; the activation layers come from the
-activation records), a layer or ``Sequential`` class that overrides ``forward``, a
-forward hook, an op onnxruntime cannot run in the model's dtype, and a model that is
-not built yet. The ``onnx`` package is imported only when ``export`` runs (install it
-with ``pip install 'nanodl[onnx]'``).
+entry in its table, a layer or ``Sequential`` class that overrides ``forward``, a
+forward hook, an op onnxruntime cannot run in the model's dtype, and a model not built
+yet. The ``onnx`` package is imported only when ``export`` runs (``pip install
+'nanodl[onnx]'``).
 
 >>> import os, tempfile, numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -78,20 +76,11 @@ _INSTALL_HINT = ("nanodl.onnx.export needs the onnx package, which is not instal
                  "`pip install 'nanodl[onnx]'` (onnx, and onnxruntime to run the file)")
 
 
-def _import_onnx():
-    try:
-        import onnx
-    except ImportError as error:
-        raise ImportError(_INSTALL_HINT) from error
-    return onnx
-
-
 class _Graph:
     """The nodes and initializers of one graph, with unique names."""
 
     def __init__(self, onnx, opset, float_dtype):
         self.onnx = onnx
-        self.helper = onnx.helper
         self.opset = opset
         self.float_dtype = np.dtype(float_dtype)
         self.nodes = []
@@ -114,13 +103,13 @@ class _Graph:
         return name
 
     def scalar(self, scope, label, value):
-        return self.constant(f"{scope}/{label}", np.asarray(value, dtype=self.float_dtype))
+        return self.constant(f"{scope}/{label}", value)
 
     def node(self, op_type, inputs, scope, **attributes):
         """Add one node; returns the name of its (single) output."""
         output = self.unique(f"{scope}/{op_type}")
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), [output], name=output,
-                                                **attributes))
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [output], name=output,
+                                                     **attributes))
         return output
 
     def reduce_mean_last(self, x, scope):
@@ -131,16 +120,8 @@ class _Graph:
 
 
 # ---------------------------------------------------------------- activations, by record name
-def _relu(graph, x, scope, alpha):
-    return graph.node("Relu", [x], scope)
-
-
-def _tanh(graph, x, scope, alpha):
-    return graph.node("Tanh", [x], scope)
-
-
-def _softmax_last(graph, x, scope, alpha):
-    return graph.node("Softmax", [x], scope, axis=-1)
+def _one_node(op_type, **attributes):
+    return lambda graph, x, scope, alpha: graph.node(op_type, [x], scope, **attributes)
 
 
 def _leaky_relu(graph, x, scope, alpha):
@@ -151,10 +132,14 @@ def _leaky_relu(graph, x, scope, alpha):
     return graph.node("Where", [condition, x, scaled], scope)
 
 
+def _exp_minus_abs(graph, x, scope):
+    return graph.node("Exp", [graph.node("Neg", [graph.node("Abs", [x], scope)], scope)], scope)
+
+
 def _sigmoid(graph, x, scope, alpha=None):
     """``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` below, ``e = exp(-|x|)``: nanodl's stable
     form. (onnxruntime's ``Sigmoid`` approximates: relative errors near 1e-4 in the tails.)"""
-    e = graph.node("Exp", [graph.node("Neg", [graph.node("Abs", [x], scope)], scope)], scope)
+    e = _exp_minus_abs(graph, x, scope)
     one = graph.scalar(scope, "one", 1.0)
     denominator = graph.node("Add", [e, one], scope)
     positive = graph.node("Div", [one, denominator], scope)
@@ -181,7 +166,7 @@ def _softplus(graph, x, scope, alpha):
     """nanodl's ``max(x, 0) + log1p(exp(-|x|))``, with ``log1p(e) = log(u) e / (u - 1)``,
     ``u = 1 + e`` (exact to a few ulps; ``e`` itself where ``u`` rounds to 1): ONNX has no
     log1p, and onnxruntime has no float64 ``Softplus``."""
-    e = graph.node("Exp", [graph.node("Neg", [graph.node("Abs", [x], scope)], scope)], scope)
+    e = _exp_minus_abs(graph, x, scope)
     one = graph.scalar(scope, "one", 1.0)
     u = graph.node("Add", [e, one], scope)
     ratio = graph.node("Div", [e, graph.node("Sub", [u, one], scope)], scope)
@@ -204,9 +189,10 @@ def _gelu(graph, x, scope, alpha):
 
 # One emitter per activation record (``nanodl.backend.activations``), plus the fused softmax
 # the dense layer takes; tests/test_onnx.py checks every record has one.
-_ACTIVATION_NODES = {"linear": lambda graph, x, scope, alpha: x, "relu": _relu, "leaky_relu": _leaky_relu,
-                     "sigmoid": _sigmoid, "tanh": _tanh, "gelu": _gelu, "elu": _elu,
-                     "softplus": _softplus, "softmax": _softmax_last}
+_ACTIVATION_NODES = {"linear": lambda graph, x, scope, alpha: x, "relu": _one_node("Relu"),
+                     "leaky_relu": _leaky_relu, "sigmoid": _sigmoid, "tanh": _one_node("Tanh"),
+                     "gelu": _gelu, "elu": _elu, "softplus": _softplus,
+                     "softmax": _one_node("Softmax", axis=-1)}
 
 
 def _activation(graph, x, name, scope, alpha=None):
@@ -260,21 +246,20 @@ def _layer_table():
     registered layer (``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``GELU``) applies it,
     with the layer's ``alpha`` where the record has one.
     """
-    layers = _layers
     table = {
-        layers.Dense: _dense,
-        layers.Softmax: lambda graph, layer, x, scope, rank: graph.node("Softmax", [x], scope,
-                                                                        axis=layer.axis),
-        layers.Activation: lambda graph, layer, x, scope, rank: _activation(graph, x, layer.name, scope),
-        layers.Dropout: lambda graph, layer, x, scope, rank: graph.node("Identity", [x], scope),
-        layers.Flatten: lambda graph, layer, x, scope, rank: (
+        _layers.Dense: _dense,
+        _layers.Softmax: lambda graph, layer, x, scope, rank: graph.node("Softmax", [x], scope,
+                                                                         axis=layer.axis),
+        _layers.Activation: lambda graph, layer, x, scope, rank: _activation(graph, x, layer.name, scope),
+        _layers.Dropout: lambda graph, layer, x, scope, rank: graph.node("Identity", [x], scope),
+        _layers.Flatten: lambda graph, layer, x, scope, rank: (
             x if rank == 2 else graph.node("Flatten", [x], scope, axis=1)),
-        layers.BatchNorm: _batch_norm,
-        layers.LayerNorm: _layer_norm,
-        layers.Embedding: _embedding,
+        _layers.BatchNorm: _batch_norm,
+        _layers.LayerNorm: _layer_norm,
+        _layers.Embedding: _embedding,
     }
     for record in ACTIVATIONS:
-        layer_class = layers.LAYERS.get(record.op)
+        layer_class = _layers.LAYERS.get(record.op)
         if layer_class is not None:
             table[layer_class] = functools.partial(_activation_layer, record)
     return table
@@ -356,7 +341,10 @@ def export(model, path, opset=17):
         raise ValueError(f"nanodl.onnx.export: expected an nn.Sequential of built-in layers, got "
                          f"{type(model).__name__} (a subclassed model's forward cannot be read as a graph)")
     _refuse_unprovable(model, "the model", Sequential)
-    onnx = _import_onnx()
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError(_INSTALL_HINT) from error
     latest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or \
             not MIN_OPSET <= opset <= latest:
@@ -371,15 +359,13 @@ def export(model, path, opset=17):
                          "model.build(input_shape) (e.g. model.build((None, 8))), fit, or predict on a "
                          "batch")
     float_dtype = model._float_dtype()
-    takes_indices = type(layers[0][1]).__name__ == "Embedding"
-    input_dtype = np.dtype(np.int64) if takes_indices else float_dtype
+    input_dtype = np.dtype(np.int64) if type(layers[0][1]) is _layers.Embedding else float_dtype
 
     # Run a one-sample batch through the layers (eval mode, no graph) for every output's rank
     # and shape; this also proves the layers accept the input shape before anything is written.
-    sample = Tensor(np.zeros((1,) + features, dtype=input_dtype))
-    ranks, out_shape = [], None
+    ranks = []
     with model._mode(False), no_grad():
-        x = sample
+        x = Tensor(np.zeros((1,) + features, dtype=input_dtype))
         for _, layer in layers:
             ranks.append(x.ndim)
             x = layer(x)
@@ -413,6 +399,5 @@ def export(model, path, opset=17):
                                          f"{len(layers)} layers")
     proto.ir_version = helper.find_min_ir_version_for(opset_imports)
     onnx.checker.check_model(proto, full_check=True)
-    payload = proto.SerializeToString()
-    atomic_write(path, lambda handle: handle.write(payload))
+    atomic_write(path, lambda handle: handle.write(proto.SerializeToString()))
     return proto
