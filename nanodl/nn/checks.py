@@ -1,6 +1,6 @@
-"""What ``compile`` and ``fit`` check and record before any training: the compile
-settings kept for ``save``, the warning for a probability loss on a head without an
-activation, and inputs whose feature count does not fit a layer.
+"""What ``compile`` and ``fit`` check and record before training: the compile settings
+kept for ``save``, a probability loss on a head without an activation, inputs that do
+not fit a layer.
 
 >>> import warnings
 >>> from nanodl import nn
@@ -22,7 +22,7 @@ from .module import ModuleList
 
 __all__ = ["compile_config", "warn_missing_activation", "check_input", "input_error"]
 
-# The losses that expect probabilities, and the activation that makes them.
+# The losses on probabilities: the activation that makes them, the from-logits class.
 _PROBABILITY_LOSSES = {"binary_crossentropy": ("sigmoid", "BinaryCrossentropy"),
                        "categorical_crossentropy": ("softmax", "CategoricalCrossentropy"),
                        "sparse_categorical_crossentropy": ("softmax", "SparseCategoricalCrossentropy")}
@@ -58,17 +58,6 @@ def warn_missing_activation(model, loss):
                   stacklevel=3)
 
 
-def _layers(model):
-    layers = getattr(model, "layers", None)
-    return list(layers) if isinstance(layers, ModuleList) else None
-
-
-def _named_layers(model):
-    """``(name, module)`` of every layer of ``model`` in definition order (no containers)."""
-    return [(name, module) for name, module in model.named_modules()[1:]
-            if not isinstance(module, ModuleList)]
-
-
 def _wanted_features(layer):
     kernel = getattr(layer, "kernel", None)
     if kernel is not None and getattr(layer, "_builds_itself", False):
@@ -83,9 +72,9 @@ def _does_not_fit(who, shape, index, name, layer, detail):
 
 def check_input(model, x, who):
     """ValueError naming the first layer when ``x``'s feature count (its last axis) is
-    not the one that layer was built for; the shape named is the one the user passed."""
-    layers = _layers(model)
-    if not layers or x.ndim < 2:
+    not the one that layer was built for."""
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, ModuleList) or not len(layers) or x.ndim < 2:
         return
     wanted = _wanted_features(layers[0])
     if wanted is not None and x.shape[-1] != wanted:
@@ -95,11 +84,12 @@ def check_input(model, x, who):
 
 def input_error(model, shape, x, error, who):
     """The error for ``x`` (a few samples of the user's array of ``shape``) failing in
-    the model's forward with ``error``: the innermost layer that could not take its
-    input, named with its position among the model's layers (``'layers.1'`` in a
-    Sequential, the attribute name in a subclassed Model); else ``error`` with the
-    user's shape. Found by running ``x`` again with every layer's forward watched."""
-    layers, failed = _named_layers(model), []
+    the model's forward with ``error``: it names the innermost layer that could not take
+    its input (found by running ``x`` again with every layer's forward watched), else
+    it is ``error`` with the user's shape."""
+    layers = [(name, module) for name, module in model.named_modules()[1:]
+              if not isinstance(module, ModuleList)]
+    failed = []
 
     def watched(index, name, layer, forward):
         def forward_watched(*args, **kwargs):

@@ -1,16 +1,10 @@
 """Weight initializers: ``f(shape, dtype=None) -> ndarray``, Keras formulas.
 
-Every draw comes from nanodl's global generator (``nd.manual_seed`` seeds it) and
-is made in float64, then cast to ``dtype`` (the default dtype when None), so one
-seed gives the same weights in float32 and float64.
-
-Fans: for a kernel of shape ``(in, out)`` fan_in is ``shape[0]`` and fan_out
-``shape[1]``; a 1-D shape uses its length for both; for more dimensions the
-leading axes are the receptive field (Keras' convolution convention).
-
-The ``*_normal`` initializers follow Keras: a normal truncated at two standard
-deviations, rescaled (divided by 0.8796...) so that the draws have exactly the
-target standard deviation (``sqrt(2 / fan_in)`` for ``he_normal``).
+Draws come from nanodl's generator (``nd.manual_seed``) in float64, cast to ``dtype``
+(the default dtype when None): one seed gives the same weights in float32 and float64.
+Fans: ``(in, out)`` for a kernel; the leading axes of more dimensions are the
+receptive field (Keras' convention). The ``*_normal`` ones are normals truncated at
+two standard deviations and rescaled to exactly the target standard deviation.
 
 >>> import nanodl as nd
 >>> from nanodl.nn import init
@@ -29,8 +23,7 @@ from ..tensor import get_default_dtype
 __all__ = ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal",
            "lecun_uniform", "zeros", "ones", "normal", "uniform", "get", "INITIALIZERS"]
 
-# Standard deviation of a unit normal truncated to [-2, 2] (Keras' correction factor).
-_TRUNCATED_STD = 0.87962566103423978
+_TRUNCATED_STD = 0.87962566103423978  # the std of a unit normal truncated to [-2, 2]
 
 
 def compute_fans(shape):
@@ -138,7 +131,4 @@ def name_of(initializer):
     """The registered name of an initializer, or None for a custom callable."""
     if isinstance(initializer, str):
         return initializer
-    for name, function in INITIALIZERS.items():
-        if function is initializer:
-            return name
-    return None
+    return next((name for name, function in INITIALIZERS.items() if function is initializer), None)

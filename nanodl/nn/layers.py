@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import ops, regularizers
-from ..archive import LAYERS, register_layer  # the registry lives with the file format
+from ..archive import LAYERS, register_layer
 from ..backend import is_device_array, to_device
 from ..tensor import Tensor, get_default_dtype
 from . import init
@@ -25,6 +25,7 @@ from .module import Module, Parameter
 __all__ = ["Layer", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU", "Activation",
            "Dropout", "Flatten", "BatchNorm", "LayerNorm", "Embedding", "LAYERS", "register_layer"]
 
+
 def _number(layer, name, value):
     """``value`` as a finite float, or TypeError/ValueError naming the layer and argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -32,6 +33,12 @@ def _number(layer, name, value):
     if not np.isfinite(value):
         raise ValueError(f"{layer}: {name} must be finite, got {value!r}")
     return float(value)
+
+
+def _positive_int(layer, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _input_dim(input_dim, input_shape):
@@ -58,12 +65,9 @@ class Layer(Module):
 
     @classmethod
     def state_shapes(cls, config):
-        """name -> shape of the parameters and buffers a layer made from ``config`` holds.
-
-        ``load_model`` compares them with a file's weights before it builds anything, so
-        a layer whose state is large says here what it will allocate. ``None`` (the
-        default) means "build it to find out", which is fine for layers without state.
-        """
+        """name -> shape of the parameters and buffers a layer made from ``config`` holds,
+        which ``load_model`` checks against a file before it allocates anything; None:
+        build it to find out (fine for layers without large state)."""
         return None
 
     def extra_repr(self):
@@ -92,9 +96,7 @@ class Dense(Layer):
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, input_shape=None):
         super().__init__()
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-            raise ValueError(f"Dense: units must be a positive integer, got {units!r}")
-        self.units = int(units)
+        self.units = _positive_int("Dense", "units", units)
         self.activation = F.resolve_activation(activation)
         self.alpha = F.DEFAULT_ALPHA.get(self.activation, 0.0) if isinstance(self.activation, str) \
             else 0.0
@@ -131,9 +133,7 @@ class Dense(Layer):
         also be an input shape (Keras' ``build(input_shape)``): its last axis."""
         if isinstance(input_dim, (tuple, list)) and input_dim:
             input_dim = input_dim[-1]
-        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
-            raise ValueError(f"Dense: input_dim must be a positive integer, got {input_dim!r}")
-        self.input_dim = int(input_dim)
+        self.input_dim = _positive_int("Dense", "input_dim", input_dim)
         dtype = get_default_dtype()
         kernel = np.asarray(self.kernel_initializer((self.input_dim, self.units), dtype), dtype=dtype)
         self.kernel = Parameter(to_device(kernel, device))
@@ -142,7 +142,7 @@ class Dense(Layer):
             self.bias = Parameter(to_device(bias, device))
 
     def forward(self, x):
-        if not isinstance(self.activation, str):  # a callable of the user's own
+        if not isinstance(self.activation, str):
             return self.activation(self._linear(x, "linear", 0.0))
         return self._linear(x, self.activation, self.alpha)
 
@@ -185,10 +185,18 @@ class Dense(Layer):
 
 
 # ---------------------------------------------------------------- activations
-@register_layer
-class ReLU(Layer):
+def _activation_layer(name, function, doc=None):
+    """A registered layer class ``name`` whose forward is ``function(x)``."""
     def forward(self, x):
-        return F.relu(x)
+        return function(x)
+    namespace = {"forward": forward, "__doc__": doc, "__module__": __name__}
+    return register_layer(type(name, (Layer,), namespace))
+
+
+ReLU = _activation_layer("ReLU", F.relu)
+Sigmoid = _activation_layer("Sigmoid", F.sigmoid)
+Tanh = _activation_layer("Tanh", F.tanh)
+GELU = _activation_layer("GELU", F.gelu, "GELU, tanh approximation.")
 
 
 @register_layer
@@ -202,26 +210,6 @@ class LeakyReLU(Layer):
 
     def get_config(self):
         return {"alpha": self.alpha}
-
-
-@register_layer
-class Sigmoid(Layer):
-    def forward(self, x):
-        return F.sigmoid(x)
-
-
-@register_layer
-class Tanh(Layer):
-    def forward(self, x):
-        return F.tanh(x)
-
-
-@register_layer
-class GELU(Layer):
-    """GELU, tanh approximation."""
-
-    def forward(self, x):
-        return F.gelu(x)
 
 
 @register_layer
@@ -332,9 +320,8 @@ class BatchNorm(_Norm):
     """Batch normalisation over every axis but the last (Keras' ``BatchNormalization``).
 
     Training: normalise with the batch mean and (population) variance, then update
-    ``moving = momentum * moving + (1 - momentum) * batch``. Eval: normalise with
-    the moving statistics. ``gamma`` and ``beta`` are parameters; ``moving_mean``
-    and ``moving_variance`` are buffers (saved, not trained).
+    ``moving = momentum * moving + (1 - momentum) * batch``; eval: with the moving
+    statistics (buffers: saved, not trained).
     """
 
     _BUFFERS = ("moving_mean", "moving_variance")
@@ -417,11 +404,8 @@ class Embedding(Layer):
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform"):
         super().__init__()
-        for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"Embedding: {name} must be a positive integer, got {value!r}")
-        self.input_dim = int(input_dim)
-        self.output_dim = int(output_dim)
+        self.input_dim = _positive_int("Embedding", "input_dim", input_dim)
+        self.output_dim = _positive_int("Embedding", "output_dim", output_dim)
         self.embeddings_initializer = init.get(embeddings_initializer)
         dtype = get_default_dtype()
         table = self.embeddings_initializer((self.input_dim, self.output_dim), dtype)

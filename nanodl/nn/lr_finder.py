@@ -1,22 +1,18 @@
 """``Model.find_lr``: a learning-rate sweep with the loss's sharpness beside it.
 
-The sweep (Smith's range test, as in fastai and Keras' LR finders) trains from
-``start_lr`` to ``end_lr`` on an exponential grid, one optimizer step per batch with
-the compiled optimizer, recording each batch's loss (before its step), smoothed by a
-bias-corrected exponential moving average. It stops early once the smoothed loss
-exceeds 4x its best, or a loss is not finite. The suggestion is the rate where the
-smoothed loss falls fastest (the steepest descent against log lr) before its minimum.
+The sweep (Smith's range test, as in fastai and Keras) takes one step of the
+compiled optimizer per batch at rates growing exponentially from ``start_lr`` to
+``end_lr``, recording each batch's loss (before its step) and its bias-corrected
+moving average; it stops once the smoothed loss exceeds 4x its best or a loss is not
+finite. The suggestion is where the smoothed loss falls fastest against log lr.
 
-The heuristic reads a noisy curve; the sharpness is a measurement. Gradient descent
-on a quadratic with curvature lambda is stable only for ``lr < 2 / lambda``
-(``docs/curvature.md`` derives it), so ``2 / lambda_max`` of the loss at the starting
-weights (``hessian_eigenvalues`` on a fixed batch) bounds the usable plain-gradient-
-descent rate; ``lambda_max`` at the end of the sweep shows how training moved it.
+The heuristic reads a noisy curve; the sharpness is a measurement: gradient descent
+on curvature lambda is stable only for ``lr < 2 / lambda`` (``docs/curvature.md``),
+so ``2 / lambda_max`` at the starting weights bounds the usable plain-GD rate.
 
-The sweep puts everything back as it was, bit for bit: the weights (in their own
-arrays), the gradients, the buffers, the optimizer's state, step counts and rate,
-the model's cached plan and its training flags. It draws its batches (and dropout
-masks) from a copy of nanodl's generator, so the global stream is not advanced.
+Everything is put back bit for bit (weights in their own arrays, gradients, buffers,
+the optimizer's state, the cached plan, training flags), and the batches and dropout
+masks come from a copy of nanodl's generator, so the global stream does not advance.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -44,23 +40,18 @@ from ..backend import is_device_array, to_device, to_host
 
 __all__ = ["LRFinder", "find_lr"]
 
-SMOOTHING = 0.98      # the moving average's weight on the past (fastai's; about 50 steps of memory)
+SMOOTHING = 0.98      # the moving average's weight on the past (fastai's; ~50 steps of memory)
 DIVERGENCE = 4.0      # stop once the smoothed loss exceeds this multiple of its best
 PLOT_HINT = ("LRFinder.plot needs matplotlib, which is not installed; get it with "
              "`pip install 'nanodl[plot]'` or `pip install matplotlib`")
 
 
 class LRFinder:
-    """What ``Model.find_lr`` found.
-
-    Attributes: ``lrs`` (the rates tried, an array), ``losses`` (the smoothed loss at
-    each), ``raw_losses`` (each batch's loss), ``suggestion`` (the rate where the
-    smoothed loss falls fastest, before it diverges), ``diverged`` (whether the sweep
-    stopped early), and ``sharpness``: None, or a dict with ``'start'`` and ``'end'``
-    (the largest Hessian eigenvalue of the loss on a fixed batch, at the starting
-    weights and at the sweep's last weights) and ``'stable_lr'`` (``2 / start``, the
-    largest rate at which plain gradient descent is stable near the start).
-    """
+    """What ``Model.find_lr`` found: ``lrs`` (the rates tried), ``losses`` (smoothed),
+    ``raw_losses``, ``suggestion`` (where the smoothed loss falls fastest), ``diverged``
+    (the sweep stopped early), and ``sharpness``: None, or ``{'start', 'end'}`` (the
+    largest Hessian eigenvalue of the loss on a fixed batch, at the first and the last
+    weights) with ``'stable_lr'`` (``2 / start``: the largest stable plain-GD rate)."""
 
     def __init__(self, lrs, losses, raw_losses, suggestion, sharpness, diverged):
         self.lrs, self.losses, self.raw_losses = lrs, losses, raw_losses
@@ -74,12 +65,9 @@ class LRFinder:
         return text + (", diverged)" if self.diverged else ")")
 
     def plot(self, path=None):
-        """The smoothed loss against the rate (log axis), the suggestion and ``2 / lambda_max``.
-
-        Returns the matplotlib ``Figure``. With ``path`` it is saved there as a PNG,
-        atomically (a temporary file moved over ``path``), drawn without pyplot (no
-        window, the backend untouched); without, it is a pyplot figure (shown inline
-        in a notebook). Needs matplotlib (``pip install 'nanodl[plot]'``).
+        """The smoothed loss against the rate (log axis), the suggestion and ``2 / lambda_max``;
+        returns the matplotlib ``Figure``. With ``path``: saved there as a PNG, atomically,
+        drawn without pyplot (no window); without: a pyplot figure (inline in a notebook).
         """
         try:
             if path is None:
@@ -109,8 +97,7 @@ class LRFinder:
 
 
 def find_lr(model, x, y, start_lr, end_lr, steps, batch_size, sharpness):
-    """The sweep behind ``Model.find_lr`` (which checks the model, ``x``, ``y`` and
-    ``batch_size`` first); returns an ``LRFinder``."""
+    """The sweep behind ``Model.find_lr`` (which checks its arguments first)."""
     lrs = _rates(start_lr, end_lr, steps)
     if not isinstance(sharpness, (bool, np.bool_)):
         raise ValueError(f"find_lr: sharpness must be True or False, got {sharpness!r}")
@@ -216,12 +203,9 @@ def _largest_eigenvalue(plan, x, y):
 
 # ------------------------------------------------------------------ putting it back
 class _Snapshot:
-    """Copies of everything a sweep changes, to write back in place afterwards.
-
-    Arrays are restored into the very arrays they came from (a captured step keeps
-    views of them: ``nanodl.capture.FlatUpdate``); the optimizer's attributes are
-    deep-copied (its parameters excepted) and written back the same way.
-    """
+    """Copies of everything a sweep changes, written back in place afterwards (into the
+    very arrays they came from: a captured step keeps views of them); the optimizer's
+    attributes are deep-copied (its parameters excepted) and written back the same way."""
 
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -255,16 +239,12 @@ def _copy(array):
     return None if array is None else array.copy()
 
 
-def _is_array(value):
-    return isinstance(value, np.ndarray) or is_device_array(value)
-
-
 def _write_back(live, saved):
     """``saved``'s value, kept in ``live``'s own containers and arrays where they match."""
     if live is saved:
         return live
-    if _is_array(saved) and type(live) is type(saved) and live.shape == saved.shape \
-            and live.dtype == saved.dtype:
+    if type(live) is type(saved) and (isinstance(saved, np.ndarray) or is_device_array(saved)) \
+            and live.shape == saved.shape and live.dtype == saved.dtype:
         live[...] = saved
         return live
     if type(saved) is dict and type(live) is dict:

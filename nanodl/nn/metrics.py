@@ -1,9 +1,7 @@
-"""Metrics for ``Model.fit``/``evaluate``: the metric functions, their names, and
-the per-epoch sums (``EpochTotals``) that make every reported number an exact
-per-sample (or weighted) mean however the samples are batched.
-
-Each metric maps a batch's ``(pred, target)`` backend arrays to one value per
-sample; ``add_batch`` folds a batch's loss and metrics into an epoch's totals.
+"""Metrics for ``Model.fit``/``evaluate``: each maps a batch's ``(pred, target)``
+arrays to one value per sample; ``add_batch`` adds them to the epoch's sums
+(``EpochTotals``), so every reported number is an exact per-sample (or weighted) mean
+however the samples are batched.
 
 >>> import numpy as np
 >>> specs = metric_specs(["acc", "mae"])
@@ -100,22 +98,6 @@ _RMSE = EpochMetric(lambda pred, target: (_mse(pred, target),),
                     lambda sums, weight: float(np.sqrt(sums[0] / weight)), 1)
 
 
-def _metric_sum(values, count):
-    """The sum over a batch of ``count`` samples of a metric's per-sample values; a
-    callable metric that returns one number stands for each of its samples."""
-    if np.ndim(values) == 0:
-        return float(values) * count
-    return float(values.sum())
-
-
-def _softmax_array(logits):
-    return ops.softmax(Tensor(logits)).data
-
-
-def _sigmoid_array(logits):
-    return ops.sigmoid(Tensor(logits)).data
-
-
 class EpochTotals:
     """What an epoch adds up, batch by batch: the sums behind its reported averages.
 
@@ -134,7 +116,6 @@ class EpochTotals:
     def __init__(self, labels):
         entries = [(label, None) if isinstance(label, str) else label for label in labels]
         self.labels = [label for label, _ in entries]
-        # per metric: its EpochMetric (several sums) or None (one weighted sum)
         self.epoch_metrics = [m if isinstance(m, EpochMetric) else None for _, m in entries]
         width = sum(1 if m is None else m.count for m in self.epoch_metrics)
         self.values = [0.0] * (3 + width)
@@ -182,12 +163,10 @@ def metric_specs(metrics):
 
 def accuracy_kind(loss_name, out_shape, y_shape):
     """How accuracy reads targets: ``'binary'``, ``'sparse'`` or ``'categorical'``."""
-    if loss_name == "binary_crossentropy":
-        return "binary"
-    if loss_name == "sparse_categorical_crossentropy":
-        return "sparse"
-    if loss_name == "categorical_crossentropy":
-        return "categorical"
+    kind = {"binary_crossentropy": "binary", "sparse_categorical_crossentropy": "sparse",
+            "categorical_crossentropy": "categorical"}.get(loss_name)
+    if kind is not None:
+        return kind
     if not out_shape or out_shape[-1] == 1:
         return "binary"
     return "categorical" if tuple(y_shape[1:]) == out_shape else "sparse"
@@ -198,9 +177,7 @@ def choose_metrics(specs, loss_name, out_shape, y_shape, logits):
     ``logits`` (``'softmax'``/``'sigmoid'``/None) says the training forward stops at
     logits (``fuse_logits``), so the functions turn them into probabilities first."""
     metrics = []
-    to_probs = None
-    if logits:  # the loop sees logits: metrics on probabilities turn them into those first
-        to_probs = _softmax_array if logits == "softmax" else _sigmoid_array
+    to_probs = {"softmax": ops.softmax, "sigmoid": ops.sigmoid}.get(logits)
     for label, metric in specs:
         if callable(metric):
             function = metric if to_probs is None else _on_probabilities(metric, to_probs)
@@ -225,7 +202,7 @@ def choose_metrics(specs, loss_name, out_shape, y_shape, logits):
 def _on_probabilities(function, to_probs):
     """``function`` fed probabilities where the training loop computes logits."""
     def on_probabilities(pred, target):
-        return function(to_probs(pred), target)
+        return function(to_probs(Tensor(pred)).data, target)
     if isinstance(function, EpochMetric):
         return EpochMetric(on_probabilities, function.finish, function.count)
     return on_probabilities
@@ -240,9 +217,10 @@ def add_batch(totals, metrics, loss, out, target, weight=None):
     for _, metric in metrics:
         values = metric(out, target)
         for part in (values if isinstance(metric, EpochMetric) else (values,)):
-            if weight is None:
-                sums.append(_metric_sum(part, count))
+            if np.ndim(part) == 0:  # a callable's one number stands for each of its samples
+                sums.append(float(part) * weight_sum)
+            elif weight is None:
+                sums.append(float(part.sum()))
             else:
-                sums.append(float(part) * weight_sum if np.ndim(part) == 0
-                            else float((_per_sample(part) * weight).sum()))
+                sums.append(float((_per_sample(part) * weight).sum()))
     totals.add(loss, count, weight_sum, sums)

@@ -1,12 +1,10 @@
 """``Model`` (a Module with Keras' compile/fit/evaluate/predict) and ``Sequential``.
 
-How ``fit`` reads, top to bottom: check the arguments and prepare the arrays
-(``nn/prepare.py``), decide once (a ``_Plan``, ``nn/plan.py``), then for each epoch
-``_fit_epoch``: draw the sample order (``_epoch_order``), run ``_train_step``
-(forward, loss, backward, optimizer step) per batch, add the batch's numbers to
-``EpochTotals`` (``nn/metrics.py``), and hand the averages to the callbacks.
-Printing and saving happen only in callbacks (``ProgressBar`` is what ``verbose``
-adds). ``fit``, ``evaluate`` and ``predict`` share one batcher, ``data.batch_slices``.
+``fit`` reads top to bottom: prepare the arrays (``nn/prepare.py``), decide once (a
+``_Plan``, ``nn/plan.py``), then per epoch ``_fit_epoch``: the sample order
+(``_epoch_order``), one ``_train_step`` per batch, the batch's numbers into
+``EpochTotals`` (``nn/metrics.py``), the averages to the callbacks (which alone print
+and save).
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -46,23 +44,20 @@ from .prepare import (_check_batch_size, _check_epochs, _samples, fit_callbacks,
 
 __all__ = ["Model", "Sequential", "METRICS", "EpochTotals", "fuse_logits"]
 
-# One lock per model, held by each training step and by ``save``: a save from another
-# thread writes the weights (and optimizer state) of one step, never a mix of two. Kept
-# beside the model rather than on it, so a model still pickles (scikit-learn's n_jobs).
+# One lock per model, held by each training step and by ``save`` (a save from another
+# thread writes one step's weights, never a mix); beside the model, so a model pickles.
 _STATE_LOCKS = weakref.WeakKeyDictionary()
 
 
 def _state_lock(model):
     lock = _STATE_LOCKS.get(model)
-    if lock is None:
-        lock = _STATE_LOCKS.setdefault(model, threading.RLock())
-    return lock
+    return lock if lock is not None else _STATE_LOCKS.setdefault(model, threading.RLock())
 
 
 class Model(Module):
     """A Module with Keras' training loop; subclass it and write ``forward``."""
 
-    # Defaults as class attributes, so a subclass that forgets super().__init__() still works.
+    # Class defaults, so a subclass that forgets super().__init__() still works.
     optimizer = None          # set by compile
     loss = None               # name or callable, as given to compile
     stop_training = False     # a callback sets it to end fit after the current epoch
@@ -74,7 +69,7 @@ class Model(Module):
     _data_parallel = None     # the optimizer's fit_strategy() during a data-parallel fit
     _builds_itself = True     # its layers build on the first batch (Module.__call__ calls no build)
     epochs_trained = 0        # epochs fit has completed (saved with the model)
-    # What fit records about itself: no step reads it (a captured step's signature skips it)
+    # What fit records about itself: no step reads it (a captured step's signature skips it).
     _bookkeeping = frozenset({"history", "stop_training", "epochs_trained", "_resume_epoch",
                               "_plan_cache", "_data_parallel", "_compile_config"})
 
@@ -125,7 +120,9 @@ class Model(Module):
         x = as_array(x_sample, what="x")[:2]
         if x.ndim == 1:
             x = x.reshape(-1, 1)
-        x = to_device(x.astype(self._input_dtype(x.dtype)) if x.dtype.kind != "f" else x, self._device())
+        if x.dtype.kind != "f":
+            x = x.astype(self._input_dtype(x.dtype))
+        x = to_device(x, self._device())
         try:
             with self._mode(False), no_grad():
                 out = self.forward(Tensor(x))
@@ -170,16 +167,15 @@ class Model(Module):
             sample_weight=None, capture="auto", initial_epoch=0):
         """Train for ``epochs`` passes over ``(x, y)``; returns the ``callbacks.History``.
 
-        Reported loss and metrics are averaged per sample over the epoch (the loss
-        includes the layers' weight penalties, as in Keras). ``validation_split``
-        holds out the *last* fraction of ``x``/``y`` before shuffling, as Keras does.
-        ``sample_weight`` (one per sample) and ``class_weight`` (``{class: weight}`` or
-        ``'balanced'``) scale each sample's loss; metrics become weighted means.
-        ``capture``: train through a captured step (``nanodl.capture``: the same results,
-        bit for bit, less work per batch); ``'auto'`` where ``_Plan.capturable`` says so
-        and ``_train_step`` is not overridden. ``initial_epoch``: continue from that epoch. With ``optim.LBFGS`` (``compile(optimizer='lbfgs')``)
-        training is full-batch: each epoch is one ``step(closure)`` over every training
-        sample, whatever ``batch_size`` says.
+        Loss and metrics are per-sample averages over the epoch (the loss with the
+        weight penalties, as Keras). ``validation_split`` holds out the *last* fraction
+        before shuffling, as Keras. ``sample_weight`` (one per sample) and
+        ``class_weight`` (``{class: weight}`` or ``'balanced'``) scale each sample's
+        loss; metrics become weighted means. ``capture``: train through a captured step
+        (``nanodl.capture``: the same results, bit for bit, less work per batch);
+        ``'auto'`` where ``_Plan.capturable`` says so and ``_train_step`` is not
+        overridden. ``initial_epoch``: continue from that epoch. ``optim.LBFGS`` trains
+        full-batch: one ``step(closure)`` per epoch, whatever ``batch_size`` says.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
@@ -231,10 +227,9 @@ class Model(Module):
         return (verbose if parallel.rank == 0 else 0), validation
 
     def _fit_epoch(self, plan, x, y, weight, batch_size, shuffle, callbacks, train_step=None):
-        """One pass over the training set, in the order ``_epoch_order`` gives, one
-        ``_train_step`` per batch; returns the epoch's logs (per-sample averages). A
-        ``stop_training`` set by a callback takes effect after the epoch (in ``fit``),
-        the same on one process and on many, where every rank sees the same logs."""
+        """One pass over the training set in ``_epoch_order``, one ``_train_step`` per
+        batch; returns the epoch's logs. A callback's ``stop_training`` takes effect
+        after the epoch (in ``fit``), so every rank of a data-parallel fit stops alike."""
         order = self._epoch_order(len(x), shuffle)
         if order is not None:
             order = to_device(order, plan.device)
@@ -254,15 +249,14 @@ class Model(Module):
         return self._reduce_totals(totals).averages()
 
     def _train_step(self, plan, x, target, weight=None):
-        """One training step on one batch (``_Plan.step``: forward, loss, backward,
-        optimizer step); returns ``(loss, out)``, both Tensors. ``fit`` and
-        ``train_on_batch`` both train through this method."""
+        """One training step on one batch (``_Plan.step``); returns ``(loss, out)``, both
+        Tensors. ``fit`` and ``train_on_batch`` both train through this method."""
         return plan.step(x, target, weight)
 
     def _epoch_order(self, n, shuffle):
-        """The order of the ``n`` training samples for one epoch: a host index array
-        (a fresh permutation from nanodl's generator when ``shuffle``), or None for
-        0, 1, ..., n-1. Data-parallel: this rank's shard of the shared order."""
+        """The order of the ``n`` samples for one epoch: a host index array (a fresh
+        permutation when ``shuffle``), or None for 0, 1, ..., n-1. Data-parallel: this
+        rank's shard of the shared order."""
         return (self._data_parallel or LOCAL_FIT).epoch_order(n, shuffle)
 
     def _samples_per_epoch(self, n):
@@ -287,14 +281,11 @@ class Model(Module):
     def find_lr(self, x, y, start_lr=1e-7, end_lr=10.0, steps=100, batch_size=32, sharpness=True):
         """A learning-rate sweep, with the loss's sharpness beside it; returns an ``LRFinder``.
 
-        ``steps`` optimizer steps (the compiled optimizer, one batch each; all samples
-        for a ``full_batch`` optimizer such as LBFGS, as ``fit``) at rates
+        ``steps`` steps of the compiled optimizer (one batch each, as ``fit``) at rates
         growing exponentially from ``start_lr`` to ``end_lr``, stopping once the
-        smoothed loss passes 4x its best. ``LRFinder.suggestion`` is where the smoothed
-        loss fell fastest; with ``sharpness``, ``LRFinder.sharpness`` holds the largest
-        Hessian eigenvalue of the loss on the first batch at the start and the end, and
-        ``'stable_lr'`` = 2 / the start's. The weights, the optimizer's state and the
-        training flags are left exactly as they were (``nanodl.nn.lr_finder``).
+        smoothed loss passes 4x its best; with ``sharpness``, the largest Hessian
+        eigenvalue at the start and the end. The weights, the optimizer's state and
+        the training flags are left exactly as they were (``nanodl.nn.lr_finder``).
         """
         self._require_compiled("find_lr")
         batch_size = _check_batch_size(batch_size, "find_lr")
@@ -303,10 +294,8 @@ class Model(Module):
 
     # ------------------------------------------------------------ evaluate / predict
     def _evaluate_arrays(self, plan, x, y, weight, batch_size, reduce=False):
-        """``{'loss': ..., metric: ...}``, per-sample (or weighted) averages over prepared
-        arrays (the loss with the weight penalties, as Keras), in eval mode, no graph.
-        ``reduce``: the totals are summed over the processes first (fit's sharded
-        validation)."""
+        """``{'loss': ..., metric: ...}`` over prepared arrays, in eval mode, no graph;
+        ``reduce``: summed over the processes first (fit's sharded validation)."""
         with self._mode(False), no_grad():
             totals, penalty = plan.evaluate(x, y, weight, batch_size)
         if reduce:
@@ -387,8 +376,8 @@ class Sequential(Model):
         try:
             layers = list(layers or [])
         except TypeError:
-            raise TypeError(f"Sequential: layers must be a list of layers, got {type(layers).__name__}") \
-                from None
+            raise TypeError(f"Sequential: layers must be a list of layers, "
+                            f"got {type(layers).__name__}") from None
         for layer in layers:
             self.add(layer)
 

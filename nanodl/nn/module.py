@@ -57,11 +57,6 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
-def _host_copy(array):
-    """A NumPy copy of a backend array (CuPy arrays are fetched from the GPU)."""
-    return to_host(array, copy=True)
-
-
 class Module:
     """Base class of layers and models: ``__call__`` runs ``forward``.
 
@@ -70,13 +65,9 @@ class Module:
     """
 
     def __init__(self):
-        state = self.__dict__
-        if "_parameters" not in state:
-            state["_parameters"] = {}
-            state["_modules"] = {}
-            state["_buffers"] = {}
-            state["_order"] = {}  # every registered name, in definition order (an ordered set)
-            state["training"] = True
+        if "_parameters" not in self.__dict__:
+            # _order: every registered name, in definition order (an ordered set)
+            self.__dict__.update(_parameters={}, _modules={}, _buffers={}, _order={}, training=True)
 
     # ------------------------------------------------------------ registration
     def __setattr__(self, name, value):
@@ -95,15 +86,11 @@ class Module:
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} "
                                 "(an array or None expected)")
             buffers[name] = value
-        elif name in params:
+        elif name in params or name in modules:
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
-                                "(nn.Parameter or None expected)")
-            self._forget(name)
-        elif name in modules:
-            if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as sub-module {name!r} "
-                                "(nn.Module or None expected)")
+                what, expected = ("parameter", "Parameter") if name in params else ("sub-module", "Module")
+                raise TypeError(f"cannot assign {type(value).__name__} as {what} {name!r} "
+                                f"(nn.{expected} or None expected)")
             self._forget(name)
         state[name] = value  # plain attribute lookup stays as fast as Python's
 
@@ -128,9 +115,7 @@ class Module:
         self.__dict__[name] = array
 
     # ------------------------------------------------------------ running
-    # Layers that create their weights inside forward, on the input's device (Dense, the
-    # norms, models): the framework does not call their build.
-    _builds_itself = False
+    _builds_itself = False  # True: it builds in forward, on the input's device (Dense, norms)
 
     def __call__(self, *args, **kwargs):
         if args and isinstance(args[0], (np.ndarray, list)):
@@ -147,9 +132,8 @@ class Module:
         return output
 
     def _build_once(self, args):
-        """Keras: a layer's ``build(input_shape)`` runs once, before its first forward, so
-        a custom layer can create its weights there (``input_shape`` is the first
-        argument's shape, batch axis included). Not called when ``built`` is true.
+        """Keras: ``build(input_shape)`` runs once before the first forward (``input_shape``
+        is the first argument's shape, batch axis included), unless ``built`` is true.
 
         >>> import numpy as np
         >>> from nanodl import nn
@@ -174,9 +158,8 @@ class Module:
         """Call ``hook(module, inputs, output)`` after every forward of this module.
 
         ``inputs`` is the tuple of positional arguments; a hook that returns something
-        other than None replaces the output (as in PyTorch). Returns a handle whose
-        ``remove()`` detaches the hook. The handle holds the module only weakly, so
-        hooks never keep a model alive.
+        other than None replaces the output (as in PyTorch). The returned handle's
+        ``remove()`` detaches the hook; it holds the module weakly.
 
         >>> from nanodl import nn
         >>> layer, seen = nn.ReLU(), []
@@ -223,11 +206,8 @@ class Module:
         return [module for _, module in self.named_modules()]
 
     def _walk(self, prefix=""):
-        """``(dotted name, owner, attribute, is_parameter)`` for every parameter and buffer.
-
-        Depth first in definition order: a parameter assigned between two sub-modules
-        comes between their entries. A module reached twice is walked once.
-        """
+        """``(dotted name, owner, attribute, is_parameter)`` for every parameter and buffer,
+        depth first in definition order; a module reached twice is walked once."""
         result, seen = [], {id(self)}
         stack = [(prefix, self, iter(list(self._order)))]
         while stack:
@@ -290,10 +270,8 @@ class Module:
 
     def regularization_loss(self):
         """The sum of ``regularization_losses()``, or None when no layer has a regularizer."""
-        total = None
-        for penalty in self.regularization_losses():
-            total = penalty if total is None else total + penalty
-        return total
+        penalties = self.regularization_losses()
+        return sum(penalties[1:], penalties[0]) if penalties else None
 
     def penalties(self):
         """This module's own weight penalties (layers with regularizers override it)."""
@@ -318,7 +296,7 @@ class Module:
         result = {}
         for name, module, attr, is_param in self._state_entries():
             value = module._parameters[attr].data if is_param else module._buffers[attr]
-            result[name] = _host_copy(value)
+            result[name] = to_host(value, copy=True)
         return result
 
     def load_state_dict(self, state_dict, strict=True):
@@ -339,11 +317,8 @@ class Module:
         missing = [name for name, *_ in entries if name not in state_dict]
         unexpected = [name for name in state_dict if name not in known]
         if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
+            parts = [f"{kind} keys {names}" for kind, names in
+                     (("missing", missing), ("unexpected", unexpected)) if names]
             hint = ""
             if unexpected and any(getattr(m, "built", True) is False for m in self.modules()):
                 hint = " (some layers are not built yet: call the model on a batch first)"

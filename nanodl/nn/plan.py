@@ -1,15 +1,11 @@
 """What ``fit``/``evaluate`` decide once: the ``_Plan`` (forward, loss, metrics, the step).
 
-A ``_Plan`` holds the forward to run, the loss (``plan.loss``: the one place the
-compiled loss, sample weights and the reduction meet), the metric functions, the
-parameters, and the training step (``plan.step``, the one eager step: ``fit``,
-``train_on_batch`` and ``nanodl.CapturedStep`` all run it); and ``LocalFit``, how a
-one-process fit orders its samples. ``nn/prepare.py`` checks the user's arguments.
+``plan.loss`` is the one place where the compiled loss, sample weights and the
+reduction meet; ``plan.step`` is the one eager step (``fit``, ``train_on_batch`` and
+``nanodl.CapturedStep`` all run it). ``LocalFit`` orders a one-process fit's samples.
 
-A softmax (sigmoid) output trained with a categorical (binary) cross-entropy on
-probabilities is fused, as Keras does (``fuse_logits``): the last Dense computes
-logits and the loss is the stable logits form (``ops.softmax_cross_entropy``),
-the same function without the clipping and without overflow.
+A softmax (sigmoid) head trained with a categorical (binary) cross-entropy is fused,
+as Keras does (``fuse_logits``): the same function, without clipping or overflow.
 
 >>> from nanodl import nn
 >>> model = nn.Sequential([nn.Dense(3, activation='softmax', input_dim=2)])
@@ -31,19 +27,15 @@ __all__ = ["fuse_logits", "LocalFit", "LOCAL_FIT", "register_capture"]
 
 
 def fuse_logits(model, loss_name, loss_config):
-    """The logits fusion: ``(forward, loss_fn, kind)`` that trains a softmax (sigmoid)
-    head through the fused from-logits loss, or None when it does not apply.
+    """``(forward, loss_fn, kind)`` that trains a softmax (sigmoid) head through the
+    from-logits loss, or None when that does not apply.
 
-    A model whose last layer is ``Dense(activation='softmax')`` compiled with a
-    categorical (or sparse categorical) cross-entropy on probabilities, or a
-    ``Dense(activation='sigmoid')`` with a binary cross-entropy, computes the same
-    function as its pre-activation (the logits) fed to the loss's ``from_logits=True``
-    form, which is one stable node: no clipping of the probabilities, no overflow, an
-    exact gradient (softmax - target). Keras makes the same swap (not while the head
-    has a forward hook: the hook sees the layer's real output). ``forward`` then runs
-    the model up to the logits, and ``kind`` (``'softmax'``/``'sigmoid'``) tells the
-    metrics that they see logits. ``predict`` and ``evaluate`` outputs are unchanged:
-    only the training graph differs.
+    A last ``Dense(activation='softmax')`` under a (sparse) categorical cross-entropy,
+    or ``Dense(activation='sigmoid')`` under a binary one, computes the same function as
+    its logits fed to the ``from_logits=True`` loss: one stable node with the exact
+    gradient (softmax - target). Not while the head has a forward hook (it sees the
+    real output). ``forward`` stops at the logits; ``kind`` tells the metrics so.
+    ``predict`` and ``evaluate`` outputs are unchanged: only the training graph differs.
     """
     if loss_name is None or loss_config.get("from_logits") or \
             loss_config.get("reduction", "mean") != "mean":
@@ -53,7 +45,7 @@ def fuse_logits(model, loss_name, loss_config):
         return None
     body, dense = head
     if dense.__dict__.get("_forward_hooks"):
-        return None  # a hook on the head sees (and may replace) its real output
+        return None
     if loss_name in _CROSS_ENTROPIES and dense.activation == "softmax":
         kind = "softmax"
 
@@ -68,7 +60,7 @@ def fuse_logits(model, loss_name, loss_config):
     else:
         return None
 
-    def forward(x):  # the model up to the last Dense's pre-activation: logits
+    def forward(x):
         for layer in body:
             x = layer(x)
         return dense.pre_activation(x)
@@ -77,8 +69,7 @@ def fuse_logits(model, loss_name, loss_config):
 
 def _compiled_loss(loss, loss_name, loss_config):
     """``loss_fn(out, target, reduction='mean')`` for a built-in loss name or a callable:
-    a scalar Tensor (the compiled reduction), or with ``reduction='none'`` the
-    unreduced losses, at least one per sample (for sample weights)."""
+    a scalar Tensor, or with ``reduction='none'`` at least one loss per sample."""
     if loss_name is not None:
         function = losses_module.LOSSES[loss_name]
         options = dict(loss_config or {})
@@ -104,11 +95,6 @@ def _compiled_loss(loss, loss_name, loss_config):
     return loss_fn
 
 
-def _per_sample_loss(losses, n):
-    """Unreduced losses (N, ...) -> each sample's loss (N,): the mean over its elements."""
-    return losses if losses.ndim == 1 else losses.reshape(n, -1).mean(axis=1)
-
-
 class _Plan:
     """What one ``fit``/``evaluate`` decides once: forward, loss closure, metrics, targets.
 
@@ -126,33 +112,36 @@ class _Plan:
                     [id(p) for p in self.params]:
                 optimizer.set_params(self.params)
         self.optimizer = optimizer
-        # An optimizer that re-evaluates the loss itself (optim.LBFGS) is given the step's
-        # first three parts as a closure, and fit trains it on the whole set at once.
+        # optim.LBFGS re-evaluates the loss itself: steps 1-3 as a closure, on the whole set
         self.full_batch = bool(getattr(optimizer, "full_batch", False))
         self.penalty_layers = [m for m in model.modules() if m.penalties()]
         self.penalty = self._penalty if self.penalty_layers else None
         self.loss_spec = loss
         self.loss_name, self.loss_config = losses_module.describe(loss)
         self.loss_reduction = (self.loss_config or {}).get("reduction", "mean")
-        self.forward, self.loss_fn, self.logits = self._choose_forward_and_loss()
+        self.forward, self.loss_fn, self.logits = \
+            fuse_logits(model, self.loss_name, self.loss_config or {}) or \
+            (model.forward, _compiled_loss(loss, self.loss_name, self.loss_config), None)
         if sample_out is not None:
             self.device, self.dtype = model._device(), model._float_dtype()
             self.out_shape = tuple(sample_out.shape[1:])
-            self.metrics = self._choose_metrics(y.shape)
+            self.metrics = choose_metrics(model._metric_specs, self.loss_name, self.out_shape,
+                                          y.shape, self.logits)
 
     def loss(self, out, target, weight=None):
-        """The batch's loss, a scalar Tensor: the compiled loss; with per-sample
-        ``weight``s, the mean over the batch of weight x each sample's loss (Keras'
-        ``sum_over_batch_size``; the sum for a loss compiled with ``reduction='sum'``)."""
+        """The batch's loss, a scalar Tensor; with per-sample ``weight``s, the batch mean
+        of weight x each sample's loss (Keras' ``sum_over_batch_size``; the sum for a
+        loss compiled with ``reduction='sum'``)."""
         if weight is None:
             return self.loss_fn(out, target)
-        per_sample = _per_sample_loss(self.loss_fn(out, target, "none"), len(target))
+        losses, n = self.loss_fn(out, target, "none"), len(target)
+        per_sample = losses if losses.ndim == 1 else losses.reshape(n, -1).mean(axis=1)
         total = (per_sample * Tensor(weight)).sum()
-        return total if self.loss_reduction == "sum" else total * (1.0 / len(target))
+        return total if self.loss_reduction == "sum" else total * (1.0 / n)
 
     def objective(self, x, target, weight=None):
-        """``(loss, out)``: what a step minimises on one batch (the forward, the loss,
-        the weight penalties), with its graph; ``find_lr`` takes its Hessian."""
+        """``(loss, out)``: what a step minimises on one batch (forward, loss, weight
+        penalties), with its graph; ``find_lr`` takes its Hessian."""
         out = self.forward(Tensor(x))
         loss = self.loss(out, target, weight)
         if self.penalty is not None:
@@ -160,30 +149,26 @@ class _Plan:
         return loss, out
 
     def step(self, x, target, weight=None):
-        """The training step, on one batch; returns ``(loss, out)``, both Tensors.
+        """The training step on one batch; returns ``(loss, out)``, both Tensors.
 
-        1. Forward: run the batch through the model (``self.forward``; when the head
-           is fused with the loss, see ``fuse_logits``, the model up to its logits).
-        2. Loss: ``self.loss`` (with sample ``weight``s, the batch mean of weight x
-           each sample's loss), plus the layers' weight penalties.
-        3. Backward: clear every parameter's gradient, then backpropagate the loss,
-           which leaves d(loss)/d(parameter) in each ``param.grad``.
-        4. Optimizer step: update every parameter from its gradient.
+        1. Forward (``self.forward``: up to the logits when fused, see ``fuse_logits``).
+        2. Loss: ``self.loss`` plus the layers' weight penalties.
+        3. Backward: clear every ``param.grad``, then backpropagate the loss.
+        4. Optimizer step.
 
-        An optimizer with ``full_batch`` (``optim.LBFGS``) gets 1-3 as the closure
-        of its ``step(closure)``, which it calls as often as it needs; the step then
-        returns the first evaluation (the loss before the update, as for the others).
+        A ``full_batch`` optimizer (``optim.LBFGS``) gets 1-3 as the closure of its
+        ``step(closure)``; the step returns the first evaluation (before the update).
         """
         if self.full_batch:
             return self._closure_step(x, target, weight)
-        loss, out = self.loss_and_grad(x, target, weight)  # 1-3
-        self.optimizer.step()                              # 4. optimizer step
+        loss, out = self.loss_and_grad(x, target, weight)
+        self.optimizer.step()
         return loss, out
 
     def loss_and_grad(self, x, target, weight=None):
         """Steps 1-3 of ``step``: ``(loss, out)``, with every parameter's gradient filled."""
-        loss, out = self.objective(x, target, weight)  # 1. forward, 2. loss
-        for param in self.params:                     # 3. backward
+        loss, out = self.objective(x, target, weight)
+        for param in self.params:
             param.grad = None
         loss.backward()
         return loss, out
@@ -200,14 +185,13 @@ class _Plan:
         return first[0]
 
     def fit_batch_size(self, batch_size, n):
-        """The batch size ``fit`` trains with: ``batch_size``, or all ``n`` samples for a
-        ``full_batch`` optimizer (one ``step(closure)`` per epoch)."""
+        """``batch_size``, or all ``n`` samples for a ``full_batch`` optimizer."""
         return n if self.full_batch else batch_size
 
     def capturable(self, capture, auto_allowed=True):
         """Whether ``fit(capture=...)`` trains through a captured step: always for True;
         for ``'auto'`` only where it pays and is plainly valid (``auto_allowed``, CPU,
-        no weight penalties, no forward hooks, not full-batch): elsewhere the eager step."""
+        no weight penalties, no forward hooks, not full-batch)."""
         if capture not in (True, False, "auto"):
             raise ValueError(f"fit: capture must be True, False or 'auto', got {capture!r}")
         if capture != "auto":
@@ -217,8 +201,8 @@ class _Plan:
             not any(module.__dict__.get("_forward_hooks") for module in self.model.modules())
 
     def evaluate(self, x, y, weight, batch_size):
-        """``(EpochTotals, penalty)`` over prepared arrays: each batch's loss and metrics
-        (the caller chooses the mode and turns the graph off)."""
+        """``(EpochTotals, penalty)`` over prepared arrays (the caller sets the mode and
+        turns the graph off)."""
         totals = EpochTotals(self.metrics)
         for batch in batch_slices(len(x), batch_size):
             w_batch = None if weight is None else weight[batch]
@@ -227,25 +211,9 @@ class _Plan:
             add_batch(totals, self.metrics, loss, out.data, y[batch], w_batch)
         return totals, float(self.penalty().data) if self.penalty is not None else 0.0
 
-    # ------------------------------------------------------------ loss
-    def _choose_forward_and_loss(self):
-        fused = fuse_logits(self.model, self.loss_name, self.loss_config or {})
-        if fused is not None:
-            return fused
-        return self.model.forward, _compiled_loss(self.loss_spec, self.loss_name,
-                                                  self.loss_config), None
-
-    # ------------------------------------------------------------ metrics
-    def _accuracy_kind(self, y_shape):
-        return accuracy_kind(self.loss_name, self.out_shape, y_shape)
-
-    def _choose_metrics(self, y_shape):
-        return choose_metrics(self.model._metric_specs, self.loss_name, self.out_shape, y_shape,
-                              self.logits)
-
     # ------------------------------------------------------------ data
     def inputs(self, x):
-        """``x`` as a backend array of the model's float dtype on its device."""
+        """``x`` as a backend array of the model's input dtype on its device."""
         x = as_array(x, what="x")
         dtype = self.model._input_dtype(x.dtype)
         if x.dtype != dtype:
@@ -279,11 +247,8 @@ class _Plan:
 
     def _penalty(self):
         """The sum of the weight penalties, a scalar Tensor in the graph."""
-        total = None
-        for layer in self.penalty_layers:
-            for term in layer.penalties():
-                total = term if total is None else total + term
-        return total
+        terms = [term for layer in self.penalty_layers for term in layer.penalties()]
+        return sum(terms[1:], terms[0])
 
     def weights(self, weight, who):
         """Host per-sample weights as an array of the model's float dtype on its device."""
@@ -297,7 +262,7 @@ class _Plan:
             any(label == "accuracy" for label, _ in self.model._metric_specs)
         if not classifying:
             return None
-        kind = self._accuracy_kind(y.shape)
+        kind = accuracy_kind(self.loss_name, self.out_shape, y.shape)
         host = to_host(y)
         if kind == "categorical":
             host = host.argmax(axis=-1)
@@ -307,10 +272,9 @@ class _Plan:
 
 
 class LocalFit:
-    """How a one-process ``fit`` visits its samples and totals an epoch: the default
-    strategy. An optimizer that trains across processes offers its own through a
-    ``fit_strategy()`` method (``distributed.DistributedOptimizer``: a
-    ``DataParallelFit``, with ``begin``, ``validation_shard`` and ``rank`` too).
+    """How a one-process ``fit`` orders its samples and totals an epoch. An optimizer
+    that trains across processes offers its own through ``fit_strategy()``
+    (``distributed.DistributedOptimizer``: a ``DataParallelFit``).
 
     >>> LOCAL_FIT.epoch_order(4, shuffle=False) is None, LOCAL_FIT.samples_per_epoch(4)
     (True, 4)
@@ -330,16 +294,13 @@ class LocalFit:
 
 
 LOCAL_FIT = LocalFit()
-
-
-# ---------------------------------------------------------------- the captured step's seam
 _capture = []  # the wing that captures fit's step registers its maker here
 
 
 def register_capture(make_step):
     """Let a wing train ``fit`` through a captured step: ``make_step(plan)`` returns a
     ``train_step(plan, x, target, weight) -> (loss, out)``, or None to decline
-    (``nanodl.capture`` registers itself when it is imported: ``import nanodl`` does)."""
+    (``nanodl.capture`` registers itself on import)."""
     _capture[:] = [make_step]
 
 

@@ -1,7 +1,6 @@
-"""What ``fit``, ``evaluate``, ``train_on_batch`` and ``predict`` do with the user's
-arguments before the first step: check them (each error names the method), split off
-the validation set, and turn the arrays into the model's dtype on its device (through
-the ``_Plan``); and the callback list ``fit`` runs.
+"""The user's arguments to ``fit``, ``evaluate``, ``train_on_batch`` and ``predict``,
+before the first step: checked (each error names the method), the validation set split
+off, the arrays in the model's dtype on its device; and the callbacks ``fit`` runs.
 
 >>> import numpy as np
 >>> x, y = _samples(np.zeros((4, 2)), [0, 1, 0, 1], "fit")
@@ -48,8 +47,7 @@ def _samples(x, y, who):
 
 def _split_validation(x, y, weight, validation_data, validation_split):
     """``((x, y, weight), (x_val, y_val, weight_val) or None)``: ``validation_data`` as
-    given (``(x, y)`` or ``(x, y, sample_weight)``), or the last ``validation_split``
-    of the samples and their weights (taken before any shuffling, as Keras)."""
+    given, or the last ``validation_split`` of the samples (before shuffling, as Keras)."""
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
@@ -70,18 +68,8 @@ def _split_validation(x, y, weight, validation_data, validation_split):
         raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
                          "an empty training or validation set")
     head, tail = slice(None, split_at), slice(split_at, None)
-    if weight is None:
-        return (x[head], y[head], None), (x[tail], y[tail], None)
-    return (x[head], y[head], weight[head]), (x[tail], y[tail], weight[tail])
-
-
-def _warn_single_class(plan, y_val, validation_split):
-    classes = plan.class_labels(y_val)
-    if classes is not None and len(classes) == 1:
-        warnings.warn(
-            f"fit: the validation set (the last {validation_split:g} of the data, taken "
-            f"before shuffling) holds a single class ({classes[0]}); shuffle x and y "
-            "first or pass validation_data", stacklevel=5)
+    w_head, w_tail = (None, None) if weight is None else (weight[head], weight[tail])
+    return (x[head], y[head], w_head), (x[tail], y[tail], w_tail)
 
 
 def _warn_non_finite(x, y):
@@ -99,8 +87,11 @@ def _prepare_validation(plan, validation, validation_split):
     """The validation ``(x, y, weight)`` as prepared arrays, like the training set."""
     x_val, y_val, w_val = validation
     x_val, y_val = plan.inputs(x_val), plan.targets(y_val)
-    if validation_split:
-        _warn_single_class(plan, y_val, validation_split)
+    classes = plan.class_labels(y_val) if validation_split else None
+    if classes is not None and len(classes) == 1:
+        warnings.warn(f"fit: the validation set (the last {validation_split:g} of the data, taken "
+                      f"before shuffling) holds a single class ({classes[0]}); shuffle x and y "
+                      "first or pass validation_data", stacklevel=4)
     w_val = None if w_val is None else plan.weights(w_val, "fit: validation sample_weight")
     return x_val, y_val, w_val
 

@@ -1,8 +1,7 @@
 """Sample and class weights for ``Model.fit`` and ``evaluate``, checked as Keras does.
 
-``fit`` multiplies each sample's loss by its weight (the product, when both a
-``sample_weight`` and a ``class_weight`` are given); this module turns what the user
-passed into one float per sample, or says clearly what is wrong with it.
+``fit`` multiplies each sample's loss by its weight (the product of ``sample_weight``
+and ``class_weight`` when both are given).
 
 >>> import numpy as np
 >>> class_weight_per_sample(np.array([0, 0, 0, 1]), "balanced")
@@ -14,7 +13,7 @@ import math
 
 import numpy as np
 
-from ..backend import is_device_array, to_device
+from ..backend import to_host
 from ..tensor import Tensor
 
 __all__ = ["check_sample_weight", "class_weight_per_sample", "training_weights"]
@@ -25,11 +24,7 @@ def check_sample_weight(weight, n, who):
     stays None); ``who`` names the argument in the error, e.g. ``'fit: sample_weight'``."""
     if weight is None:
         return None
-    if isinstance(weight, Tensor):
-        weight = weight.data
-    if is_device_array(weight):
-        weight = to_device(weight, "cpu")
-    weight = np.asarray(weight)
+    weight = to_host(weight.data if isinstance(weight, Tensor) else weight)
     if weight.dtype.kind not in "biuf":
         raise ValueError(f"{who} must hold numbers, got dtype {weight.dtype}")
     if weight.ndim == 2 and weight.shape[1] == 1:
@@ -45,9 +40,8 @@ def check_sample_weight(weight, n, who):
 
 
 def training_weights(plan, y, sample_weight, class_weight):
-    """The per-sample weights ``fit`` trains with (sample x class weights), on the
-    model's device, or None when neither is given; ``plan`` is the fit's ``_Plan``,
-    ``y`` its prepared targets."""
+    """The per-sample weights ``fit`` trains with (sample x class weights) on the model's
+    device, or None; ``y``: the ``plan``'s prepared targets."""
     weight = sample_weight
     if class_weight is not None:
         per_class = class_weight_per_sample(sample_classes(plan.loss_name, y), class_weight,
@@ -57,10 +51,9 @@ def training_weights(plan, y, sample_weight, class_weight):
 
 
 def sample_classes(loss_name, y):
-    """Each sample's class (a host int array) from prepared targets ``y``, for
-    ``class_weight``: the label, the argmax of a one-hot row, or the 0/1 of a
-    binary target; a regression target raises ``ValueError``."""
-    host = to_device(y, "cpu")
+    """Each sample's class (a host int array) from prepared targets ``y``: the label, the
+    argmax of a one-hot row, or a binary 0/1; a regression target raises ``ValueError``."""
+    host = to_host(y)
     if host.ndim == 2 and host.shape[1] > 1:
         one_hot = ((host == 0) | (host == 1)).all() and (host.sum(axis=1) == 1).all()
         if loss_name != "categorical_crossentropy" and not one_hot:
@@ -92,10 +85,9 @@ def output_classes(loss_name, out_shape):
 
 def class_weight_per_sample(classes, class_weight, valid=None):
     """Each sample's weight from its class (``classes``: ints >= 0) and ``class_weight``:
-    a dict ``{class: weight}`` (a class it does not name weighs 1, as Keras 3) or
-    ``'balanced'``, n_samples / (n_classes * count of the class), as scikit-learn.
-    A dict key must be one of ``valid`` (the classes the model's output fixes), or
-    when that is None one of the classes present."""
+    a dict ``{class: weight}`` (a class not named weighs 1, as Keras 3) whose keys are
+    among ``valid`` (default: the classes present), or ``'balanced'``: n_samples /
+    (n_classes * count of the class), as scikit-learn."""
     present, counts = np.unique(classes, return_counts=True)
     if isinstance(class_weight, str):
         if class_weight != "balanced":
