@@ -1,7 +1,6 @@
 """Tensor: a backend array (NumPy or CuPy), its gradient, and the node that made it.
 
-Every method that computes something is a one-line wrapper over an op's
-``apply`` (see ``nanodl/ops``); the derivatives live with the ops.
+Its math methods are one-line calls into ``nanodl/ops``, where the derivatives live.
 """
 import numpy as np
 
@@ -29,16 +28,12 @@ def get_default_dtype():
     return _default_dtype
 
 
-def is_float_dtype(dtype):
-    return np.dtype(dtype).kind == "f"
-
-
 def as_array(data, dtype=None, *, what="tensor", numeric=True):
-    """The one conversion of user data (scalar, nested list, ndarray, CuPy array, Tensor) to a
-    backend array, for Tensor, fit and nanodl.data: arrays (and NumPy scalars) keep their
-    dtype, Python floats become the default one. Ragged lists raise ValueError; strings, bytes
-    and objects TypeError naming ``what`` and the dtype (``numeric=False`` lets strings through).
-    """
+    """User data (scalar, nested list, ndarray, CuPy array, Tensor) as a backend array.
+
+    Arrays and NumPy scalars keep their dtype; Python floats get the default one. Ragged
+    lists raise ValueError; strings, bytes and objects TypeError naming ``what``
+    (``numeric=False`` lets strings through)."""
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, np.ndarray) or is_device_array(data):
@@ -164,8 +159,7 @@ class Tensor:
         """Keep ``.grad`` on this non-leaf tensor after backward."""
         autograd.retain(self)
 
-    def zero_grad(self):
-        self.grad = None
+    def zero_grad(self): self.grad = None
 
     # ------------------------------------------------------------ conversion
     def numpy(self):
@@ -177,43 +171,39 @@ class Tensor:
             raise ValueError(f"item: only one-element tensors can be converted, got shape {self.shape}")
         return self.data.reshape(()).item() if device_of(self.data) == "cpu" else self.numpy().item()
 
-    def tolist(self):
-        return self.numpy().tolist()
+    def tolist(self): return self.numpy().tolist()
 
     def to(self, device):
         """This tensor on ``device`` (``'cpu'`` or ``'cuda'``); differentiable."""
         device = _check_device(device)
-        return self if device == self.device else _ops().ToDevice.apply(self, device=device)
+        return self if device == self.device else _ops.ToDevice.apply(self, device=device)
 
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self):
-        return self.to("cuda")
+    def cpu(self): return self.to("cpu")
+    def cuda(self): return self.to("cuda")
 
     def astype(self, dtype):
         """A copy with another dtype; differentiable between float dtypes."""
         if np.dtype(dtype) == self.dtype:
             return self
-        if not is_float_dtype(dtype):
+        if np.dtype(dtype).kind != "f":
             return Tensor(self.data.astype(dtype))
-        return _ops().AsType.apply(self, dtype=np.dtype(dtype))
+        return _ops.AsType.apply(self, dtype=np.dtype(dtype))
 
     # ------------------------------------------------------------ operators (see nanodl.ops)
-    def __add__(self, other): return _ops().add(self, other)
-    def __radd__(self, other): return _ops().add(other, self)
-    def __sub__(self, other): return _ops().sub(self, other)
-    def __rsub__(self, other): return _ops().sub(other, self)
-    def __mul__(self, other): return _ops().mul(self, other)
-    def __rmul__(self, other): return _ops().mul(other, self)
-    def __truediv__(self, other): return _ops().div(self, other)
-    def __rtruediv__(self, other): return _ops().div(other, self)
-    def __pow__(self, other): return _ops().power(self, other)
-    def __rpow__(self, other): return _ops().power(other, self)
-    def __matmul__(self, other): return _ops().matmul(self, other)
-    def __rmatmul__(self, other): return _ops().matmul(other, self)
-    def __neg__(self): return _ops().neg(self)
-    def __getitem__(self, index): return _ops().getitem(self, index)
+    def __add__(self, other): return _ops.add(self, other)
+    def __radd__(self, other): return _ops.add(other, self)
+    def __sub__(self, other): return _ops.sub(self, other)
+    def __rsub__(self, other): return _ops.sub(other, self)
+    def __mul__(self, other): return _ops.mul(self, other)
+    def __rmul__(self, other): return _ops.mul(other, self)
+    def __truediv__(self, other): return _ops.div(self, other)
+    def __rtruediv__(self, other): return _ops.div(other, self)
+    def __pow__(self, other): return _ops.power(self, other)
+    def __rpow__(self, other): return _ops.power(other, self)
+    def __matmul__(self, other): return _ops.matmul(self, other)
+    def __rmatmul__(self, other): return _ops.matmul(other, self)
+    def __neg__(self): return _ops.neg(self)
+    def __getitem__(self, index): return _ops.getitem(self, index)
 
     def _compare(self, other, compare):
         return Tensor(compare(self.data, other.data if isinstance(other, Tensor) else other))
@@ -226,49 +216,42 @@ class Tensor:
     def __ne__(self, other): return self._compare(other, lambda a, b: a != b)
 
     # ------------------------------------------------------------ methods (see nanodl.ops)
-    def sum(self, axis=None, keepdims=False): return _ops().sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _ops().mean(self, axis, keepdims)
-    def var(self, axis=None, keepdims=False): return _ops().var(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return _ops().max(self, axis, keepdims)
-    def min(self, axis=None, keepdims=False): return _ops().min(self, axis, keepdims)
-    def logsumexp(self, axis=None, keepdims=False): return _ops().logsumexp(self, axis, keepdims)
-    def reshape(self, *shape): return _ops().reshape(self, *shape)
-    def transpose(self, *axes): return _ops().transpose(self, *axes)
+    def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _ops.mean(self, axis, keepdims)
+    def var(self, axis=None, keepdims=False): return _ops.var(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _ops.max(self, axis, keepdims)
+    def min(self, axis=None, keepdims=False): return _ops.min(self, axis, keepdims)
+    def logsumexp(self, axis=None, keepdims=False): return _ops.logsumexp(self, axis, keepdims)
+    def reshape(self, *shape): return _ops.reshape(self, *shape)
+    def transpose(self, *axes): return _ops.transpose(self, *axes)
     @property
-    def T(self): return _ops().transpose(self)
-    def flatten(self): return _ops().reshape(self, -1)
-    def squeeze(self, axis=None): return _ops().squeeze(self, axis)
-    def expand_dims(self, axis): return _ops().expand_dims(self, axis)
-    def exp(self): return _ops().exp(self)
-    def log(self): return _ops().log(self)
-    def sqrt(self): return _ops().sqrt(self)
-    def abs(self): return _ops().abs(self)
-    def clip(self, lo, hi): return _ops().clip(self, lo, hi)
-    def tanh(self): return _ops().tanh(self)
-    def sigmoid(self): return _ops().sigmoid(self)
-    def relu(self): return _ops().relu(self)
-    def leaky_relu(self, alpha=0.01): return _ops().leaky_relu(self, alpha)
-    def softmax(self, axis=-1): return _ops().softmax(self, axis)
-    def log_softmax(self, axis=-1): return _ops().log_softmax(self, axis)
-    def sin(self): return _ops().sin(self)
-    def cos(self): return _ops().cos(self)
-    def log1p(self): return _ops().log1p(self)
-    def expm1(self): return _ops().expm1(self)
-    def erf(self): return _ops().erf(self)
-    def prod(self, axis=None, keepdims=False): return _ops().prod(self, axis, keepdims)
-    def cumsum(self, axis=None): return _ops().cumsum(self, axis)
-    def std(self, axis=None, ddof=0, keepdims=False): return _ops().std(self, axis, ddof, keepdims)
-    def norm(self, axis=None, keepdims=False): return _ops().norm(self, axis, keepdims)
+    def T(self): return _ops.transpose(self)
+    def flatten(self): return _ops.reshape(self, -1)
+    def squeeze(self, axis=None): return _ops.squeeze(self, axis)
+    def expand_dims(self, axis): return _ops.expand_dims(self, axis)
+    def exp(self): return _ops.exp(self)
+    def log(self): return _ops.log(self)
+    def sqrt(self): return _ops.sqrt(self)
+    def abs(self): return _ops.abs(self)
+    def clip(self, lo, hi): return _ops.clip(self, lo, hi)
+    def tanh(self): return _ops.tanh(self)
+    def sigmoid(self): return _ops.sigmoid(self)
+    def relu(self): return _ops.relu(self)
+    def leaky_relu(self, alpha=0.01): return _ops.leaky_relu(self, alpha)
+    def softmax(self, axis=-1): return _ops.softmax(self, axis)
+    def log_softmax(self, axis=-1): return _ops.log_softmax(self, axis)
+    def sin(self): return _ops.sin(self)
+    def cos(self): return _ops.cos(self)
+    def log1p(self): return _ops.log1p(self)
+    def expm1(self): return _ops.expm1(self)
+    def erf(self): return _ops.erf(self)
+    def prod(self, axis=None, keepdims=False): return _ops.prod(self, axis, keepdims)
+    def cumsum(self, axis=None): return _ops.cumsum(self, axis)
+    def std(self, axis=None, ddof=0, keepdims=False): return _ops.std(self, axis, ddof, keepdims)
+    def norm(self, axis=None, keepdims=False): return _ops.norm(self, axis, keepdims)
 
 
-_ops_module = None  # nanodl.ops, which sets it on import (it imports this module)
-
-
-def _ops():
-    """The ops package, where every method's op lives."""
-    return _ops_module
-
-
+_ops = None  # nanodl.ops, where every method's op lives; it sets this on import (it imports us)
 autograd._tensor_class = Tensor
 
 

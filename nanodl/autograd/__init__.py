@@ -1,23 +1,16 @@
 """Reverse-mode autograd: ``Function``, the one graph walk, ``no_grad``.
 
-A graph is made of ``Function`` nodes. Calling ``SomeOp.apply(*tensors)`` runs
-``forward`` on the raw arrays and returns a Tensor whose ``grad_fn`` is the node;
-the node keeps its input tensors, so ownership flows one way: output -> node ->
-inputs, and a dropped output frees its whole graph (no cycles).
+``SomeOp.apply(*tensors)`` runs ``forward`` on the raw arrays and returns a Tensor whose
+``grad_fn`` is the node; the node keeps its input tensors, so ownership flows one way
+(output -> node -> inputs) and a dropped output frees its whole graph.
 
 ``walk`` is the one graph walk, for ``Tensor.backward`` and ``nd.grad`` at every order,
-iterative (Kahn's algorithm: a node runs once all its consumers have; no recursion). It
-does the shared work once for every op: unbroadcasting, device and dtype checks, errors
-naming the op, summing a reused tensor's gradients, ``retain_grad``, freeing saved
-arrays. Each node's step runs in one of two tiers:
-
-* first order: ``backward`` on raw arrays (the fast path; constants come out);
-* ``create_graph=True``: ``vjp`` on Tensors with grad mode on, so the gradient is
-  itself a graph of ordinary nodes, differentiable again (as in HIPS autograd).
-
-An op whose ``vjp`` runs on arrays too (operators, ``reshape``, ``math_of``) writes no
-``backward``: first order runs that ``vjp`` on the input arrays, so its derivative
-exists once. ``nd.grad``: ``autograd/higher.py``; Jacobians: ``functional.py``.
+iterative (Kahn's algorithm: a node runs once all its consumers have). It does the work
+shared by every op: unbroadcasting, device and dtype checks, errors naming the op, summing
+a reused tensor's gradients, ``retain_grad``, freeing saved arrays. A node runs in one of
+two tiers: first order, ``backward`` on arrays (the fast path); ``create_graph=True``,
+``vjp`` on Tensors with grad mode on, so the gradient is a graph, differentiable again.
+An op whose ``vjp`` also runs on arrays writes no ``backward``: its derivative exists once.
 """
 import weakref
 from threading import get_ident
@@ -34,13 +27,10 @@ _tensor_class = None  # set by nanodl.tensor once Tensor is defined (it imports 
 
 
 def __getattr__(name):
-    """``autograd.forward_hooks`` / ``backward_hooks``: the calling thread's hook lists.
-
-    Empty unless a tool installs one (``detect_anomaly``, ``gradcheck.locate``, ``profile``):
-    forward hooks get ``(node, args, kwargs, out)`` after each forward, backward hooks
-    ``(node, grad_output, grads)`` after each backward; ``*_pre_hooks`` get the same less
-    the result (``(node, args, kwargs)``, ``(node, grad_output)``) just before.
-    """
+    """``autograd.forward_hooks`` etc.: the calling thread's hook lists, for tools
+    (``detect_anomaly``, ``gradcheck.locate``, ``profile``). A forward hook gets ``(node, args,
+    kwargs, out)``, a backward hook ``(node, grad_output, grads)``, a pre-hook the same less
+    the result, just before."""
     if name in mode.HOOK_KINDS:
         return mode.thread_hooks(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -49,17 +39,12 @@ def __getattr__(name):
 class Function:
     """A differentiable op: ``forward`` and ``backward`` over backend arrays.
 
-    Subclasses implement ``forward(self, *arrays, **options)`` returning one array
-    and ``backward(self, grad)`` returning one gradient per tensor input (a tuple,
-    or a single array when there is one input; ``None`` for "no gradient").
-    ``self.needs_input_grad[i]`` says whether input ``i`` wants a gradient, so
-    backward can skip work.
-
-    To be differentiable twice (``nd.grad(..., create_graph=True)``) an op also
-    defines ``vjp(self, grad, *inputs)``: the same derivative written with Tensor ops
-    (``grad`` and the tensor inputs are Tensors), returning Tensors (or None). A
-    ``vjp`` that also runs on arrays (operators and shared methods only) may stand
-    alone: without a ``backward``, first order runs it on the input arrays.
+    ``forward(self, *arrays, **options)`` returns one array; ``backward(self, grad)`` one
+    gradient per tensor input (a tuple, or an array for one input; None for "no
+    gradient"), and may skip an input whose ``self.needs_input_grad[i]`` is False.
+    ``vjp(self, grad, *inputs)``, the same derivative with Tensor ops, makes the op
+    differentiable twice (``create_graph=True``). A ``vjp`` written with operators and
+    methods arrays share needs no ``backward``: first order runs it on the input arrays.
     """
     __slots__ = ("inputs", "needs_input_grad", "saved_tensors", "_retained", "_freed", "__dict__",
                  "__weakref__")
@@ -82,10 +67,8 @@ class Function:
         """Run the op on Tensors (other arguments pass through to ``forward``)."""
         Tensor = _tensor_class
         fn = cls()
-        arrays = []
-        tensors = []
-        requires_grad = False
-        device_array = None
+        arrays, tensors = [], []
+        requires_grad, device_array = False, None
         for arg in args:
             if isinstance(arg, Tensor):
                 data = arg.data
@@ -115,19 +98,14 @@ class Function:
             for hook in _forward_hooks.get(get_ident(), ()):
                 hook(fn, args, kwargs, out)
         result = Tensor.__new__(Tensor)
-        result.data = out
-        result.grad = None
-        result.name = None
+        result.data, result.grad, result.name = out, None, None
         if requires_grad and (not _grad_modes or _grad_modes.get(get_ident(), True)):
             fn.inputs = tuple(tensors)
             fn.needs_input_grad = tuple(t.requires_grad for t in tensors)
-            fn._retained = None
-            fn._freed = False
-            result.requires_grad = True
-            result.grad_fn = fn
+            fn._retained, fn._freed = None, False
+            result.requires_grad, result.grad_fn = True, fn
         else:
-            result.requires_grad = False
-            result.grad_fn = None
+            result.requires_grad, result.grad_fn = False, None
         return result
 
     def forward(self, *arrays):
@@ -198,17 +176,16 @@ class BroadcastTo(Function):
 
 
 def _count_consumers(*roots):
-    """For every node below ``roots``: how many input slots of the graph's nodes it feeds.
-
-    A node may run its backward only once all of its consumers have run (Kahn's
-    algorithm), so this count is all the ordering the walk needs.
-    """
+    """For every node below ``roots``: how many input slots it feeds. A node runs once all
+    its consumers have (Kahn's algorithm): this count is all the ordering the walk needs."""
     consumers = {}
     stack = list(roots)
     while stack:
         node = stack.pop()
         if node._freed:
-            raise _freed_error(node)
+            raise RuntimeError(f"{node.name}: trying to backward through the graph a second time; its "
+                               "saved arrays were freed after the first backward. Pass retain_graph=True "
+                               "to the first backward() if you need to call it twice.")
         for tensor in node.inputs:
             parent = tensor.grad_fn
             if parent is not None:
@@ -236,12 +213,6 @@ def topological_order(*roots, consumers=None):
                 if remaining[parent] == 0:
                     ready.append(parent)
     return order
-
-
-def _freed_error(node):
-    return RuntimeError(f"{node.name}: trying to backward through the graph a second time; its saved "
-                        "arrays were freed after the first backward. Pass retain_graph=True to the "
-                        "first backward() if you need to call it twice.")
 
 
 def backward(tensor, grad, retain_graph=False):

@@ -36,8 +36,10 @@ def vjp(fn, inputs, v=None, create_graph=False):
     """
     is_tuple, xs = _prepare(inputs, create_graph, "vjp")
     out = _call(fn, xs, "vjp")
-    grads = _grads(out, xs, _tensor_of(v, out, "vjp") if v is not None else None, create_graph)
-    return _finish(out, create_graph), _shaped(grads, is_tuple)
+    v = _tensor_of(v, out, "vjp") if v is not None else None
+    grads = grad(out, xs, v, create_graph=create_graph, allow_unused=True) if out.requires_grad \
+        else [None] * len(xs)
+    return _finish(out, create_graph), _shaped(_zeros_for_none(grads, xs, create_graph), is_tuple)
 
 
 def jvp(fn, inputs, v, create_graph=False):
@@ -58,13 +60,12 @@ def jvp(fn, inputs, v, create_graph=False):
     transposed = grad(out, xs, dummy, create_graph=True, allow_unused=True) if out.requires_grad \
         else ()
     pairs = [(g, d) for g, d in zip(transposed, directions) if g is not None and g.requires_grad]
-    if not pairs:
-        result = Tensor(array_module(out.data).zeros(out.shape, dtype=out.dtype))
-    else:
+    result = None
+    if pairs:
         (result,) = grad([g for g, _ in pairs], dummy, [d for _, d in pairs],
                          create_graph=create_graph, allow_unused=True)
-        if result is None:
-            result = Tensor(array_module(out.data).zeros(out.shape, dtype=out.dtype))
+    if result is None:
+        result = Tensor(array_module(out.data).zeros(out.shape, dtype=out.dtype))
     return _finish(out, create_graph), (result if create_graph else result.detach())
 
 
@@ -165,13 +166,6 @@ def _first(out, xs):
     if not out.requires_grad:
         return [None] * len(xs)
     return list(grad(out, xs, create_graph=True, allow_unused=True))
-
-
-def _grads(out, xs, v, create_graph):
-    if not out.requires_grad:
-        return _zeros_for_none([None] * len(xs), xs, create_graph)
-    grads = grad(out, xs, v, create_graph=create_graph, allow_unused=True)
-    return _zeros_for_none(list(grads), xs, create_graph)
 
 
 def _jacobian_rows(out, xs, create_graph):

@@ -1,13 +1,10 @@
 """``nd.grad``: gradients returned instead of accumulated, and gradients of gradients.
 
-``grad(outputs, inputs)`` runs the one graph walk (``autograd.walk``, the same as
-``backward``) from every output at once, but hands back d(outputs)/d(inputs) and
-never touches a leaf's ``.grad``. Without ``create_graph`` each node's ``backward``
-runs on arrays and the results are constants; with it each node's ``vjp`` runs on
-Tensors with grad mode on, so the gradient is itself built from ordinary nanodl
-nodes that point into the original graph, and ``nd.grad`` or ``backward()`` can
-differentiate it again, to any order. An op with a kink (relu, abs, max, clip) uses
-its mask as a constant in ``vjp``: its second derivative is 0 there, never NaN.
+``grad(outputs, inputs)`` runs the one graph walk (``autograd.walk``) from every output
+at once and hands back d(outputs)/d(inputs), touching no leaf's ``.grad``. With
+``create_graph`` each node's ``vjp`` runs on Tensors, so the gradient is a graph of
+ordinary nodes, differentiable again to any order. An op with a kink (relu, abs, max,
+clip) uses its mask as a constant: its second derivative is 0 there, never NaN.
 
 >>> import nanodl as nd
 >>> x = nd.tensor(3.0, requires_grad=True)
@@ -35,17 +32,16 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     """
     outputs, inputs = _as_tuple(outputs, "outputs"), _as_tuple(inputs, "inputs")
     retain_graph = create_graph if retain_graph is None else retain_graph
+    leaf_slots, node_slots = {}, {}
     for index, tensor in enumerate(inputs):
         if not tensor.requires_grad:
             raise RuntimeError(f"grad: input {index} (shape {tensor.shape}) does not require grad")
-    seeds = _seeds(outputs, grad_outputs, create_graph)
-    results = [None] * len(inputs)
-    leaf_slots, node_slots = {}, {}
-    for index, tensor in enumerate(inputs):
         if tensor.grad_fn is None:
             leaf_slots.setdefault(id(tensor), []).append(index)
         else:
             node_slots.setdefault(tensor.grad_fn, []).append(index)
+    seeds = _seeds(outputs, grad_outputs, create_graph)
+    results = [None] * len(inputs)
     pending = {}
     for out, seed in zip(outputs, seeds):
         if out.grad_fn is None:  # a leaf output is its own gradient
@@ -66,7 +62,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
                 "graph; pass allow_unused=True to get None for it")
     if create_graph:
         return tuple(_attached(r, x) for r, x in zip(results, inputs))
-    return tuple(None if r is None else _wrap(r) for r in results)
+    return tuple(None if r is None else Tensor(r) for r in results)
 
 
 def _as_tuple(value, what):
@@ -111,20 +107,10 @@ def _seeds(outputs, grad_outputs, create_graph):
     return seeds
 
 
-def _wrap(array):
-    result = Tensor.__new__(Tensor)
-    result.data, result.grad, result.requires_grad, result.grad_fn, result.name = \
-        array, None, False, None, None
-    return result
-
-
 def _attached(gradient, tensor):
-    """Under ``create_graph``, a gradient that came out constant still hangs off ``tensor``.
-
-    d(2x)/dx = 2 does not depend on x, but it does require grad (as the SPEC says), so
-    differentiating it again gives 0 instead of an error: a ``where`` that always picks
-    ``gradient`` and sends ``tensor`` a zero gradient, finite even where x is inf.
-    """
+    """Under ``create_graph``, a constant gradient (d(2x)/dx = 2) still requires grad (SPEC),
+    so differentiating it again gives 0, not an error: a ``where`` that always picks
+    ``gradient`` sends ``tensor`` a zero gradient, finite even where x is inf."""
     if gradient is None or gradient.requires_grad or not tensor.requires_grad:
         return gradient
     take_gradient = array_module(tensor.data).ones((), dtype=bool)

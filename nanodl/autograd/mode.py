@@ -1,10 +1,7 @@
 """The engine's per-thread flags: grad mode (``no_grad``/``enable_grad``) and debug hooks.
 
-Each thread has its own grad mode, as in PyTorch: ``no_grad`` around ``predict`` in
-one thread leaves a training loop in another recording its graph. The flags are
-kept where the hot path can skip them: a dict keyed by thread id that holds only
-threads which changed a flag, so while no thread is inside ``no_grad`` (or has a
-hook installed) ``Function.apply`` pays one empty-dict test per flag.
+Each thread has its own grad mode, as in PyTorch. A flag lives in a dict keyed by thread
+id holding only threads that changed it, so ``Function.apply`` pays one empty-dict test.
 
 >>> import nanodl as nd
 >>> with nd.no_grad():
@@ -76,11 +73,8 @@ class enable_grad(no_grad):
 
 
 class HookList(list):
-    """One thread's hooks (``autograd.forward_hooks``): ``append``/``remove`` as a list.
-
-    It is entered in the hot path's dict (``forward_hooks`` / ``backward_hooks`` here)
-    while it holds a hook, and leaves it when emptied.
-    """
+    """One thread's hooks (``autograd.forward_hooks``), a list that is in the hot path's
+    dict (``forward_hooks`` here...) while it holds a hook."""
 
     def __init__(self, active):
         super().__init__()

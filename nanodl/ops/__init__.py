@@ -1,9 +1,9 @@
 """Built-in ops as functions over Tensors: thin wrappers over each op's ``Function.apply``.
 
-``Tensor`` methods, ``nd.*`` and ``F.*`` all land here. Python numbers and
-arrays are lifted to constant tensors of a matching dtype, so a float32 tensor
-combined with a Python number stays float32.
+``Tensor`` methods, ``nd.*`` and ``F.*`` all land here. Python numbers and arrays are
+lifted to constant tensors: a float32 tensor combined with a Python number stays float32.
 """
+import math
 import sys
 
 import numpy as np
@@ -22,7 +22,8 @@ from .elementwise import Abs, Add, Clip, Div, Exp, Log, Maximum, Minimum, Mul, N
 from .linear import Linear
 from .loss import SoftmaxCrossEntropy
 from .reduce import LogSumExp, Max, Mean, Min, Sum, Var
-from .shape import AsType, Concatenate, ExpandDims, GetItem, MatMul, Reshape, Squeeze, Stack, ToDevice, Transpose
+from .shape import (AsType, Concatenate, ExpandDims, GetItem, MatMul, Reshape, Squeeze, Stack, ToDevice,
+                    Transpose)
 from .special import Cos, Erf, Expm1, Log1p, Sin
 
 
@@ -30,13 +31,9 @@ def lift(value, like):
     """``value`` as a Tensor on ``like``'s device, with ``like``'s float dtype for Python numbers."""
     if isinstance(value, Tensor):
         return value
-    if isinstance(value, (int, float, bool)) and not isinstance(value, np.ndarray):
-        if like.dtype.kind == "f":
-            dtype = like.dtype
-        elif isinstance(value, float):
-            dtype = get_default_dtype()
-        else:
-            dtype = None
+    if isinstance(value, (int, float, bool)):
+        dtype = like.dtype if like.dtype.kind == "f" else \
+            (get_default_dtype() if isinstance(value, float) else None)
         array = np.asarray(value, dtype=dtype)
     else:
         array = value if is_device_array(value) else np.asarray(value)
@@ -68,6 +65,7 @@ def div(a, b): return _binary(Div, a, b)
 def power(a, b): return _binary(Pow, a, b)
 def maximum(a, b): return _binary(Maximum, a, b)
 def minimum(a, b): return _binary(Minimum, a, b)
+def neg(a): return Neg.apply(a)
 
 
 def matmul(a, b):
@@ -86,14 +84,10 @@ def where(cond, a, b):
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         a = Tensor(a)
     a, b = (a, lift(b, a)) if isinstance(a, Tensor) else (lift(a, b), b)
-    if cond_array.dtype != bool:
-        cond_array = cond_array.astype(bool)
+    cond_array = cond_array.astype(bool, copy=False)
     if device_of(cond_array) != a.device:
         cond_array = to_device(cond_array, a.device)
     return Where.apply(a, b, cond=cond_array)
-
-
-def neg(a): return Neg.apply(a)
 
 
 def getitem(a, index):
@@ -140,14 +134,8 @@ def squeeze(a, axis=None): return Squeeze.apply(a, axis=axis)
 def expand_dims(a, axis): return ExpandDims.apply(a, axis=axis)
 
 
-def concatenate(tensors, axis=0):
-    tensors = _as_tensors(tensors, "concatenate")
-    return Concatenate.apply(*tensors, axis=axis)
-
-
-def stack(tensors, axis=0):
-    tensors = _as_tensors(tensors, "stack")
-    return Stack.apply(*tensors, axis=axis)
+def concatenate(tensors, axis=0): return Concatenate.apply(*_as_tensors(tensors, "concatenate"), axis=axis)
+def stack(tensors, axis=0): return Stack.apply(*_as_tensors(tensors, "stack"), axis=axis)
 
 
 def _as_tensors(tensors, op):
@@ -177,10 +165,7 @@ def gelu(a): return GELU.apply(a)
 def elu(a, alpha=1.0): return ELU.apply(a, alpha=alpha)
 def softplus(a): return Softplus.apply(a)
 def softmax(a, axis=-1): return Softmax.apply(a, axis=axis)
-
-
-def log_softmax(a, axis=-1):
-    return LogSoftmax.apply(a, axis=axis)
+def log_softmax(a, axis=-1): return LogSoftmax.apply(a, axis=axis)
 
 
 DEFAULT_ALPHA = {name: record.alpha for name, record in _ACTIVATIONS.items() if record.has_alpha}
@@ -243,9 +228,7 @@ def std(a, axis=None, ddof=0, keepdims=False):
     if isinstance(ddof, bool) or not isinstance(ddof, (int, float, np.integer, np.floating)):
         raise TypeError(f"std: ddof must be a number, got {ddof!r}")
     axes = normalize_axes(axis, a.ndim, "std")
-    count = 1
-    for ax in axes:
-        count *= a.shape[ax]
+    count = math.prod(a.shape[ax] for ax in axes)
     if not count - ddof > 0:
         raise ValueError(f"std: ddof={ddof} leaves no degrees of freedom for {count} value(s) per "
                          f"slice of a tensor of shape {a.shape} (axis={axis!r})")
@@ -268,4 +251,4 @@ def einsum(subscripts, *operands):
 
 # Tensor's methods and the derivatives written once for arrays and Tensors call these
 # functions; they are handed over here (no import back into this package: no cycle).
-_tensor._ops_module = elementwise.TENSOR_MATH = sys.modules[__name__]
+_tensor._ops = elementwise.TENSOR_MATH = sys.modules[__name__]

@@ -14,17 +14,14 @@
 >>> x.grad.tolist()            # the product of the others, zero included
 [0.0, 6.0, 0.0]
 """
+import math
+
 from ..autograd import Function
 from ..backend import array_module
 from .axes import normalize_axis
 from .elementwise import Where, constant
 from .reduce import _Reduction
 from .shape import BroadcastTo
-
-
-def _reduced(out, shape, axes):
-    """``out`` (computed with keepdims) without the reduced axes."""
-    return out.reshape([size for i, size in enumerate(shape) if i not in axes])
 
 
 def _moved_last(ndim, axes):
@@ -47,7 +44,7 @@ class Prod(_Reduction):
         xp = array_module(a)
         order, inverse = _moved_last(a.ndim, self.axes)
         moved = a.transpose(order)
-        count = _size(a.shape[axis] for axis in self.axes)
+        count = math.prod(a.shape[axis] for axis in self.axes)
         rows = moved.reshape(a.size // count if count else 0, count)
         before = xp.ones_like(rows)
         after = xp.ones_like(rows)
@@ -66,7 +63,7 @@ class Prod(_Reduction):
         order, inverse = _moved_last(a.ndim, self.axes)
         moved = a.transpose(*order) if order != list(range(a.ndim)) else a
         lead = moved.shape[:a.ndim - len(self.axes)]
-        count = _size(a.shape[axis] for axis in self.axes)
+        count = math.prod(a.shape[axis] for axis in self.axes)
         copies = BroadcastTo.apply(moved.reshape(lead + (1, count)), shape=lead + (count, count))
         one = constant(array_module(a.data).ones(()), a)
         eye = array_module(a.data).eye(count, dtype=bool)
@@ -75,13 +72,6 @@ class Prod(_Reduction):
         if order != list(range(a.ndim)):
             others = others.transpose(*inverse)
         return self.expand(grad) * others
-
-
-def _size(shape):
-    total = 1
-    for size in shape:
-        total *= size
-    return total
 
 
 def _running_sum(a, axis, reverse):
@@ -113,7 +103,7 @@ class Norm(_Reduction):
         axes = self.setup(a, axis, keepdims)
         out = array_module(a).sqrt((a * a).sum(axis=axes, keepdims=True))
         self.save_for_backward(a, out)
-        return out if keepdims else _reduced(out, a.shape, axes)
+        return out if keepdims else out.squeeze(axes)
 
     def backward(self, grad):
         a, out = self.saved_tensors

@@ -1,8 +1,7 @@
 """Activations. Elementwise ones run through the kernel table (compiled or NumPy twin).
 
-``backward`` calls the kernel table on arrays; ``vjp`` writes the same derivative
-with Tensor ops (for ``create_graph=True``), recomputing what it needs from the
-input so that the derivative itself can be differentiated.
+``backward`` calls the kernel table on arrays; ``vjp`` writes the same derivative with
+Tensor ops, from the input, so that it can be differentiated again.
 """
 from ..autograd import Function
 from ..backend import array_module, kernels
@@ -12,9 +11,8 @@ from .elementwise import Minimum, Where, constant
 
 
 class _Activation(Function):
-    """An elementwise activation: forward and backward are its record's kernels
-    (``<name>_forward`` / ``<name>_backward``), saving its output or its input as the
-    record says, with ``alpha`` where it has one. Each op writes only its ``vjp``."""
+    """An elementwise activation: forward and backward are its record's kernels, saving the
+    output or the input as the record says. Each op writes only its ``vjp``."""
     record = None
 
     def forward(self, x, alpha=None):
@@ -91,13 +89,12 @@ class Softplus(_Activation):
 
 def softmax_array(x, axis):
     """Stable softmax of a raw array (shift by the max first)."""
-    xp = array_module(x)
-    exp = xp.exp(x - x.max(axis=axis, keepdims=True))
+    exp = array_module(x).exp(x - x.max(axis=axis, keepdims=True))
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
 def softmax_backward_array(out, grad, axis):
-    """Vector-Jacobian product of softmax, from its output."""
+    """Vector-Jacobian product of softmax, from its output (arrays or Tensors)."""
     return out * (grad - (grad * out).sum(axis=axis, keepdims=True))
 
 
@@ -113,8 +110,7 @@ class Softmax(Function):
         return softmax_backward_array(out, grad, self.axis)
 
     def vjp(self, grad, x):
-        out = Softmax.apply(x, axis=self.axis)
-        return out * (grad - (grad * out).sum(axis=self.axis, keepdims=True))
+        return softmax_backward_array(Softmax.apply(x, axis=self.axis), grad, self.axis)
 
 
 class LogSoftmax(Function):
@@ -130,8 +126,7 @@ class LogSoftmax(Function):
 
     def backward(self, grad):
         (out,) = self.saved_tensors
-        xp = array_module(out)
-        return grad - xp.exp(out) * grad.sum(axis=self.axis, keepdims=True)
+        return grad - array_module(out).exp(out) * grad.sum(axis=self.axis, keepdims=True)
 
     def vjp(self, grad, x):
         return grad - Softmax.apply(x, axis=self.axis) * grad.sum(axis=self.axis, keepdims=True)

@@ -1,10 +1,8 @@
 """The one place an ``axis`` argument is checked and normalised, for every op that takes one.
 
-An axis is any integer (``1``, ``-1``, ``np.int64(1)``; not a bool) within
-``[-ndim, ndim)``; reductions also take a tuple or list of them. The result is
-non-negative, so backward code never meets a negative axis. A bad axis raises
-``ValueError`` (out of range, duplicated) or ``TypeError`` (not an integer), naming the
-op, the axis and the number of dimensions (not NumPy's ``AxisError``).
+An axis is an integer (not a bool) in ``[-ndim, ndim)``, or for reductions a tuple or list
+of them; the result is non-negative. A bad axis raises ``ValueError`` (out of range,
+duplicated) or ``TypeError`` (not an integer) naming the op, the axis and ``ndim``.
 """
 import operator
 

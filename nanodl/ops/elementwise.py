@@ -1,14 +1,9 @@
 """Elementwise arithmetic and math ops: forward and backward side by side.
 
-Gradients may come back in the broadcast shape: the engine sums them down to
-each input's shape (``autograd.unbroadcast``), so no op repeats that work.
-
-Most ops here write their derivative once, as a ``vjp`` that runs on arrays (first
-order) and on Tensors (``create_graph=True``) alike: operators, and ``xp = math_of(grad)``
-for functions (NumPy or CuPy for arrays, ``nanodl.ops`` for Tensors). Ops whose fast
-backward reuses what forward saved (exp, sqrt) write a Tensor ``vjp`` beside it;
-masks at kinks (abs, clip, ties of maximum/minimum) are constants there, so second
-derivatives are 0.
+A gradient may come back in the broadcast shape: the engine sums it down to the input's.
+Most ops write their derivative once, as a ``vjp`` that runs on arrays and on Tensors
+alike (operators, and ``math_of`` for functions). Exp and sqrt keep a fast ``backward``
+on their saved output; masks at kinks (abs, clip, ties) are constants: second derivative 0.
 """
 from ..autograd import Function
 from ..backend import array_module
@@ -18,14 +13,13 @@ TENSOR_MATH = None  # nanodl.ops, set by it once its functions exist (it imports
 
 
 def math_of(x):
-    """Where a derivative finds ``log``, ``where``...: ``nanodl.ops`` (recorded, so
-    differentiable again) for a Tensor, NumPy or CuPy for an array."""
+    """Where a derivative finds ``log``, ``where``...: ``nanodl.ops`` for a Tensor, else NumPy/CuPy."""
     return TENSOR_MATH if isinstance(x, Tensor) else array_module(x)
 
 
 def constant(array, like):
-    """A mask or a share in ``like``'s dtype: a Tensor with no graph when ``like`` is a
-    Tensor, else the array, so that one ``vjp`` serves both tiers (its derivative is 0)."""
+    """A mask in ``like``'s dtype, as a graph-less Tensor when ``like`` is one: one ``vjp``
+    serves both tiers."""
     array = array.astype(like.dtype, copy=False)
     return Tensor(array) if isinstance(like, Tensor) else array
 
@@ -75,10 +69,8 @@ class Neg(Function):
 class Pow(Function):
     """``a ** b``; d/da = b a^(b-1), d/db = a^b log(a), correct at a = 0 to any order.
 
-    At ``b == 0`` d/da is 0 (``a ** 0`` is constant) and is formed with exponent
-    ``0`` instead of ``-1``, so no 0 * inf appears, here or in a later derivative of
-    it (a derivative of ``a ** (b - 1)`` is a Pow node again). d/db uses log(1) = 0
-    where a == 0: ``0 ** b`` is flat in b there for b > 0 (as PyTorch and JAX).
+    Where b == 0, d/da is 0, formed with exponent 0 instead of -1: no 0 * inf, here or in
+    a later derivative. d/db takes log(a) as 0 where a == 0 (as PyTorch and JAX).
     """
 
     def forward(self, a, b):
@@ -157,17 +149,14 @@ class Clip(Function):
         self.lo, self.hi = lo, hi
         return xp.clip(a, lo, hi)
 
-    def inside(self):
-        (a,) = self.saved_tensors
-        inside = array_module(a).ones(a.shape, dtype=bool)
-        if self.lo is not None:
-            inside &= a >= self.lo
-        if self.hi is not None:
-            inside &= a <= self.hi
-        return inside
-
     def vjp(self, grad, a):
-        return grad * constant(self.inside(), grad)
+        (saved,) = self.saved_tensors
+        inside = array_module(saved).ones(saved.shape, dtype=bool)
+        if self.lo is not None:
+            inside &= saved >= self.lo
+        if self.hi is not None:
+            inside &= saved <= self.hi
+        return grad * constant(inside, grad)
 
 
 class _Pick(Function):
@@ -177,12 +166,9 @@ class _Pick(Function):
         self.save_for_backward(a, b)
         return self.pick(array_module(a), a, b)
 
-    def share(self):
-        a, b = self.saved_tensors
-        return self.wins(a, b) + 0.5 * (a == b)
-
     def vjp(self, grad, a, b):
-        share_a = self.share()
+        saved_a, saved_b = self.saved_tensors
+        share_a = self.wins(saved_a, saved_b) + 0.5 * (saved_a == saved_b)
         need_a, need_b = self.needs_input_grad
         return (grad * constant(share_a, grad) if need_a else None), \
             (grad * constant(1 - share_a, grad) if need_b else None)

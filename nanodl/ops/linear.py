@@ -7,9 +7,8 @@ from .activation import activation_vjp, softmax_array, softmax_backward_array
 class Linear(Function):
     """One node for a dense layer; the kernel table fuses GEMM, bias and activation.
 
-    ``x`` may have any number of leading axes; they are folded into the batch.
-    ``bias`` may be None (then it is not a tensor input). ``'softmax'`` is applied
-    here, over the last axis, since it is not elementwise.
+    ``x``'s leading axes are folded into the batch; ``bias`` may be None (then it is no
+    tensor input). ``'softmax'`` is applied here, over the last axis (not elementwise).
     """
 
     def forward(self, x, kernel, bias=None, activation="linear", alpha=0.0):
@@ -47,10 +46,7 @@ class Linear(Function):
         return (dx, dkernel, dbias) if self.has_bias else (dx, dkernel)
 
     def vjp(self, grad, x, kernel, bias=None):
-        """The same derivative with Tensor ops: the activation's vjp, then the products.
-
-        It stops at its own inputs (a kernel that also fed ``x`` gets that path from
-        the walk, once)."""
+        """The same derivative with Tensor ops: the activation's vjp, then the products."""
         z = x @ kernel if bias is None else x @ kernel + bias
         grad = activation_vjp(self.activation, grad, z, self.alpha)
         need_x, need_kernel = self.needs_input_grad[:2]

@@ -12,9 +12,8 @@ REDUCTIONS = ("none", "mean", "sum")
 class SoftmaxCrossEntropy(Function):
     """``-sum(target * log_softmax(logits))`` over the last axis of (N, C) logits.
 
-    ``target`` is a plain array: integer classes of shape (N,) or a (N, C)
-    distribution; it is not differentiated. ``reduction`` ('none', 'mean' or
-    'sum') is applied inside the node, so a training loss is one node, not two.
+    ``target``, not differentiated, is an array of (N,) classes or a (N, C) distribution.
+    ``reduction`` ('none', 'mean' or 'sum') is applied inside the node: one node, not two.
     """
 
     def forward(self, logits, target=None, reduction="none"):

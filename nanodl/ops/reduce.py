@@ -1,13 +1,10 @@
 """Reductions: sum, mean, var, max, min, logsumexp over an int or tuple ``axis``."""
+import math
+
 from ..autograd import Function
 from ..backend import array_module
 from .axes import normalize_axes
 from .elementwise import constant, math_of
-
-
-def kept_shape(shape, axes):
-    """``shape`` with the reduced ``axes`` set to 1 (what keepdims=True gives)."""
-    return tuple(1 if i in axes else size for i, size in enumerate(shape))
 
 
 class _Reduction(Function):
@@ -21,8 +18,8 @@ class _Reduction(Function):
 
     def expand(self, grad):
         """Broadcast a reduced gradient (an array or a Tensor) back over the input's shape."""
-        if not self.keepdims:
-            grad = grad.reshape(kept_shape(self.shape, self.axes))
+        if not self.keepdims:  # put the reduced axes back, as size 1
+            grad = grad.reshape(tuple(1 if i in self.axes else n for i, n in enumerate(self.shape)))
         return math_of(grad).broadcast_to(grad, self.shape)
 
 
@@ -37,7 +34,7 @@ class Sum(_Reduction):
 class Mean(_Reduction):
     def forward(self, a, axis=None, keepdims=False):
         axes = self.setup(a, axis, keepdims)
-        self.count = max(1, _product(a.shape, axes))
+        self.count = max(1, math.prod(a.shape[i] for i in axes))
         return a.mean(axis=axes, keepdims=keepdims)
 
     def vjp(self, grad, a):
@@ -51,16 +48,16 @@ class Var(_Reduction):
         axes = self.setup(a, axis, keepdims)
         centered = a - a.mean(axis=axes, keepdims=True)
         self.save_for_backward(centered)
-        self.count = _product(a.shape, axes)
+        self.count = max(1, math.prod(a.shape[i] for i in axes))
         return (centered * centered).mean(axis=axes, keepdims=keepdims)
 
     def backward(self, grad):
         (centered,) = self.saved_tensors
-        return self.expand(grad) * centered * (2 / max(self.count, 1))
+        return self.expand(grad) * centered * (2 / self.count)
 
     def vjp(self, grad, a):
         centered = a - a.mean(axis=self.axes, keepdims=True)
-        return self.expand(grad) * centered * (2 / max(self.count, 1))
+        return self.expand(grad) * centered * (2 / self.count)
 
 
 class _Extreme(_Reduction):
@@ -69,19 +66,15 @@ class _Extreme(_Reduction):
     def forward(self, a, axis=None, keepdims=False):
         axes = self.setup(a, axis, keepdims)
         if a.size == 0:
-            raise ValueError(f"{type(self).__name__.lower()}: cannot reduce an empty tensor of shape {a.shape}")
+            raise ValueError(f"{self.name.lower()}: cannot reduce an empty tensor of shape {a.shape}")
         out = self.reduce(a, axis=axes, keepdims=True)
         self.save_for_backward(a, out)
-        return out if keepdims else out.reshape([s for i, s in enumerate(a.shape) if i not in axes])
-
-    def share(self):
-        """Each element's share of the gradient: 1/ties at the extreme, else 0."""
-        a, out = self.saved_tensors
-        hits = a == out
-        return hits / hits.sum(axis=self.axes, keepdims=True)
+        return out if keepdims else out.squeeze(axes)
 
     def vjp(self, grad, a):
-        return self.expand(grad) * constant(self.share(), grad)
+        saved, out = self.saved_tensors
+        hits = saved == out  # each tied extreme gets an equal share
+        return self.expand(grad) * constant(hits / hits.sum(axis=self.axes, keepdims=True), grad)
 
 
 class Max(_Extreme):
@@ -102,7 +95,7 @@ class LogSumExp(_Reduction):
         peak = xp.where(xp.isfinite(peak), peak, 0)
         out = xp.log(xp.exp(a - peak).sum(axis=axes, keepdims=True)) + peak
         self.save_for_backward(a, out)
-        return out if keepdims else out.reshape([s for i, s in enumerate(a.shape) if i not in axes])
+        return out if keepdims else out.squeeze(axes)
 
     def backward(self, grad):
         a, out = self.saved_tensors
@@ -111,11 +104,3 @@ class LogSumExp(_Reduction):
     def vjp(self, grad, a):
         out = LogSumExp.apply(a, axis=self.axes, keepdims=True)
         return self.expand(grad) * (a - out).exp()
-
-
-def _product(shape, axes):
-    """How many elements a reduction over ``axes`` folds into one."""
-    total = 1
-    for i in axes:
-        total *= shape[i]
-    return total

@@ -1,15 +1,13 @@
 """One registry of ops that drives the tests and ``nanodl gradcheck``'s audit.
 
-Each ``OpSpec`` names an op, how to call it on Tensors, its NumPy reference,
-the input shapes to try (broadcasting pairs, scalars, size-1 axes included), the
-interval inputs are drawn from, and how far an input is from a point where the
-op is not differentiable (relu at 0, ties of max, ...). A new op is one entry and
-is then forward-tested, gradient-checked and audited everywhere at once.
+Each ``OpSpec`` names an op, how to call it on Tensors, its NumPy reference, the input
+shapes to try, the interval inputs are drawn from, and how far an input is from a point
+where the op is not differentiable (relu at 0, ties of max, ...). A new op is one entry,
+then forward-tested, gradient-checked and audited everywhere at once.
 
-``critical_points`` are inputs sitting exactly where a *composition* of ops would
-kink though the op's math is smooth there (a loss at ``pred == target``, a logit
-of 0, Huber's ``|d| == delta``), with ``derivative`` giving the analytic gradient
-the op must return there; central differences are fine at such points too.
+``critical_points`` are inputs exactly where a *composition* of ops would kink though the
+op is smooth there (a loss at ``pred == target``, Huber's ``|d| == delta``), with
+``derivative`` the analytic gradient the op must return there.
 """
 import math
 from dataclasses import dataclass
@@ -39,10 +37,6 @@ class OpSpec:
     derivative: Optional[Callable] = None  # (*ndarrays) -> d sum(fn)/d input, one per input
 
     @property
-    def arity(self):
-        return len(self.cases[0])
-
-    @property
     def shape_kind(self):
         """How tests may draw random shapes: 'unary', 'binary' (broadcasting), 'reduce' or None."""
         if not self.random_shapes:
@@ -50,7 +44,7 @@ class OpSpec:
         if self.name in ("softmax", "log_softmax") or self.family == "reduce":
             return "reduce"
         if self.family in ("elementwise", "activation"):
-            return "unary" if self.arity == 1 else "binary"
+            return "unary" if len(self.cases[0]) == 1 else "binary"
         return None
 
 
@@ -82,14 +76,26 @@ def _np_logsumexp(a, axis=None, keepdims=False):
     return out if keepdims else np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
 
 
-def _np_linear(x, w, b, act):
+def _np_linear(x, w, b, act, alpha=None):
     z = x @ w + b
-    return _np_softmax(z) if act == "softmax" else ACTIVATION_RECORDS[act].reference(z, None)
+    if act == "softmax":
+        return _np_softmax(z)
+    record = ACTIVATION_RECORDS[act]
+    return record.reference(z, record.alpha if alpha is None else alpha)
 
 
-def _np_xent(logits, target):
-    log_probs = logits - _np_logsumexp(logits, axis=1, keepdims=True)
-    return -log_probs[np.arange(len(target)), target]
+def _xent_spec(name, target, reduction):
+    """``softmax_cross_entropy`` against (N,) classes or a (N, C) distribution (cast to the logits' dtype)."""
+    classes = target.dtype.kind == "i"
+
+    def fn(a):
+        return ops.softmax_cross_entropy(a, target if classes else target.astype(a.dtype), reduction)
+
+    def reference(a):
+        dist = np.eye(a.shape[1])[target] if classes else target
+        per_sample = -(dist * (a - _np_logsumexp(a, axis=1, keepdims=True))).sum(axis=1)
+        return per_sample if reduction == "none" else getattr(per_sample, reduction)()
+    return OpSpec(name, fn, reference, (((5, 3),),), family="loss")
 
 
 UNARY = (((3, 4),), ((5,),), ((),), ((2, 1, 3),))
@@ -109,10 +115,6 @@ _SCATTER_INDEX = np.array([0, 2, 0])
 _EXPONENTS = np.array([0.0, 1.0, 2.0, 3.0])
 
 
-def _np_sigmoid(z):
-    return 1 / (1 + np.exp(-z))
-
-
 def _np_huber(d, delta):
     return np.where(np.abs(d) <= delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
 
@@ -130,10 +132,6 @@ _EINSUMS = (  # (registry name, subscripts, operand shapes)
     ("einsum_ellipsis", "...ij,...jk", (((2, 1, 3, 4), (5, 4, 2)), ((3, 2), (2, 2)))),  # implicit '->'
     ("einsum_diagonal", "ii,ijk->j", (((3, 3), (3, 2, 4)),)),  # a repeated letter, a letter only one has
 )
-
-
-def _np_erf(a):
-    return np.vectorize(math.erf, otypes=[np.float64])(a)
 
 
 def _np_prod_others(a):
@@ -160,6 +158,14 @@ def _activation_spec(activation):
                   family="activation")
 
 
+def _linear_spec(act, alpha=None):
+    """The fused dense node with activation ``act``; kinks at its record's (elu's 2nd order)."""
+    kinks = () if act == "softmax" else ACTIVATION_RECORDS[act].kinks
+    return OpSpec(f"linear_{act}", lambda x, w, b: F.linear(x, w, b, act, alpha=alpha),
+                  lambda x, w, b: _np_linear(x, w, b, act, alpha), (((5, 3), (3, 4), (4,)),), family="linear",
+                  kink_distance=(lambda x, w, b: _kink_gap(x @ w + b, kinks)) if kinks else None)
+
+
 def _kink_gap(a, points):
     return min(_abs_min(a - point) for point in points)
 
@@ -174,7 +180,8 @@ REGISTRY = (
     # a ** k at a = 0 (k = 0..3: x^0, x, x^2, x^3) and 0 ** w: NaN there once, 0 * inf
     OpSpec("pow_integer", lambda a: a ** _EXPONENTS.astype(a.dtype), lambda a: a ** _EXPONENTS, (((4,),),),
            random_shapes=False, critical_points=((np.zeros(4),),),
-           derivative=lambda a: (np.where(_EXPONENTS == 0, 0, _EXPONENTS * a ** np.maximum(_EXPONENTS - 1, 0)),)),
+           derivative=lambda a: (np.where(_EXPONENTS == 0, 0,
+                                          _EXPONENTS * a ** np.maximum(_EXPONENTS - 1, 0)),)),
     OpSpec("pow_of_zero", lambda w: ops.power(np.zeros(3, w.dtype), w), lambda w: 0.0 ** w, (((3,),),),
            domain=(0.5, 2.0), random_shapes=False, critical_points=((np.array([0.5, 1.0, 2.0]),),),
            derivative=lambda w: (np.zeros_like(w),)),
@@ -229,49 +236,20 @@ REGISTRY = (
            lambda a: a - _np_logsumexp(a, axis=0, keepdims=True), REDUCE_SHAPES, family="activation"),
     OpSpec("linear", lambda x, w, b: F.linear(x, w, b), lambda x, w, b: _np_linear(x, w, b, "linear"),
            (((5, 3), (3, 4), (4,)), ((2, 3, 3), (3, 2), (2,)), ((1, 1), (1, 1), (1,))), family="linear"),
-    OpSpec("linear_relu", lambda x, w, b: F.linear(x, w, b, "relu"),
-           lambda x, w, b: _np_linear(x, w, b, "relu"), (((5, 3), (3, 4), (4,)),), family="linear",
-           kink_distance=lambda x, w, b: float(np.abs(x @ w + b).min())),
-    OpSpec("linear_tanh", lambda x, w, b: F.linear(x, w, b, "tanh"),
-           lambda x, w, b: _np_linear(x, w, b, "tanh"), (((5, 3), (3, 4), (4,)),), family="linear"),
-    OpSpec("linear_sigmoid", lambda x, w, b: F.linear(x, w, b, "sigmoid"),
-           lambda x, w, b: _np_linear(x, w, b, "sigmoid"), (((5, 3), (3, 4), (4,)),), family="linear"),
-    OpSpec("linear_softmax", lambda x, w, b: F.linear(x, w, b, "softmax"),
-           lambda x, w, b: _np_linear(x, w, b, "softmax"), (((5, 3), (3, 4), (4,)),), family="linear"),
-    OpSpec("linear_gelu", lambda x, w, b: F.linear(x, w, b, "gelu"),
-           lambda x, w, b: _np_linear(x, w, b, "gelu"), (((5, 3), (3, 4), (4,)),), family="linear"),
+    *(_linear_spec(act) for act in ("relu", "tanh", "sigmoid", "softmax", "gelu")),
     OpSpec("linear_nobias", lambda x, w: F.linear(x, w), lambda x, w: x @ w, (((4, 3), (3, 2)),),
            family="linear"),
-    OpSpec("linear_leaky_relu", lambda x, w, b: F.linear(x, w, b, "leaky_relu", alpha=0.1),
-           lambda x, w, b: (lambda z: np.where(z > 0, z, 0.1 * z))(x @ w + b), (((5, 3), (3, 4), (4,)),),
-           family="linear", kink_distance=lambda x, w, b: float(np.abs(x @ w + b).min())),
-    OpSpec("linear_elu", lambda x, w, b: F.linear(x, w, b, "elu"),
-           lambda x, w, b: (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))))(x @ w + b),
-           (((5, 3), (3, 4), (4,)),), family="linear",
-           kink_distance=lambda x, w, b: float(np.abs(x @ w + b).min())),  # 2nd derivative jumps
-    OpSpec("linear_softplus", lambda x, w, b: F.linear(x, w, b, "softplus"),
-           lambda x, w, b: np.logaddexp(x @ w + b, 0), (((5, 3), (3, 4), (4,)),), family="linear"),
+    _linear_spec("leaky_relu", alpha=0.1), _linear_spec("elu"), _linear_spec("softplus"),
     OpSpec("broadcast_to", lambda a: BroadcastTo.apply(a, shape=(2, 3, 4)),
            lambda a: np.broadcast_to(a, (2, 3, 4)), (((3, 4),), ((1, 4),), ((3, 1),), ((),)),
            family="shape"),
     OpSpec("scatter_add", lambda a: ScatterAdd.apply(a, index=_SCATTER_INDEX, shape=(4, 2)),
            lambda a: _np_scatter(a, _SCATTER_INDEX, (4, 2)), (((3, 2),),), family="shape"),
-    OpSpec("softmax_xent", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET),
-           lambda a: _np_xent(a, _XENT_TARGET), (((5, 3),),), family="loss"),
-    OpSpec("softmax_xent_mean", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET, "mean"),
-           lambda a: _np_xent(a, _XENT_TARGET).mean(), (((5, 3),),), family="loss"),
-    OpSpec("softmax_xent_probs_sum",
-           lambda a: ops.softmax_cross_entropy(a, _XENT_PROBS.astype(a.dtype), "sum"),
-           lambda a: -(_XENT_PROBS * (a - _np_logsumexp(a, axis=1, keepdims=True))).sum(),
-           (((5, 3),),), family="loss"),
-    OpSpec("softmax_xent_sum", lambda a: ops.softmax_cross_entropy(a, _XENT_TARGET, "sum"),
-           lambda a: _np_xent(a, _XENT_TARGET).sum(), (((5, 3),),), family="loss"),
-    OpSpec("softmax_xent_onehot",
-           lambda a: ops.softmax_cross_entropy(a, _XENT_ONEHOT.astype(a.dtype), "none"),
-           lambda a: _np_xent(a, _XENT_TARGET), (((5, 3),),), family="loss"),
-    OpSpec("softmax_xent_onehot_mean",
-           lambda a: ops.softmax_cross_entropy(a, _XENT_ONEHOT.astype(a.dtype), "mean"),
-           lambda a: _np_xent(a, _XENT_TARGET).mean(), (((5, 3),),), family="loss"),
+    _xent_spec("softmax_xent", _XENT_TARGET, "none"), _xent_spec("softmax_xent_mean", _XENT_TARGET, "mean"),
+    _xent_spec("softmax_xent_probs_sum", _XENT_PROBS, "sum"),
+    _xent_spec("softmax_xent_sum", _XENT_TARGET, "sum"),
+    _xent_spec("softmax_xent_onehot", _XENT_ONEHOT, "none"),
+    _xent_spec("softmax_xent_onehot_mean", _XENT_ONEHOT, "mean"),
     # The losses, checked at the points where a composition of ops would kink.
     OpSpec("mse", lambda p: losses.mse(p, _TARGET), lambda p: ((p - _TARGET) ** 2).mean(),
            (((2, 3),),), family="loss", random_shapes=False,
@@ -291,7 +269,7 @@ REGISTRY = (
     OpSpec("bce_logits", lambda z: losses.binary_crossentropy(z, _LABELS, from_logits=True),
            lambda z: (np.logaddexp(z, 0) - z * _LABELS).mean(), (((2, 3),),), family="loss",
            random_shapes=False, critical_points=((np.zeros((2, 3)),),),
-           derivative=lambda z: ((_np_sigmoid(z) - _LABELS) / z.size,)),
+           derivative=lambda z: ((1 / (1 + np.exp(-z)) - _LABELS) / z.size,)),
     OpSpec("bce_probs", lambda p: losses.binary_crossentropy(p, _LABELS, reduction="sum"),
            lambda p: -(_LABELS * np.log(p) + (1 - _LABELS) * np.log(1 - p)).sum(), (((2, 3),),),
            domain=(0.05, 0.95), family="loss", random_shapes=False),
@@ -307,7 +285,8 @@ REGISTRY = (
     OpSpec("cos", ops.cos, np.cos, UNARY, domain=(-4.0, 4.0)),
     OpSpec("log1p", ops.log1p, np.log1p, UNARY, domain=(-0.8, 3.0)),
     OpSpec("expm1", ops.expm1, np.expm1, UNARY),
-    OpSpec("erf", ops.erf, _np_erf, UNARY, domain=(-3.0, 3.0)),  # both of its formulas (|x| < 2, >= 2)
+    OpSpec("erf", ops.erf, np.vectorize(math.erf, otypes=[np.float64]), UNARY,
+           domain=(-3.0, 3.0)),  # both of its formulas (|x| < 2, >= 2)
     OpSpec("prod", lambda a: ops.prod(a, axis=-1), lambda a: a.prod(axis=-1), REDUCE_SHAPES,
            family="reduce", critical_points=((_PROD_ZEROS.copy(),),),  # exp(sum(log)) is 0/0 there
            derivative=lambda a: (_np_prod_others(a),)),
@@ -344,10 +323,8 @@ def draw_inputs(spec, shapes, rng, dtype=np.float64, margin=1e-3, tries=50):
 
 
 # ------------------------------------------------------------------ kinks of graph nodes
-# Where each built-in node (a ``Function`` subclass, by class name) is not
-# differentiable, read by ``gradcheck`` to explain a failure that sits on a kink and
-# by ``gradcheck.locate`` to skip such a node rather than blame it. A custom
-# ``Function`` joins in by defining ``kink_distance(self, *arrays)``.
+# Where each built-in node (by class name) is not differentiable: ``gradcheck`` explains a
+# failure there, ``gradcheck.locate`` skips the node. A custom Function defines ``kink_distance``.
 @dataclass(frozen=True)
 class NodeKink:
     what: str                        # 'relu at 0': what is not differentiable

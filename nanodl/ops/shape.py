@@ -7,6 +7,8 @@ from .axes import normalize_axes, normalize_axis
 
 
 class Reshape(Function):
+    """A new shape for the same data; its gradient is reshaped back (Squeeze, ExpandDims too)."""
+
     def forward(self, a, shape=None):
         self.shape = a.shape
         try:
@@ -29,15 +31,13 @@ class Transpose(Function):
         self.axes = axes
         return a.transpose(axes)
 
-    def inverse(self, ndim):
-        return None if self.axes is None else \
-            tuple(int(ax) for ax in np.argsort([ax % ndim for ax in self.axes]))
-
-    def vjp(self, grad, a):
-        return grad.transpose(self.inverse(grad.ndim))
+    def vjp(self, grad, a):  # the inverse permutation
+        if self.axes is None:
+            return grad.transpose()
+        return grad.transpose(tuple(int(ax) for ax in np.argsort([ax % grad.ndim for ax in self.axes])))
 
 
-class Squeeze(Function):
+class Squeeze(Reshape):
     def forward(self, a, axis=None):
         self.shape = a.shape
         if axis is not None:
@@ -47,17 +47,11 @@ class Squeeze(Function):
                     raise ValueError(f"squeeze: axis {ax} of shape {a.shape} is not of size 1")
         return a.squeeze(axis)
 
-    def vjp(self, grad, a):
-        return grad.reshape(self.shape)
 
-
-class ExpandDims(Function):
+class ExpandDims(Reshape):
     def forward(self, a, axis=0):
         self.shape = a.shape
         return array_module(a).expand_dims(a, normalize_axis(axis, a.ndim + 1, "expand_dims"))
-
-    def vjp(self, grad, a):
-        return grad.reshape(self.shape)
 
 
 class GetItem(Function):
@@ -106,8 +100,7 @@ def scatter_add(values, index, shape):
 
 def _is_basic(index):
     parts = index if isinstance(index, tuple) else (index,)
-    return all(isinstance(p, (int, slice, type(None), type(Ellipsis))) or
-               (isinstance(p, np.integer)) for p in parts)
+    return all(isinstance(p, (int, np.integer, slice, type(None), type(Ellipsis))) for p in parts)
 
 
 def _cupy_scatter_add(target, index, values):  # pragma: no cover - GPU only
@@ -117,10 +110,9 @@ def _cupy_scatter_add(target, index, values):  # pragma: no cover - GPU only
 
 class Concatenate(Function):
     def forward(self, *arrays, axis=0):
-        xp = array_module(arrays[0])
         axis = normalize_axis(axis, arrays[0].ndim, "concatenate")
         try:
-            out = xp.concatenate(arrays, axis=axis)
+            out = array_module(arrays[0]).concatenate(arrays, axis=axis)
         except ValueError:
             raise ValueError(f"concatenate: shapes {[a.shape for a in arrays]} cannot be joined "
                              f"along axis {axis}") from None
@@ -136,10 +128,9 @@ class Concatenate(Function):
 
 class Stack(Function):
     def forward(self, *arrays, axis=0):
-        xp = array_module(arrays[0])
         if len({a.shape for a in arrays}) > 1:
             raise ValueError(f"stack: all tensors must have one shape, got {[a.shape for a in arrays]}")
-        out = xp.stack(arrays, axis=normalize_axis(axis, arrays[0].ndim + 1, "stack"))
+        out = array_module(arrays[0]).stack(arrays, axis=normalize_axis(axis, arrays[0].ndim + 1, "stack"))
         self.axis = axis % out.ndim
         return out
 

@@ -1,11 +1,9 @@
 """Elementwise special functions: sin, cos, log1p, expm1, erf.
 
-Each ``backward`` is the textbook derivative on arrays and each ``vjp`` the same
-derivative with Tensor ops, so every one is differentiable to any order
-(``nd.grad(..., create_graph=True)``): sin' = cos, cos' = -sin,
-log1p' = 1 / (1 + x), expm1' = exp(x), erf' = 2 / sqrt(pi) exp(-x^2).
-
-``erf`` is computed here, without SciPy (see ``erf_array``).
+Each derivative is written once, as a ``vjp`` that runs on arrays and on Tensors
+(``math_of``), so every one is differentiable to any order: sin' = cos, cos' = -sin,
+log1p' = 1 / (1 + x), expm1' = exp(x), erf' = 2 / sqrt(pi) exp(-x^2). ``erf`` is
+computed here, without SciPy (see ``erf_array``).
 
 >>> import nanodl as nd
 >>> x = nd.tensor([0.0, 0.5], dtype='float64', requires_grad=True)
@@ -17,6 +15,7 @@ import math
 
 from ..autograd import Function
 from ..backend import array_module
+from .elementwise import math_of
 
 TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
 _SPLIT = 134217729.0          # 2**27 + 1: Veltkamp's constant, splits a double into two halves
@@ -85,40 +84,25 @@ def erf_array(x):
 
 class Sin(Function):
     def forward(self, a):
-        self.save_for_backward(a)
         return array_module(a).sin(a)
 
-    def backward(self, grad):
-        (a,) = self.saved_tensors
-        return grad * array_module(a).cos(a)
-
     def vjp(self, grad, a):
-        return grad * Cos.apply(a)
+        return grad * math_of(a).cos(a)
 
 
 class Cos(Function):
     def forward(self, a):
-        self.save_for_backward(a)
         return array_module(a).cos(a)
 
-    def backward(self, grad):
-        (a,) = self.saved_tensors
-        return -grad * array_module(a).sin(a)
-
     def vjp(self, grad, a):
-        return -grad * Sin.apply(a)
+        return -grad * math_of(a).sin(a)
 
 
 class Log1p(Function):
     """log(1 + x), accurate for tiny x (where 1 + x would round away x's digits)."""
 
     def forward(self, a):
-        self.save_for_backward(a)
         return array_module(a).log1p(a)
-
-    def backward(self, grad):
-        (a,) = self.saved_tensors
-        return grad / (1 + a)
 
     def vjp(self, grad, a):
         return grad / (1 + a)
@@ -144,12 +128,7 @@ class Erf(Function):
     """The error function, 2/sqrt(pi) times the integral of exp(-t^2) from 0 to x."""
 
     def forward(self, a):
-        self.save_for_backward(a)
         return erf_array(a)
 
-    def backward(self, grad):
-        (a,) = self.saved_tensors
-        return grad * (TWO_OVER_SQRT_PI * array_module(a).exp(-a * a))
-
     def vjp(self, grad, a):
-        return grad * ((-(a * a)).exp() * TWO_OVER_SQRT_PI)
+        return grad * (TWO_OVER_SQRT_PI * math_of(a).exp(-(a * a)))
