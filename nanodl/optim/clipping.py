@@ -11,10 +11,9 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale all gradients together so that their total norm is at most ``max_norm``.
 
     Returns the total norm before clipping (a Python float). Gradients are multiplied
-    by ``min(1, max_norm / (total + 1e-6))``, as ``torch.nn.utils.clip_grad_norm_``;
-    each gets a new array (two parameters may share one gradient array, which must not
-    be scaled twice). Parameters without a gradient are ignored. ``norm_type`` is 2 or
-    ``inf``.
+    by ``min(1, max_norm / (total + 1e-6))``, each into a new array (two parameters may
+    share one, which must not be scaled twice); those without a gradient are ignored.
+    ``norm_type`` is 2 or ``inf``.
 
     >>> import numpy as np
     >>> from types import SimpleNamespace
@@ -40,11 +39,7 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
         total = max(float(array_module(p.grad).abs(p.grad).max()) if p.grad.size else 0.0
                     for p in with_grad)
     elif norm_type == 2.0:
-        squares = 0.0
-        for p in with_grad:
-            grad = p.grad
-            squares += float(array_module(grad).vdot(grad, grad))
-        total = math.sqrt(squares)
+        total = math.sqrt(sum(float(array_module(p.grad).vdot(p.grad, p.grad)) for p in with_grad))
     else:
         raise ValueError(f"clip_grad_norm: norm_type must be 2 or inf, got {norm_type!r}")
     if error_if_nonfinite and not math.isfinite(total):

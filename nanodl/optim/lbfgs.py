@@ -1,20 +1,13 @@
 """L-BFGS: a quasi-Newton optimizer driven by a closure, iterate for iterate as ``torch.optim.LBFGS``.
 
 L-BFGS keeps the last ``history_size`` pairs of steps ``s = x' - x`` and gradient
-changes ``y = g' - g``; from them the two-loop recursion turns the gradient into an
-approximate Newton direction ``d ~ -H⁻¹ g`` without ever forming the Hessian. One
-``step(closure)`` runs up to ``max_iter`` such iterations, calling the closure (zero
-the gradients, recompute the loss, ``backward()``, return the loss) whenever it needs
-the loss and gradient at a new point: at most ``max_eval`` times. The step length is
-``lr`` (the first iteration ever scales it by ``min(1, 1/||g||₁)``), or with
-``line_search_fn='strong_wolfe'`` the one a bracketing and zooming line search finds
-(cubic interpolation, the strong Wolfe conditions with ``c1=1e-4``, ``c2=0.9``).
-
-The parameters are handled as one flat vector (``xp.concatenate`` of their arrays), on
-NumPy or CuPy alike (``array_module``). The whole state is global, not per parameter:
-the history, the last direction and step length, the previous gradient and loss, and
-the counts ``func_evals`` and ``n_iter``; ``state_dict()`` holds it as numbers and
-arrays (the history stacked into ``(k, n)`` arrays), so a fit resumes where it stopped.
+changes ``y = g' - g``; the two-loop recursion turns them and the gradient into an
+approximate Newton direction ``d ~ -H⁻¹ g`` without forming the Hessian. The step
+length is ``lr`` (the first iteration ever scales it by ``min(1, 1/||g||₁)``), or with
+``line_search_fn='strong_wolfe'`` what a bracketing and zooming line search finds
+(cubic interpolation, strong Wolfe conditions with ``c1=1e-4``, ``c2=0.9``). The
+parameters are one flat vector (NumPy or CuPy), and the state is global, not per
+parameter.
 
 >>> import numpy as np
 >>> from nanodl import nn, optim
@@ -29,6 +22,7 @@ arrays (the history stacked into ``(k, n)`` arrays), so a fit resumes where it s
 (True, 10.25)
 """
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -38,32 +32,27 @@ from .optimizers import OPTIMIZERS, Optimizer
 
 __all__ = ["LBFGS"]
 
-_LINE_SEARCHES = (None, "strong_wolfe")
-
 
 def _loss_value(loss):
-    """The closure's loss as a Python float (a Tensor, an array or a number)."""
-    if hasattr(loss, "item"):
-        return float(loss.item())
-    return float(loss)
+    """The closure's loss (a Tensor, an array or a number) as a Python float."""
+    return float(loss.item()) if hasattr(loss, "item") else float(loss)
 
 
 class LBFGS(Optimizer):
     """Limited-memory BFGS with PyTorch's algorithm, names and defaults.
 
-    ``max_eval`` defaults to ``max_iter * 5 // 4``. An iteration stops the step early
-    when the largest gradient entry is at most ``tolerance_grad``, or when the step,
-    the directional derivative or the change of the loss falls below
-    ``tolerance_change``. ``step(closure)`` returns the closure's first loss (the
-    loss before the step), as PyTorch does.
-
-    ``model.compile(optimizer='lbfgs')`` (or an ``LBFGS()`` instance) makes ``fit``
-    full-batch: each epoch is one ``step(closure)`` over all training samples, the
-    closure being the training step's forward, loss (with the weight penalties) and
-    backward.
+    ``step(closure)`` runs up to ``max_iter`` iterations, calling the closure (zero the
+    gradients, recompute the loss, ``backward()``, return the loss) at most ``max_eval``
+    times (default ``max_iter * 5 // 4``), and returns its first loss, as PyTorch does.
+    It stops early when the largest gradient entry is at most ``tolerance_grad``, or when
+    the step, the directional derivative or the change of the loss falls below
+    ``tolerance_change``. With ``model.compile(optimizer='lbfgs')``, ``fit`` is
+    full-batch: one ``step(closure)`` per epoch over all training samples.
     """
 
     name = "lbfgs"
+    _config = ("max_iter", "max_eval", "tolerance_grad", "tolerance_change", "history_size",
+               "line_search_fn")
     full_batch = True  # Model.fit: one step(closure) per epoch, over every training sample
 
     def __init__(self, params=None, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,
@@ -74,7 +63,7 @@ class LBFGS(Optimizer):
         self.tolerance_grad = self._check_nonneg("tolerance_grad", tolerance_grad)
         self.tolerance_change = self._check_nonneg("tolerance_change", tolerance_change)
         self.history_size = self._check_count("history_size", history_size)
-        if line_search_fn not in _LINE_SEARCHES:
+        if line_search_fn not in (None, "strong_wolfe"):
             raise ValueError(f"LBFGS: line_search_fn must be None or 'strong_wolfe', got "
                              f"{line_search_fn!r}")
         self.line_search_fn = line_search_fn
@@ -86,11 +75,6 @@ class LBFGS(Optimizer):
             raise ValueError(f"{type(self).__name__}: {what} must be an integer >= 1, got {value!r}")
         return int(value)
 
-    def get_config(self):
-        return {"lr": self._lr, "max_iter": self.max_iter, "max_eval": self.max_eval,
-                "tolerance_grad": self.tolerance_grad, "tolerance_change": self.tolerance_change,
-                "history_size": self.history_size, "line_search_fn": self.line_search_fn}
-
     def set_params(self, params):
         before = self._params
         super().set_params(params)
@@ -99,12 +83,11 @@ class LBFGS(Optimizer):
 
     @property
     def state(self):
-        """The optimizer's global state: ``func_evals``, ``n_iter`` and, after the first
-        iteration, ``d``, ``t``, ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``,
-        ``prev_flat_grad``, ``prev_loss`` (PyTorch's names)."""
+        """The global state, by PyTorch's names: ``func_evals``, ``n_iter`` and, after the
+        first iteration, ``d``, ``t``, ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``,
+        ``prev_flat_grad``, ``prev_loss``."""
         return self._memory
 
-    # ------------------------------------------------------------ the flat vector
     def _flat_grad(self):
         params = self._params
         xp = array_module(params[0].data)
@@ -119,19 +102,11 @@ class LBFGS(Optimizer):
             p.data += t * direction[offset:offset + size].reshape(p.data.shape)
             offset += size
 
-    def _values(self):
-        return [p.data.copy() for p in self._params]
-
-    def _restore(self, values):
-        for p, value in zip(self._params, values):
-            p.data[...] = value
-
     def _evaluate(self, closure):
         with enable_grad():
             loss = closure()
         return loss, _loss_value(loss), self._flat_grad()
 
-    # ------------------------------------------------------------ the step
     def step(self, closure=None):
         """Up to ``max_iter`` L-BFGS iterations on the loss ``closure()`` recomputes."""
         if closure is None:
@@ -155,9 +130,7 @@ class LBFGS(Optimizer):
         rho, h_diag = memory.get("ro"), memory.get("H_diag")
         prev_grad, prev_loss = memory.get("prev_flat_grad"), memory.get("prev_loss")
 
-        iteration = 0
-        while iteration < max_iter:
-            iteration += 1
+        for iteration in range(1, max_iter + 1):
             memory["n_iter"] += 1
 
             # The direction: steepest descent the first time, else the two-loop recursion.
@@ -170,69 +143,55 @@ class LBFGS(Optimizer):
                 curvature = float(xp.dot(change, step_vector))
                 if curvature > 1e-10:  # a pair that keeps the approximation positive definite
                     if len(grad_changes) == self.history_size:
-                        grad_changes.pop(0)
-                        steps_taken.pop(0)
-                        rho.pop(0)
+                        del grad_changes[0], steps_taken[0], rho[0]
                     grad_changes.append(change)
                     steps_taken.append(step_vector)
                     rho.append(1.0 / curvature)
                     h_diag = curvature / float(xp.dot(change, change))
                 direction = _two_loop(-grad, steps_taken, grad_changes, rho, h_diag)
 
-            prev_grad = grad.copy()
-            prev_loss = loss
-
+            prev_grad, prev_loss = grad.copy(), loss
             # The step length: lr, scaled down on the very first iteration.
-            if memory["n_iter"] == 1:
-                t = min(1.0, 1.0 / float(xp.abs(grad).sum())) * lr
-            else:
-                t = lr
+            t = min(1.0, 1.0 / float(xp.abs(grad).sum())) * lr if memory["n_iter"] == 1 else lr
             slope = float(xp.dot(grad, direction))
             if slope > -tolerance_change:
                 break  # not a descent direction any more
 
             if self.line_search_fn == "strong_wolfe":
-                start = self._values()
+                start = [p.data.copy() for p in self._params]
 
                 def loss_and_grad(x, step_length, d):
                     self._move(step_length, d)
                     _, value, gradient = self._evaluate(closure)
-                    self._restore(x)
+                    for p, value_before in zip(self._params, x):
+                        p.data[...] = value_before
                     return value, gradient
 
                 loss, grad, t, used = _strong_wolfe(loss_and_grad, start, t, direction, loss, grad,
                                                     slope, max_ls=max_eval - evals)
                 self._move(t, direction)
-                optimal = float(xp.abs(grad).max()) <= tolerance_grad
             else:
                 self._move(t, direction)
-                used, optimal = 0, False
-                if iteration != max_iter:  # the last iteration's point is not evaluated (torch)
+                used = int(iteration != max_iter)  # the last iteration's point is not evaluated (torch)
+                if used:
                     _, loss, grad = self._evaluate(closure)
-                    optimal = float(xp.abs(grad).max()) <= tolerance_grad
-                    used = 1
             evals += used
             memory["func_evals"] += used
+            optimal = used and float(xp.abs(grad).max()) <= tolerance_grad
 
             if iteration == max_iter or evals >= max_eval or optimal:
                 break
-            if float(xp.abs(direction * t).max()) <= tolerance_change:
-                break  # the step no longer moves the parameters
-            if abs(loss - prev_loss) < tolerance_change:
-                break  # nor the loss
+            if float(xp.abs(direction * t).max()) <= tolerance_change or \
+                    abs(loss - prev_loss) < tolerance_change:
+                break  # the step no longer moves the parameters, or the loss
 
         memory.update(d=direction, t=t, old_dirs=grad_changes, old_stps=steps_taken, ro=rho,
                       H_diag=h_diag, prev_flat_grad=prev_grad, prev_loss=prev_loss)
         return first_loss
 
-    # ------------------------------------------------------------ checkpoints
     def state_dict(self):
-        """Hyper-parameters and the global state, one flat dict of numbers, strings and
-        host arrays (``nanodl.save`` writes it as it is).
-
-        The history lists are stacked: ``old_dirs`` and ``old_stps`` are ``(k, n)``
-        arrays, ``ro`` a ``(k,)`` array (k pairs kept, n parameters in all).
-        """
+        """Hyper-parameters and the global state: one flat dict of numbers, strings and host
+        arrays, the history stacked (``old_dirs``, ``old_stps``: ``(k, n)``; ``ro``: ``(k,)``)."""
         sd = {"name": self.name}
         for key, value in self.get_config().items():
             if value is not None:  # line_search_fn=None is the default: left out, no None saved
@@ -267,8 +226,7 @@ class LBFGS(Optimizer):
                   "n_iter": int(np.asarray(sd.get("n_iter", 0)))}
         if "d" in sd:
             memory.update(self._loaded_history(sd))
-        for key in ("_lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change",
-                    "history_size", "line_search_fn"):
+        for key in ("_lr", *self._config):
             setattr(self, key, getattr(probe, key))
         self.step_count = int(np.asarray(sd.get("step_count", 0)))
         self._memory = memory
@@ -299,8 +257,7 @@ class LBFGS(Optimizer):
         history = {"d": vector("d"), "prev_flat_grad": vector("prev_flat_grad"),
                    "old_dirs": rows("old_dirs"), "old_stps": rows("old_stps"),
                    "ro": [float(r) for r in np.asarray(saved.get("ro", [])).ravel()],
-                   "t": float(np.asarray(saved["t"])), "H_diag": float(np.asarray(saved["H_diag"])),
-                   "prev_loss": float(np.asarray(saved["prev_loss"]))}
+                   **{key: float(np.asarray(saved[key])) for key in ("t", "H_diag", "prev_loss")}}
         if not len(history["old_dirs"]) == len(history["old_stps"]) == len(history["ro"]):
             raise ValueError("LBFGS.load_state_dict: old_dirs, old_stps and ro hold different "
                              "numbers of pairs")
@@ -308,9 +265,7 @@ class LBFGS(Optimizer):
 
 
 def _stack(vectors, n, dtype):
-    if not vectors:
-        return np.zeros((0, n), dtype=dtype)
-    return np.stack([to_host(v) for v in vectors])
+    return np.stack([to_host(v) for v in vectors]) if vectors else np.zeros((0, n), dtype=dtype)
 
 
 def _two_loop(q, steps_taken, grad_changes, rho, h_diag):
@@ -329,10 +284,14 @@ def _two_loop(q, steps_taken, grad_changes, rho, h_diag):
 
 
 # ---------------------------------------------------------------- the strong Wolfe line search
-def _cubic_minimum(x1, f1, g1, x2, f2, g2, bounds=None):
-    """The minimiser of the cubic through two points' values ``f`` and slopes ``g``,
-    clipped to ``bounds`` (default: between the points); their midpoint when the cubic
-    has no real minimiser."""
+# One trial of the line search: step length, loss, gradient and slope along the direction.
+_Point = namedtuple("_Point", "t f g gtd")
+
+
+def _cubic_minimum(a, b, bounds=None):
+    """The minimiser of the cubic through two trials' values and slopes, clipped to
+    ``bounds`` (default: between the points); their midpoint when the cubic has none."""
+    (x1, f1, _, g1), (x2, f2, _, g2) = a, b
     low, high = bounds if bounds is not None else (min(x1, x2), max(x1, x2))
     try:
         d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
@@ -347,15 +306,6 @@ def _cubic_minimum(x1, f1, g1, x2, f2, g2, bounds=None):
     except ZeroDivisionError:  # coinciding points or a degenerate cubic
         return (low + high) / 2.0
     return min(max(minimum, low), high)
-
-
-class _Point:
-    """One trial of the line search: step length ``t``, loss ``f``, gradient ``g`` and
-    slope ``gtd`` (the gradient along the search direction)."""
-    __slots__ = ("t", "f", "g", "gtd")
-
-    def __init__(self, t, f, g, gtd):
-        self.t, self.f, self.g, self.gtd = t, f, g, gtd
 
 
 def _strong_wolfe(loss_and_grad, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9,
@@ -378,7 +328,7 @@ def _strong_wolfe(loss_and_grad, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_
         return point.f > f + c1 * point.t * gtd
 
     new = trial(t)
-    evaluations, iterations = 1, 0
+    iterations = 0  # evaluations: one more
     previous, bracket, done = start, None, False
     # Bracketing: grow t until a point brackets the Wolfe region or satisfies it.
     while iterations < max_ls:
@@ -391,11 +341,9 @@ def _strong_wolfe(loss_and_grad, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_
         if new.gtd >= 0:
             bracket = [previous, new]
             break
-        t_next = _cubic_minimum(previous.t, previous.f, previous.gtd, new.t, new.f, new.gtd,
-                                bounds=(new.t + 0.01 * (new.t - previous.t), new.t * 10))
+        t_next = _cubic_minimum(previous, new, (new.t + 0.01 * (new.t - previous.t), new.t * 10))
         previous = new
         new = trial(t_next)
-        evaluations += 1
         iterations += 1
     if iterations == max_ls:
         bracket = [start, new]  # out of evaluations: the best of the start and the last trial
@@ -407,19 +355,15 @@ def _strong_wolfe(loss_and_grad, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_
         left, right = min(bracket[0].t, bracket[1].t), max(bracket[0].t, bracket[1].t)
         if (right - left) * d_scale < tolerance_change:
             break  # the bracket is too small to matter
-        a, b = bracket
-        t = _cubic_minimum(a.t, a.f, a.gtd, b.t, b.f, b.gtd)
+        t = _cubic_minimum(*bracket)
         margin = 0.1 * (right - left)
-        if min(right - t, t - left) < margin:  # too close to an end of the bracket
-            if stalled or t >= right or t <= left:
-                t = right - margin if abs(t - right) < abs(t - left) else left + margin
-                stalled = False
-            else:
-                stalled = True
-        else:
+        near_end = min(right - t, t - left) < margin  # too close to an end of the bracket
+        if near_end and (stalled or t >= right or t <= left):
+            t = right - margin if abs(t - right) < abs(t - left) else left + margin
             stalled = False
+        else:
+            stalled = near_end
         new = trial(t)
-        evaluations += 1
         iterations += 1
         if too_high(new) or new.f >= bracket[low].f:
             bracket[high] = new  # not lower than the low end: the new high end
@@ -431,7 +375,7 @@ def _strong_wolfe(loss_and_grad, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_
                 bracket[high] = bracket[low]  # the minimum lies on the other side
             bracket[low] = new
     best = bracket[low]
-    return best.f, best.g, best.t, evaluations
+    return best.f, best.g, best.t, iterations + 1
 
 
 OPTIMIZERS[LBFGS.name] = LBFGS

@@ -1,12 +1,10 @@
 """Learning-rate schedules with PyTorch's semantics, driving an optimizer's ``lr``.
 
-Create the scheduler after the optimizer and call ``step()`` once per epoch, after
-the epoch's optimizer steps. The constructor records ``base_lrs`` (the optimizer's
-rate at that moment) and performs the initial step, so ``last_epoch`` is 0. The
-updates are PyTorch's recursive forms (each new rate is computed from the current
-one), so a rate changed by hand between epochs carries on, as in PyTorch, and the
-values agree with ``torch.optim.lr_scheduler`` to the last bit. nanodl's optimizers
-have a single rate, so the ``*_lrs`` lists have one entry.
+Create the scheduler after the optimizer (it records ``base_lrs`` and takes the initial
+step: ``last_epoch`` is 0) and call ``step()`` once per epoch, after the epoch's
+optimizer steps. The updates are PyTorch's recursive forms (each rate from the current
+one), so a rate changed by hand carries on and the values agree with
+``torch.optim.lr_scheduler`` to the last bit. The ``*_lrs`` lists have one entry.
 
 >>> import numpy as np
 >>> from types import SimpleNamespace
@@ -90,10 +88,8 @@ class LRScheduler:
 
 
 class StepLR(LRScheduler):
-    """Multiply the rate by ``gamma`` every ``step_size`` epochs.
-
-    ``lr = base_lr * gamma ** (epoch // step_size)``.
-    """
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs:
+    ``lr = base_lr * gamma ** (epoch // step_size)``."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         self.step_size = integer_argument("StepLR", "step_size", step_size, 1)
@@ -102,9 +98,7 @@ class StepLR(LRScheduler):
 
     def get_lr(self):
         lr = self.optimizer.lr
-        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
-            return [lr]
-        return [lr * self.gamma]
+        return [lr] if self.last_epoch == 0 or self.last_epoch % self.step_size else [lr * self.gamma]
 
 
 class ExponentialLR(LRScheduler):
@@ -116,9 +110,7 @@ class ExponentialLR(LRScheduler):
 
     def get_lr(self):
         lr = self.optimizer.lr
-        if self._is_initial:
-            return [lr]
-        return [lr * self.gamma]
+        return [lr] if self._is_initial else [lr * self.gamma]
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -205,14 +197,12 @@ class Plateau:
 
 
 class ReduceLROnPlateau(Plateau):
-    """Multiply the rate by ``factor`` when a metric has stopped improving.
+    """Multiply the rate by ``factor`` when a metric has stopped improving (``Plateau``'s
+    test), as ``torch.optim.lr_scheduler.ReduceLROnPlateau``; ``step(metric)`` once per epoch.
 
-    ``step(metric)`` once per epoch. The metric improves when it beats the best so far
-    by more than ``threshold`` (relative: ``best * (1 - threshold)`` for ``mode='min'``,
-    ``best * (1 + threshold)`` for ``'max'``; absolute: ``best -/+ threshold``). After more
-    than ``patience`` epochs without improvement the rate becomes
+    After more than ``patience`` epochs without improvement the rate becomes
     ``max(lr * factor, min_lr)`` (unless that changes it by less than ``eps``), and the
-    next ``cooldown`` epochs are not counted. As ``torch.optim.lr_scheduler.ReduceLROnPlateau``.
+    next ``cooldown`` epochs are not counted.
     """
 
     MODES = ("min", "max")
@@ -235,8 +225,7 @@ class ReduceLROnPlateau(Plateau):
         self.patience = integer_argument(owner, "patience", patience, 0)
         self.cooldown = integer_argument(owner, "cooldown", cooldown, 0)
         self.min_lr, self.eps = real_argument(owner, "min_lr", min_lr), real_argument(owner, "eps", eps)
-        self.last_epoch = 0
-        self.cooldown_counter = 0
+        self.last_epoch = self.cooldown_counter = 0
         self._last_lr = [optimizer.lr]
 
     @property
@@ -263,15 +252,9 @@ class ReduceLROnPlateau(Plateau):
             self.num_bad_epochs = 0
         self._last_lr = [self.optimizer.lr]
 
-    def get_last_lr(self):
-        """The optimizer's rate after the latest ``step()`` (a list)."""
-        return list(self._last_lr)
-
-    def state_dict(self):
-        return {key: value for key, value in self.__dict__.items() if key != "optimizer"}
-
-    def load_state_dict(self, state_dict):
-        self.__dict__.update(state_dict)
+    get_last_lr = LRScheduler.get_last_lr
+    state_dict = LRScheduler.state_dict  # (no callables here to leave out)
+    load_state_dict = LRScheduler.load_state_dict
 
     def __repr__(self):
         return (f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, "

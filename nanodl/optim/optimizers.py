@@ -1,12 +1,11 @@
 """Optimizers: SGD, Adam, AdamW, Adagrad and RMSprop, step for step as ``torch.optim``.
 
 A *parameter* is anything with a ``.data`` array (updated in place) and a ``.grad``
-array of the same shape, or ``None`` (the parameter is then skipped, as in PyTorch).
-Each optimizer keeps its per-parameter state by name (``state["exp_avg"]``) and hands
-the update itself to the kernel table (``kernels(p.data).adam_step(p.data, grad,
-exp_avg=..., lr=...)``, arguments by keyword), so the same code runs the NumPy
-reference, the compiled kernels and CuPy on the GPU. An optimizer of your own can
-instead write its update with ``xp = array_module(param)``: see ``docs/extending.md``.
+array of the same shape, or ``None`` (then it is skipped, as in PyTorch). Each update
+goes to the kernel table by keyword (``kernels(p.data).adam_step(p.data, grad,
+exp_avg=..., lr=...)``), so the same code runs NumPy, the compiled kernels and CuPy;
+an optimizer of your own may write its update with ``array_module`` instead
+(``docs/extending.md``).
 
 >>> import numpy as np
 >>> from types import SimpleNamespace
@@ -31,29 +30,30 @@ def _is_parameter(obj):
     return hasattr(obj, "data") and hasattr(obj, "grad")
 
 
+def _zeros(data, *slots):
+    """Fresh zero state arrays like ``data``, by slot name (falsy names skipped)."""
+    xp = array_module(data)
+    return {slot: xp.zeros_like(data) for slot in slots if slot}
+
+
 class Optimizer:
     """Base class: holds the parameters, the learning rate and per-parameter state.
 
     ``params`` may be ``None`` (give them later with :meth:`set_params`, as
-    ``Model.compile`` does), a list or any iterable of parameters (a generator is
-    read once), or a module with a ``parameters()`` method.
+    ``Model.compile`` does), any iterable of parameters, or a module with ``parameters()``.
 
-    Subclasses set ``name``, implement ``_new_state(data)`` (a dict of the fresh
-    per-parameter state arrays the chosen options use, by name) and ``_update(data,
-    grad, state)`` (one parameter's elementwise update; ``step()`` calls it for each
-    parameter with a gradient), and list their constructor arguments in ``get_config``.
-    An update that is not elementwise overrides ``step()`` instead.
-
-    Per-parameter state is a dict per parameter: ``state["step"]``, the number of
-    updates that parameter has received (a parameter without a gradient is not
-    counted, as in PyTorch), and the arrays of ``_new_state`` under their names. It is
-    created at the first ``step()`` (or ``load_state_dict``), on the parameter's device.
+    Subclasses set ``name``, implement ``_new_state(data)`` (the fresh per-parameter
+    state arrays, by name) and ``_update(data, grad, state)`` (one parameter's
+    elementwise update), and name their other constructor arguments in ``_config`` (or
+    override ``get_config``). An update that is not elementwise overrides ``step()``.
+    Each parameter's state dict also holds ``state["step"]``, the updates it has had (a
+    step without its gradient does not count, as in PyTorch).
     """
 
     name = "optimizer"
-    # The kernel table for a parameter's array: the checked one. A captured step
-    # (nanodl.capture), which validated its calls once, swaps in the unchecked
-    # compute functions for the duration of its update.
+    _config = ()  # the constructor's arguments after lr, stored under their own names
+    # The checked kernel table; a captured step (nanodl.capture), which validated its
+    # calls once, swaps in the unchecked compute functions during its update.
     _kernels = staticmethod(kernels)
 
     def __init_subclass__(cls, **kwargs):
@@ -69,7 +69,6 @@ class Optimizer:
         if params is not None:
             self.set_params(params)
 
-    # ------------------------------------------------------------ parameters
     @property
     def lr(self):
         """The learning rate; may be changed between steps (schedulers do)."""
@@ -79,14 +78,7 @@ class Optimizer:
     def lr(self, value):
         self._lr = self._check_nonneg("learning rate", value)
 
-    @property
-    def learning_rate(self):
-        """Keras' name for ``lr`` (the same attribute)."""
-        return self.lr
-
-    @learning_rate.setter
-    def learning_rate(self, value):
-        self.lr = value
+    learning_rate = lr  # Keras' name for the same attribute
 
     @property
     def params(self):
@@ -94,11 +86,7 @@ class Optimizer:
         return self._params
 
     def set_params(self, params):
-        """Give the optimizer its parameters.
-
-        Different parameters replace the earlier ones and drop their state; the same
-        parameters again (``Model.fit`` called twice) keep it.
-        """
+        """Give the optimizer its parameters: new ones drop the state, the same again keep it."""
         if _is_parameter(params):
             raise TypeError(f"{type(self).__name__}: params must be an iterable of parameters, "
                             f"got a single {type(params).__name__}; wrap it in a list")
@@ -109,18 +97,14 @@ class Optimizer:
         except TypeError:
             raise TypeError(f"{type(self).__name__}: params must be an iterable of parameters, "
                             f"got {type(params).__name__}") from None
-        unique, seen = [], set()
         for p in params:
             if not _is_parameter(p):
                 raise TypeError(f"{type(self).__name__}: {type(p).__name__} is not a parameter "
                                 "(expected an object with .data and .grad)")
-            if id(p) not in seen:  # a parameter listed twice is updated once
-                seen.add(id(p))
-                unique.append(p)
+        unique = list({id(p): p for p in params}.values())  # a parameter listed twice is updated once
         if not unique:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
-        if self._params is not None and len(unique) == len(self._params) and all(
-                new is old for new, old in zip(unique, self._params)):
+        if self._params is not None and list(map(id, unique)) == list(map(id, self._params)):
             return  # the same parameters again (a second fit()): keep the state
         self._params = unique
         self._state = None
@@ -132,11 +116,6 @@ class Optimizer:
                                "(Model.compile/fit does this)")
         return self._params
 
-    def _create_state(self):
-        """The per-parameter state lists, created on first use on each parameter's device."""
-        self._state = [self._fresh_state(p.data) for p in self._require_params()]
-        return self._state
-
     def _fresh_state(self, data):
         return {"step": 0, **self._new_state(data)}
 
@@ -145,14 +124,11 @@ class Optimizer:
         return {}
 
     def _updates(self):
-        """``(data, grad, state)`` for each parameter with a gradient, counting the step.
-
-        ``state["step"]`` is that parameter's own step count (it drives bias corrections
-        and decays, and does not advance while the parameter has no gradient, as in torch).
-        """
-        states = self._state or self._create_state()
+        """``(data, grad, state)`` for each parameter with a gradient, counting its step."""
+        if self._state is None:  # created at the first step, on each parameter's device
+            self._state = [self._fresh_state(p.data) for p in self._require_params()]
         self.step_count += 1
-        for p, state in zip(self._params, states):
+        for p, state in zip(self._params, self._state):
             grad = p.grad
             if grad is not None:
                 state["step"] += 1
@@ -172,16 +148,12 @@ class Optimizer:
             self._update(data, grad, state)
 
     def _update(self, data, grad, state):  # pragma: no cover - every subclass defines it
-        """Update one parameter's ``data`` in place from ``grad`` and its ``state``.
-
-        Elementwise, so one call over several parameters laid end to end in one array
-        (state arrays likewise, one step count) does what one call each would, bit for
-        bit: the captured step relies on it (``nanodl.capture.FlatUpdate``).
-        """
+        """Update one parameter's ``data`` in place. Elementwise, so one call on several
+        parameters laid end to end does what one call each would, bit for bit (the
+        captured step relies on it: ``nanodl.capture.FlatUpdate``)."""
         raise NotImplementedError(f"{type(self).__name__}: define _update(data, grad, state), "
                                   "one parameter's elementwise update, or step()")
 
-    # ------------------------------------------------------------ hyper-parameters
     def _check_nonneg(self, what, value):
         try:
             number = float(value)
@@ -204,30 +176,23 @@ class Optimizer:
 
     def get_config(self):
         """The constructor's hyper-parameters, e.g. ``{'lr': 0.001, 'betas': (0.9, 0.999), ...}``."""
-        return {"lr": self._lr}
+        return {"lr": self._lr, **{key: getattr(self, key) for key in self._config}}
 
     def __repr__(self):
         args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
-    # ------------------------------------------------------------ checkpoints
     def state_dict(self):
         """Hyper-parameters (the current ``lr`` included), step counts and per-parameter
-        state, as host NumPy copies.
-
-        A dict of numbers, strings, bools and arrays, plus ``'state'``: a dict of slot
-        name -> list of arrays (one per parameter, in parameter order). No objects, so
-        ``nanodl.save(opt.state_dict(), path)`` writes it without pickle and
-        ``opt.load_state_dict(nanodl.load(path))`` restores it exactly.
-        """
+        state as host copies: numbers, strings, bools, arrays and ``'state'`` (slot name ->
+        one array per parameter), so ``nanodl.save`` writes it without pickle."""
         sd = {"name": self.name}
         for key, value in self.get_config().items():
             sd[key] = list(value) if isinstance(value, tuple) else value
         sd["step_count"] = int(self.step_count)
         states = self._state
-        if states is None and self._params is not None:
-            states = [self._fresh_state(p.data) for p in self._params]
-        states = states or []
+        if states is None:
+            states = [self._fresh_state(p.data) for p in self._params or ()]
         sd["param_steps"] = np.array([state["step"] for state in states], dtype=np.int64)
         slots = [name for name in states[0] if name != "step"] if states else []
         sd["state"] = {slot: [to_host(state[slot], copy=True) for state in states] for slot in slots}
@@ -235,18 +200,13 @@ class Optimizer:
 
     def load_state_dict(self, state_dict):
         """Restore a ``state_dict()``; ValueError (and no change at all) if it does not fit."""
-        cls = type(self).__name__
+        where = f"{type(self).__name__}.load_state_dict"
         sd = dict(state_dict)
         name = str(sd.get("name", self.name))
         if name != self.name:
-            raise ValueError(f"{cls}.load_state_dict: the state belongs to a {name!r} optimizer, "
-                             f"not {self.name!r}")
-        # Build (and so validate) the loaded hyper-parameters on a scratch optimizer.
-        config = {}
-        for key, current in self.get_config().items():
-            if key in sd:
-                config[key] = _like(current, sd[key])
-        probe = type(self)(None, **config)
+            raise ValueError(f"{where}: the state belongs to a {name!r} optimizer, not {self.name!r}")
+        config = {key: _like(value, sd[key]) for key, value in self.get_config().items() if key in sd}
+        probe = type(self)(None, **config)  # validates the loaded hyper-parameters
 
         params = self._params
         steps = np.asarray(sd.get("param_steps", np.zeros(0, dtype=np.int64))).ravel()
@@ -255,28 +215,26 @@ class Optimizer:
         if count == 0:  # saved before the optimizer had parameters: hyper-parameters only
             new_state = None
         elif params is None:
-            raise RuntimeError(f"{cls}.load_state_dict: the state holds {count} parameters but "
-                               "this optimizer has none yet; call set_params first")
+            raise RuntimeError(f"{where}: the state holds {count} parameters but this optimizer "
+                               "has none yet; call set_params first")
         else:
             if count != len(params):
-                raise ValueError(f"{cls}.load_state_dict: the state holds {count} parameters, "
-                                 f"this optimizer has {len(params)}")
+                raise ValueError(f"{where}: the state holds {count} parameters, this optimizer "
+                                 f"has {len(params)}")
             new_state = [{"step": int(step)} for step in steps]
             for slot in probe._new_state(params[0].data):
                 if slot not in saved:
-                    raise ValueError(f"{cls}.load_state_dict: missing state {slot!r}")
+                    raise ValueError(f"{where}: missing state {slot!r}")
                 arrays = list(saved[slot])
                 if len(arrays) != len(params):
-                    raise ValueError(f"{cls}.load_state_dict: state {slot!r} has {len(arrays)} "
-                                     f"arrays for {len(params)} parameters")
+                    raise ValueError(f"{where}: state {slot!r} has {len(arrays)} arrays for "
+                                     f"{len(params)} parameters")
                 for i, (p, array) in enumerate(zip(params, arrays)):
                     shape = tuple(np.shape(array))
-                    if shape != tuple(p.data.shape):
-                        raise ValueError(f"{cls}.load_state_dict: state {slot!r} of parameter {i} "
-                                         f"has shape {shape}, the parameter has {tuple(p.data.shape)}")
-                    xp = array_module(p.data)
-                    new_state[i][slot] = xp.array(array, dtype=p.data.dtype)  # a copy, never a view
-        # Everything checked: commit.
+                    if shape != p.data.shape:
+                        raise ValueError(f"{where}: state {slot!r} of parameter {i} has shape "
+                                         f"{shape}, the parameter has {p.data.shape}")
+                    new_state[i][slot] = array_module(p.data).array(array, dtype=p.data.dtype)  # a copy
         for key, value in probe.__dict__.items():
             if key not in ("_params", "_state", "step_count"):
                 setattr(self, key, value)
@@ -302,14 +260,10 @@ def _taking_learning_rate(init):
 
 def _like(current, value):
     """Convert a loaded value (often a 0-d array after np.load) to the type of ``current``."""
-    if isinstance(current, bool):
-        return bool(np.asarray(value))
     if isinstance(current, tuple):
         return tuple(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
-    if isinstance(current, int):
-        return int(np.asarray(value))
-    if isinstance(current, float):
-        return float(np.asarray(value))
+    if isinstance(current, (bool, int, float)):
+        return type(current)(np.asarray(value))
     return value
 
 
@@ -322,6 +276,7 @@ class SGD(Optimizer):
     """
 
     name = "sgd"
+    _config = ("momentum", "nesterov", "weight_decay")
 
     def __init__(self, params=None, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         self.momentum = self._check_nonneg("momentum", momentum)
@@ -332,15 +287,11 @@ class SGD(Optimizer):
         super().__init__(params, lr)
 
     def _new_state(self, data):
-        return {"momentum_buffer": array_module(data).zeros_like(data)} if self.momentum else {}
-
-    def get_config(self):
-        return {"lr": self._lr, "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+        return _zeros(data, self.momentum and "momentum_buffer")
 
     def _update(self, data, grad, state):
         if self.momentum and "momentum_buffer" not in state:  # momentum turned on after a step
-            state["momentum_buffer"] = array_module(data).zeros_like(data)
+            state.update(self._new_state(data))
         self._kernels(data).sgd_step(data, grad, momentum_buf=state.get("momentum_buffer"),
                                      lr=self._lr, momentum=self.momentum, nesterov=self.nesterov,
                                      weight_decay=self.weight_decay)
@@ -355,6 +306,7 @@ class Adam(Optimizer):
     """
 
     name = "adam"
+    _config = ("betas", "eps", "weight_decay", "amsgrad")
     _decoupled = False
 
     def __init__(self, params=None, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
@@ -366,15 +318,7 @@ class Adam(Optimizer):
         super().__init__(params, lr)
 
     def _new_state(self, data):
-        xp = array_module(data)
-        state = {"exp_avg": xp.zeros_like(data), "exp_avg_sq": xp.zeros_like(data)}
-        if self.amsgrad:
-            state["max_exp_avg_sq"] = xp.zeros_like(data)
-        return state
-
-    def get_config(self):
-        return {"lr": self._lr, "betas": self.betas, "eps": self.eps,
-                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
+        return _zeros(data, "exp_avg", "exp_avg_sq", self.amsgrad and "max_exp_avg_sq")
 
     def _update(self, data, grad, state):
         beta1, beta2 = self.betas
@@ -403,6 +347,7 @@ class Adagrad(Optimizer):
     ``clr = lr / (1 + (t-1) * lr_decay)``, as ``torch.optim.Adagrad``."""
 
     name = "adagrad"
+    _config = ("eps", "initial_accumulator_value", "lr_decay", "weight_decay")
 
     def __init__(self, params=None, lr=0.01, eps=1e-10, initial_accumulator_value=0.0,
                  lr_decay=0.0, weight_decay=0.0):
@@ -416,11 +361,6 @@ class Adagrad(Optimizer):
     def _new_state(self, data):
         return {"sum": array_module(data).full_like(data, self.initial_accumulator_value)}
 
-    def get_config(self):
-        return {"lr": self._lr, "eps": self.eps,
-                "initial_accumulator_value": self.initial_accumulator_value,
-                "lr_decay": self.lr_decay, "weight_decay": self.weight_decay}
-
     def _update(self, data, grad, state):
         decayed_lr = self._lr / (1 + (state["step"] - 1) * self.lr_decay)
         self._kernels(data).adagrad_step(data, grad, state_sum=state["sum"], lr=decayed_lr,
@@ -433,6 +373,7 @@ class RMSprop(Optimizer):
     accumulates ``g / (sqrt(v) + eps)`` in a buffer. As ``torch.optim.RMSprop``."""
 
     name = "rmsprop"
+    _config = ("alpha", "eps", "momentum", "centered", "weight_decay")
 
     def __init__(self, params=None, lr=0.001, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
                  weight_decay=0.0):
@@ -444,17 +385,8 @@ class RMSprop(Optimizer):
         super().__init__(params, lr)
 
     def _new_state(self, data):
-        xp = array_module(data)
-        state = {"square_avg": xp.zeros_like(data)}
-        if self.momentum:
-            state["momentum_buffer"] = xp.zeros_like(data)
-        if self.centered:
-            state["grad_avg"] = xp.zeros_like(data)
-        return state
-
-    def get_config(self):
-        return {"lr": self._lr, "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
-                "centered": self.centered, "weight_decay": self.weight_decay}
+        return _zeros(data, "square_avg", self.momentum and "momentum_buffer",
+                      self.centered and "grad_avg")
 
     def _update(self, data, grad, state):
         self._kernels(data).rmsprop_step(data, grad, square_avg=state["square_avg"],
