@@ -357,7 +357,6 @@ def run_info(args, rest):
     from .backend.cuda import cuda_status
 
     ranks, say = _join_mpi_world()  # joins only when started by mpirun with several ranks
-    built = backend.native_available()
     threads = f"{os.cpu_count()} CPUs"
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         if os.environ.get(variable):
@@ -367,7 +366,8 @@ def run_info(args, rest):
         f"{'nanodl:':<10}{nd.__version__}",
         f"{'Python:':<10}{platform.python_version()} ({sys.executable})",
         f"{'NumPy:':<10}{np.__version__}",
-        f"{'kernels:':<10}native {'built' if built else 'not built'}; selected: {backend.get_kernels()}",
+        f"{'kernels:':<10}native {'built' if backend.native_available() else 'not built'}; "
+        f"selected: {backend.get_kernels()}",
         *_blas_lines(),
         f"{'threads:':<10}{threads}",
         f"{'CUDA:':<10}" + ("CuPy and a GPU found" if gpu is None else " ".join(str(gpu).split())),
@@ -391,15 +391,6 @@ def _mpi_lines(ranks):
 
 
 # ---------------------------------------------------------------- gradcheck and bench
-def _delegate(function, argv):
-    """Call another tool's ``main(argv)``; its exit status (a non-int result counts as success)."""
-    try:
-        status = function(argv)
-    except SystemExit as exit_:  # its own argparse errors
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return status if isinstance(status, int) else 0
-
-
 def run_gradcheck(args, rest):
     """Print the op audit table; exit status 1 if any op fails."""
     from . import gradcheck
@@ -418,28 +409,21 @@ def run_gradcheck(args, rest):
     return 0 if table.passed else 1
 
 
-def _load_benchmark(name):
-    """Import ``benchmarks/<name>.py`` from the source checkout by path."""
-    path = BENCHMARKS_DIR / f"{name}.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location(f"nanodl_benchmarks_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_bench(args, rest):
+    """Run ``benchmarks/<name>.py`` of the source checkout, each through its ``main(argv)``."""
     names = (["bench_kernels"] if args.kernels_only else
              ["bench_mlp"] if args.mlp_only else ["bench_kernels", "bench_mlp"])
     status = 0
     for name in names:
-        module = _load_benchmark(name)
-        if module is None:
-            print(f"nanodl bench: {BENCHMARKS_DIR / (name + '.py')} not found; the benchmarks live in the "
+        path = BENCHMARKS_DIR / f"{name}.py"
+        if not path.is_file():
+            print(f"nanodl bench: {path} not found; the benchmarks live in the "
                   "source repository (benchmarks/), not in the installed package: run this command "
                   "from a source checkout (git clone, then `pip install -e .`)", file=sys.stderr)
             return 1
+        spec = importlib.util.spec_from_file_location(f"nanodl_benchmarks_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
         bench_argv = ["--quick"] if args.quick else []
         if args.repeats:
             bench_argv += ["--repeats", str(args.repeats)]
@@ -449,5 +433,9 @@ def run_bench(args, rest):
             bench_argv += ["--configs", args.configs] if args.configs else []
             bench_argv += ["--no-torch"] if args.no_torch else []
             bench_argv += ["--markdown"] if args.markdown else []
-        status = max(status, _delegate(module.main, bench_argv))
+        try:
+            result = module.main(bench_argv)
+        except SystemExit as exit_:  # its own argparse errors
+            result = exit_.code if isinstance(exit_.code, int) else 1
+        status = max(status, result if isinstance(result, int) else 0)  # None: success
     return status

@@ -2,9 +2,7 @@
 side by side in one PNG (needs matplotlib, the ``[plot]`` extra).
 
 The figure is drawn without pyplot (no window, the user's backend untouched) and
-written atomically, as every file nanodl writes for a user (``archive.atomic_write``:
-a temporary file in the same folder, then ``os.replace``), so an interrupted plot
-never leaves half a PNG over an earlier one.
+written atomically, so an interrupted plot never leaves half a PNG over an earlier one.
 
 >>> from types import SimpleNamespace
 >>> import os, tempfile

@@ -137,8 +137,7 @@ def _exp_minus_abs(graph, x, scope):
 
 
 def _sigmoid(graph, x, scope, alpha=None):
-    """``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` below, ``e = exp(-|x|)``: nanodl's stable
-    form. (onnxruntime's ``Sigmoid`` approximates: relative errors near 1e-4 in the tails.)"""
+    """nanodl's stable form (onnxruntime's ``Sigmoid`` is off by ~1e-4 relative in the tails)."""
     e = _exp_minus_abs(graph, x, scope)
     one = graph.scalar(scope, "one", 1.0)
     denominator = graph.node("Add", [e, one], scope)
@@ -163,9 +162,8 @@ def _elu(graph, x, scope, alpha):
 
 
 def _softplus(graph, x, scope, alpha):
-    """nanodl's ``max(x, 0) + log1p(exp(-|x|))``, with ``log1p(e) = log(u) e / (u - 1)``,
-    ``u = 1 + e`` (exact to a few ulps; ``e`` itself where ``u`` rounds to 1): ONNX has no
-    log1p, and onnxruntime has no float64 ``Softplus``."""
+    """nanodl's ``max(x, 0) + log1p(e)``; ``log(u) e / (u - 1)`` is exact to a few ulps (``e``
+    itself where ``u`` rounds to 1): ONNX has no log1p, onnxruntime no float64 ``Softplus``."""
     e = _exp_minus_abs(graph, x, scope)
     one = graph.scalar(scope, "one", 1.0)
     u = graph.node("Add", [e, one], scope)
@@ -177,9 +175,8 @@ def _softplus(graph, x, scope, alpha):
 
 
 def _gelu(graph, x, scope, alpha):
-    """GELU's tanh form as nanodl computes it: ``x * sigmoid(2u)``, ``u = c (x + 0.044715 x^3)``
-    (``0.5 (1 + tanh(u)) = sigmoid(2u)``, with no cancellation for negative x), at every opset:
-    onnxruntime's ``Gelu(approximate='tanh')`` is 5.6e-10 off in float64."""
+    """GELU's tanh form as nanodl computes it (``0.5 (1 + tanh(u)) = sigmoid(2u)``, with no
+    cancellation for negative x); onnxruntime's ``Gelu(approximate='tanh')`` is 5.6e-10 off."""
     cube = graph.node("Mul", [graph.node("Mul", [x, x], scope), x], scope)
     inner = graph.node("Add", [x, graph.node("Mul", [cube, graph.scalar(scope, "k", GELU_K)], scope)],
                        scope)
@@ -283,15 +280,8 @@ _RUNTIME_LACKS = {np.dtype(np.float64): frozenset({"Softplus", "Elu", "Erf", "Ge
 def _overrides(instance, base, names=("forward", "__call__")):
     """The first of ``names`` that ``instance`` computes otherwise than ``base`` (an
     instance attribute, or a method of a subclass), else None."""
-    for name in names:
-        if name in instance.__dict__:
-            return name
-        for cls in type(instance).__mro__:
-            if cls is base:
-                break
-            if name in cls.__dict__:
-                return name
-    return None
+    return next((name for name in names if name in instance.__dict__
+                 or getattr(type(instance), name) != getattr(base, name)), None)
 
 
 def _refuse_unprovable(module, scope, base):
