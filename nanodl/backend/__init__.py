@@ -22,10 +22,8 @@ import numpy as np
 
 from . import kernels_numpy
 
-# The compiled kernels' OpenMP runtime gets a short spin while it loads (libgomp's
-# default spin steals the cores BLAS needs); when another library loaded libgomp first
-# (``import torch`` before nanodl), the kernels are capped at one OpenMP thread
-# instead. Why, and the BLAS side of it: ``nanodl.backend.threads``.
+# The compiled kernels' OpenMP runtime loads with a short spin, or is capped at one thread
+# when another library loaded libgomp first: why, in ``nanodl.backend.threads``.
 from . import threads
 
 with threads.loading_native_kernels():
@@ -38,7 +36,7 @@ if kernels_native is not None:
     threads.configure_native((_activations, _linear, _optim, _xent))
 
 KERNEL_NAMES = ("native", "numpy")
-_cpu_table = kernels_numpy.TABLE
+_cpu_table = (kernels_native or kernels_numpy).TABLE
 _gpu_table = None
 # thread id -> watch(table) -> the table that thread's kernel calls go through, while a
 # tool watches them (``nanodl.profile`` times the calls no op makes: optimizer updates)
@@ -132,8 +130,7 @@ def to_device(array, device):
     if device == "cpu":
         return array.get() if is_device_array(array) else array
     from .cuda import require_cupy
-    cp = require_cupy()
-    return cp.asarray(array)
+    return require_cupy().asarray(array)
 
 
 def _check_device(device):
@@ -145,8 +142,5 @@ def _check_device(device):
     return name
 
 
-_env = os.environ.get("NANODL_KERNELS")
-if _env:
-    set_kernels(_env)
-elif kernels_native is not None:
-    _cpu_table = kernels_native.TABLE
+if os.environ.get("NANODL_KERNELS"):
+    set_kernels(os.environ["NANODL_KERNELS"])

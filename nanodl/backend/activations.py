@@ -18,8 +18,7 @@ checker's kink notes. How to add one: ``docs/extending.md``.
 >>> [a.name for a in ELEMENTWISE][:3]
 ['relu', 'leaky_relu', 'sigmoid']
 """
-import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -55,7 +54,7 @@ class Activation:
     kinks: Tuple[float, ...] = ()
     smooth_alpha: Optional[float] = None
     check_alpha: Optional[float] = None
-    kernels: bool = field(default=True)
+    kernels: bool = True
 
     @property
     def forward_kernel(self):
@@ -169,47 +168,41 @@ CODES = {a.name: a.code for a in ACTIVATIONS}
 
 
 def define_table_functions(namespace, key, forward, backward):
-    """Put every elementwise activation's ``<name>_forward`` / ``<name>_backward`` into a
-    table module's ``namespace``, over its generic ``forward(key, x, alpha)`` and
-    ``backward(key, saved, grad, alpha)``, where ``key`` names the record field that
-    picks the activation (the native table's ``'code'``, the CuPy table's ``'name'``)."""
-    for activation in ELEMENTWISE:
-        which = getattr(activation, key)
-        forward_kernel, backward_kernel = table_functions(
-            activation, functools.partial(forward, which), functools.partial(backward, which))
-        namespace[activation.forward_kernel] = forward_kernel
-        namespace[activation.backward_kernel] = backward_kernel
+    """Put every elementwise activation's ``<name>_forward`` / ``<name>_backward``, with the
+    parameters the kernel contract declares, into a table module's ``namespace``, over the
+    table's generic ``forward(which, x, alpha)`` and ``backward(which, saved, grad, alpha)``;
+    ``which`` is the record's ``key`` field (the native table's ``'code'``, the CuPy
+    table's ``'name'``).
 
-
-def table_functions(activation, forward, backward):
-    """A table's ``<name>_forward`` / ``<name>_backward`` for ``activation``, with the
-    parameter names the kernel contract declares (``x`` or ``y`` saved, ``alpha`` only
-    where the activation has one), over a table's generic ``forward(x, alpha)`` and
-    ``backward(saved, grad, alpha)``. Tables that loop over the records use it, so the
-    three signature shapes are written once.
-
-    >>> fwd, bwd = table_functions(BY_NAME["tanh"], lambda x, a: x, lambda s, g, a: g)
-    >>> fwd.__name__, bwd.__code__.co_varnames[:2]
+    >>> table = {}
+    >>> define_table_functions(table, "name", lambda w, x, a: x, lambda w, s, g, a: g)
+    >>> table["tanh_forward"].__name__, table["tanh_backward"].__code__.co_varnames[:2]
     ('tanh_forward', ('y', 'grad'))
     """
+    for activation in ELEMENTWISE:
+        for function in _table_functions(activation, getattr(activation, key), forward, backward):
+            namespace[function.__name__] = function
+
+
+def _table_functions(activation, which, forward, backward):
     if activation.has_alpha:
         def forward_kernel(x, alpha):
-            return forward(x, alpha)
+            return forward(which, x, alpha)
 
         def backward_kernel(x, grad, alpha):
-            return backward(x, grad, alpha)
+            return backward(which, x, grad, alpha)
     elif activation.saves == "output":
         def forward_kernel(x):
-            return forward(x, 0.0)
+            return forward(which, x, 0.0)
 
         def backward_kernel(y, grad):
-            return backward(y, grad, 0.0)
+            return backward(which, y, grad, 0.0)
     else:
         def forward_kernel(x):
-            return forward(x, 0.0)
+            return forward(which, x, 0.0)
 
         def backward_kernel(x, grad):
-            return backward(x, grad, 0.0)
+            return backward(which, x, grad, 0.0)
     forward_kernel.__name__ = forward_kernel.__qualname__ = activation.forward_kernel
     backward_kernel.__name__ = backward_kernel.__qualname__ = activation.backward_kernel
     return forward_kernel, backward_kernel

@@ -18,17 +18,15 @@ def cuda_status():
                    "matches your CUDA, e.g. `pip install cupy-cuda12x` (CUDA 12) or `pip install "
                    "cupy-cuda13x` (CUDA 13), or `pip install nanodl[cuda]`")
         return _status
+    count, detail = 0, ""
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
-        count, detail = 0, f" ({exc})"
-    else:
-        detail = ""
+        detail = f" ({exc})"
     if count < 1:
         _status = f"CuPy is installed but no NVIDIA GPU is visible{detail}"
         return _status
-    _cupy = cupy
-    _status = None
+    _cupy, _status = cupy, None
     return None
 
 

@@ -1,43 +1,25 @@
-"""The CuPy kernel table: the GPU twin of ``kernels_numpy`` (same names, signatures, results).
+"""The CuPy kernel table: the GPU twin of ``kernels_numpy``, each formula computed in the
+same order of operations on CuPy arrays. The checks are ``nanodl.backend.table``'s, as on
+the CPU (checking sparse labels costs one device synchronisation per call).
 
-The contract (arguments, checks, errors) is ``nanodl.backend.table``; read
-``kernels_numpy`` next: every function here computes its formula in the same order of
-operations, on CuPy arrays.
-
-What runs where
----------------
 * Activations: one fused ``cupy.ElementwiseKernel`` per forward and per backward, from
-  the records' device code (sigmoid, softplus and GELU in their stable forms: ``exp``
-  of a non-positive number only).
-* ``linear_forward``: ``cupy.matmul`` (cuBLAS GEMM), then bias and activation fused in
-  one elementwise pass over the GEMM output, in place where the backward needs only
-  the output. ``linear_backward``: the activation gradient is one elementwise pass;
-  ``dx``, ``dkernel`` are cuBLAS GEMMs and ``dbias`` a column sum, each only if asked.
+  the records' device code (sigmoid, softplus and GELU in their stable forms).
+* ``linear_forward``: ``cupy.matmul`` (cuBLAS), then bias and activation in one
+  elementwise pass, in place where the backward needs only the output.
+  ``linear_backward``: one elementwise pass, then the GEMMs and column sum asked for.
 * Softmax cross-entropy: the forward is one ``cupy.RawKernel`` (a thread block per row:
-  max, sum of exp, probabilities and the loss in one launch); the backward is one
-  elementwise kernel (sparse integer targets ``(N,)`` or dense ``(N, C)``).
-* Optimizer updates: ONE elementwise kernel per call that updates the parameter and
-  every state array in place; a kernel is generated per combination of options
-  (momentum/nesterov/weight decay, decoupled/amsgrad, centered/momentum).
+  max, sum of exp, probabilities and loss in one launch), the backward one elementwise
+  kernel (sparse ``(N,)`` or dense ``(N, C)`` targets).
+* Optimizer steps: ONE elementwise kernel per call updates the parameter and every state
+  array in place; one kernel is generated per combination of options.
 
-Kernels are built on first use and cached in ``_KERNELS`` (CuPy compiles each one
-once per dtype: ``T`` is a type placeholder, so float32 and float64 share the source;
-compiled binaries also land in CuPy's on-disk cache).
+Kernels are built on first use and cached in ``_KERNELS`` (``T`` is a type placeholder:
+CuPy compiles each once per dtype, and caches the binaries on disk); scalars are passed
+as Python floats, which CuPy casts to ``T``.
 
-TF32
-----
-nanodl never enables TF32. CuPy computes float32 GEMMs in full FP32 unless the user
-sets the environment variable ``CUPY_TF32=1`` (then cuBLAS may round inputs to TF32,
-~1e-3 relative error, and GPU results stop matching the CPU's float32 to tolerance).
-``tf32_enabled()`` reports CuPy's setting; a warning is issued when it is on.
-
-Errors
-------
-Every argument check is declared once, in ``nanodl.backend.table``, and runs before
-the functions here, exactly as on the CPU: a NumPy array where a CuPy array is
-expected, a non-float dtype or mixed dtypes raise ``TypeError``; mismatched shapes,
-unknown activation names and class labels outside [0, C) raise ``ValueError``
-(checking the labels costs one device synchronisation per call).
+nanodl never enables TF32: CuPy runs float32 GEMMs in full FP32 unless ``CUPY_TF32=1``
+(then results drift ~1e-3 from the CPU's float32, and importing this module warns).
+``tf32_enabled()`` reports CuPy's setting.
 """
 import os
 import warnings
@@ -79,20 +61,11 @@ def _refuse_host(kernel, name, array):
 def _scan_labels(target, classes):
     """``(contiguous int64 labels, index of the first outside [0, classes) or -1)``."""
     labels = cupy.ascontiguousarray(target, dtype=cupy.int64)
-    if labels.size == 0:
-        return labels, -1
     bad = (labels < 0) | (labels >= classes)
-    if not bool(bad.any()):  # the one device synchronisation
-        return labels, -1
-    return labels, int(bad.argmax())
+    return labels, int(bad.argmax()) if bool(bad.any()) else -1  # the one device synchronisation
 
 
 DEVICE = Device("cuda", cupy.ndarray, _refuse_host, _scan_labels)
-
-
-def _scalar(value):
-    """A plain Python float: CuPy casts it to the kernel's ``T`` (float32 or float64)."""
-    return float(value)
 
 
 # ---------------------------------------------------------------- activation device code
@@ -136,11 +109,11 @@ def _activation_backward_kernel(name):
 
 
 def _forward(name, x, alpha):
-    return _activation_forward_kernel(name)(x, _scalar(alpha))
+    return _activation_forward_kernel(name)(x, float(alpha))
 
 
 def _backward(name, saved, grad, alpha):
-    return _activation_backward_kernel(name)(saved, grad, _scalar(alpha))
+    return _activation_backward_kernel(name)(saved, grad, float(alpha))
 
 
 # This table's ``<name>_forward`` / ``<name>_backward``: one elementwise kernel each.
@@ -162,7 +135,7 @@ def _bias_activation_kernel(name, keep_preactivation):
 
 def linear_forward(x, kernel, bias, activation, alpha):
     """``act(x @ kernel + bias)`` for 2-D ``x``: cuBLAS GEMM, then one fused elementwise pass."""
-    alpha = _scalar(alpha)
+    alpha = float(alpha)
     z = cupy.matmul(x, kernel)  # cuBLAS; a fresh C-contiguous (N, out) array we may overwrite
     if activation in OUTPUT_GRAD_ACTIVATIONS:
         if bias is not None:
@@ -183,7 +156,7 @@ def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kern
     if activation == "linear":
         dz = grad
     else:
-        dz = _activation_backward_kernel(activation)(saved, grad, _scalar(alpha))
+        dz = _activation_backward_kernel(activation)(saved, grad, float(alpha))
     dx = cupy.matmul(dz, kernel.T) if need_x else None
     dkernel = cupy.matmul(x.T, dz) if need_kernel else None
     dbias = dz.sum(axis=0) if need_bias else None
@@ -342,7 +315,7 @@ def sgd_step(param, grad, momentum_buf, lr, momentum, nesterov, weight_decay):
            "nesterov" if use_momentum and nesterov else "")
     kernel = _elementwise(key, "T grad, T lr, T momentum, T weight_decay",
                           "T param, T buf" if use_momentum else "T param", "\n".join(body))
-    kernel(grad, _scalar(lr), _scalar(momentum), _scalar(weight_decay), param, *states)
+    kernel(grad, float(lr), float(momentum), float(weight_decay), param, *states)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
@@ -366,9 +339,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1,
         "T param, T m, T v, T v_max" if amsgrad else "T param, T m, T v", "\n".join(body))
     bias_correction1 = 1 - beta1 ** step
     bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-    kernel(grad, _scalar(1 - lr * weight_decay), _scalar(weight_decay), _scalar(beta1),
-           _scalar(1 - beta1), _scalar(beta2), _scalar(1 - beta2), _scalar(bias_correction2_sqrt),
-           _scalar(eps), _scalar(lr / bias_correction1), param, *states)
+    kernel(grad, float(1 - lr * weight_decay), float(weight_decay), float(beta1),
+           float(1 - beta1), float(beta2), float(1 - beta2), float(bias_correction2_sqrt),
+           float(eps), float(lr / bias_correction1), param, *states)
 
 
 def adagrad_step(param, grad, state_sum, lr, eps, weight_decay):
@@ -379,7 +352,7 @@ def adagrad_step(param, grad, state_sum, lr, eps, weight_decay):
     body += ["total = total + d * d;", "param = param - lr * d / (sqrt(total) + eps);"]
     kernel = _elementwise(("adagrad_step", "decay" if use_decay else ""),
                           "T grad, T lr, T eps, T weight_decay", "T param, T total", "\n".join(body))
-    kernel(grad, _scalar(lr), _scalar(eps), _scalar(weight_decay), param, state_sum)
+    kernel(grad, float(lr), float(eps), float(weight_decay), param, state_sum)
 
 
 def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
@@ -409,8 +382,8 @@ def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps
            "centered" if centered else "")
     kernel = _elementwise(key, "T grad, T lr, T alpha, T one_minus_alpha, T eps, T weight_decay, "
                                "T momentum", ", ".join(outputs), "\n".join(body))
-    kernel(grad, _scalar(lr), _scalar(alpha), _scalar(1 - alpha), _scalar(eps),
-           _scalar(weight_decay), _scalar(momentum), param, *states)
+    kernel(grad, float(lr), float(alpha), float(1 - alpha), float(eps),
+           float(weight_decay), float(momentum), param, *states)
 
 
 TABLE = KernelTable("cupy", globals(), DEVICE)

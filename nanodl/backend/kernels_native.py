@@ -1,14 +1,7 @@
-"""The native kernel table: the compiled twins of ``kernels_numpy``.
-
-Same kernels, same parameters, same results to float32 rounding; the loops live in
-``csrc/*.pyx`` (built into ``nanodl.backend._activations``, ``_linear``, ``_xent`` and
-``_optim``). Every argument check is declared once, in ``nanodl.backend.table``,
-and runs before any function here; what is left is making inputs C-contiguous (a
-copy only when they are not), flattening, allocating outputs and picking the
-float or double specialisation of each Cython kernel.
-
-If the extension modules are missing, importing this module raises ImportError and
-``nanodl.backend`` falls back to the NumPy table.
+"""The native kernel table: the compiled twins of ``kernels_numpy``, same results to
+float32 rounding. The loops live in ``csrc/*.pyx``; what is left here is making inputs
+C-contiguous (a copy only when they are not) and allocating outputs. Without the built
+extensions importing this raises ImportError, and ``nanodl.backend`` uses the NumPy table.
 """
 import threading
 
@@ -25,18 +18,12 @@ except ImportError as exc:  # not built: nanodl.backend falls back to kernels_nu
 
 _LINEAR = CODES["linear"]
 _OUTPUT_GRAD_CODES = frozenset(CODES[name] for name in OUTPUT_GRAD_ACTIVATIONS)
-
 _INTP = np.dtype(np.intp)
-
-
-def _contiguous(x):
-    """``x`` as a C-contiguous ndarray, copied only when it is not one (0-d stays 0-d)."""
-    return np.asarray(x, order="C")
 
 
 def _intp_labels(target):
     """Integer labels as the contiguous intp array the Cython kernels index with."""
-    return _contiguous(target if target.dtype == _INTP else target.astype(_INTP))
+    return np.asarray(target if target.dtype == _INTP else target.astype(_INTP), order="C")
 
 
 def scan_labels(target, classes):
@@ -51,8 +38,8 @@ DEVICE = Device("cpu", np.ndarray, CPU.coerce, scan_labels)
 
 
 # ---------------------------------------------------------------- activations
-# The Cython kernels take C-contiguous ndarrays of any shape and read their data
-# pointers (csrc/arrays.pxd); np.asarray(order="C") is a no-op for such an array.
+# The Cython kernels take C-contiguous ndarrays of any shape (csrc/arrays.pxd);
+# np.asarray(order="C") is a no-op for such an array.
 _ACT_FORWARD, _ACT_BACKWARD = _activations.forward, _activations.backward
 
 
@@ -76,12 +63,11 @@ define_table_functions(globals(), "code", _forward, _backward)
 
 # ---------------------------------------------------------------- dense layer
 def linear_forward(x, kernel, bias, activation, alpha):
-    """``act(x @ kernel + bias)``: the GEMM is ``np.matmul`` (see csrc/linear.pyx for
-    why); the bias add and the activation are one fused pass over its output."""
+    """``np.matmul`` (why not sgemm: csrc/linear.pyx), then bias and activation in one pass."""
     code = CODES[activation]
-    z = _contiguous(np.matmul(x, kernel))  # fresh, C order; why not sgemm: csrc/linear.pyx
+    z = np.asarray(np.matmul(x, kernel), order="C")
     if bias is not None:
-        bias = _contiguous(bias)
+        bias = np.asarray(bias, order="C")
     if code in _OUTPUT_GRAD_CODES:
         if bias is not None or code != _LINEAR:
             _linear.bias_act(code, z, bias, z, alpha)
@@ -99,24 +85,23 @@ def _scratch_buffer(shape, dtype):
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
         buffers = _scratch.buffers = {}
-    key = (shape, dtype)
-    buf = buffers.get(key)
+    buf = buffers.get((shape, dtype))
     if buf is None:
         if len(buffers) >= 8:
             buffers.clear()
-        buf = buffers[key] = np.empty(shape, dtype)
+        buf = buffers[shape, dtype] = np.empty(shape, dtype)
     return buf
 
 
 def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kernel, need_bias):
-    """``dz = grad * act'(saved)`` is one fused pass into a reused scratch buffer; the
-    returned ``(dx, dkernel, dbias)`` are always fresh (None where not needed)."""
+    """``dz = grad * act'(saved)`` in one pass into a reused scratch buffer; the returned
+    ``(dx, dkernel, dbias)`` are fresh (None where not needed)."""
     code = CODES[activation]
     if code == _LINEAR:
         dz = grad
     else:
         dz = _scratch_buffer(grad.shape, grad.dtype)
-        _ACT_BACKWARD(code, _contiguous(saved), _contiguous(grad), dz, alpha)
+        _ACT_BACKWARD(code, np.asarray(saved, order="C"), np.asarray(grad, order="C"), dz, alpha)
     dx = np.matmul(dz, kernel.T) if need_x else None
     dkernel = np.matmul(x.T, dz) if need_kernel else None
     dbias = dz.sum(axis=0) if need_bias else None
@@ -141,7 +126,7 @@ def linear_backward_into(x, kernel, saved, grad, activation, alpha, dz, dx, dker
     if code == _LINEAR:
         dz = grad
     else:
-        _ACT_BACKWARD(code, saved, _contiguous(grad), dz, alpha)
+        _ACT_BACKWARD(code, saved, np.asarray(grad, order="C"), dz, alpha)
     if dx is not None:
         np.matmul(dz, kernel.T, out=dx)
     if dkernel is not None:
@@ -155,7 +140,7 @@ def _sparse_or_dense(target):
     """(sparse intp labels, dense C-order target): one of them None."""
     if target.ndim == 1:
         return _intp_labels(target), None
-    return None, _contiguous(target)
+    return None, np.asarray(target, order="C")
 
 
 def softmax_xent_forward(logits, target):
@@ -164,14 +149,14 @@ def softmax_xent_forward(logits, target):
     sparse, dense = _sparse_or_dense(target)
     loss = np.empty(rows, logits.dtype)
     probs = np.empty(logits.shape, logits.dtype)  # C order, whatever the logits' layout
-    _xent.forward(_contiguous(logits), sparse, dense, loss, probs)
+    _xent.forward(np.asarray(logits, order="C"), sparse, dense, loss, probs)
     return loss, probs
 
 
 def softmax_xent_backward(probs, target, grad):
     sparse, dense = _sparse_or_dense(target)
     out = np.empty(probs.shape, probs.dtype)
-    _xent.backward(_contiguous(probs), sparse, dense, _contiguous(grad), out)
+    _xent.backward(np.asarray(probs, order="C"), sparse, dense, np.asarray(grad, order="C"), out)
     return out
 
 
@@ -179,25 +164,25 @@ def softmax_xent_backward(probs, target, grad):
 # ``param`` and the state arrays are C-contiguous (the table checked it); a state
 # array an option does not use is passed as ``param`` and never touched.
 def sgd_step(param, grad, momentum_buf, lr, momentum, nesterov, weight_decay):
-    _optim.sgd_step(param, _contiguous(grad), momentum_buf if momentum else param,
+    _optim.sgd_step(param, np.asarray(grad, order="C"), momentum_buf if momentum else param,
                     lr, momentum, nesterov, weight_decay)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
               weight_decay, decoupled, amsgrad):
-    _optim.adam_step(param, _contiguous(grad), exp_avg, exp_avg_sq,
+    _optim.adam_step(param, np.asarray(grad, order="C"), exp_avg, exp_avg_sq,
                      max_exp_avg_sq if amsgrad else param,
                      lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5, beta1, beta2,
                      eps, weight_decay, 1 - lr * weight_decay, decoupled, amsgrad)
 
 
 def adagrad_step(param, grad, state_sum, lr, eps, weight_decay):
-    _optim.adagrad_step(param, _contiguous(grad), state_sum, lr, eps, weight_decay)
+    _optim.adagrad_step(param, np.asarray(grad, order="C"), state_sum, lr, eps, weight_decay)
 
 
 def rmsprop_step(param, grad, square_avg, momentum_buf, grad_avg, lr, alpha, eps, weight_decay,
                  momentum, centered):
-    _optim.rmsprop_step(param, _contiguous(grad), square_avg, momentum_buf if momentum else param,
+    _optim.rmsprop_step(param, np.asarray(grad, order="C"), square_avg, momentum_buf if momentum else param,
                         grad_avg if centered else param, lr, alpha, eps, weight_decay, momentum,
                         centered)
 

@@ -1,11 +1,8 @@
 """The NumPy kernel table: the readable reference twin of the compiled kernels.
 
-Every function here is the plain compute function of one kernel declared in
-``nanodl.backend.table`` (same name, same parameters; the declaration's docstring is
-the contract, and its checks run before these). The native table
-(``kernels_native``, built from ``csrc/``) and the CuPy table compute the same
-formulas in the same order of operations; the tests run every table on the same
-inputs and compare them. Optimizer formulas are PyTorch's, option for option.
+One plain compute function per kernel declared in ``nanodl.backend.table`` (its checks
+run before these). The native and CuPy tables compute the same formulas in the same
+order of operations; the tests compare every table on the same inputs.
 """
 import numpy as np
 
@@ -90,18 +87,12 @@ def activation_backward(name, saved, grad, alpha):
 
 # ---------------------------------------------------------------- dense layer
 def linear_forward(x, kernel, bias, activation, alpha):
-    """``act(x @ kernel + bias)`` for 2-D ``x``.
-
-    Returns ``(out, saved)``: ``saved`` is what ``linear_backward`` needs, the
-    output for relu/sigmoid/tanh/linear and the pre-activation otherwise.
-    """
+    """``(act(x @ kernel + bias), saved)``: ``saved`` is the output or the pre-activation."""
     z = x @ kernel
     if bias is not None:
         z += bias
-    if activation in OUTPUT_GRAD_ACTIVATIONS:
-        out = activation_forward(activation, z, alpha)
-        return out, out
-    return activation_forward(activation, z, alpha), z
+    out = activation_forward(activation, z, alpha)
+    return out, out if activation in OUTPUT_GRAD_ACTIVATIONS else z
 
 
 def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kernel, need_bias):
@@ -115,12 +106,8 @@ def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kern
 
 # ---------------------------------------------------------------- softmax cross-entropy
 def softmax_xent_forward(logits, target):
-    """Per-sample ``-sum(target * log_softmax(logits))`` for 2-D logits.
-
-    ``target`` is an integer class array of shape (N,) (sparse) or an array of
-    shape (N, C) of the logits' dtype (one-hot or probabilities).
-    Returns ``(loss, probs)``; ``probs`` is kept for the backward.
-    """
+    """``(loss, probs)``: per-sample ``-sum(target * log_softmax(logits))``; ``target`` is
+    (N,) class labels or (N, C) one-hot or probabilities."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)

@@ -1,16 +1,12 @@
 """The kernel contract: every kernel's name, signature and argument checks, declared once.
 
-A kernel table is the set of array functions the ops and optimizers call for their
-hot paths. There are three implementations of it, "one diff apart": the readable
-NumPy twin (``kernels_numpy``), the compiled kernels (``kernels_native``, built from
-``csrc/``) and the GPU table (``kernels_cupy``). Each implementation module defines
-plain *compute* functions, one per kernel name, with the parameters declared here
-(same names, same order, all positional) and no checks, and registers them::
-
-    TABLE = KernelTable("numpy", globals(), CPU)
-
-``KernelTable`` wraps each compute function in the checks declared below, so every
-table accepts the same arguments and raises the same errors, word for word:
+The ops and optimizers run their hot paths on a kernel table. Three tables implement it,
+one diff apart: the readable NumPy twin (``kernels_numpy``), the compiled kernels
+(``kernels_native``, from ``csrc/``) and the GPU table (``kernels_cupy``). Each defines
+plain, unchecked *compute* functions, named and parametrised as declared here (all
+positional), and registers them with ``TABLE = KernelTable("numpy", globals(), CPU)``,
+which wraps each in the declared checks, so every table raises the same errors, word
+for word:
 
 >>> import numpy as np
 >>> from nanodl.backend import kernels_numpy
@@ -22,65 +18,59 @@ Traceback (most recent call last):
     ...
 TypeError: sigmoid_forward: arrays must all be float32 or all float64; got x int64
 
-``table.compute.<name>`` is the unchecked compute function. It is for callers that
-validated a call once and then repeat it with arrays of the same dtypes, shapes and
-layouts (the captured training step does this); given anything else its behaviour
-is undefined (the native one may read out of bounds).
+``table.compute.<name>`` is the unchecked function, for a caller that validated a call
+once and repeats it with arrays of the same dtypes, shapes and layouts (the captured
+step); given anything else it is undefined (the native one may read out of bounds).
 
 The contract
 ------------
 * Float arrays are float32 or float64, one dtype per call (``TypeError`` naming the
   kernel and each array's dtype). Class labels are integers of any width, not bool.
-* Arrays of the wrong device raise ``TypeError`` (the CPU tables take NumPy arrays or
-  anything ``np.asarray`` takes; the GPU table takes CuPy arrays only).
-* Inputs may have any layout (C or Fortran order, strided, negative strides,
-  read-only); arrays a kernel updates in place (optimizer ``param`` and state) must
-  be writeable and C-contiguous (``ValueError``: a copy would drop the update).
-* Shapes must agree (``ValueError`` naming the kernel and the shapes); sparse labels
-  lie in [0, C) (``ValueError`` naming the label and its index); logits have C >= 1.
-* Activation names are those of ``activations.LINEAR_ACTIVATIONS`` (``ValueError``
-  listing them); scalar arguments are real numbers (``TypeError``) in the domain
-  ``SCALAR_DOMAINS`` declares for their name (``ValueError`` naming the kernel, the
-  argument, the interval and the value: ``adam_step`` with ``beta1=1`` or ``step=0``).
+* Arrays of the wrong device raise ``TypeError`` (the CPU tables take anything
+  ``np.asarray`` takes; the GPU table takes CuPy arrays only).
+* Inputs may have any layout (C or Fortran order, strided, negative strides, read-only);
+  arrays a kernel updates in place (optimizer ``param`` and state) must be writeable
+  and C-contiguous (``ValueError``: a copy would drop the update).
+* Shapes must agree (``ValueError`` naming the kernel and the shapes); sparse labels lie
+  in [0, C) (``ValueError`` naming the label and its index); logits have C >= 1.
+* Activation names are ``activations.LINEAR_ACTIVATIONS`` (``ValueError`` listing them);
+  scalar arguments are real numbers (``TypeError``) in the ``SCALAR_DOMAINS`` interval
+  of their name (``ValueError`` naming kernel, argument, interval and value:
+  ``adam_step`` with ``beta1=1`` or ``step=0``).
 * Empty and 0-d arrays are valid wherever the shapes allow them. Results are fresh
   arrays; NaN and inf propagate as in NumPy. All tables agree to float32 rounding.
 
-Conventions: ``linear_forward`` works on 2-D ``x`` (the op folds other shapes) and
-returns ``(out, saved)``: ``saved`` is what ``linear_backward`` needs, the output
-for activations that save their output and the pre-activation otherwise.
-Activation backward kernels take ``y`` (the output) or ``x`` (the input) as the
-activation's record says (``Activation.saves``). Optimizer steps update ``param`` and
-their state in place and return None; their formulas are PyTorch's, option for
-option; state arrays an option does not use (``momentum_buf`` when ``momentum`` is
-0, ...) are ignored and may be None.
+Conventions: ``linear_forward`` takes 2-D ``x`` (the op folds other shapes) and returns
+``(out, saved)``, ``saved`` being what ``linear_backward`` needs: the output for
+activations that save their output, else the pre-activation. Activation backward
+kernels take ``y`` or ``x`` as ``Activation.saves`` says. Optimizer steps update
+``param`` and their state in place and return None, with PyTorch's formulas, option for
+option; state an option does not use (``momentum_buf`` at ``momentum=0``, ...) is
+ignored and may be None.
 """
 import inspect
 import numbers
 import types
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from .activations import ELEMENTWISE, LINEAR_ACTIVATIONS
 
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
-FLOAT_DTYPES = frozenset({_F32, _F64})
+FLOAT_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
 _NUMBER_TYPES = (float, int)
 
 
 # ---------------------------------------------------------------- devices
-class Device:
-    """What a table's checks need to know about its arrays.
-
-    ``array_type``: the array class the table computes on. ``coerce(kernel, name, a)``
-    turns another argument into one or raises ``TypeError``. ``scan_labels(target,
-    classes)`` returns ``(labels, bad)``: the labels in the form the table's compute
-    functions like best, and the index of the first label outside [0, classes) or -1.
-    """
-
-    def __init__(self, name, array_type, coerce, scan_labels):
-        self.name, self.array_type = name, array_type
-        self.coerce, self.scan_labels = coerce, scan_labels
+class Device(NamedTuple):
+    """What a table's checks need to know about its arrays: the ``array_type`` it computes
+    on; ``coerce(kernel, name, a)``, another argument as one (or ``TypeError``);
+    ``scan_labels(target, classes)``, ``(labels, bad)``: the labels as its compute
+    functions like them and the index of the first outside [0, classes), or -1."""
+    name: str
+    array_type: type
+    coerce: Callable
+    scan_labels: Callable
 
 
 def _coerce_host(kernel, name, a):
@@ -110,10 +100,10 @@ def shape_error(kernel, what, /, **arrays):
     return ValueError(f"{kernel}: {got} {what}")
 
 
-# The scalar arguments' domains, by parameter name or by (kernel, name) where one kernel's
-# parameter means something else: (low, high, high included). NaN is outside every domain. PyTorch's optimizers
-# check the same ranges; a value outside would divide by zero (Adam's bias correction
-# 1 - beta1**step at beta1 = 1 or step = 0) or silently train on garbage.
+# The scalar arguments' domains (low, high, high included), by parameter name or by
+# (kernel, name) where one kernel's parameter means something else; NaN lies outside all.
+# PyTorch's optimizers check the same ranges; a value outside would divide by zero (Adam's
+# bias correction 1 - beta1**step at beta1 = 1 or step = 0) or silently train on garbage.
 SCALAR_DOMAINS = {
     "lr": (0.0, np.inf, True), "eps": (0.0, np.inf, True), "weight_decay": (0.0, np.inf, True),
     "momentum": (0.0, np.inf, True), ("rmsprop_step", "alpha"): (0.0, np.inf, True),
@@ -137,11 +127,9 @@ def _real(kernel, name, value):
     return value
 
 
-def _activation(kernel, activation):
-    if activation not in LINEAR_ACTIVATIONS:
-        raise ValueError(f"{kernel}: unknown activation {activation!r}; valid names: "
-                         f"{', '.join(LINEAR_ACTIVATIONS)}")
-    return activation
+def _activation_error(kernel, activation):
+    return ValueError(f"{kernel}: unknown activation {activation!r}; valid names: "
+                      f"{', '.join(LINEAR_ACTIVATIONS)}")
 
 
 def _in_place(kernel, device, name, array, param):
@@ -164,24 +152,21 @@ def _in_place(kernel, device, name, array, param):
     return array
 
 
-def _labels(kernel, device, target, rows, classes):
-    """Sparse integer labels (N,), each in [0, classes)."""
-    if target.dtype.kind not in "iu":
-        raise TypeError(f"{kernel}: sparse target must hold integer class labels, got {target.dtype}")
-    if target.shape[0] != rows:
-        raise ValueError(f"{kernel}: target {target.shape} does not match {rows} rows of logits")
-    labels, bad = device.scan_labels(target, classes)
-    if bad >= 0:
-        raise ValueError(f"{kernel}: target label {int(target[bad])} at index {bad} is out of "
-                         f"range [0, {classes})")
-    return labels
-
-
 def _xent_target(kernel, device, target, scores, name):
+    """Sparse integer labels (N,), each in [0, C), or a dense target like ``scores``."""
     if type(target) is not device.array_type:
         target = device.coerce(kernel, "target", target)
     if target.ndim == 1:
-        return _labels(kernel, device, target, scores.shape[0], scores.shape[1])
+        rows, classes = scores.shape
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"{kernel}: sparse target must hold integer class labels, got {target.dtype}")
+        if target.shape[0] != rows:
+            raise ValueError(f"{kernel}: target {target.shape} does not match {rows} rows of logits")
+        labels, bad = device.scan_labels(target, classes)
+        if bad >= 0:
+            raise ValueError(f"{kernel}: target label {int(target[bad])} at index {bad} is out of "
+                             f"range [0, {classes})")
+        return labels
     if target.dtype != scores.dtype:
         raise dtype_error(kernel, **{name: scores, "target": target})
     if target.shape != scores.shape:
@@ -245,20 +230,13 @@ def _declare_activation(activation):
             def backward(saved, grad, /):
                 saved, grad = check(saved, grad)
                 return compute(saved, grad)
-        _rename(backward, saved_name)
+        signature = inspect.signature(backward)  # declared: ``y`` or ``x``, not ``saved``
+        params = list(signature.parameters.values())
+        params[0] = params[0].replace(name=saved_name)
+        backward.__signature__ = signature.replace(parameters=params)
         return backward
 
-    forward_factory.__name__, backward_factory.__name__ = forward_name, backward_name
-    declare(forward_factory)
-    declare(backward_factory)
-
-
-def _rename(function, saved_name):
-    """Give the checked backward its declared first parameter name (``y`` or ``x``)."""
-    signature = inspect.signature(function)
-    params = list(signature.parameters.values())
-    params[0] = params[0].replace(name=saved_name)
-    function.__signature__ = signature.replace(parameters=params)
+    DECLARATIONS[forward_name], DECLARATIONS[backward_name] = forward_factory, backward_factory
 
 
 for _activation_record in ELEMENTWISE:
@@ -284,7 +262,7 @@ def linear_forward(compute, device):
         if bias is not None and bias.shape != (kernel.shape[1],):
             raise shape_error(name, "do not match (bias must be (units,))", kernel=kernel, bias=bias)
         if activation not in LINEAR_ACTIVATIONS:
-            _activation(name, activation)
+            raise _activation_error(name, activation)
         return compute(x, kernel, bias, activation, _real(name, "alpha", alpha))
     return linear_forward
 
@@ -308,7 +286,7 @@ def linear_backward(compute, device):
         if grad.shape != (x.shape[0], kernel.shape[1]):
             raise shape_error(name, "do not match x @ kernel", x=x, kernel=kernel, grad=grad)
         if activation not in LINEAR_ACTIVATIONS:
-            _activation(name, activation)
+            raise _activation_error(name, activation)
         if activation != "linear":  # the identity's backward does not read ``saved``
             if type(saved) is not array_type:
                 saved = coerce(name, "saved", saved)
