@@ -20,10 +20,7 @@ def as_leaves(inputs, who):
     for index, value in enumerate(inputs):
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             value = Tensor(value, requires_grad=True)
-        if not isinstance(value, Tensor):
-            call_args.append(value)
-            continue
-        if value.requires_grad and value.dtype.kind == "f":
+        if isinstance(value, Tensor) and value.requires_grad and value.dtype.kind == "f":
             if value.dtype != np.float64:
                 warnings.warn(f"{who}: input {index} is {value.dtype}; checking it on a float64 copy "
                               "(central differences need float64)", GradcheckPrecisionWarning,
@@ -32,9 +29,8 @@ def as_leaves(inputs, who):
             leaf.name = value.name
             leaves.append(leaf)
             labels.append(f"input {index}" + (f" '{value.name}'" if value.name else ""))
-            call_args.append(leaf)
-        else:
-            call_args.append(value)
+            value = leaf
+        call_args.append(value)
     if not leaves:
         raise ValueError(f"{who}: no input requires grad; nothing to check")
     return leaves, labels, call_args
@@ -103,12 +99,10 @@ def check_model(model, loss_fn, x, y, eps=1e-6, atol=1e-5, rtol=1e-3, full=False
     restored afterwards (data and ``.grad``). The model runs in eval mode unless
     ``train=True`` (then its state, e.g. BatchNorm's running statistics, is restored).
     """
-    as_tensor = lambda a: a if isinstance(a, Tensor) else Tensor(np.asarray(a))
-    x, y = as_tensor(x), as_tensor(y)
-    if x.dtype.kind == "f":
-        x = Tensor(x.data.astype(np.float64))
-    if y.dtype.kind == "f":
-        y = Tensor(y.data.astype(np.float64))
+    def as64(a):
+        a = a if isinstance(a, Tensor) else Tensor(np.asarray(a))
+        return Tensor(a.data.astype(np.float64)) if a.dtype.kind == "f" else a
+    x, y = as64(x), as64(y)
     was_training = getattr(model, "training", False)
     switch = getattr(model, "train", lambda mode: None)
     switch(False)

@@ -1,6 +1,5 @@
-"""The numerical core of every check: a function seen as float64 arrays in, an array
-out (``Subject``), its screen by one random projection, the elementwise Jacobian
-check and the bisection that finds one wrong element among a million (the package
+"""The numerical core of every check: a function as float64 arrays in, an array out
+(``Subject``), its screen, the elementwise check and the bisection (the package
 docstring tells the method).
 """
 import numpy as np
@@ -46,16 +45,14 @@ class Subject:
     def vjps(self, arrays, weights):
         """``[Jᵀw for each leaf]`` for every ``w`` in ``weights`` (one graph, retained)."""
         self.load(arrays)
-        for leaf in self.leaves:
-            leaf.grad = None
         with enable_grad():
             out = checked_output(self.run())
         weights = list(weights)
         results = []
         for k, weight in enumerate(weights):
+            for leaf in self.leaves:
+                leaf.grad = None
             if out.requires_grad:
-                for leaf in self.leaves:
-                    leaf.grad = None
                 out.backward(weight, retain_graph=k < len(weights) - 1)
             results.append([host64(leaf.grad) if leaf.grad is not None else np.zeros(leaf.shape)
                             for leaf in self.leaves])
@@ -79,8 +76,8 @@ def checked_output(out):
 
 def _directional(subject, x0, index, direction, weight, eps):
     """v·(f(x+εu) - f(x-εu)) / 2ε, with u = ``direction`` on input ``index`` only."""
-    up = [a if i != index else a + eps * direction for i, a in enumerate(x0)]
-    down = [a if i != index else a - eps * direction for i, a in enumerate(x0)]
+    up, down = list(x0), list(x0)
+    up[index], down[index] = x0[index] + eps * direction, x0[index] - eps * direction
     return float(np.sum(weight * (subject.value(up) - subject.value(down))) / (2 * eps))
 
 
@@ -133,14 +130,10 @@ def _elementwise(subject, x0, out0, i, v, vjp_i, eps, atol, rtol, row, max_colum
     n, m = x.size, out0.size
     if max_columns is not None and n > max_columns:
         j = _bisect(subject, x0, i, v, vjp_i, eps)
-        up, down = x.copy().reshape(-1), x.copy().reshape(-1)
-        up[j] += eps
-        down[j] -= eps
-        column = (subject.value(_replace(x0, i, up.reshape(x.shape))) -
-                  subject.value(_replace(x0, i, down.reshape(x.shape)))) / (2 * eps)
-        numerical, analytic = np.array([np.sum(v * column)]), vjp_i.reshape(-1)[j:j + 1]
+        numerical = np.array([_directional(subject, x0, i, _one_hot(j, x.shape), v, eps)])
+        analytic = vjp_i.reshape(-1)[j:j + 1]
         row.passed, row.max_abs_err, row.max_rel_err, _ = compare(numerical, analytic, atol, rtol)
-        row.method, row.worst_index = "bisection", _plain_index(np.unravel_index(j, x.shape))
+        row.method, row.worst_index = "bisection", unravel(j, x.shape)
         row.numerical, row.analytic = float(numerical[0]), float(analytic[0])
         return
     columns = np.empty((m, n))
@@ -159,14 +152,13 @@ def _elementwise(subject, x0, out0, i, v, vjp_i, eps, atol, rtol, row, max_colum
         passed, abs_err, rel_err, worst = compare(columns, analytic, atol, rtol)
         k, j = np.unravel_index(worst, (m, n))
         row.method = "jacobian"
-        row.worst_index = (np.unravel_index(k, out0.shape), np.unravel_index(j, x.shape))
+        row.worst_index = (unravel(k, out0.shape), unravel(j, x.shape))
         row.numerical, row.analytic = float(columns[k, j]), float(analytic[k, j])
     else:
         numerical, analytic = v.reshape(-1) @ columns, vjp_i.reshape(-1)
         passed, abs_err, rel_err, worst = compare(numerical, analytic, atol, rtol)
-        row.method, row.worst_index = "vJ", np.unravel_index(worst, x.shape)
+        row.method, row.worst_index = "vJ", unravel(worst, x.shape)
         row.numerical, row.analytic = float(numerical[worst]), float(analytic[worst])
-    row.worst_index = _plain_index(row.worst_index)
     row.passed, row.max_abs_err, row.max_rel_err = passed, abs_err, rel_err
 
 
@@ -176,14 +168,9 @@ def _one_hot(k, shape):
     return weight
 
 
-def _plain_index(index):
-    if isinstance(index, tuple) and index and isinstance(index[0], tuple):
-        return tuple(_plain_index(part) for part in index)
-    return tuple(int(k) for k in index)
-
-
-def _replace(arrays, i, array):
-    return [array if k == i else a for k, a in enumerate(arrays)]
+def unravel(flat, shape):
+    """The multi-index of flat index ``flat`` in ``shape``, as plain ints."""
+    return tuple(int(k) for k in np.unravel_index(flat, shape))
 
 
 def _bisect(subject, x0, i, v, vjp_i, eps):

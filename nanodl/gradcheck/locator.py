@@ -1,11 +1,5 @@
-"""``locate``: when a graph's gradient is wrong, name the first op whose derivative is.
-
-Each node of the graph is re-run on its own, on float64 copies of the inputs it saw,
-and gradient-checked, in forward order; with ``order=2`` its ``vjp`` (the derivative
-``nd.grad(..., create_graph=True)`` differentiates) is checked too, as
-``gradgradcheck`` does. A node sitting on a kink, or whose forward is random, is
-skipped (and said so) rather than blamed.
-"""
+"""``locate``: when a graph's gradient is wrong, name the first op whose derivative is."""
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,17 +33,6 @@ class LocatedOp:
                 f"{self.derivative} disagrees with {against}\n{self.report.message()}")
 
 
-class _Recorder:
-    """A forward hook that keeps each node's raw arguments and creation order."""
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, node, args, kwargs, out):
-        node.__dict__.update(_gc_args=args, _gc_kwargs=kwargs, _gc_order=self.count)
-        self.count += 1
-
-
 def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None, order=1):
     """The first op (in forward order) whose backward is wrong, or None.
 
@@ -66,7 +49,10 @@ def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None, o
         raise ValueError(f"locate: order must be 1 or 2, got {order!r}")
     kink_tol = 10 * eps if kink_tol is None else kink_tol
     leaves, _, call_args = as_leaves(inputs, "locate")
-    recorder = _Recorder()
+    order_of = itertools.count()
+
+    def recorder(node, args, kwargs, out):  # a forward hook: each node's arguments and order
+        node.__dict__.update(_gc_args=args, _gc_kwargs=kwargs, _gc_order=next(order_of))
     autograd.forward_hooks.append(recorder)
     try:
         with enable_grad():
@@ -94,22 +80,15 @@ def _check_node(node, eps, atol, rtol, seed, kink_tol, skipped, order):
     if note:
         skipped.append(f"{node.name}: {note}")
         return None
-    leaves, labels, tensor_index = [], [], 0
-    replay_args = []
+    leaves, labels, replay_args, tensor_index = [], [], [], 0
     for arg in node.__dict__["_gc_args"]:
-        if not isinstance(arg, Tensor):
-            replay_args.append(arg)
-            continue
-        if node.needs_input_grad[tensor_index] and arg.dtype.kind == "f":
-            data = host64(arg.data)
-            leaf = Tensor(data if device_of(arg.data) == "cpu" else to_device(data, "cuda"),
-                          requires_grad=True)
-            leaves.append(leaf)
-            labels.append(f"{node.name} input {tensor_index}")
-            replay_args.append(leaf)
-        else:
-            replay_args.append(arg)
-        tensor_index += 1
+        if isinstance(arg, Tensor):
+            if node.needs_input_grad[tensor_index] and arg.dtype.kind == "f":
+                arg = Tensor(to_device(host64(arg.data), device_of(arg.data)), requires_grad=True)
+                leaves.append(arg)
+                labels.append(f"{node.name} input {tensor_index}")
+            tensor_index += 1
+        replay_args.append(arg)
     kwargs = node.__dict__["_gc_kwargs"]
     replay = lambda *args: type(node).apply(*args, **kwargs)
     subject = Subject(leaves, lambda: replay(*replay_args), labels)

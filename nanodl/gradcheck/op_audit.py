@@ -13,7 +13,7 @@ from ..autograd import enable_grad
 from ..ops.registry import REGISTRY, draw_inputs
 from ..tensor import Tensor
 from .checks import finish
-from .core import Subject, check_subject, compare, host64
+from .core import Subject, check_subject, compare, host64, unravel
 from .results import GradcheckReport, GradcheckRow
 from .second_order import second_order_check
 
@@ -93,7 +93,7 @@ def _critical_case(spec, point, device, atol, rtol):
             got = host64(leaf.grad) if leaf.grad is not None else np.zeros(leaf.shape)
             row = GradcheckRow(f"input {i} at a critical point", leaf.shape, method="derivative")
             row.passed, row.max_abs_err, row.max_rel_err, worst = compare(reference, got, atol, rtol)
-            row.worst_index = tuple(int(k) for k in np.unravel_index(worst, leaf.shape))
+            row.worst_index = unravel(worst, leaf.shape)
             row.numerical = float(np.reshape(reference, -1)[worst]) if np.size(reference) else None
             row.analytic = float(got.reshape(-1)[worst]) if got.size else None
             case.rows.append(row)
@@ -119,9 +119,8 @@ def _audit_row(spec, cases, dtype):
     row = GradcheckRow(spec.name, _shapes_text(worst.shapes),
                        max_abs_err=max([r.max_abs_err for r in all_rows] + [0.0]),
                        max_rel_err=max([r.max_rel_err for r in all_rows] + [0.0]))
-    row.passed = all(r.passed for r in all_rows) and not any(c.error for c in cases)
     second = [r for case in cases for r in case.second_rows]
-    row.passed = row.passed and all(r.passed for r in second)
+    row.passed = all(r.passed for r in all_rows + second) and not any(c.error for c in cases)
     critical = [c for c in cases if c.critical]
     row.extra = {"cases": len(cases) - len(critical), "forward_err": max(c.forward_err for c in cases),
                  "grad_err": max(c.grad_err for c in cases), "details": cases,

@@ -1,7 +1,5 @@
-"""What a check returns: one ``GradcheckRow`` per checked input, op or parameter,
-gathered in a ``GradcheckReport`` that prints as a table, and the error raised on
-failure.
-"""
+"""What a check returns: a ``GradcheckReport`` of ``GradcheckRow``s (one per checked input,
+op or parameter) that prints as a table, and the error raised on failure."""
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -80,12 +78,9 @@ class GradcheckReport:
 
     def __init__(self, rows, columns=_INPUT_COLUMNS, title="gradcheck", atol=None, rtol=None,
                  footer="", check="gradcheck"):
-        self.rows = list(rows)
-        self.check = check           # the check's name, as failure messages give it
-        self.columns = tuple(columns)
-        self.title = title
+        self.rows, self.columns, self.title, self.footer = list(rows), tuple(columns), title, footer
         self.atol, self.rtol = atol, rtol
-        self.footer = footer
+        self.check = check  # the check's name, as failure messages give it
 
     passed = property(lambda self: all(row.passed for row in self.rows))
     failures = property(lambda self: [row for row in self.rows if not row.passed])
@@ -103,13 +98,9 @@ class GradcheckReport:
     def headers(self):
         return [header for header, _ in self.columns]
 
-    def table_rows(self):
-        """The table's cells as strings, one list per row."""
-        return [[_cell(getattr(row, attr) if isinstance(attr, str) else attr(row))
-                 for _, attr in self.columns] for row in self.rows]
-
     def table(self):
-        cells = self.table_rows()
+        cells = [[_cell(getattr(row, attr) if isinstance(attr, str) else attr(row))
+                  for _, attr in self.columns] for row in self.rows]
         widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(self.headers)]
         line = lambda parts: "  ".join(p.ljust(w) for p, w in zip(parts, widths)).rstrip()
         out = [line(self.headers), line(["-" * w for w in widths])] + [line(r) for r in cells]

@@ -23,20 +23,17 @@ from .results import GradcheckError, GradcheckRow
 TIERS_ROW = "first derivatives: vjp vs backward"
 
 
-class FirstDerivatives:
-    """``(inputs, grad_outputs) -> vᵀ ∂f/∂x`` for every input, flattened into one Tensor."""
-
-    def __init__(self, fn, call_args, leaves, grad_outputs):
-        self.fn, self.call_args, self.leaves, self.grad_outputs = fn, call_args, leaves, grad_outputs
-
-    def __call__(self, create_graph=True):
+def first_derivatives(fn, call_args, leaves, grad_outputs):
+    """``first(create_graph=True)``: ``vᵀ ∂f/∂x`` for every input, flattened into one Tensor."""
+    def first(create_graph=True):
         with enable_grad():
-            out = checked_output(self.fn(*self.call_args))
-            grads = (grad(out, self.leaves, grad_outputs=self.grad_outputs, create_graph=create_graph,
-                          allow_unused=True) if out.requires_grad else (None,) * len(self.leaves))
+            out = checked_output(fn(*call_args))
+            grads = (grad(out, leaves, grad_outputs=grad_outputs, create_graph=create_graph,
+                          allow_unused=True) if out.requires_grad else (None,) * len(leaves))
         parts = [ops.reshape(g, -1) if g is not None else Tensor(np.zeros(leaf.size, leaf.dtype))
-                 for g, leaf in zip(grads, self.leaves)]
+                 for g, leaf in zip(grads, leaves)]
         return parts[0] if len(parts) == 1 else ops.concatenate(parts)
+    return first
 
 
 def weight_leaves(grad_outputs, out, seed):
@@ -60,7 +57,7 @@ def second_order_check(fn, call_args, leaves, labels, grad_outputs, eps, atol, r
     with no_grad():
         out = checked_output(fn(*call_args))
     weights = weight_leaves(grad_outputs, out, seed)
-    first = FirstDerivatives(fn, call_args, leaves, weights)
+    first = first_derivatives(fn, call_args, leaves, weights)
     subject = Subject(leaves + weights, first, list(labels) + ["grad_output"])
     rows = check_subject(subject, eps, atol, rtol, full, seed)
     rows.append(_tiers_row(first, atol, rtol))
@@ -95,11 +92,9 @@ def gradgradcheck(fn, *inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3
                   full=False, seed=0, kink_tol=None):
     """True when ``fn``'s second derivatives match central differences of its first ones.
 
-    ``fn`` maps Tensors to a Tensor; the first derivatives ``vᵀ ∂fn/∂x`` (``v`` =
-    ``grad_outputs``, random when None) are differentiated with respect to every input
-    that requires grad and to ``v``. On a mismatch raises ``GradcheckError`` (or returns
-    False with ``raise_exception=False``) naming the input, the worst element, the
-    numerical and analytic values and the max absolute and relative errors.
+    The first derivatives ``vᵀ ∂fn/∂x`` (``v`` = ``grad_outputs``, random when None) are
+    differentiated with respect to every input that requires grad and to ``v``; a
+    mismatch raises ``GradcheckError`` or returns False, as in ``gradcheck``.
 
     >>> import numpy as np, nanodl as nd
     >>> from nanodl import gradcheck
