@@ -1,48 +1,12 @@
 """scikit-learn estimators on nanodl: ``MLPClassifier`` and ``MLPRegressor``.
 
-Drop-in replacements for ``sklearn.neural_network``'s estimators of the same names: a
-script that changes only the import keeps working. They take every parameter of
-scikit-learn's MLPs with the same names, defaults and meaning, and add three:
-``dropout=0.0`` (after each hidden layer), ``device='cpu'`` (or ``'cuda'``) and
-``model=None`` (a callable ``model(n_features, n_outputs)`` returning an uncompiled
-``nn.Model``, for any architecture; a classifier's outputs class probabilities).
-Underneath, a nanodl ``Sequential`` (``model_``) trains through ``Model.fit``.
-
-What "the same meaning" takes, as scikit-learn does it:
-
-* the loss of a batch is the weighted mean ``sum(w * loss) / sum(w)`` plus
-  ``0.5 * alpha * ||W||^2 / sum(w)`` (``sum(w)`` is the batch's sample count without
-  ``sample_weight``), so a sample of weight 2 is the same as the sample twice;
-  ``batch_size='auto'`` is ``min(200, n_samples)``; the weights start uniform in
-  ``±sqrt(6 / (fan_in + fan_out))`` (2 instead of 6 for ``'logistic'``);
-* a binary or multilabel classifier has one logistic output per label, a multiclass
-  one a softmax; a regressor an identity output with half the squared error, or with
-  ``loss='poisson'`` an exp output with the half Poisson deviance;
-* ``solver='sgd'`` follows ``learning_rate`` (``'constant'``, ``'invscaling'``:
-  ``learning_rate_init / (t + 1) ** power_t`` after each epoch, ``'adaptive'``: divided
-  by 5 when the loss stalls) with ``momentum`` and ``nesterovs_momentum``;
-  ``solver='adam'`` uses ``beta_1``, ``beta_2``, ``epsilon``; any other nanodl
-  optimizer name trains with its defaults at ``learning_rate_init``;
-* ``solver='lbfgs'`` is one full-batch ``optim.LBFGS`` run (strong Wolfe line search,
-  10 pairs of history, as scipy's) of at most ``max_iter`` iterations and ``max_fun``
-  loss evaluations, stopping when the largest gradient entry is below ``tol``;
-* training stops when the loss (or with ``early_stopping`` the validation score) has
-  not improved by ``tol`` for ``n_iter_no_change`` epochs, else after ``max_iter``
-  with a ``ConvergenceWarning``; ``warm_start`` continues from the fitted weights.
-
-Two documented differences remain: nanodl's SGD momentum keeps its buffer in gradient
-units (torch's form), so a learning rate that changes mid-run ('invscaling',
-'adaptive') weights past steps by the new rate; Adam adds ``epsilon`` to
-``sqrt(v_hat)`` (torch's form) where scikit-learn adds it to ``sqrt(v)``.
-
-Fitted attributes: ``classes_``, ``n_features_in_``, ``feature_names_in_``,
-``loss_``, ``best_loss_``, ``loss_curve_``, ``validation_scores_``,
-``best_validation_score_``, ``t_``, ``n_iter_``, ``n_layers_``, ``n_outputs_``,
-``out_activation_``, ``coefs_`` and ``intercepts_`` (the Dense kernels ``(fan_in,
-fan_out)`` and biases, live: writing into them changes the network) and ``model_``.
-With an integer ``random_state`` a fit draws from a generator of its own
-(``nanodl.random.using``): reproducible, and fits in parallel threads give their
-serial results. This module imports scikit-learn (``pip install 'nanodl[sklearn]'``).
+Drop-in replacements for ``sklearn.neural_network``'s estimators of the same names
+(every parameter's name, default and meaning, the same fitted attributes: what that
+takes, and the two documented differences, are in ``docs/sklearn.md``), plus
+``dropout=0.0``, ``device='cpu'`` and ``model=None`` (a callable ``model(n_features,
+n_outputs)`` returning an uncompiled ``nn.Model``). A nanodl ``Sequential`` (``model_``)
+trains through ``Model.fit``; an integer ``random_state`` gives each fit a generator of
+its own. This module imports scikit-learn (``pip install 'nanodl[sklearn]'``).
 
 >>> import numpy as np
 >>> from nanodl.sklearn import MLPClassifier
@@ -67,18 +31,13 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 
-_SIGNATURE_NOTE = """All of ``sklearn.neural_network``'s parameters, with its names, defaults and
-    meaning, plus ``dropout``, ``device`` and ``model`` (see the module docstring)."""
-
-
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """A multi-layer perceptron classifier trained by nanodl (``sklearn.neural_network``'s API).
 
     A multiclass problem gets a softmax output trained with cross-entropy; a binary one
     a single logistic output; a 2-D 0/1 ``y`` is multilabel (one logistic output per
     label; ``predict`` returns the indicator matrix). Labels may be strings or
-    integers; ``classes_`` holds them sorted. ``partial_fit(X, y, sample_weight=None,
-    classes=None)`` trains one epoch per call (``classes`` is needed on the first).
+    integers; ``classes_`` holds them sorted.
 
     >>> from nanodl.sklearn import MLPClassifier
     >>> MLPClassifier(hidden_layer_sizes=(32, 16), solver='adamw', dropout=0.1)
@@ -95,8 +54,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, max_fun=15000, dropout=0.0, device="cpu", model=None):
         _store(self, locals())
-
-    __init__.__doc__ = _SIGNATURE_NOTE
 
     def _encode(self, y, first, incremental, classes, sample_weight):
         """Check the labels; returns the network's targets (class indices, or 0/1 columns)."""
@@ -119,14 +76,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                     raise ValueError(f"{name} needs samples of at least 2 classes to train; got 1 "
                                      f"class ({self.classes_[0]!r})")
             self._multilabel = multilabel
-            if multilabel or len(self.classes_) == 2:
-                self.out_activation_, self._head = "logistic", ("sigmoid", "binary_crossentropy",
-                                                                y.shape[1] if multilabel else 1, 1)
-            else:
-                self.out_activation_, self._head = "softmax", ("softmax", "sparse_categorical_crossentropy",
-                                                               1, 1)
-            self.n_outputs_ = y.shape[1] if multilabel else (1 if len(self.classes_) == 2
-                                                             else len(self.classes_))
+            logistic = multilabel or len(self.classes_) == 2
+            self.n_outputs_ = y.shape[1] if multilabel else 1 if logistic else len(self.classes_)
+            self.out_activation_ = "logistic" if logistic else "softmax"
+            self._head = ("sigmoid", "binary_crossentropy", self.n_outputs_, 1) if logistic else \
+                ("softmax", "sparse_categorical_crossentropy", 1, 1)
         elif multilabel != self._multilabel or (multilabel and y.shape[1] != self.n_outputs_):
             raise ValueError(f"{name}: y does not have the form of the targets the network was "
                              f"trained on ({'multilabel' if self._multilabel else 'labels'}, "
@@ -196,7 +150,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     ``loss='squared_error'``: an identity output trained on half the squared error;
     ``loss='poisson'``: an exp output (a positive mean) on the half Poisson deviance.
     ``y`` may have several columns; ``predict`` returns ``(n_samples,)`` for one.
-    ``partial_fit(X, y, sample_weight=None)`` trains one epoch per call.
 
     >>> import numpy as np
     >>> from nanodl.sklearn import MLPRegressor
@@ -218,8 +171,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  dropout=0.0, device="cpu", model=None):
         _store(self, locals())
 
-    __init__.__doc__ = _SIGNATURE_NOTE
-
     def _encode(self, y, first, incremental, classes, sample_weight):
         name = type(self).__name__
         if self.loss == "poisson" and (y < 0).any():
@@ -229,9 +180,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             self.n_outputs_ = n_outputs
             if self.loss == "poisson":
                 self.out_activation_, self._head = "exp", ("linear", _half_poisson_deviance, 1, 1)
-            else:
-                # scikit-learn's gradient is of half the squared error summed over the
-                # outputs (it reports their mean); the mse mean times 0.5 n_outputs is that sum
+            else:  # scikit-learn trains on half the squared error summed over the outputs
                 self.out_activation_, self._head = "identity", ("linear", "mse", 0.5 * n_outputs,
                                                                 1 / n_outputs)
         elif n_outputs != self.n_outputs_:

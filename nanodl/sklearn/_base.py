@@ -37,17 +37,20 @@ _LBFGS_HISTORY = 10  # scipy's L-BFGS-B default (maxcor), which scikit-learn use
 def _constraints(sklearn_estimator):
     """scikit-learn's own parameter constraints, widened to nanodl's activations and
     optimizers, plus nanodl's three parameters (checked by ``_validate_params``)."""
-    constraints = dict(sklearn_estimator._parameter_constraints)
-    constraints["activation"] = [StrOptions(set(_SKLEARN_ACTIVATIONS) |
-                                            {a for a in ACTIVATIONS if a != "softmax"})]
-    constraints["solver"] = [StrOptions(set(optim.OPTIMIZERS))]
-    return dict(constraints, **_OUR_PARAMETERS)
+    activations = set(_SKLEARN_ACTIVATIONS) | {a for a in ACTIVATIONS if a != "softmax"}
+    return dict(sklearn_estimator._parameter_constraints, activation=[StrOptions(activations)],
+                solver=[StrOptions(set(optim.OPTIMIZERS))], **_OUR_PARAMETERS)
 
 
 def _store(estimator, arguments):
     for name, value in arguments.items():
         if name not in ("self", "__class__"):
             setattr(estimator, name, value)
+
+
+def _array(param):
+    """A parameter's own array on the CPU (writing into it changes the network), else a copy."""
+    return param.data if param.device == "cpu" else param.numpy()
 
 
 def _local_generator(generator):
@@ -70,35 +73,30 @@ def _half_poisson_deviance(pred, target):
     return (pred - target * log(pred) + Tensor(constant)).sum(axis=1)
 
 
-class _BatchPenalty(regularizers.L2):
-    """scikit-learn's L2 term, ``0.5 * alpha * ||W||^2 / sum(w)`` on each batch: one
-    regularizer shared by the Dense kernels, its factor set before each batch."""
-
-    def __init__(self, factors):
-        super().__init__(0.0)
-        self.factors = factors
-
-
 class _SetPenalty(nd_callbacks.Callback):
-    """Before each batch: the penalty's factor for that batch, and (``track``) the
-    penalty's value, summed per sample, for the reported loss of a multi-output fit."""
+    """scikit-learn's L2 term, ``0.5 * alpha * ||W||^2 / sum(w)`` on each batch: before
+    each batch, the factor of the ``penalty`` the Dense kernels share, and (``track``)
+    its value summed per sample, for the reported loss of a multi-output fit."""
 
-    def __init__(self, penalty, kernels, track):
+    def __init__(self, penalty, factors, kernels, track):
         super().__init__()
-        self.penalty, self.kernels, self.track = penalty, kernels, track
+        self.penalty, self.factors, self.kernels, self.track = penalty, factors, kernels, track
         self.weighted_sum = 0.0
 
     def value(self):
         return self.penalty.l2 * sum(float((k.data * k.data).sum()) for k in self.kernels)
 
     def on_batch_begin(self, batch, logs=None):
-        self.penalty.l2 = self.penalty.factors[batch]
+        self.penalty.l2 = self.factors[batch]
         if self.track:
             self.weighted_sum += logs["size"] * self.value()
 
 
 class _BaseMLP(BaseEstimator):
-    """What the classifier and the regressor share: the network and its training."""
+    """What the classifier and the regressor share: the network and its training.
+
+    ``_encode`` sets ``_head``: (output activation, loss, the factor on Model.fit's
+    sample weights, the factor on the reported loss)."""
 
     # ------------------------------------------------------------ the network
     def _sizes(self):
@@ -111,7 +109,6 @@ class _BaseMLP(BaseEstimator):
     def _network(self, n_features):
         """A new nanodl model for ``n_features`` inputs, in ``self._dtype``, initialised
         as scikit-learn does (its own model from ``model`` when given)."""
-        activation = self._head[0]
         if self.model is not None:
             network = self.model(n_features, self.n_outputs_)
             if not isinstance(network, Model):
@@ -124,7 +121,7 @@ class _BaseMLP(BaseEstimator):
             layers = []
             for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:])):
                 last = i == len(units) - 2
-                layers.append(Dense(fan_out, activation=activation if last else hidden,
+                layers.append(Dense(fan_out, activation=self._head[0] if last else hidden,
                                     input_dim=fan_in, kernel_initializer="zeros"))
                 if not last and self.dropout > 0:
                     layers.append(Dropout(self.dropout))
@@ -149,15 +146,13 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self):
-        """The Dense kernels, ``(fan_in, fan_out)`` each (scikit-learn's ``coefs_``)."""
-        return [layer.kernel.numpy() if layer.kernel.device != "cpu" else layer.kernel.data
-                for layer in self._dense_layers()]
+        """The Dense kernels, ``(fan_in, fan_out)`` each (live on the CPU)."""
+        return [_array(layer.kernel) for layer in self._dense_layers()]
 
     @property
     def intercepts_(self):
-        """The Dense biases, ``(fan_out,)`` each (scikit-learn's ``intercepts_``)."""
-        return [layer.bias.numpy() if layer.bias.device != "cpu" else layer.bias.data
-                for layer in self._dense_layers()]
+        """The Dense biases, ``(fan_out,)`` each (live on the CPU)."""
+        return [_array(layer.bias) for layer in self._dense_layers()]
 
     def _optimizer(self):
         solver = self.solver
@@ -213,17 +208,13 @@ class _BaseMLP(BaseEstimator):
 
     def _initialize(self, X, targets):
         self._dtype = X.dtype
-        self.n_layers_ = len(self._sizes()) + 2
         self.n_iter_, self.t_ = 0, 0
         self.model_ = self._network(X.shape[1])
-        if self.model is not None:
-            self.n_layers_ = len(self._dense_layers()) + 1
+        self.n_layers_ = len(self._dense_layers()) + 1
         if self.solver != "lbfgs":
             self.loss_curve_, self._no_improvement_count = [], 0
-            if self.early_stopping:
-                self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
-            else:
-                self.validation_scores_, self.best_validation_score_, self.best_loss_ = None, None, np.inf
+            self.validation_scores_, self.best_validation_score_, self.best_loss_ = \
+                ([], -np.inf, None) if self.early_stopping else (None, None, np.inf)
 
     def _batch_weights(self, weight, n, batch_size):
         """``(per-sample weights for Model.fit, the penalty factor of each batch)``: each
@@ -240,30 +231,28 @@ class _BaseMLP(BaseEstimator):
 
     @contextlib.contextmanager
     def _penalty(self, factors):
-        """scikit-learn's L2 term on the Dense kernels for the block; yields the callback
-        that sets its factor before each batch, or None (the network keeps no
-        regularizer after the block)."""
+        """scikit-learn's L2 term on the Dense kernels, for the block only; yields the
+        callback that sets its factor before each batch, or None."""
         if not self.alpha > 0:
             yield None
             return
-        penalty = _BatchPenalty(factors)
-        penalty.l2 = factors[0]
+        penalty = regularizers.L2(factors[0])
         denses = [m for m in self.model_.modules()
                   if isinstance(m, Dense) and m.kernel_regularizer is None]
         for dense in denses:
             dense.kernel_regularizer = penalty
         self.model_._plan_cache = None  # the plan lists the layers with penalties
         try:
-            yield _SetPenalty(penalty, [d.kernel for d in denses], self._head[3] != 1)
+            yield _SetPenalty(penalty, factors, [d.kernel for d in denses], self._head[3] != 1)
         finally:
             for dense in denses:
                 dense.kernel_regularizer = None
             self.model_._plan_cache = None
 
     def _train(self, X, targets, weight, batch_size, final_loss=False):
-        """One pass of ``Model.fit`` over ``(X, targets)`` in this order, each batch's loss
-        normalised as scikit-learn does; returns the epoch's loss as scikit-learn reports
-        it (``final_loss``: the loss at the weights it ends with, for L-BFGS's one batch)."""
+        """One epoch of ``Model.fit`` in this order, each batch's loss normalised as
+        scikit-learn does; returns the loss as scikit-learn reports it (``final_loss``: at
+        the last weights, for L-BFGS's one batch)."""
         scaled, factors = self._batch_weights(weight, len(X), batch_size)
         sample_weight = None if weight is None and self._head[2] == 1 else scaled
         with self._penalty(factors) as setter:
@@ -277,8 +266,7 @@ class _BaseMLP(BaseEstimator):
             else:
                 loss = float(history.history["loss"][0])
                 penalty = setter.weighted_sum / len(X) if setter else 0.0
-        # the loss part as scikit-learn reports it (for several squared-error outputs,
-        # their mean: its gradient is of their sum, which is what trains)
+        # several squared-error outputs train on their sum, scikit-learn reports their mean
         return (loss - penalty) * self._head[3] + penalty
 
     def _fit_lbfgs(self, X, targets, weight):
@@ -301,22 +289,17 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping:
             X, targets, weight, validation = self._split_validation(X, y, targets, weight)
         n = len(X)
-        if self.batch_size == "auto":
-            batch_size = min(200, n)
-        else:
-            if self.batch_size > n:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going "
-                              "to be clipped")
-            batch_size = int(np.clip(self.batch_size, 1, n))
+        if self.batch_size != "auto" and self.batch_size > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going "
+                          "to be clipped")
+        batch_size = min(200, n) if self.batch_size == "auto" else int(np.clip(self.batch_size, 1, n))
         optimizer = self.model_.optimizer
         self.n_iter_ = 0
         for _ in range(self.max_iter):
             order = nd_random.generator().permutation(n) if self.shuffle else np.arange(n)
             loss = self._train(X[order], targets[order], None if weight is None else weight[order],
                                batch_size)
-            self.n_iter_ += 1
-            self.loss_ = loss
-            self.t_ += n
+            self.n_iter_, self.t_, self.loss_ = self.n_iter_ + 1, self.t_ + n, loss
             self.loss_curve_.append(loss)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
@@ -351,36 +334,28 @@ class _BaseMLP(BaseEstimator):
         arrays = (X, y, targets) + (() if weight is None else (weight,))
         parts = train_test_split(*arrays, random_state=seed, test_size=self.validation_fraction,
                                  stratify=stratify)
-        train, val = parts[0::2], parts[1::2]
+        train, val = parts[0::2] + [None], parts[1::2] + [None]  # [3]: the weights or None
         if len(val[0]) < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or "
                              "the size of your dataset.")
         self._best_weights = self.model_.get_weights()
-        w_val = val[3] if weight is not None else None
-        return train[0], train[2], (train[3] if weight is not None else None), (val[0], val[1], w_val)
+        return train[0], train[2], train[3], (val[0], val[1], val[3])
 
     def _update_no_improvement_count(self, validation):
+        """scikit-learn's rule on the validation score, or on the loss (negated: higher is better)."""
         if validation is not None:
-            x_val, y_val, w_val = validation
-            score = self._score(x_val, y_val, w_val)
-            self.validation_scores_.append(score)
+            value, best = self._score(*validation), self.best_validation_score_
+            self.validation_scores_.append(value)
             if self.verbose:
-                print(f"Validation score: {score:f}")
-            if score < self.best_validation_score_ + self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
-            if score > self.best_validation_score_:
-                self.best_validation_score_ = score
-                self._best_weights = self.model_.get_weights()
+                print(f"Validation score: {value:f}")
         else:
-            loss = self.loss_curve_[-1]
-            if loss > self.best_loss_ - self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
-            if loss < self.best_loss_:
-                self.best_loss_ = loss
+            value, best = -self.loss_curve_[-1], -self.best_loss_
+        self._no_improvement_count = self._no_improvement_count + 1 if value < best + self.tol else 0
+        if value > best and validation is not None:
+            self.best_validation_score_ = value
+            self._best_weights = self.model_.get_weights()
+        elif value > best:
+            self.best_loss_ = -value
 
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix ``X`` and targets ``y``; returns self.
