@@ -8,14 +8,12 @@
 ['layers.0.kernel', 'layers.0.bias', 'layers.1.kernel', 'layers.1.bias']
 """
 from . import init
-from .layers import (GELU, LAYERS, Activation, BatchNorm, Dense, Dropout, Flatten, Layer, LayerNorm,
-                     LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, register_layer)
-from .layers import Embedding
+from .layers import (GELU, LAYERS, Activation, BatchNorm, Dense, Dropout, Embedding, Flatten, Layer,
+                     LayerNorm, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, register_layer)
 from .lr_finder import LRFinder
 from .model import Model, Sequential
 from .module import Module, ModuleList, Parameter
 
 __all__ = ["Module", "ModuleList", "Parameter", "Layer", "Dense", "ReLU", "LeakyReLU", "Sigmoid",
            "Tanh", "Softmax", "GELU", "Activation", "Dropout", "Flatten", "BatchNorm", "LayerNorm",
-           "Model", "Sequential", "init", "LAYERS", "register_layer"]
-__all__ += ["Embedding", "LRFinder"]
+           "Model", "Sequential", "init", "LAYERS", "register_layer", "Embedding", "LRFinder"]

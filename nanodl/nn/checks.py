@@ -14,7 +14,6 @@ True
 import warnings
 
 from .. import losses as losses_module
-from .. import optim
 from ..autograd import no_grad
 from ..tensor import Tensor
 from ..modelfile import unsaved_setting

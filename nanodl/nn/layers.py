@@ -106,9 +106,7 @@ class Dense(Layer):
         self.bias_initializer = init.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.input_dim = None
-        self.kernel = None
-        self.bias = None
+        self.input_dim = self.kernel = self.bias = None
         if input_dim is not None:
             self.build(input_dim)
 
@@ -162,12 +160,8 @@ class Dense(Layer):
         return ops.linear(x, kernel, self.bias, activation=activation, alpha=alpha)
 
     def penalties(self):
-        result = []
-        if self.kernel_regularizer is not None and self.kernel is not None:
-            result.append(self.kernel_regularizer(self.kernel))
-        if self.bias_regularizer is not None and self.bias is not None:
-            result.append(self.bias_regularizer(self.bias))
-        return result
+        pairs = ((self.kernel_regularizer, self.kernel), (self.bias_regularizer, self.bias))
+        return [penalty(weight) for penalty, weight in pairs if penalty is not None and weight is not None]
 
     def get_config(self):
         return {"units": self.units, "activation": self.activation, "input_dim": self.input_dim,
@@ -278,9 +272,7 @@ class _Norm(Layer):
         self.epsilon = _number(type(self).__name__, "epsilon", epsilon)
         if not self.epsilon > 0:
             raise ValueError(f"{type(self).__name__}: epsilon must be > 0, got {epsilon!r}")
-        self.num_features = None
-        self.gamma = None
-        self.beta = None
+        self.num_features = self.gamma = self.beta = None
         if num_features is not None:
             self.build(num_features)
 
@@ -380,7 +372,6 @@ class LayerNorm(_Norm):
         return {"epsilon": self.epsilon, "num_features": self.num_features}
 
 
-# ---------------------------------------------------------------- embeddings
 @register_layer
 class Embedding(Layer):
     """A trainable lookup table: index ``i`` -> row ``embeddings[i]`` (Keras' ``Embedding``).

@@ -1,18 +1,12 @@
 """``Model.find_lr``: a learning-rate sweep with the loss's sharpness beside it.
 
-The sweep (Smith's range test, as in fastai and Keras) takes one step of the
-compiled optimizer per batch at rates growing exponentially from ``start_lr`` to
-``end_lr``, recording each batch's loss (before its step) and its bias-corrected
-moving average; it stops once the smoothed loss exceeds 4x its best or a loss is not
-finite. The suggestion is where the smoothed loss falls fastest against log lr.
-
-The heuristic reads a noisy curve; the sharpness is a measurement: gradient descent
-on curvature lambda is stable only for ``lr < 2 / lambda`` (``docs/curvature.md``),
-so ``2 / lambda_max`` at the starting weights bounds the usable plain-GD rate.
-
+The sweep (Smith's range test, as in fastai and Keras) records each batch's loss and
+its bias-corrected moving average, and stops once that exceeds 4x its best or a loss
+is not finite. Gradient descent on curvature lambda is stable only for ``lr < 2 /
+lambda`` (``docs/curvature.md``): ``2 / lambda_max`` at the start bounds the rate.
 Everything is put back bit for bit (weights in their own arrays, gradients, buffers,
 the optimizer's state, the cached plan, training flags), and the batches and dropout
-masks come from a copy of nanodl's generator, so the global stream does not advance.
+masks come from a copy of nanodl's generator: the global stream does not advance.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -80,14 +74,12 @@ class LRFinder:
             raise ImportError(PLOT_HINT) from None
         axis = figure.add_subplot()
         axis.plot(self.lrs, self.losses, label="smoothed loss")
-        axis.set_xscale("log")
+        axis.set(xscale="log", xlabel="learning rate", ylabel="loss (smoothed)")
         axis.axvline(self.suggestion, color="C1", linestyle="--",
                      label=f"steepest descent: {self.suggestion:.3g}")
         if self.sharpness is not None and math.isfinite(self.sharpness["stable_lr"]):
             axis.axvline(self.sharpness["stable_lr"], color="C2", linestyle=":",
                          label=f"2 / lambda_max at the start: {self.sharpness['stable_lr']:.3g}")
-        axis.set_xlabel("learning rate")
-        axis.set_ylabel("loss (smoothed)")
         axis.grid(alpha=0.3)
         axis.legend()
         figure.tight_layout()

@@ -123,12 +123,8 @@ class EpochTotals:
     def add(self, loss, count, weight, metric_sums):
         """Add one batch: its mean ``loss``, ``count`` samples, their summed ``weight``
         and each metric's weighted sum over the batch."""
-        values = self.values
-        values[0] += loss * count
-        values[1] += count
-        values[2] += weight
-        for i, total in enumerate(metric_sums, start=3):
-            values[i] += total
+        for i, total in enumerate((loss * count, count, weight, *metric_sums)):
+            self.values[i] += total
 
     def averages(self):
         """``{'loss': ..., metric: ...}``: the loss per sample, each metric per unit weight."""

@@ -1,10 +1,6 @@
 """``Model`` (a Module with Keras' compile/fit/evaluate/predict) and ``Sequential``.
 
-``fit`` reads top to bottom: prepare the arrays (``nn/prepare.py``), decide once (a
-``_Plan``, ``nn/plan.py``), then per epoch ``_fit_epoch``: the sample order
-(``_epoch_order``), one ``_train_step`` per batch, the batch's numbers into
-``EpochTotals`` (``nn/metrics.py``), the averages to the callbacks (which alone print
-and save).
+``fit`` reads top to bottom; ``docs/training.md`` walks through it piece by piece.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -353,7 +349,6 @@ class Model(Module):
         """Load weights saved by ``save`` or ``nanodl.save(model.state_dict(), path)``."""
         self.load_state_dict(archive.load(path))
 
-    # ------------------------------------------------------------ summary
     def summary(self):
         """Print and return a table: layer, output shape, parameter count, FLOPs per
         sample, and the totals (``nanodl.diagnostics.summary``)."""

@@ -205,27 +205,19 @@ class Module:
     def modules(self):
         return [module for _, module in self.named_modules()]
 
-    def _walk(self, prefix=""):
+    def _walk(self, prefix="", seen=None):
         """``(dotted name, owner, attribute, is_parameter)`` for every parameter and buffer,
         depth first in definition order; a module reached twice is walked once."""
-        result, seen = [], {id(self)}
-        stack = [(prefix, self, iter(list(self._order)))]
-        while stack:
-            module_name, module, names = stack[-1]
-            name = next(names, None)
-            if name is None:
-                stack.pop()
-                continue
-            dotted = f"{module_name}.{name}" if module_name else name
-            if name in module._parameters:
-                result.append((dotted, module, name, True))
-            elif name in module._buffers:
-                result.append((dotted, module, name, False))
+        result, seen = [], {id(self)} if seen is None else seen
+        for name in list(self._order):
+            dotted = f"{prefix}.{name}" if prefix else name
+            if name in self._parameters or name in self._buffers:
+                result.append((dotted, self, name, name in self._parameters))
             else:
-                sub = module._modules.get(name)
+                sub = self._modules.get(name)
                 if sub is not None and id(sub) not in seen:
                     seen.add(id(sub))
-                    stack.append((dotted, sub, iter(list(sub._order))))
+                    result += sub._walk(dotted, seen)
         return result
 
     def named_parameters(self, prefix=""):
@@ -293,11 +285,8 @@ class Module:
 
     def state_dict(self):
         """name -> host NumPy copy, parameters and buffers (``layers.0.kernel``, ...)."""
-        result = {}
-        for name, module, attr, is_param in self._state_entries():
-            value = module._parameters[attr].data if is_param else module._buffers[attr]
-            result[name] = to_host(value, copy=True)
-        return result
+        return {name: to_host(module._parameters[attr].data if is_param else module._buffers[attr], copy=True)
+                for name, module, attr, is_param in self._state_entries()}
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy ``state_dict``'s arrays in; everything is checked before anything changes.
@@ -370,7 +359,6 @@ class Module:
     def cuda(self):
         return self.to("cuda")
 
-    # ------------------------------------------------------------ display
     def extra_repr(self):
         return ""
 

@@ -149,16 +149,10 @@ class _Plan:
         return loss, out
 
     def step(self, x, target, weight=None):
-        """The training step on one batch; returns ``(loss, out)``, both Tensors.
-
-        1. Forward (``self.forward``: up to the logits when fused, see ``fuse_logits``).
-        2. Loss: ``self.loss`` plus the layers' weight penalties.
-        3. Backward: clear every ``param.grad``, then backpropagate the loss.
-        4. Optimizer step.
-
-        A ``full_batch`` optimizer (``optim.LBFGS``) gets 1-3 as the closure of its
-        ``step(closure)``; the step returns the first evaluation (before the update).
-        """
+        """The training step on one batch: forward, loss (with the weight penalties),
+        backward, optimizer step; returns ``(loss, out)``, both Tensors. A ``full_batch``
+        optimizer (``optim.LBFGS``) gets the first three as the closure of its
+        ``step(closure)``; the step returns the first evaluation (before the update)."""
         if self.full_batch:
             return self._closure_step(x, target, weight)
         loss, out = self.loss_and_grad(x, target, weight)
@@ -166,7 +160,7 @@ class _Plan:
         return loss, out
 
     def loss_and_grad(self, x, target, weight=None):
-        """Steps 1-3 of ``step``: ``(loss, out)``, with every parameter's gradient filled."""
+        """``(loss, out)`` with every parameter's gradient filled: ``step`` less the update."""
         loss, out = self.objective(x, target, weight)
         for param in self.params:
             param.grad = None
