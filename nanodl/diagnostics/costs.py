@@ -1,22 +1,15 @@
-"""Analytic FLOPs and bytes of every op and every kernel-table kernel.
+"""Analytic FLOPs and bytes of every op and kernel-table kernel: the profiler divides
+them by measured times, ``model.summary()`` adds them up per layer.
 
-The profiler divides these by measured times to get achieved rates, and
-``model.summary()`` adds them up per layer. The conventions, one for every op:
-
-* **FLOPs**: floating-point additions, multiplications, divisions and elementary
-  function calls (``exp``, ``log``, ``tanh``, ``sqrt``), per element; comparisons and
-  selects (a ReLU, a max, a clip, a where) are free, as in hardware FLOP counts. A
-  matrix product of ``(m, k) @ (k, n)`` is ``2 m k n`` (a dense layer's bias is added
-  in that accumulation: ``k`` multiplications and ``k`` additions per output).
-  Elementwise ops and reductions are counted per element of their output (``'out'``)
-  or of their first input (``'in'``), by the constants in ``PER_ELEMENT``;
-  activations by their record's name in ``ACTIVATION_FLOPS``. Products and fused
-  nodes (``MatMul``, ``Einsum``, ``Linear``, the fused softmax cross-entropy) have
-  their own formulas.
-* **Bytes**: the least traffic an op needs: every input read once and its output
-  written once (``forward``); the incoming gradient, the saved arrays and every
-  fresh gradient (``backward``). An op whose output is a view of its input (a
-  reshape, a transpose, a basic slice) moves nothing: 0 bytes.
+* **FLOPs**: additions, multiplications, divisions and elementary functions (``exp``,
+  ``log``, ``tanh``, ``sqrt``) per element; comparisons and selects (ReLU, max, clip,
+  where) are free, as in hardware counts. ``(m, k) @ (k, n)`` is ``2 m k n`` (a dense
+  layer's bias is added in that accumulation). Elementwise ops and reductions count per
+  element of their output (``'out'``) or first input (``'in'``) by ``PER_ELEMENT``,
+  activations by ``ACTIVATION_FLOPS``; products and fused nodes have their own formulas.
+* **Bytes**: the least traffic: each input read and the output written once (forward);
+  the incoming gradient, the saved arrays and each fresh gradient (backward). An op
+  whose output is a view of its input (a reshape, a transpose) moves nothing.
 
 >>> import numpy as np
 >>> from nanodl.ops.shape import MatMul, Transpose
@@ -26,6 +19,8 @@ The profiler divides these by measured times to get achieved rates, and
 >>> forward_cost(Transpose(), (a,), a.T)           # a view: no arithmetic, no traffic
 (0, 0)
 """
+import math
+
 from ..backend import array_module
 from ..backend.activations import ELEMENTWISE
 from ..backend.table import parameters
@@ -81,10 +76,7 @@ def _einsum_flops(node):
     sizes = {}
     for term, shape in zip(node.terms, node.shapes):
         sizes.update(zip(term, shape))
-    points = 1
-    for size in sizes.values():
-        points *= size
-    return len(node.terms) * points
+    return len(node.terms) * math.prod(sizes.values())
 
 
 def forward_cost(node, inputs, out):
@@ -94,29 +86,23 @@ def forward_cost(node, inputs, out):
     ``cost(self, inputs, out) -> (flops, bytes)``; otherwise it counts no FLOPs.
     """
     name = type(node).__name__
+    traffic = _nbytes(inputs) + getattr(out, "nbytes", 0)
     if name in PER_ELEMENT:
         if _is_view(out, inputs):
             return 0, 0
         flops, _, basis = PER_ELEMENT[name]
-        count = out.size if basis == "out" or not inputs else inputs[0].size
-        return flops * count, _nbytes(inputs) + out.nbytes
+        return flops * (out.size if basis == "out" or not inputs else inputs[0].size), traffic
     if name == "MatMul":
-        a, b = inputs
-        return 2 * out.size * a.shape[-1], _nbytes(inputs) + out.nbytes
+        return 2 * out.size * inputs[0].shape[-1], traffic
     if name == "Einsum":
-        return _einsum_flops(node), _nbytes(inputs) + out.nbytes
+        return _einsum_flops(node), traffic
     if name == "Linear":
-        kernel = inputs[1]
-        rows = out.size // kernel.shape[1]
-        return (_dense_flops(rows, kernel.shape[0], kernel.shape[1], node.activation, False, 1,
-                             False), _nbytes(inputs) + out.nbytes)
+        fan_in, units = inputs[1].shape
+        return _dense_flops(out.size // units, fan_in, units, node.activation, False, 1, False), traffic
     if name == "SoftmaxCrossEntropy":
-        logits = inputs[0]
-        return _XENT_FLOPS[0] * logits.size, _nbytes(inputs) + node.saved_tensors[1].nbytes + out.nbytes
+        return _XENT_FLOPS[0] * inputs[0].size, traffic + node.saved_tensors[1].nbytes
     custom = getattr(node, "cost", None)
-    if custom is not None:
-        return custom(inputs, out)
-    return 0, _nbytes(inputs) + getattr(out, "nbytes", 0)
+    return custom(inputs, out) if custom is not None else (0, traffic)
 
 
 def backward_cost(node, grad_output, grads):
@@ -137,18 +123,15 @@ def backward_cost(node, grad_output, grads):
     if name == "Einsum":  # one contraction of the same letters per gradient
         return sum(g is not None for g in grads) * _einsum_flops(node), traffic
     if name == "Linear":
-        kernel = inputs[1]
-        rows = grad_output.size // kernel.shape[1]
+        fan_in, units = inputs[1].shape
         products = (grads[0] is not None) + (grads[1] is not None)
         has_bias = len(grads) > 2 and grads[2] is not None
-        return _dense_flops(rows, kernel.shape[0], kernel.shape[1], node.activation, has_bias,
+        return _dense_flops(grad_output.size // units, fan_in, units, node.activation, has_bias,
                             products, True), traffic
     if name == "SoftmaxCrossEntropy":
         return _XENT_FLOPS[1] * inputs[0].data.size, traffic
     custom = getattr(node, "backward_cost", None)
-    if custom is not None:
-        return custom(grad_output, grads)
-    return 0, traffic
+    return custom(grad_output, grads) if custom is not None else (0, traffic)
 
 
 # ---------------------------------------------------------------- kernel-table calls

@@ -37,8 +37,7 @@ from .. import losses
 
 UNDERFIT_SHARE = 0.4  # a final training loss above this share of a uniform guess's is "high"
 RISE = 0.1            # validation loss this much (relative) above its lowest has "turned up",
-SMOOTHING = 5         # ... in its running mean over a fifth of the epochs (at least 3): noise,
-                      # a spike of a few epochs, is not a trend
+SMOOTHING = 5         # ... in its running mean over 1/5 of the epochs (>= 3): a spike is no trend
 VERDICTS = ("underfitting", "overfitting", "diverging", "ok")
 
 

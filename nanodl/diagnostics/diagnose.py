@@ -1,22 +1,17 @@
 """``nd.diagnose(model, x, y)``: is this network able to learn? One batch, in plain words.
 
-On the first ``batch_size`` samples it computes what the course's checklist asks:
+On the first ``batch_size`` samples, what the course's checklist asks:
 
-* the loss, against the loss of a uniform guess (``log(classes)`` for a
-  cross-entropy, ``log 2`` for a binary one, the targets' variance for the MSE):
-  a fresh network should start near it, never far above it;
-* per layer, the gradient's norm, and the ratio ``|update| / |weights|`` of one step
-  of the compiled optimizer (on copies of the weights and its state): about 1e-3 is
-  healthy, above 1e-1 the steps are too large, below 1e-6 nothing moves;
-* per layer, the fraction of dead ReLU units (0 for every sample of the batch: they
-  get no gradient, so they never recover) and of saturated sigmoid/tanh outputs
-  (within 0.01 of their bounds, where the slope vanishes);
-* warnings in plain words: vanishing or exploding gradients, dead units, saturation,
-  a loss that does not fit the output activation.
+* the loss, against a uniform guess's (``log(classes)`` for a cross-entropy, ``log 2``
+  for a binary one, the targets' variance for the MSE): a fresh network starts near it;
+* per layer, the gradient's norm and ``|update| / |weights|`` for one step of the
+  compiled optimizer: about 1e-3 is healthy, above 1e-1 too large, below 1e-6 nothing moves;
+* per layer, the fraction of dead ReLU units (0 for every sample: no gradient, no
+  recovery) and of sigmoid/tanh outputs within 0.01 of their bounds (no slope);
+* warnings in plain words, a loss that does not fit the output activation included.
 
-The model is not changed: the diagnosis runs on a deep copy of it (its optimizer and
-that one's state included), in eval mode (no dropout draw, no BatchNorm statistics
-update); a layer still to be built is built on the copy, from a generator of its own.
+It runs on a deep copy of the model (optimizer state included), in eval mode; a layer
+still to be built is built on the copy, from a generator of its own.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -51,11 +46,10 @@ _ACTIVATION_NODES = {"ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Soft
 
 
 class Diagnosis:
-    """What ``nd.diagnose`` found: ``loss``, ``baseline`` (a uniform guess's loss, or
-    None), ``layers`` (one dict per layer with parameters or an activation: ``'layer'``,
+    """What ``nd.diagnose`` found: ``loss``, ``baseline`` (a uniform guess's, or None),
+    ``layers`` (a dict per layer with parameters or an activation: ``'layer'``,
     ``'activation'``, ``'grad_norm'``, ``'weight_norm'``, ``'update_ratio'``,
-    ``'dead_fraction'``, ``'saturated_fraction'``) and ``warnings`` (plain sentences).
-    Printing it gives the short report."""
+    ``'dead_fraction'``, ``'saturated_fraction'``) and ``warnings``; ``str()``: the report."""
 
     def __init__(self, loss, baseline, layers, warnings):
         self.loss, self.baseline, self.layers, self.warnings = loss, baseline, layers, warnings
@@ -117,29 +111,27 @@ def _one_step(optimizer, params, grads, before):
 
 
 def _loss_warning(loss_name, config, activation, kind):
-    """A sentence when the compiled loss does not fit the output activation, else None."""
+    """The sentences (one or none) saying that the compiled loss does not fit the output activation."""
     from_logits = config.get("from_logits", False)
     if kind is None and loss_name in ("categorical_crossentropy", "sparse_categorical_crossentropy",
                                       "binary_crossentropy"):
         wanted = "sigmoid" if loss_name == "binary_crossentropy" else "softmax"
         if from_logits and activation in ("softmax", "sigmoid"):
-            return (f"the loss is told to expect logits (from_logits=True) but the last layer "
-                    f"applies {activation} already: remove the activation or from_logits")
+            return [f"the loss is told to expect logits (from_logits=True) but the last layer "
+                    f"applies {activation} already: remove the activation or from_logits"]
         if not from_logits and activation != wanted:
-            return (f"{loss_name} expects probabilities, but the last layer's activation is "
-                    f"{activation or 'linear'}: use activation='{wanted}' on it, or "
-                    "from_logits=True")
+            return [f"{loss_name} expects probabilities, but the last layer's activation is "
+                    f"{activation or 'linear'}: use activation='{wanted}' on it, or from_logits=True"]
     if loss_name in ("mse", "mae", "huber") and activation == "softmax":
-        return (f"a softmax output trained with {loss_name}: use a cross-entropy for "
-                "classification (its gradient does not vanish when the model is confidently wrong)")
-    return None
+        return [f"a softmax output trained with {loss_name}: use a cross-entropy for "
+                "classification (its gradient does not vanish when the model is confidently wrong)"]
+    return []
 
 
 def _baseline(loss_name, loss, target, out_width):
     guess = uniform_loss(loss, out_width)
     if guess is None and loss_name == "mse":
-        host = to_host(target).astype(np.float64)
-        return float(host.var(axis=0).mean())
+        return float(to_host(target).astype(np.float64).var(axis=0).mean())
     return guess
 
 
@@ -181,7 +173,7 @@ def diagnose(model, x, y, batch_size=32):
     before = [p.data.copy() for p in params]
     stepped = _one_step(model.optimizer, params, grads, before)
     by_param = {id(p): i for i, p in enumerate(params)}
-    layers, warnings = [], []
+    layers = []
     for name, module in model.named_modules()[1:]:
         own = [p for p in module._parameters.values() if p is not None and id(p) in by_param]
         recorded = outputs.get(name)
@@ -194,9 +186,8 @@ def diagnose(model, x, y, batch_size=32):
         present = [i for i in indices if grads[i] is not None]
         grad_norm = _norm([grads[i].data for i in present]) if present else None
         weight_norm = _norm([before[i] for i in indices]) if own else None
-        ratio = None
-        if stepped is not None and own and weight_norm:
-            ratio = _norm([stepped[i] for i in indices]) / weight_norm
+        ratio = _norm([stepped[i] for i in indices]) / weight_norm \
+            if stepped is not None and weight_norm else None
         dead, saturated = _unit_stats(activation, recorded[1]) if recorded else (None, None)
         layers.append({"layer": f"{name} ({type(module).__name__})", "activation": activation,
                        "grad_norm": grad_norm, "weight_norm": weight_norm, "update_ratio": ratio,
@@ -204,11 +195,8 @@ def diagnose(model, x, y, batch_size=32):
     value = float(to_host(loss.data))
     out_width = int(np.prod(plan.out_shape)) if plan.out_shape else 1
     baseline = _baseline(loss_name, model.loss, y, out_width)
-    output_activation = layers[-1]["activation"] if layers else None
-    warnings += _warnings(value, baseline, layers)
-    mismatch = _loss_warning(loss_name, config, output_activation, kind)
-    if mismatch:
-        warnings.append(mismatch)
+    warnings = _warnings(value, baseline, layers) + _loss_warning(
+        loss_name, config, layers[-1]["activation"] if layers else None, kind)
     return Diagnosis(value, baseline, layers, warnings)
 
 

@@ -18,21 +18,17 @@ True
 >>> linear['calls'], linear['flops'] == gemms + 256 * (64 + 10)  # and the bias gradients' sums
 (2, True)
 
-How it works: inside the block, the engine calls the profiler just before and just
-after every op's ``forward`` and ``backward`` (``autograd.forward_pre_hooks`` and
-friends, the seam ``detect_anomaly`` uses), and every kernel-table call no op makes
-(an optimizer's update) goes through a timed view of the table
-(``backend.table_watchers``). Outside the block both seams are empty dicts, one test
-each per op: the profiler costs nothing. Each op's time excludes the ops it runs
-inside it. The layer of an op is the innermost ``nn`` layer whose code is running
-when it runs (its backward belongs to the layer of its forward); the loss functions
-and optimizers are rows of their own.
-
-The block records its own thread's ops. A captured step (``fit(capture=True)``,
-``nd.CapturedStep``) runs its eager step while a profile is open, so every op shows.
-On a GPU, each op waits for the device before its clock stops.
+Inside the block the engine calls the profiler before and after every op's ``forward``
+and ``backward`` (``autograd.forward_pre_hooks`` and friends), and the kernel calls no
+op makes (an optimizer's update) go through a timed view of the table
+(``backend.table_watchers``); outside it both seams are empty: no cost. An op's time
+excludes the ops run inside it; its layer is the innermost ``nn`` layer running (its
+backward's is its forward's); losses and optimizers are rows of their own. The block
+records its own thread; a captured step runs eagerly while a profile is open; on a
+GPU each op waits for the device before its clock stops.
 """
 import sys
+import timeit
 from threading import get_ident
 from time import perf_counter
 
@@ -78,9 +74,8 @@ def machine_rates():
 
 
 def profile_step(model, x, y, warmup=2):
-    """The profile of one training step of the compiled ``model`` on the batch ``(x, y)``,
-    after ``warmup`` unprofiled steps (the first plans the step and builds every layer;
-    they also warm the caches). ``nanodl profile`` prints its table."""
+    """The profile of one training step of the compiled ``model`` on ``(x, y)``, after
+    ``warmup`` unprofiled ones (they plan the step, build the layers, warm the caches)."""
     for _ in range(warmup):
         model.train_on_batch(x, y)
     with profile() as prof:
@@ -90,12 +85,7 @@ def profile_step(model, x, y, warmup=2):
 
 def _best(run, repeats=5):
     run()  # first touch, thread pools awake
-    times = []
-    for _ in range(repeats):
-        start = perf_counter()
-        run()
-        times.append(perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(run, repeat=repeats, number=1))
 
 
 def _is_layer(obj):
@@ -119,6 +109,13 @@ def _kind(frame):
     return "layer" if _is_layer(owner) else None
 
 
+def _accumulate(totals, key, values):
+    """Add ``values`` (calls, forward s, backward s, flops, bytes) into ``totals[key]``."""
+    total = totals.setdefault(key, [0, 0.0, 0.0, 0, 0])
+    for index, value in enumerate(values):
+        total[index] += value
+
+
 def _synchronize(array):
     if type(array) is not np.ndarray and backend.is_device_array(array):
         from ..backend.cuda import require_cupy
@@ -128,10 +125,8 @@ def _synchronize(array):
 class profile:
     """Context manager: record every op (and optimizer update) that runs in the block.
 
-    ``rows``: one dict per op name (see ``nanodl.profile`` in SPEC §18), slowest
-    first; ``by_layer()`` the same per layer; ``table()`` prints and returns them;
-    ``total_ms`` the rows' time; ``wall_ms`` the block's (the rest is Python between
-    ops: the graph walk, the training loop).
+    ``rows``: a dict per op name, slowest first (SPEC §18); ``by_layer()`` per layer;
+    ``table()`` prints them; ``total_ms`` the ops' time, ``wall_ms`` the block's.
     """
 
     def __init__(self):
@@ -195,16 +190,6 @@ class profile:
         self._roots.setdefault(id(outer), outer)
         return found
 
-    def _add(self, op, layer, calls, forward, backward, flops, nbytes):
-        entry = self._stats.get((op, layer))
-        if entry is None:
-            entry = self._stats[(op, layer)] = [0, 0.0, 0.0, 0, 0]
-        entry[0] += calls
-        entry[1] += forward
-        entry[2] += backward
-        entry[3] += flops
-        entry[4] += nbytes
-
     def _stop(self, node):
         """Seconds since ``node``'s start, less the ops run inside it (None if it never started)."""
         end = perf_counter()
@@ -230,7 +215,7 @@ class profile:
         node.__dict__["_profile_layer"] = layer  # the layer its backward belongs to
         inputs = [arg.data for arg in args if hasattr(arg, "grad_fn")]
         flops, nbytes = costs.forward_cost(node, inputs, out)
-        self._add(node.name, layer, 1, seconds, 0.0, flops, nbytes)
+        _accumulate(self._stats, (node.name, layer), (1, seconds, 0.0, flops, nbytes))
 
     def _before_backward(self, node, grad_output):
         self._running.append([node, node.__dict__.get("_profile_layer", NO_LAYER), perf_counter(), 0.0])
@@ -240,7 +225,7 @@ class profile:
         layer, seconds = self._stop(node)
         if seconds is not None:
             flops, nbytes = costs.backward_cost(node, grad_output, grads)
-            self._add(node.name, layer, 0, 0.0, seconds, flops, nbytes)
+            _accumulate(self._stats, (node.name, layer), (0, 0.0, seconds, flops, nbytes))
 
     def _watch(self, table):
         """The timed view of ``table`` this thread's kernel calls go through."""
@@ -260,7 +245,7 @@ class profile:
         _synchronize(args[0] if args else None)
         seconds = perf_counter() - start
         flops, nbytes = costs.kernel_cost(kernel, args, kwargs, result)
-        self._add(kernel, layer, 1, seconds, 0.0, flops, nbytes)
+        _accumulate(self._stats, (kernel, layer), (1, seconds, 0.0, flops, nbytes))
         return result
 
     # ------------------------------------------------------------ results
@@ -279,10 +264,7 @@ class profile:
         names = self._names if self._names is not None else self._layer_names()
         groups = {}
         for (op, layer), entry in self._stats.items():
-            key = op if by == "op" else names.get(layer, layer)
-            total = groups.setdefault(key, [0, 0.0, 0.0, 0, 0])
-            for index, value in enumerate(entry):
-                total[index] += value
+            _accumulate(groups, op if by == "op" else names.get(layer, layer), entry)
         return groups
 
     def _rows(self, by, sort_by):
@@ -299,13 +281,11 @@ class profile:
                          "gflops": gflops, "gbps": gbps,
                          "pct_gemm_peak": 100 * gflops * 1e9 / rates["gemm"],
                          "pct_copy_peak": 100 * gbps * 1e9 / rates["copy"]})
-        if sort_by is not None:
-            key = {"time": "forward_ms", "forward": "forward_ms", "backward": "backward_ms"}.get(
-                sort_by, sort_by)
-            if sort_by == "time":
-                rows.sort(key=lambda row: row["forward_ms"] + row["backward_ms"], reverse=True)
-            else:
-                rows.sort(key=lambda row: row[key], reverse=True)
+        if sort_by == "time":
+            rows.sort(key=lambda row: row["forward_ms"] + row["backward_ms"], reverse=True)
+        elif sort_by is not None:
+            key = {"forward": "forward_ms", "backward": "backward_ms"}.get(sort_by, sort_by)
+            rows.sort(key=lambda row: row[key], reverse=True)
         return rows
 
     @property

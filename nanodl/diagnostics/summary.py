@@ -1,10 +1,8 @@
 """``model.summary()``: each layer's output shape, parameters and FLOPs per sample.
 
-The table comes from running one sample (zeros) through the model, in eval mode and
-without a graph, inside ``nd.profile()``: each listed layer's output shape is what its
-forward returned, and its FLOPs are those of the ops it ran (its sub-layers'
-included), by the counts of ``costs.py``. So a subclassed ``Model`` gets real shapes
-too, once it is built (``build(input_shape)`` or ``fit``): nothing is inferred.
+One sample (zeros) runs through the model, in eval mode and without a graph, inside
+``nd.profile()``: a layer's shape is what its forward returned, its FLOPs those of the
+ops it ran (``costs.py``). Nothing is inferred, so a built subclassed ``Model`` works too.
 
 >>> from nanodl import nn
 >>> model = nn.Sequential([nn.Dense(8, activation='relu', input_dim=4), nn.Dense(2)])
