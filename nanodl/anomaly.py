@@ -1,17 +1,11 @@
 """Anomaly detection: find the op where an inf or NaN is *born*, not where it is noticed.
 
-A NaN spreads: once one op makes it, every op downstream carries it, and the loss
-that finally shows ``nan`` says nothing about where it came from. Inside
-``nd.detect_anomaly()`` every op checks its own output as it runs:
-
-* forward: an op whose tensor inputs are all finite but whose output is not raises
-  ``AnomalyError`` naming the op, the input shapes, the first bad element and the
-  line of your code that called it;
-* backward: a node whose ``backward`` turns a finite incoming gradient into a
-  non-finite one raises ``AnomalyError`` naming the node and the line that created it.
-
-``AnomalyError`` subclasses ``FloatingPointError`` (what NumPy raises under
-``np.seterr(all='raise')``), so ``except FloatingPointError`` catches both.
+A NaN spreads, and the loss that finally shows ``nan`` says nothing about where it
+came from. Inside ``nd.detect_anomaly()`` an op whose inputs are finite but whose
+output is not raises ``AnomalyError`` naming the op, the input shapes, the first bad
+element and the line of your code that called it; so does a ``backward`` that turns
+a finite gradient into a non-finite one. ``AnomalyError`` is a ``FloatingPointError``
+(what NumPy raises under ``np.seterr(all='raise')``).
 
 >>> import nanodl as nd
 >>> x = nd.tensor([1.0, -1.0], requires_grad=True)
@@ -21,10 +15,8 @@ Traceback (most recent call last):
     ...
 nanodl.anomaly.AnomalyError: detect_anomaly: Log produced nan ...
 
-Outside the context manager the engine runs exactly as before: the check is an
-empty-list test in ``Function.apply`` and in the backward walk
-(``autograd.forward_hooks`` / ``autograd.backward_hooks``). The mode is per thread,
-as grad mode is: a ``detect_anomaly`` block checks only its own thread's ops.
+Outside the block the cost is an empty-list test (``autograd.forward_hooks`` /
+``backward_hooks``). The mode is per thread, as grad mode is.
 """
 import os
 import sys
@@ -53,8 +45,7 @@ class detect_anomaly:
         self.check_backward = check_backward
 
     def __enter__(self):
-        # NumPy's RuntimeWarning ("invalid value encountered in log") would only repeat,
-        # less precisely, what the AnomalyError says: quiet inside the block.
+        # NumPy's RuntimeWarning would only repeat, less precisely, what AnomalyError says
         self._numpy_errors = np.errstate(divide="ignore", invalid="ignore", over="ignore")
         self._numpy_errors.__enter__()
         _local.depth = getattr(_local, "depth", 0) + 1
@@ -84,7 +75,6 @@ def is_anomaly_enabled():
     return getattr(_local, "depth", 0) > 0
 
 
-# ------------------------------------------------------------------ the checks
 def _check_forward(node, args, kwargs, out):
     node.__dict__["_created_at"] = _user_site()
     if not _is_float(out) or _all_finite(out):
@@ -122,7 +112,7 @@ def _all_finite(array):
 
 
 def _describe(array):
-    host = _to_host(array)
+    host = to_host(array)
     kinds = [word for word, present in (("nan", np.isnan(host).any()), ("inf", np.isinf(host).any()))
              if present]
     count = int((~np.isfinite(host)).sum())
@@ -131,18 +121,14 @@ def _describe(array):
 
 def _first_bad(out, inputs):
     """', first at index (i, j) where the input is v': points at the offending value."""
-    host = _to_host(out)
+    host = to_host(out)
     index = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
     text = f"; first at index {index}"
-    same_shape = [_to_host(a) for a in inputs if getattr(a, "shape", None) == host.shape]
+    same_shape = [to_host(a) for a in inputs if getattr(a, "shape", None) == host.shape]
     if same_shape:
         values = ", ".join(f"{float(a[index]):.6g}" for a in same_shape)
         text += f" where the input is {values}"
     return text
-
-
-def _to_host(array):
-    return to_host(array)
 
 
 def _user_site():

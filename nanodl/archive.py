@@ -1,26 +1,18 @@
 """The ``.npz`` container under ``nanodl.save`` and ``Model.save``: atomic writes, checked reads.
 
-This module knows files, not models (``nanodl.io.load_model`` rebuilds models on top
-of it), so ``nn.model`` and ``callbacks`` can use it without an import cycle.
-
-Writing. Members are stored uncompressed, one ``.npy`` per entry, with
-``allow_pickle=False``. The file is written to a temporary file in the target's
-folder, named ``.{name}.nanodl-tmp-{pid}-XXXX`` and locked while written, flushed
-and fsynced, then moved over the target with ``os.replace``; on any error it is
-removed and an earlier file is left as it was. A temporary file left by a killed
-process (its pid gone, its lock free) is removed by the next save to the same
-path. Saving over a symlink writes through to its target: the link survives.
-
-Reading trusts nothing in the file before it has checked it against the rest:
+It knows files, not models or layers (``nanodl.modelfile`` and ``nanodl.io`` build
+on it), so ``nn`` and ``callbacks`` can use it without an import cycle. Members are
+uncompressed ``.npy`` arrays, no pickle. Writes are atomic (``atomic_write``;
+docs/saving.md). Reading trusts nothing before checking it against the rest:
 
 * only a regular file is opened (a FIFO or a device would block or never end);
-* the member count in the zip's end record must match the central directory, which
-  must end where the end record starts (a damaged header cannot hide entries);
-* every member is an ``.npy`` array, once, of a plain numeric or string dtype; its
-  header's shape and dtype must account for exactly the member's size, and the
-  members may not overlap, so nothing larger than the file is ever allocated;
-* compressed members (nanodl never writes them; ``np.savez_compressed`` does) may
-  inflate at most ``MAX_INFLATION`` times their stored size, beyond 16 MiB;
+* the end record's member count must match the central directory, which must end
+  where the end record starts (a damaged header cannot hide entries);
+* every member is an ``.npy`` array, once, of a plain numeric or string dtype whose
+  header accounts for exactly the member's size, and members may not overlap, so
+  nothing larger than the file is ever allocated;
+* a compressed member (``np.savez_compressed``) may inflate at most
+  ``MAX_INFLATION`` times its stored size, beyond 16 MiB;
 * the data is checked against its CRC as it is read.
 
 Anything wrong raises ``ValueError`` naming the file and the fault.
@@ -34,7 +26,7 @@ Anything wrong raises ``ValueError`` naming the file and the fault.
 ((3,), dtype('float64'))
 """
 import errno
-import json
+import math
 import os
 import stat
 import struct
@@ -48,8 +40,7 @@ from . import nested
 from .backend import to_host
 from .tensor import Tensor
 
-__all__ = ["save", "load", "Reader", "write_npz", "atomic_write", "LAYERS",
-           "register_layer"]
+__all__ = ["save", "load", "Reader", "write_npz", "atomic_write"]
 
 FORMAT_KEY = "__nanodl__"
 ARCHITECTURE_KEY = "__architecture__"
@@ -67,16 +58,6 @@ try:  # POSIX: a temporary file is locked while it is being written
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
-
-# The layer classes a saved file may name: the registry lives with the file format (as
-# Keras keeps its serializable registry in ``keras.saving``); ``nn.layers`` re-exports it.
-LAYERS = {}
-
-
-def register_layer(cls):
-    """Class decorator: make a layer known to ``load_model`` by its class name."""
-    LAYERS[cls.__name__] = cls
-    return cls
 
 
 # ---------------------------------------------------------------- writing
@@ -101,12 +82,11 @@ def write_npz(path, arrays):
 
 
 def atomic_write(path, write):
-    """Call ``write(handle)`` on a temporary file next to ``path``, then move it over ``path``.
-
-    Every file nanodl writes for a user goes through here (``.npz`` saves, ONNX
-    exports): see the module docstring for the temporary file's name, its lock, and
-    what happens on an error, a ``kill -9`` or a symlink at ``path``.
-    """
+    """Call ``write(handle)`` on a locked temporary file ``.{name}.nanodl-tmp-{pid}-XXXX``
+    next to ``path``, fsync it and move it over ``path``: every file nanodl writes for a
+    user goes through here. On an error the temporary file is removed and an earlier
+    file is left as it was; one left by a killed writer is removed by the next save; a
+    symlink at ``path`` stays a link (the write goes to its target)."""
     target = os.path.realpath(os.fspath(path))  # through a symlink: the link stays a link
     folder, base = os.path.split(target)
     _remove_stale_temporaries(folder, base)
@@ -130,11 +110,8 @@ def atomic_write(path, write):
 
 
 def _remove_stale_temporaries(folder, base):
-    """Delete ``.{base}.nanodl-tmp-{pid}-*`` files whose writer is dead (best effort).
-
-    A writer is alive while its pid exists or its lock is held; only files failing
-    both tests are removed, so a save running in another process is never disturbed.
-    """
+    """Delete ``.{base}.nanodl-tmp-{pid}-*`` files whose pid is gone and whose lock is free
+    (best effort): a save running in another process is never disturbed."""
     if os.name != "posix":
         return  # no reliable liveness test: leave the files
     prefix = f".{base}{TEMP_MARK}"
@@ -169,7 +146,7 @@ def _process_exists(pid):
     except ProcessLookupError:
         return False
     except OSError:  # PermissionError: it exists, run by someone else
-        return True
+        pass
     return True
 
 
@@ -214,9 +191,8 @@ def _checked_names(names, caller):
 def save(state_dict, path):
     """Write a state dict (name -> array; or a Module, whose ``state_dict()`` is used).
 
-    A dict that nests dicts and lists of numbers, strings and arrays (an optimizer's
-    ``state_dict()``) is written as its arrays plus its structure (``nanodl.nested``)
-    and ``load`` gives it back as it was.
+    A nested dict (an optimizer's ``state_dict()``) is written as its arrays plus its
+    structure (``nanodl.nested``); ``load`` gives it back as it was.
     """
     if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):
         state_dict = state_dict.state_dict()
@@ -224,7 +200,7 @@ def save(state_dict, path):
         raise TypeError(f"save: expected a dict of name -> array, got {type(state_dict).__name__}")
     _checked_names(state_dict, "save")
     arrays = {FORMAT_KEY: np.array(f"nanodl.state_dict/{FORMAT_VERSION}")}
-    if nested.is_nested(state_dict):  # an optimizer's state: arrays + the structure as JSON
+    if nested.is_nested(state_dict):
         arrays[TREE_KEY], leaves = nested.pack(state_dict, _host_array)
         arrays.update(leaves)
     else:
@@ -234,7 +210,7 @@ def save(state_dict, path):
 
 
 # ---------------------------------------------------------------- reading
-# What a damaged file can make zipfile, zlib, struct, json or numpy's header parser raise.
+# What a damaged file can make zipfile, zlib, struct or numpy's header parser raise.
 _DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, struct.error, NotImplementedError,
            RuntimeError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError,
            OverflowError, SyntaxError, RecursionError)
@@ -250,8 +226,8 @@ class _Member:
 class Reader:
     """An opened, checked ``.npz``: ``names``, ``shape(name)``, ``dtype(name)``, ``read(name)``.
 
-    Opening reads only the zip directory and each member's ``.npy`` header; ``read``
-    fetches one array's data (checked against its CRC). Use it as a context manager.
+    Opening reads only the zip directory and each ``.npy`` header; ``read`` fetches one
+    array's data. Use it as a context manager.
     """
 
     def __init__(self, path, caller="load"):
@@ -289,7 +265,7 @@ class Reader:
 
     def nbytes(self, name):
         member = self._members[name]
-        return _count(member.shape) * member.dtype.itemsize
+        return math.prod(member.shape) * member.dtype.itemsize
 
     def read(self, name):
         """The array stored as ``name`` (a fresh, writable host array)."""
@@ -373,29 +349,19 @@ class Reader:
         member.info = info
         with archive.open(info) as stream:
             version = np.lib.format.read_magic(stream)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-            else:
+            if version not in ((1, 0), (2, 0)):
                 raise ValueError(f"member {name!r} is .npy version {version}")
+            shape, fortran, dtype = getattr(np.lib.format, f"read_array_header_{version[0]}_0")(stream)
             member.header_size = stream.tell()
         if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.shape != ():
             raise ValueError(f"member {name!r} has dtype {dtype}; only plain numeric and string "
                              "arrays are read")
         member.shape, member.fortran, member.dtype = tuple(shape), bool(fortran), dtype
-        data_size = _count(member.shape) * dtype.itemsize
+        data_size = math.prod(member.shape) * dtype.itemsize
         if member.header_size + data_size != info.file_size:
             raise ValueError(f"member {name!r} declares {dtype} {member.shape} ({data_size} bytes) "
                              f"but holds {info.file_size - member.header_size}")
         return member
-
-
-def _count(shape):
-    count = 1
-    for extent in shape:
-        count *= int(extent)
-    return count
 
 
 def _open_regular(path, caller):
@@ -465,17 +431,14 @@ def _check_no_overlap(infos, directory_start):
 
 
 def load(path):
-    """The state dict saved at ``path``: a dict name -> ndarray.
-
-    Works on files from ``nanodl.save``, ``Model.save`` (its weights) and plain
-    ``np.savez`` archives of numeric arrays.
-    """
+    """The state dict saved at ``path`` by ``nanodl.save``, ``Model.save`` (its weights) or
+    ``np.savez`` (numeric arrays): a dict name -> ndarray."""
     with Reader(path, "load") as reader:
         names = reader.names
         if ARCHITECTURE_KEY in names:
             return {name[len(WEIGHTS_PREFIX):]: reader.read(name) for name in names
                     if name.startswith(WEIGHTS_PREFIX)}
-        if TREE_KEY in names:  # a nested state (nanodl.nested)
+        if TREE_KEY in names:
             arrays = {name: reader.read(name) for name in names if name != FORMAT_KEY}
             try:
                 return nested.unpack(arrays.pop(TREE_KEY), arrays)

@@ -1,11 +1,8 @@
 """Data utilities: ``train_test_split``, ``DataLoader`` and ``one_hot``.
 
-Everything here works on NumPy arrays. Lists and nanodl Tensors are accepted as
-inputs and converted once, on the way in; what comes out is always NumPy.
-
-When no seed is given, randomness is drawn from nanodl's global generator (the
-one ``nd.manual_seed`` seeds), so one call to ``nd.manual_seed`` makes a whole
-script reproducible.
+Lists and Tensors are accepted and converted once, on the way in; what comes out is
+NumPy. Without a seed, draws come from nanodl's global generator, so one
+``nd.manual_seed`` makes a whole script reproducible.
 """
 import math
 import numbers
@@ -30,12 +27,8 @@ def _as_array(values, name):
 
 
 def _global_generator():
-    """nanodl's global ``np.random.Generator``, or a fresh one if it is not there."""
-    try:
-        from nanodl import random as nanodl_random
-    except ImportError:
-        return np.random.default_rng()
-    return nanodl_random.generator()
+    from . import random  # looked up at each call: tests swap the module
+    return random.generator()
 
 
 def _generator_from(seed):
@@ -91,11 +84,8 @@ def _approximate_mode(class_counts, n_draws, rng):
 def _stratified_indices(labels, n_train, n_test, rng):
     if labels.ndim > 1:  # e.g. one-hot rows: each distinct row is one class
         labels = labels.reshape(len(labels), -1)
-        classes, class_of_sample, class_counts = np.unique(
-            labels, axis=0, return_inverse=True, return_counts=True)
-    else:
-        classes, class_of_sample, class_counts = np.unique(
-            labels, return_inverse=True, return_counts=True)
+    classes, class_of_sample, class_counts = np.unique(
+        labels, axis=0 if labels.ndim > 1 else None, return_inverse=True, return_counts=True)
     class_of_sample = class_of_sample.reshape(-1)
     if class_counts.min() < 2:
         lonely = classes[class_counts < 2].tolist()
@@ -120,13 +110,12 @@ def _stratified_indices(labels, n_train, n_test, rng):
 
 
 def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, stratify=None):
-    """Split arrays into random train and test parts, as scikit-learn does.
+    """Split arrays into random train and test parts, as scikit-learn does:
+    ``[a_train, a_test, b_train, b_test, ...]``.
 
     ``test_size`` is a fraction in (0, 1) (the test part gets ``ceil(test_size * n)``
     samples) or a count. With ``stratify`` (labels), each class keeps its proportion
-    in both parts. ``random_state`` is an int, a ``np.random.Generator`` or None (the
-    nanodl global generator). Returns ``[a_train, a_test, b_train, b_test, ...]`` as
-    NumPy arrays.
+    in both parts. ``random_state`` is an int, a ``np.random.Generator`` or None.
 
     >>> import numpy as np
     >>> x, y = np.arange(20).reshape(10, 2), np.arange(10) % 2
@@ -139,7 +128,7 @@ def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, s
     """
     if not arrays:
         raise ValueError("train_test_split: at least one array is required")
-    arrays = [_as_array(values, f"train_test_split: array {position}") for position, values in enumerate(arrays)]
+    arrays = [_as_array(values, f"train_test_split: array {i}") for i, values in enumerate(arrays)]
     for position, values in enumerate(arrays):
         if values.ndim == 0:
             raise ValueError(f"train_test_split: array {position} is a scalar, "
@@ -170,16 +159,12 @@ def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, s
             order = rng.permutation(n_samples)
             test_indices, train_indices = order[:n_test], order[n_test:]
 
-    split = []
-    for values in arrays:
-        split += [values[train_indices], values[test_indices]]
-    return split
+    return [values[indices] for values in arrays for indices in (train_indices, test_indices)]
 
 
 def batch_slices(n_samples, batch_size, drop_last=False):
-    """The batches of ``n_samples`` samples taken in order, as slices: the one batcher
-    of ``DataLoader`` and of ``Model.fit``/``evaluate``/``predict``. The last batch is
-    smaller unless ``drop_last`` drops it.
+    """The batches of ``n_samples`` samples in order, as slices (the one batcher of
+    ``DataLoader`` and ``Model.fit``); the last is smaller unless ``drop_last`` drops it.
 
     >>> [(batch.start, batch.stop) for batch in batch_slices(5, 2)]
     [(0, 2), (2, 4), (4, 5)]
@@ -192,13 +177,10 @@ def batch_slices(n_samples, batch_size, drop_last=False):
 
 
 class DataLoader:
-    """Iterate over ``(xb, yb)`` mini-batches of NumPy arrays.
+    """Iterate over ``(xb, yb)`` mini-batches (``yb`` None when ``y`` is), ``len`` per epoch.
 
-    ``len(loader)`` is the number of batches per epoch; the last batch is smaller
-    unless ``drop_last=True`` drops it. With ``shuffle=True`` the order is drawn anew
-    on each pass from the loader's own generator, seeded by ``seed`` (or, when
-    ``seed`` is None, by a seed drawn from the nanodl global generator). ``yb`` is
-    None when ``y`` is None.
+    With ``shuffle=True`` the order is drawn anew on each pass from the loader's own
+    generator, seeded by ``seed`` (None: a seed drawn from the global generator).
 
     >>> import numpy as np
     >>> loader = DataLoader(np.arange(10).reshape(5, 2), np.arange(5), batch_size=2)
@@ -251,10 +233,7 @@ class DataLoader:
 
 
 def one_hot(labels, num_classes):
-    """Encode integer class labels as float32 one-hot rows.
-
-    ``labels`` of shape ``(N,)`` give ``(N, num_classes)``; any other shape gets the
-    class axis appended. A label outside ``[0, num_classes)`` raises ``ValueError``.
+    """Encode integer class labels as float32 one-hot rows (a class axis appended).
 
     >>> one_hot([0, 2, 1], 3)
     array([[1., 0., 0.],

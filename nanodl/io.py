@@ -1,20 +1,12 @@
-"""Saving and loading: state dicts and whole Sequential models in one ``.npz`` file.
+"""Saving and loading: state dicts (``save``/``load``) and whole Sequential models
+(``model.save``/``load_model``) in one ``.npz`` file (``nanodl.archive``, ``nanodl.modelfile``).
 
-* ``nanodl.save(state_dict, path)`` / ``nanodl.load(path)`` -> dict name -> ndarray.
-* ``model.save(path)`` / ``nanodl.load_model(path)``: the architecture as JSON (stored
-  as a uint8 array), the compile settings when they were given by name, and the
-  weights (parameters and buffers) under ``weights/<name>``.
-
-No pickle anywhere: loading a file never runs code. Writes are atomic and reads are
-checked before anything is believed (``nanodl.archive`` says how). ``load_model``
-checks the whole file before it builds a layer: every layer the architecture names
-must be a registered one, and every weight's declared shape must be the one the
-layer's configuration implies (``Layer.state_shapes``), so a small file cannot make
-it allocate a large model. A model's weights are float32 or float64: a weight stored
-big-endian is converted to native byte order (the same values); any other dtype
-(float16, integers, ...) is refused, as no file ``Model.save`` writes has one.
-A truncated, corrupt, non-npz or mismatched file raises ``ValueError``. Saved arrays
-are host copies, so a model trained on the GPU loads on the CPU.
+No pickle: loading never runs code. ``load_model`` checks the whole file before it
+builds a layer: every layer must be registered and every weight must have the shape
+its layer's config implies (``Layer.state_shapes``), so a small file cannot make it
+allocate a large model. Weights are float32 or float64 (big-endian ones are made
+native); any other dtype is refused. A bad file raises ``ValueError``. Saved arrays
+are host copies: a model trained on the GPU loads on the CPU.
 
 >>> import os, tempfile, numpy as np, nanodl as nd
 >>> path = os.path.join(tempfile.mkdtemp(), 'weights.npz')
@@ -28,9 +20,9 @@ import os
 import numpy as np
 
 from . import losses, nested, optim
-from .archive import (ARCHITECTURE_KEY, LAYERS, OPTIMIZER_KEY, OPTIMIZER_PREFIX, WEIGHTS_PREFIX,
-                      Reader, atomic_write, load, save)
-from .modelfile import save_model
+from .archive import (ARCHITECTURE_KEY, OPTIMIZER_KEY, OPTIMIZER_PREFIX, WEIGHTS_PREFIX, Reader,
+                      atomic_write, load, save)
+from .modelfile import LAYERS, save_model
 from .nn.model import Sequential
 
 __all__ = ["save", "load", "load_model", "save_model", "atomic_write"]
@@ -40,12 +32,12 @@ _CONFIG_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError, O
 
 
 def _architecture(reader, path):
-    name = ARCHITECTURE_KEY
-    if reader.dtype(name) != np.uint8 or len(reader.shape(name)) != 1:
-        raise ValueError(f"load_model: {path!r} has its architecture stored as {reader.dtype(name)} "
-                         f"{reader.shape(name)}, expected uint8 bytes")
+    dtype, shape = reader.dtype(ARCHITECTURE_KEY), reader.shape(ARCHITECTURE_KEY)
+    if dtype != np.uint8 or len(shape) != 1:
+        raise ValueError(f"load_model: {path!r} has its architecture stored as {dtype} {shape}, "
+                         "expected uint8 bytes")
     try:
-        architecture = json.loads(reader.read(name).tobytes().decode("utf-8"))
+        architecture = json.loads(reader.read(ARCHITECTURE_KEY).tobytes().decode("utf-8"))
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"load_model: {path!r} has no valid model architecture "
                          f"({type(error).__name__}: {error})") from None
@@ -69,8 +61,8 @@ def _architecture(reader, path):
 
 
 def _planned_state(specs, path):
-    """``(name -> shape each configured layer implies, indices of layers that must be built
-    to know)``, computed from the configs alone: nothing is allocated."""
+    """``(name -> shape each layer's config implies, indices of layers that must be built
+    to know)``: nothing is allocated."""
     shapes, unknown = {}, set()
     for index, spec in enumerate(specs):
         try:
@@ -121,11 +113,9 @@ def _check_weights(reader, specs, path):
 def load_model(path, compile=True):
     """Rebuild the ``Sequential`` saved by ``model.save(path)``, weights and buffers included.
 
-    The whole file is checked before any layer is built. With ``compile`` (and when the
-    model was compiled with a named optimizer, loss and metrics) the model comes back
-    compiled, in the state it was saved in: the optimizer's step counts, moments and
-    current ``lr``, and ``epochs_trained``, so ``fit(x, y, initial_epoch=k, epochs=k + m)``
-    continues the training as if it had never stopped.
+    With ``compile`` (and a model compiled by name) it comes back compiled, with the
+    optimizer's state and ``epochs_trained``, so ``fit(x, y, initial_epoch=k,
+    epochs=k + m)`` continues the training as if it had never stopped.
     """
     path = os.fspath(path)
     with Reader(path, "load_model") as reader:
@@ -134,10 +124,9 @@ def load_model(path, compile=True):
                              "use nanodl.load and model.load_state_dict)")
         architecture, specs = _architecture(reader, path)
         stored = _check_weights(reader, specs, path)
-        weights = {}
-        for name, member in stored.items():
-            array = reader.read(member)
-            weights[name] = array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+        weights = {name: reader.read(member) for name, member in stored.items()}
+        weights = {name: array.astype(array.dtype.newbyteorder("="), copy=False)  # big-endian: native
+                   for name, array in weights.items()}
         optimizer_state = _optimizer_state(reader, path) if compile else None
     try:
         model = Sequential([LAYERS[spec["class_name"]].from_config(dict(spec.get("config") or {}))

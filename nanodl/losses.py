@@ -1,10 +1,9 @@
 """Losses: ``loss(pred, target, reduction='mean')``, prediction first (as PyTorch).
 
-Each loss is a function and a class of the CamelCase name that takes its options
-in the constructor. ``reduction`` is ``'mean'`` (over every element),
-``'sum'`` or ``'none'`` (the elementwise loss; per sample for the cross-entropies).
-``pred`` and ``target`` must have the same shape (integer classes of
-``pred.shape[:-1]`` for the sparse cross-entropy): nothing is broadcast silently.
+Each loss is a function and a CamelCase class taking its options in the constructor.
+``reduction`` is ``'mean'`` (over every element), ``'sum'`` or ``'none'`` (per element;
+per sample for the cross-entropies). ``pred`` and ``target`` must have the same shape
+(``pred.shape[:-1]`` for sparse class targets): nothing is broadcast silently.
 
 >>> import nanodl as nd
 >>> from nanodl import losses
@@ -31,7 +30,6 @@ EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON] before a l
 REDUCTIONS = ("mean", "sum", "none")
 
 
-# ---------------------------------------------------------------- shared checks
 def _check_reduction(name, reduction):
     if reduction not in REDUCTIONS:
         raise ValueError(f"{name}: unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
@@ -74,7 +72,6 @@ def _float_target(name, pred, target, reduction):
     return pred, Tensor(array)
 
 
-# ---------------------------------------------------------------- regression
 def mse(pred, target, reduction="mean"):
     """Mean squared error ``(pred - target) ** 2``."""
     pred, target = _float_target("mse", pred, target, reduction)
@@ -83,11 +80,7 @@ def mse(pred, target, reduction="mean"):
 
 
 def mae(pred, target, reduction="mean"):
-    """Mean absolute error ``|pred - target|``.
-
-    At ``pred == target`` the loss has a genuine kink; the gradient there is 0 (the
-    subgradient PyTorch picks), and so is every higher derivative.
-    """
+    """Mean absolute error ``|pred - target|``; at the kink the gradient is 0, as in PyTorch."""
     pred, target = _float_target("mae", pred, target, reduction)
     return _reduce((pred - target).abs(), reduction)
 
@@ -106,7 +99,6 @@ def huber(pred, target, delta=1.0, reduction="mean"):
     return _reduce(inner * (diff - inner * 0.5), reduction)
 
 
-# ---------------------------------------------------------------- classification
 def binary_crossentropy(pred, target, from_logits=False, reduction="mean"):
     """``-(t log p + (1 - t) log(1 - p))``, elementwise.
 
@@ -132,18 +124,15 @@ def binary_crossentropy(pred, target, from_logits=False, reduction="mean"):
 def softmax_xent(logits, target_array, reduction="none"):
     """Fused softmax-cross-entropy over the last axis, for any leading shape.
 
-    ``target_array`` is a plain array: class labels shaped ``logits.shape[:-1]`` or a
-    distribution shaped like ``logits``; nothing is checked here (the losses check).
-    ``reduction`` is applied inside the fused node.
+    ``target_array`` (unchecked: the losses check) holds class labels shaped
+    ``logits.shape[:-1]`` or a distribution shaped like ``logits``.
     """
     if logits.ndim == 2:
         return ops.softmax_cross_entropy(logits, target_array, reduction)
-    lead = logits.shape[:-1]
     classes = logits.shape[-1]
-    flat_target = target_array.reshape(-1, classes) if target_array.ndim == logits.ndim \
-        else target_array.reshape(-1)
+    flat_target = target_array.reshape((-1, classes) if target_array.ndim == logits.ndim else -1)
     flat = ops.softmax_cross_entropy(logits.reshape(-1, classes), flat_target, reduction)
-    return flat.reshape(lead) if reduction == "none" else flat
+    return flat.reshape(logits.shape[:-1]) if reduction == "none" else flat
 
 
 def categorical_crossentropy(pred, target, from_logits=False, reduction="mean"):
@@ -162,10 +151,8 @@ def categorical_crossentropy(pred, target, from_logits=False, reduction="mean"):
 
 
 def class_targets(name, pred_shape, target, check_range=True):
-    """Integer class labels checked against ``pred_shape`` (N..., C): shape and range.
-
-    ``check_range=False`` leaves the range to the fused kernel, which checks it anyway.
-    """
+    """Integer class labels checked against ``pred_shape`` (N..., C): shape and (unless
+    ``check_range=False``, for a fused kernel that checks it) range."""
     if not is_device_array(target):
         target = np.asarray(target)
     expected = tuple(pred_shape[:-1])
@@ -184,10 +171,8 @@ def class_targets(name, pred_shape, target, check_range=True):
 
 
 def sparse_categorical_crossentropy(pred, target, from_logits=False, reduction="mean"):
-    """Cross-entropy against integer classes: ``pred`` (N, C), ``target`` (N,).
-
-    With ``from_logits``, softmax and log are one fused, stable node.
-    """
+    """Cross-entropy against integer classes: ``pred`` (N, C), ``target`` (N,); with
+    ``from_logits``, softmax and log are one fused, stable node."""
     name = "sparse_categorical_crossentropy"
     _check_reduction(name, reduction)
     pred = _as_pred(pred)
@@ -201,14 +186,12 @@ def sparse_categorical_crossentropy(pred, target, from_logits=False, reduction="
     flat = pred.reshape(-1, classes) if pred.ndim != 2 else pred
     labels = target.reshape(-1)
     rows = to_device(np.arange(len(labels)), pred.device)
-    picked = flat[rows, labels].clip(EPSILON, 1 - EPSILON)
-    loss = -picked.log()
+    loss = -flat[rows, labels].clip(EPSILON, 1 - EPSILON).log()
     if pred.ndim != 2:
         loss = loss.reshape(pred.shape[:-1])
     return _reduce(loss, reduction)
 
 
-# ---------------------------------------------------------------- classes
 class Loss:
     """Base of the loss classes: options in the constructor, ``__call__(pred, target)``."""
 
@@ -271,13 +254,11 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     name, function = "sparse_categorical_crossentropy", staticmethod(sparse_categorical_crossentropy)
 
 
-LOSSES = {"mse": mse, "mae": mae, "huber": huber, "binary_crossentropy": binary_crossentropy,
-          "categorical_crossentropy": categorical_crossentropy,
-          "sparse_categorical_crossentropy": sparse_categorical_crossentropy}
-_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
 LOSS_CLASSES = {cls.name: cls for cls in (MeanSquaredError, MeanAbsoluteError, Huber,
                                           BinaryCrossentropy, CategoricalCrossentropy,
                                           SparseCategoricalCrossentropy)}
+LOSSES = {name: cls.function for name, cls in LOSS_CLASSES.items()}
+_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
 
 
 def get(identifier):

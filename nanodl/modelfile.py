@@ -1,13 +1,11 @@
-"""The model file: ``Model.save`` writes the architecture, weights and training state.
+"""The model file ``Model.save`` writes, and the registry of layers it may name.
 
-One ``.npz`` (``nanodl.archive`` writes it atomically and checks it when read):
-``__architecture__`` is JSON (as uint8 bytes) naming each layer and its config, the
-compile settings (when given by name) and the epochs trained; ``weights/<name>``
-holds each parameter and buffer; with ``include_optimizer``, ``optimizer/...`` and
-``__optimizer__`` hold the optimizer's whole state (``nanodl.nested``), so
-``nanodl.load_model`` (``nanodl.io``) returns a model that continues training where
-it stopped. A layer must be a registered built-in one, and a config may not hold a
-function: a file holds no code.
+One ``.npz`` (``nanodl.archive``): ``__architecture__`` is JSON (as uint8 bytes)
+naming each layer and its config, the compile settings (when given by name) and the
+epochs trained; ``weights/<name>`` holds each parameter and buffer; ``optimizer/...``
+and ``__optimizer__`` the optimizer's state (``nanodl.nested``), so
+``nanodl.load_model`` returns a model that trains on where it stopped. Every layer
+must be registered and no config may hold a function: a file holds no code.
 
 >>> import os, tempfile
 >>> from nanodl import nn
@@ -23,16 +21,23 @@ import numpy as np
 from . import losses as losses_module
 from . import nested
 from . import optim
-from .archive import (ARCHITECTURE_KEY, FORMAT_KEY, FORMAT_VERSION, LAYERS, OPTIMIZER_KEY,
-                      OPTIMIZER_PREFIX, WEIGHTS_PREFIX, _checked_names, _host_array, write_npz)
+from .archive import (ARCHITECTURE_KEY, FORMAT_KEY, FORMAT_VERSION, OPTIMIZER_KEY, OPTIMIZER_PREFIX,
+                      WEIGHTS_PREFIX, _checked_names, _host_array, write_npz)
 
-__all__ = ["save_model", "unsaved_setting"]
+__all__ = ["save_model", "unsaved_setting", "LAYERS", "register_layer"]
+
+LAYERS = {}  # class name -> the layer classes a model file may name (``nn.layers`` re-exports it)
+
+
+def register_layer(cls):
+    """Class decorator: make a layer known to ``load_model`` by its class name."""
+    LAYERS[cls.__name__] = cls
+    return cls
 
 
 def save_model(model, path, include_optimizer=True):
-    """Write ``model``'s architecture (JSON), compile settings, epochs trained and weights
-    to ``path``; with ``include_optimizer``, also the optimizer's whole state (under
-    ``optimizer/``, its structure as ``OPTIMIZER_KEY``) when it was compiled by name."""
+    """Write ``model`` to ``path``; the optimizer's state too with ``include_optimizer``
+    (when it was compiled by name)."""
     compiled = getattr(model, "_compile_config", None)
     architecture = {"format": "nanodl.model", "version": FORMAT_VERSION,
                     "class_name": type(model).__name__, "layers": None, "compile": compiled,
@@ -71,7 +76,7 @@ def save_model(model, path, include_optimizer=True):
                       "state: nanodl.load_model returns the model uncompiled (compile it again "
                       "to train on)", UserWarning, stacklevel=3)
     if include_optimizer and compiled and optimizer is not None:
-        optimizer = getattr(optimizer, "optimizer", optimizer)  # a DistributedOptimizer's own
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # a DistributedOptimizer's
         arrays[OPTIMIZER_KEY], leaves = nested.pack(optimizer.state_dict(), _host_array,
                                                     OPTIMIZER_PREFIX)
         arrays.update(leaves)
@@ -79,8 +84,8 @@ def save_model(model, path, include_optimizer=True):
 
 
 def unsaved_setting(optimizer, loss, specs):
-    """Why compile settings cannot be written by name (a phrase naming the object of the
-    user's own: an optimizer class, a loss or a metric function), or None when they can.
+    """Why compile settings cannot be written by name (a phrase naming the user's own
+    optimizer class, loss or metric), or None when they can.
 
     >>> def f1(pred, target):
     ...     return pred

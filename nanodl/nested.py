@@ -1,14 +1,11 @@
 """Nested state (dicts and lists of numbers, strings and arrays) as flat arrays plus a JSON tree.
 
-An optimizer's ``state_dict()`` is nested: ``{'lr': 0.001, 'betas': [0.9, 0.999],
-'state': {'exp_avg': [array, array]}}``. An ``.npz`` file holds only flat named
-arrays, so ``nanodl.save`` writes such a dict as its arrays (named by their path,
-``state/exp_avg/0``) and one JSON description of the structure, in which the
-numbers, strings, booleans and ``None`` are written in place (a Python float's JSON
-form reads back as the same float, NaN and infinities included). Reading the tree
-back builds the same structure: lists, tuples, dicts (string or integer keys),
-arrays bit for bit, NumPy scalars with their dtype. No pickle: nothing in the file
-names a type to construct.
+An optimizer's ``state_dict()`` is nested (``{'lr': 0.001, 'state': {'exp_avg':
+[array, array]}}``) but an ``.npz`` holds flat named arrays, so ``nanodl.save`` writes
+the arrays (named by their path, ``state/exp_avg/0``) and one JSON tree holding the
+numbers, strings, booleans and ``None`` in place. Reading it back builds the same
+structure: lists, tuples, dicts (string or integer keys), arrays bit for bit, NumPy
+scalars with their dtype. No pickle: nothing in the file names a type to construct.
 
 >>> import numpy as np
 >>> tree, arrays = flatten({'lr': 0.5, 'state': {'m': [np.zeros(2)]}})
@@ -34,11 +31,9 @@ def is_nested(state):
 
 def flatten(state, to_array=None, prefix=""):
     """``(tree, arrays)``: a JSON-ready description of ``state`` and its arrays by name
-    (each name is ``prefix`` + the array's path).
+    (``prefix`` + the array's path), each made a host ndarray by ``to_array(name, value)``.
 
-    ``to_array(name, value)`` turns an array-like leaf into a host ndarray (it may
-    refuse one, e.g. an object array). Anything that is not a container, a number, a
-    string, ``None`` or an array raises ``TypeError`` naming its path.
+    A leaf that is not a number, string, ``None`` or array raises ``TypeError``.
     """
     arrays = {}
     to_array = to_array or (lambda name, value: np.asarray(value))
@@ -52,12 +47,10 @@ def flatten(state, to_array=None, prefix=""):
 
     def encode(value, path):
         scalar = isinstance(value, np.generic)  # before float: np.float64 is a float
-        if value is None or isinstance(value, (bool, str)) and not scalar:
+        if not scalar and (value is None or isinstance(value, (bool, str, float))):
             return value
-        if isinstance(value, numbers.Integral) and not scalar:
+        if not scalar and isinstance(value, numbers.Integral):
             return int(value)
-        if isinstance(value, float) and not scalar:
-            return value
         if isinstance(value, dict):
             items = []
             for key, item in value.items():
@@ -84,11 +77,9 @@ def _where(path):
 
 
 def unflatten(tree, arrays):
-    """The structure ``flatten`` described, with its arrays taken from ``arrays``.
-
-    Raises ``ValueError`` for a description that is not one ``flatten`` writes: an
-    unknown node, an array named twice or not at all, arrays left over.
-    """
+    """The structure ``flatten`` described, with its arrays taken from ``arrays``;
+    ``ValueError`` for a description ``flatten`` does not write (unknown node, an array
+    named twice or not at all, arrays left over)."""
     used = set()
 
     def decode(node):

@@ -6,11 +6,8 @@ and ``on_epoch_end(epoch, logs)``, whose ``logs`` hold ``'loss'``, the metrics, 
 ``'val_'`` versions and ``'lr'``; last ``on_train_end(logs)``. A callback that sets
 ``model.stop_training = True`` ends ``fit`` after the current epoch.
 
-Built in: ``History``, ``ProgressBar`` (which ``fit`` adds itself for ``verbose=1``
-or ``2``), ``LearningRateScheduler``, ``EarlyStopping``, ``ModelCheckpoint``,
-``BackupAndRestore``, ``ReduceLROnPlateau``, ``CSVLogger`` and ``TerminateOnNaN``.
-``CallbackList`` is how ``fit`` calls them. ``base.py`` holds the protocol,
-``progress.py`` the bar, ``training.py`` what steers training, ``files.py`` what writes.
+``base.py`` holds the protocol, ``progress.py`` the bar, ``training.py`` what steers
+training, ``files.py`` what writes.
 
 >>> class PrintLoss(Callback):
 ...     def on_epoch_end(self, epoch, logs=None):

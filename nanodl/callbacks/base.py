@@ -42,6 +42,15 @@ class Callback:
         pass
 
 
+def _relay(hook, who="callbacks"):
+    """A ``CallbackList`` method: ``hook(...)`` on each callback in ``self.<who>``."""
+    def relay(self, *args, **kwargs):
+        for callback in getattr(self, who):
+            getattr(callback, hook)(*args, **kwargs)
+    relay.__name__ = hook
+    return relay
+
+
 class CallbackList:
     """Calls every hook on each callback in turn, as ``fit`` does.
 
@@ -59,11 +68,9 @@ class CallbackList:
     """
 
     def __init__(self, callbacks, model, params=None):
-        callbacks = list(callbacks)
-        # A backup is taken after every other callback has had its say (a lowered lr, a
-        # counter) and restored after they have all reset themselves.
-        self.callbacks = [c for c in callbacks if not getattr(c, "runs_last", False)] + \
-            [c for c in callbacks if getattr(c, "runs_last", False)]
+        # runs_last (a backup) goes last: it saves after the others' changes, restores after
+        # their resets
+        self.callbacks = sorted(callbacks, key=lambda c: bool(getattr(c, "runs_last", False)))
         for callback in self.callbacks:
             callback.set_model(model)
             if hasattr(callback, "set_params"):
@@ -78,29 +85,10 @@ class CallbackList:
         """True when some callback reads the logs of ``on_batch_end``."""
         return bool(self._batch_end)
 
-    def on_train_begin(self, logs=None):
-        for callback in self.callbacks:
-            callback.on_train_begin(logs)
-
-    def on_train_end(self, logs=None):
-        for callback in self.callbacks:
-            callback.on_train_end(logs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for callback in self.callbacks:
-            callback.on_epoch_begin(epoch, logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        for callback in self.callbacks:
-            callback.on_epoch_end(epoch, logs)
-
-    def on_batch_begin(self, batch, logs=None):
-        for callback in self._batch_begin:
-            callback.on_batch_begin(batch, logs)
-
-    def on_batch_end(self, batch, logs=None):
-        for callback in self._batch_end:
-            callback.on_batch_end(batch, logs)
+    on_train_begin, on_train_end = _relay("on_train_begin"), _relay("on_train_end")
+    on_epoch_begin, on_epoch_end = _relay("on_epoch_begin"), _relay("on_epoch_end")
+    on_batch_begin = _relay("on_batch_begin", "_batch_begin")
+    on_batch_end = _relay("on_batch_end", "_batch_end")
 
 
 # ---------------------------------------------------------------- who prints and writes
@@ -108,9 +96,8 @@ _writer = [lambda: True]  # a wing that runs several processes replaces it (regi
 
 
 def should_write():
-    """Whether this process prints progress and writes files (``ProgressBar``,
-    ``ModelCheckpoint``, ``CSVLogger``, ``Model.save``): always, unless a wing that
-    runs several processes registered its own answer (``nanodl.distributed``: rank 0).
+    """Whether this process prints and writes files: always, unless a wing that runs
+    several processes registered its own answer (``nanodl.distributed``: rank 0).
 
     >>> should_write()
     True
@@ -123,10 +110,11 @@ def register_writer(function):
     _writer[0] = function
 
 
-def _say(*args, **kwargs):
-    """``print``, where ``should_write``: in a data-parallel run the other ranks stay quiet."""
-    if should_write():
-        print(*args, **kwargs)
+def _say(text, when=True):
+    """``print(text)`` if ``when``, where ``should_write`` (other ranks of a data-parallel run
+    stay quiet)."""
+    if when and should_write():
+        print(text)
 
 
 def _overrides(callback, hook):
@@ -141,10 +129,8 @@ def _plain(value):
 
 
 class History(Callback):
-    """Records every value of ``logs`` at each epoch's end; ``fit`` returns it.
-
-    ``history`` maps each key (``'loss'``, ``'accuracy'``, ``'val_loss'``, ``'lr'``...)
-    to a list with one value per epoch; ``epoch`` lists the epoch indices.
+    """Records ``logs`` at each epoch's end (``fit`` returns it): ``history`` maps each key
+    to a list of one value per epoch; ``epoch`` lists the epoch indices.
 
     >>> h = History()
     >>> h.on_train_begin()
@@ -156,8 +142,7 @@ class History(Callback):
 
     def __init__(self):
         super().__init__()
-        self.history = {}
-        self.epoch = []
+        self.on_train_begin()
 
     def on_train_begin(self, logs=None):
         self.history = {}
@@ -202,8 +187,3 @@ def _counted(counter, name):
     ``wait`` stay attributes a ``BackupAndRestore`` can save and restore)."""
     return property(lambda self: getattr(getattr(self, counter), name),
                     lambda self, value: setattr(getattr(self, counter), name, value))
-
-
-def _copy_state(model):
-    """A copy of the model's state dict (``state_dict`` copies already; copy again to be safe)."""
-    return {name: array.copy() for name, array in model.state_dict().items()}

@@ -14,15 +14,12 @@ from .base import (Callback, _missing_key_warning, _optimizer_of, _plain, _resol
 
 
 class ModelCheckpoint(Callback):
-    """Saves the model after each epoch with ``model.save`` (or only its state dict).
+    """Saves the model after each epoch with ``model.save`` (what ``load_model`` needs to
+    train on), or with ``save_weights_only`` its state dict (``nanodl.save``).
 
-    ``filepath`` may hold format fields: ``{epoch}`` (numbered from 1, as Keras) and any
-    key of the logs, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``. With
-    ``save_best_only=True`` a file is written only when ``monitor`` improves
-    (``mode='auto'``: up for accuracies, else down). A full checkpoint holds what
-    ``nanodl.load_model`` needs to continue training (compile settings, optimizer
-    state, epochs trained); ``save_weights_only=True`` writes ``model.state_dict()``
-    with ``nanodl.save`` instead.
+    ``filepath`` may hold ``{epoch}`` (from 1, as Keras) and any key of the logs, e.g.
+    ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``. With ``save_best_only`` a file is written
+    only when ``monitor`` improves (``mode='auto'``: up for accuracies, else down).
     """
 
     _state_attributes = ("best",)
@@ -45,49 +42,39 @@ class ModelCheckpoint(Callback):
             raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} names {error} which is not "
                            f"in the logs (available: epoch, {', '.join(sorted(logs))})") from None
 
-    def _save(self, path):
-        if not should_write():  # a data-parallel run saves on rank 0 only
-            return
-        folder = os.path.dirname(path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        if self.save_weights_only:
-            archive.save(self.model.state_dict(), path)
-        else:
-            self.model.save(path)
-
     def on_epoch_end(self, epoch, logs=None):
         logs = {key: _plain(value) for key, value in (logs or {}).items()}
         path = self._path_for(epoch, logs)
+        verbose = self.verbose > 0
         if self.save_best_only:
             current = logs.get(self.monitor)
             if current is None:
                 _missing_key_warning("ModelCheckpoint", self.monitor, logs)
                 return
-            improved = current < self.best if self.mode == "min" else current > self.best
-            if not improved:
-                if self.verbose > 0:
-                    _say(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+            if not (current < self.best if self.mode == "min" else current > self.best):
+                _say(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}", verbose)
                 return
-            if self.verbose > 0:
-                _say(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
-                      f"{current:.5f}, saving model to {path}")
+            _say(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+                 f"saving model to {path}", verbose)
             self.best = float(current)
-        elif self.verbose > 0:
-            _say(f"\nEpoch {epoch + 1}: saving model to {path}")
-        self._save(path)
+        else:
+            _say(f"\nEpoch {epoch + 1}: saving model to {path}", verbose)
+        if not should_write():  # a data-parallel run saves on rank 0 only
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if self.save_weights_only:
+            archive.save(self.model.state_dict(), path)
+        else:
+            self.model.save(path)
 
 
 class BackupAndRestore(Callback):
     """Lets an interrupted ``fit`` continue where it stopped (Keras' ``BackupAndRestore``).
 
-    After every epoch it writes ``backup_dir/backup.npz`` (atomically): the weights,
-    the optimizer's whole state, the epoch, nanodl's random generator and the state
-    of the other callbacks (a plateau's counter, early stopping's best). When a fit
-    is interrupted (an exception, a kill), running the same ``fit`` again with this
-    callback restores all of it and continues from the epoch after the last one
-    completed, ending with the weights an uninterrupted run would have. A fit that
-    finishes deletes the backup (unless ``delete_checkpoint=False``).
+    After every epoch it writes ``backup_dir/backup.npz``: the weights, the optimizer's
+    state, the epoch, nanodl's random generator and the other callbacks' state. Running
+    the same ``fit`` again restores it all and ends with the weights an uninterrupted
+    run would have. A fit that finishes deletes the backup (unless ``delete_checkpoint=False``).
 
     >>> import os, tempfile, numpy as np
     >>> from nanodl import nn
@@ -123,8 +110,7 @@ class BackupAndRestore(Callback):
         self.model.load_state_dict(backup["weights"])
         optimizer.load_state_dict(backup["optimizer"])
         generator().bit_generator.state = backup["random"]
-        saved = backup["callbacks"]
-        for callback, entry in zip(self._others, saved):
+        for callback, entry in zip(self._others, backup["callbacks"]):
             if entry["class"] == type(callback).__name__:
                 for name, value in entry["state"].items():
                     setattr(callback, name, value)
@@ -153,11 +139,8 @@ class BackupAndRestore(Callback):
 
 
 class CSVLogger(Callback):
-    """Writes one CSV row per epoch: a header ``epoch`` + the sorted log keys, then the values.
-
-    The file is flushed after every epoch, so it can be watched while training runs;
-    ``append=True`` continues an existing file (without repeating its header).
-    """
+    """Writes one CSV row per epoch under a header of ``epoch`` and the sorted log keys,
+    flushed each epoch; ``append=True`` continues a file (without repeating its header)."""
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
@@ -173,16 +156,13 @@ class CSVLogger(Callback):
         self._writer = None
         if not should_write():  # a data-parallel run writes on rank 0 only
             return
-        self._write_header = True
-        if self.append and os.path.exists(self.filename):
-            self._write_header = os.path.getsize(self.filename) == 0
+        self._write_header = not (self.append and os.path.exists(self.filename)
+                                  and os.path.getsize(self.filename) > 0)
         self._file = open(self.filename, "a" if self.append else "w", newline="")
 
     @staticmethod
     def _format(value):
         value = _plain(value)
-        if isinstance(value, str):
-            return value
         if isinstance(value, (list, tuple, np.ndarray)):
             return "[" + ", ".join(str(_plain(v)) for v in np.ravel(value)) + "]"
         return value
@@ -199,13 +179,11 @@ class CSVLogger(Callback):
                                           delimiter=self.separator, extrasaction="ignore")
             if self._write_header:
                 self._writer.writeheader()
-        row = {"epoch": epoch}
-        row.update({key: self._format(logs[key]) if key in logs else "NA" for key in self.keys})
-        self._writer.writerow(row)
+        self._writer.writerow({"epoch": epoch, **{key: self._format(logs[key]) if key in logs else "NA"
+                                                  for key in self.keys}})
         self._file.flush()
 
     def on_train_end(self, logs=None):
         if self._file is not None:
             self._file.close()
-        self._file = None
-        self._writer = None
+        self._file, self._writer = None, None

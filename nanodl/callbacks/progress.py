@@ -26,23 +26,16 @@ def format_step_time(seconds_per_step):
     >>> format_step_time(0.0009996)  # rounds to 1000us: shown as 1ms
     '1ms/step'
     """
-    micro = round(seconds_per_step * 1e6)
-    if micro < 1000:
-        return f"{micro}us/step"
-    milli = round(seconds_per_step * 1e3)
-    if milli < 1000:
-        return f"{milli}ms/step"
+    for scale, unit in ((1e6, "us"), (1e3, "ms")):
+        if (count := round(seconds_per_step * scale)) < 1000:
+            return f"{count}{unit}/step"
     return f"{seconds_per_step:.0f}s/step"
 
 
 def in_notebook():
-    """True inside a Jupyter (IPython kernel) process, where a bar can redraw live.
-
-    Detected as Keras 3 does, from ``'ipykernel' in sys.modules``, and confirmed by a
-    running IPython shell that has a kernel (a plain process that merely imported
-    ipykernel has none). IPython is never imported here: when it is absent, this is
-    not a notebook.
-    """
+    """True inside a Jupyter kernel, where a bar can redraw live: ``'ipykernel' in
+    sys.modules`` (as Keras 3 checks) and a running IPython shell has a kernel. IPython
+    is never imported here."""
     if "ipykernel" not in sys.modules:
         return False
     get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
@@ -51,8 +44,7 @@ def in_notebook():
 
 
 def _is_terminal(stream):
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty()) if callable(isatty) else False
+    return callable(getattr(stream, "isatty", None)) and bool(stream.isatty())
 
 
 def resolve_verbose(verbose):
@@ -66,22 +58,13 @@ def resolve_verbose(verbose):
 
 
 class ProgressBar(Callback):
-    """Keras' progress display: ``verbose=1`` a live bar per epoch (steps done, ETA,
-    running loss and metrics), ``verbose=2`` one line per epoch. ``fit`` adds one
-    itself when ``verbose`` is 1 or 2.
+    """Keras' progress display; ``fit`` adds one for ``verbose`` 1 or 2.
 
-    Where it draws decides how (``verbose=1``):
-
-    * a terminal (stderr, or ``stream`` if given): the bar redraws in place with
-      ``\\r`` at most every ``interval`` seconds;
-    * a Jupyter notebook: one IPython display (``display(..., display_id=True)``)
-      updated in place, holding one line per finished epoch and the live bar, so a
-      saved or exported notebook keeps one line per epoch, not every redraw;
-    * anything else (a log file, a pipe, CI): one line per epoch, written when the
-      epoch ends.
-
-    The time per step reads in s, ms or us. The keys ``'lr'``, ``'batch'`` and
-    ``'size'`` of the logs are not shown.
+    ``verbose=2`` prints one line per epoch. ``verbose=1`` draws a live bar (steps, ETA,
+    running loss and metrics): redrawn in place with ``\\r`` at most every ``interval``
+    seconds on a terminal (stderr, or ``stream``); one display updated in place in a
+    notebook (a saved notebook keeps one line per epoch); one line per epoch anywhere
+    else (a log file, a pipe). The logs' ``'lr'``, ``'batch'`` and ``'size'`` are not shown.
     """
 
     width = 30
@@ -123,11 +106,7 @@ class ProgressBar(Callback):
         self.next_draw = now + self.interval
         done = batch + 1
         eta = (now - self.start) / done * (self.steps - done)
-        line = f"{self._bar(done)} - ETA: {eta:.0f}s - {self._shown(logs)}"
-        if self.display is not None:
-            self._show(f"{self.title} - {line}", final=False)
-        else:
-            self._draw(line, end="")
+        self._live(f"{self._bar(done)} - ETA: {eta:.0f}s - {self._shown(logs)}", final=False)
 
     def on_epoch_end(self, epoch, logs=None):
         elapsed = time.perf_counter() - self.start
@@ -136,10 +115,8 @@ class ProgressBar(Callback):
             return
         timing = f"{elapsed:.0f}s {format_step_time(elapsed / self.steps)}"
         line = f"{self._bar(self.steps)} - {timing} - {self._shown(logs)}"
-        if self.display is not None:
-            self._show(f"{self.title} - {line}", final=True)
-        elif self.dynamic:
-            self._draw(line, end="\n")
+        if self.display is not None or self.dynamic:
+            self._live(line, final=True)
         else:
             self._print(f"{self.title} - {line}")
 
@@ -159,24 +136,23 @@ class ProgressBar(Callback):
         self.stream.write(line + "\n")
         self.stream.flush()
 
-    def _draw(self, line, end):
-        """Redraw the bar's line in place (``\\r``, padded over a longer previous line)."""
+    def _live(self, line, final):
+        """The bar's line: into the notebook's display, or redrawn in place with ``\\r``
+        (padded over a longer previous line)."""
         if not should_write():
             return
-        padding = " " * max(self.drawn - len(line), 0)
-        self.stream.write("\r" + line + padding + end)
-        self.stream.flush()
-        self.drawn = 0 if end else len(line)
-
-    def _show(self, line, final):
-        if should_write():
-            self.display.show(line, final)
+        if self.display is not None:
+            self.display.show(f"{self.title} - {line}", final)
+        else:
+            padding = " " * max(self.drawn - len(line), 0)
+            self.stream.write("\r" + line + padding + ("\n" if final else ""))
+            self.stream.flush()
+            self.drawn = 0 if final else len(line)
 
 
 class _NotebookDisplay:
-    """One IPython display for a whole ``fit``: the finished epochs' lines and the live
-    one, redrawn in place with ``DisplayHandle.update`` (IPython is imported only here,
-    in a kernel)."""
+    """One IPython display for a whole ``fit`` (finished epochs' lines and the live one),
+    redrawn with ``DisplayHandle.update``; IPython is imported only here, in a kernel."""
 
     def __init__(self):
         from IPython.display import display

@@ -1,15 +1,14 @@
 """Callbacks that steer training: ``LearningRateScheduler``, ``EarlyStopping``,
-``ReduceLROnPlateau`` (an adapter of ``optim.lr_scheduler.ReduceLROnPlateau``: one
-plateau counter, ``optim.lr_scheduler.Plateau``) and ``TerminateOnNaN``."""
+``ReduceLROnPlateau`` and ``TerminateOnNaN`` (one plateau counter: ``optim.lr_scheduler``)."""
 
 import inspect
 import math
 import numbers
+from types import SimpleNamespace
 
 from ..optim import lr_scheduler
 from ..optim.lr_scheduler import Plateau, integer_argument, real_argument
-from .base import (Callback, _copy_state, _counted, _missing_key_warning, _optimizer_of, _plain,
-                   _resolve_mode, _say)
+from .base import Callback, _counted, _missing_key_warning, _optimizer_of, _plain, _resolve_mode, _say
 
 
 def _takes_lr(schedule):
@@ -18,11 +17,8 @@ def _takes_lr(schedule):
         parameters = inspect.signature(schedule).parameters.values()
     except (TypeError, ValueError):  # some builtins have no signature: assume (epoch, lr)
         return True
-    positional = [p for p in parameters
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
-        return True
-    return len(positional) >= 2
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
 
 
 class LearningRateScheduler(Callback):
@@ -45,17 +41,13 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         optimizer = _optimizer_of(self.model, "LearningRateScheduler")
-        if self._with_lr:
-            lr = self.schedule(epoch, float(optimizer.lr))
-        else:
-            lr = self.schedule(epoch)
-        lr = _plain(lr)
+        lr = _plain(self.schedule(epoch, float(optimizer.lr)) if self._with_lr else self.schedule(epoch))
         if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not math.isfinite(lr):
             raise ValueError(f"LearningRateScheduler: the schedule must return a finite number, "
                              f"got {lr!r} at epoch {epoch}")
         optimizer.lr = float(lr)
-        if self.verbose > 0:
-            _say(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr):.6g}.")
+        _say(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr):.6g}.",
+             self.verbose > 0)
 
 
 class EarlyStopping(Callback):
@@ -97,12 +89,12 @@ class EarlyStopping(Callback):
             return
         current = float(current)
         if self.restore_best_weights and self.best_weights is None:
-            self.best_weights = _copy_state(self.model)  # so there is something to restore
+            self.best_weights = self.model.state_dict()  # so there is something to restore
         waited = self.wait
         if self.plateau.record(current):
             self.best_epoch = epoch
             if self.restore_best_weights:
-                self.best_weights = _copy_state(self.model)
+                self.best_weights = self.model.state_dict()
             if self.baseline is not None and not self.plateau.is_better(current, self.baseline):
                 self.wait = waited + 1  # better than before, not yet better than the baseline
             return
@@ -111,24 +103,20 @@ class EarlyStopping(Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.stopped_epoch > 0 and self.verbose > 0:
-            _say(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        _say(f"Epoch {self.stopped_epoch + 1}: early stopping", self.stopped_epoch > 0 and self.verbose > 0)
         if self.restore_best_weights and self.best_weights is not None:
-            if self.verbose > 0:
-                _say(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            _say(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.",
+                 self.verbose > 0)
             self.model.load_state_dict(self.best_weights)
 
 
 class ReduceLROnPlateau(Callback):
     """Multiplies the learning rate by ``factor`` when ``monitor`` has stopped improving
-    for ``patience`` epochs (Keras semantics).
+    (by more than ``min_delta``) for ``patience`` epochs, as Keras does; after a
+    reduction ``cooldown`` epochs pass before counting again; the rate stays >= ``min_lr``.
 
-    An improvement is a change of more than ``min_delta``; after a reduction,
-    ``cooldown`` epochs pass before counting again; the rate never goes below
-    ``min_lr``. An adapter of the one plateau scheduler,
-    ``optim.lr_scheduler.ReduceLROnPlateau`` (``self.scheduler``): Keras counts
-    ``patience`` and ``cooldown`` one epoch later than PyTorch, so the scheduler gets
-    one less of each (at least 0), and ``min_delta`` as an absolute threshold.
+    It adapts ``optim.lr_scheduler.ReduceLROnPlateau`` (``self.scheduler``), which counts
+    ``patience`` and ``cooldown`` one epoch earlier than Keras: it gets one less of each.
     """
 
     _state_attributes = ("best", "wait", "cooldown_counter")
@@ -153,7 +141,7 @@ class ReduceLROnPlateau(Callback):
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):
-        unbound = _Rate()  # the model's optimizer is bound at each epoch's end
+        unbound = SimpleNamespace(lr=0.0)  # the model's optimizer is bound at each epoch's end
         self.scheduler = lr_scheduler.ReduceLROnPlateau(
             unbound, mode=self.mode, factor=self.factor, patience=max(self.patience - 1, 0),
             threshold=self.min_delta, threshold_mode="abs", cooldown=max(self.cooldown - 1, 0),
@@ -173,23 +161,13 @@ class ReduceLROnPlateau(Callback):
         old_lr = float(optimizer.lr)
         self.scheduler.optimizer = optimizer
         self.scheduler.step(float(current))
-        if self.verbose > 0 and float(optimizer.lr) != old_lr:
-            _say(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
-                 f"to {float(optimizer.lr):.6g}.")
-
-
-class _Rate:
-    """Stands for the optimizer until the callback has a model: a rate and nothing else."""
-    lr = 0.0
+        _say(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {float(optimizer.lr):.6g}.",
+             self.verbose > 0 and float(optimizer.lr) != old_lr)
 
 
 class TerminateOnNaN(Callback):
-    """Stops training once a batch's loss is NaN or inf.
-
-    It sets ``model.stop_training``, which ends ``fit`` after the current epoch (the
-    rule for every callback; Keras would also skip the epoch's remaining batches), so
-    ``History`` records the NaN epoch and nothing after it. In a data-parallel run
-    every rank stops at the end of that epoch, whose summed loss is NaN on all.
+    """Stops training once a batch's loss is NaN or inf: ``fit`` ends after the current
+    epoch (Keras would also skip its remaining batches), the last one ``History`` records.
 
     >>> from nanodl import nn
     >>> import numpy as np
@@ -214,8 +192,7 @@ class TerminateOnNaN(Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        # The epoch's loss is summed over every process of a data-parallel run, so a NaN
-        # seen by one rank's batch stops every rank here, together.
+        # summed over a data-parallel run's ranks: a NaN on one rank's batch stops all, here
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and not self.model.stop_training:
             _say(f"Epoch {epoch + 1}: Invalid loss, terminating training")

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import ops, regularizers
-from ..archive import LAYERS, register_layer
+from ..modelfile import LAYERS, register_layer
 from ..backend import is_device_array, to_device
 from ..tensor import Tensor, get_default_dtype
 from . import init
