@@ -1,22 +1,13 @@
 """The curvature of a scalar loss from Hessian-vector products alone.
 
-``fn()`` takes no arguments and returns a one-element Tensor built from ``params``
-(a list of Tensors that require grad: a model's parameters, say). The Hessian H of
-``fn`` with respect to all of ``params`` (laid end to end, n numbers) is never
-formed: ``fn`` runs once, its gradient once with ``create_graph=True``, and every
-product ``H v`` is then one reverse pass through that gradient's graph.
-
-* ``hessian_eigenvalues``: the k largest (or smallest) eigenvalues and their
-  eigenvectors, by Lanczos with full reorthogonalisation or by power iteration.
-* ``hessian_trace``: Hutchinson's estimate of ``trace(H)``, with its standard error.
-* ``hessian_diagonal``: Hutchinson's estimate of ``diag(H)``, shaped like ``params``.
-
-``seed`` is anything ``numpy.random.default_rng`` takes: None (fresh entropy), an
-integer (the same numbers on every call), or a ``numpy.random.Generator`` (used as
-is, and advanced). ``hessian_trace`` and ``hessian_diagonal`` draw the same probes
-for the same seed, so the diagonal estimate sums to the trace estimate. Bad
-arguments raise ``ValueError`` (``TypeError`` for a wrong type) naming the function
-and the value. See ``docs/curvature.md``.
+``fn()`` returns a one-element Tensor built from ``params`` (Tensors that require grad).
+The Hessian H over all of ``params`` (end to end, n numbers) is never formed: ``fn`` runs
+once, its gradient once with ``create_graph=True``, and each ``H v`` is one reverse pass
+through that gradient's graph. ``hessian_eigenvalues`` finds the k extreme eigenpairs
+(Lanczos or power iteration); ``hessian_trace`` and ``hessian_diagonal`` are Hutchinson's
+estimates. ``seed`` is anything ``numpy.random.default_rng`` takes (a Generator is used
+as is); the same seed gives trace and diagonal the same probes. Bad arguments raise
+``ValueError`` (``TypeError`` for a wrong type). See ``docs/curvature.md``.
 
 >>> import numpy as np, nanodl as nd
 >>> w = nd.tensor([1.0, 1.0, 1.0], dtype="float64", requires_grad=True)
@@ -48,26 +39,17 @@ def hessian_eigenvalues(fn, params, k=1, which="largest", method="lanczos", tol=
                         max_iter=None, seed=None):
     """The k extreme eigenvalues of the Hessian of ``fn()`` and their eigenvectors.
 
-    Returns ``(eigenvalues, eigenvectors)``: a float64 array of the k algebraically
-    largest (``which='largest'``) or smallest (``'smallest'``) eigenvalues, in
-    ascending order as ``numpy.linalg.eigvalsh`` gives them (so ``eigvalsh(H)[-k:]``
-    or ``eigvalsh(H)[:k]``), and a list of their k unit eigenvectors in the same
-    order, each a list of host arrays shaped like ``params``.
+    Returns a float64 array of the k algebraically largest (or ``which='smallest'``)
+    eigenvalues in ascending order (``eigvalsh(H)[-k:]`` or ``[:k]``), and their k unit
+    eigenvectors in the same order, each a list of host arrays shaped like ``params``.
 
-    ``method='lanczos'`` (the default) builds a Krylov basis from one random start,
-    reorthogonalising every new vector against all earlier ones, so no spurious
-    copies appear; it restarts from a fresh random direction when the basis closes
-    (an invariant subspace), which finds repeated eigenvalues too. ``'power'`` runs
-    power iteration on ``H + s I`` (shifted so the wanted end dominates), deflating
-    each eigenvector found: simpler, and slower when eigenvalues are close.
-
-    Each run stops when every wanted pair's residual ``|H v - theta v|`` is at most
-    ``tol`` times the largest eigenvalue magnitude seen (never below 100 machine
-    epsilons of the parameters' dtype, the noise floor of a product), so each
-    eigenvalue's error is within that residual. ``max_iter`` bounds the Hessian-vector
-    products: for Lanczos the basis size (default ``min(n, max(300, 20 k))``; it holds
-    that many vectors of n numbers), for power iteration the products per eigenvalue
-    (default 10000). A run that stops unconverged warns (``RuntimeWarning``).
+    ``'lanczos'`` builds a Krylov basis, reorthogonalising each new vector against all
+    earlier ones, and restarts at random when the basis closes (so repeated eigenvalues
+    are found); ``'power'`` iterates on ``H + s I`` with deflation, slower for close
+    eigenvalues. A run stops when each wanted residual ``|H v - theta v|`` is at most
+    ``tol`` times the largest eigenvalue magnitude seen (at least 100 epsilons of the
+    dtype). ``max_iter`` bounds the products: Lanczos's basis size (default
+    ``min(n, max(300, 20 k))``), power's per eigenvalue (10000). Unconverged warns.
 
     >>> import nanodl as nd
     >>> w = nd.tensor([0.5, -0.5], dtype="float64", requires_grad=True)
@@ -106,12 +88,9 @@ def hessian_eigenvalues(fn, params, k=1, which="largest", method="lanczos", tol=
 def hessian_trace(fn, params, samples=100, seed=None):
     """``(estimate, std_error)`` of ``trace(H)`` by Hutchinson's estimator.
 
-    For random probes z with independent entries of mean 0 and variance 1,
-    ``E[z^T H z] = trace(H)``; with Rademacher probes (entries +-1) the variance of
-    one probe, ``2 * sum of the squared off-diagonal entries``, is the smallest any
-    such probe has. The estimate is the mean over ``samples`` probes (at least 2) and
-    ``std_error`` the standard deviation of that mean (the probes' sample standard
-    deviation over ``sqrt(samples)``): it shrinks as ``1 / sqrt(samples)``.
+    ``E[z^T H z] = trace(H)`` for Rademacher probes z (entries +-1, the least variance).
+    The estimate is the mean over ``samples`` probes (at least 2); ``std_error`` is its
+    standard deviation, shrinking as ``1 / sqrt(samples)``.
 
     >>> import nanodl as nd
     >>> w = nd.tensor([1.0, 2.0], dtype="float64", requires_grad=True)
@@ -120,21 +99,15 @@ def hessian_trace(fn, params, samples=100, seed=None):
     >>> abs(estimate - 2.0) < 3 * std_error, round(std_error, 2)    # one probe's std: 2
     (True, 0.1)
     """
-    who = "hessian_trace"
-    params = _check_params(params, who)
-    samples = _check_samples(samples, 2, who)
-    rng = _generator(seed, who)
-    operator = _HessianOperator(fn, params, who)
-    values = np.array([probe @ operator(probe) for probe in _probes(rng, operator.n, samples)])
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(samples))
+    _, probed = _probed(fn, params, samples, seed, 2, "hessian_trace")
+    values = np.array([z @ hz for z, hz in probed])
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
 def hessian_diagonal(fn, params, samples=100, seed=None):
     """Hutchinson's estimate of ``diag(H)``: host arrays shaped like ``params``.
 
-    ``E[z * (H z)] = diag(H)`` for Rademacher probes z (``z_i * z_i = 1``, and every
-    ``z_i * z_j`` with ``i != j`` has mean 0); entry i's error is the noise of
-    ``sum_{j != i} H_ij z_i z_j``, whose standard deviation over ``samples`` probes is
+    ``E[z * (H z)] = diag(H)`` for Rademacher probes z; entry i's standard error is
     ``sqrt(sum_{j != i} H_ij^2 / samples)``.
 
     >>> import nanodl as nd
@@ -142,25 +115,25 @@ def hessian_diagonal(fn, params, samples=100, seed=None):
     >>> [d.tolist() for d in hessian_diagonal(lambda: (w ** 3).sum(), [w], samples=1, seed=0)]
     [[6.0, 12.0]]
     """
-    who = "hessian_diagonal"
+    operator, probed = _probed(fn, params, samples, seed, 1, "hessian_diagonal")
+    return operator.split(sum(z * hz for z, hz in probed) / int(samples))
+
+
+def _probed(fn, params, samples, seed, least, who):
+    """The checked arguments' operator, and ``(z, H z)`` for ``samples`` Rademacher probes z
+    (independent entries, +1 or -1 with equal odds), made one at a time."""
     params = _check_params(params, who)
-    samples = _check_samples(samples, 1, who)
+    samples = _check_samples(samples, least, who)
     rng = _generator(seed, who)
     operator = _HessianOperator(fn, params, who)
-    total = np.zeros(operator.n)
-    for probe in _probes(rng, operator.n, samples):
-        total += probe * operator(probe)
-    return operator.split(total / samples)
+    probes = (rng.integers(0, 2, size=operator.n) * 2.0 - 1.0 for _ in range(samples))
+    return operator, ((z, operator(z)) for z in probes)
 
 
 # ------------------------------------------------------------------ v -> H v
 class _HessianOperator:
-    """``H v`` for flat float64 host vectors v of ``n`` numbers (``params`` end to end).
-
-    ``fn`` runs once and its gradient once with ``create_graph=True``; each product
-    is then one walk through that gradient's graph (kept: ``retain_graph=True``),
-    weighting each parameter's gradient by its piece of v.
-    """
+    """``H v`` for flat float64 host vectors v of ``n`` numbers (``params`` end to end): one
+    walk through the kept graph of ``fn``'s gradient, weighting each piece by v's."""
 
     def __init__(self, fn, params, who):
         self.params, self.who = params, who
@@ -225,9 +198,10 @@ def _lanczos(operator, k, which, tol, steps, rng):
         scale = max(scale, abs(alphas[j]), betas[j])
         closed = betas[j] <= n * np.finfo(float).eps * max(scale, 1e-300)
         if j + 1 == n or j + 1 == steps or (j + 1 >= least and not closed and _checkpoint(j + 1)):
-            values, ritz = _tridiagonal_eigh(alphas[:j + 1], betas[:j])
+            values, ritz = np.linalg.eigh(np.diag(alphas[:j + 1]) + np.diag(betas[:j], 1)
+                                          + np.diag(betas[:j], -1))  # the tridiagonal matrix
             scale = max(scale, float(np.abs(values).max()))
-            wanted = _wanted(values, k, which)
+            wanted = np.arange(len(values))[:k] if which == "smallest" else np.arange(len(values))[-k:]
             residuals = betas[j] * np.abs(ritz[-1, wanted])
             if j + 1 == n or residuals.max() <= tol * scale:
                 break
@@ -248,34 +222,16 @@ def _lanczos(operator, k, which, tol, steps, rng):
 
 
 def _checkpoint(size):
-    """Whether to test convergence at this basis size (an eigen-decomposition of the
-    tridiagonal matrix each time): every size up to 16, then about every eighth of
-    the size, so at most ~1/8 more products than needed are made."""
+    """Test convergence (an eigen-decomposition) at this basis size? Each size up to 16,
+    then about every eighth: at most ~1/8 more products than needed."""
     return size <= 16 or size % (size // 8) == 0
-
-
-def _tridiagonal_eigh(alphas, betas):
-    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal matrix."""
-    matrix = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-    return np.linalg.eigh(matrix)
-
-
-def _wanted(ascending, k, which):
-    """Indices of the k wanted values of an ascending array."""
-    count = min(k, len(ascending))
-    return np.arange(count) if which == "smallest" else np.arange(len(ascending) - count, len(ascending))
 
 
 # ------------------------------------------------------------------ power iteration
 def _power(operator, k, which, tol, steps, rng):
-    """Power iteration with a shift and deflation: ``(values, unit vectors)``.
-
-    A first run on H finds the eigenvalue of largest magnitude, rho (the spectral
-    radius). If it sits at the wanted end, it is the first answer. The rest come
-    from runs on ``H + rho I`` (for 'largest': eigenvalues in [0, 2 rho], the largest
-    dominates) or ``H - rho I`` (for 'smallest'), each with the eigenvectors found so
-    far projected out.
-    """
+    """Power iteration with a shift and deflation: ``(values, unit vectors)``. A run on H
+    finds rho, the largest magnitude (the first answer if at the wanted end); the rest come
+    from ``H + rho I`` ('largest') or ``H - rho I``, with the vectors found projected out."""
     sign = 1.0 if which == "largest" else -1.0
     value, vector = _power_run(operator, 0.0, [], tol, 0.0, steps, rng)
     found = [(value, vector)] if sign * value >= 0 or operator.n == 1 else []
@@ -312,12 +268,6 @@ def _power_run(operator, shift, deflate, tol, scale, steps, rng):
 
 
 # ------------------------------------------------------------------ shared steps
-def _probes(rng, n, samples):
-    """``samples`` Rademacher vectors: independent entries, +1 or -1 with equal odds."""
-    for _ in range(samples):
-        yield rng.integers(0, 2, size=n) * 2.0 - 1.0
-
-
 def _unit(vector):
     norm = np.linalg.norm(vector)
     return vector / norm if norm > 0 else vector

@@ -1,32 +1,19 @@
 """Per-sample gradients in one backward pass (SPEC §17): ``per_sample_grad``, ``per_sample_grad_norm``.
 
-``fn(*batch)`` gives N losses, loss i computed from sample i. The ordinary backward
-of their sum already holds every per-sample gradient: at a tensor with the batch
-axis first, row i of its gradient is d loss_i / d row i, because no other loss
-touches row i. Samples are summed only where a *shared* tensor (a parameter, or
-something computed from parameters alone) meets a batched one, inside the node
-that combines them. There each op has an exact local rule that keeps the batch axis:
+``fn(*batch)`` gives N losses, loss i from sample i. The backward of their sum already
+holds every per-sample gradient: at a tensor with the batch axis first, row i of its
+gradient is d loss_i / d row i. Samples are summed only where a *shared* tensor (a
+parameter, or one computed from parameters alone) meets a batched one, and there each op
+has an exact rule that keeps the batch axis: ``F.linear``'s kernel gets x_i^T delta_i (its
+bias delta_i); an embedding lookup, sample i's rows scatter-added; elementwise and
+broadcasting ops, the gradient before broadcasting is undone; matmul and einsum, the same
+contraction with the batch axis kept. A shared non-parameter (BatchNorm's ``gamma /
+sqrt(var)``) passes its rows on with one vjp per sample. For norms Dense never forms the
+(N, in, out) array: ||x_i delta_i^T||^2 = ||x_i||^2 ||delta_i||^2 (the Gram form for
+sequences), and embeddings likewise.
 
-* the fused dense node ``F.linear``: d loss_i / d kernel = x_i^T delta_i (delta the
-  gradient of the pre-activation), d / d bias = delta_i summed over any sequence axis;
-* an embedding lookup (``GetItem`` of a shared table at the batch's indices): the
-  rows of sample i's gradient, scatter-added into a table of its own;
-* elementwise and broadcasting ops (``gamma * x``, ``x + beta``): the gradient before
-  broadcasting is undone, which still has the batch axis;
-* ``matmul`` and ``einsum``: the same contraction with the batch axis kept.
-
-A shared tensor that is not itself a parameter (BatchNorm's ``gamma / sqrt(var)``)
-passes its per-sample gradients on to the parameters with one vjp per sample.
-
-``per_sample_grad_norm`` needs only norms, so for Dense it never forms the
-(N, in, out) array: ||x_i delta_i^T||^2 = ||x_i||^2 ||delta_i||^2, and for a sequence
-of T rows, sum_{t,t'} (x_t . x_t')(delta_t . delta_t') (the Gram form).
-Embeddings likewise: ||scatter(G_i)||^2 sums G_t . G_t' over positions with equal indices.
-
-Before any of this the forward is read once, node by node, to know which tensors
-carry the batch axis (first) and to refuse an op that mixes samples (a mean over
-the batch axis: BatchNorm in training mode; a matmul contracting the batch axis):
-there loss i depends on other samples and no single-sample gradient exists.
+The forward is read first, node by node, to know which tensors carry the batch axis and
+to refuse an op that mixes samples (BatchNorm in training mode, a mean over the batch).
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -49,7 +36,7 @@ from ..backend import array_module, kernels
 from ..backend.activations import BY_NAME as ACTIVATIONS, ELEMENTWISE
 from ..ops.activation import softmax_backward_array
 from ..ops.axes import normalize_axes, normalize_axis
-from ..ops.einsum import contract, gradient_spec
+from ..ops.einsum import constant_operand, contract, gradient_spec
 from ..ops.shape import scatter_add
 from ..tensor import Tensor
 
@@ -281,10 +268,8 @@ def _special(node, grad, k, n, cache):
         if batch_letter in node.terms[k]:
             return None
         spec, constants = gradient_spec(node.terms, node.output, k, node.shapes, keep=batch_letter)
-        xp = array_module(grad)
         others = [t.data for j, t in enumerate(tensors) if j != k]
-        extra = [xp.eye(size, dtype=grad.dtype) if kind == "eye" else xp.ones(size, dtype=grad.dtype)
-                 for kind, size in constants]
+        extra = [constant_operand(kind, size, grad) for kind, size in constants]
         return _Rows(contract(spec, [grad] + others + extra))
     return None
 
@@ -350,17 +335,14 @@ def _frontier(records, out, batched, n):
             if k in shared or g is None or tensor.grad_fn is None or not tensor.requires_grad:
                 continue
             if g.shape != tensor.shape:
-                g = _sum_to(g, tensor.shape)
+                reduced = unbroadcast(g, tensor.shape)
+                if reduced is None:
+                    raise RuntimeError(f"per_sample_grad: a gradient of shape {g.shape} for a tensor "
+                                       f"of shape {tensor.shape}")
+                g = reduced
             previous = pending.get(tensor.grad_fn)
             pending[tensor.grad_fn] = g if previous is None else previous + g
     return found
-
-
-def _sum_to(g, shape):
-    reduced = unbroadcast(g, shape)
-    if reduced is None:
-        raise RuntimeError(f"per_sample_grad: a gradient of shape {g.shape} for a tensor of shape {shape}")
-    return reduced
 
 
 def _prepare(params, batch, name):
@@ -382,7 +364,7 @@ def _prepare(params, batch, name):
 def _per_sample(fn, params, batch, name):
     params, batch, n = _prepare(params, batch, name)
     if n == 0:  # no samples, no rows: empty results (fn is not run on an empty batch)
-        return params, 0, {}, {}
+        return params, 0, [[] for _ in params]
     out, records = _record_forward(fn, batch)
     if not hasattr(out, "grad_fn") or out.ndim == 0 or out.shape[0] != n or out.size != n:
         raise ValueError(f"{name}: fn must return a Tensor of the {n} per-sample losses, shape ({n},) "
@@ -392,15 +374,20 @@ def _per_sample(fn, params, batch, name):
     except _Mixing as error:
         raise ValueError(str(error).replace("per_sample_grad", name)) from None
     if out.grad_fn is None:
-        return params, n, {}, {}
+        return params, n, [[] for _ in params]
     if id(out.data) not in batched:
         raise ValueError(f"{name}: fn's losses do not depend on the batch (or not row by row)")
     found = _frontier(records, out, batched, n)
     by_param = {id(p): k for k, p in enumerate(params)}
-    direct = {by_param[key]: parts for key, (tensor, parts) in found.items() if key in by_param}
-    passing = [(tensor, parts) for key, (tensor, parts) in found.items()
+    parts = [[] for _ in params]  # each parameter's per-sample contributions
+    for key, (tensor, contributions) in found.items():
+        if key in by_param:
+            parts[by_param[key]] = contributions
+    passing = [(tensor, contributions) for key, (tensor, contributions) in found.items()
                if key not in by_param and tensor.grad_fn is not None]
-    return params, n, direct, _through_shared(passing, params, n)
+    for k, rows in _through_shared(passing, params, n).items():
+        parts[k].append(_Rows(rows))
+    return params, n, parts
 
 
 def _through_shared(passing, params, n):
@@ -422,10 +409,7 @@ def _through_shared(passing, params, n):
 
 
 def sum_parts(parts):
-    total = parts[0].array()
-    for part in parts[1:]:
-        total = total + part.array()
-    return total
+    return sum((part.array() for part in parts[1:]), parts[0].array())
 
 
 def per_sample_grad(fn, params, *batch):
@@ -434,17 +418,10 @@ def per_sample_grad(fn, params, *batch):
     Row i is d fn(*batch)[i] / d p, equal to a backward pass on sample i alone, computed
     in one pass (see the module doc). An op that mixes samples raises ValueError naming it.
     """
-    params, n, direct, carried = _per_sample(fn, params, batch, "per_sample_grad")
+    params, n, parts = _per_sample(fn, params, batch, "per_sample_grad")
     xp = array_module(params[0].data) if params else np
-    results = []
-    for k, p in enumerate(params):
-        total = sum_parts(direct[k]) if k in direct else None
-        if k in carried:
-            total = carried[k] if total is None else total + carried[k]
-        if total is None:
-            total = xp.zeros((n,) + p.shape, dtype=p.dtype)
-        results.append(total.astype(p.dtype, copy=False))
-    return results
+    return [(sum_parts(own) if own else xp.zeros((n,) + p.shape, dtype=p.dtype)).astype(p.dtype, copy=False)
+            for p, own in zip(params, parts)]
 
 
 def per_sample_grad_norm(fn, params, *batch):
@@ -453,15 +430,10 @@ def per_sample_grad_norm(fn, params, *batch):
     Dense kernels and embeddings reach their norms without forming (N,) + p.shape
     arrays (||x_i||^2 ||delta_i||^2 for a Dense kernel); other parameters are formed.
     """
-    params, n, direct, carried = _per_sample(fn, params, batch, "per_sample_grad_norm")
+    params, n, parts = _per_sample(fn, params, batch, "per_sample_grad_norm")
     xp = array_module(params[0].data) if params else np
     squares = xp.zeros(n, dtype=np.float64 if not params else params[0].dtype)
-    for k, p in enumerate(params):
-        parts = direct.get(k, [])
-        if k in carried:
-            parts = parts + [_Rows(carried[k])]
-        if len(parts) == 1:
-            squares = squares + parts[0].squared_norms()
-        elif parts:
-            squares = squares + _Rows(sum_parts(parts)).squared_norms()
+    for own in parts:
+        if own:
+            squares = squares + (own[0] if len(own) == 1 else _Rows(sum_parts(own))).squared_norms()
     return xp.sqrt(squares)

@@ -1,12 +1,8 @@
 """Products, running sums and norms: prod, cumsum, norm (std is composed from norm).
 
-* ``Prod``: the gradient of a product with respect to one factor is the product of
-  the others. Dividing the product by the factor would give 0/0 at a zero, so
-  ``backward`` multiplies a running product from the left by one from the right
-  (each element's "everything before" times "everything after"): exact with zeros.
-* ``Cumsum``: the gradient of a running sum is the running sum taken backwards.
-* ``Norm``: the 2-norm's gradient is x / ||x||; at x = 0 it is 0 (the subgradient
-  of least norm), never 0/0.
+Prod's gradient is the product of the other factors, from running products from the
+left and from the right (dividing by the factor would be 0/0 at a zero). Cumsum's is the
+running sum taken backwards. Norm's is x / ||x||, and 0 at x = 0 (never 0/0).
 
 >>> import nanodl as nd
 >>> x = nd.tensor([2.0, 0.0, 3.0], requires_grad=True)
@@ -40,7 +36,7 @@ class Prod(_Reduction):
         return a.prod(axis=axes, keepdims=keepdims)
 
     def others(self, a):
-        """Each element's "product of the other elements of its slice", from prefix and suffix products."""
+        """Each element's product of the other elements of its slice (prefix times suffix)."""
         xp = array_module(a)
         order, inverse = _moved_last(a.ndim, self.axes)
         moved = a.transpose(order)
@@ -58,8 +54,8 @@ class Prod(_Reduction):
         return self.expand(grad) * self.others(a)
 
     def vjp(self, grad, a):
-        """The same "product of the others", as a Prod of ``a`` with each element replaced by 1
-        in turn (n copies of each slice: memory n times the input's, only under create_graph)."""
+        """The same, as a Prod of ``a`` with each element replaced by 1 in turn (n copies of
+        each slice: n times the input's memory)."""
         order, inverse = _moved_last(a.ndim, self.axes)
         moved = a.transpose(*order) if order != list(range(a.ndim)) else a
         lead = moved.shape[:a.ndim - len(self.axes)]

@@ -1,15 +1,11 @@
 """``einsum``: NumPy's Einstein summation, differentiable to any order.
 
-The subscripts are first made explicit, once, in the forward: ``...`` becomes
-letters, the implicit output (``'ij,jk'``) gets its ``->ik``, and a size-1 axis
-that broadcasts against a longer one gets a letter of its own (summed over one
-element, which is what broadcasting means). In that form the gradient with respect
-to one operand is again one einsum: the output's gradient and the other operands,
-contracted onto that operand's letters. Two things an einsum cannot write are
-supplied as constant operands: an identity matrix for a letter repeated within the
-operand (``'ii->i'``: the gradient lives on the diagonal), and a vector of ones for
-a letter only that operand has (``'ij->i'``: the gradient is the same along j).
-The gradient being an einsum, its own gradient is one too: any order.
+The forward makes the subscripts explicit once: ``...`` becomes letters, an implicit
+output gets its ``->``, and a size-1 axis that broadcasts gets a letter of its own. Then
+an operand's gradient is again one einsum (the output's gradient and the other operands,
+onto that operand's letters), with constant operands for what an einsum cannot write: an
+identity for a letter repeated in the operand (``'ii->i'``), ones for a letter only it
+has (``'ij->i'``). Its gradient is an einsum again: any order.
 
 >>> import nanodl as nd
 >>> a = nd.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
@@ -53,10 +49,9 @@ def explicit(subscripts, shapes):
             raise _error(f"operand subscripts {term!r} do not match a {len(shape)}-d operand",
                          subscripts, shapes)
         broadcast = max(broadcast, len(shape) - len(bare))
-    try:
-        ellipsis = "".join(next(spare) for _ in range(broadcast))
-    except StopIteration:
-        raise _error("too many axes to name with letters", subscripts, shapes) from None
+    ellipsis = "".join(next(spare, "") for _ in range(broadcast))  # "": letters ran out
+    if len(ellipsis) < broadcast:
+        raise _error("too many axes to name with letters", subscripts, shapes)
     letters = [term.replace("...", ellipsis[broadcast - (len(shape) - len(term.replace("...", ""))):])
                for term, shape in zip(terms, shapes)]
     if arrow:
@@ -98,10 +93,9 @@ def _own_letters_for_broadcast(letters, shapes, output, spare, subscripts):
 def gradient_spec(terms, output, index, shapes, keep=""):
     """The einsum giving operand ``index``'s gradient: (spec, [constant operand descriptions]).
 
-    Its operands are the output's gradient, the other operands in order, then the
-    constants: ``('eye', n)`` for a repeated letter, ``('ones', n)`` for a letter only
-    operand ``index`` has. ``keep`` names output letters to keep in front, not sum over
-    (``per_sample_grad`` keeps the batch letter: one gradient per sample).
+    Its operands: the output's gradient, the other operands, then ``('eye', n)`` for a
+    repeated letter and ``('ones', n)`` for a letter only operand ``index`` has. ``keep``:
+    output letters kept in front (``per_sample_grad``'s batch letter).
     """
     target = terms[index]
     others = [term for j, term in enumerate(terms) if j != index]
@@ -127,7 +121,8 @@ def gradient_spec(terms, output, index, shapes, keep=""):
     return spec, constants
 
 
-def _constant(kind, size, like):
+def constant_operand(kind, size, like):
+    """``gradient_spec``'s ``('eye', n)`` or ``('ones', n)`` as an array like ``like``."""
     xp = array_module(like)
     return xp.eye(size, dtype=like.dtype) if kind == "eye" else xp.ones(size, dtype=like.dtype)
 
@@ -169,9 +164,9 @@ class Einsum(Function):
 
     def backward(self, grad):
         return self._gradients(grad, self.saved_tensors, contract,
-                               lambda kind, size: _constant(kind, size, grad))
+                               lambda kind, size: constant_operand(kind, size, grad))
 
     def vjp(self, grad, *operands):
         return self._gradients(grad, operands,
                                lambda spec, tensors: Einsum.apply(*tensors, subscripts=spec),
-                               lambda kind, size: Tensor(_constant(kind, size, grad.data)))
+                               lambda kind, size: Tensor(constant_operand(kind, size, grad.data)))

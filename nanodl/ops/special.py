@@ -25,11 +25,8 @@ _ONE_FROM = 6.0               # erfc(6) = 2e-17 < half an ulp of 1: erf is +-1 t
 
 
 def _exp_minus_square(x):
-    """exp(-x*x) without the rounding error of x*x (which exp would magnify by x*x).
-
-    x = hi + lo with hi holding the top 26 bits, so hi*hi is exact and
-    x*x = hi*hi + lo*(x + hi) to within an ulp of the small second term.
-    """
+    """exp(-x*x) without the rounding error of x*x (which exp would magnify by x*x): x = hi + lo
+    with hi the top 26 bits, so hi*hi is exact and x*x = hi*hi + lo*(x + hi)."""
     scaled = _SPLIT * x
     hi = scaled - (scaled - x)
     return array_module(x).exp(-hi * hi) * array_module(x).exp(-(x - hi) * (x + hi))
@@ -52,9 +49,8 @@ def erf_array(x):
       positive terms (no cancellation) summed by Horner's rule from the smallest term.
     * 2 <= |x| < 6: 1 - erfc(x), with erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x +
       (3/2)/(x + ...)))), Laplace's continued fraction, evaluated from depth 60 upwards.
-    * |x| >= 6: +-1 (erfc(6) is below half an ulp of 1). NaN stays NaN.
-
-    float32 is computed in float64 and rounded once.
+    * |x| >= 6: +-1 (erfc(6) is below half an ulp of 1). NaN stays NaN; float32 is computed
+      in float64 and rounded once.
     """
     xp = array_module(x)
     dtype = x.dtype
