@@ -245,7 +245,7 @@ def _host_buffer(array, who):
     """``(host, xp)``: a C-contiguous NumPy copy of ``array`` and the array module to return in."""
     if isinstance(array, Tensor):
         raise TypeError(f"{who}: pass an array (tensor.data), not a Tensor")
-    xp = array_module(array)  # a copy: the caller's array is never changed
+    xp = array_module(array)
     host = np.array(array, order="C") if xp is np else np.ascontiguousarray(to_host(array))
     if host.dtype.kind not in "biufc":
         raise TypeError(f"{who}: cannot reduce an array of dtype {host.dtype}")
