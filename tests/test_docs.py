@@ -74,3 +74,20 @@ def test_readme_points_only_at_files_in_the_repository():
     assert named, "the README links to its docs"
     missing = sorted(name for name in named if not (ROOT / name).exists())
     assert not missing, f"README.md names files that do not exist: {missing}"
+
+
+def _source_lines():
+    return {path: [line.rstrip() for line in path.read_text(encoding="utf-8").splitlines()]
+            for path in (ROOT / "nanodl").rglob("*.py")}
+
+
+@pytest.mark.parametrize("path", [p for p in DOCS if blocks(p, "py")], ids=lambda p: p.name)
+def test_quoted_source_is_the_source(path):
+    """A ```py block quotes nanodl's code: its lines stand, in order and together, in one
+    module, so a page that walks through the code cannot drift from it."""
+    sources = _source_lines()
+    for number, quote in enumerate(blocks(path, "py"), 1):
+        wanted = [line.rstrip() for line in quote.strip("\n").splitlines()]
+        found = any(lines[i:i + len(wanted)] == wanted
+                    for lines in sources.values() for i in range(len(lines) - len(wanted) + 1))
+        assert found, f"{path.name}: quoted block {number} is not in nanodl/ any more:\n{quote}"
