@@ -69,9 +69,8 @@ DEVICE = Device("cuda", cupy.ndarray, _refuse_host, _scan_labels)
 
 
 # ---------------------------------------------------------------- activation device code
-# Each activation is a pair of device functions, forward(x, alpha) and backward(saved,
-# grad, alpha), where ``saved`` is the output y or the input x as its record says; their
-# bodies are the records' ``cuda_forward`` / ``cuda_backward`` (nanodl.backend.activations).
+# A pair of device functions per activation, forward(x, alpha) and backward(saved, grad,
+# alpha), from its record's ``cuda_forward`` / ``cuda_backward`` (``saved`` as it says).
 _ACTIVATION_PREAMBLE = f"""
 template <typename T> __device__ __forceinline__ T nanodl_stable_sigmoid(T x) {{
     const T e = exp(-fabs(x));  /* exp of a non-positive number only: no inf/inf */
@@ -93,8 +92,8 @@ def _elementwise(key, in_params, out_params, operation, preamble=""):
     kernel = _KERNELS.get(key)
     if kernel is None:
         name = "nanodl_" + "_".join(str(part) for part in key if part)
-        kernel = cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=preamble)
-        _KERNELS[key] = kernel
+        kernel = _KERNELS[key] = cupy.ElementwiseKernel(in_params, out_params, operation, name,
+                                                        preamble=preamble)
     return kernel
 
 
@@ -116,7 +115,6 @@ def _backward(name, saved, grad, alpha):
     return _activation_backward_kernel(name)(saved, grad, float(alpha))
 
 
-# This table's ``<name>_forward`` / ``<name>_backward``: one elementwise kernel each.
 define_table_functions(globals(), "name", _forward, _backward)
 
 
@@ -245,17 +243,8 @@ def _xent_forward_kernel(dtype, sparse):
         source = _XENT_FORWARD_SOURCE % {
             "ctype": _CTYPES[dtype], "target_ctype": "long long" if sparse else _CTYPES[dtype],
             "sparse": int(sparse)}
-        kernel = cupy.RawKernel(source, "nanodl_softmax_xent_forward")
-        _KERNELS[key] = kernel
+        kernel = _KERNELS[key] = cupy.RawKernel(source, "nanodl_softmax_xent_forward")
     return kernel
-
-
-def _threads_for(classes):
-    """A power of two between 32 (a warp) and 256, enough for one thread per class."""
-    threads = 32
-    while threads < classes and threads < 256:
-        threads *= 2
-    return threads
 
 
 def _target(target):
@@ -274,7 +263,7 @@ def softmax_xent_forward(logits, target):
     probs = cupy.empty((n, c), dtype=dtype)
     if n == 0:
         return loss, probs
-    threads = _threads_for(c)
+    threads = min(256, max(32, 1 << (c - 1).bit_length()))  # a power of two, 32 (a warp) to 256
     _xent_forward_kernel(dtype, sparse)(
         (n,), (threads,), (cupy.ascontiguousarray(logits), target, loss, probs,
                            np.int64(n), np.int64(c)),

@@ -57,7 +57,6 @@ def _backward(code, saved, grad, alpha):
     return out
 
 
-# This table's ``<name>_forward`` / ``<name>_backward``: the C loop for its ACT_* code.
 define_table_functions(globals(), "code", _forward, _backward)
 
 

@@ -51,7 +51,6 @@ ignored and may be None.
 import inspect
 import numbers
 import types
-from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -62,15 +61,15 @@ _NUMBER_TYPES = (float, int)
 
 
 # ---------------------------------------------------------------- devices
-class Device(NamedTuple):
+class Device:
     """What a table's checks need to know about its arrays: the ``array_type`` it computes
     on; ``coerce(kernel, name, a)``, another argument as one (or ``TypeError``);
     ``scan_labels(target, classes)``, ``(labels, bad)``: the labels as its compute
     functions like them and the index of the first outside [0, classes), or -1."""
-    name: str
-    array_type: type
-    coerce: Callable
-    scan_labels: Callable
+
+    def __init__(self, name, array_type, coerce, scan_labels):
+        self.name, self.array_type = name, array_type
+        self.coerce, self.scan_labels = coerce, scan_labels
 
 
 def _coerce_host(kernel, name, a):

@@ -38,17 +38,15 @@ def _shapes_text(shapes):
 def _float32_errors(spec, arrays, device, seed):
     """(forward error, gradient error) of the op run in float32 vs float64, relative to scale."""
     rounded = [a.astype(np.float32).astype(np.float64) for a in arrays]
-    results = {}
-    for dtype in (np.float32, np.float64):
+
+    def run(dtype):
         tensors = [Tensor(a.astype(dtype), requires_grad=True, device=device) for a in rounded]
         with enable_grad():
             out = spec.fn(*tensors)
-        weight = np.random.default_rng(seed).standard_normal(out.shape)
-        out.backward(weight)
-        grads = [host64(t.grad) if t.grad is not None else np.zeros(t.shape) for t in tensors]
-        results[dtype] = (host64(out.data), grads, out.dtype)
-    out32, grads32, out_dtype = results[np.float32]
-    out64, grads64, _ = results[np.float64]
+        out.backward(np.random.default_rng(seed).standard_normal(out.shape))
+        return host64(out.data), [host64(t.grad) if t.grad is not None else np.zeros(t.shape)
+                                  for t in tensors], out.dtype
+    (out32, grads32, out_dtype), (out64, grads64, _) = run(np.float32), run(np.float64)
     if out_dtype != np.float32:
         raise TypeError(f"{spec.name} returned {out_dtype} for float32 inputs")
     relative = lambda a, b: float(np.abs(a - b).max() / max(1.0, np.abs(b).max())) if b.size else 0.0
@@ -155,9 +153,8 @@ def audit(dtype="float64", device="cpu", kernels=None, seed=0, eps=1e-6, atol=1e
     the run; ``ops`` restricts the audit to some op names. The registry's shapes are
     small, so every Jacobian element is checked (``full=True``, ~0.1 s for the whole
     registry); ``full=False`` screens with one random projection per input instead.
-    ``order=2`` also checks every case's second derivatives (``gradgradcheck``: central
-    differences of the ``create_graph`` first derivatives, and their agreement with
-    the plain ones), in a second-order column.
+    ``order=2`` also checks every case's second derivatives (``gradgradcheck``), in a
+    second-order column.
     """
     if order not in (1, 2):
         raise ValueError(f"audit: order must be 1 or 2, got {order!r}")
