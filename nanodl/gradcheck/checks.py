@@ -52,14 +52,6 @@ def finish(subject, rows, eps, atol, rtol, spec, kink_tol, title):
     return GradcheckReport(rows, title=title, atol=atol, rtol=rtol)
 
 
-def _resolve_spec(spec):
-    if isinstance(spec, str):
-        if spec not in BY_NAME:
-            raise ValueError(f"gradcheck: unknown op {spec!r}; valid names: {', '.join(BY_NAME)}")
-        return BY_NAME[spec]
-    return spec
-
-
 def report(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, full=False, seed=0, spec=None,
            kink_tol=None):
     """A ``GradcheckReport`` for ``fn`` at ``inputs``: one row per input that requires grad.
@@ -71,7 +63,11 @@ def report(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, full=False, seed=0, spec
     leaves, labels, call_args = as_leaves(inputs, "gradcheck")
     subject = Subject(leaves, lambda: fn(*call_args), labels)
     rows = check_subject(subject, eps, atol, rtol, full, seed)
-    return finish(subject, rows, eps, atol, rtol, _resolve_spec(spec), kink_tol, "gradcheck")
+    if isinstance(spec, str):
+        if spec not in BY_NAME:
+            raise ValueError(f"gradcheck: unknown op {spec!r}; valid names: {', '.join(BY_NAME)}")
+        spec = BY_NAME[spec]
+    return finish(subject, rows, eps, atol, rtol, spec, kink_tol, "gradcheck")
 
 
 def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, full=False, seed=0,
