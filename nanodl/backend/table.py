@@ -428,10 +428,9 @@ BUFFERED = ("linear_forward_into", "linear_backward_into")
 class KernelTable:
     """One implementation of every declared kernel: ``table.<name>`` checks, then computes.
 
-    ``namespace`` holds the implementation's compute functions by kernel name (a
-    module's ``globals()``); each must take exactly the declared parameters, in order.
-    ``table.compute.<name>`` is the unchecked function (see the module docstring);
-    ``table.buffered`` the optional ``BUFFERED`` ones, or None.
+    ``namespace`` (a module's ``globals()``) holds a compute function per kernel name,
+    taking exactly the declared parameters. ``table.compute.<name>`` is the unchecked
+    function; ``table.buffered`` the optional ``BUFFERED`` ones, or None.
     """
 
     def __init__(self, name, namespace, device):

@@ -191,11 +191,7 @@ def _bisect(subject, x0, i, v, vjp_i, eps):
 
     total = error(candidates)
     while candidates.size > 1:
-        half = candidates[: candidates.size // 2]
+        half, rest = candidates[: candidates.size // 2], candidates[candidates.size // 2:]
         first = error(half)
-        second = total - first
-        if abs(first) >= abs(second):
-            candidates, total = half, first
-        else:
-            candidates, total = candidates[candidates.size // 2:], second
+        candidates, total = (half, first) if abs(first) >= abs(total - first) else (rest, total - first)
     return int(candidates[0])
