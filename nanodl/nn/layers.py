@@ -343,12 +343,9 @@ class BatchNorm(_Norm):
                              "statistics)")
         mean = x.mean(axis=axes)
         variance = x.var(axis=axes)
-        keep = 1 - self.momentum
-        moving_mean, moving_variance = self.moving_mean, self.moving_variance
-        moving_mean *= self.momentum
-        moving_mean += keep * mean.data.astype(moving_mean.dtype, copy=False)
-        moving_variance *= self.momentum
-        moving_variance += keep * variance.data.astype(moving_variance.dtype, copy=False)
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving *= self.momentum
+            moving += (1 - self.momentum) * batch.data.astype(moving.dtype, copy=False)
         return (x - mean) / (variance + self.epsilon).sqrt() * self.gamma + self.beta
 
     def get_config(self):

@@ -202,8 +202,8 @@ class _Snapshot:
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
         params = model.parameters()
-        self.params = [(p, p.data, _copy(p.data), p.grad, _copy(p.grad)) for p in params]
-        self.buffers = [(module, name, array, _copy(array)) for module in model.modules()
+        self.params = [(p, p.data, copy.copy(p.data), p.grad, copy.copy(p.grad)) for p in params]
+        self.buffers = [(module, name, array, copy.copy(array)) for module in model.modules()
                         for name, array in module._buffers.items() if array is not None]
         self.model_dict = {key: model.__dict__[key] for key in ("_plan_cache",) if key in model.__dict__}
         keep = {id(p): p for p in params}
@@ -225,10 +225,6 @@ class _Snapshot:
         _write_back(vars(self.optimizer), self.optimizer_dict)
         self.model.__dict__.pop("_plan_cache", None)
         self.model.__dict__.update(self.model_dict)
-
-
-def _copy(array):
-    return None if array is None else array.copy()
 
 
 def _write_back(live, saved):

@@ -99,12 +99,9 @@ _RMSE = EpochMetric(lambda pred, target: (_mse(pred, target),),
 
 
 class EpochTotals:
-    """What an epoch adds up, batch by batch: the sums behind its reported averages.
-
-    ``values`` is a list of floats ``[Σ loss·count, samples, Σ weight, Σ weight·metric
-    for each metric]`` (weights are 1 without ``sample_weight``), so a data-parallel run
-    sums it across processes, elementwise, before ``averages`` divides: the logs are
-    then exact per-sample averages over every process.
+    """The sums behind an epoch's averages: ``values`` is ``[Σ loss·count, samples,
+    Σ weight, Σ weight·metric per metric]`` (weight 1 without ``sample_weight``), which a
+    data-parallel run sums across processes before ``averages`` divides.
 
     >>> totals = EpochTotals(["accuracy"])
     >>> totals.add(loss=0.5, count=2, weight=2.0, metric_sums=[2.0])

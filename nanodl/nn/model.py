@@ -319,11 +319,9 @@ class Model(Module):
         x = predict_inputs(self, x)
         if self.__dict__.get("_input_shape") is None:  # built by predicting: export needs it
             self._input_shape = tuple(x.shape[1:])
-        outputs = []
         with self._mode(False), no_grad():
-            for batch in batch_slices(len(x), batch_size):
-                outputs.append(to_host(self.forward(Tensor(x[batch])).data))
-        return np.concatenate(outputs)
+            return np.concatenate([to_host(self.forward(Tensor(x[batch])).data)
+                                   for batch in batch_slices(len(x), batch_size)])
 
     # ------------------------------------------------------------ weights and files
     def get_weights(self):

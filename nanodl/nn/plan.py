@@ -112,7 +112,7 @@ class _Plan:
                     [id(p) for p in self.params]:
                 optimizer.set_params(self.params)
         self.optimizer = optimizer
-        # optim.LBFGS re-evaluates the loss itself: steps 1-3 as a closure, on the whole set
+        # optim.LBFGS re-evaluates the loss itself: its step gets a closure, on the whole set
         self.full_batch = bool(getattr(optimizer, "full_batch", False))
         self.penalty_layers = [m for m in model.modules() if m.penalties()]
         self.penalty = self._penalty if self.penalty_layers else None

@@ -52,10 +52,7 @@ def _split_validation(x, y, weight, validation_data, validation_split):
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
                              "(x_val, y_val, sample_weight_val)")
-        x_val, y_val = (as_array(v, what="fit: validation_data") for v in validation_data[:2])
-        if x_val.ndim == 0 or y_val.ndim == 0 or len(x_val) != len(y_val) or len(x_val) == 0:
-            raise ValueError(f"fit: validation x and y must hold the same (non-zero) number of "
-                             f"samples, got {tuple(x_val.shape)} and {tuple(y_val.shape)}")
+        x_val, y_val = _samples(*validation_data[:2], "fit: validation_data")
         w_val = validation_data[2] if len(validation_data) == 3 else None
         w_val = weighting.check_sample_weight(w_val, len(x_val), "fit: validation_data's sample_weight")
         return (x, y, weight), (x_val, y_val, w_val)

@@ -23,8 +23,7 @@ import numpy as np
 from ._base import _BaseMLP, _constraints, _half_poisson_deviance, _store  # first: it checks for sklearn
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.metrics import accuracy_score, r2_score
-from sklearn.neural_network import MLPClassifier as _SklearnClassifier
-from sklearn.neural_network import MLPRegressor as _SklearnRegressor
+from sklearn.neural_network import MLPClassifier as _SklearnClassifier, MLPRegressor as _SklearnRegressor
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 

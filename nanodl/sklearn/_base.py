@@ -74,9 +74,8 @@ def _half_poisson_deviance(pred, target):
 
 
 class _SetPenalty(nd_callbacks.Callback):
-    """scikit-learn's L2 term, ``0.5 * alpha * ||W||^2 / sum(w)`` on each batch: before
-    each batch, the factor of the ``penalty`` the Dense kernels share, and (``track``)
-    its value summed per sample, for the reported loss of a multi-output fit."""
+    """Before each batch, scikit-learn's L2 factor (``0.5 * alpha / sum(w)``) of the ``penalty``
+    the Dense kernels share, and (``track``) its value summed per sample for the reported loss."""
 
     def __init__(self, penalty, factors, kernels, track):
         super().__init__()
@@ -93,10 +92,8 @@ class _SetPenalty(nd_callbacks.Callback):
 
 
 class _BaseMLP(BaseEstimator):
-    """What the classifier and the regressor share: the network and its training.
-
-    ``_encode`` sets ``_head``: (output activation, loss, the factor on Model.fit's
-    sample weights, the factor on the reported loss)."""
+    """What the classifier and the regressor share: the network and its training. ``_encode``
+    sets ``_head``: (output activation, loss, factor on fit's weights, on the reported loss)."""
 
     # ------------------------------------------------------------ the network
     def _sizes(self):
@@ -107,8 +104,8 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes]
 
     def _network(self, n_features):
-        """A new nanodl model for ``n_features`` inputs, in ``self._dtype``, initialised
-        as scikit-learn does (its own model from ``model`` when given)."""
+        """A new network for ``n_features`` inputs in ``self._dtype``, initialised as scikit-learn
+        does (or the user's ``model``)."""
         if self.model is not None:
             network = self.model(n_features, self.n_outputs_)
             if not isinstance(network, Model):
@@ -226,8 +223,7 @@ class _BaseMLP(BaseEstimator):
         sums = np.add.reduceat(weight, starts)
         safe = np.where(sums > 0, sums, 1.0)
         scaled = self._head[2] * weight * np.repeat(np.where(sums > 0, counts / safe, 0.0), counts)
-        factors = list(np.where(sums > 0, 0.5 * float(self.alpha) / safe, 0.0))
-        return scaled, factors
+        return scaled, list(np.where(sums > 0, 0.5 * float(self.alpha) / safe, 0.0))
 
     @contextlib.contextmanager
     def _penalty(self, factors):
@@ -358,9 +354,7 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = -value
 
     def fit(self, X, y, sample_weight=None):
-        """Fit the model to data matrix ``X`` and targets ``y``; returns self.
-
-        ``sample_weight`` (one per sample): a sample of weight k counts as k copies."""
+        """Fit the model to ``X`` and ``y``; returns self. A sample of weight k counts as k copies."""
         return self._fit(X, y, sample_weight, incremental=False)
 
     def _check_solver(self):
