@@ -192,10 +192,8 @@ class LBFGS(Optimizer):
     def state_dict(self):
         """Hyper-parameters and the global state: one flat dict of numbers, strings and host
         arrays, the history stacked (``old_dirs``, ``old_stps``: ``(k, n)``; ``ro``: ``(k,)``)."""
-        sd = {"name": self.name}
-        for key, value in self.get_config().items():
-            if value is not None:  # line_search_fn=None is the default: left out, no None saved
-                sd[key] = value
+        # line_search_fn=None (the default) is left out: no None saved
+        sd = {"name": self.name, **{k: v for k, v in self.get_config().items() if v is not None}}
         memory = self._memory
         sd.update(step_count=int(self.step_count), func_evals=int(memory["func_evals"]),
                   n_iter=int(memory["n_iter"]))
