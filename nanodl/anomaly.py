@@ -84,9 +84,8 @@ def _check_forward(node, args, kwargs, out):
     if not all(_all_finite(array) for array in inputs if _is_float(array)):
         return  # not the origin: a non-finite value came in
     shapes = ", ".join(str(tuple(array.shape)) for array in inputs)
-    raise AnomalyError(
-        f"detect_anomaly: {node.name} produced {_describe(out)} from finite inputs (shapes: "
-        f"{shapes}){_first_bad(out, inputs)}; called at {node.__dict__['_created_at']}")
+    raise AnomalyError(f"detect_anomaly: {node.name} produced {_describe(out)} from finite inputs (shapes: "
+                       f"{shapes}){_first_bad(out, inputs)}; called at {node.__dict__['_created_at']}")
 
 
 def _check_backward(node, grad_output, grads):
@@ -96,10 +95,9 @@ def _check_backward(node, grad_output, grads):
         if grad is not None and _is_float(grad) and not _all_finite(grad):
             shape = tuple(node.inputs[index].shape) if index < len(node.inputs) else "?"
             where = node.__dict__.get("_created_at", "an op created outside detect_anomaly()")
-            raise AnomalyError(
-                f"detect_anomaly: {node.name}.backward turned a finite gradient into "
-                f"{_describe(grad)} for input {index} (shape {shape}); {node.name} was "
-                f"created at {where}")
+            raise AnomalyError(f"detect_anomaly: {node.name}.backward turned a finite gradient into "
+                               f"{_describe(grad)} for input {index} (shape {shape}); {node.name} was "
+                               f"created at {where}")
 
 
 def _is_float(array):

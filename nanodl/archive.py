@@ -25,6 +25,7 @@ Anything wrong raises ``ValueError`` naming the file and the fault.
 ...     reader.shape('w'), reader.dtype('w')
 ((3,), dtype('float64'))
 """
+import contextlib
 import errno
 import math
 import os
@@ -62,8 +63,7 @@ except ImportError:  # pragma: no cover - Windows
 
 # ---------------------------------------------------------------- writing
 def _host_array(name, value):
-    value = value.data if isinstance(value, Tensor) else value
-    array = to_host(value)
+    array = to_host(value.data if isinstance(value, Tensor) else value)
     if array.dtype.hasobject:
         raise TypeError(f"save: {name!r} is an object array; only numeric and string arrays "
                         "can be saved (no pickle)")
@@ -76,8 +76,7 @@ def write_npz(path, arrays):
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, array in arrays.items():
                 with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asarray(array, order="C"),
-                                              allow_pickle=False)
+                    np.lib.format.write_array(member, np.asarray(array, order="C"), allow_pickle=False)
     atomic_write(path, write)
 
 
@@ -101,10 +100,8 @@ def atomic_write(path, write):
         os.chmod(temp_path, _file_mode(target))
         os.replace(temp_path, target)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):  # already gone: nothing to clean up
             os.remove(temp_path)
-        except OSError:
-            pass  # already gone: nothing to clean up
         raise
     _fsync_folder(folder)
 
@@ -162,16 +159,12 @@ def _file_mode(path):
 
 def _fsync_folder(folder):
     """Make the rename itself durable (best effort: not every platform can)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _checked_names(names, caller):
@@ -204,8 +197,7 @@ def save(state_dict, path):
         arrays[TREE_KEY], leaves = nested.pack(state_dict, _host_array)
         arrays.update(leaves)
     else:
-        for name, value in state_dict.items():
-            arrays[name] = _host_array(name, value)
+        arrays.update({name: _host_array(name, value) for name, value in state_dict.items()})
     write_npz(path, arrays)
 
 
@@ -438,10 +430,10 @@ def load(path):
         if ARCHITECTURE_KEY in names:
             return {name[len(WEIGHTS_PREFIX):]: reader.read(name) for name in names
                     if name.startswith(WEIGHTS_PREFIX)}
-        if TREE_KEY in names:
-            arrays = {name: reader.read(name) for name in names if name != FORMAT_KEY}
-            try:
-                return nested.unpack(arrays.pop(TREE_KEY), arrays)
-            except ValueError as error:
-                raise ValueError(f"load: {reader.path!r}: {error}") from None
-        return {name: reader.read(name) for name in names if name != FORMAT_KEY}
+        arrays = {name: reader.read(name) for name in names if name != FORMAT_KEY}
+        if TREE_KEY not in arrays:
+            return arrays
+        try:  # a nested state (nanodl.nested)
+            return nested.unpack(arrays.pop(TREE_KEY), arrays)
+        except ValueError as error:
+            raise ValueError(f"load: {reader.path!r}: {error}") from None

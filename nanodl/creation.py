@@ -1,8 +1,7 @@
 """Functions that make new tensors: zeros, ones, full, arange, eye, randn, rand, ...
 
 A shape is an integer or a tuple/list of non-negative integers (``randn`` and ``rand``
-also take them unpacked, ``randn(2, 3)``); anything else raises an error naming the
-function and the shape.
+also take them unpacked, ``randn(2, 3)``); anything else raises an error saying so.
 
 >>> import nanodl as nd
 >>> nd.zeros((2, 3)).shape, nd.randn(2, 3).shape, nd.eye(2).tolist()
@@ -37,14 +36,12 @@ def _shape(shape, function):
 
 def _unpacked_shape(shape, function):
     """``randn(2, 3)`` and ``randn((2, 3))`` both mean shape ``(2, 3)``."""
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        return _shape(shape[0], function)
-    return _shape(shape, function)
+    return _shape(shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape, function)
 
 
-def _dtype(dtype, function, default=None):
+def _dtype(dtype, function):
     try:
-        return np.dtype(dtype or default or get_default_dtype())
+        return np.dtype(dtype or get_default_dtype())
     except TypeError:
         raise TypeError(f"{function}: unknown dtype {dtype!r}") from None
 

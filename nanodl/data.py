@@ -35,18 +35,15 @@ def _generator_from(seed):
     """A Generator from an int seed, a Generator (used as is), or None (the global one)."""
     if seed is None:
         return _global_generator()
-    if isinstance(seed, np.random.Generator):
-        return seed
-    return np.random.default_rng(seed)
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
 def _count_test_samples(n_samples, test_size):
     """Number of test samples for ``test_size`` (an int count or a float fraction)."""
     if isinstance(test_size, numbers.Integral) and not isinstance(test_size, bool):
         if not 0 < test_size < n_samples:
-            raise ValueError(f"train_test_split: test_size={test_size} must be a count "
-                             f"in [1, {n_samples}) (the number of samples is "
-                             f"{n_samples}) or a float in (0, 1)")
+            raise ValueError(f"train_test_split: test_size={test_size} must be a count in [1, "
+                             f"{n_samples}) (the number of samples is {n_samples}) or a float in (0, 1)")
         return int(test_size)
     if isinstance(test_size, numbers.Real) and not isinstance(test_size, bool):
         if not 0.0 < test_size < 1.0:
@@ -57,8 +54,7 @@ def _count_test_samples(n_samples, test_size):
             raise ValueError(f"train_test_split: test_size={test_size} of {n_samples} "
                              f"samples leaves the training set empty")
         return n_test
-    raise ValueError(f"train_test_split: test_size must be an int or a float, "
-                     f"got {test_size!r}")
+    raise ValueError(f"train_test_split: test_size must be an int or a float, got {test_size!r}")
 
 
 def _approximate_mode(class_counts, n_draws, rng):
@@ -98,11 +94,9 @@ def _stratified_indices(labels, n_train, n_test, rng):
 
     n_train_per_class = _approximate_mode(class_counts, n_train, rng)
     n_test_per_class = _approximate_mode(class_counts - n_train_per_class, n_test, rng)
-    members_by_class = np.split(np.argsort(class_of_sample, kind="stable"),
-                                np.cumsum(class_counts)[:-1])
+    members_by_class = np.split(np.argsort(class_of_sample, kind="stable"), np.cumsum(class_counts)[:-1])
     train_parts, test_parts = [], []
-    for members, n_class_train, n_class_test in zip(
-            members_by_class, n_train_per_class, n_test_per_class):
+    for members, n_class_train, n_class_test in zip(members_by_class, n_train_per_class, n_test_per_class):
         members = rng.permutation(members)
         train_parts.append(members[:n_class_train])
         test_parts.append(members[n_class_train:n_class_train + n_class_test])
@@ -131,8 +125,7 @@ def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, s
     arrays = [_as_array(values, f"train_test_split: array {i}") for i, values in enumerate(arrays)]
     for position, values in enumerate(arrays):
         if values.ndim == 0:
-            raise ValueError(f"train_test_split: array {position} is a scalar, "
-                             f"not a sequence of samples")
+            raise ValueError(f"train_test_split: array {position} is a scalar, not a sequence of samples")
     lengths = [len(values) for values in arrays]
     if len(set(lengths)) > 1:
         raise ValueError(f"train_test_split: all arrays must have the same number of "
@@ -144,8 +137,7 @@ def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, s
     if not shuffle:
         if stratify is not None:
             raise ValueError("train_test_split: stratify needs shuffle=True")
-        train_indices = np.arange(n_train)
-        test_indices = np.arange(n_train, n_samples)
+        train_indices, test_indices = np.arange(n_train), np.arange(n_train, n_samples)
     else:
         rng = _generator_from(random_state)
         if stratify is not None:
@@ -201,8 +193,7 @@ class DataLoader:
                              f"got {len(self.x)} and {found}")
         if (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool)
                 or batch_size < 1):
-            raise ValueError(f"DataLoader: batch_size must be a positive int, "
-                             f"got {batch_size!r}")
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -253,8 +244,7 @@ def one_hot(labels, num_classes):
         position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
         bad_value = labels[position].item()
         where = position[0] if len(position) == 1 else position
-        raise ValueError(f"one_hot: label {bad_value} at index {where} is outside "
-                         f"[0, {num_classes})")
+        raise ValueError(f"one_hot: label {bad_value} at index {where} is outside [0, {num_classes})")
     encoded = np.zeros(labels.shape + (int(num_classes),), dtype=np.float32)
     np.put_along_axis(encoded, labels.astype(np.intp)[..., None], 1.0, axis=-1)
     return encoded

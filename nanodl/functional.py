@@ -13,8 +13,7 @@ from .ops import DEFAULT_ALPHA, log_softmax, softmax  # noqa: F401  (DEFAULT_ALP
 from .random import uniform
 from .tensor import Tensor
 
-# The elementwise activations come from their records (nanodl.backend.activations):
-# F.relu is nanodl.ops.relu, and so on for every record.
+# F.relu is ops.relu, and so for every elementwise activation's record (backend.activations)
 globals().update({activation.name: getattr(ops, activation.name) for activation in ELEMENTWISE})
 ACTIVATIONS = tuple(activation.name for activation in ELEMENTWISE) + ("softmax", "linear")
 
@@ -39,15 +38,10 @@ def resolve_activation(activation):
         return check_activation(activation)
     if not callable(activation):
         raise TypeError(f"activation must be a name or a callable, got {type(activation).__name__}")
-    return _BUILT_IN_FUNCTIONS.get(_key(activation), activation)
-
-
-def _key(function):
     try:
-        hash(function)
-    except TypeError:
-        return id(function)
-    return function
+        return _BUILT_IN_FUNCTIONS.get(activation, activation)
+    except TypeError:  # unhashable: not a built-in
+        return activation
 
 
 def get_activation(name):

@@ -22,9 +22,9 @@ from .backend import is_device_array, to_device
 from .tensor import Tensor, as_array
 
 __all__ = ["mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy",
-           "sparse_categorical_crossentropy", "Loss", "MeanSquaredError", "MeanAbsoluteError",
-           "Huber", "BinaryCrossentropy", "CategoricalCrossentropy",
-           "SparseCategoricalCrossentropy", "get", "LOSSES", "EPSILON"]
+           "sparse_categorical_crossentropy", "Loss", "MeanSquaredError", "MeanAbsoluteError", "Huber",
+           "BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "get",
+           "LOSSES", "EPSILON"]
 
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON] before a log
 REDUCTIONS = ("mean", "sum", "none")
@@ -254,9 +254,8 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     name, function = "sparse_categorical_crossentropy", staticmethod(sparse_categorical_crossentropy)
 
 
-LOSS_CLASSES = {cls.name: cls for cls in (MeanSquaredError, MeanAbsoluteError, Huber,
-                                          BinaryCrossentropy, CategoricalCrossentropy,
-                                          SparseCategoricalCrossentropy)}
+LOSS_CLASSES = {cls.name: cls for cls in (MeanSquaredError, MeanAbsoluteError, Huber, BinaryCrossentropy,
+                                          CategoricalCrossentropy, SparseCategoricalCrossentropy)}
 LOSSES = {name: cls.function for name, cls in LOSS_CLASSES.items()}
 _ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
 

@@ -48,9 +48,8 @@ def save_model(model, path, include_optimizer=True):
         for layer in layers:
             name = type(layer).__name__
             if LAYERS.get(name) is not type(layer):
-                raise ValueError(f"save: layer {name} is not a registered built-in layer; "
-                                 "decorate it with nn.layers.register_layer or save its "
-                                 "state_dict with nanodl.save")
+                raise ValueError(f"save: layer {name} is not a registered built-in layer; decorate it "
+                                 "with nn.layers.register_layer or save its state_dict with nanodl.save")
             config = layer.get_config()
             for key, value in config.items():
                 if callable(value):  # Dense(activation=a function of the user's own)
@@ -71,14 +70,13 @@ def save_model(model, path, include_optimizer=True):
     if include_optimizer and not compiled and optimizer is not None:
         reason = unsaved_setting(optimizer, getattr(model, "loss", None),
                                  getattr(model, "_metric_specs", ()))
-        warnings.warn(f"save: {reason}, and a file holds no code, so the file keeps the "
-                      "architecture and weights but not the compile settings or the optimizer "
-                      "state: nanodl.load_model returns the model uncompiled (compile it again "
-                      "to train on)", UserWarning, stacklevel=3)
+        warnings.warn(f"save: {reason}, and a file holds no code, so the file keeps the architecture and "
+                      "weights but not the compile settings or the optimizer state: nanodl.load_model "
+                      "returns the model uncompiled (compile it again to train on)", UserWarning,
+                      stacklevel=3)
     if include_optimizer and compiled and optimizer is not None:
         optimizer = getattr(optimizer, "optimizer", optimizer)  # a DistributedOptimizer's
-        arrays[OPTIMIZER_KEY], leaves = nested.pack(optimizer.state_dict(), _host_array,
-                                                    OPTIMIZER_PREFIX)
+        arrays[OPTIMIZER_KEY], leaves = nested.pack(optimizer.state_dict(), _host_array, OPTIMIZER_PREFIX)
         arrays.update(leaves)
     write_npz(path, arrays)
 

@@ -1,10 +1,9 @@
 """The one random generator behind every draw nanodl makes (init, dropout, shuffling, randn).
 
 ``nd.manual_seed(seed)`` reseeds it, so a seeded run is reproducible end to end.
-``using(generator)`` makes the calling thread draw from a generator of its own for a
-block (the scikit-learn estimators fit with their ``random_state`` this way): other
-threads keep drawing from the global one, so two fits in two threads do not steal
-each other's numbers.
+``using(generator)`` gives the calling thread a generator of its own for a block (as
+the scikit-learn estimators fit with their ``random_state``): two fits in two threads
+do not steal each other's numbers.
 
 >>> import numpy as np
 >>> from nanodl import random

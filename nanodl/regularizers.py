@@ -37,15 +37,10 @@ class L1L2(Regularizer):
         self.l1, self.l2 = float(l1), float(l2)
 
     def __call__(self, weight):
-        penalty = None
-        if self.l1:
-            penalty = weight.abs().sum() * self.l1
+        terms = [weight.abs().sum() * self.l1] if self.l1 else []
         if self.l2:
-            squares = (weight * weight).sum() * self.l2
-            penalty = squares if penalty is None else penalty + squares
-        if penalty is None:  # both factors zero
-            penalty = (weight * 0).sum()
-        return penalty
+            terms.append((weight * weight).sum() * self.l2)
+        return sum(terms[1:], terms[0]) if terms else (weight * 0).sum()
 
     def get_config(self):
         return {"l1": self.l1, "l2": self.l2}
@@ -100,8 +95,7 @@ def get(identifier):
         return REGULARIZERS[identifier]()
     if isinstance(identifier, dict) and identifier.get("class_name") in REGULARIZERS:
         return REGULARIZERS[identifier["class_name"]](**identifier.get("config", {}))
-    raise TypeError(f"regularizer must be None, a name, a config dict or a callable, "
-                    f"got {identifier!r}")
+    raise TypeError(f"regularizer must be None, a name, a config dict or a callable, got {identifier!r}")
 
 
 def serialize(regularizer):

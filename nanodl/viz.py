@@ -1,9 +1,6 @@
 """Look at the graph behind a tensor: Graphviz DOT text or an indented tree.
 
-Every op node is a ``Function``; its inputs are Tensors, each either a leaf
-(a parameter, an input, a constant) or the output of another node. A node does
-not point at its own output, so an op's output shape is read from the tensor
-that carries it into the next op (or from the root).
+Each op (a ``Function``) shows the shape of the tensor that carries its output.
 
 >>> import nanodl as nd
 >>> x = nd.tensor([[1.0, 2.0]], requires_grad=True)
@@ -24,9 +21,7 @@ def _label(tensor):
 
 def _walk(root):
     """Tensors reachable from ``root``, each op or leaf once (iterative)."""
-    seen = set()
-    order = []
-    stack = [root]
+    seen, order, stack = set(), [], [root]
     while stack:
         tensor = stack.pop()
         key = _identity(tensor)
@@ -48,11 +43,8 @@ def _quote(text):
 
 
 def to_dot(tensor, graph_name="nanodl"):
-    """Graphviz DOT text for the graph that made ``tensor``; no dependency needed.
-
-    One box per op (its name and output shape), one ellipse per leaf tensor (its
-    name, shape, and whether it requires grad), and an edge from each input to the
-    op that consumes it. Render with ``dot -Tpng graph.dot -o graph.png``.
+    """Graphviz DOT text for the graph that made ``tensor``: a box per op, an ellipse per
+    leaf, an edge from each input to its op. Render with ``dot -Tpng graph.dot -o graph.png``.
 
     >>> import nanodl as nd
     >>> x = nd.tensor([1.0, 2.0], requires_grad=True)
@@ -67,30 +59,22 @@ def to_dot(tensor, graph_name="nanodl"):
     lines = [f"digraph {graph_name} {{", "  rankdir=BT;", '  node [fontname="Helvetica", fontsize=10];']
     edges = []
     order = _walk(tensor)
-    keys, counts = {}, {"op": 0, "t": 0}  # op0, op1, ..., t0, t1, ...: stable, readable ids
+    keys = {}  # op0, op1, ..., t0, t1, ...: stable, readable ids
+    for prefix, is_op in (("op", True), ("t", False)):
+        nodes = [t for t in order if (t.grad_fn is not None) == is_op]
+        keys.update({_identity(t): f"{prefix}{i}" for i, t in enumerate(nodes)})
     for node_tensor in order:
-        prefix = "op" if node_tensor.grad_fn is not None else "t"
-        keys[_identity(node_tensor)] = f"{prefix}{counts[prefix]}"
-        counts[prefix] += 1
-
-    def _key(t):
-        return keys[_identity(t)]
-
-    for node_tensor in order:
-        shape = tuple(node_tensor.shape)
+        key, shape = keys[_identity(node_tensor)], tuple(node_tensor.shape)
         if node_tensor.grad_fn is not None:
             style = '"filled,bold"' if node_tensor is tensor else "filled"
             label = f"{node_tensor.grad_fn.name}\\n{shape}"
-            lines.append(f"  {_key(node_tensor)} [label={_quote(label)}, shape=box, style={style}, "
-                         'fillcolor="#dbe9f6"];')
-            for input_tensor in node_tensor.grad_fn.inputs:
-                edges.append(f"  {_key(input_tensor)} -> {_key(node_tensor)};")
+            lines.append(f'  {key} [label={_quote(label)}, shape=box, style={style}, fillcolor="#dbe9f6"];')
+            edges += [f"  {keys[_identity(t)]} -> {key};" for t in node_tensor.grad_fn.inputs]
         else:
             grad_note = "requires_grad" if node_tensor.requires_grad else "no grad"
             label = f"{_label(node_tensor)}\\n{shape}\\n{grad_note}"
             fill = "#fde9c9" if node_tensor.requires_grad else "#eeeeee"
-            lines.append(f"  {_key(node_tensor)} [label={_quote(label)}, shape=ellipse, style=filled, "
-                         f'fillcolor="{fill}"];')
+            lines.append(f'  {key} [label={_quote(label)}, shape=ellipse, style=filled, fillcolor="{fill}"];')
     return "\n".join(lines + edges + ["}"])
 
 

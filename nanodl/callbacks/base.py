@@ -57,19 +57,15 @@ class CallbackList:
     The batch hooks go only to callbacks that override them, so a callback that
     ignores batches costs nothing per step.
 
-    >>> calls = []
     >>> class Note(Callback):
     ...     def on_epoch_end(self, epoch, logs=None):
-    ...         calls.append((epoch, logs["loss"]))
-    >>> callbacks = CallbackList([Note(), History()], model=None)
-    >>> callbacks.on_epoch_end(0, {"loss": 0.5})
-    >>> calls
-    [(0, 0.5)]
+    ...         print(epoch, logs["loss"])
+    >>> CallbackList([Note(), History()], model=None).on_epoch_end(0, {"loss": 0.5})
+    0 0.5
     """
 
     def __init__(self, callbacks, model, params=None):
-        # runs_last (a backup) goes last: it saves after the others' changes, restores after
-        # their resets
+        # runs_last (a backup) saves after the others' changes, restores after their resets
         self.callbacks = sorted(callbacks, key=lambda c: bool(getattr(c, "runs_last", False)))
         for callback in self.callbacks:
             callback.set_model(model)
@@ -171,9 +167,7 @@ def _resolve_mode(mode, monitor, who):
     """``'min'`` or ``'max'``; ``'auto'`` means max for accuracies, min for the rest."""
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{who}: unknown mode {mode!r}; valid modes: auto, min, max")
-    if mode == "auto":
-        return "max" if "acc" in monitor else "min"
-    return mode
+    return ("max" if "acc" in monitor else "min") if mode == "auto" else mode
 
 
 def _missing_key_warning(who, monitor, logs):

@@ -1,6 +1,7 @@
 """Callbacks that write files: ``ModelCheckpoint``, ``BackupAndRestore``, ``CSVLogger``
 (only where ``should_write``; each file written atomically)."""
 
+import contextlib
 import csv
 import math
 import os
@@ -131,11 +132,9 @@ class BackupAndRestore(Callback):
     def on_train_end(self, logs=None):
         if not self.delete_checkpoint or not should_write():
             return
-        try:
+        with contextlib.suppress(OSError):
             os.remove(self.path)
             os.rmdir(self.backup_dir)  # only when nothing else is in it
-        except OSError:
-            pass
 
 
 class CSVLogger(Callback):
@@ -147,9 +146,7 @@ class CSVLogger(Callback):
         self.filename = os.fspath(filename)
         self.separator = separator
         self.append = append
-        self.keys = None
-        self._file = None
-        self._writer = None
+        self.keys = self._file = self._writer = None
 
     def on_train_begin(self, logs=None):
         self.keys = None
@@ -179,8 +176,8 @@ class CSVLogger(Callback):
                                           delimiter=self.separator, extrasaction="ignore")
             if self._write_header:
                 self._writer.writeheader()
-        self._writer.writerow({"epoch": epoch, **{key: self._format(logs[key]) if key in logs else "NA"
-                                                  for key in self.keys}})
+        row = {key: self._format(logs[key]) if key in logs else "NA" for key in self.keys}
+        self._writer.writerow({"epoch": epoch, **row})
         self._file.flush()
 
     def on_train_end(self, logs=None):

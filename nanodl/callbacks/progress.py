@@ -8,9 +8,7 @@ from .base import Callback, should_write
 
 
 def _format_number(value):
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4f}"
-    return f"{value:.4e}"
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.4e}"
 
 
 def format_logs(logs):
@@ -80,8 +78,7 @@ class ProgressBar(Callback):
 
     def on_train_begin(self, logs=None):
         notebook = self._stream is None and in_notebook()
-        self.stream = self._stream if self._stream is not None else \
-            (sys.stdout if notebook else sys.stderr)
+        self.stream = (sys.stdout if notebook else sys.stderr) if self._stream is None else self._stream
         self.dynamic = _is_terminal(self.stream)
         self.display = _NotebookDisplay() if notebook and self.verbose == 1 else None
 

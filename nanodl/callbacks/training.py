@@ -77,8 +77,7 @@ class EarlyStopping(Callback):
 
     def on_train_begin(self, logs=None):
         self.plateau = Plateau(self.mode, self.min_delta, "abs")  # the one counter (optim)
-        self.stopped_epoch = 0
-        self.best_epoch = 0
+        self.stopped_epoch = self.best_epoch = 0
         self.best_weights = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -88,13 +87,12 @@ class EarlyStopping(Callback):
             _missing_key_warning("EarlyStopping", self.monitor, logs)
             return
         current = float(current)
-        if self.restore_best_weights and self.best_weights is None:
-            self.best_weights = self.model.state_dict()  # so there is something to restore
         waited = self.wait
-        if self.plateau.record(current):
+        improved = self.plateau.record(current)
+        if self.restore_best_weights and (improved or self.best_weights is None):
+            self.best_weights = self.model.state_dict()  # the first epoch's, at least
+        if improved:
             self.best_epoch = epoch
-            if self.restore_best_weights:
-                self.best_weights = self.model.state_dict()
             if self.baseline is not None and not self.plateau.is_better(current, self.baseline):
                 self.wait = waited + 1  # better than before, not yet better than the baseline
             return
@@ -169,17 +167,14 @@ class TerminateOnNaN(Callback):
     """Stops training once a batch's loss is NaN or inf: ``fit`` ends after the current
     epoch (Keras would also skip its remaining batches), the last one ``History`` records.
 
+    >>> import warnings, numpy as np
     >>> from nanodl import nn
-    >>> import numpy as np
     >>> model = nn.Sequential([nn.Dense(1)])
     >>> model.compile(optimizer='sgd', loss='mse')
-    >>> x = np.ones((8, 1), dtype=np.float32)
-    >>> y = np.full(8, np.nan, dtype=np.float32)
-    >>> import warnings
-    >>> with warnings.catch_warnings():
+    >>> x, y = np.ones((8, 1), np.float32), np.full(8, np.nan, np.float32)
+    >>> with warnings.catch_warnings():  # fit warns that y holds NaN
     ...     warnings.simplefilter("ignore")
-    ...     history = model.fit(x, y, batch_size=2, epochs=5, verbose=0,
-    ...                         callbacks=[TerminateOnNaN()])
+    ...     history = model.fit(x, y, batch_size=2, epochs=5, verbose=0, callbacks=[TerminateOnNaN()])
     Batch 0: Invalid loss, terminating training
     >>> history.epoch
     [0]

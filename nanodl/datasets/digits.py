@@ -1,9 +1,7 @@
 """The UCI optical-recognition handwritten digits, embedded in ``digits.npz``.
 
-Source: the UCI ML hand-written digits data set (E. Alpaydin and C. Kaynak, 1998),
-in the copy shipped with scikit-learn (BSD-3-Clause). ``tools/make_digits.py``
-derived ``digits.npz`` from it: ``pixels`` uint8 (1797, 64) in 0..16 and
-``labels`` uint8 (1797,).
+Source: the UCI ML hand-written digits (E. Alpaydin and C. Kaynak, 1998), as shipped
+with scikit-learn (BSD-3-Clause); ``tools/make_digits.py`` made ``digits.npz`` from it.
 """
 from importlib import resources
 
@@ -13,10 +11,8 @@ DIGITS_FILE = "digits.npz"
 
 
 def load_digits():
-    """Return the 1,797 8x8 digit images as ``(x, y)``.
-
-    ``x`` is float32 ``(1797, 64)`` (rows of an 8x8 image, pixel counts 0..16
-    divided by 16, so in [0, 1]); ``y`` is int64 with the digit 0..9.
+    """The 1,797 8x8 digit images as ``(x, y)``: ``x`` float32 ``(1797, 64)`` in [0, 1]
+    (pixel counts 0..16 divided by 16), ``y`` the digit 0..9 as int64.
 
     >>> x, y = load_digits()
     >>> x.shape, x.dtype, y.shape, y.dtype
@@ -27,6 +23,4 @@ def load_digits():
     with resources.files(__package__).joinpath(DIGITS_FILE).open("rb") as stored:
         with np.load(stored, allow_pickle=False) as arrays:
             pixels, labels = arrays["pixels"], arrays["labels"]
-    x = pixels.astype(np.float32) / np.float32(16.0)
-    y = labels.astype(np.int64)
-    return x, y
+    return pixels.astype(np.float32) / np.float32(16.0), labels.astype(np.int64)

@@ -1,9 +1,7 @@
 """Read MNIST (or anything in its layout, such as Fashion-MNIST) from IDX files.
 
-An IDX file is a big-endian header, then the raw values: two zero bytes, a type
-byte (0x08 = unsigned byte), the number of dimensions, one 4-byte size per
-dimension. So images start with the magic number 2051 (0x00000803) and three
-sizes (count, 28, 28); labels start with 2049 (0x00000801) and one size (count).
+An IDX file is a big-endian header (two zero bytes, a type byte: 0x08 = unsigned byte,
+the number of dimensions, a 4-byte size per dimension), then the raw values.
 """
 import gzip
 import os
@@ -22,8 +20,8 @@ TEST_LABELS = "t10k-labels-idx1-ubyte"
 
 
 def _find_file(folder, name):
-    """The path of ``name`` or ``name.gz`` in ``folder``."""
-    # Some mirrors spell the names with a dot: train-images.idx3-ubyte.
+    """The path of ``name`` or ``name.gz`` in ``folder`` (or spelled with a dot,
+    ``train-images.idx3-ubyte``, as some mirrors do)."""
     dotted = name.replace("-idx", ".idx")
     candidates = [name, name + ".gz", dotted, dotted + ".gz"]
     for candidate in candidates:
@@ -36,11 +34,8 @@ def _find_file(folder, name):
 
 def _read_bytes(path):
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as compressed:
-                return compressed.read()
-        with open(path, "rb") as raw:
-            return raw.read()
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as stream:
+            return stream.read()
     except (OSError, EOFError, zlib.error) as error:
         raise ValueError(f"load_mnist: cannot read {path}: {error}") from None
 
@@ -68,9 +63,8 @@ def _read_idx(path, expected_magic, expected_dims):
     found_size = len(content) - header_size
     if found_size != expected_size:
         problem = "truncated" if found_size < expected_size else "longer than its header says"
-        raise ValueError(f"load_mnist: {path} is {problem}: {sizes[0]} items of shape "
-                         f"{tuple(sizes[1:])} need {expected_size} bytes of data, "
-                         f"found {found_size}")
+        raise ValueError(f"load_mnist: {path} is {problem}: {sizes[0]} items of shape {tuple(sizes[1:])} "
+                         f"need {expected_size} bytes of data, found {found_size}")
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(sizes)
 
 
@@ -80,20 +74,16 @@ def _load_part(folder, images_name, labels_name):
     images = _read_idx(images_path, IMAGE_MAGIC, (IMAGE_SIDE, IMAGE_SIDE))
     labels = _read_idx(labels_path, LABEL_MAGIC, ())
     if len(images) != len(labels):
-        raise ValueError(f"load_mnist: {images_path} has {len(images)} images but "
-                         f"{labels_path} has {len(labels)} labels; expected one label "
-                         f"per image")
+        raise ValueError(f"load_mnist: {images_path} has {len(images)} images but {labels_path} has "
+                         f"{len(labels)} labels; expected one label per image")
     x = images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
     return x, labels.astype(np.int64)
 
 
 def load_mnist(path):
-    """Load MNIST from the four standard IDX files (raw or ``.gz``) in folder ``path``.
-
-    Returns ``((x_train, y_train), (x_test, y_test))``: ``x`` float32 ``(n, 784)``
-    scaled to [0, 1], ``y`` int64. A missing file raises ``FileNotFoundError``; a
-    malformed one (wrong magic number, wrong image size, truncated data, image and
-    label counts that differ) raises ``ValueError``; both name the file.
+    """``((x_train, y_train), (x_test, y_test))`` from the four standard IDX files (raw or
+    ``.gz``) in folder ``path``: ``x`` float32 ``(n, 784)`` in [0, 1], ``y`` int64. A
+    missing file raises ``FileNotFoundError``, a malformed one ``ValueError``.
 
     >>> load_mnist("/no/such/folder")
     Traceback (most recent call last):
@@ -104,6 +94,4 @@ def load_mnist(path):
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"load_mnist: folder {folder} not found "
                                 f"(expected the MNIST IDX files in it)")
-    train = _load_part(folder, TRAIN_IMAGES, TRAIN_LABELS)
-    test = _load_part(folder, TEST_IMAGES, TEST_LABELS)
-    return train, test
+    return _load_part(folder, TRAIN_IMAGES, TRAIN_LABELS), _load_part(folder, TEST_IMAGES, TEST_LABELS)

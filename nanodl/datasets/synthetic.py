@@ -1,10 +1,8 @@
 """Two-dimensional toy classification problems: moons, spirals and XOR.
 
-Each returns ``(x, y)``: ``x`` float32 ``(n_samples, 2)``, ``y`` int64 class labels,
-in shuffled order. ``noise`` is the standard deviation of Gaussian noise added to
-each coordinate. When ``seed`` is None the points are drawn from nanodl's global
-generator (seeded by ``nd.manual_seed``); an int or a ``np.random.Generator`` gives
-its own stream.
+Each returns ``(x, y)`` in shuffled order: ``x`` float32 ``(n_samples, 2)``, ``y`` int64
+labels. ``noise`` is the standard deviation of Gaussian noise added to each coordinate.
+``seed`` is an int, a ``np.random.Generator`` or None (nanodl's global generator).
 """
 import numbers
 
@@ -48,14 +46,10 @@ def make_moons(n_samples=100, noise=0.0, seed=None):
     noise = _check_noise("make_moons", noise)
     rng = _generator_from(seed)
     n_outer = n_samples // 2
-    n_inner = n_samples - n_outer
-    outer_angle = np.linspace(0, np.pi, n_outer)
-    inner_angle = np.linspace(0, np.pi, n_inner)
-    x = np.concatenate([
-        np.stack([np.cos(outer_angle), np.sin(outer_angle)], axis=1),
-        np.stack([1 - np.cos(inner_angle), 0.5 - np.sin(inner_angle)], axis=1),
-    ])
-    y = np.concatenate([np.zeros(n_outer), np.ones(n_inner)])
+    outer, inner = np.linspace(0, np.pi, n_outer), np.linspace(0, np.pi, n_samples - n_outer)
+    x = np.concatenate([np.stack([np.cos(outer), np.sin(outer)], axis=1),
+                        np.stack([1 - np.cos(inner), 0.5 - np.sin(inner)], axis=1)])
+    y = np.concatenate([np.zeros(n_outer), np.ones(n_samples - n_outer)])
     return _finish(x, y, noise, rng)
 
 
