@@ -318,3 +318,98 @@ def test_capture_records_through_the_kernel_table():
     assert "'native'" not in source and '"native"' not in source
     from nanodl.backend import kernels_numpy
     assert kernels_numpy.TABLE.buffered is None  # a table without them: the plain DenseStage
+
+
+# ---------------------------------------------------------------- the replay's cheap check
+def _swap_first_two(model):
+    modules = model.layers._modules
+    first, second = list(modules)[:2]
+    values = modules.pop(first), modules.pop(second)
+    modules[second], modules[first] = values[1], values[0]
+    modules.update({key: modules.pop(key) for key in list(modules)[:-2]})
+
+
+CHANGES = {
+    "activation set": lambda m, opt, loss: setattr(m.layers[0], "activation", "relu"),
+    "activation in __dict__": lambda m, opt, loss: m.layers[0].__dict__.update(activation="relu"),
+    "new attribute": lambda m, opt, loss: setattr(m.layers[1], "scale", 2.0),
+    "frozen kernel": lambda m, opt, loss: setattr(m.layers[0].kernel, "requires_grad", False),
+    "kernel dtype": lambda m, opt, loss: setattr(m.layers[0].kernel, "data",
+                                                 m.layers[0].kernel.data.astype(np.float64)),
+    "kernel reshaped in place": lambda m, opt, loss: setattr(m.layers[2].kernel.data, "shape",
+                                                             (3, 8)),
+    "layer added": lambda m, opt, loss: m.add(nn.Dense(3)),
+    "layer popped": lambda m, opt, loss: m.pop(),
+    "layers swapped in the dict": lambda m, opt, loss: _swap_first_two(m),
+    "hook on a layer": lambda m, opt, loss: m.layers[1].register_forward_hook(print),
+    "hook on the model": lambda m, opt, loss: m.register_forward_hook(print),
+    "eval mode": lambda m, opt, loss: m.eval(),
+    "buffer registered": lambda m, opt, loss: m.layers[0].register_buffer("mask", np.ones(3)),
+    "parameter dict replaced, then filled": lambda m, opt, loss: (
+        m.layers[0].__dict__.update(_parameters=dict(m.layers[0]._parameters)),
+        m.layers[0]._parameters.update(extra=nn.Parameter(np.ones(4)))),
+    "__dict__ replaced, then set": lambda m, opt, loss: (
+        setattr(m.layers[0], "__dict__", dict(m.layers[0].__dict__)),
+        m.layers[0].__dict__.update(alpha=0.5)),
+    "class changed": lambda m, opt, loss: setattr(m.layers[0], "__class__",
+                                                  type("Sub", (nn.Dense,), {})),
+    "momentum on": lambda m, opt, loss: setattr(opt, "momentum", 0.9),
+    "optimizer __dict__": lambda m, opt, loss: opt.__dict__.update(nesterov=True),
+    "reduction": lambda m, opt, loss: setattr(loss, "reduction", "sum"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_the_replays_quick_check_sees_all_the_signature_sees(change):
+    # the replay compares the full signature only when the watch (_Watch) says
+    # "maybe changed": it must never vouch for a state whose signature differs
+    from nanodl.capture.step import same, signature
+    x, y = data()
+    (model,) = twins(mlp)[:1]
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    step = CapturedStep(model, loss, opt)
+    step(x, y)
+    step(x, y)
+    assert step._watch.exact and step._watch.unchanged()
+    CHANGES[change](model, opt, loss)
+    kept = same(signature(model, opt, loss), step._recorded)
+    assert kept == (change == "buffer registered")  # the signature skips buffers
+    assert not step._watch.unchanged()
+
+
+def test_fit_replays_without_the_full_signature(monkeypatch):
+    # the signature is taken at each recording and once after fit's first epoch
+    # (its history), not at every step
+    import nanodl.capture.step as captured
+    calls, full = [], captured.signature
+    monkeypatch.setattr(captured, "signature", lambda *args: calls.append(1) or full(*args))
+    x, y = data(n=160)
+    model = mlp()
+    model.compile(optimizer=optim.Adam(lr=0.01), loss=XENT)
+    model.fit(x, y, epochs=4, batch_size=16, verbose=0)
+    assert 0 < len(calls) <= 4
+
+
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(np.ones(1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def test_a_one_element_parameter_is_checked_through_the_signature():
+    # == compares a one-element Parameter by value: the quick check cannot tell it
+    # from another, so every replay takes the full signature
+    x, y = data()
+    model = nn.Sequential([nn.Dense(3, input_dim=6), Scale()])
+    step = CapturedStep(model, XENT, optim.SGD(model.parameters(), lr=0.1))
+    step(x, y)
+    assert not step._watch.exact
+    other = nn.Parameter(np.ones(1))
+    other.requires_grad = False
+    model.layers[1].scale = other
+    step(x, y)
+    assert other.grad is None and (False, (1,), other.data.dtype) in step._recorded

@@ -1,8 +1,5 @@
-"""The pieces a captured program is made of: one stage per layer (``DenseStage``,
-``BufferedDenseStage``, ``EngineStage``), a loss stage (``SoftmaxXentLoss``,
-``EngineLoss``), the optimizer's one-call update (``FlatUpdate``) and the program
-that runs them (``_Program``). ``nanodl.capture`` (the package docstring) tells how
-they are recorded and when they are recorded again.
+"""What a captured program is made of: a stage per layer, a loss stage, the optimizer's
+one-call update (``FlatUpdate``) and the ``_Program`` that runs them.
 """
 import sys
 import weakref
@@ -25,11 +22,6 @@ def _leaf(data, requires_grad=False):
     tensor.data, tensor.grad, tensor.grad_fn, tensor.name = data, None, None, None
     tensor.requires_grad = requires_grad
     return tensor
-
-
-def _seed_gradient(loss):
-    """d(loss)/d(loss): what ``Tensor.backward()`` starts from for a scalar loss."""
-    return array_module(loss).ones_like(loss)
 
 
 # ---------------------------------------------------------------- stages
@@ -74,12 +66,9 @@ class DenseStage:
 
 
 class BufferedDenseStage(DenseStage):
-    """A ``DenseStage`` on a table with buffered compute functions (``table.buffered``:
-    the compiled table's ``linear_forward_into`` / ``linear_backward_into``): each step
-    writes the same arrays, allocated here once, so a replay allocates nothing. The
-    kernel and bias gradients are these buffers too: like PyTorch's ``.grad``, each
-    step overwrites them.
-    """
+    """A ``DenseStage`` through ``table.buffered`` (``linear_forward_into`` / ``_backward_into``):
+    every step writes the same arrays, allocated once, the gradients included (like
+    PyTorch's ``.grad``, each step overwrites them)."""
 
     def __init__(self, layer, activation, alpha, need_x, table, rows):
         super().__init__(layer, activation, alpha, need_x, table)
@@ -145,12 +134,10 @@ class EngineStage:
 
 
 class SoftmaxXentLoss:
-    """The fused softmax cross-entropy, mean over the batch, from the compute functions:
-    the arithmetic of ``ops.loss.SoftmaxCrossEntropy`` without its node and checks.
-
-    Only the label *values* are new each step: unless the caller vouches for them
-    (``fit`` checked every label once), they are scanned (one pass) and a bad one is
-    handed to the checked kernel, which raises its usual error.
+    """The fused softmax cross-entropy, mean over the batch: the arithmetic of
+    ``ops.loss.SoftmaxCrossEntropy`` without its node and checks. Unless the caller
+    vouches for the labels (``fit`` checked them all once), each step scans them and
+    hands a bad one to the checked kernel, which raises its usual error.
     """
 
     def __init__(self, table, logits, labels_checked):
@@ -160,8 +147,7 @@ class SoftmaxXentLoss:
         self.scan_labels = None if labels_checked else table.device.scan_labels
         xp, rows = array_module(logits), len(logits)
         self.rows = max(rows, 1)
-        # d(mean)/d(loss_i) from the seed d(loss)/d(loss) = 1, as the op's backward
-        # computes it every step (it is the same every step).
+        # d(mean)/d(loss_i), as the op's backward computes it (the same every step)
         self.row_grad = xp.empty(rows, dtype=logits.dtype)
         self.row_grad[...] = xp.ones((), dtype=logits.dtype) / self.rows
 
@@ -187,30 +173,22 @@ class EngineLoss:
         leaf = _leaf(out, True)
         loss = self.loss_fn(leaf, target, weight)
         if loss.grad_fn is not None:
-            autograd.backward(loss, _seed_gradient(loss.data))
+            autograd.backward(loss, array_module(loss.data).ones_like(loss.data))  # d(loss)/d(loss)
         return loss.data, leaf.grad
 
 
 class FlatUpdate:
     """The optimizer's update as *one* kernel call over every parameter.
 
-    An eager step calls the update kernel once per parameter, and for a small network
-    those calls cost more than the arithmetic. The built-in updates are elementwise
-    (``Optimizer._update``), so one call over all parameters laid end to end does the
-    same arithmetic, bit for bit. At capture the parameters' values, their optimizer
-    state and the Dense stages' gradient buffers are moved into one array each; every
-    ``.data``, state array and ``.grad`` becomes a view of its segment (the values are
-    unchanged, and the views are what ``model.parameters()`` and the optimizer's
-    ``state_dict()`` read). A replay counts the step as ``Optimizer.step`` does and
-    calls ``_update`` once.
-
-    It applies when buffered Dense stages (``table.buffered``) own every parameter
-    the optimizer updates (a BatchNorm's gamma comes from the engine: then the step
-    updates per parameter), all of one dtype with one step count, and the optimizer
-    uses ``Optimizer.step``, and when no one else holds a parameter's or a state's
-    array (a reference kept by the user, ``w = layer.kernel.data``, must stay the
-    array that is trained). If anything rebinds a view (``load_state_dict``, a
-    parameter given a new array) the program is captured again.
+    The built-in updates are elementwise (``Optimizer._update``), so one call over all
+    parameters laid end to end does the same arithmetic, bit for bit, as a call per
+    parameter. At capture the parameters, their optimizer state and the Dense stages'
+    gradient buffers move into one array each; every ``.data``, state array and
+    ``.grad`` becomes a view of its segment. It applies when buffered Dense stages own
+    every parameter the optimizer updates, all of one dtype and step count, the
+    optimizer uses ``Optimizer.step``, and no one else holds a parameter's or a
+    state's array (``w = layer.kernel.data`` must stay the array that is trained).
+    A rebound view (``load_state_dict``) makes the step capture again.
     """
 
     def __init__(self, optimizer, params):
@@ -262,9 +240,8 @@ class FlatUpdate:
         arrays = [p.data for p in params]
         arrays += [value for state in states for value in state.values()
                    if isinstance(value, np.ndarray)]
-        # Held only by its parameter or state dict (+ ``arrays``, the loop variable and
-        # getrefcount's argument)? Then nobody can notice the move. An array the user
-        # keeps (``w = layer.kernel.data``, or a view of it) must stay the trained one.
+        # held by its parameter or state dict alone (+ arrays, the loop, getrefcount's
+        # argument)? Then nobody can notice the move
         if any(sys.getrefcount(array) > 4 for array in arrays):
             return None
         del arrays
@@ -326,7 +303,6 @@ class _Program:
         if states is not self.states or _layout(states) != self.layout:
             return False
         return self.flat is None or self.flat.intact()
-
 
     def run(self, x, target, weight):
         for param in self.params:

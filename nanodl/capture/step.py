@@ -1,8 +1,9 @@
-"""``CapturedStep``: the step that records a program, checks before every replay that
-nothing it depends on changed (``signature``), and plugs into ``fit`` through the
-core's seam (``nn.plan.register_capture``). See the package docstring.
+"""``CapturedStep``: records a program, checks before every replay that nothing it
+depends on changed (``signature``), and plugs into ``fit`` (``nn.plan.register_capture``).
 """
 import threading
+from itertools import repeat
+from operator import attrgetter, le
 from threading import get_ident
 
 import numpy as np
@@ -31,42 +32,48 @@ def _debug_hooks():
 # ---------------------------------------------------------------- what a recording depends on
 # An optimizer's running numbers, and what each program's key and FlatUpdate.intact check
 _PER_STEP = frozenset({"_lr", "lr", "step_count", "_kernels", "_params", "_state"})
+_CONTAINERS = ("_parameters", "_modules", "_forward_hooks")
+_STATE = attrgetter("__dict__")
+_PARAM = attrgetter("requires_grad", "data.shape", "data.dtype")
 
 
-def signature(model, optimizer, loss):
-    """A tuple that changes when anything a recorded step depends on changes.
-
-    Every module of ``model`` (its attributes: layers, activations, configuration,
-    ``training``, forward hooks; not its buffers, which the layer's own code updates
-    each step, nor what its class declares ``_bookkeeping``, as ``Model``'s history), each parameter's ``requires_grad``, shape and dtype, the optimizer's
-    attributes but its learning rate and step count (its type and hyperparameters)
-    and the loss's attributes (its reduction). The optimizer's parameter list and
-    state layout are each program's to check (its key, ``_Program.intact``). The
-    tuple holds the objects themselves, so a recording's are never freed and
-    compare by identity first (``same``); the whole check costs a few microseconds.
-    """
-    parts = [type(optimizer)]
+def _modules(model):
+    """``model`` and every module below it, in the order ``signature`` reads them."""
     stack = [model]
     while stack:
         module = stack.pop()
-        state = module.__dict__
-        skip = state.get("_buffers") or ()
-        bookkeeping = getattr(type(module), "_bookkeeping", ())
-        if bookkeeping:
-            skip = set(skip) | bookkeeping
-        parts.append(tuple(state.items()) if not skip else
-                     tuple(item for item in state.items() if item[0] not in skip))
-        hooks = state.get("_forward_hooks")
-        if hooks:
-            parts.append(tuple(hooks.values()))
-        for param in state.get("_parameters", {}).values():
-            if param is not None:
-                parts.append((param.requires_grad, param.data.shape, param.data.dtype))
-        stack += [sub for sub in state.get("_modules", {}).values() if sub is not None]
+        yield module
+        stack += [sub for sub in module.__dict__.get("_modules", {}).values() if sub is not None]
+
+
+def _owners(model, optimizer, loss):
+    """``(object, attributes skipped)`` for each object whose ``__dict__`` counts; skipped:
+    a module's buffers (its code replaces them), what its class calls ``_bookkeeping``
+    (``Model``'s history), an optimizer's running numbers."""
+    for module in _modules(model):
+        skip = set(module.__dict__.get("_buffers") or ())
+        yield module, skip | getattr(type(module), "_bookkeeping", frozenset())
     for opt in (optimizer, optimizer.__dict__.get("optimizer")):  # and a wrapper's inner one
         if opt is not None:
-            parts.append(tuple(item for item in vars(opt).items() if item[0] not in _PER_STEP))
-    parts.append(tuple(getattr(loss, "__dict__", {}).items()))
+            yield opt, _PER_STEP
+    if hasattr(loss, "__dict__"):
+        yield loss, frozenset()
+
+
+def signature(model, optimizer, loss):
+    """A tuple that changes when anything a recorded step depends on changes: every
+    module's attributes (layers, activations, ``training``), forward hooks and
+    parameters' ``requires_grad``, shape and dtype; the optimizer's type and
+    hyperparameters; the loss's attributes (its reduction). The optimizer's parameter
+    list and state layout are each program's to check (its key, ``_Program.intact``).
+    """
+    parts = [type(optimizer)]
+    for owner, skip in _owners(model, optimizer, loss):
+        state = owner.__dict__
+        parts.append(tuple(item for item in state.items() if item[0] not in skip))
+        if state.get("_forward_hooks"):
+            parts.append(tuple(state["_forward_hooks"].values()))
+        parts += [_PARAM(p) for p in state.get("_parameters", {}).values() if p is not None]
     return tuple(parts)
 
 
@@ -77,6 +84,68 @@ def same(first, second):
         return bool(first == second)
     except Exception:  # noqa: BLE001 - an elementwise == on a replaced array
         return False
+
+
+class _Watch:
+    """``signature``'s cheap twin: ``unchanged()`` is True only if all the signature
+    reads is as it was, checked in a few C-level passes ("maybe": the signature decides).
+    Each ``__dict__`` is read afresh and compared with a copy whose parameter, module
+    and hook dicts are copies too, so a replaced or refilled dict shows. Where ``==``
+    could pass another object for the one recorded (a one-element Parameter, a class
+    with its own ``__eq__``) it never vouches (``exact``).
+    """
+
+    def __init__(self, model, optimizer, loss):
+        self.whole, self.copies, self.partial, self.keysets, self.kept = [], [], [], [], []
+        self.exact = True
+        owners = list(_owners(model, optimizer, loss))
+        for owner, skip in owners:
+            state = owner.__dict__
+            copy = {key: dict(value) if key in _CONTAINERS and type(value) is dict else value
+                    for key, value in state.items() if key not in skip}
+            if len(copy) == len(state):
+                self.whole.append(owner)
+                self.copies.append(copy)
+            else:
+                self.partial.append(owner)
+                self.keysets.append(frozenset(state))
+                self.kept.append(copy.items())
+            self.exact &= type(owner).__eq__ is object.__eq__ and all(
+                type(state.get(name, {})) is dict for name in _CONTAINERS + ("_buffers",))
+        self.owners = [owner for owner, _ in owners]
+        self.types = [type(owner) for owner in self.owners]
+        self.kinds = [kind for kind in self.types if hasattr(kind, "_bookkeeping")]
+        self.bookkeeping = [kind._bookkeeping for kind in self.kinds]
+        self.buffered = [o for o in self.owners if o.__dict__.get("_buffers")]  # names only
+        self.buffers = [frozenset(o.__dict__["_buffers"]) for o in self.buffered]
+        self.ordered = [o for o in self.owners if max(map(len, _order(o))) > 1]  # walk, hook order
+        self.orders = list(map(_order, self.ordered))
+        self.params = [p for o in self.owners for p in o.__dict__.get("_parameters", {}).values()
+                       if p is not None]
+        self.attributes = list(map(_PARAM, self.params))
+        self.exact &= all(p.data.size > 1 for p in self.params)
+
+    def unchanged(self):
+        try:
+            return (self.exact and list(map(type, self.owners)) == self.types
+                    and list(map(_STATE, self.whole)) == self.copies
+                    and list(map(dict.keys, map(_STATE, self.partial))) == self.keysets
+                    and all(map(le, self.kept, map(dict.items, map(_STATE, self.partial))))
+                    and list(map(getattr, self.kinds, repeat("_bookkeeping"))) == self.bookkeeping
+                    and list(map(_buffer_names, self.buffered)) == self.buffers
+                    and list(map(_order, self.ordered)) == self.orders
+                    and list(map(_PARAM, self.params)) == self.attributes)
+        except Exception:  # noqa: BLE001 - a changed attribute whose == raises: maybe changed
+            return False
+
+
+def _buffer_names(module):
+    return module.__dict__["_buffers"].keys()
+
+
+def _order(module):
+    state = module.__dict__
+    return tuple(state.get("_modules") or ()), tuple(state.get("_forward_hooks") or ())
 
 
 # ---------------------------------------------------------------- the captured step
@@ -97,9 +166,7 @@ class CapturedStep:
     ``step.run(x, y, weight=None)`` takes prepared arrays and returns ``(loss, out)``
     as arrays the caller owns. ``stages`` and ``loss_stage`` show the last program;
     ``reason`` says why a step is not captured (then every call is the eager step).
-    Before every replay the step compares a signature of what the program depends
-    on (``signature``) and records again when it changed; one lock makes it safe to
-    share between threads.
+    A lock lets threads share a step.
     """
 
     def __init__(self, model, loss, optimizer):
@@ -117,7 +184,7 @@ class CapturedStep:
     def _setup(self, model, optimizer, loss, plan):
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self._plan, self._own_plan = plan, plan is None  # a plan of its own is rebuilt
-        self._programs, self._recorded = {}, None
+        self._programs, self._recorded, self._watch = {}, None, None
         self._flat = None  # the FlatUpdate the programs share, if one applies
         self._lock = threading.Lock()
         self.stages, self.loss_stage = (), None
@@ -155,7 +222,7 @@ class CapturedStep:
         with self._lock:
             if _debug_hooks():  # detect_anomaly or a user's hook must see every node
                 return self._eager(x, target, weight)
-            if not same(self.signature(), self._recorded):
+            if self._stale():
                 self._forget()
             elif self.reason is not None:
                 return self._eager(x, target, weight)
@@ -165,6 +232,16 @@ class CapturedStep:
             if program is not None and program.intact():
                 return program.run(x, target, weight)
             return self._capture(key, x, target, weight)
+
+    def _stale(self):
+        """Whether something the programs depend on changed: the watch's quick check,
+        then (only where it cannot vouch) the full signature."""
+        if self._watch is not None and self._watch.unchanged():
+            return False
+        if not same(self.signature(), self._recorded):
+            return True
+        self._watch = _Watch(self.model, self.optimizer, self.loss)  # the same: watch it anew
+        return False
 
     def _forget(self):
         """Drop every program: something they depend on changed (``signature``)."""
@@ -220,6 +297,7 @@ class CapturedStep:
                 self._programs[key] = program
                 self.stages, self.loss_stage = tuple(program.stages), program.loss
         self._recorded = self.signature()  # after the step: what it built (a lazy layer) counts
+        self._watch = _Watch(self.model, self.optimizer, self.loss)
         return loss, out
 
     @property
