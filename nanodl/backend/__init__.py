@@ -1,14 +1,10 @@
 """Backends: which array library holds a tensor, and which kernel table runs it.
 
-* ``array_module(x)`` gives ``numpy`` or ``cupy`` for an array or Tensor (the
-  ``xp`` idiom: one op body serves both).
-* ``is_device_array(x)`` says whether ``x`` lives on the GPU; ``to_host(x)`` gives a
-  NumPy array for any array (a copy from the GPU, the array itself on the CPU);
-  ``to_device(x, device)`` moves an array.
-* ``kernels(x)`` gives the kernel table (``table.KernelTable``) for an array: on the
-  CPU the compiled table or its NumPy twin (``set_kernels`` / ``NANODL_KERNELS``
-  choose), on the GPU the CuPy table. The contract they share: ``backend.table``.
-* CuPy is imported lazily, only in ``nanodl.backend.cuda``.
+``array_module(x)`` gives ``numpy`` or ``cupy`` (the ``xp`` idiom: one op body serves
+both). ``kernels(x)`` gives the kernel table for an array's device: on the CPU the
+compiled table or its NumPy twin (``set_kernels`` / ``NANODL_KERNELS`` choose), on the
+GPU the CuPy table; their contract is ``backend.table``. CuPy is imported lazily, only
+in ``nanodl.backend.cuda``.
 
 >>> import numpy as np
 >>> from nanodl import backend

@@ -174,12 +174,8 @@ def unravel(flat, shape):
 
 
 def _bisect(subject, x0, i, v, vjp_i, eps):
-    """The flat index of input ``i``'s element with the largest error in vᵀJ.
-
-    The screen's error with every element of a set S perturbed (u = 1 on S) is the sum
-    of the per-element errors, so halving S and following the larger half finds the
-    worst element in ~log2(n) pairs of evaluations.
-    """
+    """The flat index of input ``i``'s element with the largest error in vᵀJ: the screen's
+    error with u = 1 on a set S is the sum of its elements' errors, so follow the larger half."""
     x = x0[i]
     candidates = np.arange(x.size)
     analytic = vjp_i.reshape(-1)
