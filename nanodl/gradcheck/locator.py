@@ -61,8 +61,8 @@ def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None, o
         autograd.forward_hooks.remove(recorder)
     if not isinstance(out, Tensor) or out.grad_fn is None:
         return None
-    nodes = [n for n in autograd.topological_order(out.grad_fn) if "_gc_order" in n.__dict__]
-    nodes.sort(key=lambda n: n.__dict__["_gc_order"])
+    nodes = sorted((n for n in autograd.topological_order(out.grad_fn) if "_gc_order" in n.__dict__),
+                   key=lambda n: n.__dict__["_gc_order"])
     skipped = []
     for position, node in enumerate(nodes):
         located = _check_node(node, eps, atol, rtol, seed, kink_tol, skipped, order)
