@@ -1,21 +1,13 @@
 """The ``.npz`` container under ``nanodl.save`` and ``Model.save``: atomic writes, checked reads.
 
-It knows files, not models or layers (``nanodl.modelfile`` and ``nanodl.io`` build
-on it), so ``nn`` and ``callbacks`` can use it without an import cycle. Members are
-uncompressed ``.npy`` arrays, no pickle. Writes are atomic (``atomic_write``;
-docs/saving.md). Reading trusts nothing before checking it against the rest:
-
-* only a regular file is opened (a FIFO or a device would block or never end);
-* the end record's member count must match the central directory, which must end
-  where the end record starts (a damaged header cannot hide entries);
-* every member is an ``.npy`` array, once, of a plain numeric or string dtype whose
-  header accounts for exactly the member's size, and members may not overlap, so
-  nothing larger than the file is ever allocated;
-* a compressed member (``np.savez_compressed``) may inflate at most
-  ``MAX_INFLATION`` times its stored size, beyond 16 MiB;
-* the data is checked against its CRC as it is read.
-
-Anything wrong raises ``ValueError`` naming the file and the fault.
+It knows files, not models or layers (``nanodl.modelfile`` and ``nanodl.io`` build on
+it), so ``nn`` and ``callbacks`` can use it without an import cycle. Members are
+uncompressed ``.npy`` arrays, no pickle; writes are atomic (``atomic_write``). Reading
+trusts nothing before checking it against the rest of the file (docs/saving.md lists the
+checks: a regular file, the end record against the central directory, one plain ``.npy``
+per member whose header accounts for its size, no overlaps, at most ``MAX_INFLATION``,
+the CRC), so nothing larger than the file is allocated; anything wrong raises
+``ValueError`` naming the file and the fault.
 
 >>> import os, tempfile, numpy as np
 >>> from nanodl import archive

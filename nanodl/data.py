@@ -197,19 +197,15 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
-        if seed is None:
-            seed = int(_global_generator().integers(2**63))
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.seed = int(_global_generator().integers(2**63)) if seed is None else seed
+        self._rng = np.random.default_rng(self.seed)
 
     @property
     def n_samples(self):
         return len(self.x)
 
     def __len__(self):
-        if self.drop_last:
-            return self.n_samples // self.batch_size
-        return -(-self.n_samples // self.batch_size)
+        return self.n_samples // self.batch_size if self.drop_last else -(-self.n_samples // self.batch_size)
 
     def __iter__(self):
         order = self._rng.permutation(self.n_samples) if self.shuffle else None

@@ -82,17 +82,18 @@ def _check_weights(reader, specs, path):
     """Every stored weight is one the architecture implies, with its shape and a float dtype."""
     expected, unknown = _planned_state(specs, path)
     stored = {name[len(WEIGHTS_PREFIX):]: name for name in reader.names if name.startswith(WEIGHTS_PREFIX)}
+    dtypes = {}  # a model computes in one float dtype: a mixed file would load, then fail in predict
     for name, member in stored.items():
         dtype = reader.dtype(member)
         if dtype.kind != "f" or dtype.itemsize not in (4, 8):
             raise ValueError(f"load_model: {path!r}: weight {name!r} is {dtype}; a model's weights "
                              "are float32 or float64")
+        dtypes.setdefault(dtype.newbyteorder("="), name)
         parts = name.split(".")
         if len(parts) > 2 and parts[0] == "layers" and parts[1] in unknown:
             continue  # a layer that declares no shapes: checked once built
         if name not in expected:
-            raise ValueError(f"load_model: {path!r}: weight {name!r} belongs to no layer of the "
-                             "architecture")
+            raise ValueError(f"load_model: {path!r}: weight {name!r} belongs to no layer of the architecture")
         if reader.shape(member) != expected[name]:
             raise ValueError(f"load_model: {path!r}: weight {name!r} has shape {reader.shape(member)}, "
                              f"the architecture implies {expected[name]}")
@@ -100,9 +101,6 @@ def _check_weights(reader, specs, path):
     if missing:
         raise ValueError(f"load_model: {path!r}: the architecture implies weights that are missing: "
                          f"{missing}")
-    dtypes = {}  # a model computes in one float dtype: a mixed file would load, then fail in predict
-    for name, member in stored.items():
-        dtypes.setdefault(reader.dtype(member).newbyteorder("="), name)
     if len(dtypes) > 1:
         (first, first_name), (other, other_name) = list(dtypes.items())[:2]
         raise ValueError(f"load_model: {path!r}: weight {other_name!r} is {other} but weight "

@@ -67,9 +67,7 @@ def _float_target(name, pred, target, reduction):
     if tuple(array.shape) != pred.shape:
         raise ValueError(f"{name}: pred shape {pred.shape} and target shape "
                          f"{tuple(array.shape)} do not match")
-    if array.dtype != pred.dtype:
-        array = array.astype(pred.dtype)
-    return pred, Tensor(array)
+    return pred, Tensor(array)  # of pred's dtype: as_array cast it
 
 
 def mse(pred, target, reduction="mean"):

@@ -1,13 +1,8 @@
-"""Callbacks: hooks that ``Model.fit`` calls around epochs and batches, as in Keras.
-
-``fit`` calls ``set_model(model)``, then ``on_train_begin(logs)``; for each epoch
-``on_epoch_begin(epoch, logs)``, ``on_batch_begin/end(batch, logs)`` for every batch
-and ``on_epoch_end(epoch, logs)``, whose ``logs`` hold ``'loss'``, the metrics, their
-``'val_'`` versions and ``'lr'``; last ``on_train_end(logs)``. A callback that sets
-``model.stop_training = True`` ends ``fit`` after the current epoch.
-
-``base.py`` holds the protocol, ``progress.py`` the bar, ``training.py`` what steers
-training, ``files.py`` what writes.
+"""Callbacks: hooks that ``Model.fit`` calls around epochs and batches, as in Keras
+(docs/callbacks.md): ``on_train_begin/end(logs)``, ``on_epoch_begin/end(epoch, logs)``
+and ``on_batch_begin/end(batch, logs)``. A callback that sets ``model.stop_training =
+True`` ends ``fit`` after the current epoch. ``base.py`` holds the protocol,
+``progress.py`` the bar, ``training.py`` what steers training, ``files.py`` what writes.
 
 >>> class PrintLoss(Callback):
 ...     def on_epoch_end(self, epoch, logs=None):
