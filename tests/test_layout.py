@@ -158,3 +158,12 @@ def test_no_line_is_over_the_line_limit():
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
             if len(line) > LINE_LIMIT]
     assert not long, f"lines over {LINE_LIMIT} characters: {long}"
+
+
+def test_the_package_map_names_every_room():
+    """nanodl/README.md, the page a learner opening ``nanodl/`` sees, places every module
+    and package, so the map cannot fall behind the house."""
+    text = (PACKAGE / "README.md").read_text(encoding="utf-8")
+    entries = {path.name + ("/" if path.is_dir() else "") for path in PACKAGE.iterdir()
+               if (path.suffix == ".py" or (path / "__init__.py").exists()) and path.name != "__init__.py"}
+    assert {entry for entry in entries if f"`{entry}`" not in text} == set()
