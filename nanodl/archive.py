@@ -26,6 +26,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from collections import namedtuple
 
 import numpy as np
 
@@ -203,8 +204,7 @@ _ZIP64_LOCATOR = struct.Struct("<4sIQI")
 _ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")
 
 
-class _Member:
-    __slots__ = ("info", "shape", "dtype", "fortran", "header_size")
+_Member = namedtuple("_Member", "info shape dtype fortran header_size")
 
 
 class Reader:
@@ -297,8 +297,7 @@ class Reader:
                                  f"holds {len(infos)}")
             members = {}
             for info in infos:
-                name = self._member_name(info, members)
-                members[name] = self._member(archive, info, name)
+                name, members[name] = self._member(archive, info, members)
             _check_no_overlap(infos, directory_start)
         except BaseException:
             archive.close()
@@ -306,16 +305,13 @@ class Reader:
         return archive, members
 
     @staticmethod
-    def _member_name(info, members):
+    def _member(archive, info, members):
+        """``(name, _Member)`` for a checked member of ``archive`` not among ``members``."""
         if not info.filename.endswith(".npy"):
             raise ValueError(f"member {info.filename!r} is not an .npy array")
         name = info.filename[:-4]
         if name in members:
             raise ValueError(f"member {info.filename!r} appears twice")
-        return name
-
-    @staticmethod
-    def _member(archive, info, name):
         if info.flag_bits & 0x1:
             raise ValueError(f"member {name!r} is encrypted")
         if info.compress_type == zipfile.ZIP_STORED:
@@ -329,23 +325,20 @@ class Reader:
         else:
             raise ValueError(f"member {name!r} uses compression method {info.compress_type} "
                              "(only stored and deflated members are read)")
-        member = _Member()
-        member.info = info
         with archive.open(info) as stream:
             version = np.lib.format.read_magic(stream)
             if version not in ((1, 0), (2, 0)):
                 raise ValueError(f"member {name!r} is .npy version {version}")
             shape, fortran, dtype = getattr(np.lib.format, f"read_array_header_{version[0]}_0")(stream)
-            member.header_size = stream.tell()
+            header_size = stream.tell()
         if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.shape != ():
             raise ValueError(f"member {name!r} has dtype {dtype}; only plain numeric and string "
                              "arrays are read")
-        member.shape, member.fortran, member.dtype = tuple(shape), bool(fortran), dtype
-        data_size = math.prod(member.shape) * dtype.itemsize
-        if member.header_size + data_size != info.file_size:
-            raise ValueError(f"member {name!r} declares {dtype} {member.shape} ({data_size} bytes) "
-                             f"but holds {info.file_size - member.header_size}")
-        return member
+        shape, data_size = tuple(shape), math.prod(shape) * dtype.itemsize
+        if header_size + data_size != info.file_size:
+            raise ValueError(f"member {name!r} declares {dtype} {shape} ({data_size} bytes) "
+                             f"but holds {info.file_size - header_size}")
+        return name, _Member(info, shape, dtype, bool(fortran), header_size)
 
 
 def _open_regular(path, caller):

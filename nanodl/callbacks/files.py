@@ -36,16 +36,13 @@ class ModelCheckpoint(Callback):
         self.verbose = verbose
         self.best = math.inf if self.mode == "min" else -math.inf
 
-    def _path_for(self, epoch, logs):
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {key: _plain(value) for key, value in (logs or {}).items()}
         try:
-            return self.filepath.format(epoch=epoch + 1, **logs)
+            path = self.filepath.format(epoch=epoch + 1, **logs)
         except KeyError as error:
             raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} names {error} which is not "
                            f"in the logs (available: epoch, {', '.join(sorted(logs))})") from None
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {key: _plain(value) for key, value in (logs or {}).items()}
-        path = self._path_for(epoch, logs)
         verbose = self.verbose > 0
         if self.save_best_only:
             current = logs.get(self.monitor)
