@@ -114,6 +114,23 @@ def test_learning_rate_is_lr(name):
         optim.OPTIMIZERS[name](lr=0.1, learning_rate=0.2)
 
 
+
+def test_learning_rate_follows_a_subclass_lr():
+    # learning_rate goes through lr, so an optimizer that overrides lr gets it under both names
+    class Halved(optim.SGD):
+        @property
+        def lr(self):
+            return self._lr / 2
+
+        @lr.setter
+        def lr(self, value):
+            self._lr = float(value)
+
+    opt = Halved(lr=0.5)
+    assert opt.learning_rate == opt.lr == 0.25
+    opt.learning_rate = 0.2
+    assert opt._lr == 0.2 and opt.learning_rate == 0.1
+
 def stepped(name, **options):
     nd.manual_seed(0)
     model = nn.Sequential([nn.Dense(3, input_dim=2), nn.Dense(1, input_dim=3)])

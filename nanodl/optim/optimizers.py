@@ -78,7 +78,8 @@ class Optimizer:
     def lr(self, value):
         self._lr = self._check_nonneg("learning rate", value)
 
-    learning_rate = lr  # Keras' name for the same attribute
+    # Keras' name for the same attribute (through ``lr``, so a subclass's own ``lr`` counts)
+    learning_rate = property(lambda self: self.lr, lambda self, value: setattr(self, "lr", value))
 
     @property
     def params(self):
