@@ -281,7 +281,7 @@ class FlatUpdate:
 
 def _layout(states):
     """The optimizer state's layout: how many slots each parameter's state holds."""
-    return None if states is None else [len(state) for state in states]
+    return None if states is None else list(map(len, states))
 
 
 class _Program:

@@ -132,8 +132,8 @@ class _Watch:
                     and list(map(dict.keys, map(_STATE, self.partial))) == self.keysets
                     and all(map(le, self.kept, map(dict.items, map(_STATE, self.partial))))
                     and list(map(getattr, self.kinds, repeat("_bookkeeping"))) == self.bookkeeping
-                    and list(map(_buffer_names, self.buffered)) == self.buffers
-                    and list(map(_order, self.ordered)) == self.orders
+                    and (not self.buffered or list(map(_buffer_names, self.buffered)) == self.buffers)
+                    and (not self.ordered or list(map(_order, self.ordered)) == self.orders)
                     and list(map(_PARAM, self.params)) == self.attributes)
         except Exception:  # noqa: BLE001 - a changed attribute whose == raises: maybe changed
             return False
