@@ -23,8 +23,7 @@ DEVICE_CHOICES = ("cpu", "cuda")
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 DEFAULT_PLOT = "training_curves.png"
 
-# Per-dataset defaults for the options left unset: sample count (synthetic sets),
-# epochs and learning rate. Digits reach >= 97% test accuracy in 30 epochs.
+# Defaults for the options left unset (digits reach >= 97% test accuracy in 30 epochs).
 DATASET_DEFAULTS = {
     "digits": {"epochs": 30},
     "moons": {"n_samples": 1000, "noise": 0.2, "epochs": 30},
@@ -75,6 +74,11 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"nanodl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    runtime = argparse.ArgumentParser(add_help=False)  # the options train, profile and gradcheck share
+    runtime.add_argument("--seed", type=int, default=0)
+    runtime.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
+    runtime.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
+                         help="CPU kernels (default: native when built, else numpy)")
     model = argparse.ArgumentParser(add_help=False)  # the options train and profile share
     model.add_argument("--dataset", choices=DATASETS, default="digits")
     model.add_argument("--data-dir", help="folder holding the four MNIST IDX files (for --dataset mnist)")
@@ -88,13 +92,9 @@ def build_parser():
     model.add_argument("--batch-size", type=_positive_int, default=32)
     model.add_argument("--dropout", type=_rate, default=0.0, help="dropout rate after each hidden layer")
     model.add_argument("--l2", type=_non_negative, default=0.0, help="L2 penalty factor on the kernels")
-    model.add_argument("--seed", type=int, default=0)
-    model.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
-    model.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
-                       help="CPU kernels (default: native when built, else numpy)")
     train = commands.add_parser("train", help="train an MLP (on the embedded digits by default)",
                                 description="Train an MLP classifier and report its test accuracy.",
-                                parents=[model])
+                                parents=[model, runtime])
     train.add_argument("--epochs", type=_positive_int, default=None,
                        help="default: 30 (digits, moons, xor), 60 (spirals), 10 (mnist)")
     train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) here")
@@ -108,18 +108,17 @@ def build_parser():
     train.add_argument("--diagnose", action="store_true", help="diagnose the run at its end")
     train.set_defaults(handler=run_train)
 
-    profile = commands.add_parser("profile", parents=[model], help="time one training step, op by op")
+    profile = commands.add_parser("profile", parents=[model, runtime],
+                                  help="time one training step, op by op")
     profile.add_argument("--by-layer", action="store_true", help="one row per layer, not per op")
     profile.set_defaults(handler=run_profile)
 
     info = commands.add_parser("info", help="versions, kernels, BLAS, threads and GPU")
     info.set_defaults(handler=run_info)
 
-    gradcheck = commands.add_parser("gradcheck", help="check every op's gradient; exit 1 on a failure")
+    gradcheck = commands.add_parser("gradcheck", parents=[runtime],
+                                    help="check every op's gradient; exit 1 on a failure")
     gradcheck.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    gradcheck.add_argument("--kernels", choices=KERNEL_CHOICES, default=None)
-    gradcheck.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
-    gradcheck.add_argument("--seed", type=int, default=0)
     gradcheck.add_argument("--ops", metavar="NAMES", help="comma-separated op names (default: all)")
     gradcheck.add_argument("--order", type=int, choices=(1, 2), default=1,
                            help="2 also checks every op's second derivatives (a second-order column)")

@@ -1,8 +1,5 @@
-"""Training curves for ``nanodl train --plot``: loss and accuracy, train and validation,
-side by side in one PNG (needs matplotlib, the ``[plot]`` extra).
-
-The figure is drawn without pyplot (no window, the user's backend untouched) and
-written atomically, so an interrupted plot never leaves half a PNG over an earlier one.
+"""Training curves for ``nanodl train --plot``, drawn without pyplot (no window, the user's
+backend untouched) and written atomically; needs matplotlib (the ``[plot]`` extra).
 
 >>> from types import SimpleNamespace
 >>> import os, tempfile

@@ -1,44 +1,10 @@
 """Export a trained ``Sequential`` to ONNX, so a runtime that is not Python can serve it.
 
-``export(model, path, opset=17)`` writes the graph node by node with the ``onnx``
-package's own helpers (``onnx.helper``, ``onnx.numpy_helper``), no converter in
-between, and returns the ``onnx.ModelProto``. Each layer becomes the few ONNX ops
-that compute exactly what its eval-mode forward computes:
-
-==========================  ===========================================================
-nanodl layer                ONNX nodes
-==========================  ===========================================================
-``Dense``                   ``MatMul`` (+ ``Add`` for the bias), then its activation
-``ReLU``, ``Tanh``,         ``Relu``, ``Tanh``, ``Softmax`` (``axis`` kept); ``'linear'``
-``Softmax``                 adds nothing
-``LeakyReLU``, ``'elu'``    ``Where(x > 0, x, alpha * x)``, ``alpha`` in the model's dtype;
-                            ``Where(x > 0, x, alpha * tanh(m / 2) * (exp(m) + 1))``,
-                            ``m = min(x, 0)``: an accurate ``expm1``, which ONNX lacks
-``Sigmoid`` / ``'sigmoid'`` ``Where(x >= 0, 1 / (1 + e), e / (1 + e))``, ``e = exp(-|x|)``
-                            (onnxruntime's ``Sigmoid`` is off by ~1e-4 in the tails)
-``'softplus'``              ``max(x, 0) + log1p(e)``, ``log1p(e) = log(u) e / (u - 1)``,
-                            ``u = 1 + e`` (onnxruntime has no float64 ``Softplus``)
-``GELU`` / ``'gelu'``       nanodl's tanh formula ``x * sigmoid(2u)``, ``u = c (x +
-                            0.044715 x^3)``, at every opset (``Gelu`` is 5.6e-10 off)
-``Dropout``                 ``Identity`` (inference does not drop)
-``Flatten``                 ``Flatten(axis=1)`` (nothing for 2-D inputs)
-``BatchNorm``               ``(x - moving_mean) * scale + beta`` with the folded
-                            ``scale = gamma / sqrt(moving_variance + epsilon)``
-``LayerNorm``               ``ReduceMean``, ``Sub``, ``Mul``, ``ReduceMean``, ``Add``,
-                            ``Sqrt``, ``Div``, ``Mul``, ``Add`` (nanodl's formula)
-``Embedding``               ``Gather(embeddings, indices, axis=0)``; int64 input
-==========================  ===========================================================
-
-The batch dimension is symbolic (``'batch'``), so the file serves any batch size; the
-weights are initializers under their ``state_dict`` names (``layers.0.kernel``); the
-write is atomic (an error mid-way leaves an earlier file at ``path`` untouched).
-
-The exporter writes what the built-in classes compute, so it refuses, with a
-``ValueError`` naming the layer, what it cannot prove it reproduces: a layer with no
-entry in its table, a layer or ``Sequential`` class that overrides ``forward``, a
-forward hook, an op onnxruntime cannot run in the model's dtype, and a model not built
-yet. The ``onnx`` package is imported only when ``export`` runs (``pip install
-'nanodl[onnx]'``).
+Each layer becomes the few ONNX ops that compute exactly what its eval-mode forward
+computes (the table is in docs/onnx.md). ``export`` refuses, with a ``ValueError`` naming
+the layer, what it cannot prove it reproduces: a layer it has no form for, a class that
+overrides ``forward``, a forward hook, an op onnxruntime lacks in the model's dtype, a model
+not built yet. Needs the ``onnx`` package (``pip install 'nanodl[onnx]'``).
 
 >>> import os, tempfile, numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -96,7 +62,7 @@ class _Graph:
         return candidate
 
     def constant(self, name, array, dtype=None):
-        """Add ``array`` as an initializer (in the model's float dtype unless told); returns its name."""
+        """Add ``array`` as an initializer (in the model's float dtype by default); returns its name."""
         array = np.asarray(array, dtype=self.float_dtype if dtype is None else dtype)
         name = self.unique(name)
         self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
@@ -125,8 +91,7 @@ def _one_node(op_type, **attributes):
 
 
 def _leaky_relu(graph, x, scope, alpha):
-    """``x`` above 0, else ``alpha * x``, with ``alpha`` in the model's dtype (``LeakyRelu``'s
-    attribute is a float32: a float64 model would be 1.2e-8 off)."""
+    """``Where(x > 0, x, alpha x)``, ``alpha`` in the model's dtype (``LeakyRelu``'s is a float32)."""
     condition = graph.node("Greater", [x, graph.scalar(scope, "zero", 0.0)], scope)
     scaled = graph.node("Mul", [x, graph.scalar(scope, "alpha", alpha)], scope)
     return graph.node("Where", [condition, x, scaled], scope)
@@ -148,8 +113,7 @@ def _sigmoid(graph, x, scope, alpha=None):
 
 
 def _elu(graph, x, scope, alpha):
-    """``x`` above 0, else ``alpha * expm1(x)``, with ``expm1(m) = tanh(m / 2) (exp(m) + 1)``:
-    ONNX has no expm1, and ``Elu``'s ``exp(x) - 1`` loses ~1e-5 relative near 0."""
+    """ELU with ``expm1(m) = tanh(m / 2) (exp(m) + 1)`` (``Elu``'s ``exp(x) - 1`` loses ~1e-5 near 0)."""
     negative = graph.node("Min", [x, graph.scalar(scope, "zero", 0.0)], scope)
     half = graph.node("Tanh", [graph.node("Mul", [negative, graph.scalar(scope, "half", 0.5)], scope)],
                       scope)
@@ -162,8 +126,7 @@ def _elu(graph, x, scope, alpha):
 
 
 def _softplus(graph, x, scope, alpha):
-    """nanodl's ``max(x, 0) + log1p(e)``; ``log(u) e / (u - 1)`` is exact to a few ulps (``e``
-    itself where ``u`` rounds to 1): ONNX has no log1p, onnxruntime no float64 ``Softplus``."""
+    """``max(x, 0) + log1p(e)``, ``log1p(e) = log(u) e / (u - 1)`` (ONNX has no log1p)."""
     e = _exp_minus_abs(graph, x, scope)
     one = graph.scalar(scope, "one", 1.0)
     u = graph.node("Add", [e, one], scope)
@@ -175,8 +138,7 @@ def _softplus(graph, x, scope, alpha):
 
 
 def _gelu(graph, x, scope, alpha):
-    """GELU's tanh form as nanodl computes it (``0.5 (1 + tanh(u)) = sigmoid(2u)``, with no
-    cancellation for negative x); onnxruntime's ``Gelu(approximate='tanh')`` is 5.6e-10 off."""
+    """GELU's tanh form as ``x * sigmoid(2u)``, as nanodl (onnxruntime's ``Gelu`` is 5.6e-10 off)."""
     cube = graph.node("Mul", [graph.node("Mul", [x, x], scope), x], scope)
     inner = graph.node("Add", [x, graph.node("Mul", [cube, graph.scalar(scope, "k", GELU_K)], scope)],
                        scope)
@@ -184,8 +146,7 @@ def _gelu(graph, x, scope, alpha):
     return graph.node("Mul", [x, _sigmoid(graph, twice_u, scope)], scope)
 
 
-# One emitter per activation record (``nanodl.backend.activations``), plus the fused softmax
-# the dense layer takes; tests/test_onnx.py checks every record has one.
+# One emitter per activation record (tests/test_onnx.py checks every record has one).
 _ACTIVATION_NODES = {"linear": lambda graph, x, scope, alpha: x, "relu": _one_node("Relu"),
                      "leaky_relu": _leaky_relu, "sigmoid": _sigmoid, "tanh": _one_node("Tanh"),
                      "gelu": _gelu, "elu": _elu, "softplus": _softplus,
@@ -237,12 +198,7 @@ def _embedding(graph, layer, x, scope, rank):
 
 
 def _layer_table():
-    """``{layer class: emitter(graph, layer, x, scope, rank)}``: the layers with an ONNX form.
-
-    The activation layers come from the activation records: each record whose op names a
-    registered layer (``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``GELU``) applies it,
-    with the layer's ``alpha`` where the record has one.
-    """
+    """``{layer class: emitter(graph, layer, x, scope, rank)}``, activation layers from their records."""
     table = {
         _layers.Dense: _dense,
         _layers.Softmax: lambda graph, layer, x, scope, rank: graph.node("Softmax", [x], scope,
@@ -271,15 +227,13 @@ SUPPORTED_LAYERS = tuple(layer_class.__name__ for layer_class in _LAYERS) + ("Se
 
 
 # ---------------------------------------------------------------- what can be proven
-# (op, dtype) pairs onnxruntime's CPU provider has no kernel for; no emitter above makes
-# them, and export refuses a graph that holds one (onnxruntime would refuse the file).
+# Ops onnxruntime's CPU provider lacks in a dtype; export refuses a graph that holds one.
 _RUNTIME_LACKS = {np.dtype(np.float64): frozenset({"Softplus", "Elu", "Erf", "Gelu", "Selu",
                                                    "Softsign", "HardSigmoid", "ThresholdedRelu"})}
 
 
 def _overrides(instance, base, names=("forward", "__call__")):
-    """The first of ``names`` that ``instance`` computes otherwise than ``base`` (an
-    instance attribute, or a method of a subclass), else None."""
+    """The first of ``names`` that ``instance`` (or its class) overrides from ``base``, else None."""
     return next((name for name in names if name in instance.__dict__
                  or getattr(type(instance), name) != getattr(base, name)), None)
 
@@ -320,12 +274,11 @@ def _flat_layers(model, table, prefix="layers"):
 
 
 def export(model, path, opset=17):
-    """Write ``model`` (a built ``nn.Sequential`` of built-in layers) to ``path`` as ONNX.
+    """Write ``model`` (a built ``nn.Sequential`` of built-in layers) to ``path`` as ONNX, atomically.
 
-    ``opset`` is the ONNX operator set the file targets (13 up to what the installed
-    ``onnx`` knows). The graph's input is ``'input'`` (float, or int64 indices for a
-    model that starts with an ``Embedding``), ``(batch, *features)``; its output is
-    ``'output'``. Returns the ``onnx.ModelProto`` that was written.
+    ``opset``: 13 up to the installed ``onnx``'s newest. The input is ``'input'``, ``(batch,
+    *features)`` (int64 indices when the model starts with an ``Embedding``), the output
+    ``'output'``; the weights keep their ``state_dict`` names. Returns the ``onnx.ModelProto``.
     """
     if not isinstance(model, Sequential):
         raise ValueError(f"nanodl.onnx.export: expected an nn.Sequential of built-in layers, got "
@@ -351,8 +304,7 @@ def export(model, path, opset=17):
     float_dtype = model._float_dtype()
     input_dtype = np.dtype(np.int64) if type(layers[0][1]) is _layers.Embedding else float_dtype
 
-    # Run a one-sample batch through the layers (eval mode, no graph) for every output's rank
-    # and shape; this also proves the layers accept the input shape before anything is written.
+    # A one-sample batch gives each layer's input rank and proves the shapes before any write.
     ranks = []
     with model._mode(False), no_grad():
         x = Tensor(np.zeros((1,) + features, dtype=input_dtype))

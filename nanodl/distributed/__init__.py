@@ -1,26 +1,9 @@
 """Data-parallel training over MPI (``import nanodl.distributed as dist``), as ChainerMN and Horovod.
 
-Every process (a *rank*) holds a full copy of the model and trains on its own share of
-each batch; before every update the ranks average their gradients (MPI allreduce), so
-they apply the same update and stay identical. Run ``mpirun -n N python train.py``;
-without ``mpirun`` it is a *world of one* and runs unchanged, without mpi4py (which
-only ``init()`` under a multi-rank ``mpirun`` imports).
-
-* ``init()`` joins the world (``rank()``, ``size()``, the collectives and
-  ``DistributedOptimizer`` call it for you); ``is_initialized()`` says whether it ran.
-* ``allreduce(array, op='sum'|'mean')`` and ``broadcast(array, root=0)`` return new
-  arrays; ``barrier()`` waits for every rank. They move NumPy buffers (CuPy arrays
-  are staged through the host), never pickled objects.
-* ``DistributedOptimizer(optimizer)`` wraps any ``optim.Optimizer``; given to
-  ``Model.compile``, it makes ``fit`` data-parallel (see ``docs/distributed.md``).
-
-Before its first step a data-parallel ``fit`` checks that every rank runs the same fit
-(model, dtypes, optimizer, loss, batch size, data size, epochs) and raises a
-``ValueError`` on every rank naming the first difference. No collective waits forever:
-each gives up after ``timeout()`` seconds (300 unless ``set_timeout`` or
-``NANODL_MPI_TIMEOUT`` says otherwise) with a ``TimeoutError``, and an uncaught
-exception on one rank ends the job on every rank, so a rank that leaves ``fit`` early
-makes the others fail instead of hang.
+Every rank holds the model and trains on its share of each batch; the ranks average their
+gradients before each update. Run ``mpirun -n N python train.py``; without ``mpirun`` it is a
+world of one and needs no mpi4py. Collectives give up after ``timeout()`` seconds with a
+``TimeoutError``. See docs/distributed.md.
 
 >>> import numpy as np
 >>> import nanodl.distributed as dist

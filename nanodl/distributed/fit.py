@@ -1,5 +1,4 @@
-"""``DataParallelFit``: what ``Model.fit`` does differently on several ranks (the strategy
-a ``DistributedOptimizer`` hands ``fit``), and the check that every rank runs the same fit."""
+"""What ``Model.fit`` does differently on several ranks, and the check that they run the same fit."""
 import math
 
 import numpy as np
@@ -10,21 +9,8 @@ from .world import _agree, allreduce, broadcast, rank, size
 
 
 class DataParallelFit:
-    """What ``Model.fit`` does differently when its optimizer is a ``DistributedOptimizer``
-    on more than one rank (``fit``'s hooks call it; the training step itself is the same).
-
-    * ``begin``: check that the ranks run the same fit (``fit_items``), broadcast the
-      parameters from rank 0, and reseed nanodl's generator on every rank but 0 (from its
-      own stream and its rank), so dropout masks differ between ranks.
-    * ``epoch_order``: rank 0's permutation, as a single process would draw it, dealt out
-      like cards (rank r takes positions r, r+N, ... of the first ``n - n % N``): every
-      rank runs the same number of steps (each an allreduce all must join), and the
-      ranks' k-th batches together are a single process' k-th batch of ``N * batch_size``.
-    * ``reduce``: an epoch's ``EpochTotals`` summed over the ranks: exact per-sample
-      averages over all of them, the same on each rank.
-    * ``validation_shard``: rank r validates on samples r, r+N, ... (unequal shards are
-      fine: only the summed totals matter).
-    """
+    """``fit``'s strategy when its optimizer is a ``DistributedOptimizer`` on several ranks: equal
+    shards of rank 0's order, summed epoch totals, dropout reseeded per rank (docs/distributed.md)."""
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
@@ -56,12 +42,12 @@ class DataParallelFit:
         return totals
 
     def validation_shard(self, *arrays):
-        """This rank's share of each of ``arrays`` (x, y, sample weights; None stays None)."""
+        """Rank r's share (samples r, r+N, ...) of each of ``arrays``; None stays None."""
         return tuple(None if a is None else a[self.rank::self.size] for a in arrays)
 
 
 def _described(value):
-    """``value``'s repr, with callables by qualified name (a repr's address differs between ranks)."""
+    """``value``'s repr, callables by qualified name (a repr's address differs between ranks)."""
     if isinstance(value, dict):
         return "{" + ", ".join(f"{key!r}: {_described(item)}" for key, item in value.items()) + "}"
     if isinstance(value, (list, tuple)):
@@ -73,10 +59,8 @@ def _described(value):
 
 def fit_items(model, plan, samples_per_epoch, x=None, y=None, weight=None, batch_size=None,
               epochs=None, shuffle=None, validation=None):
-    """What must be the same on every rank of a data-parallel fit, as ``(label, value)``
-    strings, most telling first: the float dtype, the architecture, the optimizer and
-    its hyper-parameters, the loss and metrics, the data, batch size, steps per epoch,
-    epochs and shuffling.
+    """What must be the same on every rank of a data-parallel fit: ``(label, value)`` pairs,
+    most telling first.
 
     >>> from nanodl import nn
     >>> model = nn.Sequential([nn.Dense(2, input_dim=3)])

@@ -1,5 +1,4 @@
-"""``DistributedOptimizer``: any optimizer, with its gradients averaged over the ranks
-before each step (see ``nanodl.distributed``)."""
+"""``DistributedOptimizer``: any optimizer, its gradients averaged over the ranks before each step."""
 import time
 from operator import attrgetter
 
@@ -14,11 +13,8 @@ from .world import _agree, _wait, init
 
 
 class _Bucket:
-    """One preallocated flat buffer for the parameters of one dtype and device: their values
-    back to back (``offsets``), then one slot per parameter that holds 1 when this rank has
-    a gradient for it. Summed over the ranks, the slot counts the ranks that had one: a
-    parameter no rank touched keeps ``grad = None`` (the wrapped optimizer skips it on
-    every rank alike)."""
+    """A flat buffer for the parameters of one dtype and device: their values back to back, then
+    one flag per parameter, 1 where this rank has a gradient (summed: how many ranks had one)."""
 
     def __init__(self, params):
         self.params = params
@@ -72,24 +68,11 @@ class DistributedOptimizer(Optimizer):
     """Wraps an optimizer (or a name, ``'adam'``) so that every rank applies the gradient
     averaged over all ranks.
 
-    ``step()`` calls ``synchronize()``, then the wrapped optimizer's step (with a closure,
-    as ``optim.LBFGS`` drives, every evaluation is averaged). ``synchronize()``
-    broadcasts the parameters from rank 0 the first time and whenever the parameter set
-    changes (a lazily built layer, a second model), then replaces each gradient by its
-    mean over the ranks with ONE allreduce of a flat buffer (``mode='per_parameter'``:
-    one allreduce per parameter, slower, kept to measure the difference).
-
-    The learning rate, ``state_dict``, ``zero_grad`` and the hyper-parameters are the
-    wrapped optimizer's, so schedulers, callbacks and checkpoints see no difference. To
-    clip by the global norm, synchronize first (``step`` then does not reduce again)::
-
-        loss.backward()
-        opt.synchronize()                         # gradients averaged over the ranks
-        optim.clip_grad_norm(params, max_norm=1)  # the same global norm on every rank
-        opt.step()
-
-    ``comm_seconds`` adds up the time spent in the gradient allreduce (waiting for a
-    slower rank included); ``allreduce_calls`` counts the calls.
+    ``step()`` calls ``synchronize()`` (unless it just ran: call it first to clip by the global
+    norm), then the wrapped step. The learning rate, state dict and hyper-parameters are the
+    wrapped optimizer's. ``mode='per_parameter'`` makes one allreduce per parameter instead
+    of one per flat buffer (to measure the difference). ``comm_seconds`` and
+    ``allreduce_calls`` count the time and calls in the gradient allreduce.
 
     >>> from types import SimpleNamespace
     >>> from nanodl import optim
@@ -125,7 +108,7 @@ class DistributedOptimizer(Optimizer):
         self._synchronized = False  # synchronize() ran since the last step()
 
     # ------------------------------------------------------------ the wrapped optimizer's face
-    def __getattr__(self, name):  # only for names not found on the wrapper itself
+    def __getattr__(self, name):
         optimizer = self.__dict__.get("optimizer")
         if optimizer is None or name.startswith("__"):
             raise AttributeError(name)
@@ -165,16 +148,14 @@ class DistributedOptimizer(Optimizer):
 
     @property
     def full_batch(self):
-        """True for a wrapped optimizer that drives a closure (``optim.LBFGS``), which
-        ``Model.fit`` then trains full-batch, each rank over its own shard."""
+        """True when the wrapped optimizer drives a closure (``optim.LBFGS``): ``fit`` goes full-batch."""
         return bool(getattr(self.optimizer, "full_batch", False))
 
     # ------------------------------------------------------------ the data-parallel part
     def step(self, closure=None):
         """Average the gradients over the ranks (unless ``synchronize()`` just did), then step.
 
-        With a ``closure`` (``optim.LBFGS`` calls it several times a step), each evaluation's
-        gradients and loss are averaged, so every rank's line search takes the same step.
+        With a ``closure`` (``optim.LBFGS``), each evaluation's gradients and loss are averaged.
         """
         if closure is None:
             if not self._synchronized:
@@ -217,13 +198,13 @@ class DistributedOptimizer(Optimizer):
         self.comm_seconds += time.perf_counter() - started
 
     def fit_strategy(self):
-        """``Model.fit``'s sample order and reduction (the core's seam, ``nn.plan.LocalFit``):
-        a ``DataParallelFit`` on several ranks, None (a plain fit) on one."""
+        """``fit``'s strategy (the seam of ``nn.plan.LocalFit``): a ``DataParallelFit`` on several
+        ranks, else None."""
         return DataParallelFit(self) if world.size() > 1 else None
 
     def broadcast_parameters(self, root=0):
-        """Copy rank ``root``'s parameter values into every rank's parameters (in place),
-        after checking that all ranks hold the same parameter layout (RuntimeError if not)."""
+        """Copy rank ``root``'s parameter values into every rank's, in place (RuntimeError when
+        the ranks' parameter layouts differ)."""
         params = self.optimizer._require_params()
         key = self._layout_key(params)
         _world = world._world

@@ -1,5 +1,4 @@
-"""The MPI world of one process: joining it, its rank and size, the collectives, and the
-deadline every collective nanodl makes waits under (see ``nanodl.distributed``)."""
+"""The MPI world: joining it, rank and size, the collectives and their deadline."""
 import atexit
 import hashlib
 import itertools
@@ -18,8 +17,7 @@ INSTALL_HINT = "install it with `pip install 'nanodl[distributed]'` (mpi4py and 
 DEFAULT_TIMEOUT = 300.0   # seconds any collective nanodl makes waits for every rank
 TIMEOUT_VARIABLE = "NANODL_MPI_TIMEOUT"
 
-# What the launchers (Open MPI, MPICH/Hydra, Intel MPI, MVAPICH) put in each process'
-# environment; a PMIx/PMI rank alone says "started by a launcher" (MPI then gives the size).
+# Set by Open MPI, MPICH/Hydra, Intel MPI, MVAPICH; a rank alone says "started by a launcher".
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
 
@@ -58,9 +56,8 @@ def launched_size():
 def init():
     """Join the MPI world when started by ``mpirun`` with more than one rank; else a world of one.
 
-    Calling it again does nothing. ImportError when the launcher started several ranks but
-    mpi4py is missing (each rank would otherwise train alone). With several ranks, an
-    exception that escapes on one aborts the job (``MPI_Abort``), so none waits forever.
+    Idempotent. ImportError when several ranks were launched but mpi4py is missing. With
+    several ranks, an exception that escapes on one aborts the job (``MPI_Abort``).
     """
     if _world.initialized:
         return
@@ -141,10 +138,8 @@ def _check_timeout(seconds, who):
 
 
 def _wait(request, what):
-    """Complete the non-blocking collective ``request``, or raise ``TimeoutError`` after
-    ``timeout()`` seconds. Polls hot for a few milliseconds (a step's allreduce), then
-    backs off to sleeps of at most 10 ms, so a rank waiting for a slow one leaves it the
-    core. After a timeout the world is broken: at exit the job is aborted, not finalized."""
+    """Complete ``request`` or raise ``TimeoutError`` after ``timeout()`` s (the world is then
+    broken: aborted at exit). Polls hot for 5 ms, then sleeps up to 10 ms to leave the core."""
     if request.Test():
         return
     now = time.monotonic()
@@ -163,20 +158,16 @@ def _wait(request, what):
 
 
 def _same_everywhere(fingerprint, what):
-    """True when every rank passed the same int64 ``fingerprint``: one allreduce of the
-    max of it and of its negation, which are each other's negatives only then."""
+    """True when every rank passed the same int64 ``fingerprint`` (one allreduce: the max of it
+    and of its negation are each other's negatives only then)."""
     both = np.concatenate([fingerprint, -fingerprint])
     _wait(_world.comm.Iallreduce(_world.MPI.IN_PLACE, both, op=_world.MPI.MAX), what)
     return np.array_equal(both[:len(fingerprint)], -both[len(fingerprint):])
 
 
 def _agree(items, who, what, error=ValueError):
-    """Raise ``error`` on every rank when the ranks' ``items`` (a list of ``(label, value)``
-    strings) differ, naming the first difference and both values.
-
-    One small collective when they agree; on a difference the ranks gather each other's
-    items (two more), so every rank raises the same message.
-    """
+    """Raise ``error`` on every rank, naming the first difference, when the ranks' ``items``
+    (``(label, value)`` pairs) differ; one small collective when they agree."""
     if _world.comm is None:
         return
     payload = json.dumps([[str(label), str(value)] for label, value in items]).encode()
@@ -195,7 +186,7 @@ def _agree(items, who, what, error=ValueError):
 
 
 def _first_difference(first, second, other):
-    """``'label: rank 0 has a, rank r has b'`` for the first item where two lists differ."""
+    """``'label: rank 0 has a, rank r has b'`` for the first item that differs."""
     for left, right in itertools.zip_longest(first, second):
         if left == right:
             continue
@@ -224,8 +215,7 @@ def size():
 
 
 def library_version():
-    """The MPI library's version line, without joining the world (``MPI_Get_library_version``
-    may be called before ``MPI_Init``); None without mpi4py."""
+    """The MPI library's version line, without joining the world; None without mpi4py."""
     try:
         import mpi4py
     except ImportError:
@@ -242,7 +232,7 @@ def library_version():
 
 # ---------------------------------------------------------------- collectives
 def _host_buffer(array, who):
-    """``(host, xp)``: a C-contiguous NumPy copy of ``array`` and the array module to return in."""
+    """``(host, xp)``: a C-contiguous NumPy copy of ``array`` and its array module."""
     if isinstance(array, Tensor):
         raise TypeError(f"{who}: pass an array (tensor.data), not a Tensor")
     xp = array_module(array)
@@ -253,9 +243,8 @@ def _host_buffer(array, who):
 
 
 def _check_same_layout(host, who):
-    """Raise ValueError on every rank when the ranks passed arrays of different shapes or
-    dtypes (a mismatched collective would hang or read past a buffer); the message names
-    the element counts by rank."""
+    """ValueError on every rank when the ranks passed different shapes or dtypes (a mismatched
+    collective would hang or read past a buffer)."""
     layout = f"{host.dtype.str}{host.shape}".encode()
     if _same_everywhere(np.array([zlib.crc32(layout), host.size], dtype=np.int64), who):
         return
@@ -269,9 +258,8 @@ def _check_same_layout(host, who):
 def allreduce(array, op="sum"):
     """The elementwise sum (``op='sum'``) or mean (``op='mean'``) of ``array`` over all ranks.
 
-    Every rank passes an array of the same shape and dtype and gets the result, a new
-    array on the same device (the argument is not changed). A mean of integers is
-    float64, as ``np.mean``. In a world of one it is a copy.
+    Every rank passes the same shape and dtype and gets a new array on the same device; a
+    mean of integers is float64, as ``np.mean``.
 
     >>> allreduce(np.array([1, 2, 3]), op='mean')
     array([1., 2., 3.])
@@ -316,6 +304,5 @@ def barrier():
 
 
 def _is_rank_zero():
-    """True unless this is a rank other than 0 of a joined world: only rank 0 prints and
-    writes files (callbacks, ``Model.save``). Never joins the world itself."""
+    """False on ranks other than 0 (only rank 0 prints and writes files); never joins the world."""
     return _world.rank == 0
