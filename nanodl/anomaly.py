@@ -1,11 +1,8 @@
 """Anomaly detection: find the op where an inf or NaN is *born*, not where it is noticed.
 
-A NaN spreads, and the loss that finally shows ``nan`` says nothing about where it
-came from. Inside ``nd.detect_anomaly()`` an op whose inputs are finite but whose
-output is not raises ``AnomalyError`` naming the op, the input shapes, the first bad
-element and the line of your code that called it; so does a ``backward`` that turns
-a finite gradient into a non-finite one. ``AnomalyError`` is a ``FloatingPointError``
-(what NumPy raises under ``np.seterr(all='raise')``).
+Inside ``nd.detect_anomaly()`` an op (or a ``backward``) that makes a non-finite value
+from finite ones raises ``AnomalyError`` (a ``FloatingPointError``) naming the op, the
+shapes, the first bad element and the line of your code that called it.
 
 >>> import nanodl as nd
 >>> x = nd.tensor([1.0, -1.0], requires_grad=True)
@@ -15,8 +12,7 @@ Traceback (most recent call last):
     ...
 nanodl.anomaly.AnomalyError: detect_anomaly: Log produced nan ...
 
-Outside the block the cost is an empty-list test (``autograd.forward_hooks`` /
-``backward_hooks``). The mode is per thread, as grad mode is.
+The mode is per thread; outside it the cost is an empty-list test. See docs/internals.md.
 """
 import os
 import sys
@@ -38,8 +34,7 @@ class AnomalyError(FloatingPointError):
 class detect_anomaly:
     """Context manager (and decorator): raise at the op that first makes an inf or NaN.
 
-    ``check_backward=False`` checks only the forward pass.
-    """
+    ``check_backward=False`` checks only the forward pass."""
 
     def __init__(self, check_backward=True):
         self.check_backward = check_backward
@@ -118,7 +113,6 @@ def _describe(array):
 
 
 def _first_bad(out, inputs):
-    """', first at index (i, j) where the input is v': points at the offending value."""
     host = to_host(out)
     index = tuple(int(i) for i in np.argwhere(~np.isfinite(host))[0])
     text = f"; first at index {index}"

@@ -1,13 +1,7 @@
 """The ``.npz`` container under ``nanodl.save`` and ``Model.save``: atomic writes, checked reads.
 
-It knows files, not models or layers (``nanodl.modelfile`` and ``nanodl.io`` build on
-it), so ``nn`` and ``callbacks`` can use it without an import cycle. Members are
-uncompressed ``.npy`` arrays, no pickle; writes are atomic (``atomic_write``). Reading
-trusts nothing before checking it against the rest of the file (docs/saving.md lists the
-checks: a regular file, the end record against the central directory, one plain ``.npy``
-per member whose header accounts for its size, no overlaps, at most ``MAX_INFLATION``,
-the CRC), so nothing larger than the file is allocated; anything wrong raises
-``ValueError`` naming the file and the fault.
+It knows files, not models (so ``nn`` and ``callbacks`` import it without a cycle). No
+pickle; a damaged file raises ``ValueError`` naming the fault. See docs/saving.md.
 
 >>> import os, tempfile, numpy as np
 >>> from nanodl import archive
@@ -74,11 +68,8 @@ def write_npz(path, arrays):
 
 
 def atomic_write(path, write):
-    """Call ``write(handle)`` on a locked temporary file ``.{name}.nanodl-tmp-{pid}-XXXX``
-    next to ``path``, fsync it and move it over ``path``: every file nanodl writes for a
-    user goes through here. On an error the temporary file is removed and an earlier
-    file is left as it was; one left by a killed writer is removed by the next save; a
-    symlink at ``path`` stays a link (the write goes to its target)."""
+    """Call ``write(handle)`` on a locked temporary file beside ``path``, fsync it and move it
+    over ``path`` (every file nanodl writes goes through here). See docs/saving.md."""
     target = os.path.realpath(os.fspath(path))  # through a symlink: the link stays a link
     folder, base = os.path.split(target)
     _remove_stale_temporaries(folder, base)
@@ -100,8 +91,7 @@ def atomic_write(path, write):
 
 
 def _remove_stale_temporaries(folder, base):
-    """Delete ``.{base}.nanodl-tmp-{pid}-*`` files whose pid is gone and whose lock is free
-    (best effort): a save running in another process is never disturbed."""
+    """Delete temporaries whose pid is gone and whose lock is free (best effort)."""
     if os.name != "posix":
         return  # no reliable liveness test: leave the files
     prefix = f".{base}{TEMP_MARK}"
@@ -175,11 +165,7 @@ def _checked_names(names, caller):
 
 
 def save(state_dict, path):
-    """Write a state dict (name -> array; or a Module, whose ``state_dict()`` is used).
-
-    A nested dict (an optimizer's ``state_dict()``) is written as its arrays plus its
-    structure (``nanodl.nested``); ``load`` gives it back as it was.
-    """
+    """Write a state dict (name -> array, a nested dict, or a Module's ``state_dict()``)."""
     if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):
         state_dict = state_dict.state_dict()
     if not isinstance(state_dict, dict):
@@ -208,11 +194,7 @@ _Member = namedtuple("_Member", "info shape dtype fortran header_size")
 
 
 class Reader:
-    """An opened, checked ``.npz``: ``names``, ``shape(name)``, ``dtype(name)``, ``read(name)``.
-
-    Opening reads only the zip directory and each ``.npy`` header; ``read`` fetches one
-    array's data. Use it as a context manager.
-    """
+    """An opened, checked ``.npz`` (a context manager); ``read(name)`` fetches one array."""
 
     def __init__(self, path, caller="load"):
         self.path, self.caller = os.fspath(path), caller
@@ -306,7 +288,6 @@ class Reader:
 
     @staticmethod
     def _member(archive, info, members):
-        """``(name, _Member)`` for a checked member of ``archive`` not among ``members``."""
         if not info.filename.endswith(".npy"):
             raise ValueError(f"member {info.filename!r} is not an .npy array")
         name = info.filename[:-4]
@@ -360,7 +341,7 @@ def _open_regular(path, caller):
 
 
 def _end_record(handle, size):
-    """``(entries, directory offset, directory size, end record offset)`` from the zip's end."""
+    """``(entries, directory offset, directory size, end record offset)``."""
     if size < _EOCD.size:
         raise ValueError(f"{size} bytes is too short for a zip archive")
     tail_size = min(size, _EOCD.size + 0xFFFF)
@@ -398,7 +379,6 @@ def _end_record(handle, size):
 
 
 def _check_no_overlap(infos, directory_start):
-    """Members lie one after another before the directory: none can hide inside another."""
     ordered = sorted(infos, key=lambda info: info.header_offset)
     for info, following in zip(ordered, ordered[1:] + [None]):
         end = info.header_offset + 30 + len(info.orig_filename.encode("utf-8")) + info.compress_size
@@ -408,8 +388,7 @@ def _check_no_overlap(infos, directory_start):
 
 
 def load(path):
-    """The state dict saved at ``path`` by ``nanodl.save``, ``Model.save`` (its weights) or
-    ``np.savez`` (numeric arrays): a dict name -> ndarray."""
+    """The state dict in a file from ``nanodl.save``, ``Model.save`` (its weights) or ``np.savez``."""
     with Reader(path, "load") as reader:
         names = reader.names
         if ARCHITECTURE_KEY in names:

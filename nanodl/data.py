@@ -1,8 +1,6 @@
-"""Data utilities: ``train_test_split``, ``DataLoader`` and ``one_hot``.
+"""Data utilities: ``train_test_split``, ``DataLoader`` and ``one_hot`` (NumPy out).
 
-Lists and Tensors are accepted and converted once, on the way in; what comes out is
-NumPy. Without a seed, draws come from nanodl's global generator, so one
-``nd.manual_seed`` makes a whole script reproducible.
+Without a seed, draws come from nanodl's global generator (``nd.manual_seed``).
 """
 import math
 import numbers
@@ -16,8 +14,7 @@ __all__ = ["train_test_split", "DataLoader", "batch_slices", "one_hot"]
 
 
 def _as_array(values, name):
-    """``values`` as a host NumPy array (numbers or strings), via the one ``as_array``;
-    tensor-likes of other libraries are unwrapped by their ``numpy()`` or ``.data``."""
+    """``values`` as a host array; other libraries' tensors via ``numpy()`` or ``.data``."""
     if not isinstance(values, (np.ndarray, Tensor)):
         if callable(getattr(values, "numpy", None)):
             values = values.numpy()
@@ -32,14 +29,12 @@ def _global_generator():
 
 
 def _generator_from(seed):
-    """A Generator from an int seed, a Generator (used as is), or None (the global one)."""
     if seed is None:
         return _global_generator()
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
 def _count_test_samples(n_samples, test_size):
-    """Number of test samples for ``test_size`` (an int count or a float fraction)."""
     if isinstance(test_size, numbers.Integral) and not isinstance(test_size, bool):
         if not 0 < test_size < n_samples:
             raise ValueError(f"train_test_split: test_size={test_size} must be a count in [1, "
@@ -58,11 +53,7 @@ def _count_test_samples(n_samples, test_size):
 
 
 def _approximate_mode(class_counts, n_draws, rng):
-    """How many of ``n_draws`` to take from each class so proportions are kept.
-
-    Floors each class's exact share, then hands the leftover draws to the classes
-    with the largest remainders (ties broken at random), as scikit-learn does.
-    """
+    """Draws per class keeping proportions: floors, then largest remainders (as scikit-learn)."""
     exact_share = class_counts / class_counts.sum() * n_draws
     taken = np.floor(exact_share)
     still_needed = int(n_draws - taken.sum())
@@ -104,12 +95,10 @@ def _stratified_indices(labels, n_train, n_test, rng):
 
 
 def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, stratify=None):
-    """Split arrays into random train and test parts, as scikit-learn does:
-    ``[a_train, a_test, b_train, b_test, ...]``.
+    """Split arrays into random train and test parts as scikit-learn: ``[a_train, a_test, ...]``.
 
-    ``test_size`` is a fraction in (0, 1) (the test part gets ``ceil(test_size * n)``
-    samples) or a count. With ``stratify`` (labels), each class keeps its proportion
-    in both parts. ``random_state`` is an int, a ``np.random.Generator`` or None.
+    ``test_size``: a fraction (the test part gets ``ceil(test_size * n)``) or a count.
+    ``stratify`` (labels) keeps each class's proportion; ``random_state``: int, Generator or None.
 
     >>> import numpy as np
     >>> x, y = np.arange(20).reshape(10, 2), np.arange(10) % 2
@@ -155,8 +144,7 @@ def train_test_split(*arrays, test_size=0.25, shuffle=True, random_state=None, s
 
 
 def batch_slices(n_samples, batch_size, drop_last=False):
-    """The batches of ``n_samples`` samples in order, as slices (the one batcher of
-    ``DataLoader`` and ``Model.fit``); the last is smaller unless ``drop_last`` drops it.
+    """The batches of ``n_samples`` in order, as slices (``DataLoader`` and ``Model.fit`` use it).
 
     >>> [(batch.start, batch.stop) for batch in batch_slices(5, 2)]
     [(0, 2), (2, 4), (4, 5)]
@@ -171,8 +159,7 @@ def batch_slices(n_samples, batch_size, drop_last=False):
 class DataLoader:
     """Iterate over ``(xb, yb)`` mini-batches (``yb`` None when ``y`` is), ``len`` per epoch.
 
-    With ``shuffle=True`` the order is drawn anew on each pass from the loader's own
-    generator, seeded by ``seed`` (None: a seed drawn from the global generator).
+    ``shuffle`` draws a new order each pass from a generator seeded by ``seed``.
 
     >>> import numpy as np
     >>> loader = DataLoader(np.arange(10).reshape(5, 2), np.arange(5), batch_size=2)

@@ -31,9 +31,8 @@ def check_activation(name):
 
 
 def resolve_activation(activation):
-    """A layer's ``activation=``: a name (checked), or a callable Tensor -> Tensor. A
-    built-in activation function (``F.tanh``, ``nd.relu``, ``Tensor.sigmoid``) becomes its
-    name, so a layer holding it still saves; any other callable is returned as it is."""
+    """A layer's ``activation=``: a name (checked) or a callable; a built-in function
+    (``F.tanh``, ``Tensor.sigmoid``) becomes its name, so the layer still saves."""
     if activation is None or isinstance(activation, str):
         return check_activation(activation)
     if not callable(activation):
@@ -69,8 +68,7 @@ def dropout(x, rate, training=True):
 def linear(x, kernel, bias=None, activation=None, alpha=None):
     """One fused node computing ``act(x @ kernel + bias)``; ``kernel`` is (in, out).
 
-    ``alpha`` is the parameter of ``'leaky_relu'`` (default 0.01) and ``'elu'`` (1.0).
-    """
+    ``alpha``: ``'leaky_relu'``'s slope (default 0.01) or ``'elu'``'s scale (1.0)."""
     return ops.linear(x, kernel, bias, activation=check_activation(activation), alpha=alpha)
 
 

@@ -1,12 +1,7 @@
-"""Saving and loading: state dicts (``save``/``load``) and whole Sequential models
-(``model.save``/``load_model``) in one ``.npz`` file (``nanodl.archive``, ``nanodl.modelfile``).
+"""Saving and loading state dicts (``save``/``load``) and Sequential models (``load_model``).
 
-No pickle: loading never runs code. ``load_model`` checks the whole file before it
-builds a layer: every layer must be registered and every weight must have the shape
-its layer's config implies (``Layer.state_shapes``), so a small file cannot make it
-allocate a large model. Weights are float32 or float64 (big-endian ones are made
-native); any other dtype is refused. A bad file raises ``ValueError``. Saved arrays
-are host copies: a model trained on the GPU loads on the CPU.
+No pickle; ``load_model`` checks every weight's shape against the architecture before it
+builds a layer; a bad file raises ``ValueError``. See docs/saving.md.
 
 >>> import os, tempfile, numpy as np, nanodl as nd
 >>> path = os.path.join(tempfile.mkdtemp(), 'weights.npz')
@@ -61,8 +56,7 @@ def _architecture(reader, path):
 
 
 def _planned_state(specs, path):
-    """``(name -> shape each layer's config implies, indices of layers that must be built
-    to know)``: nothing is allocated."""
+    """``(name -> shape each config implies, indices of layers that must be built to know)``."""
     shapes, unknown = {}, set()
     for index, spec in enumerate(specs):
         try:
@@ -111,9 +105,8 @@ def _check_weights(reader, specs, path):
 def load_model(path, compile=True):
     """Rebuild the ``Sequential`` saved by ``model.save(path)``, weights and buffers included.
 
-    With ``compile`` (and a model compiled by name) it comes back compiled, with the
-    optimizer's state and ``epochs_trained``, so ``fit(x, y, initial_epoch=k,
-    epochs=k + m)`` continues the training as if it had never stopped.
+    With ``compile`` it comes back compiled (optimizer state and ``epochs_trained``
+    included), so ``fit(..., initial_epoch=k)`` continues the training.
     """
     path = os.fspath(path)
     with Reader(path, "load_model") as reader:

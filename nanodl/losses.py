@@ -1,9 +1,8 @@
 """Losses: ``loss(pred, target, reduction='mean')``, prediction first (as PyTorch).
 
-Each loss is a function and a CamelCase class taking its options in the constructor.
-``reduction`` is ``'mean'`` (over every element), ``'sum'`` or ``'none'`` (per element;
-per sample for the cross-entropies). ``pred`` and ``target`` must have the same shape
-(``pred.shape[:-1]`` for sparse class targets): nothing is broadcast silently.
+Each loss is a function and a CamelCase class taking its options. ``reduction``: ``'mean'``
+(over every element), ``'sum'`` or ``'none'``. Shapes must match (``pred.shape[:-1]`` for
+sparse targets): nothing is broadcast silently.
 
 >>> import nanodl as nd
 >>> from nanodl import losses
@@ -60,7 +59,6 @@ def _target_array(name, target, pred, dtype=None):
 
 
 def _float_target(name, pred, target, reduction):
-    """Checks shared by the elementwise losses; returns ``(pred, target Tensor)``."""
     _check_reduction(name, reduction)
     pred = _as_pred(pred)
     array = _target_array(name, target, pred, pred.dtype)
@@ -86,9 +84,7 @@ def mae(pred, target, reduction="mean"):
 def huber(pred, target, delta=1.0, reduction="mean"):
     """``0.5 d**2`` where ``|d| <= delta``, else ``delta * (|d| - 0.5 delta)``; ``d = pred - target``.
 
-    Written as ``q * (d - q / 2)`` with ``q = clip(d, -delta, delta)``: no ``abs``, so the
-    gradient is exactly ``clip(d, -delta, delta)`` everywhere, at ``d = 0`` and at
-    ``|d| = delta`` too, whichever side of its bound ``clip``'s derivative takes.
+    Written as ``q * (d - q / 2)``, ``q = clip(d, -delta, delta)``: the gradient is exactly ``q``.
     """
     _check_delta("huber", delta)
     pred, target = _float_target("huber", pred, target, reduction)
@@ -100,9 +96,8 @@ def huber(pred, target, delta=1.0, reduction="mean"):
 def binary_crossentropy(pred, target, from_logits=False, reduction="mean"):
     """``-(t log p + (1 - t) log(1 - p))``, elementwise.
 
-    Probabilities are clipped to ``[EPSILON, 1 - EPSILON]``; with ``from_logits`` it is
-    ``softplus(x) - x t``: stable (softplus is), and smooth, so its gradient is
-    ``sigmoid(x) - t`` everywhere, at ``x = 0`` too (``max(x, 0)`` and ``|x|`` would kink).
+    Probabilities are clipped to ``[EPSILON, 1 - EPSILON]``; ``from_logits`` computes the
+    stable, smooth ``softplus(x) - x t`` (gradient ``sigmoid(x) - t``).
 
     >>> import nanodl as nd
     >>> z = nd.tensor([0.0, 0.0], requires_grad=True)
@@ -120,11 +115,7 @@ def binary_crossentropy(pred, target, from_logits=False, reduction="mean"):
 
 
 def softmax_xent(logits, target_array, reduction="none"):
-    """Fused softmax-cross-entropy over the last axis, for any leading shape.
-
-    ``target_array`` (unchecked: the losses check) holds class labels shaped
-    ``logits.shape[:-1]`` or a distribution shaped like ``logits``.
-    """
+    """Fused softmax-cross-entropy over the last axis against checked labels or distributions."""
     if logits.ndim == 2:
         return ops.softmax_cross_entropy(logits, target_array, reduction)
     classes = logits.shape[-1]
@@ -136,8 +127,7 @@ def softmax_xent(logits, target_array, reduction="none"):
 def categorical_crossentropy(pred, target, from_logits=False, reduction="mean"):
     """``-sum(target * log p)`` over the last axis, for one-hot or probability targets.
 
-    With ``from_logits``, softmax and log are one fused, stable node; otherwise the
-    probabilities are clipped to ``[EPSILON, 1 - EPSILON]`` before the log.
+    ``from_logits``: softmax and log are one fused, stable node; else ``p`` is clipped.
     """
     pred, target = _float_target("categorical_crossentropy", pred, target, reduction)
     if pred.ndim == 0:
@@ -149,8 +139,7 @@ def categorical_crossentropy(pred, target, from_logits=False, reduction="mean"):
 
 
 def class_targets(name, pred_shape, target, check_range=True):
-    """Integer class labels checked against ``pred_shape`` (N..., C): shape and (unless
-    ``check_range=False``, for a fused kernel that checks it) range."""
+    """Integer class labels checked against ``pred_shape`` (N..., C): shape and range."""
     if not is_device_array(target):
         target = np.asarray(target)
     expected = tuple(pred_shape[:-1])
@@ -169,8 +158,7 @@ def class_targets(name, pred_shape, target, check_range=True):
 
 
 def sparse_categorical_crossentropy(pred, target, from_logits=False, reduction="mean"):
-    """Cross-entropy against integer classes: ``pred`` (N, C), ``target`` (N,); with
-    ``from_logits``, softmax and log are one fused, stable node."""
+    """Cross-entropy against integer classes: ``pred`` (N, C), ``target`` (N,)."""
     name = "sparse_categorical_crossentropy"
     _check_reduction(name, reduction)
     pred = _as_pred(pred)

@@ -1,11 +1,7 @@
 """The model file ``Model.save`` writes, and the registry of layers it may name.
 
-One ``.npz`` (``nanodl.archive``): ``__architecture__`` is JSON (as uint8 bytes)
-naming each layer and its config, the compile settings (when given by name) and the
-epochs trained; ``weights/<name>`` holds each parameter and buffer; ``optimizer/...``
-and ``__optimizer__`` the optimizer's state (``nanodl.nested``), so
-``nanodl.load_model`` returns a model that trains on where it stopped. Every layer
-must be registered and no config may hold a function: a file holds no code.
+Every layer must be registered and no config may hold a function: a file holds no code.
+The layout is in docs/saving.md.
 
 >>> import os, tempfile
 >>> from nanodl import nn
@@ -36,8 +32,7 @@ def register_layer(cls):
 
 
 def save_model(model, path, include_optimizer=True):
-    """Write ``model`` to ``path``; the optimizer's state too with ``include_optimizer``
-    (when it was compiled by name)."""
+    """Write ``model`` to ``path``, with the optimizer's state if compiled by name."""
     compiled = getattr(model, "_compile_config", None)
     architecture = {"format": "nanodl.model", "version": FORMAT_VERSION,
                     "class_name": type(model).__name__, "layers": None, "compile": compiled,
@@ -82,8 +77,7 @@ def save_model(model, path, include_optimizer=True):
 
 
 def unsaved_setting(optimizer, loss, specs):
-    """Why compile settings cannot be written by name (a phrase naming the user's own
-    optimizer class, loss or metric), or None when they can.
+    """Why compile settings cannot be written by name (a phrase naming the culprit), or None.
 
     >>> def f1(pred, target):
     ...     return pred

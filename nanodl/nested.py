@@ -1,11 +1,7 @@
 """Nested state (dicts and lists of numbers, strings and arrays) as flat arrays plus a JSON tree.
 
-An optimizer's ``state_dict()`` is nested (``{'lr': 0.001, 'state': {'exp_avg':
-[array, array]}}``) but an ``.npz`` holds flat named arrays, so ``nanodl.save`` writes
-the arrays (named by their path, ``state/exp_avg/0``) and one JSON tree holding the
-numbers, strings, booleans and ``None`` in place. Reading it back builds the same
-structure: lists, tuples, dicts (string or integer keys), arrays bit for bit, NumPy
-scalars with their dtype. No pickle: nothing in the file names a type to construct.
+How ``nanodl.save`` stores an optimizer's ``state_dict()`` in an ``.npz`` (no pickle:
+nothing in the file names a type to construct). See docs/saving.md.
 
 >>> import numpy as np
 >>> tree, arrays = flatten({'lr': 0.5, 'state': {'m': [np.zeros(2)]}})
@@ -30,10 +26,9 @@ def is_nested(state):
 
 
 def flatten(state, to_array=None, prefix=""):
-    """``(tree, arrays)``: a JSON-ready description of ``state`` and its arrays by name
-    (``prefix`` + the array's path), each made a host ndarray by ``to_array(name, value)``.
+    """``(tree, arrays)``: a JSON-ready description of ``state`` and its arrays by path.
 
-    A leaf that is not a number, string, ``None`` or array raises ``TypeError``.
+    ``to_array(name, value)`` makes each a host ndarray; any other leaf raises ``TypeError``.
     """
     arrays = {}
     to_array = to_array or (lambda name, value: np.asarray(value))
@@ -77,9 +72,7 @@ def _where(path):
 
 
 def unflatten(tree, arrays):
-    """The structure ``flatten`` described, with its arrays taken from ``arrays``;
-    ``ValueError`` for a description ``flatten`` does not write (unknown node, an array
-    named twice or not at all, arrays left over)."""
+    """The structure ``flatten`` described, from ``arrays``; ValueError for any other tree."""
     used = set()
 
     def decode(node):

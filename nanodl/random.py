@@ -1,9 +1,7 @@
 """The one random generator behind every draw nanodl makes (init, dropout, shuffling, randn).
 
-``nd.manual_seed(seed)`` reseeds it, so a seeded run is reproducible end to end.
-``using(generator)`` gives the calling thread a generator of its own for a block (as
-the scikit-learn estimators fit with their ``random_state``): two fits in two threads
-do not steal each other's numbers.
+``nd.manual_seed(seed)`` reseeds it; ``using(generator)`` gives the calling thread its own
+for a block, so two fits in two threads do not steal each other's numbers.
 
 >>> import numpy as np
 >>> from nanodl import random
@@ -32,8 +30,7 @@ def manual_seed(seed):
 
 
 def generator():
-    """The ``numpy.random.Generator`` this thread draws from: the global one, or the one
-    of the ``using`` block it is in."""
+    """The ``numpy.random.Generator`` this thread draws from (global, or its ``using`` block's)."""
     return _thread_generators.get(get_ident(), _generator) if _thread_generators else _generator
 
 

@@ -1,8 +1,7 @@
 """Weight penalties, Keras style: callables from a weight Tensor to a scalar Tensor.
 
-A layer given ``kernel_regularizer=regularizers.l2(1e-4)`` reports
-``1e-4 * sum(kernel ** 2)`` in ``Module.regularization_losses()``; ``Model.fit``
-adds the penalties of all layers to the loss, as Keras does.
+A layer's ``kernel_regularizer=regularizers.l2(1e-4)`` is reported by
+``Module.regularization_losses()``, which ``Model.fit`` adds to the loss.
 
 >>> import nanodl as nd
 >>> from nanodl import regularizers
@@ -85,8 +84,7 @@ REGULARIZERS = {"l1": L1, "l2": L2, "l1_l2": L1L2, "L1": L1, "L2": L2, "L1L2": L
 
 
 def get(identifier):
-    """A regularizer from None, a name (``'l1'``, ``'l2'``, ``'l1_l2'``, default factors),
-    a config dict ``{'class_name': 'L2', 'config': {'l2': 0.01}}`` or a callable."""
+    """A regularizer from None, a name (``'l1'``, ``'l2'``, ``'l1_l2'``), a config dict or a callable."""
     if identifier is None or callable(identifier):
         return identifier
     if isinstance(identifier, str):

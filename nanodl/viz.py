@@ -43,8 +43,7 @@ def _quote(text):
 
 
 def to_dot(tensor, graph_name="nanodl"):
-    """Graphviz DOT text for the graph that made ``tensor``: a box per op, an ellipse per
-    leaf, an edge from each input to its op. Render with ``dot -Tpng graph.dot -o graph.png``.
+    """Graphviz DOT text for the graph that made ``tensor`` (``dot -Tpng graph.dot -o graph.png``).
 
     >>> import nanodl as nd
     >>> x = nd.tensor([1.0, 2.0], requires_grad=True)
@@ -80,9 +79,7 @@ def to_dot(tensor, graph_name="nanodl"):
 
 def graph_text(tensor):
     """The indented tree ``print_graph`` prints, as a string."""
-    lines = []
-    shown = set()
-    stack = [(tensor, 0)]
+    lines, shown, stack = [], set(), [(tensor, 0)]
     while stack:
         node_tensor, depth = stack.pop()
         indent = "  " * depth

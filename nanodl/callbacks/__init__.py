@@ -1,8 +1,6 @@
-"""Callbacks: hooks that ``Model.fit`` calls around epochs and batches, as in Keras
-(docs/callbacks.md): ``on_train_begin/end(logs)``, ``on_epoch_begin/end(epoch, logs)``
-and ``on_batch_begin/end(batch, logs)``. A callback that sets ``model.stop_training =
-True`` ends ``fit`` after the current epoch. ``base.py`` holds the protocol,
-``progress.py`` the bar, ``training.py`` what steers training, ``files.py`` what writes.
+"""Callbacks: hooks that ``Model.fit`` calls around epochs and batches, as in Keras.
+
+Setting ``model.stop_training = True`` ends ``fit`` after the epoch. See docs/callbacks.md.
 
 >>> class PrintLoss(Callback):
 ...     def on_epoch_end(self, epoch, logs=None):

@@ -1,6 +1,4 @@
-"""The callback protocol (``Callback``, ``CallbackList``), ``History``, who prints and
-writes (``should_write``: the seam a multi-process wing fills), and the helpers the
-built-in callbacks share."""
+"""The callback protocol, ``History``, ``should_write`` and the built-ins' shared helpers."""
 
 import warnings
 
@@ -43,7 +41,6 @@ class Callback:
 
 
 def _relay(hook, who="callbacks"):
-    """A ``CallbackList`` method: ``hook(...)`` on each callback in ``self.<who>``."""
     def relay(self, *args, **kwargs):
         for callback in getattr(self, who):
             getattr(callback, hook)(*args, **kwargs)
@@ -52,10 +49,7 @@ def _relay(hook, who="callbacks"):
 
 
 class CallbackList:
-    """Calls every hook on each callback in turn, as ``fit`` does.
-
-    The batch hooks go only to callbacks that override them, so a callback that
-    ignores batches costs nothing per step.
+    """Calls every hook on each callback in turn; batch hooks only where overridden (free steps).
 
     >>> class Note(Callback):
     ...     def on_epoch_end(self, epoch, logs=None):
@@ -92,8 +86,7 @@ _writer = [lambda: True]  # a wing that runs several processes replaces it (regi
 
 
 def should_write():
-    """Whether this process prints and writes files: always, unless a wing that runs
-    several processes registered its own answer (``nanodl.distributed``: rank 0).
+    """Whether this process prints and writes files (in ``nanodl.distributed``: rank 0 only).
 
     >>> should_write()
     True
@@ -107,8 +100,7 @@ def register_writer(function):
 
 
 def _say(text, when=True):
-    """``print(text)`` if ``when``, where ``should_write`` (other ranks of a data-parallel run
-    stay quiet)."""
+    """``print(text)`` if ``when`` and ``should_write()``."""
     if when and should_write():
         print(text)
 
@@ -118,15 +110,13 @@ def _overrides(callback, hook):
 
 
 def _plain(value):
-    """A NumPy scalar or 0-d array as a Python number; anything else unchanged."""
     if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
         return value.item()
     return value
 
 
 class History(Callback):
-    """Records ``logs`` at each epoch's end (``fit`` returns it): ``history`` maps each key
-    to a list of one value per epoch; ``epoch`` lists the epoch indices.
+    """Records ``logs`` at each epoch's end (``fit`` returns it): key -> one value per epoch.
 
     >>> h = History()
     >>> h.on_train_begin()
@@ -150,8 +140,7 @@ class History(Callback):
             self.history.setdefault(key, []).append(_plain(value))
 
     def diagnose(self):
-        """The verdict on these curves: ``'underfitting'``, ``'overfitting'``, ``'diverging'``
-        or ``'ok'``, with the reason and the remedy (``nanodl.diagnostics.curves``)."""
+        """The verdict on these curves, with the reason and the remedy (``diagnostics.curves``)."""
         return curves.diagnose(self)
 
 
@@ -164,7 +153,7 @@ def _optimizer_of(model, who):
 
 
 def _resolve_mode(mode, monitor, who):
-    """``'min'`` or ``'max'``; ``'auto'`` means max for accuracies, min for the rest."""
+    """``'min'`` or ``'max'``; ``'auto'``: max for accuracies, min for the rest."""
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{who}: unknown mode {mode!r}; valid modes: auto, min, max")
     return ("max" if "acc" in monitor else "min") if mode == "auto" else mode
@@ -177,7 +166,6 @@ def _missing_key_warning(who, monitor, logs):
 
 
 def _counted(counter, name):
-    """A property that reads and writes ``self.<counter>.<name>`` (so ``best`` and
-    ``wait`` stay attributes a ``BackupAndRestore`` can save and restore)."""
+    """A property for ``self.<counter>.<name>`` (an attribute ``BackupAndRestore`` can save)."""
     return property(lambda self: getattr(getattr(self, counter), name),
                     lambda self, value: setattr(getattr(self, counter), name, value))

@@ -15,12 +15,8 @@ from .base import (Callback, _missing_key_warning, _optimizer_of, _plain, _resol
 
 
 class ModelCheckpoint(Callback):
-    """Saves the model after each epoch with ``model.save`` (what ``load_model`` needs to
-    train on), or with ``save_weights_only`` its state dict (``nanodl.save``).
-
-    ``filepath`` may hold ``{epoch}`` (from 1, as Keras) and any key of the logs, e.g.
-    ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``. With ``save_best_only`` a file is written
-    only when ``monitor`` improves (``mode='auto'``: up for accuracies, else down).
+    """Saves the model (``model.save``, or its state dict) after each epoch, or when ``monitor``
+    improves with ``save_best_only``. ``filepath`` may name ``{epoch}`` (from 1) and log keys.
     """
 
     _state_attributes = ("best",)
@@ -69,10 +65,8 @@ class ModelCheckpoint(Callback):
 class BackupAndRestore(Callback):
     """Lets an interrupted ``fit`` continue where it stopped (Keras' ``BackupAndRestore``).
 
-    After every epoch it writes ``backup_dir/backup.npz``: the weights, the optimizer's
-    state, the epoch, nanodl's random generator and the other callbacks' state. Running
-    the same ``fit`` again restores it all and ends with the weights an uninterrupted
-    run would have. A fit that finishes deletes the backup (unless ``delete_checkpoint=False``).
+    Each epoch writes ``backup_dir/backup.npz`` (weights, optimizer, epoch, random
+    generator, other callbacks' state); see docs/callbacks.md.
 
     >>> import os, tempfile, numpy as np
     >>> from nanodl import nn
@@ -135,8 +129,7 @@ class BackupAndRestore(Callback):
 
 
 class CSVLogger(Callback):
-    """Writes one CSV row per epoch under a header of ``epoch`` and the sorted log keys,
-    flushed each epoch; ``append=True`` continues a file (without repeating its header)."""
+    """Writes one CSV row per epoch (``epoch`` and the sorted log keys); ``append`` continues."""
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()

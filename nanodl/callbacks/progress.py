@@ -1,5 +1,4 @@
-"""``ProgressBar``: the live bar (terminal, notebook) or one line per epoch, and the
-formatting of logs and step times."""
+"""``ProgressBar`` and the formatting of logs and step times."""
 
 import sys
 import time
@@ -31,9 +30,7 @@ def format_step_time(seconds_per_step):
 
 
 def in_notebook():
-    """True inside a Jupyter kernel, where a bar can redraw live: ``'ipykernel' in
-    sys.modules`` (as Keras 3 checks) and a running IPython shell has a kernel. IPython
-    is never imported here."""
+    """True inside a Jupyter kernel (as Keras 3 checks; IPython is never imported here)."""
     if "ipykernel" not in sys.modules:
         return False
     get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
@@ -46,8 +43,7 @@ def _is_terminal(stream):
 
 
 def resolve_verbose(verbose):
-    """``fit``'s ``verbose``: 0, 1 or 2 as given; ``'auto'`` is 1 (the live bar) on a
-    terminal or in a notebook, 2 (a line per epoch) when stderr goes to a file or pipe."""
+    """``fit``'s ``verbose``: ``'auto'`` is 1 (live bar) on a terminal or notebook, else 2."""
     if verbose == "auto":
         return 1 if _is_terminal(sys.stderr) or in_notebook() else 2
     if isinstance(verbose, str) or verbose not in (0, 1, 2):
@@ -58,11 +54,8 @@ def resolve_verbose(verbose):
 class ProgressBar(Callback):
     """Keras' progress display; ``fit`` adds one for ``verbose`` 1 or 2.
 
-    ``verbose=2`` prints one line per epoch. ``verbose=1`` draws a live bar (steps, ETA,
-    running loss and metrics): redrawn in place with ``\\r`` at most every ``interval``
-    seconds on a terminal (stderr, or ``stream``); one display updated in place in a
-    notebook (a saved notebook keeps one line per epoch); one line per epoch anywhere
-    else (a log file, a pipe). The logs' ``'lr'``, ``'batch'`` and ``'size'`` are not shown.
+    ``verbose=2`` prints one line per epoch; ``verbose=1`` a live bar redrawn at most every
+    ``interval`` seconds on a terminal or notebook (elsewhere, a line per epoch).
     """
 
     width = 30
@@ -134,8 +127,6 @@ class ProgressBar(Callback):
         self.stream.flush()
 
     def _live(self, line, final):
-        """The bar's line: into the notebook's display, or redrawn in place with ``\\r``
-        (padded over a longer previous line)."""
         if not should_write():
             return
         if self.display is not None:
@@ -148,8 +139,7 @@ class ProgressBar(Callback):
 
 
 class _NotebookDisplay:
-    """One IPython display for a whole ``fit`` (finished epochs' lines and the live one),
-    redrawn with ``DisplayHandle.update``; IPython is imported only here, in a kernel."""
+    """One IPython display for a whole ``fit``, redrawn with ``DisplayHandle.update``."""
 
     def __init__(self):
         from IPython.display import display

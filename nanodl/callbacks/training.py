@@ -1,5 +1,4 @@
-"""Callbacks that steer training: ``LearningRateScheduler``, ``EarlyStopping``,
-``ReduceLROnPlateau`` and ``TerminateOnNaN`` (one plateau counter: ``optim.lr_scheduler``)."""
+"""Callbacks that steer training (the plateau counter is ``optim.lr_scheduler``'s)."""
 
 import inspect
 import math
@@ -12,7 +11,6 @@ from .base import Callback, _counted, _missing_key_warning, _optimizer_of, _plai
 
 
 def _takes_lr(schedule):
-    """True when ``schedule`` accepts two positional arguments ``(epoch, lr)``."""
     try:
         parameters = inspect.signature(schedule).parameters.values()
     except (TypeError, ValueError):  # some builtins have no signature: assume (epoch, lr)
@@ -22,8 +20,7 @@ def _takes_lr(schedule):
 
 
 class LearningRateScheduler(Callback):
-    """Sets the learning rate at the start of each epoch to ``schedule(epoch)`` or
-    ``schedule(epoch, lr)`` (``lr`` is the current rate), as Keras does.
+    """Sets the learning rate each epoch to ``schedule(epoch)`` or ``schedule(epoch, lr)``.
 
     >>> def halve_every_10(epoch, lr):
     ...     return lr * 0.5 if epoch and epoch % 10 == 0 else lr
@@ -53,11 +50,8 @@ class LearningRateScheduler(Callback):
 class EarlyStopping(Callback):
     """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
 
-    An improvement is a change of more than ``min_delta`` in the right direction
-    (``mode='auto'``: up for names containing ``'acc'``, else down). With
-    ``restore_best_weights=True`` the weights of the best epoch are put back when
-    training ends, whether this callback stopped it or not. ``stopped_epoch`` and
-    ``best_epoch`` say what happened.
+    An improvement is a change of more than ``min_delta``; ``restore_best_weights`` puts the
+    best epoch's weights back when training ends, whoever stopped it.
     """
 
     _state_attributes = ("wait", "stopped_epoch", "best_epoch", "best", "best_weights")
@@ -109,12 +103,9 @@ class EarlyStopping(Callback):
 
 
 class ReduceLROnPlateau(Callback):
-    """Multiplies the learning rate by ``factor`` when ``monitor`` has stopped improving
-    (by more than ``min_delta``) for ``patience`` epochs, as Keras does; after a
-    reduction ``cooldown`` epochs pass before counting again; the rate stays >= ``min_lr``.
+    """Multiplies the learning rate by ``factor`` after ``patience`` epochs without improvement.
 
-    It adapts ``optim.lr_scheduler.ReduceLROnPlateau`` (``self.scheduler``), which counts
-    ``patience`` and ``cooldown`` one epoch earlier than Keras: it gets one less of each.
+    Adapts ``optim.lr_scheduler.ReduceLROnPlateau``, which counts one epoch earlier than Keras.
     """
 
     _state_attributes = ("best", "wait", "cooldown_counter")
@@ -164,8 +155,7 @@ class ReduceLROnPlateau(Callback):
 
 
 class TerminateOnNaN(Callback):
-    """Stops training once a batch's loss is NaN or inf: ``fit`` ends after the current
-    epoch (Keras would also skip its remaining batches), the last one ``History`` records.
+    """Stops training once a batch's loss is NaN or inf: ``fit`` ends after the current epoch.
 
     >>> import warnings, numpy as np
     >>> from nanodl import nn

@@ -11,8 +11,7 @@ DIGITS_FILE = "digits.npz"
 
 
 def load_digits():
-    """The 1,797 8x8 digit images as ``(x, y)``: ``x`` float32 ``(1797, 64)`` in [0, 1]
-    (pixel counts 0..16 divided by 16), ``y`` the digit 0..9 as int64.
+    """The 1,797 8x8 digit images as ``(x, y)``: ``x`` (1797, 64) in [0, 1], ``y`` the digit.
 
     >>> x, y = load_digits()
     >>> x.shape, x.dtype, y.shape, y.dtype

@@ -1,8 +1,4 @@
-"""Read MNIST (or anything in its layout, such as Fashion-MNIST) from IDX files.
-
-An IDX file is a big-endian header (two zero bytes, a type byte: 0x08 = unsigned byte,
-the number of dimensions, a 4-byte size per dimension), then the raw values.
-"""
+"""Read MNIST (or anything in its layout, such as Fashion-MNIST) from IDX files."""
 import gzip
 import os
 import zlib
@@ -20,8 +16,7 @@ TEST_LABELS = "t10k-labels-idx1-ubyte"
 
 
 def _find_file(folder, name):
-    """The path of ``name`` or ``name.gz`` in ``folder`` (or spelled with a dot,
-    ``train-images.idx3-ubyte``, as some mirrors do)."""
+    """The path of ``name`` in ``folder``, maybe ``.gz`` or spelled ``train-images.idx3-ubyte``."""
     dotted = name.replace("-idx", ".idx")
     candidates = [name, name + ".gz", dotted, dotted + ".gz"]
     for candidate in candidates:
@@ -41,7 +36,7 @@ def _read_bytes(path):
 
 
 def _read_idx(path, expected_magic, expected_dims):
-    """Read an IDX file of unsigned bytes; return an array of shape (count, *expected_dims)."""
+    """An IDX file of unsigned bytes as an array of shape (count, *expected_dims)."""
     content = _read_bytes(path)
     n_dims = 1 + len(expected_dims)
     header_size = 4 + 4 * n_dims
@@ -81,9 +76,9 @@ def _load_part(folder, images_name, labels_name):
 
 
 def load_mnist(path):
-    """``((x_train, y_train), (x_test, y_test))`` from the four standard IDX files (raw or
-    ``.gz``) in folder ``path``: ``x`` float32 ``(n, 784)`` in [0, 1], ``y`` int64. A
-    missing file raises ``FileNotFoundError``, a malformed one ``ValueError``.
+    """``((x_train, y_train), (x_test, y_test))`` from the four IDX files (or ``.gz``) in ``path``.
+
+    ``x`` is float32 ``(n, 784)`` in [0, 1]; a malformed file raises ``ValueError``.
 
     >>> load_mnist("/no/such/folder")
     Traceback (most recent call last):

@@ -1,8 +1,7 @@
 """Two-dimensional toy classification problems: moons, spirals and XOR.
 
-Each returns ``(x, y)`` in shuffled order: ``x`` float32 ``(n_samples, 2)``, ``y`` int64
-labels. ``noise`` is the standard deviation of Gaussian noise added to each coordinate.
-``seed`` is an int, a ``np.random.Generator`` or None (nanodl's global generator).
+Each returns shuffled ``(x, y)``, ``x`` (n_samples, 2). ``noise`` is the standard deviation
+of Gaussian noise on each coordinate; ``seed`` an int, a Generator or None (the global one).
 """
 import numbers
 
@@ -24,7 +23,6 @@ def _check_noise(function_name, noise):
 
 
 def _finish(x, y, noise, rng):
-    """Shuffle the samples, add the noise, and cast to float32 / int64."""
     order = rng.permutation(len(y))
     x, y = x[order], y[order]
     if noise > 0:
@@ -34,9 +32,6 @@ def _finish(x, y, noise, rng):
 
 def make_moons(n_samples=100, noise=0.0, seed=None):
     """Two interleaving half circles, as scikit-learn's ``make_moons``.
-
-    Class 0 is the upper arc of the unit circle, class 1 the lower arc shifted to
-    ``(1, 0.5)``; class 0 gets ``n_samples // 2`` points, class 1 the rest.
 
     >>> x, y = make_moons(6, seed=0)
     >>> x.shape, x.dtype, sorted(y.tolist())
@@ -54,11 +49,7 @@ def make_moons(n_samples=100, noise=0.0, seed=None):
 
 
 def make_spirals(n_samples=100, n_classes=2, noise=0.0, seed=None):
-    """``n_classes`` interleaved spiral arms around the origin, one per class.
-
-    Each arm turns 1.5 times while its radius grows from 0 to 1; arm ``k`` is the
-    first rotated by ``2*pi*k/n_classes``. Samples are shared as evenly as possible
-    (the first ``n_samples % n_classes`` classes get one more).
+    """``n_classes`` interleaved spiral arms (1.5 turns, radius 0 to 1), one per class.
 
     >>> x, y = make_spirals(9, n_classes=3, seed=0)
     >>> x.shape, x.dtype, sorted(y.tolist())

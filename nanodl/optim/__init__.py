@@ -1,9 +1,4 @@
-"""Optimizers, gradient clipping and learning-rate schedules (``nanodl.optim``).
-
-``SGD``, ``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop`` and ``LBFGS`` follow ``torch.optim``
-step for step; ``lr_scheduler`` holds ``StepLR``, ``ExponentialLR``, ``CosineAnnealingLR``,
-``LambdaLR`` and ``ReduceLROnPlateau``.
-"""
+"""Optimizers, gradient clipping and learning-rate schedules, step for step as ``torch.optim``."""
 from . import lr_scheduler
 from .clipping import clip_grad_norm
 from .lbfgs import LBFGS

@@ -1,6 +1,4 @@
-"""Gradient clipping: ``clip_grad_norm`` scales all gradients together, as
-``torch.nn.utils.clip_grad_norm_``, between ``backward()`` and an optimizer's ``step()``.
-"""
+"""Gradient clipping between ``backward()`` and ``step()``, as ``torch.nn.utils.clip_grad_norm_``."""
 import math
 
 from ..backend import array_module
@@ -10,10 +8,8 @@ from .optimizers import _is_parameter
 def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale all gradients together so that their total norm is at most ``max_norm``.
 
-    Returns the total norm before clipping (a Python float). Gradients are multiplied
-    by ``min(1, max_norm / (total + 1e-6))``, each into a new array (two parameters may
-    share one, which must not be scaled twice); those without a gradient are ignored.
-    ``norm_type`` is 2 or ``inf``.
+    Returns the total norm before clipping. Each gradient is multiplied by
+    ``min(1, max_norm / (total + 1e-6))`` into a new array; ``norm_type`` is 2 or ``inf``.
 
     >>> import numpy as np
     >>> from types import SimpleNamespace

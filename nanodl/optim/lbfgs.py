@@ -1,13 +1,6 @@
 """L-BFGS: a quasi-Newton optimizer driven by a closure, iterate for iterate as ``torch.optim.LBFGS``.
 
-L-BFGS keeps the last ``history_size`` pairs of steps ``s = x' - x`` and gradient
-changes ``y = g' - g``; the two-loop recursion turns them and the gradient into an
-approximate Newton direction ``d ~ -H⁻¹ g`` without forming the Hessian. The step
-length is ``lr`` (the first iteration ever scales it by ``min(1, 1/||g||₁)``), or with
-``line_search_fn='strong_wolfe'`` what a bracketing and zooming line search finds
-(cubic interpolation, strong Wolfe conditions with ``c1=1e-4``, ``c2=0.9``). The
-parameters are one flat vector (NumPy or CuPy), and the state is global, not per
-parameter.
+The state is global (the parameters as one flat vector), not per parameter. See docs/lbfgs.md.
 
 >>> import numpy as np
 >>> from nanodl import nn, optim
@@ -34,20 +27,15 @@ __all__ = ["LBFGS"]
 
 
 def _loss_value(loss):
-    """The closure's loss (a Tensor, an array or a number) as a Python float."""
     return float(loss.item()) if hasattr(loss, "item") else float(loss)
 
 
 class LBFGS(Optimizer):
     """Limited-memory BFGS with PyTorch's algorithm, names and defaults.
 
-    ``step(closure)`` runs up to ``max_iter`` iterations, calling the closure (zero the
-    gradients, recompute the loss, ``backward()``, return the loss) at most ``max_eval``
-    times (default ``max_iter * 5 // 4``), and returns its first loss, as PyTorch does.
-    It stops early when the largest gradient entry is at most ``tolerance_grad``, or when
-    the step, the directional derivative or the change of the loss falls below
-    ``tolerance_change``. With ``model.compile(optimizer='lbfgs')``, ``fit`` is
-    full-batch: one ``step(closure)`` per epoch over all training samples.
+    ``step(closure)`` runs up to ``max_iter`` iterations and ``max_eval`` closure calls
+    (zero the gradients, recompute the loss, ``backward()``, return it) and returns the
+    first loss. With ``compile(optimizer='lbfgs')``, ``fit`` is full-batch.
     """
 
     name = "lbfgs"
@@ -83,9 +71,7 @@ class LBFGS(Optimizer):
 
     @property
     def state(self):
-        """The global state, by PyTorch's names: ``func_evals``, ``n_iter`` and, after the
-        first iteration, ``d``, ``t``, ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``,
-        ``prev_flat_grad``, ``prev_loss``."""
+        """The global state, by PyTorch's names (``func_evals``, ``n_iter``, ``d``, ``old_dirs``...)."""
         return self._memory
 
     def _flat_grad(self):
@@ -95,7 +81,6 @@ class LBFGS(Optimizer):
                                else xp.asarray(p.grad, dtype=p.data.dtype).ravel() for p in params])
 
     def _move(self, t, direction):
-        """``x += t * direction``, parameter by parameter, in place."""
         offset = 0
         for p in self._params:
             size = p.data.size
@@ -190,8 +175,7 @@ class LBFGS(Optimizer):
         return first_loss
 
     def state_dict(self):
-        """Hyper-parameters and the global state: one flat dict of numbers, strings and host
-        arrays, the history stacked (``old_dirs``, ``old_stps``: ``(k, n)``; ``ro``: ``(k,)``)."""
+        """Hyper-parameters and the global state, the history stacked (``old_dirs``: ``(k, n)``)."""
         # line_search_fn=None (the default) is left out: no None saved
         sd = {"name": self.name, **{k: v for k, v in self.get_config().items() if v is not None}}
         memory = self._memory
@@ -267,8 +251,7 @@ def _stack(vectors, n, dtype):
 
 
 def _two_loop(q, steps_taken, grad_changes, rho, h_diag):
-    """The L-BFGS two-loop recursion: ``H q`` for the inverse-Hessian approximation ``H``
-    built from the pairs ``(s_i, y_i)``, starting from ``h_diag * I``; ``q`` is consumed."""
+    """The two-loop recursion: ``H q`` for the inverse-Hessian approximation (``q`` is consumed)."""
     xp = array_module(q)
     alphas = [0.0] * len(steps_taken)
     for i in range(len(steps_taken) - 1, -1, -1):  # newest pair first
@@ -287,8 +270,7 @@ _Point = namedtuple("_Point", "t f g gtd")
 
 
 def _cubic_minimum(a, b, bounds=None):
-    """The minimiser of the cubic through two trials' values and slopes, clipped to
-    ``bounds`` (default: between the points); their midpoint when the cubic has none."""
+    """The minimiser of the cubic through two trials, clipped to ``bounds`` (else the midpoint)."""
     (x1, f1, _, g1), (x2, f2, _, g2) = a, b
     low, high = bounds if bounds is not None else (min(x1, x2), max(x1, x2))
     try:
@@ -308,12 +290,9 @@ def _cubic_minimum(a, b, bounds=None):
 
 def _strong_wolfe(loss_and_grad, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9,
                   max_ls=25):
-    """Find a step length ``t`` along ``d`` that satisfies the strong Wolfe conditions:
-    sufficient decrease ``f(t) <= f + c1 t gtd`` and a flat enough slope
-    ``|gtd(t)| <= c2 |gtd|``. First bracket such a point (growing ``t`` by cubic
-    extrapolation), then zoom into the bracket (cubic interpolation, kept at least a
-    tenth of the bracket away from its ends). ``loss_and_grad(x, t, d)`` evaluates the
-    loss and flat gradient at ``x + t d``. Returns ``(f, g, t, evaluations)``."""
+    """A step length along ``d`` meeting the strong Wolfe conditions: bracket, then zoom.
+
+    ``loss_and_grad(x, t, d)`` evaluates at ``x + t d``. Returns ``(f, g, t, evaluations)``."""
     xp = array_module(d)
     d_scale = float(xp.abs(d).max())
     start = _Point(0, f, g.copy(), gtd)

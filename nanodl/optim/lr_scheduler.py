@@ -1,10 +1,7 @@
 """Learning-rate schedules with PyTorch's semantics, driving an optimizer's ``lr``.
 
-Create the scheduler after the optimizer (it records ``base_lrs`` and takes the initial
-step: ``last_epoch`` is 0) and call ``step()`` once per epoch, after the epoch's
-optimizer steps. The updates are PyTorch's recursive forms (each rate from the current
-one), so a rate changed by hand carries on and the values agree with
-``torch.optim.lr_scheduler`` to the last bit. The ``*_lrs`` lists have one entry.
+Create it after the optimizer and call ``step()`` once per epoch, after the optimizer's
+steps. The recursive forms match ``torch.optim.lr_scheduler`` to the last bit.
 
 >>> import numpy as np
 >>> from types import SimpleNamespace
@@ -48,8 +45,7 @@ class LRScheduler:
             raise TypeError(f"{type(self).__name__}: {type(optimizer).__name__} is not an optimizer "
                             "(it has no lr attribute)")
         self.optimizer = optimizer
-        # Like PyTorch's group.setdefault('initial_lr', lr): a second scheduler on the
-        # same optimizer starts from the rate the first one found.
+        # as PyTorch: a second scheduler on the optimizer starts from the first one's rate
         if getattr(optimizer, "initial_lr", None) is None:
             optimizer.initial_lr = optimizer.lr
         self.base_lrs = [optimizer.initial_lr]
@@ -80,7 +76,6 @@ class LRScheduler:
                 if key != "optimizer" and not callable(value)}
 
     def load_state_dict(self, state_dict):
-        """Restore ``state_dict()``."""
         self.__dict__.update(state_dict)
 
     def __repr__(self):
@@ -88,8 +83,7 @@ class LRScheduler:
 
 
 class StepLR(LRScheduler):
-    """Multiply the rate by ``gamma`` every ``step_size`` epochs:
-    ``lr = base_lr * gamma ** (epoch // step_size)``."""
+    """``lr = base_lr * gamma ** (epoch // step_size)``."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         self.step_size = integer_argument("StepLR", "step_size", step_size, 1)
@@ -102,7 +96,7 @@ class StepLR(LRScheduler):
 
 
 class ExponentialLR(LRScheduler):
-    """Multiply the rate by ``gamma`` every epoch: ``lr = base_lr * gamma ** epoch``."""
+    """``lr = base_lr * gamma ** epoch``."""
 
     def __init__(self, optimizer, gamma):
         self.gamma = real_argument("ExponentialLR", "gamma", gamma)
@@ -114,12 +108,10 @@ class ExponentialLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
-    """Cosine annealing from ``base_lr`` down to ``eta_min`` over ``T_max`` epochs.
+    """Cosine annealing from ``base_lr`` down to ``eta_min`` over ``T_max`` epochs (then back up).
 
-    Approximately ``eta_min + (base_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2``,
-    computed with PyTorch's recursive form (each rate from the previous one), which
-    rises back after ``T_max`` and equals PyTorch's values exactly.
-    """
+    About ``eta_min + (base_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2``, in PyTorch's
+    recursive form."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         self.T_max = integer_argument("CosineAnnealingLR", "T_max", T_max, 1)
@@ -158,14 +150,8 @@ class LambdaLR(LRScheduler):
 
 
 class Plateau:
-    """How long a monitored number has gone without improving: the one counter behind
-    ``ReduceLROnPlateau`` (this scheduler, and the Keras callback that adapts it) and
-    ``callbacks.EarlyStopping``.
-
-    A value improves when it beats ``best`` by more than ``threshold`` (``'rel'``:
-    ``best * (1 - threshold)`` for ``mode='min'``, ``best * (1 + threshold)`` for
-    ``'max'``; ``'abs'``: ``best -/+ threshold``). ``record(value)`` counts one epoch:
-    an improvement becomes ``best`` and sets ``num_bad_epochs`` to 0; anything else adds 1.
+    """How long a monitored number has gone without improving (behind ``ReduceLROnPlateau``
+    and ``callbacks.EarlyStopping``); ``threshold`` is relative (``'rel'``) or ``'abs'``.
 
     >>> plateau = Plateau("min", threshold=0.1, threshold_mode="abs")
     >>> [plateau.record(value) for value in (1.0, 0.95, 0.5)], plateau.best, plateau.num_bad_epochs
@@ -178,7 +164,6 @@ class Plateau:
         self.num_bad_epochs = 0
 
     def is_better(self, current, best):
-        """Whether ``current`` improves on ``best`` by more than the threshold."""
         if self.mode == "min":
             if self.threshold_mode == "rel":
                 return current < best * (1.0 - self.threshold)
@@ -197,12 +182,9 @@ class Plateau:
 
 
 class ReduceLROnPlateau(Plateau):
-    """Multiply the rate by ``factor`` when a metric has stopped improving (``Plateau``'s
-    test), as ``torch.optim.lr_scheduler.ReduceLROnPlateau``; ``step(metric)`` once per epoch.
+    """Multiply the rate by ``factor`` when a metric stops improving, as PyTorch's.
 
-    After more than ``patience`` epochs without improvement the rate becomes
-    ``max(lr * factor, min_lr)`` (unless that changes it by less than ``eps``), and the
-    next ``cooldown`` epochs are not counted.
+    Call ``step(metric)`` once per epoch; after a cut, ``cooldown`` epochs are not counted.
     """
 
     MODES = ("min", "max")

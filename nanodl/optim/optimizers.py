@@ -1,11 +1,8 @@
 """Optimizers: SGD, Adam, AdamW, Adagrad and RMSprop, step for step as ``torch.optim``.
 
-A *parameter* is anything with a ``.data`` array (updated in place) and a ``.grad``
-array of the same shape, or ``None`` (then it is skipped, as in PyTorch). Each update
-goes to the kernel table by keyword (``kernels(p.data).adam_step(p.data, grad,
-exp_avg=..., lr=...)``), so the same code runs NumPy, the compiled kernels and CuPy;
-an optimizer of your own may write its update with ``array_module`` instead
-(``docs/extending.md``).
+A *parameter* is anything with a ``.data`` array (updated in place) and a ``.grad`` array
+or ``None`` (skipped). Updates go through the kernel table, so one code runs NumPy, the
+compiled kernels and CuPy. Writing your own: docs/extending.md.
 
 >>> import numpy as np
 >>> from types import SimpleNamespace
@@ -39,21 +36,15 @@ def _zeros(data, *slots):
 class Optimizer:
     """Base class: holds the parameters, the learning rate and per-parameter state.
 
-    ``params`` may be ``None`` (give them later with :meth:`set_params`, as
-    ``Model.compile`` does), any iterable of parameters, or a module with ``parameters()``.
-
-    Subclasses set ``name``, implement ``_new_state(data)`` (the fresh per-parameter
-    state arrays, by name) and ``_update(data, grad, state)`` (one parameter's
-    elementwise update), and name their other constructor arguments in ``_config`` (or
-    override ``get_config``). An update that is not elementwise overrides ``step()``.
-    Each parameter's state dict also holds ``state["step"]``, the updates it has had (a
-    step without its gradient does not count, as in PyTorch).
+    ``params``: ``None`` (``set_params`` later), an iterable of parameters or a module.
+    Subclasses set ``name`` and ``_config`` and implement ``_new_state(data)`` and the
+    elementwise ``_update(data, grad, state)`` (or ``step()``); ``state["step"]`` counts
+    each parameter's updates.
     """
 
     name = "optimizer"
     _config = ()  # the constructor's arguments after lr, stored under their own names
-    # The checked kernel table; a captured step (nanodl.capture), which validated its
-    # calls once, swaps in the unchecked compute functions during its update.
+    # the checked kernel table; a captured step (nanodl.capture) swaps in unchecked ones
     _kernels = staticmethod(kernels)
 
     def __init_subclass__(cls, **kwargs):
@@ -125,7 +116,6 @@ class Optimizer:
         return {}
 
     def _updates(self):
-        """``(data, grad, state)`` for each parameter with a gradient, counting its step."""
         if self._state is None:  # created at the first step, on each parameter's device
             self._state = [self._fresh_state(p.data) for p in self._require_params()]
         self.step_count += 1
@@ -149,9 +139,7 @@ class Optimizer:
             self._update(data, grad, state)
 
     def _update(self, data, grad, state):  # pragma: no cover - every subclass defines it
-        """Update one parameter's ``data`` in place. Elementwise, so one call on several
-        parameters laid end to end does what one call each would, bit for bit (the
-        captured step relies on it: ``nanodl.capture.FlatUpdate``)."""
+        """Update one parameter's ``data`` in place, elementwise (``capture.FlatUpdate`` relies on it)."""
         raise NotImplementedError(f"{type(self).__name__}: define _update(data, grad, state), "
                                   "one parameter's elementwise update, or step()")
 
@@ -184,9 +172,7 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
     def state_dict(self):
-        """Hyper-parameters (the current ``lr`` included), step counts and per-parameter
-        state as host copies: numbers, strings, bools, arrays and ``'state'`` (slot name ->
-        one array per parameter), so ``nanodl.save`` writes it without pickle."""
+        """Hyper-parameters, step counts and per-parameter state (host copies; ``nanodl.save`` ready)."""
         sd = {"name": self.name}
         for key, value in self.get_config().items():
             sd[key] = list(value) if isinstance(value, tuple) else value
@@ -260,7 +246,7 @@ def _taking_learning_rate(init):
 
 
 def _like(current, value):
-    """Convert a loaded value (often a 0-d array after np.load) to the type of ``current``."""
+    """A loaded value (often a 0-d array) as the type of ``current``."""
     if isinstance(current, tuple):
         return tuple(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
     if isinstance(current, (bool, int, float)):
