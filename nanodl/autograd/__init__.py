@@ -1,16 +1,8 @@
 """Reverse-mode autograd: ``Function``, the one graph walk, ``no_grad``.
 
-``SomeOp.apply(*tensors)`` runs ``forward`` on the raw arrays and returns a Tensor whose
-``grad_fn`` is the node; the node keeps its input tensors, so ownership flows one way
-(output -> node -> inputs) and a dropped output frees its whole graph.
-
-``walk`` is the one graph walk, for ``Tensor.backward`` and ``nd.grad`` at every order,
-iterative (Kahn's algorithm: a node runs once all its consumers have). It does the work
-shared by every op: unbroadcasting, device and dtype checks, errors naming the op, summing
-a reused tensor's gradients, ``retain_grad``, freeing saved arrays. A node runs in one of
-two tiers: first order, ``backward`` on arrays (the fast path); ``create_graph=True``,
-``vjp`` on Tensors with grad mode on, so the gradient is a graph, differentiable again.
-An op whose ``vjp`` also runs on arrays writes no ``backward``: its derivative exists once.
+A node keeps its input tensors, so ownership flows one way (output -> node -> inputs) and
+a dropped output frees its whole graph. ``walk`` does the work every op shares
+(unbroadcasting, checks, sums, ``retain_grad``, freeing). See docs/internals.md.
 """
 import weakref
 from threading import get_ident
@@ -27,10 +19,9 @@ _tensor_class = None  # set by nanodl.tensor once Tensor is defined (it imports 
 
 
 def __getattr__(name):
-    """``autograd.forward_hooks`` etc.: the calling thread's hook lists, for tools
-    (``detect_anomaly``, ``gradcheck.locate``, ``profile``). A forward hook gets ``(node, args,
-    kwargs, out)``, a backward hook ``(node, grad_output, grads)``, a pre-hook the same less
-    the result, just before."""
+    """``autograd.forward_hooks`` etc.: the calling thread's hook lists. A forward hook gets
+    ``(node, args, kwargs, out)``, a backward hook ``(node, grad_output, grads)``, a pre-hook
+    the same less the result."""
     if name in mode.HOOK_KINDS:
         return mode.thread_hooks(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -132,8 +123,7 @@ class Function:
 
 
 def unbroadcast(grad, shape):
-    """Sum ``grad`` down to ``shape``: the reverse of NumPy broadcasting (None if
-    ``shape`` does not broadcast to ``grad.shape``)."""
+    """Sum ``grad`` down to ``shape``, the reverse of broadcasting (None if it cannot)."""
     if grad.shape == shape:
         return grad
     if not _broadcasts(shape, grad.shape):
@@ -146,7 +136,6 @@ def unbroadcast(grad, shape):
 
 
 def _broadcasts(shape, target):
-    """True when NumPy broadcasting turns ``shape`` into ``target``."""
     extra = len(target) - len(shape)
     return extra >= 0 and all(size in (1, target[extra + i]) for i, size in enumerate(shape))
 
@@ -176,8 +165,7 @@ class BroadcastTo(Function):
 
 
 def _count_consumers(*roots):
-    """For every node below ``roots``: how many input slots it feeds. A node runs once all
-    its consumers have (Kahn's algorithm): this count is all the ordering the walk needs."""
+    """For every node below ``roots``: how many input slots it feeds (Kahn's algorithm)."""
     consumers = {}
     stack = list(roots)
     while stack:
@@ -199,8 +187,7 @@ def _count_consumers(*roots):
 
 
 def topological_order(*roots, consumers=None):
-    """The nodes reachable from ``roots``, each before every node it depends on (several
-    roots, as ``nd.grad`` has, need their graph's ``consumers`` counts; left unchanged)."""
+    """The nodes reachable from ``roots``, each before every node it depends on."""
     remaining = _count_consumers(*roots) if consumers is None else dict(consumers)
     order, ready = [], [root for root in roots if remaining.get(root, 0) == 0]
     while ready:
@@ -226,11 +213,9 @@ def backward(tensor, grad, retain_graph=False):
 def walk(pending, retain_graph=False, create_graph=False, wanted=None):
     """The one graph walk: from ``pending`` (root node -> its output's gradient) down.
 
-    ``wanted=None`` (``Tensor.backward``) accumulates into every leaf's ``.grad``.
-    ``nd.grad`` passes ``(leaf_slots, node_slots, results)`` instead: the walk runs only
-    nodes that lead to a wanted tensor (a leaf by ``id``, or a node's output) and sums
-    into ``results[slot]``, touching no leaf's ``.grad``. Gradients are arrays, or
-    Tensors under ``create_graph`` (then each node's ``vjp`` runs with grad mode on).
+    ``wanted=None`` accumulates into leaves' ``.grad``; ``nd.grad`` passes ``(leaf_slots,
+    node_slots, results)``: only nodes leading to a wanted tensor run, summing into
+    ``results[slot]``. Under ``create_graph`` gradients are Tensors and ``vjp`` runs.
     """
     roots = list(pending)
     consumers = _count_consumers(*roots)
@@ -299,9 +284,8 @@ def _useful(roots, consumers, leaf_slots, node_slots):
 
 
 def owns_gradient(node, g, grad_output, grads):
-    """May a leaf keep ``g`` as its ``.grad`` uncopied? Only a built-in op's fresh array
-    that no one else holds (not the incoming gradient, a view, an input's data, a saved
-    array, nor returned twice). A custom Function's gradient is always copied."""
+    """May a leaf keep ``g`` uncopied? Only a built-in op's fresh array that nothing else
+    holds."""
     if not node._fresh_grads or g is grad_output or g.base is not None:
         return False
     for tensor in node.inputs:
@@ -348,7 +332,6 @@ def _normalised(node, grads, method):
 
 
 def _check_gradient(node, index, tensor_in, g):
-    """The first-order tier's checks of a gradient: type, device, shape, dtype."""
     data = tensor_in.data
     if isinstance(g, np.generic):
         g = np.asarray(g)
@@ -371,7 +354,6 @@ def _check_gradient(node, index, tensor_in, g):
 
 
 def _check_tensor(node, index, tensor_in, g):
-    """The same checks in the create-graph tier, with differentiable reductions and casts."""
     data = tensor_in.data
     if not isinstance(g, _tensor_class):
         raise RuntimeError(f"{node.name}.vjp returned a {type(g).__name__} for input {index}; "
@@ -388,7 +370,6 @@ def _check_tensor(node, index, tensor_in, g):
 
 
 def _fill_retained(node, grad_output):
-    """``retain_grad()``: the tensor ``node`` made keeps a plain array ``.grad``, in both tiers."""
     kept = node._retained()
     if kept is not None:
         g = grad_output.data if isinstance(grad_output, _tensor_class) else grad_output

@@ -1,13 +1,6 @@
-"""The curvature of a scalar loss from Hessian-vector products alone.
-
-``fn()`` returns a one-element Tensor built from ``params`` (Tensors that require grad).
-The Hessian H over all of ``params`` (end to end, n numbers) is never formed: ``fn`` runs
-once, its gradient once with ``create_graph=True``, and each ``H v`` is one reverse pass
-through that gradient's graph. ``hessian_eigenvalues`` finds the k extreme eigenpairs
-(Lanczos or power iteration); ``hessian_trace`` and ``hessian_diagonal`` are Hutchinson's
-estimates. ``seed`` is anything ``numpy.random.default_rng`` takes (a Generator is used
-as is); the same seed gives trace and diagonal the same probes. Bad arguments raise
-``ValueError`` (``TypeError`` for a wrong type). See ``docs/curvature.md``.
+"""The curvature of a scalar loss ``fn()`` over ``params`` from Hessian-vector products
+alone (H is never formed). ``seed`` is anything ``numpy.random.default_rng`` takes. See
+``docs/curvature.md``.
 
 >>> import numpy as np, nanodl as nd
 >>> w = nd.tensor([1.0, 1.0, 1.0], dtype="float64", requires_grad=True)
@@ -39,17 +32,11 @@ def hessian_eigenvalues(fn, params, k=1, which="largest", method="lanczos", tol=
                         max_iter=None, seed=None):
     """The k extreme eigenvalues of the Hessian of ``fn()`` and their eigenvectors.
 
-    Returns a float64 array of the k algebraically largest (or ``which='smallest'``)
-    eigenvalues in ascending order (``eigvalsh(H)[-k:]`` or ``[:k]``), and their k unit
-    eigenvectors in the same order, each a list of host arrays shaped like ``params``.
-
-    ``'lanczos'`` builds a Krylov basis, reorthogonalising each new vector against all
-    earlier ones, and restarts at random when the basis closes (so repeated eigenvalues
-    are found); ``'power'`` iterates on ``H + s I`` with deflation, slower for close
-    eigenvalues. A run stops when each wanted residual ``|H v - theta v|`` is at most
-    ``tol`` times the largest eigenvalue magnitude seen (at least 100 epsilons of the
-    dtype). ``max_iter`` bounds the products: Lanczos's basis size (default
-    ``min(n, max(300, 20 k))``), power's per eigenvalue (10000). Unconverged warns.
+    Returns the k largest (or ``which='smallest'``) eigenvalues ascending, as float64
+    (``eigvalsh(H)[-k:]`` or ``[:k]``), and their unit eigenvectors, each a list of host
+    arrays shaped like ``params``. ``tol`` is relative to the largest eigenvalue seen;
+    ``max_iter`` bounds the products (default ``min(n, max(300, 20 k))`` for Lanczos,
+    10000 per eigenvalue for power). Unconverged warns.
 
     >>> import nanodl as nd
     >>> w = nd.tensor([0.5, -0.5], dtype="float64", requires_grad=True)
@@ -88,9 +75,7 @@ def hessian_eigenvalues(fn, params, k=1, which="largest", method="lanczos", tol=
 def hessian_trace(fn, params, samples=100, seed=None):
     """``(estimate, std_error)`` of ``trace(H)`` by Hutchinson's estimator.
 
-    ``E[z^T H z] = trace(H)`` for Rademacher probes z (entries +-1, the least variance).
-    The estimate is the mean over ``samples`` probes (at least 2); ``std_error`` is its
-    standard deviation, shrinking as ``1 / sqrt(samples)``.
+    The mean of ``z^T H z`` over ``samples`` (at least 2) Rademacher probes z.
 
     >>> import nanodl as nd
     >>> w = nd.tensor([1.0, 2.0], dtype="float64", requires_grad=True)
@@ -107,8 +92,7 @@ def hessian_trace(fn, params, samples=100, seed=None):
 def hessian_diagonal(fn, params, samples=100, seed=None):
     """Hutchinson's estimate of ``diag(H)``: host arrays shaped like ``params``.
 
-    ``E[z * (H z)] = diag(H)`` for Rademacher probes z; entry i's standard error is
-    ``sqrt(sum_{j != i} H_ij^2 / samples)``.
+    The mean of ``z * (H z)``; the same seed gives the same probes as ``hessian_trace``.
 
     >>> import nanodl as nd
     >>> w = nd.tensor([1.0, 2.0], dtype="float64", requires_grad=True)
@@ -120,8 +104,7 @@ def hessian_diagonal(fn, params, samples=100, seed=None):
 
 
 def _probed(fn, params, samples, seed, least, who):
-    """The checked arguments' operator, and ``(z, H z)`` for ``samples`` Rademacher probes z
-    (independent entries, +1 or -1 with equal odds), made one at a time."""
+    """The operator, and ``(z, H z)`` for ``samples`` Rademacher probes z, lazily."""
     params = _check_params(params, who)
     samples = _check_samples(samples, least, who)
     rng = _generator(seed, who)
@@ -132,8 +115,8 @@ def _probed(fn, params, samples, seed, least, who):
 
 # ------------------------------------------------------------------ v -> H v
 class _HessianOperator:
-    """``H v`` for flat float64 host vectors v of ``n`` numbers (``params`` end to end): one
-    walk through the kept graph of ``fn``'s gradient, weighting each piece by v's."""
+    """``H v`` for flat float64 host vectors v (``params`` end to end): one walk through
+    the kept graph of ``fn``'s gradient."""
 
     def __init__(self, fn, params, who):
         self.params, self.who = params, who
@@ -179,8 +162,7 @@ class _HessianOperator:
 # ------------------------------------------------------------------ Lanczos
 def _lanczos(operator, k, which, tol, steps, rng):
     """Lanczos with full reorthogonalisation: ``(values, unit vectors)`` of the k wanted
-    Ritz pairs after at most ``steps`` products (every earlier basis vector is
-    projected out of each new one, twice, so the basis stays orthonormal to rounding)."""
+    Ritz pairs after at most ``steps`` products."""
     n = operator.n
     basis = np.empty((min(steps, 32), n))  # grown as needed: max_iter bounds, not allocates
     alphas, betas = np.zeros(steps), np.zeros(steps)  # betas[j]: coupling of vectors j and j+1
@@ -222,16 +204,14 @@ def _lanczos(operator, k, which, tol, steps, rng):
 
 
 def _checkpoint(size):
-    """Test convergence (an eigen-decomposition) at this basis size? Each size up to 16,
-    then about every eighth: at most ~1/8 more products than needed."""
+    """Test convergence at this basis size? Each up to 16, then about every eighth."""
     return size <= 16 or size % (size // 8) == 0
 
 
 # ------------------------------------------------------------------ power iteration
 def _power(operator, k, which, tol, steps, rng):
     """Power iteration with a shift and deflation: ``(values, unit vectors)``. A run on H
-    finds rho, the largest magnitude (the first answer if at the wanted end); the rest come
-    from ``H + rho I`` ('largest') or ``H - rho I``, with the vectors found projected out."""
+    finds rho, the largest magnitude; the rest come from ``H +- rho I``."""
     sign = 1.0 if which == "largest" else -1.0
     value, vector = _power_run(operator, 0.0, [], tol, 0.0, steps, rng)
     found = [(value, vector)] if sign * value >= 0 or operator.n == 1 else []
@@ -243,8 +223,7 @@ def _power(operator, k, which, tol, steps, rng):
 
 
 def _power_run(operator, shift, deflate, tol, scale, steps, rng):
-    """One eigenpair of ``H + shift I`` restricted to the complement of ``deflate``,
-    reported as ``(eigenvalue of H, unit vector)``."""
+    """``(eigenvalue of H, unit vector)`` of ``H + shift I`` outside ``deflate``."""
     def project(v):
         for u in deflate:
             v = v - (u @ v) * u
@@ -274,7 +253,6 @@ def _unit(vector):
 
 
 def _check_params(params, who):
-    """``params`` as a non-empty list of float Tensors that require grad."""
     if isinstance(params, Tensor):
         params = [params]
     try:
@@ -311,7 +289,6 @@ def _check_samples(samples, least, who):
 
 
 def _generator(seed, who):
-    """``numpy.random.default_rng(seed)``: a Generator is used as is."""
     try:
         return np.random.default_rng(seed)
     except (TypeError, ValueError):

@@ -1,10 +1,7 @@
 """Jacobians, Hessians and their products, built on ``nd.grad`` (PyTorch's names).
 
-``fn`` maps Tensors to a Tensor (a scalar for ``hvp`` and ``hessian``); ``inputs``
-is a Tensor or a tuple of Tensors, and every result has the same structure (a
-tuple for a tuple). The inputs are differentiated as fresh leaves, so nothing
-touches their ``.grad``; with ``create_graph=True`` the results keep a graph to
-the inputs you passed (when they require grad), so they can be differentiated again.
+``inputs`` is a Tensor or a tuple of Tensors, and each result has the same structure.
+No ``.grad`` is touched. See docs/higher_order.md.
 
 >>> import nanodl as nd
 >>> from nanodl.autograd.functional import hessian
@@ -43,10 +40,8 @@ def vjp(fn, inputs, v=None, create_graph=False):
 
 
 def jvp(fn, inputs, v, create_graph=False):
-    """``(fn(*inputs), J v)``: the Jacobian-vector product, by the double-vjp trick.
-
-    ``J^T u`` is linear in ``u``, so differentiating it with respect to ``u`` in the
-    direction ``v`` gives ``J v`` with two reverse passes and no forward mode.
+    """``(fn(*inputs), J v)``: the Jacobian-vector product, by two reverse passes
+    (``J^T u`` is linear in ``u``; its derivative along ``v`` is ``J v``).
 
     >>> import nanodl as nd
     >>> out, jv = jvp(lambda x: x * x, nd.tensor([1.0, 3.0]), nd.tensor([1.0, 0.0]))
@@ -102,11 +97,8 @@ def jacobian(fn, inputs, create_graph=False):
 
 
 def hessian(fn, inputs, create_graph=False):
-    """Second derivatives of a scalar ``fn``: shape ``input.shape + input.shape``.
-
-    For a tuple of inputs the result is a tuple of tuples, ``H[i][j]`` of shape
-    ``inputs[i].shape + inputs[j].shape``, as PyTorch's.
-    """
+    """Second derivatives of a scalar ``fn``: shape ``input.shape + input.shape``; for a
+    tuple of inputs, a tuple of tuples ``H[i][j]``."""
     is_tuple, xs = _prepare(inputs, create_graph, "hessian")
     out = _scalar(_call(fn, xs, "hessian"), "hessian")
     first = _zeros_for_none(_first(out, xs), xs, True)
@@ -116,8 +108,8 @@ def hessian(fn, inputs, create_graph=False):
 
 # ------------------------------------------------------------------ shared steps
 def _prepare(inputs, create_graph, name):
-    """``(was a tuple, the Tensors to differentiate)``: fresh float leaves, or with
-    ``create_graph`` the caller's own tensors when they already require grad."""
+    """``(was a tuple, fresh float leaves)``; with ``create_graph``, tensors that require
+    grad stay themselves."""
     is_tuple = isinstance(inputs, (tuple, list))
     values = tuple(inputs) if is_tuple else (inputs,)
     if not values:
@@ -162,14 +154,13 @@ def _directions(v, xs, is_tuple, name):
 
 
 def _first(out, xs):
-    """The gradient of a scalar ``out``, with a graph (None for each input of a constant)."""
     if not out.requires_grad:
         return [None] * len(xs)
     return list(grad(out, xs, create_graph=True, allow_unused=True))
 
 
 def _jacobian_rows(out, xs, create_graph):
-    """One Jacobian per input, ``out.shape + x.shape``, from one vjp per output element."""
+    """One Jacobian per input, from one vjp per output element."""
     xp = array_module(out.data)
     rows = [[] for _ in xs]
     for k in range(out.size):

@@ -1,10 +1,5 @@
 """``nd.grad``: gradients returned instead of accumulated, and gradients of gradients.
-
-``grad(outputs, inputs)`` runs the one graph walk (``autograd.walk``) from every output
-at once and hands back d(outputs)/d(inputs), touching no leaf's ``.grad``. With
-``create_graph`` each node's ``vjp`` runs on Tensors, so the gradient is a graph of
-ordinary nodes, differentiable again to any order. An op with a kink (relu, abs, max,
-clip) uses its mask as a constant: its second derivative is 0 there, never NaN.
+A kink (relu, abs, max, clip) has second derivative 0, never NaN. See docs/higher_order.md.
 
 >>> import nanodl as nd
 >>> x = nd.tensor(3.0, requires_grad=True)
@@ -23,13 +18,9 @@ from ..tensor import Tensor
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
          allow_unused=False):
-    """d(outputs)/d(inputs) as a tuple, one entry per input (PyTorch's semantics).
-
-    ``grad_outputs`` (one Tensor or array per output) weights each output; it may be
-    omitted only for one-element outputs. ``retain_graph`` defaults to
-    ``create_graph``. An input the outputs do not depend on raises ``RuntimeError``
-    unless ``allow_unused=True`` (its entry is then None).
-    """
+    """d(outputs)/d(inputs) as a tuple, one entry per input, no ``.grad`` touched (PyTorch's
+    semantics). ``grad_outputs`` weights each output (omit it only for one-element outputs);
+    an unused input raises ``RuntimeError`` unless ``allow_unused=True`` (then None)."""
     outputs, inputs = _as_tuple(outputs, "outputs"), _as_tuple(inputs, "inputs")
     retain_graph = create_graph if retain_graph is None else retain_graph
     leaf_slots, node_slots = {}, {}
@@ -76,7 +67,6 @@ def _as_tuple(value, what):
 
 
 def _seeds(outputs, grad_outputs, create_graph):
-    """One starting gradient per output: an array, or a Tensor under ``create_graph``."""
     if grad_outputs is None or isinstance(grad_outputs, Tensor) or hasattr(grad_outputs, "shape"):
         grad_outputs = (grad_outputs,) * len(outputs) if grad_outputs is None else (grad_outputs,)
     grad_outputs = tuple(grad_outputs)
@@ -108,9 +98,8 @@ def _seeds(outputs, grad_outputs, create_graph):
 
 
 def _attached(gradient, tensor):
-    """Under ``create_graph``, a constant gradient (d(2x)/dx = 2) still requires grad (SPEC),
-    so differentiating it again gives 0, not an error: a ``where`` that always picks
-    ``gradient`` sends ``tensor`` a zero gradient, finite even where x is inf."""
+    """A constant gradient (d(2x)/dx = 2) still requires grad under ``create_graph`` (SPEC):
+    a ``where`` that always picks it gives ``tensor`` a zero gradient, finite even at inf."""
     if gradient is None or gradient.requires_grad or not tensor.requires_grad:
         return gradient
     take_gradient = array_module(tensor.data).ones((), dtype=bool)

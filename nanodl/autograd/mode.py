@@ -1,7 +1,5 @@
-"""The engine's per-thread flags: grad mode (``no_grad``/``enable_grad``) and debug hooks.
-
-Each thread has its own grad mode, as in PyTorch. A flag lives in a dict keyed by thread
-id holding only threads that changed it, so ``Function.apply`` pays one empty-dict test.
+"""Per-thread grad mode (``no_grad``/``enable_grad``) and debug hooks. A flag lives in a dict
+holding only the threads that changed it, so ``Function.apply`` pays one empty-dict test.
 
 >>> import nanodl as nd
 >>> with nd.no_grad():
@@ -36,8 +34,7 @@ class no_grad:
     >>> y.requires_grad
     False
 
-    Each block restores what its thread had on entry, so blocks nest, and blocks in
-    two threads may overlap in any order (even one shared instance).
+    Blocks nest, and blocks in two threads may overlap (even one shared instance).
     """
     _enabled = False
 
@@ -73,8 +70,7 @@ class enable_grad(no_grad):
 
 
 class HookList(list):
-    """One thread's hooks (``autograd.forward_hooks``), a list that is in the hot path's
-    dict (``forward_hooks`` here...) while it holds a hook."""
+    """One thread's hooks, in the hot path's dict (``forward_hooks``...) while not empty."""
 
     def __init__(self, active):
         super().__init__()

@@ -1,19 +1,6 @@
-"""Per-sample gradients in one backward pass (SPEC §17): ``per_sample_grad``, ``per_sample_grad_norm``.
-
-``fn(*batch)`` gives N losses, loss i from sample i. The backward of their sum already
-holds every per-sample gradient: at a tensor with the batch axis first, row i of its
-gradient is d loss_i / d row i. Samples are summed only where a *shared* tensor (a
-parameter, or one computed from parameters alone) meets a batched one, and there each op
-has an exact rule that keeps the batch axis: ``F.linear``'s kernel gets x_i^T delta_i (its
-bias delta_i); an embedding lookup, sample i's rows scatter-added; elementwise and
-broadcasting ops, the gradient before broadcasting is undone; matmul and einsum, the same
-contraction with the batch axis kept. A shared non-parameter (BatchNorm's ``gamma /
-sqrt(var)``) passes its rows on with one vjp per sample. For norms Dense never forms the
-(N, in, out) array: ||x_i delta_i^T||^2 = ||x_i||^2 ||delta_i||^2 (the Gram form for
-sequences), and embeddings likewise.
-
-The forward is read first, node by node, to know which tensors carry the batch axis and
-to refuse an op that mixes samples (BatchNorm in training mode, a mean over the batch).
+"""Per-sample gradients in one backward pass (SPEC §17). The backward of the summed losses
+holds every sample's gradient until a *shared* tensor meets a batched one; there each op
+has an exact rule that keeps the batch axis. See docs/per_sample_gradients.md.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -215,8 +202,7 @@ class _EmbeddingRows:
 
 
 def _unbroadcast_rows(g, shape, n):
-    """A gradient in the output's shape (batch axis first) -> (N,) + ``shape``: per sample,
-    summed over the axes broadcasting added, the batch axis kept."""
+    """A gradient in the output's shape -> (N,) + ``shape``, unbroadcast per sample."""
     xp = array_module(g)
     full = (1,) * (g.ndim - len(shape)) + tuple(shape)
     axes = tuple(j for j in range(1, g.ndim) if full[j] == 1 and g.shape[j] != 1)
@@ -391,8 +377,8 @@ def _per_sample(fn, params, batch, name):
 
 
 def _through_shared(passing, params, n):
-    """Per-sample gradients of shared non-parameter tensors, carried to the parameters
-    (one vjp of the shared part of the graph per sample)."""
+    """Per-sample gradients of shared non-parameters, carried to the parameters (one vjp per
+    sample)."""
     if not passing:
         return {}
     tensors = [tensor for tensor, _ in passing]
@@ -413,11 +399,9 @@ def sum_parts(parts):
 
 
 def per_sample_grad(fn, params, *batch):
-    """The gradient of each of ``fn(*batch)``'s N losses: one array (N,) + p.shape per parameter.
-
-    Row i is d fn(*batch)[i] / d p, equal to a backward pass on sample i alone, computed
-    in one pass (see the module doc). An op that mixes samples raises ValueError naming it.
-    """
+    """The gradient of each of ``fn(*batch)``'s N losses: one array (N,) + p.shape per
+    parameter, row i as a backward on sample i alone. An op that mixes samples raises
+    ValueError naming it."""
     params, n, parts = _per_sample(fn, params, batch, "per_sample_grad")
     xp = array_module(params[0].data) if params else np
     return [(sum_parts(own) if own else xp.zeros((n,) + p.shape, dtype=p.dtype)).astype(p.dtype, copy=False)
@@ -425,11 +409,8 @@ def per_sample_grad(fn, params, *batch):
 
 
 def per_sample_grad_norm(fn, params, *batch):
-    """The (N,) norms of the per-sample gradients over all ``params`` together.
-
-    Dense kernels and embeddings reach their norms without forming (N,) + p.shape
-    arrays (||x_i||^2 ||delta_i||^2 for a Dense kernel); other parameters are formed.
-    """
+    """The (N,) norms of the per-sample gradients over all ``params`` together (Dense
+    kernels and embeddings without forming their (N,) + p.shape arrays)."""
     params, n, parts = _per_sample(fn, params, batch, "per_sample_grad_norm")
     xp = array_module(params[0].data) if params else np
     squares = xp.zeros(n, dtype=np.float64 if not params else params[0].dtype)

@@ -1,15 +1,9 @@
 """Analytic FLOPs and bytes of every op and kernel-table kernel: the profiler divides
 them by measured times, ``model.summary()`` adds them up per layer.
 
-* **FLOPs**: additions, multiplications, divisions and elementary functions (``exp``,
-  ``log``, ``tanh``, ``sqrt``) per element; comparisons and selects (ReLU, max, clip,
-  where) are free, as in hardware counts. ``(m, k) @ (k, n)`` is ``2 m k n`` (a dense
-  layer's bias is added in that accumulation). Elementwise ops and reductions count per
-  element of their output (``'out'``) or first input (``'in'``) by ``PER_ELEMENT``,
-  activations by ``ACTIVATION_FLOPS``; products and fused nodes have their own formulas.
-* **Bytes**: the least traffic: each input read and the output written once (forward);
-  the incoming gradient, the saved arrays and each fresh gradient (backward). An op
-  whose output is a view of its input (a reshape, a transpose) moves nothing.
+FLOPs count arithmetic and elementary functions; comparisons and selects are free, and
+``(m, k) @ (k, n)`` is ``2 m k n``. Bytes are the least traffic: inputs read and output
+written once (forward); the incoming gradient, saved arrays and fresh gradients (backward).
 
 >>> import numpy as np
 >>> from nanodl.ops.shape import MatMul, Transpose
@@ -65,8 +59,7 @@ def _is_view(out, inputs):
 
 
 def _dense_flops(rows, inputs, units, activation, bias_gradient, products, backward):
-    """A fused dense layer: ``products`` GEMMs of 2 rows*inputs*units (the bias added in the
-    forward's accumulation), the activation, and the bias gradient's column sums."""
+    """A fused dense layer: ``products`` GEMMs, the activation, the bias gradient's sums."""
     act = ACTIVATION_FLOPS[activation][1 if backward else 0]
     return products * 2 * rows * inputs * units + (act + bool(bias_gradient)) * rows * units
 
@@ -81,10 +74,7 @@ def _einsum_flops(node):
 
 def forward_cost(node, inputs, out):
     """``(flops, bytes)`` of one forward of ``node`` on the arrays ``inputs`` giving ``out``.
-
-    An op outside nanodl's own (a custom ``Function``) may define
-    ``cost(self, inputs, out) -> (flops, bytes)``; otherwise it counts no FLOPs.
-    """
+    A custom ``Function`` may define ``cost(self, inputs, out) -> (flops, bytes)``."""
     name = type(node).__name__
     traffic = _nbytes(inputs) + getattr(out, "nbytes", 0)
     if name in PER_ELEMENT:

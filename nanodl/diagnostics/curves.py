@@ -1,17 +1,9 @@
 """``History.diagnose()``: read the learning curves the way the course teaches.
 
-* **diverging**: the training loss became inf/NaN, ended higher than it started, or
-  jumped above twice a uniform guess's loss and ended no better than that guess (the
-  network blew up, then died): the steps overshoot. Remedy: a smaller learning rate.
-* **overfitting**: the validation loss reached its lowest at some epoch and then
-  turned up (its running mean over a fifth of the epochs ends ``RISE`` above its
-  lowest) while the training loss kept falling: the model learns the training set by heart.
-  Remedy: L2, Dropout, early stopping (at that epoch), more data.
-* **underfitting**: the training loss, and the validation loss if there is one, stay
-  high: above ``UNDERFIT_SHARE`` of a uniform guess's (``log(classes)`` for a
-  cross-entropy; without one, of the first epoch's loss): the model has not fit even
-  the data it sees. Remedy: more capacity or more epochs.
-* **ok**: none of these.
+Verdicts: 'diverging' (inf/NaN, ended above the start, or blew up past twice a uniform
+guess's loss), 'overfitting' (validation loss ends ``RISE`` above its lowest while training
+loss falls), 'underfitting' (losses above ``UNDERFIT_SHARE`` of a uniform guess's), 'ok'.
+See docs/diagnosing.md.
 
 >>> from nanodl.callbacks import History
 >>> h = History()
@@ -54,8 +46,7 @@ class Verdict:
 
 
 def uniform_loss(loss, classes):
-    """The loss of a uniform guess, for the losses that have one (else None): ``log(C)`` for
-    a categorical cross-entropy, ``log 2`` for a binary one."""
+    """The loss of a uniform guess (``log(C)``, ``log 2`` for binary), or None."""
     name, config = losses.describe(loss)
     if name in ("categorical_crossentropy", "sparse_categorical_crossentropy") and classes:
         return math.log(max(classes, 2))

@@ -1,17 +1,9 @@
 """``nd.diagnose(model, x, y)``: is this network able to learn? One batch, in plain words.
 
-On the first ``batch_size`` samples, what the course's checklist asks:
-
-* the loss, against a uniform guess's (``log(classes)`` for a cross-entropy, ``log 2``
-  for a binary one, the targets' variance for the MSE): a fresh network starts near it;
-* per layer, the gradient's norm and ``|update| / |weights|`` for one step of the
-  compiled optimizer: about 1e-3 is healthy, above 1e-1 too large, below 1e-6 nothing moves;
-* per layer, the fraction of dead ReLU units (0 for every sample: no gradient, no
-  recovery) and of sigmoid/tanh outputs within 0.01 of their bounds (no slope);
-* warnings in plain words, a loss that does not fit the output activation included.
-
-It runs on a deep copy of the model (optimizer state included), in eval mode; a layer
-still to be built is built on the copy, from a generator of its own.
+On the first ``batch_size`` samples: the loss against a uniform guess's, and per layer
+the gradient norm, ``|update| / |weights|`` for one optimizer step (about 1e-3 is healthy),
+dead ReLU and saturated sigmoid/tanh fractions, with warnings in plain words. It runs on a
+deep copy of the model, in eval mode. See docs/diagnosing.md.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -98,8 +90,7 @@ def _norm(arrays):
 
 
 def _one_step(optimizer, params, grads, before):
-    """Each parameter's change in one step of ``optimizer`` (the twin's) from the values
-    ``before``, or None."""
+    """Each parameter's change in one step of ``optimizer`` from ``before``, or None."""
     inner = getattr(optimizer, "optimizer", optimizer)  # a wrapper (data parallel) holds one
     for p, g in zip(params, grads):
         p.grad = None if g is None else g.data
@@ -136,8 +127,7 @@ def _baseline(loss_name, loss, target, out_width):
 
 
 def _twin(model):
-    """A deep copy of ``model`` with its optimizer and that one's state (not its plan cache
-    nor its last History): the diagnosis builds, runs and steps the copy."""
+    """A deep copy of ``model`` and its optimizer state (not its plan cache nor History)."""
     left_out = {id(model.__dict__.get(name)): None for name in ("_plan_cache", "history", "_data_parallel")
                 if model.__dict__.get(name) is not None}
     return copy.deepcopy(model, left_out)

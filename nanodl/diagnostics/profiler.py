@@ -18,14 +18,10 @@ True
 >>> linear['calls'], linear['flops'] == gemms + 256 * (64 + 10)  # and the bias gradients' sums
 (2, True)
 
-Inside the block the engine calls the profiler before and after every op's ``forward``
-and ``backward`` (``autograd.forward_pre_hooks`` and friends), and the kernel calls no
-op makes (an optimizer's update) go through a timed view of the table
-(``backend.table_watchers``); outside it both seams are empty: no cost. An op's time
-excludes the ops run inside it; its layer is the innermost ``nn`` layer running (its
-backward's is its forward's); losses and optimizers are rows of their own. The block
-records its own thread; a captured step runs eagerly while a profile is open; on a
-GPU each op waits for the device before its clock stops.
+The engine's hooks (``autograd.forward_pre_hooks`` and friends) and a timed view of the
+kernel table (``backend.table_watchers``) are set only inside the block: no cost outside.
+An op's time excludes the ops inside it; its layer is the innermost ``nn`` layer running.
+The block records its own thread; a captured step runs eagerly. See docs/profiling.md.
 """
 import sys
 import timeit
@@ -50,9 +46,8 @@ _rates = {}
 
 
 def machine_rates():
-    """This machine's float32 matrix-multiply rate (FLOP/s, the better of one BLAS thread
-    and all of them, best of ten 512^3 products) and memory-copy rate (bytes/s, read +
-    written, best of five 32 MB copies), measured once per process (~0.1-0.2 s).
+    """This machine's float32 matrix-multiply rate (FLOP/s, 512^3 products) and memory-copy
+    rate (bytes/s, read + written, 32 MB copies), measured once per process (~0.1-0.2 s).
 
     >>> rates = machine_rates()
     >>> rates['gemm'] > 1e8 and rates['copy'] > 1e8
@@ -74,8 +69,7 @@ def machine_rates():
 
 
 def profile_step(model, x, y, warmup=2):
-    """The profile of one training step of the compiled ``model`` on ``(x, y)``, after
-    ``warmup`` unprofiled ones (they plan the step, build the layers, warm the caches)."""
+    """The profile of one training step of the compiled ``model``, after ``warmup`` ones."""
     for _ in range(warmup):
         model.train_on_batch(x, y)
     with profile() as prof:
@@ -89,7 +83,7 @@ def _best(run, repeats=5):
 
 
 def _is_layer(obj):
-    """An ``nn.Module`` (by its protocol: this module sits below ``nn``, which imports it)."""
+    """An ``nn.Module``, by its protocol (``nn`` imports this module)."""
     kind = type(obj)
     return hasattr(kind, "named_modules") and hasattr(kind, "forward") and \
         "_modules" in getattr(obj, "__dict__", ())

@@ -1,8 +1,7 @@
 """``model.summary()``: each layer's output shape, parameters and FLOPs per sample.
 
-One sample (zeros) runs through the model, in eval mode and without a graph, inside
-``nd.profile()``: a layer's shape is what its forward returned, its FLOPs those of the
-ops it ran (``costs.py``). Nothing is inferred, so a built subclassed ``Model`` works too.
+One sample (zeros) runs through the model inside ``nd.profile()``: nothing is inferred, so
+a built subclassed ``Model`` works too.
 
 >>> from nanodl import nn
 >>> model = nn.Sequential([nn.Dense(8, activation='relu', input_dim=4), nn.Dense(2)])
@@ -20,9 +19,6 @@ Trainable params: 58
 Non-trainable params: 0
 FLOPs per sample: 96 (forward; a training step costs about 3 times that)
 ___________________________________________________________
-
-``layers.0``: 2 x 4 x 8 for the product (the bias is added in its sums; a ReLU is a
-compare: free).
 """
 import numpy as np
 
@@ -52,8 +48,7 @@ def _run(model, shape):
 
 
 def _listed(prefix, module, shapes):
-    """The rows under ``module``: its children, a container that never ran (a
-    ``ModuleList``) replaced by its own children."""
+    """The rows under ``module``; a container that never ran is replaced by its children."""
     rows = []
     for name, child in module._modules.items():
         if child is None:
@@ -87,8 +82,7 @@ def rows(model):
 
 
 def summary(model):
-    """Print and return ``model``'s table: layer, output shape, parameter count, FLOPs
-    per sample, and the totals."""
+    """Print and return ``model``'s table of layers, shapes, parameters and FLOPs per sample."""
     listed, total_flops = rows(model)
     cells = [HEADER] + [(name, str(shape), f"{count:,}", f"{flops:,}" if flops != "?" else flops)
                         for name, shape, count, flops in listed]

@@ -178,10 +178,8 @@ def linear(x, kernel, bias=None, activation="linear", alpha=None):
 
 
 def softmax_cross_entropy(logits, target, reduction="none"):
-    """Cross-entropy of ``logits`` (N, C) against classes (N,) or a (N, C) distribution.
-
-    ``reduction='none'`` gives the per-sample losses; 'mean' and 'sum' reduce in the node.
-    """
+    """Cross-entropy of ``logits`` (N, C) against classes (N,) or a (N, C) distribution;
+    ``reduction``: 'none' (per sample), 'mean' or 'sum'."""
     return SoftmaxCrossEntropy.apply(logits, target=target, reduction=reduction)
 
 

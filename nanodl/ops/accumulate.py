@@ -1,8 +1,7 @@
 """Products, running sums and norms: prod, cumsum, norm (std is composed from norm).
 
-Prod's gradient is the product of the other factors, from running products from the
-left and from the right (dividing by the factor would be 0/0 at a zero). Cumsum's is the
-running sum taken backwards. Norm's is x / ||x||, and 0 at x = 0 (never 0/0).
+prod' = the product of the others (running products from both sides: no 0/0 at a zero);
+cumsum' = the running sum backwards; norm' = x / ||x||, 0 at x = 0.
 
 >>> import nanodl as nd
 >>> x = nd.tensor([2.0, 0.0, 3.0], requires_grad=True)
@@ -54,8 +53,7 @@ class Prod(_Reduction):
         return self.expand(grad) * self.others(a)
 
     def vjp(self, grad, a):
-        """The same, as a Prod of ``a`` with each element replaced by 1 in turn (n copies of
-        each slice: n times the input's memory)."""
+        """A Prod of ``a`` with each element replaced by 1 in turn (n times the memory)."""
         order, inverse = _moved_last(a.ndim, self.axes)
         moved = a.transpose(*order) if order != list(range(a.ndim)) else a
         lead = moved.shape[:a.ndim - len(self.axes)]

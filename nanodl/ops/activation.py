@@ -1,7 +1,5 @@
-"""Activations. Elementwise ones run through the kernel table (compiled or NumPy twin).
-
-``backward`` calls the kernel table on arrays; ``vjp`` writes the same derivative with
-Tensor ops, from the input, so that it can be differentiated again.
+"""Activations: ``backward`` calls the kernel table (compiled or NumPy twin) on arrays;
+``vjp`` writes the same derivative with Tensor ops, differentiable again.
 """
 from ..autograd import Function
 from ..backend import array_module, kernels
@@ -11,8 +9,7 @@ from .elementwise import Minimum, Where, constant
 
 
 class _Activation(Function):
-    """An elementwise activation: forward and backward are its record's kernels, saving the
-    output or the input as the record says. Each op writes only its ``vjp``."""
+    """An elementwise activation run by its kernel record; each op writes only its ``vjp``."""
     record = None
 
     def forward(self, x, alpha=None):
@@ -133,8 +130,7 @@ class LogSoftmax(Function):
 
 
 def activation_vjp(name, grad, z, alpha):
-    """``grad`` through activation ``name`` at ``z``, with Tensor ops: the activation op's
-    own ``vjp`` (the fused dense node uses it, so its derivative is not written again)."""
+    """``grad`` through activation ``name`` at ``z`` with Tensor ops (for the fused dense node)."""
     if name == "linear":
         return grad
     op = ACTIVATION_OPS[name]()

@@ -1,8 +1,5 @@
-"""The one place an ``axis`` argument is checked and normalised, for every op that takes one.
-
-An axis is an integer (not a bool) in ``[-ndim, ndim)``, or for reductions a tuple or list
-of them; the result is non-negative. A bad axis raises ``ValueError`` (out of range,
-duplicated) or ``TypeError`` (not an integer) naming the op, the axis and ``ndim``.
+"""The one place an ``axis`` argument is checked and made non-negative: ``ValueError`` out of
+range or duplicated, ``TypeError`` not an integer (bools included).
 """
 import operator
 

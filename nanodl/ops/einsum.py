@@ -1,11 +1,8 @@
 """``einsum``: NumPy's Einstein summation, differentiable to any order.
 
-The forward makes the subscripts explicit once: ``...`` becomes letters, an implicit
-output gets its ``->``, and a size-1 axis that broadcasts gets a letter of its own. Then
-an operand's gradient is again one einsum (the output's gradient and the other operands,
-onto that operand's letters), with constant operands for what an einsum cannot write: an
-identity for a letter repeated in the operand (``'ii->i'``), ones for a letter only it
-has (``'ij->i'``). Its gradient is an einsum again: any order.
+An operand's gradient is again one einsum (the output's gradient and the other operands,
+onto that operand's letters), with an identity for a repeated letter (``'ii->i'``) and
+ones for a letter only it has (``'ij->i'``): so any order.
 
 >>> import nanodl as nd
 >>> a = nd.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
@@ -91,12 +88,9 @@ def _own_letters_for_broadcast(letters, shapes, output, spare, subscripts):
 
 
 def gradient_spec(terms, output, index, shapes, keep=""):
-    """The einsum giving operand ``index``'s gradient: (spec, [constant operand descriptions]).
-
-    Its operands: the output's gradient, the other operands, then ``('eye', n)`` for a
-    repeated letter and ``('ones', n)`` for a letter only operand ``index`` has. ``keep``:
-    output letters kept in front (``per_sample_grad``'s batch letter).
-    """
+    """The einsum giving operand ``index``'s gradient: (spec, [constant operand descriptions]),
+    over the output's gradient, the other operands, then ``('eye', n)`` / ``('ones', n)``.
+    ``keep``: output letters kept in front (``per_sample_grad``'s batch letter)."""
     target = terms[index]
     others = [term for j, term in enumerate(terms) if j != index]
     known = set(output).union(*others) if others else set(output)
@@ -128,8 +122,7 @@ def constant_operand(kind, size, like):
 
 
 def contract(spec, arrays):
-    """``xp.einsum`` on an explicit spec; with more than two operands, or big ones, it lets
-    NumPy plan the order and call BLAS (the plan costs tens of microseconds)."""
+    """``xp.einsum`` on an explicit spec, optimized (BLAS) for many or big operands."""
     xp = array_module(arrays[0])
     plan = len(arrays) > 2 or max(a.size for a in arrays) > 4096
     return xp.einsum(spec, *arrays, optimize=plan)
@@ -149,8 +142,7 @@ class Einsum(Function):
         return contract(self.spec, operands)
 
     def _gradients(self, grad, operands, einsum, constant):
-        """Each wanted operand's gradient, one einsum each: ``einsum(spec, arrays)`` on
-        arrays (``backward``) or on Tensors (``vjp``), so the derivative is written once."""
+        """Each wanted operand's gradient, one einsum each, on arrays or on Tensors."""
         grads = []
         for index, need in enumerate(self.needs_input_grad):
             if not need:

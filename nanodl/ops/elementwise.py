@@ -1,9 +1,7 @@
-"""Elementwise arithmetic and math ops: forward and backward side by side.
+"""Elementwise arithmetic and math ops: forward and derivative side by side.
 
-A gradient may come back in the broadcast shape: the engine sums it down to the input's.
-Most ops write their derivative once, as a ``vjp`` that runs on arrays and on Tensors
-alike (operators, and ``math_of`` for functions). Exp and sqrt keep a fast ``backward``
-on their saved output; masks at kinks (abs, clip, ties) are constants: second derivative 0.
+Most ops write their derivative once, as a ``vjp`` that runs on arrays and Tensors alike
+(``math_of`` for functions); the engine unbroadcasts. Masks at kinks are constants.
 """
 from ..autograd import Function
 from ..backend import array_module
@@ -18,8 +16,7 @@ def math_of(x):
 
 
 def constant(array, like):
-    """A mask in ``like``'s dtype, as a graph-less Tensor when ``like`` is one: one ``vjp``
-    serves both tiers."""
+    """A mask in ``like``'s dtype, as a graph-less Tensor when ``like`` is one."""
     array = array.astype(like.dtype, copy=False)
     return Tensor(array) if isinstance(like, Tensor) else array
 

@@ -5,11 +5,8 @@ from .activation import activation_vjp, softmax_array, softmax_backward_array
 
 
 class Linear(Function):
-    """One node for a dense layer; the kernel table fuses GEMM, bias and activation.
-
-    ``x``'s leading axes are folded into the batch; ``bias`` may be None (then it is no
-    tensor input). ``'softmax'`` is applied here, over the last axis (not elementwise).
-    """
+    """One node for a dense layer (GEMM, bias and activation fused); ``x``'s leading axes
+    are the batch, ``bias`` may be None, ``'softmax'`` is over the last axis."""
 
     def forward(self, x, kernel, bias=None, activation="linear", alpha=0.0):
         if x.ndim == 0 or kernel.ndim != 2 or x.shape[-1] != kernel.shape[0]:

@@ -11,10 +11,7 @@ REDUCTIONS = ("none", "mean", "sum")
 
 class SoftmaxCrossEntropy(Function):
     """``-sum(target * log_softmax(logits))`` over the last axis of (N, C) logits.
-
-    ``target``, not differentiated, is an array of (N,) classes or a (N, C) distribution.
-    ``reduction`` ('none', 'mean' or 'sum') is applied inside the node: one node, not two.
-    """
+    ``target`` (not differentiated): (N,) classes or a (N, C) distribution."""
 
     def forward(self, logits, target=None, reduction="none"):
         if reduction not in REDUCTIONS:

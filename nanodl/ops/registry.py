@@ -1,13 +1,8 @@
 """One registry of ops that drives the tests and ``nanodl gradcheck``'s audit.
 
-Each ``OpSpec`` names an op, how to call it on Tensors, its NumPy reference, the input
-shapes to try, the interval inputs are drawn from, and how far an input is from a point
-where the op is not differentiable (relu at 0, ties of max, ...). A new op is one entry,
-then forward-tested, gradient-checked and audited everywhere at once.
-
-``critical_points`` are inputs exactly where a *composition* of ops would kink though the
-op is smooth there (a loss at ``pred == target``, Huber's ``|d| == delta``), with
-``derivative`` the analytic gradient the op must return there.
+A new op is one ``OpSpec`` (call, NumPy reference, shapes, input range, distance to a kink),
+then forward-tested, gradient-checked and audited everywhere at once. ``critical_points``
+are inputs where a composition would kink though the op is smooth, with the gradient due.
 """
 import math
 from dataclasses import dataclass
@@ -49,8 +44,7 @@ class OpSpec:
 
 
 def _gap_to_tie(axis):
-    """Distance to a tie of the two largest or the two smallest values along ``axis``
-    (0 means a tie: max and min both have a kink there)."""
+    """Distance to a tie of the two largest or two smallest values along ``axis`` (a kink)."""
     def distance(a):
         axes = None if axis is None or a.ndim == 0 else (axis % a.ndim,)
         return min(_extreme_gap(a, axes, True), _extreme_gap(a, axes, False))

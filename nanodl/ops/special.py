@@ -1,9 +1,7 @@
 """Elementwise special functions: sin, cos, log1p, expm1, erf.
 
-Each derivative is written once, as a ``vjp`` that runs on arrays and on Tensors
-(``math_of``), so every one is differentiable to any order: sin' = cos, cos' = -sin,
-log1p' = 1 / (1 + x), expm1' = exp(x), erf' = 2 / sqrt(pi) exp(-x^2). ``erf`` is
-computed here, without SciPy (see ``erf_array``).
+Each derivative is one ``vjp`` on arrays and Tensors, so any order: sin' = cos, cos' = -sin,
+log1p' = 1 / (1 + x), expm1' = exp(x), erf' = 2 / sqrt(pi) exp(-x^2). No SciPy.
 
 >>> import nanodl as nd
 >>> x = nd.tensor([0.0, 0.5], dtype='float64', requires_grad=True)
