@@ -1,12 +1,5 @@
 """Layers and models (``nanodl.nn``): ``Module``, ``Parameter``, built-in layers,
-``Model`` (Keras' compile/fit/evaluate/predict) and ``Sequential``.
-
->>> import nanodl as nd
->>> from nanodl import nn
->>> model = nn.Sequential([nn.Dense(16, activation='relu', input_dim=4), nn.Dense(3, input_dim=16)])
->>> [name for name, _ in model.named_parameters()]
-['layers.0.kernel', 'layers.0.bias', 'layers.1.kernel', 'layers.1.bias']
-"""
+``Model`` (Keras' compile/fit/evaluate/predict) and ``Sequential``. See docs/training.md."""
 from . import init
 from .layers import (GELU, LAYERS, Activation, BatchNorm, Dense, Dropout, Embedding, Flatten, Layer,
                      LayerNorm, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, register_layer)

@@ -1,16 +1,6 @@
 """What ``compile`` and ``fit`` check and record before training: the compile settings
 kept for ``save``, a probability loss on a head without an activation, inputs that do
-not fit a layer.
-
->>> import warnings
->>> from nanodl import nn
->>> model = nn.Sequential([nn.Dense(2, input_dim=3)])
->>> with warnings.catch_warnings(record=True) as caught:
-...     warnings.simplefilter("always")
-...     model.compile(loss='sparse_categorical_crossentropy')
->>> "activation='softmax'" in str(caught[0].message)
-True
-"""
+not fit a layer."""
 import warnings
 
 from .. import losses as losses_module
@@ -82,10 +72,8 @@ def check_input(model, x, who):
 
 
 def input_error(model, shape, x, error, who):
-    """The error for ``x`` (a few samples of the user's array of ``shape``) failing in
-    the model's forward with ``error``: it names the innermost layer that could not take
-    its input (found by running ``x`` again with every layer's forward watched), else
-    it is ``error`` with the user's shape."""
+    """The error for ``x`` (a few samples of the user's array of ``shape``) failing in the
+    forward with ``error``, naming the innermost layer that could not take its input."""
     layers = [(name, module) for name, module in model.named_modules()[1:]
               if not isinstance(module, ModuleList)]
     failed = []

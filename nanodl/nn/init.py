@@ -1,10 +1,8 @@
 """Weight initializers: ``f(shape, dtype=None) -> ndarray``, Keras formulas.
 
-Draws come from nanodl's generator (``nd.manual_seed``) in float64, cast to ``dtype``
-(the default dtype when None): one seed gives the same weights in float32 and float64.
-Fans: ``(in, out)`` for a kernel; the leading axes of more dimensions are the
-receptive field (Keras' convention). The ``*_normal`` ones are normals truncated at
-two standard deviations and rescaled to exactly the target standard deviation.
+Draws come from nanodl's generator in float64, then are cast: one seed gives the same
+weights in float32 and float64. The ``*_normal`` ones are truncated at two standard
+deviations and rescaled to the target one.
 
 >>> import nanodl as nd
 >>> from nanodl.nn import init
@@ -27,7 +25,7 @@ _TRUNCATED_STD = 0.87962566103423978  # the std of a unit normal truncated to [-
 
 
 def compute_fans(shape):
-    """``(fan_in, fan_out)`` of a weight of ``shape``."""
+    """``(fan_in, fan_out)``; leading axes beyond two are the receptive field (Keras)."""
     shape = tuple(shape)
     if len(shape) == 0:
         return 1, 1

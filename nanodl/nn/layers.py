@@ -1,9 +1,7 @@
 """Built-in layers: Dense, activations, Dropout, Flatten, BatchNorm, LayerNorm, Embedding.
 
-Layers whose size depends on their input (Dense without ``input_dim``, the two
-norms) are built on their first call, on the input's device, in the default
-dtype. Each layer has ``get_config()`` and is registered in ``LAYERS`` so that
-``nanodl.load_model`` can rebuild it from a saved file.
+Dense without ``input_dim`` and the norms build on their first call, on the input's
+device. Each is registered in ``LAYERS`` so that ``nanodl.load_model`` can rebuild it.
 
 >>> import nanodl as nd
 >>> from nanodl import nn
@@ -65,9 +63,8 @@ class Layer(Module):
 
     @classmethod
     def state_shapes(cls, config):
-        """name -> shape of the parameters and buffers a layer made from ``config`` holds,
-        which ``load_model`` checks against a file before it allocates anything; None:
-        build it to find out (fine for layers without large state)."""
+        """name -> shape of the state a layer made from ``config`` holds, which ``load_model``
+        checks before allocating; None: build it to find out."""
         return None
 
     def extra_repr(self):
@@ -76,15 +73,12 @@ class Layer(Module):
 
 @register_layer
 class Dense(Layer):
-    """``activation(x @ kernel + bias)``, one fused ``F.linear`` node.
+    """``activation(x @ kernel + bias)``, one fused ``F.linear`` node; ``kernel`` is ``(in, units)``.
 
-    ``kernel`` is ``(in, units)`` and ``bias`` ``(units,)``; without ``input_dim`` (or
-    Keras' ``input_shape=(in,)``) they are created on the first call. ``activation``
-    is a name or a callable Tensor -> Tensor: a built-in one (``nd.tanh``, ``F.relu``)
-    is kept by its name, so the model still saves; any other is applied after the
-    fused node, and ``save`` refuses it (``ValueError``) as a file cannot hold code.
-    Initializers are names from ``nn.init`` or callables ``f(shape, dtype=None)``;
-    regularizers are callables from a weight to a scalar (``nanodl.regularizers.l2(1e-4)``).
+    Without ``input_dim`` (or ``input_shape=(in,)``) the weights are made on the first call.
+    ``activation``: a name or a callable; a built-in one (``nd.tanh``) is kept by its name, any
+    other makes ``save`` raise ``ValueError``. Initializers: ``nn.init`` names or callables
+    ``f(shape, dtype=None)``; regularizers: ``nanodl.regularizers.l2(1e-4)`` and the like.
 
     >>> import nanodl as nd
     >>> from nanodl import nn
@@ -127,8 +121,7 @@ class Dense(Layer):
         return self.kernel is not None
 
     def build(self, input_dim, device="cpu"):
-        """Create ``kernel`` (input_dim, units) and ``bias`` (units,); ``input_dim`` may
-        also be an input shape (Keras' ``build(input_shape)``): its last axis."""
+        """Create the weights; ``input_dim`` may be an input shape (Keras): its last axis."""
         if isinstance(input_dim, (tuple, list)) and input_dim:
             input_dim = input_dim[-1]
         self.input_dim = _positive_int("Dense", "input_dim", input_dim)
@@ -265,7 +258,7 @@ class Flatten(Layer):
 
 # ---------------------------------------------------------------- normalisation
 class _Norm(Layer):
-    """Shared parts of BatchNorm and LayerNorm: gamma/beta over the last axis, built lazily."""
+    """BatchNorm's and LayerNorm's ``gamma``/``beta`` over the last axis, built lazily."""
 
     def __init__(self, epsilon, num_features):
         super().__init__()
@@ -309,12 +302,9 @@ class _Norm(Layer):
 
 @register_layer
 class BatchNorm(_Norm):
-    """Batch normalisation over every axis but the last (Keras' ``BatchNormalization``).
-
-    Training: normalise with the batch mean and (population) variance, then update
-    ``moving = momentum * moving + (1 - momentum) * batch``; eval: with the moving
-    statistics (buffers: saved, not trained).
-    """
+    """Batch normalisation over every axis but the last (Keras' ``BatchNormalization``):
+    batch statistics in training (updating ``moving = momentum * moving + (1 - momentum) *
+    batch``), the moving ones in eval."""
 
     _BUFFERS = ("moving_mean", "moving_variance")
 
@@ -371,13 +361,9 @@ class LayerNorm(_Norm):
 
 @register_layer
 class Embedding(Layer):
-    """A trainable lookup table: index ``i`` -> row ``embeddings[i]`` (Keras' ``Embedding``).
-
-    ``embeddings`` has shape ``(input_dim, output_dim)``; integer inputs of any shape
-    ``(...)`` give float outputs ``(..., output_dim)``. The lookup is one ``GetItem``
-    node, whose backward scatter-adds: a row looked up twice in a batch receives the
-    sum of both gradients. Indices outside ``[0, input_dim)`` raise ``IndexError``;
-    float inputs raise ``TypeError`` (cast them with ``x.astype('int64')``).
+    """A trainable lookup table ``(input_dim, output_dim)``: integer inputs ``(...)`` give
+    ``(..., output_dim)``; a row used twice gets both gradients. Indices outside
+    ``[0, input_dim)`` raise ``IndexError``, float inputs ``TypeError``.
 
     >>> import numpy as np, nanodl as nd
     >>> from nanodl import nn

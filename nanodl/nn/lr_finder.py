@@ -1,12 +1,7 @@
 """``Model.find_lr``: a learning-rate sweep with the loss's sharpness beside it.
 
-The sweep (Smith's range test, as in fastai and Keras) records each batch's loss and
-its bias-corrected moving average, and stops once that exceeds 4x its best or a loss
-is not finite. Gradient descent on curvature lambda is stable only for ``lr < 2 /
-lambda`` (``docs/curvature.md``): ``2 / lambda_max`` at the start bounds the rate.
-Everything is put back bit for bit (weights in their own arrays, gradients, buffers,
-the optimizer's state, the cached plan, training flags), and the batches and dropout
-masks come from a copy of nanodl's generator: the global stream does not advance.
+Smith's range test (as fastai and Keras) beside ``2 / lambda_max`` (docs/curvature.md).
+Everything is put back bit for bit, and nanodl's global random stream does not advance.
 
 >>> import numpy as np, nanodl as nd
 >>> from nanodl import nn
@@ -41,11 +36,10 @@ PLOT_HINT = ("LRFinder.plot needs matplotlib, which is not installed; get it wit
 
 
 class LRFinder:
-    """What ``Model.find_lr`` found: ``lrs`` (the rates tried), ``losses`` (smoothed),
-    ``raw_losses``, ``suggestion`` (where the smoothed loss falls fastest), ``diverged``
-    (the sweep stopped early), and ``sharpness``: None, or ``{'start', 'end'}`` (the
-    largest Hessian eigenvalue of the loss on a fixed batch, at the first and the last
-    weights) with ``'stable_lr'`` (``2 / start``: the largest stable plain-GD rate)."""
+    """What ``Model.find_lr`` found: ``lrs``, ``losses`` (smoothed), ``raw_losses``,
+    ``suggestion`` (where the smoothed loss falls fastest), ``diverged``, and ``sharpness``:
+    None, or the largest Hessian eigenvalue on a fixed batch at the ``'start'`` and ``'end'``,
+    with ``'stable_lr'`` (``2 / start``)."""
 
     def __init__(self, lrs, losses, raw_losses, suggestion, sharpness, diverged):
         self.lrs, self.losses, self.raw_losses = lrs, losses, raw_losses
@@ -59,10 +53,8 @@ class LRFinder:
         return text + (", diverged)" if self.diverged else ")")
 
     def plot(self, path=None):
-        """The smoothed loss against the rate (log axis), the suggestion and ``2 / lambda_max``;
-        returns the matplotlib ``Figure``. With ``path``: saved there as a PNG, atomically,
-        drawn without pyplot (no window); without: a pyplot figure (inline in a notebook).
-        """
+        """The smoothed loss against the rate, the suggestion and ``2 / lambda_max``: a
+        matplotlib ``Figure``; with ``path``, saved there as a PNG without pyplot."""
         try:
             if path is None:
                 import matplotlib.pyplot as plt
@@ -134,8 +126,7 @@ def _rates(start_lr, end_lr, steps):
 
 
 def _check_first_order(optimizer):
-    """The sweep steps as ``fit`` does: ``step()``, or ``step(closure)`` for a
-    ``full_batch`` optimizer (LBFGS); any other step that needs an argument cannot run."""
+    """ValueError for an optimizer whose ``step`` needs an argument (LBFGS's closure excepted)."""
     if getattr(optimizer, "full_batch", False):
         return
     needed = [name for name, parameter in inspect.signature(optimizer.step).parameters.items()
@@ -149,8 +140,7 @@ def _check_first_order(optimizer):
 
 
 def _batches(n, batch_size, steps):
-    """``steps`` index arrays of ``batch_size`` samples (fewer for the last of a pass):
-    passes over a fresh permutation each, as ``fit`` shuffles its epochs."""
+    """``steps`` batches of indices, from passes over fresh permutations (as ``fit``)."""
     batches = []
     while len(batches) < steps:
         order = random.generator().permutation(n)
@@ -186,8 +176,7 @@ def _steepest(lrs, smoothed):
 
 
 def _largest_eigenvalue(plan, x, y):
-    """The largest Hessian eigenvalue of the training loss on ``(x, y)`` (with the
-    weight penalties) over the model's parameters."""
+    """The largest Hessian eigenvalue of the training objective on ``(x, y)``."""
     params = [p for p in plan.params if p.requires_grad]
     values, _ = hessian_eigenvalues(lambda: plan.objective(x, y)[0], params, k=1, tol=1e-6, seed=0)
     return float(values[0])
@@ -195,9 +184,8 @@ def _largest_eigenvalue(plan, x, y):
 
 # ------------------------------------------------------------------ putting it back
 class _Snapshot:
-    """Copies of everything a sweep changes, written back in place afterwards (into the
-    very arrays they came from: a captured step keeps views of them); the optimizer's
-    attributes are deep-copied (its parameters excepted) and written back the same way."""
+    """Copies of what a sweep changes, written back into the very arrays they came from (a
+    captured step keeps views of them); the optimizer's attributes likewise."""
 
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer

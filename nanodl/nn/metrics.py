@@ -1,7 +1,5 @@
-"""Metrics for ``Model.fit``/``evaluate``: each maps a batch's ``(pred, target)``
-arrays to one value per sample; ``add_batch`` adds them to the epoch's sums
-(``EpochTotals``), so every reported number is an exact per-sample (or weighted) mean
-however the samples are batched.
+"""Metrics for ``Model.fit``/``evaluate``: values per sample, summed over the epoch
+(``EpochTotals``), so each is an exact (weighted) mean however the samples are batched.
 
 >>> import numpy as np
 >>> specs = metric_specs(["acc", "mae"])
@@ -33,9 +31,8 @@ def _per_sample(values):
 
 
 def _aligned(target, shape, metric, pred_shape=None):
-    """``target`` reshaped to ``shape``, where they differ at most by a trailing axis of
-    one (Keras' (N,) labels against (N, 1) outputs); any other mismatch is an error,
-    never a broadcast of (N, 1) against (N,) into (N, N)."""
+    """``target`` reshaped to ``shape`` across a trailing axis of one; else ValueError
+    (never a broadcast of (N, 1) against (N,) into (N, N))."""
     if target.shape == shape:
         return target
     if target.shape + (1,) == shape or target.shape == shape + (1,):
@@ -73,10 +70,8 @@ def _mse(pred, target):
 
 
 class EpochMetric:
-    """A metric that is no mean of per-sample values (rmse, precision, recall): it
-    returns per-sample ``parts``, each summed (weighted) over the whole epoch, and
-    ``finish(sums, weight)`` combines the sums once, at the epoch's end (never per
-    batch: a batch without positives does not pull precision towards 0)."""
+    """A metric that is no mean (rmse, precision, recall): per-sample ``parts`` summed over
+    the epoch, combined once at its end by ``finish(sums, weight)``."""
 
     def __init__(self, parts, finish, count):
         self.parts, self.finish, self.count = parts, finish, count
@@ -99,16 +94,8 @@ _RMSE = EpochMetric(lambda pred, target: (_mse(pred, target),),
 
 
 class EpochTotals:
-    """The sums behind an epoch's averages: ``values`` is ``[Σ loss·count, samples,
-    Σ weight, Σ weight·metric per metric]`` (weight 1 without ``sample_weight``), which a
-    data-parallel run sums across processes before ``averages`` divides.
-
-    >>> totals = EpochTotals(["accuracy"])
-    >>> totals.add(loss=0.5, count=2, weight=2.0, metric_sums=[2.0])
-    >>> totals.add(loss=0.25, count=2, weight=2.0, metric_sums=[1.0])
-    >>> totals.averages()
-    {'loss': 0.375, 'accuracy': 0.75}
-    """
+    """The sums behind an epoch's averages, ``values``: ``[Σ loss·count, samples, Σ weight,
+    Σ weight·metric...]``, which a data-parallel run sums across processes."""
 
     def __init__(self, labels):
         entries = [(label, None) if isinstance(label, str) else label for label in labels]
@@ -118,8 +105,7 @@ class EpochTotals:
         self.values = [0.0] * (3 + width)
 
     def add(self, loss, count, weight, metric_sums):
-        """Add one batch: its mean ``loss``, ``count`` samples, their summed ``weight``
-        and each metric's weighted sum over the batch."""
+        """Add one batch: mean ``loss``, ``count``, summed ``weight``, each metric's sum."""
         for i, total in enumerate((loss * count, count, weight, *metric_sums)):
             self.values[i] += total
 
@@ -137,9 +123,8 @@ class EpochTotals:
 
 
 def metric_specs(metrics):
-    """``[(label, name or callable)]`` for ``compile``'s ``metrics`` (one name, or a list of
-    names and callables ``metric(pred, target)``, reported under their ``__name__``); an
-    unknown name raises ``ValueError``."""
+    """``[(label, name or callable)]`` for ``compile``'s ``metrics``; a callable is reported
+    under its ``__name__``, an unknown name raises ``ValueError``."""
     specs = []
     if isinstance(metrics, str) or callable(metrics):
         metrics = [metrics]
@@ -166,9 +151,8 @@ def accuracy_kind(loss_name, out_shape, y_shape):
 
 
 def choose_metrics(specs, loss_name, out_shape, y_shape, logits):
-    """``[(label, function(pred, target) -> per-sample values)]`` for compiled ``specs``;
-    ``logits`` (``'softmax'``/``'sigmoid'``/None) says the training forward stops at
-    logits (``fuse_logits``), so the functions turn them into probabilities first."""
+    """``[(label, function(pred, target) -> per-sample values)]`` for ``specs``; with
+    ``logits`` (``'softmax'``/``'sigmoid'``, see ``fuse_logits``) they take logits."""
     metrics = []
     to_probs = {"softmax": ops.softmax, "sigmoid": ops.sigmoid}.get(logits)
     for label, metric in specs:
@@ -202,8 +186,7 @@ def _on_probabilities(function, to_probs):
 
 
 def add_batch(totals, metrics, loss, out, target, weight=None):
-    """Add one batch's mean ``loss`` (a float) and its ``metrics`` on ``out`` (an array)
-    to the epoch's ``totals``: weighted means when per-sample ``weight``s are given."""
+    """Add one batch's mean ``loss`` and its ``metrics`` on ``out`` to ``totals``."""
     count = len(target)
     weight_sum = float(count) if weight is None else float(weight.sum())
     sums = []

@@ -163,15 +163,11 @@ class Model(Module):
             sample_weight=None, capture="auto", initial_epoch=0):
         """Train for ``epochs`` passes over ``(x, y)``; returns the ``callbacks.History``.
 
-        Loss and metrics are per-sample averages over the epoch (the loss with the
-        weight penalties, as Keras). ``validation_split`` holds out the *last* fraction
-        before shuffling, as Keras. ``sample_weight`` (one per sample) and
-        ``class_weight`` (``{class: weight}`` or ``'balanced'``) scale each sample's
-        loss; metrics become weighted means. ``capture``: train through a captured step
-        (``nanodl.capture``: the same results, bit for bit, less work per batch);
-        ``'auto'`` where ``_Plan.capturable`` says so and ``_train_step`` is not
-        overridden. ``initial_epoch``: continue from that epoch. ``optim.LBFGS`` trains
-        full-batch: one ``step(closure)`` per epoch, whatever ``batch_size`` says.
+        Loss (with the weight penalties) and metrics are per-sample averages over the epoch.
+        ``validation_split`` holds out the *last* fraction, before shuffling (Keras).
+        ``sample_weight`` and ``class_weight`` (``{class: weight}`` or ``'balanced'``) scale
+        each sample's loss. ``capture``: train through a captured step (same results, bit for
+        bit; docs/capture.md). ``optim.LBFGS`` trains full-batch. See docs/training.md.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
@@ -223,9 +219,7 @@ class Model(Module):
         return (verbose if parallel.rank == 0 else 0), validation
 
     def _fit_epoch(self, plan, x, y, weight, batch_size, shuffle, callbacks, train_step=None):
-        """One pass over the training set in ``_epoch_order``, one ``_train_step`` per
-        batch; returns the epoch's logs. A callback's ``stop_training`` takes effect
-        after the epoch (in ``fit``), so every rank of a data-parallel fit stops alike."""
+        """One pass in ``_epoch_order``, one ``_train_step`` per batch; returns the epoch's logs."""
         order = self._epoch_order(len(x), shuffle)
         if order is not None:
             order = to_device(order, plan.device)
@@ -245,14 +239,11 @@ class Model(Module):
         return self._reduce_totals(totals).averages()
 
     def _train_step(self, plan, x, target, weight=None):
-        """One training step on one batch (``_Plan.step``); returns ``(loss, out)``, both
-        Tensors. ``fit`` and ``train_on_batch`` both train through this method."""
+        """One training step (``_Plan.step``) for ``fit`` and ``train_on_batch``: ``(loss, out)``."""
         return plan.step(x, target, weight)
 
     def _epoch_order(self, n, shuffle):
-        """The order of the ``n`` samples for one epoch: a host index array (a fresh
-        permutation when ``shuffle``), or None for 0, 1, ..., n-1. Data-parallel: this
-        rank's shard of the shared order."""
+        """The epoch's host index order (None: 0..n-1); data-parallel: this rank's shard."""
         return (self._data_parallel or LOCAL_FIT).epoch_order(n, shuffle)
 
     def _samples_per_epoch(self, n):
@@ -277,11 +268,9 @@ class Model(Module):
     def find_lr(self, x, y, start_lr=1e-7, end_lr=10.0, steps=100, batch_size=32, sharpness=True):
         """A learning-rate sweep, with the loss's sharpness beside it; returns an ``LRFinder``.
 
-        ``steps`` steps of the compiled optimizer (one batch each, as ``fit``) at rates
-        growing exponentially from ``start_lr`` to ``end_lr``, stopping once the
-        smoothed loss passes 4x its best; with ``sharpness``, the largest Hessian
-        eigenvalue at the start and the end. The weights, the optimizer's state and
-        the training flags are left exactly as they were (``nanodl.nn.lr_finder``).
+        ``steps`` batches at rates growing exponentially from ``start_lr`` to ``end_lr``,
+        stopping once the smoothed loss passes 4x its best. The weights and the optimizer's
+        state are left exactly as they were. See docs/curvature.md.
         """
         self._require_compiled("find_lr")
         batch_size = _check_batch_size(batch_size, "find_lr")
@@ -348,8 +337,7 @@ class Model(Module):
         self.load_state_dict(archive.load(path))
 
     def summary(self):
-        """Print and return a table: layer, output shape, parameter count, FLOPs per
-        sample, and the totals (``nanodl.diagnostics.summary``)."""
+        """Print and return a table of layers, output shapes, parameters and FLOPs per sample."""
         return layer_summary(self)
 
 

@@ -1,10 +1,7 @@
 """``Module`` and ``Parameter``: the bookkeeping every layer and model shares.
 
-A Module finds its parts by assignment: ``self.kernel = Parameter(...)`` registers
-a parameter, ``self.block = Dense(4)`` a sub-module, ``self.blocks = [Dense(4),
-Dense(2)]`` a ``ModuleList``, ``self.register_buffer('moving_mean', array)`` a
-buffer (state saved in ``state_dict`` but not trained). Registration order is
-definition order, so ``parameters()`` and ``state_dict()`` are reproducible.
+Assigning a ``Parameter``, a ``Module`` or a list of Modules registers it;
+``register_buffer`` keeps state that is saved but not trained. Order is definition order.
 
 >>> import nanodl as nd
 >>> from nanodl import nn
@@ -33,15 +30,8 @@ LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
 
 class Parameter(Tensor):
-    """A trainable Tensor (``requires_grad=True``) holding its own copy of ``data``.
-
-    Python floats and lists become the default dtype; integer data is made float.
-
-    >>> from nanodl import nn
-    >>> p = nn.Parameter([1.0, 2.0])
-    >>> p.requires_grad, p.dtype
-    (True, dtype('float32'))
-    """
+    """A trainable Tensor (``requires_grad=True``) holding its own float copy of ``data``
+    (lists and integer data become the default dtype)."""
     __slots__ = ()
 
     def __init__(self, data, dtype=None):
@@ -58,11 +48,8 @@ class Parameter(Tensor):
 
 
 class Module:
-    """Base class of layers and models: ``__call__`` runs ``forward``.
-
-    Subclasses call ``super().__init__()`` first (a forgotten call is made for
-    them on the first attribute assignment) and implement ``forward``.
-    """
+    """Base class of layers and models: ``__call__`` runs ``forward`` (or Keras' ``call``).
+    A forgotten ``super().__init__()`` is made on the first attribute assignment."""
 
     def __init__(self):
         if "_parameters" not in self.__dict__:
@@ -132,8 +119,7 @@ class Module:
         return output
 
     def _build_once(self, args):
-        """Keras: ``build(input_shape)`` runs once before the first forward (``input_shape``
-        is the first argument's shape, batch axis included), unless ``built`` is true.
+        """Keras: ``build(input_shape)`` (batch axis included) runs once, unless ``built``.
 
         >>> import numpy as np
         >>> from nanodl import nn
@@ -155,21 +141,8 @@ class Module:
         self.__dict__["_build_done"] = True
 
     def register_forward_hook(self, hook):
-        """Call ``hook(module, inputs, output)`` after every forward of this module.
-
-        ``inputs`` is the tuple of positional arguments; a hook that returns something
-        other than None replaces the output (as in PyTorch). The returned handle's
-        ``remove()`` detaches the hook; it holds the module weakly.
-
-        >>> from nanodl import nn
-        >>> layer, seen = nn.ReLU(), []
-        >>> handle = layer.register_forward_hook(lambda m, inputs, out: seen.append(out.shape))
-        >>> _ = layer([[1.0, -1.0]])
-        >>> handle.remove()
-        >>> _ = layer([[1.0, -1.0]])
-        >>> seen
-        [(1, 2)]
-        """
+        """Call ``hook(module, inputs, output)`` after every forward; a return other than None
+        replaces the output. The handle's ``remove()`` detaches it (docs/embeddings_and_hooks.md)."""
         if not callable(hook):
             raise TypeError(f"register_forward_hook: expected a callable hook(module, inputs, output), "
                             f"got {type(hook).__name__}")
@@ -271,8 +244,7 @@ class Module:
 
     # ------------------------------------------------------------ state
     def _state_entries(self, prefix=""):
-        """``(name, owner module, attribute, is_parameter)`` for every saved entry, each
-        shared parameter once, buffers set to None left out."""
+        """``_walk``'s entries that are saved: each shared parameter once, no None buffers."""
         entries, seen = [], set()
         for dotted, module, attr, is_param in self._walk(prefix):
             if is_param:
@@ -289,12 +261,9 @@ class Module:
                 for name, module, attr, is_param in self._state_entries()}
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy ``state_dict``'s arrays in; everything is checked before anything changes.
-
-        With ``strict``, missing or unexpected names raise ``KeyError``; a wrong shape
-        always raises ``ValueError``. Values are cast to each entry's dtype and device.
-        Returns ``(missing_keys, unexpected_keys)``.
-        """
+        """Copy ``state_dict``'s arrays in (each entry's dtype and device), all checked first:
+        ``strict``: missing or unexpected names raise ``KeyError``; a wrong shape always raises
+        ``ValueError``. Returns ``(missing_keys, unexpected_keys)``."""
         return self._load_state(state_dict, strict=strict, keep_dtype=False)
 
     def _load_state(self, state_dict, strict=True, keep_dtype=False):
@@ -335,8 +304,7 @@ class Module:
                 module._parameters[attr].data = array
                 module._parameters[attr].grad = None
             else:
-                module._buffers[attr] = array
-                module.__dict__[attr] = array
+                module.register_buffer(attr, array)
         return LoadResult(missing, unexpected)
 
     def to(self, device):
@@ -348,9 +316,7 @@ class Module:
                     param.grad = to_device(param.grad, device)
             for attr, array in module._buffers.items():
                 if array is not None:
-                    moved = to_device(array, device)
-                    module._buffers[attr] = moved
-                    module.__dict__[attr] = moved
+                    module.register_buffer(attr, to_device(array, device))
         return self
 
     def cpu(self):
@@ -391,13 +357,7 @@ class HookHandle:
 
 
 class ModuleList(Module):
-    """A list of modules, registered under the names ``'0'``, ``'1'``, ...
-
-    >>> from nanodl import nn
-    >>> blocks = nn.ModuleList([nn.ReLU(), nn.Tanh()])
-    >>> len(blocks), type(blocks[1]).__name__
-    (2, 'Tanh')
-    """
+    """A list of modules, registered under the names ``'0'``, ``'1'``, ..."""
 
     def __init__(self, modules=()):
         super().__init__()

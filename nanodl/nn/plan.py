@@ -1,11 +1,7 @@
 """What ``fit``/``evaluate`` decide once: the ``_Plan`` (forward, loss, metrics, the step).
 
-``plan.loss`` is the one place where the compiled loss, sample weights and the
-reduction meet; ``plan.step`` is the one eager step (``fit``, ``train_on_batch`` and
-``nanodl.CapturedStep`` all run it). ``LocalFit`` orders a one-process fit's samples.
-
-A softmax (sigmoid) head trained with a categorical (binary) cross-entropy is fused,
-as Keras does (``fuse_logits``): the same function, without clipping or overflow.
+``plan.step`` is the one eager step (``fit``, ``train_on_batch`` and ``nanodl.CapturedStep``
+run it); see docs/training.md.
 
 >>> from nanodl import nn
 >>> model = nn.Sequential([nn.Dense(3, activation='softmax', input_dim=2)])
@@ -27,16 +23,10 @@ __all__ = ["fuse_logits", "LocalFit", "LOCAL_FIT", "register_capture"]
 
 
 def fuse_logits(model, loss_name, loss_config):
-    """``(forward, loss_fn, kind)`` that trains a softmax (sigmoid) head through the
-    from-logits loss, or None when that does not apply.
-
-    A last ``Dense(activation='softmax')`` under a (sparse) categorical cross-entropy,
-    or ``Dense(activation='sigmoid')`` under a binary one, computes the same function as
-    its logits fed to the ``from_logits=True`` loss: one stable node with the exact
-    gradient (softmax - target). Not while the head has a forward hook (it sees the
-    real output). ``forward`` stops at the logits; ``kind`` tells the metrics so.
-    ``predict`` and ``evaluate`` outputs are unchanged: only the training graph differs.
-    """
+    """``(forward, loss_fn, kind)`` training a softmax (sigmoid) head under a categorical
+    (binary) cross-entropy as its logits fed to the from-logits loss (as Keras: the same
+    function, without clipping or overflow), or None. Not while the head has a forward hook;
+    ``forward`` stops at the logits and ``kind`` tells the metrics so."""
     if loss_name is None or loss_config.get("from_logits") or \
             loss_config.get("reduction", "mean") != "mean":
         return None
@@ -96,11 +86,8 @@ def _compiled_loss(loss, loss_name, loss_config):
 
 
 class _Plan:
-    """What one ``fit``/``evaluate`` decides once: forward, loss closure, metrics, targets.
-
-    ``_Plan(model, None, None, optimizer, loss)`` is the plan of a step of its own
-    (``nanodl.CapturedStep``): no sample to build on, no metrics, and the optimizer
-    keeps the parameters it was given."""
+    """What one ``fit``/``evaluate`` decides once. ``_Plan(model, None, None, optimizer, loss)``
+    (``nanodl.CapturedStep``): no sample, no metrics, the optimizer keeps its parameters."""
 
     def __init__(self, model, x_sample, y, optimizer=None, loss=None):
         self.model = model
@@ -129,9 +116,8 @@ class _Plan:
                                           y.shape, self.logits)
 
     def loss(self, out, target, weight=None):
-        """The batch's loss, a scalar Tensor; with per-sample ``weight``s, the batch mean
-        of weight x each sample's loss (Keras' ``sum_over_batch_size``; the sum for a
-        loss compiled with ``reduction='sum'``)."""
+        """The batch's loss, a scalar Tensor; with ``weight``, the batch mean of weight x loss
+        (Keras' ``sum_over_batch_size``; the sum under ``reduction='sum'``)."""
         if weight is None:
             return self.loss_fn(out, target)
         losses, n = self.loss_fn(out, target, "none"), len(target)
@@ -140,8 +126,7 @@ class _Plan:
         return total if self.loss_reduction == "sum" else total * (1.0 / n)
 
     def objective(self, x, target, weight=None):
-        """``(loss, out)``: what a step minimises on one batch (forward, loss, weight
-        penalties), with its graph; ``find_lr`` takes its Hessian."""
+        """``(loss, out)``: what a step minimises (loss and weight penalties), with its graph."""
         out = self.forward(Tensor(x))
         loss = self.loss(out, target, weight)
         if self.penalty is not None:
@@ -149,10 +134,8 @@ class _Plan:
         return loss, out
 
     def step(self, x, target, weight=None):
-        """The training step on one batch: forward, loss (with the weight penalties),
-        backward, optimizer step; returns ``(loss, out)``, both Tensors. A ``full_batch``
-        optimizer (``optim.LBFGS``) gets the first three as the closure of its
-        ``step(closure)``; the step returns the first evaluation (before the update)."""
+        """Forward, loss, backward, optimizer step; returns ``(loss, out)``. A ``full_batch``
+        optimizer (LBFGS) gets the first three as its closure; returns the first evaluation."""
         if self.full_batch:
             return self._closure_step(x, target, weight)
         loss, out = self.loss_and_grad(x, target, weight)
@@ -183,9 +166,8 @@ class _Plan:
         return n if self.full_batch else batch_size
 
     def capturable(self, capture, auto_allowed=True):
-        """Whether ``fit(capture=...)`` trains through a captured step: always for True;
-        for ``'auto'`` only where it pays and is plainly valid (``auto_allowed``, CPU,
-        no weight penalties, no forward hooks, not full-batch)."""
+        """Whether ``fit(capture=...)`` trains through a captured step; ``'auto'``: only where
+        it pays and is plainly valid."""
         if capture not in (True, False, "auto"):
             raise ValueError(f"fit: capture must be True, False or 'auto', got {capture!r}")
         if capture != "auto":
@@ -195,8 +177,7 @@ class _Plan:
             not any(module.__dict__.get("_forward_hooks") for module in self.model.modules())
 
     def evaluate(self, x, y, weight, batch_size):
-        """``(EpochTotals, penalty)`` over prepared arrays (the caller sets the mode and
-        turns the graph off)."""
+        """``(EpochTotals, penalty)`` over prepared arrays (the caller sets mode and no_grad)."""
         totals = EpochTotals(self.metrics)
         for batch in batch_slices(len(x), batch_size):
             w_batch = None if weight is None else weight[batch]
@@ -266,13 +247,8 @@ class _Plan:
 
 
 class LocalFit:
-    """How a one-process ``fit`` orders its samples and totals an epoch. An optimizer
-    that trains across processes offers its own through ``fit_strategy()``
-    (``distributed.DistributedOptimizer``: a ``DataParallelFit``).
-
-    >>> LOCAL_FIT.epoch_order(4, shuffle=False) is None, LOCAL_FIT.samples_per_epoch(4)
-    (True, 4)
-    """
+    """How a one-process ``fit`` orders its samples and totals an epoch (an optimizer's
+    ``fit_strategy()`` may offer another: ``distributed.DataParallelFit``)."""
 
     @staticmethod
     def epoch_order(n, shuffle):
@@ -292,9 +268,8 @@ _capture = []  # the wing that captures fit's step registers its maker here
 
 
 def register_capture(make_step):
-    """Let a wing train ``fit`` through a captured step: ``make_step(plan)`` returns a
-    ``train_step(plan, x, target, weight) -> (loss, out)``, or None to decline
-    (``nanodl.capture`` registers itself on import)."""
+    """Let a wing (``nanodl.capture``) train ``fit``: ``make_step(plan)`` returns a
+    ``train_step(plan, x, target, weight) -> (loss, out)``, or None to decline."""
     _capture[:] = [make_step]
 
 

@@ -1,12 +1,5 @@
-"""The user's arguments to ``fit``, ``evaluate``, ``train_on_batch`` and ``predict``,
-before the first step: checked (each error names the method), the validation set split
-off, the arrays in the model's dtype on its device; and the callbacks ``fit`` runs.
-
->>> import numpy as np
->>> x, y = _samples(np.zeros((4, 2)), [0, 1, 0, 1], "fit")
->>> _check_batch_size(None, "fit"), x.shape, y.shape
-(32, (4, 2), (4,))
-"""
+"""The arguments of ``fit``, ``evaluate``, ``train_on_batch`` and ``predict`` checked (each
+error names the method), the validation set split off, the arrays on the model's device."""
 import math
 import warnings
 
@@ -46,8 +39,7 @@ def _samples(x, y, who):
 
 
 def _split_validation(x, y, weight, validation_data, validation_split):
-    """``((x, y, weight), (x_val, y_val, weight_val) or None)``: ``validation_data`` as
-    given, or the last ``validation_split`` of the samples (before shuffling, as Keras)."""
+    """``((x, y, weight), validation or None)``: ``validation_data``, or the last split."""
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("fit: validation_data must be a tuple (x_val, y_val) or "
@@ -94,8 +86,7 @@ def _prepare_validation(plan, validation, validation_split):
 
 
 def fit_callbacks(model, callbacks, verbose, epochs, steps):
-    """The user's callbacks, with the progress bar first (when ``verbose``, unless
-    they hold one, as Keras) and the model's fresh ``History`` last."""
+    """The user's callbacks, a progress bar first (unless they hold one), ``History`` last."""
     callbacks = list(callbacks or [])
     has_bar = any(isinstance(c, callbacks_module.ProgressBar) for c in callbacks)
     shown = [callbacks_module.ProgressBar(verbose)] if verbose and not has_bar else []
@@ -115,8 +106,7 @@ def prepare(model, x, y, sample_weight, who):
 
 
 def prepare_fit(model, x, y, sample_weight, class_weight, validation_data, validation_split):
-    """``(plan, (x, y, weight), validation)`` for ``fit``: the training arrays and the
-    validation set (None, or its prepared ``(x, y, weight)``)."""
+    """``(plan, (x, y, weight), validation)`` for ``fit``, validation None or prepared."""
     x, y = _samples(x, y, "fit")
     check_input(model, x, "fit")
     weight = weighting.check_sample_weight(sample_weight, len(x), "fit: sample_weight")

@@ -1,7 +1,5 @@
-"""Sample and class weights for ``Model.fit`` and ``evaluate``, checked as Keras does.
-
-``fit`` multiplies each sample's loss by its weight (the product of ``sample_weight``
-and ``class_weight`` when both are given).
+"""Sample and class weights for ``Model.fit`` and ``evaluate``, checked as Keras does
+(docs/training.md).
 
 >>> import numpy as np
 >>> class_weight_per_sample(np.array([0, 0, 0, 1]), "balanced")
@@ -20,8 +18,7 @@ __all__ = ["check_sample_weight", "class_weight_per_sample", "training_weights"]
 
 
 def check_sample_weight(weight, n, who):
-    """``weight`` as a host float64 array of ``n`` finite, non-negative weights (None
-    stays None); ``who`` names the argument in the error, e.g. ``'fit: sample_weight'``."""
+    """``weight`` as a host float64 array of ``n`` finite, non-negative weights, or None."""
     if weight is None:
         return None
     weight = to_host(weight.data if isinstance(weight, Tensor) else weight)
@@ -40,8 +37,7 @@ def check_sample_weight(weight, n, who):
 
 
 def training_weights(plan, y, sample_weight, class_weight):
-    """The per-sample weights ``fit`` trains with (sample x class weights) on the model's
-    device, or None; ``y``: the ``plan``'s prepared targets."""
+    """``fit``'s per-sample weights (sample x class) on the model's device, or None."""
     weight = sample_weight
     if class_weight is not None:
         per_class = class_weight_per_sample(sample_classes(plan.loss_name, y), class_weight,
@@ -51,8 +47,7 @@ def training_weights(plan, y, sample_weight, class_weight):
 
 
 def sample_classes(loss_name, y):
-    """Each sample's class (a host int array) from prepared targets ``y``: the label, the
-    argmax of a one-hot row, or a binary 0/1; a regression target raises ``ValueError``."""
+    """Each sample's class from prepared targets ``y``; a regression target raises ``ValueError``."""
     host = to_host(y)
     if host.ndim == 2 and host.shape[1] > 1:
         one_hot = ((host == 0) | (host == 1)).all() and (host.sum(axis=1) == 1).all()
@@ -74,8 +69,7 @@ def sample_classes(loss_name, y):
 
 
 def output_classes(loss_name, out_shape):
-    """The classes the loss fixes (C classes of a softmax, 0 and 1 for a binary
-    target), or None when only the targets tell."""
+    """The classes the loss fixes, or None when only the targets tell."""
     if loss_name in ("categorical_crossentropy", "sparse_categorical_crossentropy") and out_shape:
         return set(range(out_shape[-1]))
     if loss_name == "binary_crossentropy":
@@ -84,10 +78,8 @@ def output_classes(loss_name, out_shape):
 
 
 def class_weight_per_sample(classes, class_weight, valid=None):
-    """Each sample's weight from its class (``classes``: ints >= 0) and ``class_weight``:
-    a dict ``{class: weight}`` (a class not named weighs 1, as Keras 3) whose keys are
-    among ``valid`` (default: the classes present), or ``'balanced'``: n_samples /
-    (n_classes * count of the class), as scikit-learn."""
+    """Each sample's weight from its class: ``class_weight`` is ``{class: weight}`` (keys among
+    ``valid``, default the classes present) or ``'balanced'`` (as scikit-learn)."""
     present, counts = np.unique(classes, return_counts=True)
     if isinstance(class_weight, str):
         if class_weight != "balanced":

@@ -1,12 +1,8 @@
 """scikit-learn estimators on nanodl: ``MLPClassifier`` and ``MLPRegressor``.
 
-Drop-in replacements for ``sklearn.neural_network``'s estimators of the same names
-(every parameter's name, default and meaning, the same fitted attributes: what that
-takes, and the two documented differences, are in ``docs/sklearn.md``), plus
-``dropout=0.0``, ``device='cpu'`` and ``model=None`` (a callable ``model(n_features,
-n_outputs)`` returning an uncompiled ``nn.Model``). A nanodl ``Sequential`` (``model_``)
-trains through ``Model.fit``; an integer ``random_state`` gives each fit a generator of
-its own. This module imports scikit-learn (``pip install 'nanodl[sklearn]'``).
+Drop-in replacements for ``sklearn.neural_network``'s estimators of the same names, plus
+``dropout=0.0``, ``device='cpu'`` and ``model=None`` (``model(n_features, n_outputs)`` returns
+an uncompiled ``nn.Model``); see docs/sklearn.md. Needs ``pip install 'nanodl[sklearn]'``.
 
 >>> import numpy as np
 >>> from nanodl.sklearn import MLPClassifier
@@ -31,17 +27,9 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """A multi-layer perceptron classifier trained by nanodl (``sklearn.neural_network``'s API).
-
-    A multiclass problem gets a softmax output trained with cross-entropy; a binary one
-    a single logistic output; a 2-D 0/1 ``y`` is multilabel (one logistic output per
-    label; ``predict`` returns the indicator matrix). Labels may be strings or
-    integers; ``classes_`` holds them sorted.
-
-    >>> from nanodl.sklearn import MLPClassifier
-    >>> MLPClassifier(hidden_layer_sizes=(32, 16), solver='adamw', dropout=0.1)
-    MLPClassifier(dropout=0.1, hidden_layer_sizes=(32, 16), solver='adamw')
-    """
+    """A multi-layer perceptron classifier trained by nanodl (``sklearn.neural_network``'s API):
+    a softmax output for several classes, a logistic one for two, one logistic output per
+    label for a 2-D 0/1 ``y`` (multilabel)."""
 
     _parameter_constraints = _constraints(_SklearnClassifier)
     _stratify = True
@@ -118,8 +106,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def predict_proba(self, X):
-        """Class probabilities, ``(n_samples, n_classes)``, columns in ``classes_`` order
-        (for multilabel targets, each label's own probability)."""
+        """Class probabilities, ``(n_samples, n_classes)``, columns in ``classes_`` order."""
         scores = self._raw(X)
         if self._multilabel:
             return scores
@@ -133,8 +120,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.log(self.predict_proba(X))
 
     def predict(self, X):
-        """The most probable class of each sample (from ``classes_``); for multilabel
-        targets, the indicator matrix of the labels whose probability is above 0.5."""
+        """The most probable class of each sample (multilabel: the indicator matrix)."""
         return self._decide(self._raw(X))
 
     def __sklearn_tags__(self):
@@ -144,11 +130,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """A multi-layer perceptron regressor trained by nanodl (``sklearn.neural_network``'s API).
-
-    ``loss='squared_error'``: an identity output trained on half the squared error;
-    ``loss='poisson'``: an exp output (a positive mean) on the half Poisson deviance.
-    ``y`` may have several columns; ``predict`` returns ``(n_samples,)`` for one.
+    """A multi-layer perceptron regressor trained by nanodl (``sklearn.neural_network``'s API):
+    ``loss='poisson'`` gives an exp output trained on the half Poisson deviance.
 
     >>> import numpy as np
     >>> from nanodl.sklearn import MLPRegressor

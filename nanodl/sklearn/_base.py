@@ -1,6 +1,5 @@
-"""What ``nanodl.sklearn``'s estimators share: parameters checked as scikit-learn checks
-them, the nanodl network, and its training with scikit-learn's rules (the package's
-docstring says which). Private: import the estimators from ``nanodl.sklearn``."""
+"""What ``nanodl.sklearn``'s estimators share: the checks, the network and its training
+with scikit-learn's rules. Private: import the estimators from ``nanodl.sklearn``."""
 import contextlib
 import numbers
 import warnings
@@ -35,8 +34,7 @@ _LBFGS_HISTORY = 10  # scipy's L-BFGS-B default (maxcor), which scikit-learn use
 
 
 def _constraints(sklearn_estimator):
-    """scikit-learn's own parameter constraints, widened to nanodl's activations and
-    optimizers, plus nanodl's three parameters (checked by ``_validate_params``)."""
+    """scikit-learn's parameter constraints, widened to nanodl's activations and optimizers."""
     activations = set(_SKLEARN_ACTIVATIONS) | {a for a in ACTIVATIONS if a != "softmax"}
     return dict(sklearn_estimator._parameter_constraints, activation=[StrOptions(activations)],
                 solver=[StrOptions(set(optim.OPTIMIZERS))], **_OUR_PARAMETERS)
@@ -74,8 +72,8 @@ def _half_poisson_deviance(pred, target):
 
 
 class _SetPenalty(nd_callbacks.Callback):
-    """Before each batch, scikit-learn's L2 factor (``0.5 * alpha / sum(w)``) of the ``penalty``
-    the Dense kernels share, and (``track``) its value summed per sample for the reported loss."""
+    """Sets the kernels' shared L2 ``penalty`` to each batch's factor (``0.5 * alpha / sum(w)``);
+    ``track``: sums its value per sample for the reported loss."""
 
     def __init__(self, penalty, factors, kernels, track):
         super().__init__()
@@ -104,8 +102,7 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes]
 
     def _network(self, n_features):
-        """A new network for ``n_features`` inputs in ``self._dtype``, initialised as scikit-learn
-        does (or the user's ``model``)."""
+        """A new network in ``self._dtype``, initialised as scikit-learn does (or ``model``'s)."""
         if self.model is not None:
             network = self.model(n_features, self.n_outputs_)
             if not isinstance(network, Model):
@@ -214,9 +211,8 @@ class _BaseMLP(BaseEstimator):
                 ([], -np.inf, None) if self.early_stopping else (None, None, np.inf)
 
     def _batch_weights(self, weight, n, batch_size):
-        """``(per-sample weights for Model.fit, the penalty factor of each batch)``: each
-        batch's weights scaled to the batch's size over their sum, so Model.fit's mean of
-        weight x loss is scikit-learn's weighted mean (times the head's loss factor)."""
+        """``(weights for Model.fit, each batch's penalty factor)``: each batch's weights scaled
+        to its size over their sum, so fit's mean of weight x loss is scikit-learn's mean."""
         weight = np.ones(n) if weight is None else weight
         starts = np.arange(0, n, batch_size)
         counts = np.diff(np.append(starts, n))
@@ -227,8 +223,7 @@ class _BaseMLP(BaseEstimator):
 
     @contextlib.contextmanager
     def _penalty(self, factors):
-        """scikit-learn's L2 term on the Dense kernels, for the block only; yields the
-        callback that sets its factor before each batch, or None."""
+        """scikit-learn's L2 term on the Dense kernels in the block; yields a ``_SetPenalty`` or None."""
         if not self.alpha > 0:
             yield None
             return
@@ -246,9 +241,8 @@ class _BaseMLP(BaseEstimator):
             self.model_._plan_cache = None
 
     def _train(self, X, targets, weight, batch_size, final_loss=False):
-        """One epoch of ``Model.fit`` in this order, each batch's loss normalised as
-        scikit-learn does; returns the loss as scikit-learn reports it (``final_loss``: at
-        the last weights, for L-BFGS's one batch)."""
+        """One epoch of ``Model.fit`` in this order; the loss as scikit-learn reports it
+        (``final_loss``: at the last weights, for L-BFGS)."""
         scaled, factors = self._batch_weights(weight, len(X), batch_size)
         sample_weight = None if weight is None and self._head[2] == 1 else scaled
         with self._penalty(factors) as setter:
