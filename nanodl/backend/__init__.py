@@ -1,10 +1,6 @@
-"""Backends: which array library holds a tensor, and which kernel table runs it.
-
-``array_module(x)`` gives ``numpy`` or ``cupy`` (the ``xp`` idiom: one op body serves
-both). ``kernels(x)`` gives the kernel table for an array's device: on the CPU the
-compiled table or its NumPy twin (``set_kernels`` / ``NANODL_KERNELS`` choose), on the
-GPU the CuPy table; their contract is ``backend.table``. CuPy is imported lazily, only
-in ``nanodl.backend.cuda``.
+"""Backends: which array library holds a tensor (``array_module``), and which kernel table
+runs it (``kernels``: the compiled or NumPy table on the CPU, ``set_kernels`` /
+``NANODL_KERNELS`` choose; the CuPy table on the GPU). See docs/internals.md, section 6.
 
 >>> import numpy as np
 >>> from nanodl import backend
@@ -18,8 +14,6 @@ import numpy as np
 
 from . import kernels_numpy
 
-# The compiled kernels' OpenMP runtime loads with a short spin, or is capped at one thread
-# when another library loaded libgomp first: why, in ``nanodl.backend.threads``.
 from . import threads
 
 with threads.loading_native_kernels():
@@ -34,8 +28,7 @@ if kernels_native is not None:
 KERNEL_NAMES = ("native", "numpy")
 _cpu_table = (kernels_native or kernels_numpy).TABLE
 _gpu_table = None
-# thread id -> watch(table) -> the table that thread's kernel calls go through, while a
-# tool watches them (``nanodl.profile`` times the calls no op makes: optimizer updates)
+# thread id -> watch(table) -> the table that thread's kernel calls go through (``nanodl.profile``)
 table_watchers = {}
 
 
@@ -90,8 +83,7 @@ def is_device_array(x):
 
 
 def to_host(x, copy=False):
-    """``x`` as a NumPy array: copied from the GPU, or ``np.asarray(x)`` on the CPU
-    (``copy=True``: always a fresh array, never the caller's)."""
+    """``x`` as a NumPy array (``copy=True``: always a fresh one, never the caller's)."""
     if is_device_array(x):
         return x.get()
     return np.array(x) if copy else np.asarray(x)

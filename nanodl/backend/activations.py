@@ -1,13 +1,5 @@
-"""One record per activation: every list of activations in nanodl is derived from here.
-
-An ``Activation`` says what an activation is (its formula and derivative, in its
-docstring), where it is not differentiable, what its backward kernel needs (the
-forward's output or its input), its parameter ``alpha`` if it has one, its code in
-the C enum ``ACT_*`` of ``csrc/elementwise.pxd`` and its CUDA device code. From the
-records come the kernel table's ``<name>_forward`` / ``<name>_backward`` kernels,
-the activation names the fused dense layer accepts, ``F.ACTIVATIONS``, the CLI's
-``--activation`` choices, the op registry's activation cases and the gradient
-checker's kink notes. How to add one: ``docs/extending.md``.
+"""One record per activation: every list of activations in nanodl (kernels, ``F``, the CLI,
+the op registry, the kink notes) is derived from here. How to add one: docs/extending.md.
 
 >>> from nanodl.backend.activations import BY_NAME
 >>> relu = BY_NAME["relu"]
@@ -29,16 +21,13 @@ GELU_K = 0.044715
 
 @dataclass(frozen=True)
 class Activation:
-    """One activation function.
+    """One activation function; ``code`` is its C enum ``ACT_*`` (``csrc/elementwise.pxd``).
 
-    ``saves``: what its backward kernel takes besides ``grad``: ``'output'`` (the
-    derivative is a function of y, so the input need not be kept) or ``'input'``.
-    ``alpha``: the default of its parameter, None when it has none. ``kinks``: the
-    inputs where it is not differentiable, except when ``alpha == smooth_alpha``.
-    ``reference`` / ``derivative``: ``(x, alpha) -> array`` in float64 NumPy, written
-    independently of the kernel tables (the tests' oracle). ``cuda_forward`` /
-    ``cuda_backward``: bodies of CUDA device functions of ``(T x, T alpha)`` and
-    ``(T s, T g, T alpha)`` (``s`` is what ``saves`` says) returning ``T``.
+    ``saves``: what its backward kernel takes besides ``grad``, ``'output'`` or ``'input'``.
+    ``alpha``: its parameter's default, or None. ``kinks``: where it is not differentiable,
+    unless ``alpha == smooth_alpha``. ``reference`` / ``derivative``: ``(x, alpha) -> array``
+    in float64 NumPy (the tests' oracle). ``cuda_forward`` / ``cuda_backward``: bodies of
+    CUDA device functions of ``(T x, T alpha)`` and ``(T s, T g, T alpha)`` returning ``T``.
     ``check_alpha``: an alpha for tests (not ``smooth_alpha``, so kinks are exercised).
     """
     name: str
@@ -87,8 +76,7 @@ def _sigmoid(x):
 
 
 def sigmoid_pair(v):
-    """``(sigmoid(v), sigmoid(-v))`` of an array from one exp, neither formed by a
-    subtraction (``e = exp(-|v|) <= 1``): no cancellation, no overflow."""
+    """``(sigmoid(v), sigmoid(-v))`` from one ``exp(-|v|)``: no cancellation, no overflow."""
     e = np.exp(-np.abs(v))
     r = 1 / (1 + e)
     positive = v >= 0
@@ -96,9 +84,8 @@ def sigmoid_pair(v):
 
 
 def gelu(x, pair=sigmoid_pair):
-    """GELU's one definition, tanh approximation: ``0.5 x (1 + tanh(u)) = x sigmoid(2u)``,
-    ``u = c (x + k x^3)``. ``pair(v)`` gives ``(sigmoid(v), sigmoid(-v))``: arrays for the
-    NumPy kernel and the tests, Tensors for the op's ``vjp``."""
+    """GELU, tanh approximation: ``x sigmoid(2u)``, ``u = c (x + k x^3)``; ``pair`` is
+    ``sigmoid_pair`` over arrays or Tensors (the op's ``vjp``)."""
     return x * pair((2 * GELU_C) * (x + GELU_K * (x * x * x)))[0]
 
 
@@ -158,21 +145,17 @@ ACTIVATIONS = (
 )
 
 BY_NAME = {activation.name: activation for activation in ACTIVATIONS}
-# The activations with their own kernels (all but the identity), in C-enum order.
+# The activations with kernels of their own (all but the identity), in C-enum order.
 ELEMENTWISE = tuple(a for a in ACTIVATIONS if a.kernels)
-# What the fused dense layer's kernels accept (``linear_forward(..., activation=)``).
 LINEAR_ACTIVATIONS = tuple(a.name for a in ACTIVATIONS)
-# Activations whose backward takes the forward output.
 OUTPUT_GRAD_ACTIVATIONS = frozenset(a.name for a in ACTIVATIONS if a.saves == "output")
 CODES = {a.name: a.code for a in ACTIVATIONS}
 
 
 def define_table_functions(namespace, key, forward, backward):
-    """Put every elementwise activation's ``<name>_forward`` / ``<name>_backward``, with the
-    parameters the kernel contract declares, into a table module's ``namespace``, over the
-    table's generic ``forward(which, x, alpha)`` and ``backward(which, saved, grad, alpha)``;
-    ``which`` is the record's ``key`` field (the native table's ``'code'``, the CuPy
-    table's ``'name'``).
+    """Define every activation's ``<name>_forward`` / ``<name>_backward`` in ``namespace``
+    over the table's ``forward(which, x, alpha)`` / ``backward(which, saved, grad, alpha)``;
+    ``which`` is the record's ``key`` field (``'code'`` or ``'name'``).
 
     >>> table = {}
     >>> define_table_functions(table, "name", lambda w, x, a: x, lambda w, s, g, a: g)

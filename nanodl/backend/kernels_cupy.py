@@ -1,25 +1,13 @@
-"""The CuPy kernel table: the GPU twin of ``kernels_numpy``, each formula computed in the
-same order of operations on CuPy arrays. The checks are ``nanodl.backend.table``'s, as on
-the CPU (checking sparse labels costs one device synchronisation per call).
+"""The CuPy kernel table: the GPU twin of ``kernels_numpy``, each formula in the same order
+of operations, with the same checks (sparse labels cost one device synchronisation a call).
 
-* Activations: one fused ``cupy.ElementwiseKernel`` per forward and per backward, from
-  the records' device code (sigmoid, softplus and GELU in their stable forms).
-* ``linear_forward``: ``cupy.matmul`` (cuBLAS), then bias and activation in one
-  elementwise pass, in place where the backward needs only the output.
-  ``linear_backward``: one elementwise pass, then the GEMMs and column sum asked for.
-* Softmax cross-entropy: the forward is one ``cupy.RawKernel`` (a thread block per row:
-  max, sum of exp, probabilities and loss in one launch), the backward one elementwise
-  kernel (sparse ``(N,)`` or dense ``(N, C)`` targets).
-* Optimizer steps: ONE elementwise kernel per call updates the parameter and every state
-  array in place; one kernel is generated per combination of options.
+Activations, bias + activation and the losses' backward are ``cupy.ElementwiseKernel``s
+from the records' device code; the softmax cross-entropy forward is one ``RawKernel``
+(a block per row); an optimizer step is one elementwise kernel per combination of
+options. Kernels are built on first use, cached in ``_KERNELS``, compiled per dtype.
 
-Kernels are built on first use and cached in ``_KERNELS`` (``T`` is a type placeholder:
-CuPy compiles each once per dtype, and caches the binaries on disk); scalars are passed
-as Python floats, which CuPy casts to ``T``.
-
-nanodl never enables TF32: CuPy runs float32 GEMMs in full FP32 unless ``CUPY_TF32=1``
-(then results drift ~1e-3 from the CPU's float32, and importing this module warns).
-``tf32_enabled()`` reports CuPy's setting.
+nanodl never enables TF32: with ``CUPY_TF32=1`` float32 GEMMs drift ~1e-3 from the CPU's
+and importing this module warns (``tf32_enabled()``).
 """
 import os
 import warnings

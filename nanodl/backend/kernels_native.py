@@ -1,7 +1,5 @@
-"""The native kernel table: the compiled twins of ``kernels_numpy``, same results to
-float32 rounding. The loops live in ``csrc/*.pyx``; what is left here is making inputs
-C-contiguous (a copy only when they are not) and allocating outputs. Without the built
-extensions importing this raises ImportError, and ``nanodl.backend`` uses the NumPy table.
+"""The native kernel table: ``kernels_numpy``'s compiled twins (loops in ``csrc/*.pyx``); here
+inputs are made C-contiguous and outputs allocated. ImportError when the extensions are not built.
 """
 import threading
 
@@ -38,8 +36,6 @@ DEVICE = Device("cpu", np.ndarray, CPU.coerce, scan_labels)
 
 
 # ---------------------------------------------------------------- activations
-# The Cython kernels take C-contiguous ndarrays of any shape (csrc/arrays.pxd);
-# np.asarray(order="C") is a no-op for such an array.
 _ACT_FORWARD, _ACT_BACKWARD = _activations.forward, _activations.backward
 
 
@@ -107,11 +103,10 @@ def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kern
     return dx, dkernel, dbias
 
 
-# The buffered twins (``table.buffered``): the same calls in the same order, into arrays
-# the caller allocated once (a captured step), so a replay allocates nothing.
+# The buffered twins (``table.buffered``): the same calls in the same order, into the caller's arrays.
 def linear_forward_into(x, kernel, bias, activation, alpha, z, out):
-    """``linear_forward`` into ``z`` (``x @ kernel``) and ``out`` (``z`` itself for the
-    activations whose backward reads their output, as ``linear_forward`` returns)."""
+    """``linear_forward`` into ``z`` (``x @ kernel``) and ``out`` (``z`` itself where the
+    backward reads the output)."""
     code = CODES[activation]
     np.matmul(x, kernel, out=z)
     if out is not z or code != _LINEAR or bias is not None:
@@ -119,8 +114,7 @@ def linear_forward_into(x, kernel, bias, activation, alpha, z, out):
 
 
 def linear_backward_into(x, kernel, saved, grad, activation, alpha, dz, dx, dkernel, dbias):
-    """``linear_backward`` into the given buffers (None where a gradient is not needed;
-    ``dz`` None for a linear layer, whose ``dz`` is ``grad``)."""
+    """``linear_backward`` into the given buffers (None where not needed; ``dz`` None when linear)."""
     code = CODES[activation]
     if code == _LINEAR:
         dz = grad
@@ -160,8 +154,7 @@ def softmax_xent_backward(probs, target, grad):
 
 
 # ---------------------------------------------------------------- optimizer updates
-# ``param`` and the state arrays are C-contiguous (the table checked it); a state
-# array an option does not use is passed as ``param`` and never touched.
+# A state array an option does not use is passed as ``param`` and never touched.
 def sgd_step(param, grad, momentum_buf, lr, momentum, nesterov, weight_decay):
     _optim.sgd_step(param, np.asarray(grad, order="C"), momentum_buf if momentum else param,
                     lr, momentum, nesterov, weight_decay)

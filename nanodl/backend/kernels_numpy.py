@@ -1,9 +1,5 @@
-"""The NumPy kernel table: the readable reference twin of the compiled kernels.
-
-One plain compute function per kernel declared in ``nanodl.backend.table`` (its checks
-run before these). The native and CuPy tables compute the same formulas in the same
-order of operations; the tests compare every table on the same inputs.
-"""
+"""The NumPy kernel table: the readable reference twin of the compiled kernels (the checks,
+``nanodl.backend.table``'s, run before these)."""
 import numpy as np
 
 from .activations import BY_NAME, OUTPUT_GRAD_ACTIVATIONS, gelu, gelu_derivative

@@ -1,12 +1,9 @@
 """The kernel contract: every kernel's name, signature and argument checks, declared once.
 
-The ops and optimizers run their hot paths on a kernel table. Three tables implement it,
-one diff apart: the readable NumPy twin (``kernels_numpy``), the compiled kernels
-(``kernels_native``, from ``csrc/``) and the GPU table (``kernels_cupy``). Each defines
-plain, unchecked *compute* functions, named and parametrised as declared here (all
-positional), and registers them with ``TABLE = KernelTable("numpy", globals(), CPU)``,
-which wraps each in the declared checks, so every table raises the same errors, word
-for word:
+Each table (``kernels_numpy``, ``kernels_native``, ``kernels_cupy``) defines plain,
+unchecked compute functions as declared here and registers them with
+``TABLE = KernelTable("numpy", globals(), CPU)``, which wraps each in the declared checks,
+so every table raises the same errors, word for word (docs/internals.md, section 6):
 
 >>> import numpy as np
 >>> from nanodl.backend import kernels_numpy
@@ -22,31 +19,23 @@ TypeError: sigmoid_forward: arrays must all be float32 or all float64; got x int
 once and repeats it with arrays of the same dtypes, shapes and layouts (the captured
 step); given anything else it is undefined (the native one may read out of bounds).
 
-The contract
-------------
-* Float arrays are float32 or float64, one dtype per call (``TypeError`` naming the
-  kernel and each array's dtype). Class labels are integers of any width, not bool.
-* Arrays of the wrong device raise ``TypeError`` (the CPU tables take anything
-  ``np.asarray`` takes; the GPU table takes CuPy arrays only).
-* Inputs may have any layout (C or Fortran order, strided, negative strides, read-only);
-  arrays a kernel updates in place (optimizer ``param`` and state) must be writeable
-  and C-contiguous (``ValueError``: a copy would drop the update).
-* Shapes must agree (``ValueError`` naming the kernel and the shapes); sparse labels lie
-  in [0, C) (``ValueError`` naming the label and its index); logits have C >= 1.
-* Activation names are ``activations.LINEAR_ACTIVATIONS`` (``ValueError`` listing them);
-  scalar arguments are real numbers (``TypeError``) in the ``SCALAR_DOMAINS`` interval
-  of their name (``ValueError`` naming kernel, argument, interval and value:
-  ``adam_step`` with ``beta1=1`` or ``step=0``).
-* Empty and 0-d arrays are valid wherever the shapes allow them. Results are fresh
-  arrays; NaN and inf propagate as in NumPy. All tables agree to float32 rounding.
+The contract:
 
-Conventions: ``linear_forward`` takes 2-D ``x`` (the op folds other shapes) and returns
-``(out, saved)``, ``saved`` being what ``linear_backward`` needs: the output for
-activations that save their output, else the pre-activation. Activation backward
-kernels take ``y`` or ``x`` as ``Activation.saves`` says. Optimizer steps update
-``param`` and their state in place and return None, with PyTorch's formulas, option for
-option; state an option does not use (``momentum_buf`` at ``momentum=0``, ...) is
-ignored and may be None.
+* Float arrays are float32 or float64, one dtype per call (``TypeError``); class labels
+  are integers of any width, not bool, in [0, C) (``ValueError`` naming label and index).
+* Arrays of the wrong device raise ``TypeError``; the CPU tables take anything
+  ``np.asarray`` takes, the GPU table CuPy arrays only.
+* Inputs may have any layout; arrays updated in place (optimizer ``param`` and state)
+  must be writeable and C-contiguous (``ValueError``: a copy would drop the update).
+* Shapes must agree, logits have C >= 1 (``ValueError``); activation names are
+  ``LINEAR_ACTIVATIONS``; scalars are real numbers (``TypeError``) within
+  ``SCALAR_DOMAINS`` (``ValueError``).
+* Empty and 0-d arrays are valid wherever the shapes allow. Results are fresh arrays;
+  NaN and inf propagate as in NumPy; all tables agree to float32 rounding.
+* ``linear_forward`` takes 2-D ``x`` and returns ``(out, saved)``: the output for
+  activations that save it (``Activation.saves``), else the pre-activation. Optimizer
+  steps follow PyTorch's formulas, update ``param`` and state in place and return None;
+  state an option does not use may be None.
 """
 import inspect
 import numbers
@@ -62,10 +51,10 @@ _NUMBER_TYPES = (float, int)
 
 # ---------------------------------------------------------------- devices
 class Device:
-    """What a table's checks need to know about its arrays: the ``array_type`` it computes
-    on; ``coerce(kernel, name, a)``, another argument as one (or ``TypeError``);
-    ``scan_labels(target, classes)``, ``(labels, bad)``: the labels as its compute
-    functions like them and the index of the first outside [0, classes), or -1."""
+    """What a table's checks need to know: the ``array_type`` it computes on;
+    ``coerce(kernel, name, a)``, an argument as one (or ``TypeError``);
+    ``scan_labels(target, classes)``: ``(labels as the compute functions take them, index
+    of the first outside [0, classes) or -1)``."""
 
     def __init__(self, name, array_type, coerce, scan_labels):
         self.name, self.array_type = name, array_type
@@ -99,10 +88,8 @@ def shape_error(kernel, what, /, **arrays):
     return ValueError(f"{kernel}: {got} {what}")
 
 
-# The scalar arguments' domains (low, high, high included), by parameter name or by
-# (kernel, name) where one kernel's parameter means something else; NaN lies outside all.
-# PyTorch's optimizers check the same ranges; a value outside would divide by zero (Adam's
-# bias correction 1 - beta1**step at beta1 = 1 or step = 0) or silently train on garbage.
+# The scalar arguments' domains (low, high, high included), by name or (kernel, name); NaN
+# lies outside all. PyTorch's ranges (outside them Adam's 1 - beta1**step can be 0).
 SCALAR_DOMAINS = {
     "lr": (0.0, np.inf, True), "eps": (0.0, np.inf, True), "weight_decay": (0.0, np.inf, True),
     "momentum": (0.0, np.inf, True), ("rmsprop_step", "alpha"): (0.0, np.inf, True),
@@ -112,8 +99,7 @@ _ANY_REAL = (-np.inf, np.inf, True)
 
 
 def _real(kernel, name, value):
-    """A scalar argument as a Python number in its declared domain (``TypeError`` unless
-    a real number, ``ValueError`` outside ``SCALAR_DOMAINS[name]``)."""
+    """A scalar argument as a Python number in its ``SCALAR_DOMAINS`` interval."""
     if type(value) not in _NUMBER_TYPES:
         if not isinstance(value, numbers.Real):  # NumPy scalars, bool, Fraction pass
             raise TypeError(f"{kernel}: {name} must be a real number, got {type(value).__name__} "
@@ -132,7 +118,7 @@ def _activation_error(kernel, activation):
 
 
 def _in_place(kernel, device, name, array, param):
-    """An array the kernel updates in place: ``param``'s dtype, shape, writeable, C order."""
+    """An array updated in place: ``param``'s dtype and shape, writeable, C order."""
     if not isinstance(array, device.array_type):
         raise TypeError(f"{kernel}: {name} is updated in place, so it must be a "
                         f"{device.array_type.__module__}.{device.array_type.__name__}, "
@@ -174,8 +160,7 @@ def _xent_target(kernel, device, target, scores, name):
 
 
 # ---------------------------------------------------------------- declarations
-# Each declaration is a factory: given a table's compute function and its Device it
-# returns the checked kernel, whose own signature is the kernel's declared signature.
+# Each declaration is a factory: (compute, device) -> the checked kernel, with the declared signature.
 DECLARATIONS = {}
 
 
@@ -419,8 +404,8 @@ def parameters(name):
     return tuple(inspect.signature(DECLARATIONS[name](None, CPU)).parameters)
 
 
-# Optional, unchecked: compute functions that write into buffers the caller allocated
-# once (``kernels_native`` has them; ``table.buffered`` is None for a table without).
+# Optional, unchecked: compute functions into buffers the caller allocated once
+# (``table.buffered``; None for a table without them).
 BUFFERED = ("linear_forward_into", "linear_backward_into")
 
 
@@ -429,8 +414,7 @@ class KernelTable:
     """One implementation of every declared kernel: ``table.<name>`` checks, then computes.
 
     ``namespace`` (a module's ``globals()``) holds a compute function per kernel name,
-    taking exactly the declared parameters. ``table.compute.<name>`` is the unchecked
-    function; ``table.buffered`` the optional ``BUFFERED`` ones, or None.
+    taking exactly the declared parameters (``TypeError`` otherwise).
     """
 
     def __init__(self, name, namespace, device):

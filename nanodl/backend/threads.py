@@ -1,42 +1,27 @@
 """The thread policy: how many BLAS and OpenMP threads each operation gets.
 
-A small network's step is a chain of operations of a few microseconds each. A second
-thread pays only when the work covers the hand-over, and on a busy machine (a CI
-runner, ``GridSearchCV(n_jobs=2)``) it may not get a core at all: the caller then
-waits a scheduler slice for it (on 2 cores beside three busy processes a 32x128 @
-128x128 product took 16 us on one OpenBLAS thread, 450 us on two).
-
-**The policy may change speed, never results.** OpenBLAS splits some products
-differently on one thread and on two (a 32x784 @ 784x128 float32 product differs by
-4e-5), so a product's thread count is a function of its size and the user's
-settings alone, never of the machine's load or the calling thread:
+A small step is a chain of microsecond operations; a second thread pays only when the
+work covers the hand-over, and on a busy machine it may wait a scheduler slice for a
+core (a 32x128 @ 128x128 product: 16 us on one OpenBLAS thread, 450 us on two).
+**The policy may change speed, never results**: OpenBLAS may split a product
+differently on one thread and on two, so a product's thread count is a function of
+its size and the user's settings alone:
 
 * **GEMMs** (``gemm(rows, inner, cols)``): up to ``GEMM_SERIAL_ANYWAY`` multiply-adds
-  OpenBLAS is serial by itself and nothing is switched; below ``GEMM_PARALLEL_MIN``
-  the product runs on one thread (``SERIAL_BLAS``), above it on the library's count
-  (``PARALLEL_BLAS``). Two threads pay on a quiet 2-core machine from 2M-6M
-  multiply-adds (6.4M: 138 us on one, 77 us on two), but beside busy processes the
-  same products ran 8-40x slower on two, so the line sits at 32M, where the gain on
-  a quiet machine is worth that risk. OpenBLAS's count is one setting for the
-  process: scopes that want the same count run side by side, one that wants the
-  other waits until they finish (microseconds). Outside any scope the count in force
-  is the library's or the user's (``threadpoolctl.threadpool_limits`` still holds).
-* **OpenMP** (the compiled kernels' ``prange`` loops, which never change a bit with
-  their thread count): after a parallel region libgomp's workers spin for
-  milliseconds on the cores the next BLAS call needs (a 784-128-10 step: 0.40 ms ->
-  6.8 ms), so nanodl loads libgomp with ``GOMP_SPINCOUNT=1000`` (``OMP_WAIT_POLICY=PASSIVE``
-  would slow PyTorch's small regions ~4x in the same process). libgomp reads it once,
-  when loaded: if another library loaded it first (``import torch`` before nanodl),
-  the compiled kernels are capped at one OpenMP thread instead (``set_thread_cap``),
-  so they never wake a spinning pool.
+  OpenBLAS is serial anyway and nothing is switched; below ``GEMM_PARALLEL_MIN`` (32M,
+  where the gain on a quiet machine is worth the risk on a busy one) one thread
+  (``SERIAL_BLAS``), above it the library's count (``PARALLEL_BLAS``). The count is
+  one process-wide setting: a scope wanting the other waits until those inside finish.
+* **OpenMP** (the compiled kernels' ``prange`` loops, bitwise the same at any thread
+  count): libgomp's idle workers spin for milliseconds on the cores the next BLAS call
+  needs, so nanodl loads it with ``GOMP_SPINCOUNT=1000``; if another library loaded it
+  first (``import torch`` before nanodl), the kernels are capped at one OpenMP thread.
 
-A user's explicit choice wins: with ``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS`` or
+A user's choice wins: with ``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS`` or
 ``OMP_NUM_THREADS`` set, BLAS counts are never touched; with ``OMP_NUM_THREADS``,
 ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set, neither is OpenMP.
-``NANODL_THREAD_POLICY=off`` turns the policy off. The BLAS controlled is the one
-numpy's extension links (found with ``threadpoolctl``, told apart from SciPy's or
-PyTorch's by the address its thread-count function resolves to through numpy's
-handle); without threadpoolctl the libraries keep their defaults (``info()`` says so).
+``NANODL_THREAD_POLICY=off`` turns the policy off. The BLAS controlled is numpy's (found
+with ``threadpoolctl``; without it the libraries keep their defaults: ``info()`` says).
 
 >>> from nanodl.backend import threads
 >>> threads.gemm(32, 64, 10) is threads.UNCHANGED  # tiny: OpenBLAS is serial anyway
@@ -52,7 +37,7 @@ import os
 import threading
 
 GEMM_SERIAL_ANYWAY = 262_144       # multiply-adds; OpenBLAS's own serial limit (65536 * 4)
-GEMM_PARALLEL_MIN = 33_554_432     # multiply-adds; below: one BLAS thread (see the docstring)
+GEMM_PARALLEL_MIN = 33_554_432     # multiply-adds; below: one BLAS thread
 
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 _SPIN_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -111,8 +96,8 @@ def _numpy_handle():
 
 
 def _numpy_blas(candidates):
-    """The controller of the BLAS numpy calls, or None when it cannot be told: a symbol
-    looked up through numpy's handle resolves in numpy's dependencies alone."""
+    """The controller of numpy's BLAS, or None: a symbol looked up through numpy's handle
+    resolves in numpy's dependencies alone."""
     handle = _numpy_handle()
     if handle is not None:
         for lib in candidates:
@@ -130,7 +115,7 @@ def _numpy_blas(candidates):
 
 
 def _find_blas():
-    """numpy's BLAS: ``((get, set) ctypes functions or None, what info() says of it)``."""
+    """``((get, set) functions or None, what info() says)`` for numpy's BLAS."""
     try:
         import threadpoolctl
     except ImportError:
@@ -167,10 +152,9 @@ def _resolve_blas():
 
 
 class _SharedCount:
-    """numpy's BLAS thread count, one setting for the process, shared by the scopes:
-    ``holders`` scopes are inside, all wanting ``count`` (1, or None: the count in force
-    outside, never read or set), ``restore`` is what the serial ones set back, ``depth``
-    counts each thread's nested scopes (a thread inside never waits for itself)."""
+    """numpy's BLAS thread count, shared by the scopes: ``holders`` are inside, all wanting
+    ``count`` (1, or None: the count in force); ``restore`` is what the serial ones set back;
+    ``depth`` counts each thread's nested scopes (a thread never waits for itself)."""
 
     def __init__(self):
         self.get = self.set = None
@@ -186,8 +170,7 @@ _thread_id = threading.get_ident
 
 
 class _BlasScope:
-    """A re-entrant scope that runs BLAS calls on one thread (``count`` 1) or on the
-    library's count (None), and restores the count after; the same in every thread."""
+    """A re-entrant scope running BLAS calls on one thread (``count`` 1) or the library's count."""
     __slots__ = ("count",)
 
     def __init__(self, count):
@@ -242,8 +225,7 @@ PARALLEL_BLAS = _BlasScope(count=None)
 
 
 def gemm(rows, inner, cols):
-    """The scope to run a ``(rows, inner) @ (inner, cols)`` product (or its gradients) in:
-    a function of the product's size alone.
+    """The scope to run a ``(rows, inner) @ (inner, cols)`` product (or its gradients) in.
 
     >>> from nanodl.backend import threads
     >>> threads.gemm(64, 128, 128) is threads.SERIAL_BLAS
@@ -265,9 +247,8 @@ def blas_threads():
 # ---------------------------------------------------------------- OpenMP
 @contextlib.contextmanager
 def loading_native_kernels():
-    """Wrap the import of the compiled kernels: their libgomp loads with a short spin
-    (``GOMP_SPINCOUNT`` is set for the import alone, never over the user's choice), and
-    whether another library loaded libgomp first is noted for ``configure_native``."""
+    """Wrap the import of the compiled kernels: libgomp loads with a short spin (unless the
+    user chose), and whether another library loaded it first is noted for ``configure_native``."""
     before = _already_loaded("libgomp.so.1") is not None
     user = _user_set(_SPIN_ENV)
     if not user:

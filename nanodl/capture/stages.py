@@ -66,9 +66,8 @@ class DenseStage:
 
 
 class BufferedDenseStage(DenseStage):
-    """A ``DenseStage`` through ``table.buffered`` (``linear_forward_into`` / ``_backward_into``):
-    every step writes the same arrays, allocated once, the gradients included (like
-    PyTorch's ``.grad``, each step overwrites them)."""
+    """A ``DenseStage`` through ``table.buffered``: every step overwrites the same arrays,
+    the gradients included (as PyTorch's ``.grad``)."""
 
     def __init__(self, layer, activation, alpha, need_x, table, rows):
         super().__init__(layer, activation, alpha, need_x, table)
@@ -134,11 +133,8 @@ class EngineStage:
 
 
 class SoftmaxXentLoss:
-    """The fused softmax cross-entropy, mean over the batch: the arithmetic of
-    ``ops.loss.SoftmaxCrossEntropy`` without its node and checks. Unless the caller
-    vouches for the labels (``fit`` checked them all once), each step scans them and
-    hands a bad one to the checked kernel, which raises its usual error.
-    """
+    """The fused softmax cross-entropy, mean over the batch, without node or checks; unless
+    ``labels_checked`` (``fit`` checked them once), a bad label raises the checked kernel's error."""
 
     def __init__(self, table, logits, labels_checked):
         self.table = table
@@ -178,17 +174,9 @@ class EngineLoss:
 
 
 class FlatUpdate:
-    """The optimizer's update as *one* kernel call over every parameter.
-
-    The built-in updates are elementwise (``Optimizer._update``), so one call over all
-    parameters laid end to end does the same arithmetic, bit for bit, as a call per
-    parameter. At capture the parameters, their optimizer state and the Dense stages'
-    gradient buffers move into one array each; every ``.data``, state array and
-    ``.grad`` becomes a view of its segment. It applies when buffered Dense stages own
-    every parameter the optimizer updates, all of one dtype and step count, the
-    optimizer uses ``Optimizer.step``, and no one else holds a parameter's or a
-    state's array (``w = layer.kernel.data`` must stay the array that is trained).
-    A rebound view (``load_state_dict``) makes the step capture again.
+    """The optimizer's update as *one* kernel call over every parameter laid end to end;
+    each ``.data``, state array and ``.grad`` becomes a view of its segment. When it
+    applies and why the bits are the same: docs/capture.md, section 6.
     """
 
     def __init__(self, optimizer, params):
@@ -240,8 +228,7 @@ class FlatUpdate:
         arrays = [p.data for p in params]
         arrays += [value for state in states for value in state.values()
                    if isinstance(value, np.ndarray)]
-        # held by its parameter or state dict alone (+ arrays, the loop, getrefcount's
-        # argument)? Then nobody can notice the move
+        # held by its parameter or state dict alone (+ arrays, the loop, getrefcount's argument)?
         if any(sys.getrefcount(array) > 4 for array in arrays):
             return None
         del arrays
@@ -280,7 +267,7 @@ class FlatUpdate:
 
 
 def _layout(states):
-    """The optimizer state's layout: how many slots each parameter's state holds."""
+    """How many slots each parameter's optimizer state holds."""
     return None if states is None else list(map(len, states))
 
 
@@ -294,8 +281,7 @@ class _Program:
         self.layout = _layout(self.states)
 
     def intact(self):
-        """Whether the layers, the optimizer's state (its lists and their slots) and the
-        flat layout are still those of the capture."""
+        """Whether the layers, the optimizer's state layout and the flat layout are the capture's."""
         for stage in self.stages:
             if not stage.unchanged():
                 return False
@@ -331,8 +317,7 @@ class _Program:
 
 
 class _Like:
-    """The shape and dtype a Dense layer returned when no hook saw it (the fused head
-    is called as ``pre_activation``, which runs no hooks; nothing follows it)."""
+    """The ndim and dtype of what a layer no hook saw returned (the fused head's ``pre_activation``)."""
 
     def __init__(self, received, layer):
         kernel = getattr(layer, "kernel", None)

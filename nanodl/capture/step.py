@@ -1,6 +1,5 @@
-"""``CapturedStep``: records a program, checks before every replay that nothing it
-depends on changed (``signature``), and plugs into ``fit`` (``nn.plan.register_capture``).
-"""
+"""``CapturedStep``: records a program, replays it while ``signature`` is unchanged, and plugs
+into ``fit`` (``nn.plan.register_capture``)."""
 import threading
 from itertools import repeat
 from operator import attrgetter, le
@@ -23,8 +22,7 @@ KEPT_SIGNATURES = 4  # programs kept per step (full batches, the last partial ba
 
 
 def _debug_hooks():
-    """Whether this thread has autograd hooks (``detect_anomaly`` installs two): then
-    every step is the eager one, whose nodes the hooks see."""
+    """Whether this thread has autograd hooks (``detect_anomaly``): they must see every node."""
     ident = get_ident()
     return ident in autograd.mode.forward_hooks or ident in autograd.mode.backward_hooks
 
@@ -47,9 +45,8 @@ def _modules(model):
 
 
 def _owners(model, optimizer, loss):
-    """``(object, attributes skipped)`` for each object whose ``__dict__`` counts; skipped:
-    a module's buffers (its code replaces them), what its class calls ``_bookkeeping``
-    (``Model``'s history), an optimizer's running numbers."""
+    """``(object, attributes skipped)`` for each object whose ``__dict__`` counts; skipped: a
+    module's buffers and ``_bookkeeping`` (``Model``'s history), an optimizer's running numbers."""
     for module in _modules(model):
         skip = set(module.__dict__.get("_buffers") or ())
         yield module, skip | getattr(type(module), "_bookkeeping", frozenset())
@@ -61,11 +58,9 @@ def _owners(model, optimizer, loss):
 
 
 def signature(model, optimizer, loss):
-    """A tuple that changes when anything a recorded step depends on changes: every
-    module's attributes (layers, activations, ``training``), forward hooks and
-    parameters' ``requires_grad``, shape and dtype; the optimizer's type and
-    hyperparameters; the loss's attributes (its reduction). The optimizer's parameter
-    list and state layout are each program's to check (its key, ``_Program.intact``).
+    """A tuple that changes when anything a recorded step depends on changes (what it reads:
+    docs/capture.md, "A recording never goes stale"). The optimizer's parameter list and state
+    layout are each program's to check (its key, ``_Program.intact``).
     """
     parts = [type(optimizer)]
     for owner, skip in _owners(model, optimizer, loss):
@@ -78,8 +73,7 @@ def signature(model, optimizer, loss):
 
 
 def same(first, second):
-    """Whether two signatures are equal (an attribute whose ``==`` does not give one
-    bool, a replaced Tensor or array, counts as a change)."""
+    """Whether two signatures are equal (an ``==`` that gives no single bool counts as a change)."""
     try:
         return bool(first == second)
     except Exception:  # noqa: BLE001 - an elementwise == on a replaced array
@@ -87,12 +81,8 @@ def same(first, second):
 
 
 class _Watch:
-    """``signature``'s cheap twin: ``unchanged()`` is True only if all the signature
-    reads is as it was, checked in a few C-level passes ("maybe": the signature decides).
-    Each ``__dict__`` is read afresh and compared with a copy whose parameter, module
-    and hook dicts are copies too, so a replaced or refilled dict shows. Where ``==``
-    could pass another object for the one recorded (a one-element Parameter, a class
-    with its own ``__eq__``) it never vouches (``exact``).
+    """``signature``'s cheap twin: ``unchanged()`` True means all the signature reads is as it
+    was; False means maybe changed (the signature decides). See docs/capture.md.
     """
 
     def __init__(self, model, optimizer, loss):
@@ -153,20 +143,11 @@ class CapturedStep:
     """One training step of ``model``: forward, ``loss``, backward, ``optimizer.step()``,
     captured on first use and replayed after (see the module docstring).
 
-    ``loss`` is a loss name, a ``nanodl.losses`` function or ``Loss`` instance, or a
-    callable ``loss(pred, target)`` returning a scalar Tensor; ``optimizer`` updates
-    the model's parameters. ``step(x, y)`` trains on one batch and returns its loss
-    as a float, exactly as ``fit``'s step (``nn.plan._Plan.step``, the one eager step)
-    would::
-
-        out = model(nd.Tensor(x)); loss = loss_fn(out, y)
-        for p in model.parameters(): p.grad = None
-        loss.backward(); optimizer.step()
-
-    ``step.run(x, y, weight=None)`` takes prepared arrays and returns ``(loss, out)``
-    as arrays the caller owns. ``stages`` and ``loss_stage`` show the last program;
-    ``reason`` says why a step is not captured (then every call is the eager step).
-    A lock lets threads share a step.
+    ``loss`` is a loss name, a ``nanodl.losses`` function or ``Loss``, or a callable
+    ``loss(pred, target)`` returning a scalar Tensor. ``step(x, y)`` trains on one batch
+    and returns its loss as a float, exactly as ``fit``'s eager step would.
+    ``stages`` and ``loss_stage`` show the last program; ``reason`` says why a step is
+    not captured (then every call is eager). Threads may share a step (it holds a lock).
     """
 
     def __init__(self, model, loss, optimizer):
@@ -234,8 +215,7 @@ class CapturedStep:
             return self._capture(key, x, target, weight)
 
     def _stale(self):
-        """Whether something the programs depend on changed: the watch's quick check,
-        then (only where it cannot vouch) the full signature."""
+        """Whether something the programs depend on changed (the watch, else the signature)."""
         if self._watch is not None and self._watch.unchanged():
             return False
         if not same(self.signature(), self._recorded):
@@ -244,7 +224,6 @@ class CapturedStep:
         return False
 
     def _forget(self):
-        """Drop every program: something they depend on changed (``signature``)."""
         self._programs.clear()
         self._flat = None
         self.stages, self.loss_stage = (), None
@@ -262,9 +241,8 @@ class CapturedStep:
         return loss.data, out.data
 
     def _plan_now(self):
-        """The plan of the step: ``fit``'s, or (a step of its own) one made from the
-        model as it is now; its ``params`` include the optimizer's, so a parameter the
-        model no longer holds keeps no stale gradient."""
+        """``fit``'s plan, or one made from the model as it is now; its ``params`` include the
+        optimizer's, so a parameter the model no longer holds keeps no stale gradient."""
         if self._plan is None:
             plan = _Plan(self.model, None, None, self.optimizer, self.loss)
             self._model_params = [id(p) for p in plan.params]
@@ -302,9 +280,8 @@ class CapturedStep:
 
     @property
     def _kind(self):
-        """How the program may compute the loss: ``'softmax'``/``'sigmoid'`` (a fused
-        head, ``fuse_logits``), ``'from_logits'`` (a sparse cross-entropy on logits,
-        mean), or None (through the engine)."""
+        """``'softmax'``/``'sigmoid'`` (a fused head), ``'from_logits'`` (a mean sparse
+        cross-entropy on logits), or None (the loss runs through the engine)."""
         plan = self._plan
         if plan.logits is None and plan.loss_name == "sparse_categorical_crossentropy" and \
                 (plan.loss_config or {}).get("from_logits") and plan.loss_reduction == "mean":
@@ -312,9 +289,8 @@ class CapturedStep:
         return plan.logits
 
     def _layers(self):
-        """``(layer, activation, alpha)`` in the order the forward calls them; activation
-        None means the layer's own call. A model that is not a plain Sequential is one
-        opaque layer (its forward)."""
+        """``(layer, activation, alpha)`` in call order (activation None: the layer's own
+        call); a model that is not a plain Sequential is one opaque layer."""
         model = self.model
         if not isinstance(model, Sequential) or type(model).forward is not Sequential.forward:
             return [(self._plan.forward, None, None)]

@@ -1,6 +1,4 @@
-"""The public checks: ``gradcheck`` and ``report`` for any function of Tensors,
-``check_model`` for a model's parameters.
-"""
+"""``gradcheck`` and ``report`` for any function of Tensors, ``check_model`` for a model."""
 import warnings
 
 import numpy as np
@@ -88,12 +86,10 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
 
 def check_model(model, loss_fn, x, y, eps=1e-6, atol=1e-5, rtol=1e-3, full=False, seed=0,
                 train=False):
-    """Check ``loss_fn(model(x), y)``'s gradient w.r.t. every named parameter.
+    """A ``GradcheckReport`` of ``loss_fn(model(x), y)``'s gradient, one row per named parameter.
 
-    Returns a ``GradcheckReport`` with one row per parameter (named as in
-    ``model.named_parameters()``). The parameters are checked on float64 copies and
-    restored afterwards (data and ``.grad``). The model runs in eval mode unless
-    ``train=True`` (then its state, e.g. BatchNorm's running statistics, is restored).
+    Checked on float64 copies; data and ``.grad`` are restored after. The model runs in
+    eval mode unless ``train=True`` (then its state, e.g. BatchNorm's statistics, is restored).
     """
     def as64(a):
         a = a if isinstance(a, Tensor) else Tensor(np.asarray(a))

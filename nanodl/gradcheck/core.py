@@ -1,7 +1,5 @@
-"""The numerical core of every check: a function as float64 arrays in, an array out
-(``Subject``), its screen, the elementwise check and the bisection (the package
-docstring tells the method).
-"""
+"""The numerical core of every check: ``Subject`` (float64 arrays in, an array out), the
+screen, the elementwise check and the bisection (the method: the package docstring)."""
 import numpy as np
 
 from .. import autograd
@@ -82,10 +80,7 @@ def _directional(subject, x0, index, direction, weight, eps):
 
 
 def compare(numerical, analytic, atol, rtol):
-    """(passed, max abs err, max rel err, flat index of the worst element).
-
-    The worst element is the failing one with the largest absolute error.
-    """
+    """(passed, max abs err, max rel err, flat index of the worst element, failing ones first)."""
     diff = np.abs(numerical - analytic)
     if diff.size == 0:
         return True, 0.0, 0.0, 0
@@ -174,8 +169,8 @@ def unravel(flat, shape):
 
 
 def _bisect(subject, x0, i, v, vjp_i, eps):
-    """The flat index of input ``i``'s element with the largest error in vᵀJ: the screen's
-    error with u = 1 on a set S is the sum of its elements' errors, so follow the larger half."""
+    """The flat index of input ``i``'s worst element in vᵀJ: the error over a set is the sum of
+    its elements', so follow the larger half."""
     x = x0[i]
     candidates = np.arange(x.size)
     analytic = vjp_i.reshape(-1)

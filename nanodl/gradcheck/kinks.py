@@ -1,9 +1,6 @@
-"""Naming the non-differentiable point a failing check sits on.
-
-Central differences straddle a kink (relu at 0, a tie of max, clip at a bound, ...)
-and disagree with any one-sided derivative, so a failure there is no bug. Where each
-op kinks is kept with the ops (``nanodl.ops.registry.NODE_KINKS``, by node class); a
-custom ``Function`` joins in by defining ``kink_distance(self, *arrays)``.
+"""Naming the kink a failing check sits on: central differences straddle it, so that failure
+is no bug. Kinks are ``nanodl.ops.registry.NODE_KINKS``'s; a custom ``Function`` joins in by
+defining ``kink_distance(self, *arrays)``.
 """
 from ..ops.registry import NODE_KINKS
 from .core import host64

@@ -34,16 +34,13 @@ class LocatedOp:
 
 
 def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None, order=1):
-    """The first op (in forward order) whose backward is wrong, or None.
+    """The first op (in forward order) whose backward is wrong, as a ``LocatedOp``, or None.
 
-    Runs ``fn`` once, recording every node's arguments, then checks each node on its
-    own: its class's ``apply`` is re-run on float64 copies of the inputs it saw (same
-    non-tensor arguments) and gradient-checked. Returns a ``LocatedOp`` (``.name``,
-    ``.node``, ``.report``, ``.derivative``). ``order=2`` also checks each node's
-    ``vjp``, its value against the node's backward and its own derivative against
-    central differences, so a wrong ``vjp`` is named too (``.derivative == 'vjp'``).
-    Nodes sitting on a kink, or whose forward is random, are skipped (listed in
-    ``.skipped`` of the result), and so, with ``order=2``, are nodes with no ``vjp``.
+    Runs ``fn`` once, recording every node's arguments, then re-runs and gradient-checks
+    each node's ``apply`` alone on float64 copies of its inputs. ``order=2`` also checks
+    each node's ``vjp`` (``.derivative == 'vjp'`` when that is what is wrong). Nodes on a
+    kink, with a random forward or (``order=2``) without a ``vjp`` are skipped and listed
+    in ``.skipped``.
     """
     if order not in (1, 2):
         raise ValueError(f"locate: order must be 1 or 2, got {order!r}")
@@ -73,7 +70,7 @@ def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None, o
 
 
 def _check_node(node, eps, atol, rtol, seed, kink_tol, skipped, order):
-    """``(failing report, 'backward' or 'vjp')``, or None when the node is right (or uncheckable)."""
+    """``(failing report, 'backward' or 'vjp')``, or None."""
     if not any(node.needs_input_grad):
         return None
     note = kink_note(node, kink_tol)

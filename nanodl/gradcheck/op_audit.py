@@ -1,7 +1,5 @@
-"""``audit``: every op of the registry (``nanodl.ops.registry``), every shape case,
-through the gradient check (and with ``order=2`` through ``gradgradcheck``), as one
-table (``nanodl gradcheck`` prints it).
-"""
+"""``audit``: every op of ``nanodl.ops.registry``, every shape case, gradient-checked into one
+table (``nanodl gradcheck`` prints it)."""
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ def _shapes_text(shapes):
 
 
 def _float32_errors(spec, arrays, device, seed):
-    """(forward error, gradient error) of the op run in float32 vs float64, relative to scale."""
+    """(forward error, gradient error) of the op in float32 vs float64, relative to scale."""
     rounded = [a.astype(np.float32).astype(np.float64) for a in arrays]
 
     def run(dtype):
@@ -78,8 +76,8 @@ def _audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full, order):
 
 
 def _critical_case(spec, point, device, atol, rtol):
-    """The op's gradient exactly at a point where a composition of ops would kink (a loss at
-    pred == target, a logit of 0, ...) against the registry's analytic ``derivative``."""
+    """The op's gradient exactly at a point where a composition would kink (a loss at
+    pred == target, ...) against the registry's analytic ``derivative``."""
     case = _AuditCase(tuple(np.shape(a) for a in point), [], critical=True)
     try:
         leaves = [Tensor(np.array(a, dtype=np.float64), requires_grad=True, device=device) for a in point]
@@ -101,7 +99,6 @@ def _critical_case(spec, point, device, atol, rtol):
 
 
 def _critical_status(cases):
-    """'-' (no critical points), or how many there are and whether all passed."""
     if not cases:
         return "-"
     passed = all(not case.error and all(row.passed for row in case.rows) for case in cases)
@@ -144,17 +141,13 @@ def audit(dtype="float64", device="cpu", kernels=None, seed=0, eps=1e-6, atol=1e
           margin=1e-3, ops=None, full=True, order=1):
     """Gradient-check every op in the registry (every shape case, broadcasting included).
 
-    Returns a ``GradcheckReport`` with one row per registered op: its worst case's
-    shapes, the max absolute and relative errors over all cases, and whether all
-    passed. Inputs are drawn ``margin`` away from each op's kinks. The gradient check
-    is always float64; ``dtype='float32'`` also runs each op in float32 and compares its
-    output and gradient with the float64 ones (allowed error ``FLOAT32_TOL`` of the
-    result's scale). ``kernels`` ('native'/'numpy') selects the CPU kernel table for
-    the run; ``ops`` restricts the audit to some op names. The registry's shapes are
-    small, so every Jacobian element is checked (``full=True``, ~0.1 s for the whole
-    registry); ``full=False`` screens with one random projection per input instead.
-    ``order=2`` also checks every case's second derivatives (``gradgradcheck``), in a
-    second-order column.
+    Returns a ``GradcheckReport``, one row per op: its worst case's shapes, the max errors
+    over all cases, whether all passed. Inputs are drawn ``margin`` away from kinks. The
+    check is float64; ``dtype='float32'`` also compares each op's float32 output and
+    gradient with the float64 ones (allowed: ``FLOAT32_TOL`` of the result's scale).
+    ``kernels`` ('native'/'numpy') picks the CPU table for the run; ``ops`` restricts it
+    to some op names; ``full=False`` screens instead of checking every Jacobian element;
+    ``order=2`` adds a second-derivative column (``gradgradcheck``).
     """
     if order not in (1, 2):
         raise ValueError(f"audit: order must be 1 or 2, got {order!r}")

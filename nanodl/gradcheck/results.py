@@ -1,5 +1,5 @@
-"""What a check returns: a ``GradcheckReport`` of ``GradcheckRow``s (one per checked input,
-op or parameter) that prints as a table, and the error raised on failure."""
+"""What a check returns (a ``GradcheckReport`` of ``GradcheckRow``s, printing as a table) and
+the error it raises."""
 from dataclasses import dataclass, field
 from typing import Any, Optional
 

@@ -1,14 +1,7 @@
-"""Second derivatives: checked by central differences of first derivatives.
-
-The first derivatives ``g(x, v) = vᵀ ∂f/∂x`` are taken with ``nd.grad(...,
-create_graph=True)``, so ``g`` is itself a graph of ordinary nodes (each op's
-``vjp``), and ``g`` goes through the first-order check: the engine's backward
-through that graph against central differences of ``g``. As in
-``torch.autograd.gradgradcheck``, the output weights ``v`` (``grad_outputs``, random
-unless given) are checked too. An op writes its derivative twice, ``backward`` over
-arrays and ``vjp`` over Tensors, so the value of ``g`` is also compared with the
-plain first-order walk: a ``vjp`` whose value is off fails even where it agrees
-with its own derivative.
+"""Second derivatives: the first-order check applied to ``g(x, v) = vᵀ ∂f/∂x`` (taken with
+``create_graph=True``), over the inputs and the output weights ``v``, as
+``torch.autograd.gradgradcheck``; ``g`` is also compared with the plain backward, so a
+``vjp`` whose value is off fails too. See docs/higher_order.md, section 6.
 """
 import numpy as np
 
