@@ -108,11 +108,7 @@ def _abort_if_broken():
 
 def timeout():
     """Seconds any collective nanodl makes waits for every rank before it raises
-    ``TimeoutError`` (``set_timeout``, else ``NANODL_MPI_TIMEOUT``, else 300).
-
-    >>> timeout() > 0
-    True
-    """
+    ``TimeoutError`` (``set_timeout``, else ``NANODL_MPI_TIMEOUT``, else 300)."""
     if _world.timeout is not None:
         return _world.timeout
     value = os.environ.get(TIMEOUT_VARIABLE)
