@@ -1,7 +1,6 @@
 """Functions that make new tensors: zeros, ones, full, arange, eye, randn, rand, ...
 
-A shape is an integer or a tuple/list of non-negative integers (``randn`` and ``rand``
-also take them unpacked, ``randn(2, 3)``); anything else raises an error saying so.
+A shape is an integer or a tuple/list of non-negative integers (``randn(2, 3)`` also works).
 
 >>> import nanodl as nd
 >>> nd.zeros((2, 3)).shape, nd.randn(2, 3).shape, nd.eye(2).tolist()

@@ -72,7 +72,6 @@ def linear(x, kernel, bias=None, activation=None, alpha=None):
     return ops.linear(x, kernel, bias, activation=check_activation(activation), alpha=alpha)
 
 
-# The built-in functions that are activations, by identity: F.tanh is nd.tanh is ops.tanh.
-# ('linear' is no function here: ops.linear is the fused dense node, not the identity.)
+# built-in activations by identity (F.tanh is nd.tanh); ops.linear is the dense node, not one
 _BUILT_IN_FUNCTIONS = {getattr(owner, name): name for owner in (ops, Tensor)
                        for name in ACTIVATIONS if name != "linear" and hasattr(owner, name)}

@@ -43,18 +43,7 @@ def _quote(text):
 
 
 def to_dot(tensor, graph_name="nanodl"):
-    """Graphviz DOT text for the graph that made ``tensor`` (``dot -Tpng graph.dot -o graph.png``).
-
-    >>> import nanodl as nd
-    >>> x = nd.tensor([1.0, 2.0], requires_grad=True)
-    >>> print(nd.viz.to_dot(x.exp().sum()))  # doctest: +ELLIPSIS
-    digraph nanodl {
-      rankdir=BT;
-      node [fontname="Helvetica", fontsize=10];
-      op0 [label="Sum\\n()", shape=box, style="filled,bold", fillcolor="#dbe9f6"];
-      ...
-    }
-    """
+    """Graphviz DOT text for the graph that made ``tensor`` (docs/internals.md shows one)."""
     lines = [f"digraph {graph_name} {{", "  rankdir=BT;", '  node [fontname="Helvetica", fontsize=10];']
     edges = []
     order = _walk(tensor)

@@ -49,14 +49,7 @@ def _relay(hook, who="callbacks"):
 
 
 class CallbackList:
-    """Calls every hook on each callback in turn; batch hooks only where overridden (free steps).
-
-    >>> class Note(Callback):
-    ...     def on_epoch_end(self, epoch, logs=None):
-    ...         print(epoch, logs["loss"])
-    >>> CallbackList([Note(), History()], model=None).on_epoch_end(0, {"loss": 0.5})
-    0 0.5
-    """
+    """Calls every hook on each callback in turn; batch hooks only where overridden (free steps)."""
 
     def __init__(self, callbacks, model, params=None):
         # runs_last (a backup) saves after the others' changes, restores after their resets
@@ -86,11 +79,7 @@ _writer = [lambda: True]  # a wing that runs several processes replaces it (regi
 
 
 def should_write():
-    """Whether this process prints and writes files (in ``nanodl.distributed``: rank 0 only).
-
-    >>> should_write()
-    True
-    """
+    """Whether this process prints and writes files (in ``nanodl.distributed``: rank 0 only)."""
     return _writer[0]()
 
 

@@ -66,17 +66,7 @@ class BackupAndRestore(Callback):
     """Lets an interrupted ``fit`` continue where it stopped (Keras' ``BackupAndRestore``).
 
     Each epoch writes ``backup_dir/backup.npz`` (weights, optimizer, epoch, random
-    generator, other callbacks' state); see docs/callbacks.md.
-
-    >>> import os, tempfile, numpy as np
-    >>> from nanodl import nn
-    >>> model = nn.Sequential([nn.Dense(1, input_dim=2)])
-    >>> model.compile(optimizer='sgd', loss='mse')
-    >>> folder = os.path.join(tempfile.mkdtemp(), 'backup')
-    >>> x, y = np.ones((8, 2), np.float32), np.zeros(8, np.float32)
-    >>> history = model.fit(x, y, epochs=2, verbose=0, callbacks=[BackupAndRestore(folder)])
-    >>> os.path.exists(folder)  # the fit finished: the backup is gone
-    False
+    generator, other callbacks' state), deleted when the fit finishes. See docs/callbacks.md.
     """
 
     runs_last = True
@@ -139,8 +129,7 @@ class CSVLogger(Callback):
         self.keys = self._file = self._writer = None
 
     def on_train_begin(self, logs=None):
-        self.keys = None
-        self._writer = None
+        self.keys = self._writer = None
         if not should_write():  # a data-parallel run writes on rank 0 only
             return
         self._write_header = not (self.append and os.path.exists(self.filename)

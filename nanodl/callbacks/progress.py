@@ -114,11 +114,9 @@ class ProgressBar(Callback):
         return format_logs({k: v for k, v in (logs or {}).items() if k not in self.hidden})
 
     def _bar(self, done):
-        filled = self.width * done // self.steps
         arrow = ">" if done < self.steps else ""
-        digits = len(str(self.steps))
-        body = "=" * max(filled - len(arrow), 0) + arrow
-        return f"{done:>{digits}}/{self.steps} [{body:<{self.width}}]"
+        body = "=" * max(self.width * done // self.steps - len(arrow), 0) + arrow
+        return f"{done:>{len(str(self.steps))}}/{self.steps} [{body:<{self.width}}]"
 
     def _print(self, line):
         if not should_write():  # a data-parallel run draws on rank 0 only

@@ -155,20 +155,7 @@ class ReduceLROnPlateau(Callback):
 
 
 class TerminateOnNaN(Callback):
-    """Stops training once a batch's loss is NaN or inf: ``fit`` ends after the current epoch.
-
-    >>> import warnings, numpy as np
-    >>> from nanodl import nn
-    >>> model = nn.Sequential([nn.Dense(1)])
-    >>> model.compile(optimizer='sgd', loss='mse')
-    >>> x, y = np.ones((8, 1), np.float32), np.full(8, np.nan, np.float32)
-    >>> with warnings.catch_warnings():  # fit warns that y holds NaN
-    ...     warnings.simplefilter("ignore")
-    ...     history = model.fit(x, y, batch_size=2, epochs=5, verbose=0, callbacks=[TerminateOnNaN()])
-    Batch 0: Invalid loss, terminating training
-    >>> history.epoch
-    [0]
-    """
+    """Stops training once a batch's loss is NaN or inf: ``fit`` ends after the current epoch."""
 
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")

@@ -136,7 +136,6 @@ class LBFGS(Optimizer):
                 direction = _two_loop(-grad, steps_taken, grad_changes, rho, h_diag)
 
             prev_grad, prev_loss = grad.copy(), loss
-            # The step length: lr, scaled down on the very first iteration.
             t = min(1.0, 1.0 / float(xp.abs(grad).sum())) * lr if memory["n_iter"] == 1 else lr
             slope = float(xp.dot(grad, direction))
             if slope > -tolerance_change:
@@ -198,11 +197,10 @@ class LBFGS(Optimizer):
         if name != self.name:
             raise ValueError(f"LBFGS.load_state_dict: the state belongs to a {name!r} optimizer, "
                              f"not 'lbfgs'")
-        config = {}
-        for key in self.get_config():
-            if key in sd:
-                value = np.asarray(sd[key]).item()  # numbers come back as 0-d arrays from a file
-                config[key] = str(value) if key == "line_search_fn" else value
+        # numbers come back from a file as 0-d arrays
+        config = {key: np.asarray(sd[key]).item() for key in self.get_config() if key in sd}
+        if "line_search_fn" in config:
+            config["line_search_fn"] = str(config["line_search_fn"])
         probe = LBFGS(None, **config)  # validates the hyper-parameters
         memory = {"func_evals": int(np.asarray(sd.get("func_evals", 0))),
                   "n_iter": int(np.asarray(sd.get("n_iter", 0)))}
