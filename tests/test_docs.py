@@ -91,3 +91,10 @@ def test_quoted_source_is_the_source(path):
         found = any(lines[i:i + len(wanted)] == wanted
                     for lines in sources.values() for i in range(len(lines) - len(wanted) + 1))
         assert found, f"{path.name}: quoted block {number} is not in nanodl/ any more:\n{quote}"
+
+
+def test_every_page_a_docstring_points_to_exists():
+    """Docstrings say what and why and point to the page that teaches the rest."""
+    pointed = {name for lines in _source_lines().values() for line in lines
+               for name in re.findall(r"docs/(\w+\.md)", line)}
+    assert pointed and {name for name in pointed if not (ROOT / "docs" / name).exists()} == set()
