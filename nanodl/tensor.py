@@ -1,7 +1,5 @@
-"""Tensor: a backend array (NumPy or CuPy), its gradient, and the node that made it.
-
-Its math methods are one-line calls into ``nanodl/ops``, where the derivatives live.
-"""
+"""Tensor: a backend array (NumPy or CuPy), its gradient, and the node that made it. Its math
+methods are one-line calls into ``nanodl/ops``, where the derivatives live."""
 import numpy as np
 
 from . import autograd
@@ -29,11 +27,9 @@ def get_default_dtype():
 
 
 def as_array(data, dtype=None, *, what="tensor", numeric=True):
-    """User data (scalar, nested list, ndarray, CuPy array, Tensor) as a backend array.
-
-    Arrays and NumPy scalars keep their dtype; Python floats get the default one. Ragged
-    lists raise ValueError; strings, bytes and objects TypeError naming ``what``
-    (``numeric=False`` lets strings through)."""
+    """User data as a backend array: arrays and NumPy scalars keep their dtype, Python floats get
+    the default one. Ragged lists raise ValueError, non-numbers TypeError (``numeric=False``
+    lets strings through)."""
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, np.ndarray) or is_device_array(data):
@@ -131,10 +127,8 @@ class Tensor:
 
     # ------------------------------------------------------------ autograd
     def backward(self, grad=None, retain_graph=False):
-        """Accumulate the gradient of this tensor into every leaf it depends on.
-
-        ``grad`` is d(loss)/d(self); it may be omitted only for a scalar.
-        """
+        """Accumulate the gradient of this tensor into every leaf it depends on; ``grad`` is
+        d(loss)/d(self), omitted only for a scalar."""
         if not self.requires_grad:
             raise RuntimeError("backward: tensor does not require grad and has no grad_fn")
         if grad is None:

@@ -28,14 +28,11 @@ def __getattr__(name):
 
 
 class Function:
-    """A differentiable op: ``forward`` and ``backward`` over backend arrays.
-
-    ``forward(self, *arrays, **options)`` returns one array; ``backward(self, grad)`` one
-    gradient per tensor input (a tuple, or an array for one input; None for "no
-    gradient"), and may skip an input whose ``self.needs_input_grad[i]`` is False.
-    ``vjp(self, grad, *inputs)``, the same derivative with Tensor ops, makes the op
-    differentiable twice (``create_graph=True``). A ``vjp`` written with operators and
-    methods arrays share needs no ``backward``: first order runs it on the input arrays.
+    """A differentiable op. ``forward(self, *arrays, **options)`` returns one array;
+    ``backward(self, grad)`` one gradient per tensor input (None for none; an input whose
+    ``self.needs_input_grad[i]`` is False may be skipped). ``vjp(self, grad, *inputs)``, the
+    same with Tensor ops, allows ``create_graph=True``; written with operators arrays share,
+    it needs no ``backward``. See docs/internals.md.
     """
     __slots__ = ("inputs", "needs_input_grad", "saved_tensors", "_retained", "_freed", "__dict__",
                  "__weakref__")

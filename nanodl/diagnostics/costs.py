@@ -125,8 +125,7 @@ def backward_cost(node, grad_output, grads):
 
 
 # ---------------------------------------------------------------- kernel-table calls
-# The calls an op does not make (an optimizer's update, a kernel called directly):
-# kernel name -> (FLOPs per element, arrays of param's size read or written) given the options.
+# Kernel calls no op makes: name -> (FLOPs per element, param-sized arrays moved) of the options.
 def _sgd(o):
     momentum = bool(o.get("momentum"))
     return (2 + 2 * bool(o.get("weight_decay")) + 2 * momentum + 2 * bool(o.get("nesterov")),

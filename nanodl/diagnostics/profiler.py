@@ -275,11 +275,10 @@ class profile:
                          "gflops": gflops, "gbps": gbps,
                          "pct_gemm_peak": 100 * gflops * 1e9 / rates["gemm"],
                          "pct_copy_peak": 100 * gbps * 1e9 / rates["copy"]})
-        if sort_by == "time":
-            rows.sort(key=lambda row: row["forward_ms"] + row["backward_ms"], reverse=True)
-        elif sort_by is not None:
+        if sort_by is not None:
             key = {"forward": "forward_ms", "backward": "backward_ms"}.get(sort_by, sort_by)
-            rows.sort(key=lambda row: row[key], reverse=True)
+            rows.sort(key=lambda row: row["forward_ms"] + row["backward_ms"] if key == "time"
+                      else row[key], reverse=True)
         return rows
 
     @property

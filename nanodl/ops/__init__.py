@@ -1,7 +1,5 @@
-"""Built-in ops as functions over Tensors: thin wrappers over each op's ``Function.apply``.
-
-``Tensor`` methods, ``nd.*`` and ``F.*`` all land here. Python numbers and arrays are
-lifted to constant tensors: a float32 tensor combined with a Python number stays float32.
+"""Built-in ops as functions over Tensors (``Tensor`` methods, ``nd.*`` and ``F.*`` land here).
+Python numbers are lifted to constants: a float32 tensor combined with one stays float32.
 """
 import math
 import sys
@@ -247,6 +245,5 @@ def einsum(subscripts, *operands):
     return Einsum.apply(*tensors, subscripts=subscripts)
 
 
-# Tensor's methods and the derivatives written once for arrays and Tensors call these
-# functions; they are handed over here (no import back into this package: no cycle).
+# Tensor's methods and the array-or-Tensor derivatives call these functions (handed over: no cycle)
 _tensor._ops = elementwise.TENSOR_MATH = sys.modules[__name__]

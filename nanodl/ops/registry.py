@@ -55,10 +55,6 @@ def _abs_min(a, *rest):
     return float(np.abs(a).min()) if a.size else np.inf
 
 
-def _pair_gap(a, b):
-    return float(np.abs(a - b).min()) if np.broadcast(a, b).size else np.inf
-
-
 def _np_softmax(a, axis=-1):
     e = np.exp(a - a.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -187,8 +183,8 @@ REGISTRY = (
     OpSpec("clip", lambda a: ops.clip(a, -0.5, 0.7), lambda a: np.clip(a, -0.5, 0.7), UNARY,
            kink_distance=lambda a: float(min(np.abs(a + 0.5).min(), np.abs(a - 0.7).min()))
            if a.size else np.inf),
-    OpSpec("maximum", ops.maximum, np.maximum, BINARY, kink_distance=_pair_gap),
-    OpSpec("minimum", ops.minimum, np.minimum, BINARY, kink_distance=_pair_gap),
+    OpSpec("maximum", ops.maximum, np.maximum, BINARY, kink_distance=lambda a, b: _abs_min(a - b)),
+    OpSpec("minimum", ops.minimum, np.minimum, BINARY, kink_distance=lambda a, b: _abs_min(a - b)),
     OpSpec("where", lambda a, b: ops.where(a.data > 0, a, b), lambda a, b: np.where(a > 0, a, b),
            BINARY[:3], kink_distance=_abs_min),
     OpSpec("matmul", ops.matmul, np.matmul,
@@ -317,8 +313,7 @@ def draw_inputs(spec, shapes, rng, dtype=np.float64, margin=1e-3, tries=50):
 
 
 # ------------------------------------------------------------------ kinks of graph nodes
-# Where each built-in node (by class name) is not differentiable: ``gradcheck`` explains a
-# failure there, ``gradcheck.locate`` skips the node. A custom Function defines ``kink_distance``.
+# Where each built-in node is not differentiable (a custom Function defines ``kink_distance``).
 @dataclass(frozen=True)
 class NodeKink:
     what: str                        # 'relu at 0': what is not differentiable

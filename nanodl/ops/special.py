@@ -41,15 +41,10 @@ def _series_terms(largest):
 
 
 def erf_array(x):
-    """erf of a float array to within ~5 ulp (1e-15 relative) of the exact value, on any backend.
-
-    * |x| < 2: erf(x) = 2/sqrt(pi) x exp(-x^2) sum_n (2x^2)^n / (1*3*...*(2n+1)), a series of
-      positive terms (no cancellation) summed by Horner's rule from the smallest term.
-    * 2 <= |x| < 6: 1 - erfc(x), with erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x +
-      (3/2)/(x + ...)))), Laplace's continued fraction, evaluated from depth 60 upwards.
-    * |x| >= 6: +-1 (erfc(6) is below half an ulp of 1). NaN stays NaN; float32 is computed
-      in float64 and rounded once.
-    """
+    """erf of a float array to within ~5 ulp of the exact value, on any backend (float32 via
+    float64). |x| < 2: 2/sqrt(pi) x exp(-x^2) sum_n (2x^2)^n / (1*3*...*(2n+1)), positive terms
+    by Horner's rule; 2 <= |x| < 6: 1 - erfc(x) by Laplace's continued fraction from depth 60;
+    |x| >= 6: +-1 (erfc(6) is below half an ulp of 1)."""
     xp = array_module(x)
     dtype = x.dtype
     values = x.astype(xp.float64)
