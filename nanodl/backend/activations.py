@@ -24,11 +24,10 @@ class Activation:
     """One activation function; ``code`` is its C enum ``ACT_*`` (``csrc/elementwise.pxd``).
 
     ``saves``: what its backward kernel takes besides ``grad``, ``'output'`` or ``'input'``.
-    ``alpha``: its parameter's default, or None. ``kinks``: where it is not differentiable,
-    unless ``alpha == smooth_alpha``. ``reference`` / ``derivative``: ``(x, alpha) -> array``
-    in float64 NumPy (the tests' oracle). ``cuda_forward`` / ``cuda_backward``: bodies of
-    CUDA device functions of ``(T x, T alpha)`` and ``(T s, T g, T alpha)`` returning ``T``.
-    ``check_alpha``: an alpha for tests (not ``smooth_alpha``, so kinks are exercised).
+    ``kinks``: where it is not differentiable, unless ``alpha == smooth_alpha``.
+    ``reference`` / ``derivative``: ``(x, alpha) -> array`` in float64 NumPy (the tests'
+    oracle). ``cuda_forward`` / ``cuda_backward``: bodies of CUDA device functions of
+    ``(T x, T alpha)`` and ``(T s, T g, T alpha)``. ``check_alpha``: not ``smooth_alpha``.
     """
     name: str
     code: int
@@ -84,8 +83,7 @@ def sigmoid_pair(v):
 
 
 def gelu(x, pair=sigmoid_pair):
-    """GELU, tanh approximation: ``x sigmoid(2u)``, ``u = c (x + k x^3)``; ``pair`` is
-    ``sigmoid_pair`` over arrays or Tensors (the op's ``vjp``)."""
+    """GELU (tanh approximation) ``x sigmoid(2u)``, ``u = c (x + k x^3)``; ``pair``: arrays or Tensors."""
     return x * pair((2 * GELU_C) * (x + GELU_K * (x * x * x)))[0]
 
 
@@ -174,18 +172,15 @@ def _table_functions(activation, which, forward, backward):
 
         def backward_kernel(x, grad, alpha):
             return backward(which, x, grad, alpha)
-    elif activation.saves == "output":
-        def forward_kernel(x):
-            return forward(which, x, 0.0)
-
-        def backward_kernel(y, grad):
-            return backward(which, y, grad, 0.0)
     else:
         def forward_kernel(x):
             return forward(which, x, 0.0)
-
-        def backward_kernel(x, grad):
-            return backward(which, x, grad, 0.0)
+        if activation.saves == "output":
+            def backward_kernel(y, grad):
+                return backward(which, y, grad, 0.0)
+        else:
+            def backward_kernel(x, grad):
+                return backward(which, x, grad, 0.0)
     forward_kernel.__name__ = forward_kernel.__qualname__ = activation.forward_kernel
     backward_kernel.__name__ = backward_kernel.__qualname__ = activation.backward_kernel
     return forward_kernel, backward_kernel

@@ -1,7 +1,5 @@
-"""The one place where CuPy is imported (lazily, on first use of ``'cuda'``).
-
-This module imports nothing else from nanodl; the CuPy kernel table imports it.
-"""
+"""The one place where CuPy is imported (lazily, on first use of ``'cuda'``); it imports
+nothing else from nanodl."""
 _cupy = None
 _status = "unchecked"
 
@@ -25,9 +23,9 @@ def cuda_status():
         detail = f" ({exc})"
     if count < 1:
         _status = f"CuPy is installed but no NVIDIA GPU is visible{detail}"
-        return _status
-    _cupy, _status = cupy, None
-    return None
+    else:
+        _cupy, _status = cupy, None
+    return _status
 
 
 def require_cupy():

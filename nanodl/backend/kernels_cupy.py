@@ -57,8 +57,7 @@ DEVICE = Device("cuda", cupy.ndarray, _refuse_host, _scan_labels)
 
 
 # ---------------------------------------------------------------- activation device code
-# A pair of device functions per activation, forward(x, alpha) and backward(saved, grad,
-# alpha), from its record's ``cuda_forward`` / ``cuda_backward`` (``saved`` as it says).
+# Device functions forward(x, alpha) and backward(saved, grad, alpha) per activation record.
 _ACTIVATION_PREAMBLE = f"""
 template <typename T> __device__ __forceinline__ T nanodl_stable_sigmoid(T x) {{
     const T e = exp(-fabs(x));  /* exp of a non-positive number only: no inf/inf */

@@ -89,8 +89,7 @@ def _scratch_buffer(shape, dtype):
 
 
 def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kernel, need_bias):
-    """``dz = grad * act'(saved)`` in one pass into a reused scratch buffer; the returned
-    ``(dx, dkernel, dbias)`` are fresh (None where not needed)."""
+    """``dz = grad * act'(saved)`` into a reused scratch buffer; ``(dx, dkernel, dbias)`` are fresh."""
     code = CODES[activation]
     if code == _LINEAR:
         dz = grad
@@ -137,7 +136,6 @@ def _sparse_or_dense(target):
 
 
 def softmax_xent_forward(logits, target):
-    """Per-sample loss and the softmax, one fused pass per row (csrc/xent.pyx)."""
     rows = logits.shape[0]
     sparse, dense = _sparse_or_dense(target)
     loss = np.empty(rows, logits.dtype)

@@ -102,8 +102,7 @@ def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kern
 
 # ---------------------------------------------------------------- softmax cross-entropy
 def softmax_xent_forward(logits, target):
-    """``(loss, probs)``: per-sample ``-sum(target * log_softmax(logits))``; ``target`` is
-    (N,) class labels or (N, C) one-hot or probabilities."""
+    """``(per-sample -sum(target * log_softmax(logits)), probs)``; target (N,) labels or (N, C)."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)

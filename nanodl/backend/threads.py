@@ -1,11 +1,9 @@
 """The thread policy: how many BLAS and OpenMP threads each operation gets.
 
-A small step is a chain of microsecond operations; a second thread pays only when the
-work covers the hand-over, and on a busy machine it may wait a scheduler slice for a
-core (a 32x128 @ 128x128 product: 16 us on one OpenBLAS thread, 450 us on two).
-**The policy may change speed, never results**: OpenBLAS may split a product
-differently on one thread and on two, so a product's thread count is a function of
-its size and the user's settings alone:
+A second thread pays only when the work covers the hand-over (on a busy machine a 32x128
+@ 128x128 product took 16 us on one OpenBLAS thread, 450 us on two). **The policy may
+change speed, never results**: a product's thread count depends on its size and the
+user's settings alone (OpenBLAS may split a product differently on one thread and two):
 
 * **GEMMs** (``gemm(rows, inner, cols)``): up to ``GEMM_SERIAL_ANYWAY`` multiply-adds
   OpenBLAS is serial anyway and nothing is switched; below ``GEMM_PARALLEL_MIN`` (32M,
@@ -26,8 +24,8 @@ with ``threadpoolctl``; without it the libraries keep their defaults: ``info()``
 >>> from nanodl.backend import threads
 >>> threads.gemm(32, 64, 10) is threads.UNCHANGED  # tiny: OpenBLAS is serial anyway
 True
->>> with threads.gemm(64, 128, 128):   # small: one BLAS thread inside, restored after
-...     pass
+>>> threads.gemm(64, 128, 128) is threads.SERIAL_BLAS  # small: one BLAS thread inside
+True
 >>> sorted(threads.info())[:3]
 ['blas', 'blas_threads', 'enabled']
 """
@@ -49,11 +47,9 @@ _blas = None  # (get_num_threads, set_num_threads) of numpy's BLAS, or None; res
 _blas_resolved = False
 _blas_description = None
 
-# What happened when the compiled kernels loaded their OpenMP runtime.
 _openmp = {"runtime": None, "loaded_before_nanodl": None, "short_spin": None, "kernel_cap": None}
 
-# Each BLAS family's thread-count function (threadpoolctl's OpenBLAS lookup finds
-# ``scipy_openblas_get_num_threads64_`` too)
+# Each BLAS family's thread-count function (threadpoolctl also finds scipy_openblas's)
 _GET_THREADS = {"openblas": "openblas_get_num_threads", "blis": "bli_thread_get_num_threads",
                 "mkl": "MKL_Get_Max_Threads"}
 
@@ -96,8 +92,7 @@ def _numpy_handle():
 
 
 def _numpy_blas(candidates):
-    """The controller of numpy's BLAS, or None: a symbol looked up through numpy's handle
-    resolves in numpy's dependencies alone."""
+    """The controller of numpy's BLAS, or None (looked up through numpy's own handle)."""
     handle = _numpy_handle()
     if handle is not None:
         for lib in candidates:
@@ -115,7 +110,6 @@ def _numpy_blas(candidates):
 
 
 def _find_blas():
-    """``((get, set) functions or None, what info() says)`` for numpy's BLAS."""
     try:
         import threadpoolctl
     except ImportError:
@@ -152,9 +146,8 @@ def _resolve_blas():
 
 
 class _SharedCount:
-    """numpy's BLAS thread count, shared by the scopes: ``holders`` are inside, all wanting
-    ``count`` (1, or None: the count in force); ``restore`` is what the serial ones set back;
-    ``depth`` counts each thread's nested scopes (a thread never waits for itself)."""
+    """The scopes' shared state: ``holders`` inside, all wanting ``count`` (1, or None: as is);
+    ``restore``, what to set back; ``depth``, each thread's nesting (it never waits for itself)."""
 
     def __init__(self):
         self.get = self.set = None
@@ -225,12 +218,7 @@ PARALLEL_BLAS = _BlasScope(count=None)
 
 
 def gemm(rows, inner, cols):
-    """The scope to run a ``(rows, inner) @ (inner, cols)`` product (or its gradients) in.
-
-    >>> from nanodl.backend import threads
-    >>> threads.gemm(64, 128, 128) is threads.SERIAL_BLAS
-    True
-    """
+    """The scope to run a ``(rows, inner) @ (inner, cols)`` product (or its gradients) in."""
     work = rows * inner * cols
     if not _enabled or work <= GEMM_SERIAL_ANYWAY:
         return UNCHANGED
@@ -247,8 +235,7 @@ def blas_threads():
 # ---------------------------------------------------------------- OpenMP
 @contextlib.contextmanager
 def loading_native_kernels():
-    """Wrap the import of the compiled kernels: libgomp loads with a short spin (unless the
-    user chose), and whether another library loaded it first is noted for ``configure_native``."""
+    """Wrap the import of the compiled kernels: libgomp loads with a short spin (unless the user chose)."""
     before = _already_loaded("libgomp.so.1") is not None
     user = _user_set(_SPIN_ENV)
     if not user:
@@ -258,17 +245,13 @@ def loading_native_kernels():
     finally:
         if not user:
             del os.environ["GOMP_SPINCOUNT"]
-    _openmp["loaded_before_nanodl"] = before
-    _openmp["runtime"] = "libgomp" if _already_loaded("libgomp.so.1") else None
-    if user:
-        _openmp["short_spin"] = f"user's choice ({', '.join(user)})"
-    else:
-        _openmp["short_spin"] = not before
+    _openmp.update(loaded_before_nanodl=before,
+                   runtime="libgomp" if _already_loaded("libgomp.so.1") else None,
+                   short_spin=f"user's choice ({', '.join(user)})" if user else not before)
 
 
 def configure_native(modules):
-    """Cap the compiled kernels (extension ``modules``, with ``set_thread_cap``) at one
-    OpenMP thread when their runtime spins long; 0 is no cap."""
+    """Cap the compiled kernels' ``modules`` at one OpenMP thread when their runtime spins long."""
     cap = int(_enabled and _openmp["runtime"] == "libgomp" and _openmp["short_spin"] is False
               and not _user_set(("OMP_NUM_THREADS",)))
     for module in modules:

@@ -58,10 +58,8 @@ def _owners(model, optimizer, loss):
 
 
 def signature(model, optimizer, loss):
-    """A tuple that changes when anything a recorded step depends on changes (what it reads:
-    docs/capture.md, "A recording never goes stale"). The optimizer's parameter list and state
-    layout are each program's to check (its key, ``_Program.intact``).
-    """
+    """A tuple that changes when anything a recorded step depends on changes (docs/capture.md,
+    "A recording never goes stale"); parameter list and state layout: each program checks them."""
     parts = [type(optimizer)]
     for owner, skip in _owners(model, optimizer, loss):
         state = owner.__dict__
@@ -193,8 +191,7 @@ class CapturedStep:
         return float(loss)
 
     def run(self, x, target, weight=None):
-        """Train on one batch of prepared arrays; returns ``(loss, out)``, arrays of the
-        caller's (a replay's output buffer is reused by the next step: this is a copy)."""
+        """Train on one batch of prepared arrays; ``(loss, out)``, copies (a replay reuses its buffers)."""
         loss, out = self._run(x, target, weight)
         return loss.copy(), out.copy()
 

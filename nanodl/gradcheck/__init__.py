@@ -11,15 +11,12 @@ True
 
 Checks run in float64 (float32 inputs on float64 copies, with a
 ``GradcheckPrecisionWarning``). A cheap screen first: per input, one random projection
-``vᵀJu`` by central differences against the backward's, held to ``atol + rtol·|num|``
-and to 10 times its own differencing noise. Only a failure (or ``full=True``) runs the
-elementwise check, which decides: the whole Jacobian where it fits (``core.MAX_JACOBIAN``),
-else ``vᵀJ``; an input too large to walk is bisected to its worst element.
-
-An element passes when ``|numerical - analytic| <= atol + rtol·|numerical|`` (as
-``numpy.allclose``); the relative error reported is ``|num - ana| / max(|num|, |ana|)``
-over elements larger than ``atol``. A failed check names every op whose input lies
-within ``kink_tol`` (``10·eps``) of a kink ("relu at 0 is not differentiable: ...").
+``vᵀJu`` by central differences against the backward's, held to the tolerance and to
+10 times its own differencing noise. Only a failure (or ``full=True``) runs the
+elementwise check, which decides: the whole Jacobian where it fits, else ``vᵀJ``; an
+input too large to walk is bisected to its worst element. An element passes when
+``|numerical - analytic| <= atol + rtol·|numerical|`` (as ``numpy.allclose``). A
+failure names every op whose input lies within ``kink_tol`` (``10·eps``) of a kink.
 
 Second derivatives: ``gradgradcheck``, ``audit(order=2)``, ``locate(order=2)``. The
 module itself is callable: ``gradcheck(fn, x)`` is ``gradcheck.gradcheck(fn, x)``.

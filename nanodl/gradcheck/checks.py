@@ -72,10 +72,9 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True,
               spec=None, kink_tol=None):
     """True when ``fn``'s analytic gradients match central differences for every input.
 
-    ``fn`` maps Tensors to a Tensor; every input that requires grad is checked. On a
-    mismatch raises ``GradcheckError`` (or returns False with ``raise_exception=False``)
-    naming the input, the worst element, the numerical and analytic values and the max
-    absolute and relative errors. See ``report`` for ``full``, ``spec`` and ``kink_tol``.
+    ``fn`` maps Tensors to a Tensor; every input that requires grad is checked. A mismatch
+    raises ``GradcheckError`` naming the input, the worst element and the errors (or returns
+    False with ``raise_exception=False``). ``full``, ``spec``, ``kink_tol``: see ``report``.
     """
     result = report(fn, *inputs, eps=eps, atol=atol, rtol=rtol, full=full, seed=seed, spec=spec,
                     kink_tol=kink_tol)

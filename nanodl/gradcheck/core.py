@@ -169,8 +169,7 @@ def unravel(flat, shape):
 
 
 def _bisect(subject, x0, i, v, vjp_i, eps):
-    """The flat index of input ``i``'s worst element in vᵀJ: the error over a set is the sum of
-    its elements', so follow the larger half."""
+    """The flat index of input ``i``'s worst element in vᵀJ (errors add: follow the larger half)."""
     x = x0[i]
     candidates = np.arange(x.size)
     analytic = vjp_i.reshape(-1)

@@ -76,8 +76,7 @@ def _audit_op(spec, dtype, device, seed, eps, atol, rtol, margin, full, order):
 
 
 def _critical_case(spec, point, device, atol, rtol):
-    """The op's gradient exactly at a point where a composition would kink (a loss at
-    pred == target, ...) against the registry's analytic ``derivative``."""
+    """The op's gradient at a critical point (pred == target, ...) against its ``derivative``."""
     case = _AuditCase(tuple(np.shape(a) for a in point), [], critical=True)
     try:
         leaves = [Tensor(np.array(a, dtype=np.float64), requires_grad=True, device=device) for a in point]

@@ -85,9 +85,8 @@ def gradgradcheck(fn, *inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3
                   full=False, seed=0, kink_tol=None):
     """True when ``fn``'s second derivatives match central differences of its first ones.
 
-    The first derivatives ``vᵀ ∂fn/∂x`` (``v`` = ``grad_outputs``, random when None) are
-    differentiated with respect to every input that requires grad and to ``v``; a
-    mismatch raises ``GradcheckError`` or returns False, as in ``gradcheck``.
+    Checks ``vᵀ ∂fn/∂x`` (``v``: ``grad_outputs``, random when None) with respect to every
+    input that requires grad and to ``v``; failures are reported as in ``gradcheck``.
 
     >>> import numpy as np, nanodl as nd
     >>> from nanodl import gradcheck
