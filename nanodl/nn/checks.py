@@ -9,7 +9,7 @@ from ..tensor import Tensor
 from ..modelfile import unsaved_setting
 from .module import ModuleList
 
-__all__ = ["compile_config", "warn_missing_activation", "check_input", "input_error"]
+__all__ = ["compile_config", "warn_missing_activation", "check_input", "input_error", "wanted_features"]
 
 # The losses on probabilities: the activation that makes them, the from-logits class.
 _PROBABILITY_LOSSES = {"binary_crossentropy": ("sigmoid", "BinaryCrossentropy"),
@@ -18,8 +18,7 @@ _PROBABILITY_LOSSES = {"binary_crossentropy": ("sigmoid", "BinaryCrossentropy"),
 
 
 def compile_config(optimizer, loss, specs):
-    """The compile settings by name (saved with the model), or None when the optimizer,
-    the loss or a metric is an object of the user's own that a file cannot describe."""
+    """The compile settings by name (saved with the model), or None if a file cannot hold them."""
     if unsaved_setting(optimizer, loss, specs) is not None:
         return None
     loss_name, loss_config = losses_module.describe(loss)
@@ -47,7 +46,8 @@ def warn_missing_activation(model, loss):
                   stacklevel=3)
 
 
-def _wanted_features(layer):
+def wanted_features(layer):
+    """The feature count ``layer`` takes on the last axis, or None when it is not fixed yet."""
     kernel = getattr(layer, "kernel", None)
     if kernel is not None and getattr(layer, "_builds_itself", False):
         return int(kernel.shape[0])
@@ -60,12 +60,11 @@ def _does_not_fit(who, shape, index, name, layer, detail):
 
 
 def check_input(model, x, who):
-    """ValueError naming the first layer when ``x``'s feature count (its last axis) is
-    not the one that layer was built for."""
+    """ValueError naming the first layer when ``x``'s last axis is not what it was built for."""
     layers = getattr(model, "layers", None)
     if not isinstance(layers, ModuleList) or not len(layers) or x.ndim < 2:
         return
-    wanted = _wanted_features(layers[0])
+    wanted = wanted_features(layers[0])
     if wanted is not None and x.shape[-1] != wanted:
         raise _does_not_fit(who, x.shape, 0, "layers.0", layers[0],
                             f"it takes {wanted} features on the last axis, x has {x.shape[-1]}")
@@ -101,7 +100,7 @@ def input_error(model, shape, x, error, who):
     if not failed:
         return ValueError(f"{who}: x of shape {tuple(shape)} does not fit the model: {error}")
     index, name, layer, received, inner = failed[0]
-    wanted, features = _wanted_features(layer), getattr(received, "shape", (None,))[-1:]
+    wanted, features = wanted_features(layer), getattr(received, "shape", (None,))[-1:]
     detail = str(inner) if wanted is None or features in ((), (wanted,)) else \
         f"it takes {wanted} features on the last axis, its input has {features[0]}"
     return _does_not_fit(who, shape, index, name, layer, detail)

@@ -2,13 +2,6 @@
 
 Dense without ``input_dim`` and the norms build on their first call, on the input's
 device. Each is registered in ``LAYERS`` so that ``nanodl.load_model`` can rebuild it.
-
->>> import nanodl as nd
->>> from nanodl import nn
->>> layer = nn.Dense(3, activation='relu')
->>> y = layer(nd.ones((2, 5)))
->>> y.shape, layer.kernel.shape, y.grad_fn.name
-((2, 3), (5, 3), 'Linear')
 """
 import numpy as np
 
@@ -84,6 +77,9 @@ class Dense(Layer):
     >>> from nanodl import nn
     >>> nn.Dense(4, activation=nd.tanh, input_shape=(3,))
     Dense(4, activation='tanh', input_dim=3)
+    >>> layer = nn.Dense(3, activation='relu')
+    >>> layer(nd.ones((2, 5))).shape, layer.kernel.shape
+    ((2, 3), (5, 3))
     """
 
     def __init__(self, units, activation=None, *, input_dim=None, use_bias=True,
@@ -92,8 +88,7 @@ class Dense(Layer):
         super().__init__()
         self.units = _positive_int("Dense", "units", units)
         self.activation = F.resolve_activation(activation)
-        self.alpha = F.DEFAULT_ALPHA.get(self.activation, 0.0) if isinstance(self.activation, str) \
-            else 0.0
+        self.alpha = F.DEFAULT_ALPHA.get(self.activation, 0.0) if isinstance(self.activation, str) else 0.0
         input_dim = _input_dim(input_dim, input_shape)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = init.get(kernel_initializer)

@@ -2,19 +2,6 @@
 
 Smith's range test (as fastai and Keras) beside ``2 / lambda_max`` (docs/curvature.md).
 Everything is put back bit for bit, and nanodl's global random stream does not advance.
-
->>> import numpy as np, nanodl as nd
->>> from nanodl import nn
->>> nd.manual_seed(0)
->>> model = nn.Sequential([nn.Dense(8, activation='tanh', input_dim=2), nn.Dense(1, input_dim=8)])
->>> model.compile(optimizer='sgd', loss='mse')
->>> x = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
->>> before = model.get_weights()
->>> finder = model.find_lr(x, x[:, :1] * x[:, 1:], start_lr=1e-3, end_lr=10.0, steps=30, batch_size=64)
->>> finder.sharpness['stable_lr'] == 2 / finder.sharpness['start'], len(finder.lrs) <= 30
-(True, True)
->>> all((a == b).all() for a, b in zip(before, model.get_weights()))
-True
 """
 import copy
 import inspect
@@ -184,8 +171,7 @@ def _largest_eigenvalue(plan, x, y):
 
 # ------------------------------------------------------------------ putting it back
 class _Snapshot:
-    """Copies of what a sweep changes, written back into the very arrays they came from (a
-    captured step keeps views of them); the optimizer's attributes likewise."""
+    """Copies of what a sweep changes, written back into their own arrays (a captured step views them)."""
 
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer

@@ -31,8 +31,7 @@ def _per_sample(values):
 
 
 def _aligned(target, shape, metric, pred_shape=None):
-    """``target`` reshaped to ``shape`` across a trailing axis of one; else ValueError
-    (never a broadcast of (N, 1) against (N,) into (N, N))."""
+    """``target`` reshaped to ``shape`` across a trailing axis of one (never broadcast)."""
     if target.shape == shape:
         return target
     if target.shape + (1,) == shape or target.shape == shape + (1,):

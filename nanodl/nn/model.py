@@ -29,7 +29,7 @@ from ..backend import to_device, to_host
 from ..data import batch_slices
 from ..diagnostics.summary import summary as layer_summary
 from ..tensor import Tensor, as_array, get_default_dtype
-from .checks import compile_config, input_error, warn_missing_activation
+from .checks import compile_config, input_error, wanted_features, warn_missing_activation
 from .layers import Dense, Embedding
 from .lr_finder import find_lr as _find_lr
 from .metrics import METRICS, EpochTotals, add_batch, metric_specs
@@ -92,8 +92,7 @@ class Model(Module):
         return next((param.dtype for param in self.parameters()), get_default_dtype())
 
     def _input_dtype(self, dtype):
-        """What inputs of ``dtype`` are cast to: the float dtype, except integer indices
-        for a first layer that looks them up (an ``Embedding``)."""
+        """What inputs of ``dtype`` are cast to: the float dtype, or indices for an Embedding."""
         indices = np.dtype(dtype).kind in "iu" and self._takes_indices()
         return np.dtype(dtype) if indices else self._float_dtype()
 
@@ -136,8 +135,7 @@ class Model(Module):
         return self
 
     def _logits_head(self):
-        """``(layers before, last Dense)`` when the output is a Dense whose logits can be
-        fused with the loss; None for models whose forward is opaque."""
+        """``(layers before, last Dense)`` when the output is a Dense (see ``fuse_logits``)."""
         return None
 
     def to(self, device):
@@ -163,11 +161,9 @@ class Model(Module):
             sample_weight=None, capture="auto", initial_epoch=0):
         """Train for ``epochs`` passes over ``(x, y)``; returns the ``callbacks.History``.
 
-        Loss (with the weight penalties) and metrics are per-sample averages over the epoch.
-        ``validation_split`` holds out the *last* fraction, before shuffling (Keras).
-        ``sample_weight`` and ``class_weight`` (``{class: weight}`` or ``'balanced'``) scale
-        each sample's loss. ``capture``: train through a captured step (same results, bit for
-        bit; docs/capture.md). ``optim.LBFGS`` trains full-batch. See docs/training.md.
+        Loss (with the weight penalties) and metrics are per-sample averages over the epoch;
+        ``validation_split`` holds out the *last* fraction, before shuffling (Keras). ``capture``:
+        train through a captured step (docs/capture.md). See docs/training.md.
         """
         self._require_compiled("fit")
         batch_size = _check_batch_size(batch_size, "fit")
@@ -207,8 +203,7 @@ class Model(Module):
         return self.history
 
     def _start_data_parallel(self, plan, verbose, validation, settings):
-        """The optimizer's ``fit_strategy()``, if any (``DistributedOptimizer``: checks the
-        ranks agree, then this rank's validation shard); returns ``(verbose, validation)``."""
+        """Start the optimizer's ``fit_strategy()``, if any; returns ``(verbose, validation)``."""
         strategy = getattr(plan.optimizer, "fit_strategy", None)
         self._data_parallel = parallel = strategy() if strategy is not None else None
         if parallel is None:
@@ -267,11 +262,7 @@ class Model(Module):
 
     def find_lr(self, x, y, start_lr=1e-7, end_lr=10.0, steps=100, batch_size=32, sharpness=True):
         """A learning-rate sweep, with the loss's sharpness beside it; returns an ``LRFinder``.
-
-        ``steps`` batches at rates growing exponentially from ``start_lr`` to ``end_lr``,
-        stopping once the smoothed loss passes 4x its best. The weights and the optimizer's
-        state are left exactly as they were. See docs/curvature.md.
-        """
+        The weights and the optimizer's state are left as they were (docs/curvature.md)."""
         self._require_compiled("find_lr")
         batch_size = _check_batch_size(batch_size, "find_lr")
         x, y = _samples(x, y, "find_lr")
@@ -279,8 +270,7 @@ class Model(Module):
 
     # ------------------------------------------------------------ evaluate / predict
     def _evaluate_arrays(self, plan, x, y, weight, batch_size, reduce=False):
-        """``{'loss': ..., metric: ...}`` over prepared arrays, in eval mode, no graph;
-        ``reduce``: summed over the processes first (fit's sharded validation)."""
+        """``{'loss': ..., metric: ...}`` in eval mode; ``reduce``: summed over the processes."""
         with self._mode(False), no_grad():
             totals, penalty = plan.evaluate(x, y, weight, batch_size)
         if reduce:
@@ -402,11 +392,7 @@ class Sequential(Model):
 
     def _input_features(self):
         shape = self.__dict__.get("_input_shape")
-        if shape is not None:
-            return shape
-        first = self.layers[0] if len(self.layers) else None
-        if isinstance(first, Dense) and first.input_dim is not None:
-            return (first.input_dim,)
-        if getattr(first, "num_features", None) is not None:
-            return (first.num_features,)
-        return None
+        if shape is None and len(self.layers):
+            features = wanted_features(self.layers[0])
+            shape = None if features is None else (features,)
+        return shape

@@ -119,19 +119,7 @@ class Module:
         return output
 
     def _build_once(self, args):
-        """Keras: ``build(input_shape)`` (batch axis included) runs once, unless ``built``.
-
-        >>> import numpy as np
-        >>> from nanodl import nn
-        >>> class Scale(nn.Module):
-        ...     def build(self, input_shape):
-        ...         self.scale = nn.Parameter(np.ones(input_shape[-1]))
-        ...     def forward(self, x):
-        ...         return x * self.scale
-        >>> layer = Scale()
-        >>> layer(np.ones((2, 3))).shape, layer.scale.shape, layer.built
-        ((2, 3), (3,), True)
-        """
+        """Keras: ``build(input_shape)`` (batch axis included) runs once, unless ``built``."""
         build = getattr(self, "build", None)
         if callable(build) and not self._builds_itself and not getattr(self, "built", False):
             shape = getattr(args[0], "shape", None) if args else None
@@ -179,8 +167,7 @@ class Module:
         return [module for _, module in self.named_modules()]
 
     def _walk(self, prefix="", seen=None):
-        """``(dotted name, owner, attribute, is_parameter)`` for every parameter and buffer,
-        depth first in definition order; a module reached twice is walked once."""
+        """``(dotted name, owner, attribute, is_parameter)`` per parameter and buffer, depth first."""
         result, seen = [], {id(self)} if seen is None else seen
         for name in list(self._order):
             dotted = f"{prefix}.{name}" if prefix else name

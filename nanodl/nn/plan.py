@@ -2,12 +2,6 @@
 
 ``plan.step`` is the one eager step (``fit``, ``train_on_batch`` and ``nanodl.CapturedStep``
 run it); see docs/training.md.
-
->>> from nanodl import nn
->>> model = nn.Sequential([nn.Dense(3, activation='softmax', input_dim=2)])
->>> forward, loss_fn, kind = fuse_logits(model, 'categorical_crossentropy', {})
->>> kind
-'softmax'
 """
 import numpy as np
 
@@ -31,11 +25,9 @@ def fuse_logits(model, loss_name, loss_config):
             loss_config.get("reduction", "mean") != "mean":
         return None
     head = model._logits_head()
-    if head is None:
+    if head is None or head[1].__dict__.get("_forward_hooks"):
         return None
     body, dense = head
-    if dense.__dict__.get("_forward_hooks"):
-        return None
     if loss_name in _CROSS_ENTROPIES and dense.activation == "softmax":
         kind = "softmax"
 
@@ -58,8 +50,7 @@ def fuse_logits(model, loss_name, loss_config):
 
 
 def _compiled_loss(loss, loss_name, loss_config):
-    """``loss_fn(out, target, reduction='mean')`` for a built-in loss name or a callable:
-    a scalar Tensor, or with ``reduction='none'`` at least one loss per sample."""
+    """``loss_fn(out, target, reduction='mean')`` for a loss name or a callable."""
     if loss_name is not None:
         function = losses_module.LOSSES[loss_name]
         options = dict(loss_config or {})
@@ -166,8 +157,7 @@ class _Plan:
         return n if self.full_batch else batch_size
 
     def capturable(self, capture, auto_allowed=True):
-        """Whether ``fit(capture=...)`` trains through a captured step; ``'auto'``: only where
-        it pays and is plainly valid."""
+        """Whether ``fit(capture=...)`` trains through a captured step (``'auto'``: where valid)."""
         if capture not in (True, False, "auto"):
             raise ValueError(f"fit: capture must be True, False or 'auto', got {capture!r}")
         if capture != "auto":
