@@ -20,12 +20,7 @@ def _takes_lr(schedule):
 
 
 class LearningRateScheduler(Callback):
-    """Sets the learning rate each epoch to ``schedule(epoch)`` or ``schedule(epoch, lr)``.
-
-    >>> def halve_every_10(epoch, lr):
-    ...     return lr * 0.5 if epoch and epoch % 10 == 0 else lr
-    >>> scheduler = LearningRateScheduler(halve_every_10)
-    """
+    """Sets the learning rate each epoch to ``schedule(epoch)`` or ``schedule(epoch, lr)``."""
 
     def __init__(self, schedule, verbose=0):
         super().__init__()

@@ -12,7 +12,8 @@ compiled kernels and CuPy. Writing your own: docs/extending.md.
 >>> opt.step()
 >>> w.data
 array([0.95, 2.05])
->>> opt.zero_grad(); print(w.grad)
+>>> opt.zero_grad()
+>>> print(w.grad)
 None
 """
 import functools
