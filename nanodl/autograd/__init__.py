@@ -295,7 +295,6 @@ def owns_gradient(node, g, grad_output, grads):
 
 
 def _run_backward(node, grad_output):
-    """Call ``node.backward`` and normalise its answer to one gradient per input."""
     if _backward_pre_hooks:
         for hook in _backward_pre_hooks.get(get_ident(), ()):
             hook(node, grad_output)

@@ -1,12 +1,5 @@
 """Per-thread grad mode (``no_grad``/``enable_grad``) and debug hooks. A flag lives in a dict
 holding only the threads that changed it, so ``Function.apply`` pays one empty-dict test.
-
->>> import nanodl as nd
->>> with nd.no_grad():
-...     nd.is_grad_enabled()
-False
->>> nd.is_grad_enabled()
-True
 """
 import threading
 from threading import get_ident

@@ -222,7 +222,6 @@ class profile:
             _accumulate(self._stats, (node.name, layer), (0, 0.0, seconds, flops, nbytes))
 
     def _watch(self, table):
-        """The timed view of ``table`` this thread's kernel calls go through."""
         previous = self._previous_watch
         table = previous(table) if previous is not None else table
         timed = self._tables.get(id(table))

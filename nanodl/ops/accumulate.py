@@ -20,7 +20,6 @@ from .shape import BroadcastTo
 
 
 def _moved_last(ndim, axes):
-    """A permutation putting ``axes`` last, and its inverse."""
     order = [i for i in range(ndim) if i not in axes] + list(axes)
     inverse = [order.index(i) for i in range(ndim)]
     return order, inverse

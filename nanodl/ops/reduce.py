@@ -8,8 +8,6 @@ from .elementwise import constant, math_of
 
 
 class _Reduction(Function):
-    """Shared forward bookkeeping: remember the input shape and reduced axes."""
-
     def setup(self, a, axis, keepdims):
         self.axes = normalize_axes(axis, a.ndim, type(self).__name__.lower())
         self.shape = a.shape

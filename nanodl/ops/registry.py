@@ -322,7 +322,6 @@ class NodeKink:
 
 
 def _extreme_gap(a, axes, largest):
-    """Smallest gap between the two largest (or smallest) values over ``axes``."""
     if a.size < 2:
         return np.inf
     axes = tuple(range(a.ndim)) if axes is None else tuple(axes)
@@ -352,7 +351,6 @@ def _linear_gap(node, xs):
 
 
 def _activation_kink(activation):
-    """The node kink of an activation with kinks, from its record."""
     where = ", ".join(f"{point:g}" for point in activation.kinks)
     smooth = "" if activation.smooth_alpha is None else f" (alpha != {activation.smooth_alpha:g})"
 

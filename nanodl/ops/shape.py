@@ -194,7 +194,6 @@ class MatMul(Function):
 
 
 def _swap_last(t):
-    """``t`` with its last two axes swapped, as a Transpose node."""
     axes = tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)
     return Transpose.apply(t, axes=axes)
 
