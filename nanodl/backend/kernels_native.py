@@ -104,8 +104,7 @@ def linear_backward(x, kernel, saved, grad, activation, alpha, need_x, need_kern
 
 # The buffered twins (``table.buffered``): the same calls in the same order, into the caller's arrays.
 def linear_forward_into(x, kernel, bias, activation, alpha, z, out):
-    """``linear_forward`` into ``z`` (``x @ kernel``) and ``out`` (``z`` itself where the
-    backward reads the output)."""
+    """``linear_forward`` into ``z`` (``x @ kernel``) and ``out`` (``z`` where the backward reads it)."""
     code = CODES[activation]
     np.matmul(x, kernel, out=z)
     if out is not z or code != _LINEAR or bias is not None:

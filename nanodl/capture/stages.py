@@ -174,10 +174,8 @@ class EngineLoss:
 
 
 class FlatUpdate:
-    """The optimizer's update as *one* kernel call over every parameter laid end to end;
-    each ``.data``, state array and ``.grad`` becomes a view of its segment. When it
-    applies and why the bits are the same: docs/capture.md, section 6.
-    """
+    """The optimizer's update as *one* kernel call over every parameter laid end to end
+    (``.data``, state and ``.grad`` become views); see docs/capture.md, section 6."""
 
     def __init__(self, optimizer, params):
         self.optimizer, self.params, self.states = optimizer, params, optimizer._state

@@ -45,8 +45,7 @@ def _modules(model):
 
 
 def _owners(model, optimizer, loss):
-    """``(object, attributes skipped)`` for each object whose ``__dict__`` counts; skipped: a
-    module's buffers and ``_bookkeeping`` (``Model``'s history), an optimizer's running numbers."""
+    """``(object, attributes skipped)`` for each object whose ``__dict__`` the signature reads."""
     for module in _modules(model):
         skip = set(module.__dict__.get("_buffers") or ())
         yield module, skip | getattr(type(module), "_bookkeeping", frozenset())
@@ -277,8 +276,7 @@ class CapturedStep:
 
     @property
     def _kind(self):
-        """``'softmax'``/``'sigmoid'`` (a fused head), ``'from_logits'`` (a mean sparse
-        cross-entropy on logits), or None (the loss runs through the engine)."""
+        """``'softmax'``/``'sigmoid'`` (fused head), ``'from_logits'``, or None (engine loss)."""
         plan = self._plan
         if plan.logits is None and plan.loss_name == "sparse_categorical_crossentropy" and \
                 (plan.loss_config or {}).get("from_logits") and plan.loss_reduction == "mean":
@@ -286,8 +284,7 @@ class CapturedStep:
         return plan.logits
 
     def _layers(self):
-        """``(layer, activation, alpha)`` in call order (activation None: the layer's own
-        call); a model that is not a plain Sequential is one opaque layer."""
+        """``(layer, activation or None, alpha)`` in call order; not a plain Sequential: one layer."""
         model = self.model
         if not isinstance(model, Sequential) or type(model).forward is not Sequential.forward:
             return [(self._plan.forward, None, None)]

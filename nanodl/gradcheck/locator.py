@@ -36,11 +36,9 @@ class LocatedOp:
 def locate(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, kink_tol=None, order=1):
     """The first op (in forward order) whose backward is wrong, as a ``LocatedOp``, or None.
 
-    Runs ``fn`` once, recording every node's arguments, then re-runs and gradient-checks
-    each node's ``apply`` alone on float64 copies of its inputs. ``order=2`` also checks
-    each node's ``vjp`` (``.derivative == 'vjp'`` when that is what is wrong). Nodes on a
-    kink, with a random forward or (``order=2``) without a ``vjp`` are skipped and listed
-    in ``.skipped``.
+    Runs ``fn`` once, then gradient-checks each node's ``apply`` alone on float64 copies
+    of the inputs it saw; ``order=2`` also checks each ``vjp`` (``.derivative == 'vjp'``).
+    Nodes on a kink, with a random forward or (``order=2``) no ``vjp`` are ``.skipped``.
     """
     if order not in (1, 2):
         raise ValueError(f"locate: order must be 1 or 2, got {order!r}")

@@ -140,13 +140,12 @@ def audit(dtype="float64", device="cpu", kernels=None, seed=0, eps=1e-6, atol=1e
           margin=1e-3, ops=None, full=True, order=1):
     """Gradient-check every op in the registry (every shape case, broadcasting included).
 
-    Returns a ``GradcheckReport``, one row per op: its worst case's shapes, the max errors
-    over all cases, whether all passed. Inputs are drawn ``margin`` away from kinks. The
-    check is float64; ``dtype='float32'`` also compares each op's float32 output and
-    gradient with the float64 ones (allowed: ``FLOAT32_TOL`` of the result's scale).
-    ``kernels`` ('native'/'numpy') picks the CPU table for the run; ``ops`` restricts it
-    to some op names; ``full=False`` screens instead of checking every Jacobian element;
-    ``order=2`` adds a second-derivative column (``gradgradcheck``).
+    A ``GradcheckReport``, one row per op (worst case's shapes, max errors, pass), inputs
+    drawn ``margin`` away from kinks. ``dtype='float32'`` also compares each op's float32
+    output and gradient with the float64 ones (allowed: ``FLOAT32_TOL`` of their scale).
+    ``kernels`` ('native'/'numpy') picks the CPU table; ``ops`` restricts the op names;
+    ``full=False`` screens instead of checking every Jacobian element; ``order=2`` adds
+    a second-derivative column (``gradgradcheck``).
     """
     if order not in (1, 2):
         raise ValueError(f"audit: order must be 1 or 2, got {order!r}")
