@@ -1,6 +1,5 @@
-"""What ``compile`` and ``fit`` check and record before training: the compile settings
-kept for ``save``, a probability loss on a head without an activation, inputs that do
-not fit a layer."""
+"""What ``compile`` and ``fit`` check before training: the settings kept for ``save``, a
+probability loss on a head without an activation, inputs that do not fit a layer."""
 import warnings
 
 from .. import losses as losses_module

@@ -280,8 +280,7 @@ class Model(Module):
         return logs
 
     def evaluate(self, x, y, batch_size=32, sample_weight=None, return_dict=False):
-        """The loss (with weight penalties, as Keras) or ``[loss, *metrics]``: per-sample
-        averages, or with ``sample_weight`` the mean of weight x loss and weighted means.
+        """The loss (with weight penalties) or ``[loss, *metrics]``, per-sample (weighted) means;
         ``return_dict=True``: ``{'loss': ..., metric: ...}``."""
         self._require_compiled("evaluate")
         batch_size = _check_batch_size(batch_size, "evaluate")

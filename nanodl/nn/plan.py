@@ -180,9 +180,7 @@ class _Plan:
     def inputs(self, x):
         """``x`` as a backend array of the model's input dtype on its device."""
         x = as_array(x, what="x")
-        dtype = self.model._input_dtype(x.dtype)
-        if x.dtype != dtype:
-            x = x.astype(dtype)
+        x = x.astype(self.model._input_dtype(x.dtype), copy=False)
         if x.ndim == 1:
             x = x.reshape(-1, 1)
         return to_device(x, self.device)
@@ -196,8 +194,7 @@ class _Plan:
                 y = y.reshape(y.shape[:-1])  # Keras' (N, 1) labels
             y = losses_module.class_targets(name, (len(y),) + out_shape, y)
         elif name is not None:
-            if y.dtype != self.dtype:
-                y = y.astype(self.dtype)
+            y = y.astype(self.dtype, copy=False)
             expected = (len(y),) + out_shape
             if y.shape != expected:
                 if y.shape + (1,) != expected and y.shape != expected + (1,):
@@ -206,8 +203,8 @@ class _Plan:
                     raise ValueError(f"fit: targets of shape {y.shape} do not match the model's "
                                      f"output shape {(None,) + out_shape} for loss {name!r}{hint}")
                 y = y.reshape(expected)  # (N,) against (N, 1) outputs and back, as Keras
-        elif y.dtype.kind == "f" and y.dtype != self.dtype:
-            y = y.astype(self.dtype)
+        elif y.dtype.kind == "f":
+            y = y.astype(self.dtype, copy=False)
         return to_device(y, self.device)
 
     def _penalty(self):

@@ -128,6 +128,5 @@ def predict_inputs(model, x):
     if x.ndim == 1:
         x = x.reshape(-1, 1)
     check_input(model, x, "predict")
-    if x.dtype != model._input_dtype(x.dtype):
-        x = x.astype(model._input_dtype(x.dtype))
+    x = x.astype(model._input_dtype(x.dtype), copy=False)
     return to_device(x, model._device())
