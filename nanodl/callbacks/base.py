@@ -41,15 +41,28 @@ class Callback:
 
 
 def _relay(hook, who="callbacks"):
-    def relay(self, *args, **kwargs):
-        for callback in getattr(self, who):
-            getattr(callback, hook)(*args, **kwargs)
-    relay.__name__ = hook
+    """CallbackList's ``hook``: the same call, ``logs`` None by default, on each of ``self.<who>``."""
+    if hook.endswith("train_begin") or hook.endswith("train_end"):
+        def relay(self, logs=None):
+            for callback in getattr(self, who):
+                getattr(callback, hook)(logs)
+    else:
+        def relay(self, index, logs=None):
+            for callback in getattr(self, who):
+                getattr(callback, hook)(index, logs)
+    relay.__name__ = relay.__qualname__ = hook
     return relay
 
 
 class CallbackList:
-    """Calls every hook on each callback in turn; batch hooks only where overridden (free steps)."""
+    """Calls every hook on each callback in turn; batch hooks only where overridden (free steps).
+
+    >>> class Note(Callback):
+    ...     def on_train_begin(self, logs):  # no default: the list passes logs=None itself
+    ...         print("begin", logs)
+    >>> CallbackList([Note(), History()], model=None).on_train_begin()
+    begin None
+    """
 
     def __init__(self, callbacks, model, params=None):
         # runs_last (a backup) saves after the others' changes, restores after their resets
@@ -117,11 +130,10 @@ class History(Callback):
 
     def __init__(self):
         super().__init__()
-        self.on_train_begin()
+        self.history, self.epoch = {}, []
 
     def on_train_begin(self, logs=None):
-        self.history = {}
-        self.epoch = []
+        self.history, self.epoch = {}, []
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)
