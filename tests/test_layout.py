@@ -16,27 +16,29 @@ from test_imports import PACKAGE, module_name, resolve
 ROOT = PACKAGE.parent
 
 # Line budgets (lines of Python, docstrings and comments included), per folder of nanodl/;
-# 'nanodl' is the top-level modules alone. Set at the end of the round that built the
-# house (2026-12-07), a little above what each folder holds then (in parentheses), with
-# that round's features in (per-sample gradients, curvature, L-BFGS, the profiler,
-# resuming): raising one is a decision to write down in its commit. The whole package:
-# 18,900 lines (14,082 before the round; about 4,700 of the growth is new features).
+# 'nanodl' is the top-level modules alone. Set a little above what each folder holds (in
+# parentheses) after the trim that ended issue 18's round (2026-12-07): two passes that folded
+# repeated code and cut docstrings to what and why, 18,870 -> 16,310 lines, with every
+# feature, check and message kept. Raising one is a decision to write down in its commit.
+# Before the round the package was 14,082 lines; the same files' successors (the package less
+# the round's new feature modules: per-sample gradients, curvature, the new ops, L-BFGS, the
+# LR finder, nested state, the profiler and diagnosis) hold about 13,600.
 BUDGETS = {
-    "nanodl": 3450,                 # (3,406) tensor, functional, losses, data, io, files, wings
-    "nanodl/autograd": 1750,        # (1,720) the walk, nd.grad, functional, curvature, per-sample
-    "nanodl/backend": 2150,         # (2,111) the kernel contract and its three tables
-    "nanodl/callbacks": 900,        # (868)
-    "nanodl/capture": 780,          # (754)
-    "nanodl/datasets": 260,         # (254)
-    "nanodl/diagnostics": 1100,     # (1,070) profiler, costs, summary, diagnose
-    "nanodl/distributed": 830,      # (810)
-    "nanodl/gradcheck": 1100,       # (1,068)
-    "nanodl/nn": 2850,              # (2,818)
-    "nanodl/ops": 2060,             # (2,027)
-    "nanodl/optim": 1300,           # (1,272)
-    "nanodl/sklearn": 720,          # (703)
+    "nanodl": 3050,                 # (2,992) tensor, functional, losses, data, files, wings
+    "nanodl/autograd": 1520,        # (1,491) the walk, nd.grad, functional, curvature, per-sample
+    "nanodl/backend": 1850,         # (1,815) the kernel contract, its three tables, threads
+    "nanodl/callbacks": 700,        # (680)
+    "nanodl/capture": 730,          # (708)
+    "nanodl/datasets": 220,         # (210)
+    "nanodl/diagnostics": 990,      # (968) profiler, costs, summary, diagnose, curves
+    "nanodl/distributed": 700,      # (676)
+    "nanodl/gradcheck": 950,        # (924)
+    "nanodl/nn": 2400,              # (2,363)
+    "nanodl/ops": 1860,             # (1,832)
+    "nanodl/optim": 1090,           # (1,062)
+    "nanodl/sklearn": 610,          # (589)
 }
-TOTAL_BUDGET = 18900
+TOTAL_BUDGET = 16500
 MODULE_LIMIT = 500
 LINE_LIMIT = 110  # characters: a budget is met by saying less, never by longer lines
 
