@@ -460,3 +460,25 @@ def test_terminate_on_nan_stops_after_the_epoch_of_the_first_bad_batch(capsys):
     clean.compile(optimizer="sgd", loss="mse")
     assert clean.fit(x[:6], y[:6], epochs=3, verbose=0,
                      callbacks=[callbacks.TerminateOnNaN()]).epoch == [0, 1, 2]
+
+
+def test_callback_list_hooks_take_keras_argument_names():
+    # CallbackList's relays keep Keras' parameter names (epoch, batch, logs), so keyword calls work
+    import inspect
+    from nanodl.callbacks import CallbackList
+    seen = []
+
+    class Note(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(("epoch", epoch, logs))
+
+        def on_batch_begin(self, batch, logs=None):
+            seen.append(("batch", batch, logs))
+
+    relays = CallbackList([Note()], model=None)
+    relays.on_epoch_end(epoch=3, logs={"loss": 0.5})
+    relays.on_batch_begin(batch=1)
+    relays.on_train_begin()
+    assert seen == [("epoch", 3, {"loss": 0.5}), ("batch", 1, None)]
+    assert list(inspect.signature(CallbackList.on_epoch_begin).parameters) == ["self", "epoch", "logs"]
+    assert list(inspect.signature(CallbackList.on_batch_end).parameters) == ["self", "batch", "logs"]

@@ -46,10 +46,14 @@ def _relay(hook, who="callbacks"):
         def relay(self, logs=None):
             for callback in getattr(self, who):
                 getattr(callback, hook)(logs)
-    else:
-        def relay(self, index, logs=None):
+    elif hook.startswith("on_epoch"):
+        def relay(self, epoch, logs=None):
             for callback in getattr(self, who):
-                getattr(callback, hook)(index, logs)
+                getattr(callback, hook)(epoch, logs)
+    else:
+        def relay(self, batch, logs=None):
+            for callback in getattr(self, who):
+                getattr(callback, hook)(batch, logs)
     relay.__name__ = relay.__qualname__ = hook
     return relay
 
