@@ -40,24 +40,6 @@ class Callback:
         pass
 
 
-def _relay(hook, who="callbacks"):
-    """CallbackList's ``hook``: the same call, ``logs`` None by default, on each of ``self.<who>``."""
-    if hook.endswith("train_begin") or hook.endswith("train_end"):
-        def relay(self, logs=None):
-            for callback in getattr(self, who):
-                getattr(callback, hook)(logs)
-    elif hook.startswith("on_epoch"):
-        def relay(self, epoch, logs=None):
-            for callback in getattr(self, who):
-                getattr(callback, hook)(epoch, logs)
-    else:
-        def relay(self, batch, logs=None):
-            for callback in getattr(self, who):
-                getattr(callback, hook)(batch, logs)
-    relay.__name__ = relay.__qualname__ = hook
-    return relay
-
-
 class CallbackList:
     """Calls every hook on each callback in turn; batch hooks only where overridden (free steps).
 
@@ -85,10 +67,29 @@ class CallbackList:
         """True when some callback reads the logs of ``on_batch_end``."""
         return bool(self._batch_end)
 
-    on_train_begin, on_train_end = _relay("on_train_begin"), _relay("on_train_end")
-    on_epoch_begin, on_epoch_end = _relay("on_epoch_begin"), _relay("on_epoch_end")
-    on_batch_begin = _relay("on_batch_begin", "_batch_begin")
-    on_batch_end = _relay("on_batch_end", "_batch_end")
+    def on_train_begin(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        for callback in self._batch_begin:
+            callback.on_batch_begin(batch, logs)
+
+    def on_batch_end(self, batch, logs=None):
+        for callback in self._batch_end:
+            callback.on_batch_end(batch, logs)
 
 
 # ---------------------------------------------------------------- who prints and writes
