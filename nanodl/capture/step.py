@@ -212,11 +212,13 @@ class CapturedStep:
 
     def _stale(self):
         """Whether something the programs depend on changed (the watch, else the signature)."""
-        if self._watch is not None and self._watch.unchanged():
+        watch = self._watch
+        if watch is not None and watch.unchanged():
             return False
         if not same(self.signature(), self._recorded):
             return True
-        self._watch = _Watch(self.model, self.optimizer, self.loss)  # the same: watch it anew
+        if watch is None or watch.exact:  # one that can never vouch stays: rebuilding it is waste
+            self._watch = _Watch(self.model, self.optimizer, self.loss)
         return False
 
     def _forget(self):
